@@ -1,0 +1,138 @@
+//! The fuser adapter: turns kernel requests into store calls and store results into
+//! replies. It owns only what the kernel protocol needs: the inode table (FUSE node id
+//! <-> store node id, with lookup counts), open file and directory handles, and the one
+//! mapping from `store::Error` to an errno. Every invariant is enforced by `store`.
+
+mod ops;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use fuser::{Errno, FileAttr, FileType, INodeNo};
+
+use crate::store::{Error, Kind, NodeId, NodeRecord, Store};
+
+/// How long the kernel may cache names and attributes. All writes pass through this
+/// mount, so the kernel's view only goes stale through this daemon, which replies with
+/// fresh attributes on every change.
+const TTL: Duration = Duration::from_secs(1);
+
+pub struct DecoFs {
+    store: Arc<Store>,
+    inodes: RwLock<HashMap<u64, (NodeId, u64)>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+}
+
+enum Handle {
+    File {
+        id: NodeId,
+        write: bool,
+    },
+    Dir {
+        id: NodeId,
+        entries: Vec<(OsString, NodeId)>,
+    },
+}
+
+pub fn errno(e: &Error) -> Errno {
+    match e {
+        Error::Integrity { .. } | Error::CorruptRecord { .. } | Error::Io { .. } => {
+            log::error!("{e}")
+        }
+        _ => log::debug!("{e}"),
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+impl DecoFs {
+    pub fn new(store: Arc<Store>) -> DecoFs {
+        let mut inodes = HashMap::new();
+        inodes.insert(1, (store.root(), u64::MAX / 2));
+        DecoFs {
+            store,
+            inodes: RwLock::new(inodes),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn attr(&self, id: NodeId, r: &NodeRecord) -> FileAttr {
+        let size = if r.kind == Kind::Dir { 4096 } else { r.size };
+        let blocks = if r.kind == Kind::Dir {
+            8
+        } else {
+            r.stored.div_ceil(512)
+        };
+        FileAttr {
+            ino: INodeNo(self.store.ino_of(id)),
+            size,
+            blocks,
+            atime: r.atime.to_system(),
+            mtime: r.mtime.to_system(),
+            ctime: r.ctime.to_system(),
+            crtime: r.crtime.to_system(),
+            kind: file_type(r.kind),
+            perm: (r.mode & 0o7777) as u16,
+            nlink: r.nlink,
+            uid: r.uid,
+            gid: r.gid,
+            rdev: r.rdev,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// The kernel learned about `id` (lookup, create, readdirplus): count it.
+    fn remember(&self, id: NodeId) -> u64 {
+        let ino = self.store.ino_of(id);
+        let mut t = self.inodes.write().unwrap();
+        let e = t.entry(ino).or_insert((id, 0));
+        e.0 = id;
+        e.1 += 1;
+        ino
+    }
+
+    fn forget_ino(&self, ino: u64, n: u64) {
+        if ino == 1 {
+            return;
+        }
+        let mut t = self.inodes.write().unwrap();
+        if let Some(e) = t.get_mut(&ino) {
+            e.1 = e.1.saturating_sub(n);
+            if e.1 == 0 {
+                t.remove(&ino);
+            }
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<NodeId, Errno> {
+        self.inodes
+            .read()
+            .unwrap()
+            .get(&ino.0)
+            .map(|e| e.0)
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, h);
+        fh
+    }
+}

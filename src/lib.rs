@@ -1,0 +1,10 @@
+//! decofs: a FUSE filesystem on a decomposed store.
+//!
+//! - [`store`]: the truth on disk (nodes, entries, blobs, sessions); enforces the
+//!   invariants of DESIGN.md.
+//! - [`fuse`]: the fuser adapter; replies only.
+//! - [`mount`]: mounting, daemonizing, signals, unmounting.
+
+pub mod fuse;
+pub mod mount;
+pub mod store;

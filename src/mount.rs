@@ -1,0 +1,455 @@
+//! Mounting a store: option parsing, mountpoint checks, the background daemon and its
+//! readiness handshake, signals, and `umount`.
+//!
+//! `decofs mount` (background) re-executes itself with `--foreground` in a new session,
+//! its output going to `STORE/decofs.log`, and waits on a pipe until the child reports
+//! that the mount is live (after the FUSE handshake) or why it failed. So the command
+//! returns only once the mount answers, and its exit code is honest.
+//!
+//! The daemon writes `STORE/sessions/mount.<pid>` (the mountpoint) so `decofs umount`
+//! can wait for it to exit after the unmount. SIGINT/SIGTERM/SIGHUP commit every open
+//! write session, then unmount.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::fuse::DecoFs;
+use crate::store::error::IoContext;
+use crate::store::{Error, OpenOptions, Result, Store};
+
+const READY_ENV: &str = "DECOFS_READY_FD";
+
+#[derive(Clone, Debug, Default)]
+pub struct MountOpts {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    /// Kernel flags passed through (nosuid, noexec, ...).
+    pub flags: Vec<MountOption>,
+}
+
+/// Parse `-o a,b,c`. Options for fstab/mount(8) that do not concern the daemon are
+/// accepted and ignored.
+pub fn parse_opts(s: &str) -> Result<MountOpts> {
+    let mut o = MountOpts::default();
+    for opt in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        match opt {
+            "ro" => o.read_only = true,
+            "rw" => o.read_only = false,
+            "allow_other" => o.allow_other = true,
+            "allow_root" => o.allow_root = true,
+            "default_permissions"
+            | "defaults"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "_netdev"
+            | "nofail" => {}
+            "dev" => o.flags.push(MountOption::Dev),
+            "nodev" => o.flags.push(MountOption::NoDev),
+            "suid" => o.flags.push(MountOption::Suid),
+            "nosuid" => o.flags.push(MountOption::NoSuid),
+            "exec" => o.flags.push(MountOption::Exec),
+            "noexec" => o.flags.push(MountOption::NoExec),
+            "atime" => o.flags.push(MountOption::Atime),
+            "noatime" => o.flags.push(MountOption::NoAtime),
+            "sync" => o.flags.push(MountOption::Sync),
+            "async" => o.flags.push(MountOption::Async),
+            "dirsync" => o.flags.push(MountOption::DirSync),
+            other => return Err(Error::BadOption(other.to_string())),
+        }
+    }
+    Ok(o)
+}
+
+/// One mount as /proc/self/mountinfo lists it.
+#[derive(Debug)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn mounts() -> Vec<MountEntry> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(" - ")?;
+            let mp = a.split(' ').nth(4)?;
+            let mut rest = b.split(' ');
+            Some(MountEntry {
+                mountpoint: PathBuf::from(unescape(mp)),
+                fstype: rest.next()?.to_string(),
+                source: unescape(rest.next()?),
+            })
+        })
+        .collect()
+}
+
+fn mount_at(p: &Path) -> Option<MountEntry> {
+    mounts().into_iter().rev().find(|m| m.mountpoint == p)
+}
+
+/// The mountpoint must exist, be a directory, and have nothing mounted on it.
+pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
+    let meta = match fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::MountpointNotFound(p.to_path_buf()))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(Error::MountpointBusy(p.to_path_buf()))
+        }
+        Err(e) => return Err(Error::io(format!("stat {}", p.display()), e)),
+    };
+    if !meta.is_dir() {
+        return Err(Error::MountpointNotDir(p.to_path_buf()));
+    }
+    let canon = fs::canonicalize(p).ctx(|| format!("resolve {}", p.display()))?;
+    if mount_at(&canon).is_some() {
+        return Err(Error::MountpointBusy(canon));
+    }
+    Ok(canon)
+}
+
+fn pid_file(store: &Path, pid: u32) -> PathBuf {
+    store.join("sessions").join(format!("mount.{pid}"))
+}
+
+/// Block the termination signals in this thread (and so in every thread spawned after)
+/// and handle them in one thread with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Tell the parent `decofs mount` how it went (if there is one waiting).
+fn report_ready(res: &Result<()>) {
+    let Some(fd) = std::env::var(READY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    std::env::remove_var(READY_ENV);
+    // SAFETY: the parent passed this descriptor to us for exactly this purpose.
+    let mut f = unsafe { fs::File::from_raw_fd(fd) };
+    let line = match res {
+        Ok(()) => "ok\n".to_string(),
+        Err(e) => format!(
+            "{}\n",
+            serde_json::json!({"code": e.code(), "reason": e.to_string(), "suggestion": e.suggestion()})
+        ),
+    };
+    let _ = f.write_all(line.as_bytes());
+}
+
+/// Mount in this process and serve until unmounted.
+pub fn run_foreground(
+    store_path: &Path,
+    mountpoint: &Path,
+    opts: &MountOpts,
+    threads: usize,
+) -> Result<()> {
+    let res = prepare(store_path, mountpoint, opts, threads);
+    let (store, session, mnt) = match res {
+        Ok(x) => x,
+        Err(e) => {
+            report_ready(&Err(e.clone_for_report()));
+            return Err(e);
+        }
+    };
+    let store_root = store.layout.root.clone();
+    let pidf = pid_file(&store_root, std::process::id());
+    let _ = fs::write(&pidf, mnt.as_os_str().as_bytes());
+    log::info!("mounted {} on {}", store_root.display(), mnt.display());
+    report_ready(&Ok(()));
+    let mut session = session;
+    let mut unmounter = session.unmount_callable();
+    let sig_store = store.clone();
+    let set = block_signals();
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: waiting on a valid signal set.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        log::info!("signal {sig}: committing open files and unmounting");
+        if let Err(e) = sig_store.commit_all() {
+            log::error!("commit on signal failed: {e}");
+        }
+        if let Err(e) = unmounter.unmount() {
+            log::error!("unmount on signal failed: {e}");
+        }
+        // Open files can keep a lazily detached mount alive; everything is committed,
+        // so do not wait forever.
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = sig_store.commit_all();
+        std::process::exit(0);
+    });
+    let res = session.run().ctx(|| "serve the mount".into());
+    let commit = store.commit_all();
+    let _ = fs::remove_file(&pidf);
+    log::info!("unmounted {}", mnt.display());
+    res.and(commit)
+}
+
+type Prepared = (Arc<Store>, fuser::Session<DecoFs>, PathBuf);
+
+fn prepare(
+    store_path: &Path,
+    mountpoint: &Path,
+    opts: &MountOpts,
+    threads: usize,
+) -> Result<Prepared> {
+    let store_root = fs::canonicalize(store_path).unwrap_or_else(|_| store_path.to_path_buf());
+    // The mountpoint is checked before the store is opened so a bad mountpoint never
+    // touches the store (not even its lock).
+    let mnt = check_mountpoint(mountpoint)?;
+    crate::store::layout::Layout::new(&store_root).read_format()?;
+    let store = Arc::new(Store::open(
+        &store_root,
+        OpenOptions {
+            read_only: opts.read_only,
+            cache_bytes: 0,
+        },
+    )?);
+    let mut mo = vec![
+        MountOption::FSName(store_root.to_string_lossy().into_owned()),
+        MountOption::CUSTOM("subtype=decofs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if opts.read_only {
+        mo.push(MountOption::RO);
+    }
+    mo.extend(opts.flags.iter().cloned());
+    let mut config = Config::default();
+    config.mount_options = mo;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads.max(1));
+    let fs_ = DecoFs::new(store.clone());
+    let session = fuser::Session::new(fs_, &mnt, &config).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => Error::MountpointBusy(mnt.clone()),
+        _ => Error::io(format!("mount on {}", mnt.display()), e),
+    })?;
+    Ok((store, session, mnt))
+}
+
+impl Error {
+    /// Errors carry io::Error which is not Clone; reports need only code and text.
+    fn clone_for_report(&self) -> Error {
+        match self {
+            Error::Io { context, source } => Error::Io {
+                context: context.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::StoreNotFound(p) => Error::StoreNotFound(p.clone()),
+            Error::NotAStore(p) => Error::NotAStore(p.clone()),
+            Error::FormatUnsupported { found, supported } => Error::FormatUnsupported {
+                found: found.clone(),
+                supported: *supported,
+            },
+            Error::StoreLocked { path, holder } => Error::StoreLocked {
+                path: path.clone(),
+                holder: holder.clone(),
+            },
+            Error::NoXattrSupport(p) => Error::NoXattrSupport(p.clone()),
+            Error::MountpointNotFound(p) => Error::MountpointNotFound(p.clone()),
+            Error::MountpointNotDir(p) => Error::MountpointNotDir(p.clone()),
+            Error::MountpointBusy(p) => Error::MountpointBusy(p.clone()),
+            other => Error::Daemon(format!("{other} [code: {}]", other.code())),
+        }
+    }
+}
+
+/// A failure reported by the background daemon, re-raised in the parent with the
+/// daemon's code and suggestion.
+#[derive(Debug)]
+pub struct Reported {
+    pub code: String,
+    pub reason: String,
+    pub suggestion: String,
+}
+
+/// Start the daemon in the background and wait until it reports.
+pub fn spawn_background(store_path: &Path, args: &[OsString]) -> std::result::Result<(), Reported> {
+    let daemon_err = |reason: String| Reported {
+        code: "daemon_failed".into(),
+        reason,
+        suggestion: format!("see {}", store_path.join("decofs.log").display()),
+    };
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(daemon_err(format!(
+            "pipe: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let (rfd, wfd) = (fds[0], fds[1]);
+    // Log next to the store if it is a store; otherwise nowhere (the error comes back
+    // through the pipe and nothing is written into a directory that is not a store).
+    let log = if store_path.join(crate::store::layout::FORMAT_FILE).exists() {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(store_path.join("decofs.log"))
+            .ok()
+    } else {
+        None
+    };
+    let exe = std::env::current_exe().map_err(|e| daemon_err(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .arg("--foreground")
+        .env(READY_ENV, "3")
+        .stdin(Stdio::null());
+    match log {
+        Some(f) => {
+            let f2 = f.try_clone().map_err(|e| daemon_err(e.to_string()))?;
+            cmd.stdout(f).stderr(f2);
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::dup2(wfd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| daemon_err(format!("start daemon: {e}")))?;
+    // SAFETY: closing our copy of the write end; reading the read end we own.
+    unsafe { libc::close(wfd) };
+    let mut r = unsafe { fs::File::from_raw_fd(rfd) };
+    let mut line = String::new();
+    let _ = r.read_to_string(&mut line);
+    let line = line.trim();
+    if line == "ok" {
+        return Ok(());
+    }
+    let _ = child.wait();
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        return Err(Reported {
+            code: s("code"),
+            reason: s("reason"),
+            suggestion: s("suggestion"),
+        });
+    }
+    Err(daemon_err(
+        "the daemon exited before the mount was live".into(),
+    ))
+}
+
+/// Unmount a decofs mount and wait for its daemon to exit.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let canon = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let entry = mount_at(&canon).ok_or_else(|| Error::NotMounted(canon.clone()))?;
+    if !(entry.fstype == "fuse.decofs" || entry.fstype == "fuse") {
+        return Err(Error::NotMounted(canon));
+    }
+    // Find the daemon serving this mountpoint.
+    let mut pid = None;
+    if let Ok(it) = fs::read_dir(Path::new(&entry.source).join("sessions")) {
+        for e in it.flatten() {
+            let name = e.file_name();
+            let Some(p) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("mount."))
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if fs::read(e.path())
+                .map(|c| c == canon.as_os_str().as_bytes())
+                .unwrap_or(false)
+            {
+                pid = Some(p);
+            }
+        }
+    }
+    let c =
+        std::ffi::CString::new(canon.as_os_str().as_bytes()).map_err(|_| Error::Invalid("path"))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EBUSY) => Error::MountpointBusy(canon),
+            _ => Error::io(format!("unmount {}", canon.display()), e),
+        });
+    }
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // SAFETY: kill with signal 0 only checks for existence.
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            if is_zombie_or_gone(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+fn is_zombie_or_gone(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => true,
+    }
+}

@@ -1,0 +1,191 @@
+//! Attributes and client xattrs. Each change is one whole-record update (invariant 2).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use super::error::{Error, Result};
+use super::node::{Kind, NodeId, NodeRecord, Status, Time};
+use super::Store;
+
+/// The virtual xattr reporting a node's state (invariant 9).
+pub const STATUS_XATTR: &[u8] = b"user.decofs.status";
+/// Client xattr names under this prefix are reserved for decofs.
+const RESERVED_PREFIX: &[u8] = b"user.decofs.";
+/// The largest xattr value Linux allows.
+pub const XATTR_SIZE_MAX: usize = 65_536;
+
+/// A time to set: a given instant, or the current time.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    At(Time),
+    Now,
+}
+
+impl SetTime {
+    fn resolve(self, now: Time) -> Time {
+        match self {
+            SetTime::At(t) => t,
+            SetTime::Now => now,
+        }
+    }
+}
+
+/// The changes of one setattr call.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// What `set_xattr` may do with an existing value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrMode {
+    Any,
+    CreateOnly,
+    ReplaceOnly,
+}
+
+impl Store {
+    /// A node's record as a reader sees it now (open sessions included).
+    pub fn stat(&self, id: NodeId) -> Result<NodeRecord> {
+        let mut rec = self.read_record(id)?;
+        self.overlay(id, &mut rec);
+        Ok(rec)
+    }
+
+    pub fn setattr(&self, id: NodeId, a: &SetAttr) -> Result<NodeRecord> {
+        self.writable()?;
+        if let Some(size) = a.size {
+            match self.read_record(id)?.kind {
+                Kind::File => self.truncate(id, size)?,
+                Kind::Dir => return Err(Error::IsDir),
+                _ => return Err(Error::Invalid("cannot truncate this kind of file")),
+            }
+        }
+        let now = Time::now();
+        let mut rec = self.update(id, |r| {
+            if let Some(m) = a.mode {
+                r.mode = m & 0o7777;
+            }
+            if let Some(u) = a.uid {
+                r.uid = u;
+            }
+            if let Some(g) = a.gid {
+                r.gid = g;
+            }
+            if let Some(t) = a.atime {
+                r.atime = t.resolve(now);
+            }
+            if let Some(t) = a.mtime {
+                r.mtime = t.resolve(now);
+            } else if a.size.is_some() {
+                r.mtime = now;
+            }
+            r.ctime = now;
+            Ok(())
+        })?;
+        if a.mtime.is_some() {
+            // An explicit time wins over the time of earlier writes in an open session.
+            if let Some(s) = self.sessions.lock().unwrap().get(&id) {
+                s.lock().unwrap().mtime = None;
+            }
+        }
+        self.overlay(id, &mut rec);
+        Ok(rec)
+    }
+
+    /// The status a node reports through `user.decofs.status`.
+    pub fn status_of(&self, id: NodeId, rec: &NodeRecord) -> &'static str {
+        if rec.status == Status::IntegrityError {
+            "integrity_error"
+        } else if self.has_session(id) {
+            "pending"
+        } else {
+            "consistent"
+        }
+    }
+
+    pub fn get_xattr(&self, id: NodeId, name: &OsStr) -> Result<Vec<u8>> {
+        let rec = self.read_record(id)?;
+        let name = name.as_bytes();
+        if name == STATUS_XATTR {
+            return Ok(self.status_of(id, &rec).as_bytes().to_vec());
+        }
+        rec.xattrs.get(name).cloned().ok_or(Error::NoAttr)
+    }
+
+    /// Client xattr names, each NUL-terminated (the listxattr wire format).
+    pub fn list_xattr(&self, id: NodeId) -> Result<Vec<u8>> {
+        let rec = self.read_record(id)?;
+        let mut out = Vec::new();
+        for k in rec.xattrs.keys() {
+            out.extend_from_slice(k);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    fn check_xattr_name(name: &[u8]) -> Result<()> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(if name.is_empty() {
+                Error::Invalid("empty xattr name")
+            } else {
+                Error::Range
+            });
+        }
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(Error::NotPermitted);
+        }
+        // POSIX ACLs are not supported: refusing them is honest, storing them would
+        // pretend to enforce them.
+        if name.starts_with(b"system.") {
+            return Err(Error::NotSupported);
+        }
+        if !(name.starts_with(b"user.")
+            || name.starts_with(b"trusted.")
+            || name.starts_with(b"security."))
+        {
+            return Err(Error::NotSupported);
+        }
+        Ok(())
+    }
+
+    pub fn set_xattr(&self, id: NodeId, name: &OsStr, value: &[u8], mode: XattrMode) -> Result<()> {
+        self.writable()?;
+        let name = name.as_bytes();
+        Self::check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Error::Range);
+        }
+        self.update(id, |r| {
+            let exists = r.xattrs.contains_key(name);
+            match mode {
+                XattrMode::CreateOnly if exists => return Err(Error::Exists),
+                XattrMode::ReplaceOnly if !exists => return Err(Error::NoAttr),
+                _ => {}
+            }
+            r.xattrs.insert(name.to_vec(), value.to_vec());
+            r.ctime = Time::now();
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    pub fn remove_xattr(&self, id: NodeId, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        let name = name.as_bytes();
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(Error::NotPermitted);
+        }
+        self.update(id, |r| {
+            r.xattrs.remove(name).ok_or(Error::NoAttr)?;
+            r.ctime = Time::now();
+            Ok(())
+        })
+        .map(|_| ())
+    }
+}

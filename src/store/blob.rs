@@ -1,0 +1,225 @@
+//! Content-addressed, immutable blobs (invariants 1 and 5).
+//!
+//! A blob is named by the BLAKE3 hash of its bytes. `put` writes to a staging file in
+//! `sessions/`, then renames it to `blobs/ab/<hash>`; only then may a record name it.
+//! `get` hashes what it read and returns `Error::Integrity` on any mismatch, so wrong
+//! bytes never leave this module. Verified blobs are kept in a small in-memory cache so
+//! a chunk is hashed once per read from disk, not once per 128 KiB request.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::error::{Error, IoContext, Result};
+use super::layout::{sync_dir, Layout};
+use super::node::{hash_hex, Hash};
+
+pub fn hash_of(data: &[u8]) -> Hash {
+    *blake3::hash(data).as_bytes()
+}
+
+/// Where blobs live. Local disk today; the trait keeps the rest of the store ignorant
+/// of that.
+pub trait BlobStore: Send + Sync {
+    /// Store `data`, return its hash. Idempotent: an existing blob is reused.
+    fn put(&self, data: &[u8], durable: bool) -> Result<Hash>;
+    /// Read and verify a blob.
+    fn get(&self, hash: &Hash) -> Result<Arc<Vec<u8>>>;
+    /// Make every blob `put` so far durable (fsync of the staged files' directories).
+    fn sync(&self) -> Result<()>;
+}
+
+pub struct LocalBlobs {
+    layout: Layout,
+    cache: Mutex<Cache>,
+    seq: AtomicU64,
+    /// Blob files written without fsync since the last `sync`.
+    unsynced: Mutex<Vec<PathBuf>>,
+}
+
+struct Cache {
+    map: HashMap<Hash, Arc<Vec<u8>>>,
+    order: VecDeque<Hash>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Cache {
+    fn insert(&mut self, h: Hash, data: Arc<Vec<u8>>) {
+        if data.len() > self.limit / 4 || self.map.contains_key(&h) {
+            return;
+        }
+        self.bytes += data.len();
+        self.map.insert(h, data);
+        self.order.push_back(h);
+        while self.bytes > self.limit {
+            match self.order.pop_front() {
+                Some(old) => {
+                    if let Some(d) = self.map.remove(&old) {
+                        self.bytes -= d.len();
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+impl LocalBlobs {
+    pub fn new(layout: Layout, cache_bytes: usize) -> LocalBlobs {
+        LocalBlobs {
+            layout,
+            cache: Mutex::new(Cache {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+                limit: cache_bytes,
+            }),
+            seq: AtomicU64::new(0),
+            unsynced: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn path_of(&self, hash: &Hash) -> PathBuf {
+        self.layout.blob_path(&hash_hex(hash))
+    }
+
+    /// Forget a cached copy (used by tests that corrupt a blob on disk).
+    pub fn drop_cache(&self) {
+        let mut c = self.cache.lock().unwrap();
+        c.map.clear();
+        c.order.clear();
+        c.bytes = 0;
+    }
+}
+
+impl BlobStore for LocalBlobs {
+    fn put(&self, data: &[u8], durable: bool) -> Result<Hash> {
+        let hash = hash_of(data);
+        let path = self.path_of(&hash);
+        if path.exists() {
+            return Ok(hash);
+        }
+        let tmp = self.layout.sessions().join(format!(
+            "blob.{}.{}.tmp",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let res = (|| {
+            let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+            f.write_all(data)
+                .ctx(|| format!("write {}", tmp.display()))?;
+            if durable {
+                f.sync_all().ctx(|| format!("sync {}", tmp.display()))?;
+            }
+            let dir = path.parent().expect("blob paths have a parent");
+            if let Err(e) = fs::rename(&tmp, &path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(Error::io(format!("install {}", path.display()), e));
+                }
+                fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+                fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
+            }
+            if durable {
+                sync_dir(dir)?;
+            } else {
+                self.unsynced.lock().unwrap().push(path.clone());
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map(|_| hash)
+    }
+
+    fn get(&self, hash: &Hash) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.cache.lock().unwrap().map.get(hash) {
+            return Ok(d.clone());
+        }
+        let path = self.path_of(hash);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Integrity {
+                    what: format!("blob {}", hash_hex(hash)),
+                    detail: "missing".into(),
+                })
+            }
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        if &hash_of(&data) != hash {
+            log::error!("blob {} failed verification", hash_hex(hash));
+            return Err(Error::Integrity {
+                what: format!("blob {}", hash_hex(hash)),
+                detail: "content does not match its hash".into(),
+            });
+        }
+        let data = Arc::new(data);
+        self.cache.lock().unwrap().insert(*hash, data.clone());
+        Ok(data)
+    }
+
+    fn sync(&self) -> Result<()> {
+        let paths = std::mem::take(&mut *self.unsynced.lock().unwrap());
+        let mut dirs = std::collections::BTreeSet::new();
+        for p in &paths {
+            if let Ok(f) = fs::File::open(p) {
+                f.sync_all().ctx(|| format!("sync {}", p.display()))?;
+            }
+            if let Some(d) = p.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            sync_dir(&d)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs() -> (tempfile::TempDir, LocalBlobs) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        fs::create_dir_all(layout.sessions()).unwrap();
+        fs::create_dir_all(layout.blobs()).unwrap();
+        (dir, LocalBlobs::new(layout, 1 << 20))
+    }
+
+    #[test]
+    fn put_get_roundtrip_and_dedup() {
+        let (_d, b) = blobs();
+        let h = b.put(b"hello", false).unwrap();
+        assert_eq!(h, hash_of(b"hello"));
+        assert_eq!(b.put(b"hello", true).unwrap(), h);
+        assert_eq!(&**b.get(&h).unwrap(), b"hello");
+        // No staging files are left behind.
+        let staged: Vec<_> = fs::read_dir(b.layout.sessions()).unwrap().collect();
+        assert!(staged.is_empty());
+    }
+
+    /// Invariant 5: a flipped byte on disk is an integrity error, never wrong bytes.
+    #[test]
+    fn corrupted_blob_is_refused() {
+        let (_d, b) = blobs();
+        let h = b.put(b"precious bytes", false).unwrap();
+        let p = b.path_of(&h);
+        let mut data = fs::read(&p).unwrap();
+        data[3] ^= 1;
+        fs::write(&p, &data).unwrap();
+        b.drop_cache();
+        match b.get(&h) {
+            Err(Error::Integrity { .. }) => {}
+            other => panic!("expected integrity error, got {:?}", other.map(|d| d.len())),
+        }
+        fs::remove_file(&p).unwrap();
+        assert!(matches!(b.get(&h), Err(Error::Integrity { .. })));
+    }
+}

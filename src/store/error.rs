@@ -1,0 +1,215 @@
+//! The one error type of decofs. Every failure has a stable `code()` (for people and
+//! scripts), a suggestion, and maps to exactly one errno (for the kernel) in one place.
+
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("permission denied")]
+    Access,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("value too large for the buffer")]
+    Range,
+    #[error("not supported")]
+    NotSupported,
+    #[error("read-only filesystem")]
+    ReadOnly,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("no space left on device")]
+    NoSpace,
+    #[error("record of node {0} changed concurrently")]
+    Conflict(String),
+    #[error("content of {what} failed verification: {detail}")]
+    Integrity { what: String, detail: String },
+    #[error("corrupt record for node {node}: {detail}")]
+    CorruptRecord { node: String, detail: String },
+    #[error("no decofs store at {0}")]
+    StoreNotFound(PathBuf),
+    #[error("{0} is not a decofs store (it has no decofs.format)")]
+    NotAStore(PathBuf),
+    #[error("a store already exists at {0}")]
+    StoreExists(PathBuf),
+    #[error("{0} is not empty and is not a decofs store")]
+    InitNotEmpty(PathBuf),
+    #[error(
+        "store format '{found}' is not supported by this decofs (it reads format {supported})"
+    )]
+    FormatUnsupported { found: String, supported: u32 },
+    #[error("store {path} is locked by {holder}")]
+    StoreLocked { path: PathBuf, holder: String },
+    #[error("the backing filesystem of {0} does not support user xattrs")]
+    NoXattrSupport(PathBuf),
+    #[error("mountpoint {0} does not exist")]
+    MountpointNotFound(PathBuf),
+    #[error("mountpoint {0} is not a directory")]
+    MountpointNotDir(PathBuf),
+    #[error("mountpoint {0} is busy (something is already mounted there)")]
+    MountpointBusy(PathBuf),
+    #[error("{0} is not a decofs mount")]
+    NotMounted(PathBuf),
+    #[error("unknown or invalid mount option '{0}'")]
+    BadOption(String),
+    #[error("the mount daemon failed: {0}")]
+    Daemon(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// A stable machine-readable code; scripts match on it, so never rename one.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound => "not_found",
+            Error::Exists => "exists",
+            Error::NotDir => "not_a_directory",
+            Error::IsDir => "is_a_directory",
+            Error::NotEmpty => "not_empty",
+            Error::NameTooLong => "name_too_long",
+            Error::Invalid(_) => "invalid_argument",
+            Error::NotPermitted => "not_permitted",
+            Error::Access => "permission_denied",
+            Error::NoAttr => "no_attribute",
+            Error::Range => "range",
+            Error::NotSupported => "not_supported",
+            Error::ReadOnly => "read_only",
+            Error::TooManyLinks => "too_many_links",
+            Error::NoSpace => "no_space",
+            Error::Conflict(_) => "conflict",
+            Error::Integrity { .. } => "integrity_error",
+            Error::CorruptRecord { .. } => "corrupt_record",
+            Error::StoreNotFound(_) => "store_not_found",
+            Error::NotAStore(_) => "not_a_store",
+            Error::StoreExists(_) => "store_exists",
+            Error::InitNotEmpty(_) => "store_path_not_empty",
+            Error::FormatUnsupported { .. } => "format_unsupported",
+            Error::StoreLocked { .. } => "store_locked",
+            Error::NoXattrSupport(_) => "xattr_unsupported",
+            Error::MountpointNotFound(_) => "mountpoint_not_found",
+            Error::MountpointNotDir(_) => "mountpoint_not_a_directory",
+            Error::MountpointBusy(_) => "mountpoint_busy",
+            Error::NotMounted(_) => "not_mounted",
+            Error::BadOption(_) => "invalid_option",
+            Error::Daemon(_) => "daemon_failed",
+            Error::Io { .. } => "io_error",
+        }
+    }
+
+    /// What a person should do about it.
+    pub fn suggestion(&self) -> String {
+        match self {
+            Error::StoreNotFound(p) => {
+                format!("check the path, or create a store with `decofs init {}`", p.display())
+            }
+            Error::NotAStore(p) => format!(
+                "point decofs at a store made by `decofs init`; to make one here, use an empty or new directory instead of {}",
+                p.display()
+            ),
+            Error::StoreExists(_) => "mount the existing store, or choose a new path".into(),
+            Error::InitNotEmpty(_) => "choose a new or empty directory for the store".into(),
+            Error::FormatUnsupported { .. } => {
+                "use the decofs version that created this store".into()
+            }
+            Error::StoreLocked { .. } => {
+                "unmount the other mount first, or mount read-only with -o ro".into()
+            }
+            Error::NoXattrSupport(_) => {
+                "put the store on ext4, xfs or btrfs (mounted with user_xattr)".into()
+            }
+            Error::MountpointNotFound(p) => format!("create it first: mkdir -p {}", p.display()),
+            Error::MountpointNotDir(_) => "mount on a directory".into(),
+            Error::MountpointBusy(p) => {
+                format!("unmount it first (`decofs umount {}`) or choose another directory", p.display())
+            }
+            Error::NotMounted(_) => "check the mountpoint with `findmnt -t fuse.decofs`".into(),
+            Error::BadOption(_) => "see the mount options in `decofs mount --help`".into(),
+            Error::Daemon(_) => "see the daemon log, STORE/decofs.log".into(),
+            Error::Integrity { .. } => "run `decofs fsck` on the store; restore the file from a version or backup".into(),
+            Error::CorruptRecord { .. } => "run `decofs fsck` on the store".into(),
+            Error::NoSpace => "free space on the disk that holds the store".into(),
+            Error::Io { .. } => "check permissions and free space of the store's disk".into(),
+            _ => "see `decofs --help`".into(),
+        }
+    }
+
+    /// The errno a local filesystem would return for this error. The only mapping.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NotFound | Error::StoreNotFound(_) | Error::MountpointNotFound(_) => {
+                libc::ENOENT
+            }
+            Error::Exists | Error::StoreExists(_) => libc::EEXIST,
+            Error::NotDir | Error::MountpointNotDir(_) => libc::ENOTDIR,
+            Error::IsDir => libc::EISDIR,
+            Error::NotEmpty => libc::ENOTEMPTY,
+            Error::NameTooLong => libc::ENAMETOOLONG,
+            Error::Invalid(_)
+            | Error::NotAStore(_)
+            | Error::NotMounted(_)
+            | Error::BadOption(_) => libc::EINVAL,
+            Error::Daemon(_) => libc::EIO,
+            Error::InitNotEmpty(_) => libc::ENOTEMPTY,
+            Error::NotPermitted => libc::EPERM,
+            Error::Access => libc::EACCES,
+            Error::NoAttr => libc::ENODATA,
+            Error::Range => libc::ERANGE,
+            Error::NotSupported | Error::NoXattrSupport(_) => libc::EOPNOTSUPP,
+            Error::ReadOnly => libc::EROFS,
+            Error::TooManyLinks => libc::EMLINK,
+            Error::NoSpace => libc::ENOSPC,
+            Error::Conflict(_) => libc::EAGAIN,
+            Error::Integrity { .. } | Error::CorruptRecord { .. } => libc::EIO,
+            Error::FormatUnsupported { .. } => libc::EPROTO,
+            Error::StoreLocked { .. } | Error::MountpointBusy(_) => libc::EBUSY,
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+
+    /// Wrap an io error with what we were doing. ENOSPC/EDQUOT become `NoSpace` so the
+    /// caller sees the condition, not a generic I/O failure.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace,
+            Some(libc::ENAMETOOLONG) => Error::NameTooLong,
+            _ => Error::Io {
+                context: context.into(),
+                source,
+            },
+        }
+    }
+}
+
+/// `result.ctx("what")` turns an io::Result into our Result with context.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}

@@ -1,0 +1,221 @@
+//! Paths inside a store, the format file, creating and opening a store.
+//!
+//! ```text
+//! STORE/decofs.format      "decofs-format 1", store id, root node id, chunk size (written once)
+//! STORE/nodes/ab/cd/<uuid> one per node
+//! STORE/blobs/ab/<hash>    immutable chunks and manifests
+//! STORE/trash/             <unix-nanos>.<uuid> symlinks to trashed nodes
+//! STORE/revisions/         earlier records of nodes
+//! STORE/sessions/          staging for blob writes and the pid files of running mounts
+//! STORE/index/             sled index (a cache)
+//! STORE/lock               single-writer lock
+//! STORE/decofs.log         log of a background mount
+//! ```
+//! Opening checks the format version first, so a store of another format is refused
+//! before anything in it is touched.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::error::{Error, IoContext, Result};
+use super::node::NodeId;
+
+pub const FORMAT_FILE: &str = "decofs.format";
+pub const FORMAT_VERSION: u32 = 1;
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
+
+/// What `decofs.format` says.
+#[derive(Clone, Debug)]
+pub struct Format {
+    pub store_id: Uuid,
+    pub root: NodeId,
+    pub chunk_size: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Layout {
+        Layout {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn format_file(&self) -> PathBuf {
+        self.root.join(FORMAT_FILE)
+    }
+    pub fn nodes(&self) -> PathBuf {
+        self.root.join("nodes")
+    }
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+    pub fn trash(&self) -> PathBuf {
+        self.root.join("trash")
+    }
+    pub fn sessions(&self) -> PathBuf {
+        self.root.join("sessions")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("decofs.log")
+    }
+
+    /// `nodes/ab/cd/<uuid>`: two levels of 256-way fan-out keep directories small.
+    pub fn node_path(&self, id: NodeId) -> PathBuf {
+        let s = id.to_string();
+        let mut p = self.nodes();
+        p.push(&s[0..2]);
+        p.push(&s[2..4]);
+        p.push(&s);
+        p
+    }
+
+    /// The symlink target of an entry pointing at `id`, relative to the parent node
+    /// directory (`nodes/xx/yy/<parent>/<name>`), so the store can be moved as a whole.
+    pub fn entry_target(id: NodeId) -> String {
+        let s = id.to_string();
+        format!("../../../{}/{}/{}", &s[0..2], &s[2..4], s)
+    }
+
+    /// Parse an entry's symlink target back into the node id it names.
+    pub fn parse_entry_target(target: &Path) -> Option<NodeId> {
+        let name = target.file_name()?.to_str()?;
+        Uuid::parse_str(name).ok().map(NodeId)
+    }
+
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        let mut p = self.blobs();
+        p.push(&hash[0..2]);
+        p.push(hash);
+        p
+    }
+
+    /// Create a new store. Refuses an existing store or a non-empty directory.
+    pub fn create(&self, chunk_size: u32) -> Result<Format> {
+        if self.format_file().exists() {
+            return Err(Error::StoreExists(self.root.clone()));
+        }
+        if self.root.exists() {
+            if !self.root.is_dir() {
+                return Err(Error::InitNotEmpty(self.root.clone()));
+            }
+            let mut it =
+                fs::read_dir(&self.root).ctx(|| format!("read {}", self.root.display()))?;
+            if it.next().is_some() {
+                return Err(Error::InitNotEmpty(self.root.clone()));
+            }
+        }
+        if !chunk_size.is_power_of_two() || !(4096..=(64 << 20)).contains(&chunk_size) {
+            return Err(Error::Invalid(
+                "chunk size must be a power of two between 4 KiB and 64 MiB",
+            ));
+        }
+        fs::create_dir_all(&self.root).ctx(|| format!("create {}", self.root.display()))?;
+        check_xattr_support(&self.root)?;
+        for d in [
+            self.nodes(),
+            self.blobs(),
+            self.trash(),
+            self.sessions(),
+            self.root.join("revisions"),
+        ] {
+            fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
+        }
+        let format = Format {
+            store_id: Uuid::new_v4(),
+            root: NodeId::new(),
+            chunk_size,
+        };
+        Ok(format)
+    }
+
+    /// Write the format file last: a store without it is not a store, so a failed init
+    /// leaves nothing that could be mistaken for one.
+    pub fn write_format(&self, f: &Format) -> Result<()> {
+        let text = format!(
+            "decofs-format {}\nstore {}\nroot {}\nchunk_size {}\n",
+            FORMAT_VERSION, f.store_id, f.root, f.chunk_size
+        );
+        let tmp = self.sessions().join("format.tmp");
+        let mut file = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+        file.write_all(text.as_bytes())
+            .ctx(|| "write format".into())?;
+        file.sync_all().ctx(|| "sync format".into())?;
+        fs::rename(&tmp, self.format_file()).ctx(|| "install format file".into())?;
+        sync_dir(&self.root)
+    }
+
+    /// Read and check the format file.
+    pub fn read_format(&self) -> Result<Format> {
+        if !self.root.exists() {
+            return Err(Error::StoreNotFound(self.root.clone()));
+        }
+        if !self.root.is_dir() {
+            return Err(Error::NotAStore(self.root.clone()));
+        }
+        let text = match fs::read_to_string(self.format_file()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotAStore(self.root.clone()))
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("read {}", self.format_file().display()),
+                    e,
+                ))
+            }
+        };
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or("").trim().to_string();
+        if first != format!("decofs-format {FORMAT_VERSION}") {
+            return Err(Error::FormatUnsupported {
+                found: first,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let (mut store_id, mut root, mut chunk_size) = (None, None, None);
+        for line in lines {
+            let mut kv = line.splitn(2, ' ');
+            match (kv.next(), kv.next()) {
+                (Some("store"), Some(v)) => store_id = Uuid::parse_str(v.trim()).ok(),
+                (Some("root"), Some(v)) => root = Uuid::parse_str(v.trim()).ok().map(NodeId),
+                (Some("chunk_size"), Some(v)) => chunk_size = v.trim().parse().ok(),
+                _ => {}
+            }
+        }
+        match (store_id, root, chunk_size) {
+            (Some(store_id), Some(root), Some(chunk_size)) => Ok(Format {
+                store_id,
+                root,
+                chunk_size,
+            }),
+            _ => Err(Error::FormatUnsupported {
+                found: "decofs-format 1 with missing fields".into(),
+                supported: FORMAT_VERSION,
+            }),
+        }
+    }
+}
+
+/// fsync a directory so a rename or create inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let f = fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
+    f.sync_all().ctx(|| format!("sync {}", dir.display()))
+}
+
+/// The node record lives in a user xattr: refuse backing filesystems without them.
+pub fn check_xattr_support(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".xattr-probe-{}", std::process::id()));
+    let _ = fs::File::create(&probe).ctx(|| format!("create {}", probe.display()))?;
+    let res = xattr::set(&probe, "user.decofs.probe", b"1");
+    let _ = fs::remove_file(&probe);
+    res.map_err(|_| Error::NoXattrSupport(dir.to_path_buf()))
+}

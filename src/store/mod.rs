@@ -1,0 +1,355 @@
+//! The store: the truth on disk. It knows nothing of FUSE or of the index.
+//!
+//! Every invariant of the design that concerns the disk is enforced here:
+//! - records are written whole, under a per-node stripe lock with a version check
+//!   (`update`, `cas`): invariant 2;
+//! - blobs are written and named before a record names them (`blob`): invariant 1;
+//! - names are bound by creating the entry symlink, which fails if taken (`tree`):
+//!   invariant 3;
+//! - all handles of a file share one write session (`content`): invariant 4;
+//! - every chunk read is verified (`blob`): invariant 5.
+
+pub mod attr;
+pub mod blob;
+pub mod content;
+pub mod error;
+pub mod layout;
+pub mod lock;
+pub mod node;
+pub mod tree;
+
+use std::collections::HashMap;
+use std::fs;
+use std::hash::{Hash as _, Hasher};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub use error::{Error, Result};
+pub use node::{Kind, NodeId, NodeRecord, Time};
+
+use blob::{BlobStore, LocalBlobs};
+use content::Session;
+use error::IoContext;
+use layout::{Format, Layout};
+use lock::StoreLock;
+use node::{decode_body, encode_body, frame, unframe, Stored, INLINE_RECORD_LIMIT, RECORD_XATTR};
+
+const STRIPES: usize = 64;
+
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    pub read_only: bool,
+    /// Verified-chunk cache size in bytes.
+    pub cache_bytes: usize,
+}
+
+pub struct Store {
+    pub layout: Layout,
+    pub format: Format,
+    pub blobs: LocalBlobs,
+    read_only: bool,
+    stripes: Vec<Mutex<()>>,
+    sessions: Mutex<HashMap<NodeId, Arc<Mutex<Session>>>>,
+    manifests: Mutex<HashMap<node::Hash, Arc<Vec<node::ChunkRef>>>>,
+    _lock: Option<StoreLock>,
+}
+
+impl Store {
+    /// Create a new store at `path` with an empty root directory owned by the caller.
+    pub fn init(path: &Path, chunk_size: u32) -> Result<Format> {
+        let layout = Layout::new(path);
+        let format = layout.create(chunk_size)?;
+        let blobs = LocalBlobs::new(layout.clone(), 0);
+        let store = Store::assemble(layout, format.clone(), blobs, false, None);
+        // SAFETY: plain getters.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let rec = NodeRecord::new(Kind::Dir, 0o755, uid, gid, 1);
+        let p = store.layout.node_path(format.root);
+        fs::create_dir_all(&p).ctx(|| format!("create {}", p.display()))?;
+        store.write_record(format.root, &rec, true)?;
+        layout::sync_dir(p.parent().unwrap())?;
+        store.layout.write_format(&format)?;
+        Ok(format)
+    }
+
+    /// Open an existing store. A read-write open takes the single-writer lock.
+    pub fn open(path: &Path, opts: OpenOptions) -> Result<Store> {
+        let layout = Layout::new(path);
+        let format = layout.read_format()?;
+        layout::check_xattr_support(&layout.sessions())?;
+        let lock = if opts.read_only {
+            None
+        } else {
+            Some(StoreLock::acquire(&layout)?)
+        };
+        let cache = if opts.cache_bytes == 0 {
+            256 << 20
+        } else {
+            opts.cache_bytes
+        };
+        let blobs = LocalBlobs::new(layout.clone(), cache);
+        let store = Store::assemble(layout, format, blobs, opts.read_only, lock);
+        // A root without a record means this is not a store we can serve.
+        store.read_record(store.root())?;
+        Ok(store)
+    }
+
+    fn assemble(
+        layout: Layout,
+        format: Format,
+        blobs: LocalBlobs,
+        read_only: bool,
+        lock: Option<StoreLock>,
+    ) -> Store {
+        Store {
+            layout,
+            format,
+            blobs,
+            read_only,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            sessions: Mutex::new(HashMap::new()),
+            manifests: Mutex::new(HashMap::new()),
+            _lock: lock,
+        }
+    }
+
+    pub fn root(&self) -> NodeId {
+        self.format.root
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.format.chunk_size as u64
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The inode number of a node (stable across remounts).
+    pub fn ino_of(&self, id: NodeId) -> u64 {
+        if id == self.root() {
+            1
+        } else {
+            id.derived_ino()
+        }
+    }
+
+    fn stripe(&self, id: NodeId) -> &Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+
+    /// Read a node's record from its xattr (following it into a blob if it was large).
+    pub fn read_record(&self, id: NodeId) -> Result<NodeRecord> {
+        let path = self.layout.node_path(id);
+        let value = match xattr::get(&path, RECORD_XATTR) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return Err(Error::CorruptRecord {
+                    node: id.to_string(),
+                    detail: "node has no record".into(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound),
+            Err(e) => return Err(Error::io(format!("read record of {id}"), e)),
+        };
+        match unframe(id, &value)? {
+            Stored::Inline(r) => Ok(r),
+            Stored::InBlob(h) => decode_body(id, &self.blobs.get(&h)?),
+        }
+    }
+
+    /// Replace a node's record with one setxattr. Large records go to a blob first.
+    fn write_record(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
+        let body = encode_body(rec);
+        let value = if body.len() > INLINE_RECORD_LIMIT {
+            let h = self.blobs.put(&body, durable)?;
+            frame(true, &h)
+        } else {
+            frame(false, &body)
+        };
+        let path = self.layout.node_path(id);
+        xattr::set(&path, RECORD_XATTR, &value).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound
+            } else {
+                Error::io(format!("write record of {id}"), e)
+            }
+        })?;
+        if durable {
+            let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;
+            f.sync_all().ctx(|| format!("sync {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Read-modify-write of a whole record under the node's stripe lock. `f` sees one
+    /// version and the result is written once with the version incremented; if `f`
+    /// fails nothing is written.
+    pub fn update<F>(&self, id: NodeId, f: F) -> Result<NodeRecord>
+    where
+        F: FnOnce(&mut NodeRecord) -> Result<()>,
+    {
+        self.writable()?;
+        let _g = self.stripe(id).lock().unwrap();
+        let mut rec = self.read_record(id)?;
+        f(&mut rec)?;
+        rec.version += 1;
+        self.write_record(id, &rec, false)?;
+        Ok(rec)
+    }
+
+    /// Compare-and-swap: write `rec` only if the stored version is still `expected`.
+    pub fn cas(&self, id: NodeId, expected: u64, mut rec: NodeRecord) -> Result<NodeRecord> {
+        self.writable()?;
+        let _g = self.stripe(id).lock().unwrap();
+        let cur = self.read_record(id)?;
+        if cur.version != expected {
+            return Err(Error::Conflict(id.to_string()));
+        }
+        rec.version = expected + 1;
+        self.write_record(id, &rec, false)?;
+        Ok(rec)
+    }
+
+    /// Make a node's record durable (fsync of its file).
+    pub fn sync_node(&self, id: NodeId) -> Result<()> {
+        let path = self.layout.node_path(id);
+        let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;
+        f.sync_all().ctx(|| format!("sync {}", path.display()))
+    }
+
+    /// Free and total space of the disk under the store: (blocks, bfree, bavail, files,
+    /// ffree, bsize).
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        let c = std::ffi::CString::new(self.layout.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Invalid("path"))?;
+        // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(Error::io("statfs", std::io::Error::last_os_error()));
+        }
+        Ok(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn scratch() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("store");
+        Store::init(&p, 64 * 1024).unwrap();
+        let s = Store::open(&p, OpenOptions::default()).unwrap();
+        (dir, s)
+    }
+
+    /// Invariant 2: a CAS against a stale version fails and writes nothing.
+    #[test]
+    fn cas_refuses_stale_version() {
+        let (_d, s) = scratch();
+        let root = s.root();
+        let r0 = s.read_record(root).unwrap();
+        let mut a = r0.clone();
+        a.mode = 0o700;
+        let written = s.cas(root, r0.version, a).unwrap();
+        assert_eq!(written.version, r0.version + 1);
+        let mut b = r0.clone();
+        b.uid = 4242;
+        assert!(matches!(
+            s.cas(root, r0.version, b),
+            Err(Error::Conflict(_))
+        ));
+        let now = s.read_record(root).unwrap();
+        assert_eq!(now.mode, 0o700);
+        assert_ne!(
+            now.uid, 4242,
+            "a lost CAS must not mix attributes into the record"
+        );
+    }
+
+    /// Invariant 2: concurrent read-modify-write updates are serialized, none is lost.
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let (_d, s) = scratch();
+        let s = Arc::new(s);
+        let root = s.root();
+        let start = s.read_record(root).unwrap().version;
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        s.update(root, |r| {
+                            r.rdev += 1;
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = s.read_record(root).unwrap();
+        assert_eq!(r.rdev, 400);
+        assert_eq!(r.version, start + 400);
+    }
+
+    /// A record too large for an xattr goes to a blob and reads back whole.
+    #[test]
+    fn large_record_spills_to_blob() {
+        let (_d, s) = scratch();
+        let root = s.root();
+        s.update(root, |r| {
+            r.xattrs.insert(b"user.big".to_vec(), vec![7u8; 60_000]);
+            Ok(())
+        })
+        .unwrap();
+        let r = s.read_record(root).unwrap();
+        assert_eq!(r.xattrs[&b"user.big".to_vec()].len(), 60_000);
+        let raw = xattr::get(s.layout.node_path(root), RECORD_XATTR)
+            .unwrap()
+            .unwrap();
+        assert!(raw.len() < 100, "the xattr holds only the blob reference");
+    }
+
+    #[test]
+    fn read_only_store_refuses_writes() {
+        let (d, s) = scratch();
+        drop(s);
+        let ro = Store::open(
+            &d.path().join("store"),
+            OpenOptions {
+                read_only: true,
+                cache_bytes: 0,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            ro.update(ro.root(), |_| Ok(())),
+            Err(Error::ReadOnly)
+        ));
+    }
+
+    #[test]
+    fn second_writer_is_refused() {
+        let (d, _s) = scratch();
+        match Store::open(&d.path().join("store"), OpenOptions::default()) {
+            Err(Error::StoreLocked { holder, .. }) => assert!(holder.contains("pid")),
+            other => panic!("expected store_locked, got {:?}", other.err()),
+        }
+    }
+}

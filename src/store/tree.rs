@@ -1,0 +1,589 @@
+//! Names: lookup, create, link, unlink, rmdir, rename, readdir (invariant 3).
+//!
+//! A directory node is a directory holding only entries; an entry is a symlink named
+//! exactly like the client's name whose target names the child node. A create makes
+//! the node first and then binds the name with symlink(2), which fails with EEXIST if
+//! the name is taken: the loser removes its unbound node, so concurrent creates of one
+//! name leave exactly one node. A rename is one rename(2)/renameat2(2) of the entry.
+//! A node whose last entry goes away is moved to `trash/` with its origin (invariant 6),
+//! which also keeps an open-but-unlinked file readable and writable.
+//!
+//! Namespace consistency between a check and the rename(2) that follows (empty target
+//! directory, no cycles) relies on the kernel's VFS locks, which serialize conflicting
+//! namespace operations on one mount; the store is only ever written by one mount.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::error::{Error, IoContext, Result};
+use super::layout::Layout;
+use super::node::{Kind, NodeId, NodeRecord, Time, TrashOrigin};
+use super::Store;
+
+/// The longest name a directory entry may have (as on ext4).
+pub const NAME_MAX: usize = 255;
+/// Most links a node may have (ext4's limit).
+pub const LINK_MAX: u32 = 65_000;
+
+/// What a new node is.
+#[derive(Clone, Debug)]
+pub struct NewNode {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub target: Vec<u8>,
+}
+
+/// How a rename treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+pub fn validate_name(name: &OsStr) -> Result<()> {
+    let b = name.as_bytes();
+    if b.len() > NAME_MAX {
+        return Err(Error::NameTooLong);
+    }
+    if b.is_empty() || b.contains(&b'/') || b.contains(&0) || b == b"." || b == b".." {
+        return Err(Error::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+fn cpath(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Invalid("path contains NUL"))
+}
+
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+    let (a, b) = (
+        cpath(from).map_err(|_| ErrorKind::InvalidInput)?,
+        cpath(to).map_err(|_| ErrorKind::InvalidInput)?,
+    );
+    // SAFETY: both paths are valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Store {
+    fn entry_path(&self, parent: NodeId, name: &OsStr) -> PathBuf {
+        self.layout.node_path(parent).join(name)
+    }
+
+    /// The directory record of `id`, or NotDir / NotFound (a removed directory).
+    fn dir_record(&self, id: NodeId) -> Result<NodeRecord> {
+        let rec = self.read_record(id)?;
+        if rec.kind != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        if rec.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(rec)
+    }
+
+    /// Resolve a name in a directory to a node id.
+    pub fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
+        validate_name(name)?;
+        match fs::read_link(self.entry_path(parent, name)) {
+            Ok(t) => Layout::parse_entry_target(&t).ok_or_else(|| Error::CorruptRecord {
+                node: parent.to_string(),
+                detail: format!("entry {:?} has a bad target", name),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::NotFound),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(Error::NotDir),
+            Err(e) => Err(Error::io(format!("lookup {:?}", name), e)),
+        }
+    }
+
+    /// Create a node and bind it to `name` in `parent`.
+    pub fn create(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        new: NewNode,
+    ) -> Result<(NodeId, NodeRecord)> {
+        self.writable()?;
+        validate_name(name)?;
+        let prec = self.dir_record(parent)?;
+        let id = NodeId::new();
+        let mut rec = NodeRecord::new(new.kind, new.mode, new.uid, new.gid, self.ino_of(id));
+        rec.rdev = new.rdev;
+        rec.target = new.target;
+        if new.kind == Kind::Symlink {
+            rec.size = rec.target.len() as u64;
+            rec.mode = 0o777;
+        }
+        // BSD group semantics of a setgid directory, as ext4 does.
+        if prec.mode & libc::S_ISGID != 0 {
+            rec.gid = prec.gid;
+            if new.kind == Kind::Dir {
+                rec.mode |= libc::S_ISGID;
+            }
+        }
+        rec.parent = Some(parent);
+        rec.name = name.as_bytes().to_vec();
+
+        // 1. the node, unbound
+        let npath = self.layout.node_path(id);
+        let make = |p: &Path| -> std::io::Result<()> {
+            if new.kind == Kind::Dir {
+                fs::create_dir(p)
+            } else {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(p)
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = make(&npath) {
+            if e.kind() != ErrorKind::NotFound {
+                return Err(Error::io(format!("create node {id}"), e));
+            }
+            let shard = npath.parent().unwrap();
+            fs::create_dir_all(shard).ctx(|| format!("create {}", shard.display()))?;
+            make(&npath).ctx(|| format!("create node {id}"))?;
+        }
+        if let Err(e) = self.write_record(id, &rec, false) {
+            self.remove_node_files(id, new.kind);
+            return Err(e);
+        }
+        // 2. bind the name; EEXIST means another create won
+        if let Err(e) =
+            std::os::unix::fs::symlink(Layout::entry_target(id), self.entry_path(parent, name))
+        {
+            self.remove_node_files(id, new.kind);
+            return Err(match e.kind() {
+                ErrorKind::AlreadyExists => Error::Exists,
+                ErrorKind::NotFound => Error::NotFound,
+                _ => Error::io(format!("bind {:?}", name), e),
+            });
+        }
+        // 3. the parent's times (and link count for a subdirectory)
+        self.touch_dir(parent, if new.kind == Kind::Dir { 1 } else { 0 })?;
+        Ok((id, rec))
+    }
+
+    fn remove_node_files(&self, id: NodeId, kind: Kind) {
+        let p = self.layout.node_path(id);
+        let _ = if kind == Kind::Dir {
+            fs::remove_dir(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+    }
+
+    /// Update a directory's mtime/ctime and adjust its link count.
+    fn touch_dir(&self, dir: NodeId, nlink_delta: i64) -> Result<NodeRecord> {
+        let now = Time::now();
+        self.update(dir, |r| {
+            r.mtime = now;
+            r.ctime = now;
+            r.nlink = (r.nlink as i64 + nlink_delta).max(0) as u32;
+            Ok(())
+        })
+    }
+
+    /// Add a hard link to a non-directory node.
+    pub fn link(&self, id: NodeId, newparent: NodeId, newname: &OsStr) -> Result<NodeRecord> {
+        self.writable()?;
+        validate_name(newname)?;
+        self.dir_record(newparent)?;
+        let rec = self.read_record(id)?;
+        if rec.kind == Kind::Dir {
+            return Err(Error::NotPermitted);
+        }
+        if rec.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if rec.nlink >= LINK_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        std::os::unix::fs::symlink(
+            Layout::entry_target(id),
+            self.entry_path(newparent, newname),
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::AlreadyExists => Error::Exists,
+            _ => Error::io(format!("link {:?}", newname), e),
+        })?;
+        let rec = self.update(id, |r| {
+            r.nlink += 1;
+            r.ctime = Time::now();
+            Ok(())
+        })?;
+        self.touch_dir(newparent, 0)?;
+        Ok(rec)
+    }
+
+    /// One link of `id` went away: drop the count, and trash the node at zero.
+    fn drop_link(&self, id: NodeId, parent: NodeId, name: &OsStr) -> Result<()> {
+        let now = Time::now();
+        let rec = self.update(id, |r| {
+            r.nlink = if r.kind == Kind::Dir {
+                0
+            } else {
+                r.nlink.saturating_sub(1)
+            };
+            r.ctime = now;
+            if r.nlink == 0 {
+                r.trash = Some(TrashOrigin {
+                    parent,
+                    name: name.as_bytes().to_vec(),
+                    at: now,
+                });
+            }
+            Ok(())
+        })?;
+        if rec.nlink == 0 {
+            let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
+            let link = self.layout.trash().join(format!("{nanos}.{id}"));
+            let target = format!("../nodes/{}", &Layout::entry_target(id)[9..]);
+            std::os::unix::fs::symlink(target, &link).ctx(|| format!("trash {id}"))?;
+        }
+        Ok(())
+    }
+
+    /// Remove a non-directory name.
+    pub fn unlink(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
+        self.writable()?;
+        let id = self.lookup(parent, name)?;
+        if self.read_record(id)?.kind == Kind::Dir {
+            return Err(Error::IsDir);
+        }
+        fs::remove_file(self.entry_path(parent, name)).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::NotFound,
+            _ => Error::io(format!("unlink {:?}", name), e),
+        })?;
+        self.drop_link(id, parent, name)?;
+        self.touch_dir(parent, 0)?;
+        Ok(id)
+    }
+
+    fn is_empty_dir(&self, id: NodeId) -> Result<bool> {
+        let mut it = fs::read_dir(self.layout.node_path(id)).ctx(|| format!("read dir {id}"))?;
+        Ok(it.next().is_none())
+    }
+
+    /// Remove an empty directory.
+    pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
+        self.writable()?;
+        let id = self.lookup(parent, name)?;
+        if self.read_record(id)?.kind != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        if !self.is_empty_dir(id)? {
+            return Err(Error::NotEmpty);
+        }
+        fs::remove_file(self.entry_path(parent, name)).ctx(|| format!("rmdir {:?}", name))?;
+        self.drop_link(id, parent, name)?;
+        self.touch_dir(parent, -1)?;
+        Ok(id)
+    }
+
+    /// Is `node` `ancestor` itself or below it? Walks the parent hints of directories.
+    fn is_within(&self, mut node: NodeId, ancestor: NodeId) -> Result<bool> {
+        for _ in 0..4096 {
+            if node == ancestor {
+                return Ok(true);
+            }
+            if node == self.root() {
+                return Ok(false);
+            }
+            match self.read_record(node)?.parent {
+                Some(p) => node = p,
+                None => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Rename `name` in `parent` to `newname` in `newparent`.
+    pub fn rename(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        newparent: NodeId,
+        newname: &OsStr,
+        mode: RenameMode,
+    ) -> Result<()> {
+        self.writable()?;
+        validate_name(newname)?;
+        let src = self.lookup(parent, name)?;
+        let srec = self.read_record(src)?;
+        self.dir_record(newparent)?;
+        let dst = match self.lookup(newparent, newname) {
+            Ok(id) => Some(id),
+            Err(Error::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let drec = match dst {
+            Some(d) => Some(self.read_record(d)?),
+            None => None,
+        };
+        let from = self.entry_path(parent, name);
+        let to = self.entry_path(newparent, newname);
+        let now = Time::now();
+
+        if mode == RenameMode::Exchange {
+            let (dst, drec) = match (dst, drec) {
+                (Some(d), Some(r)) => (d, r),
+                _ => return Err(Error::NotFound),
+            };
+            if parent != newparent {
+                if srec.kind == Kind::Dir && self.is_within(newparent, src)? {
+                    return Err(Error::Invalid("cannot move a directory into itself"));
+                }
+                if drec.kind == Kind::Dir && self.is_within(parent, dst)? {
+                    return Err(Error::Invalid("cannot move a directory into itself"));
+                }
+            }
+            renameat2(&from, &to, libc::RENAME_EXCHANGE).ctx(|| "rename exchange".into())?;
+            self.rehome(src, newparent, newname, now)?;
+            self.rehome(dst, parent, name, now)?;
+            let (sd, dd) = (
+                (srec.kind == Kind::Dir) as i64,
+                (drec.kind == Kind::Dir) as i64,
+            );
+            if parent == newparent {
+                self.touch_dir(parent, 0)?;
+            } else {
+                self.touch_dir(parent, dd - sd)?;
+                self.touch_dir(newparent, sd - dd)?;
+            }
+            return Ok(());
+        }
+
+        if let (Some(dst), Some(drec)) = (dst, drec.as_ref()) {
+            if mode == RenameMode::NoReplace {
+                return Err(Error::Exists);
+            }
+            if dst == src {
+                // Two links of one node: POSIX says do nothing.
+                return Ok(());
+            }
+            match (srec.kind == Kind::Dir, drec.kind == Kind::Dir) {
+                (true, false) => return Err(Error::NotDir),
+                (false, true) => return Err(Error::IsDir),
+                (true, true) if !self.is_empty_dir(dst)? => return Err(Error::NotEmpty),
+                _ => {}
+            }
+        }
+        if srec.kind == Kind::Dir && parent != newparent && self.is_within(newparent, src)? {
+            return Err(Error::Invalid("cannot move a directory into itself"));
+        }
+        let flags = if mode == RenameMode::NoReplace {
+            libc::RENAME_NOREPLACE
+        } else {
+            0
+        };
+        renameat2(&from, &to, flags).map_err(|e| match e.kind() {
+            ErrorKind::AlreadyExists => Error::Exists,
+            ErrorKind::NotFound => Error::NotFound,
+            _ => Error::io("rename", e),
+        })?;
+        self.rehome(src, newparent, newname, now)?;
+        let src_dir = (srec.kind == Kind::Dir) as i64;
+        let mut new_delta = 0;
+        if let (Some(dst), Some(drec)) = (dst, drec) {
+            self.drop_link(dst, newparent, newname)?;
+            if drec.kind == Kind::Dir {
+                new_delta -= 1;
+            }
+        }
+        if parent == newparent {
+            self.touch_dir(parent, new_delta)?;
+        } else {
+            self.touch_dir(parent, -src_dir)?;
+            self.touch_dir(newparent, new_delta + src_dir)?;
+        }
+        Ok(())
+    }
+
+    /// A node got a new name: update its hints and ctime.
+    fn rehome(&self, id: NodeId, parent: NodeId, name: &OsStr, now: Time) -> Result<()> {
+        self.update(id, |r| {
+            r.parent = Some(parent);
+            r.name = name.as_bytes().to_vec();
+            r.ctime = now;
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// The entries of a directory, in on-disk order.
+    pub fn readdir(&self, id: NodeId) -> Result<Vec<(OsString, NodeId)>> {
+        let dir = self.layout.node_path(id);
+        let it = fs::read_dir(&dir).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Error::NotFound,
+            Some(libc::ENOTDIR) => Error::NotDir,
+            _ => Error::io(format!("read dir {id}"), e),
+        })?;
+        let mut out = Vec::new();
+        for ent in it {
+            let ent = ent.ctx(|| format!("read dir {id}"))?;
+            let target = match fs::read_link(ent.path()) {
+                Ok(t) => t,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue, // removed meanwhile
+                Err(e) => return Err(Error::io(format!("read entry in {id}"), e)),
+            };
+            match Layout::parse_entry_target(&target) {
+                Some(child) => out.push((ent.file_name(), child)),
+                None => log::warn!(
+                    "directory {id}: entry {:?} has a bad target, skipped",
+                    ent.file_name()
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::scratch;
+    use std::sync::Arc;
+
+    fn file(uid: u32) -> NewNode {
+        NewNode {
+            kind: Kind::File,
+            mode: 0o644,
+            uid,
+            gid: 0,
+            rdev: 0,
+            target: vec![],
+        }
+    }
+
+    /// Invariant 3: concurrent creates of one name: one winner, no unbound node left.
+    #[test]
+    fn racing_creates_leave_one_node() {
+        let (_d, s) = scratch();
+        let s = Arc::new(s);
+        let root = s.root();
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || s.create(root, OsStr::new("same"), file(i)).is_ok())
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|w| *w)
+            .count();
+        assert_eq!(wins, 1);
+        // Count node files: root + the winner, nothing else.
+        let mut nodes = 0;
+        for a in fs::read_dir(s.layout.nodes()).unwrap() {
+            for b in fs::read_dir(a.unwrap().path()).unwrap() {
+                nodes += fs::read_dir(b.unwrap().path()).unwrap().count();
+            }
+        }
+        assert_eq!(nodes, 2);
+    }
+
+    #[test]
+    fn rename_checks_kinds_and_emptiness() {
+        let (_d, s) = scratch();
+        let root = s.root();
+        let dir = |n: &str| {
+            s.create(
+                root,
+                OsStr::new(n),
+                NewNode {
+                    kind: Kind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    target: vec![],
+                },
+            )
+            .unwrap()
+            .0
+        };
+        let a = dir("a");
+        dir("b");
+        s.create(root, OsStr::new("f"), file(0)).unwrap();
+        s.create(a, OsStr::new("inner"), file(0)).unwrap();
+        let r = |x: &str, y: &str, m| s.rename(root, OsStr::new(x), root, OsStr::new(y), m);
+        assert!(matches!(
+            r("b", "a", RenameMode::Replace),
+            Err(Error::NotEmpty)
+        ));
+        assert!(matches!(
+            r("f", "b", RenameMode::Replace),
+            Err(Error::IsDir)
+        ));
+        assert!(matches!(
+            r("b", "f", RenameMode::Replace),
+            Err(Error::NotDir)
+        ));
+        assert!(matches!(
+            r("f", "a", RenameMode::NoReplace),
+            Err(Error::Exists)
+        ));
+        assert!(matches!(
+            s.rename(
+                root,
+                OsStr::new("a"),
+                a,
+                OsStr::new("x"),
+                RenameMode::Replace
+            ),
+            Err(Error::Invalid(_))
+        ));
+        r("f", "a", RenameMode::Exchange).unwrap();
+        assert_eq!(
+            s.read_record(s.lookup(root, OsStr::new("f")).unwrap())
+                .unwrap()
+                .kind,
+            Kind::Dir
+        );
+        // root: 2 + a + b
+        assert_eq!(s.read_record(root).unwrap().nlink, 4);
+        r("b", "f", RenameMode::NoReplace).unwrap_err();
+        s.rmdir(a, OsStr::new("nothing")).unwrap_err();
+        s.unlink(root, OsStr::new("a")).unwrap();
+        r("b", "a", RenameMode::Replace).unwrap();
+        assert_eq!(
+            s.read_record(root).unwrap().nlink,
+            4,
+            "b moved over nothing: a(dir f), a"
+        );
+    }
+
+    #[test]
+    fn long_names_are_refused() {
+        let (_d, s) = scratch();
+        let long = "x".repeat(256);
+        assert!(matches!(
+            s.create(s.root(), OsStr::new(&long), file(0)),
+            Err(Error::NameTooLong)
+        ));
+        s.create(s.root(), OsStr::new(&long[..255]), file(0))
+            .unwrap();
+    }
+}
