@@ -143,6 +143,14 @@ failure_details() {
 
 PATTERNS=("$@")
 
+# Tests pjdfstest itself skips on every FUSE filesystem, whatever the filesystem does.
+# They are still reported (as skipped, in the list of differences); a skip of one of these
+# on decofs is not counted as a regression. A failure always is.
+#   link::link_count_max: its guard reads pathconf(_PC_LINK_MAX); glibc answers 127
+#     ("unknown") for any filesystem type it does not know, FUSE included, and the guard
+#     skips on 127. (decofs' own EMLINK behaviour is tested by its integration tests.)
+FUSE_SKIPS=(link::link_count_max)
+
 # 1. Baseline on ext4.
 run_suite ext4 "$work/ext4" "$shm_dir"
 
@@ -184,7 +192,9 @@ fi
 diffs=$(join -a1 -a2 -e missing -o 0,1.2,2.2 "$work/ext4.res" "$work/decofs.res" |
     awk '$2 != $3 { printf "   %-60s ext4=%-7s decofs=%s\n", $1, $2, $3 }')
 regressions=$(join -a1 -e missing -o 0,1.2,2.2 "$work/ext4.res" "$work/decofs.res" |
-    awk '$2 == "pass" && $3 != "pass" { print $1 }')
+    awk -v excused="${FUSE_SKIPS[*]}" '
+        BEGIN { n = split(excused, e, " "); for (i = 1; i <= n; i++) ok[e[i]] = 1 }
+        $2 == "pass" && $3 != "pass" && !($3 == "skip" && ($1 in ok)) { print $1 }')
 decofs_failed=$(awk '$2 == "fail" { print $1 }' "$work/decofs.res")
 
 if [[ -n $diffs ]]; then
@@ -197,6 +207,15 @@ if [[ -n $decofs_failed ]]; then
     echo "decofs failures:"
     failure_details "$work/decofs.log"
     status=1
+fi
+excused=$(join -o 0,1.2,2.2 "$work/ext4.res" "$work/decofs.res" |
+    awk -v excused="${FUSE_SKIPS[*]}" '
+        BEGIN { n = split(excused, e, " "); for (i = 1; i <= n; i++) ok[e[i]] = 1 }
+        $2 == "pass" && $3 == "skip" && ($1 in ok) { print "   " $1 }')
+if [[ -n $excused ]]; then
+    echo
+    echo "Skipped on decofs by pjdfstest for any FUSE filesystem (not counted as regressions):"
+    echo "$excused"
 fi
 if [[ -n $regressions ]]; then
     echo

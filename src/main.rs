@@ -80,7 +80,12 @@ impl Failure {
 }
 
 fn init_logging(foreground_daemon: bool) {
-    let default = if foreground_daemon { "info" } else { "warn" };
+    // fuser warns when it cannot unmount a mount we already unmounted: noise.
+    let default = if foreground_daemon {
+        "info,fuser::session=error"
+    } else {
+        "warn"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format_timestamp_millis()
         .init();

@@ -200,7 +200,9 @@ pub fn run_foreground(
     };
     let store_root = store.layout.root.clone();
     let pidf = pid_file(&store_root, std::process::id());
-    let _ = fs::write(&pidf, mnt.as_os_str().as_bytes());
+    let mut pid_text = mnt.as_os_str().as_bytes().to_vec();
+    pid_text.extend_from_slice(if opts.read_only { b"\nro\n" } else { b"\nrw\n" });
+    let _ = fs::write(&pidf, pid_text);
     log::info!("mounted {} on {}", store_root.display(), mnt.display());
     report_ready(&Ok(()));
     let mut session = session;
@@ -399,9 +401,10 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     if !(entry.fstype == "fuse.decofs" || entry.fstype == "fuse") {
         return Err(Error::NotMounted(canon));
     }
-    // Find the daemon serving this mountpoint.
-    let mut pid = None;
-    if let Ok(it) = fs::read_dir(Path::new(&entry.source).join("sessions")) {
+    // Find the daemon serving this mountpoint: (pid, holds the write lock).
+    let store = PathBuf::from(&entry.source);
+    let mut daemon = None;
+    if let Ok(it) = fs::read_dir(store.join("sessions")) {
         for e in it.flatten() {
             let name = e.file_name();
             let Some(p) = name
@@ -411,11 +414,10 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
             else {
                 continue;
             };
-            if fs::read(e.path())
-                .map(|c| c == canon.as_os_str().as_bytes())
-                .unwrap_or(false)
-            {
-                pid = Some(p);
+            let text = fs::read(e.path()).unwrap_or_default();
+            let mut lines = text.split(|b| *b == b'\n');
+            if lines.next() == Some(canon.as_os_str().as_bytes()) {
+                daemon = Some((p, lines.next() == Some(b"rw")));
             }
         }
     }
@@ -430,11 +432,12 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
             _ => Error::io(format!("unmount {}", canon.display()), e),
         });
     }
-    if let Some(pid) = pid {
+    // Return only once the daemon has committed and let go of the store, so the next
+    // mount of it succeeds: every thread gone and, for a writer, the lock free.
+    if let Some((pid, writer)) = daemon {
         let deadline = Instant::now() + Duration::from_secs(60);
-        // SAFETY: kill with signal 0 only checks for existence.
-        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
-            if is_zombie_or_gone(pid) {
+        while Instant::now() < deadline {
+            if process_gone(pid) && (!writer || lock_free(&store)) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -443,13 +446,29 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     Ok(())
 }
 
-fn is_zombie_or_gone(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .map(|r| r.trim_start().starts_with('Z'))
-            .unwrap_or(true),
-        Err(_) => true,
-    }
+/// No thread of `pid` is still running (zombies count as gone).
+fn process_gone(pid: i32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        fs::read_to_string(t.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with(['Z', 'X']))
+                    .unwrap_or(true)
+            })
+            .unwrap_or(true)
+    })
+}
+
+/// Could a writer take the store's lock right now?
+fn lock_free(store: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(f) = fs::File::open(store.join("lock")) else {
+        return true;
+    };
+    // SAFETY: flock on an owned descriptor; a shared probe lock is dropped with `f`.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
 }

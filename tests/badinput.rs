@@ -25,7 +25,10 @@ impl Drop for Unmounter {
 }
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("decofs-bad").tempdir_in(common::test_root()).unwrap()
+    tempfile::Builder::new()
+        .prefix("decofs-bad")
+        .tempdir_in(common::test_root())
+        .unwrap()
 }
 
 fn s(p: &Path) -> &str {
@@ -45,11 +48,18 @@ fn listing(root: &Path, skip: &[&str]) -> BTreeMap<String, String> {
         h
     }
     fn walk(root: &Path, p: &Path, skip: &[&str], out: &mut BTreeMap<String, String>) {
-        let mut names: Vec<_> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort();
         for n in names {
             let child = p.join(&n);
-            let rel = child.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = child
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if p == root && skip.iter().any(|s| n.as_bytes() == s.as_bytes()) {
                 continue;
             }
@@ -71,7 +81,12 @@ fn listing(root: &Path, skip: &[&str]) -> BTreeMap<String, String> {
                 format!("symlink -> {}", fs::read_link(&child).unwrap().display())
             } else {
                 let data = fs::read(&child).unwrap_or_default();
-                format!("file {:o} size={} content={:x}{xattrs}", md.mode() & 0o7777, md.len(), fnv(&data))
+                format!(
+                    "file {:o} size={} content={:x}{xattrs}",
+                    md.mode() & 0o7777,
+                    md.len(),
+                    fnv(&data)
+                )
             };
             out.insert(rel, desc);
             if md.is_dir() {
@@ -87,7 +102,11 @@ fn listing(root: &Path, skip: &[&str]) -> BTreeMap<String, String> {
 }
 
 #[track_caller]
-fn assert_same_listing(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>, what: &str) {
+fn assert_same_listing(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    what: &str,
+) {
     if before != after {
         let mut diff = String::new();
         for (k, v) in before {
@@ -121,29 +140,74 @@ fn assert_human_error(out: &Output, code: &str, what: &str) {
     assert!(!out.status.success(), "{what}: must fail\n{}", show(out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: stderr must be exactly one line\n{}", show(out));
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: stderr must be exactly one line\n{}",
+        show(out)
+    );
     let line = lines[0];
-    assert!(line.contains("code"), "{what}: the line must name the code\n{}", show(out));
-    assert!(line.contains(code), "{what}: expected code {code}\n{}", show(out));
+    assert!(
+        line.contains("code"),
+        "{what}: the line must name the code\n{}",
+        show(out)
+    );
+    assert!(
+        line.contains(code),
+        "{what}: expected code {code}\n{}",
+        show(out)
+    );
     // Something follows the code: the suggestion.
-    let after = line.split(code).nth(1).unwrap_or("").trim_start_matches(']').trim();
-    assert!(!after.is_empty(), "{what}: no suggestion after the code\n{}", show(out));
+    let after = line
+        .split(code)
+        .nth(1)
+        .unwrap_or("")
+        .trim_start_matches(']')
+        .trim();
+    assert!(
+        !after.is_empty(),
+        "{what}: no suggestion after the code\n{}",
+        show(out)
+    );
 }
 
 /// JSON form: non-zero exit, stderr is one JSON object with the four keys.
 #[track_caller]
 fn assert_json_error(out: &Output, code: &str, what: &str) {
-    assert!(!out.status.success(), "{what} (--json): must fail\n{}", show(out));
+    assert!(
+        !out.status.success(),
+        "{what} (--json): must fail\n{}",
+        show(out)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let v: serde_json::Value = serde_json::from_str(stderr.trim())
-        .unwrap_or_else(|e| panic!("{what} (--json): stderr is not one JSON value ({e})\n{}", show(out)));
-    let obj = v.as_object().unwrap_or_else(|| panic!("{what} (--json): not an object\n{}", show(out)));
+    let v: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{what} (--json): stderr is not one JSON value ({e})\n{}",
+            show(out)
+        )
+    });
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} (--json): not an object\n{}", show(out)));
     for k in ["error", "code", "reason", "suggestion"] {
-        let val = obj.get(k).unwrap_or_else(|| panic!("{what} (--json): key {k:?} missing\n{}", show(out)));
-        let s = val.as_str().unwrap_or_else(|| panic!("{what} (--json): {k:?} is not a string\n{}", show(out)));
-        assert!(!s.is_empty(), "{what} (--json): {k:?} is empty\n{}", show(out));
+        let val = obj
+            .get(k)
+            .unwrap_or_else(|| panic!("{what} (--json): key {k:?} missing\n{}", show(out)));
+        let s = val
+            .as_str()
+            .unwrap_or_else(|| panic!("{what} (--json): {k:?} is not a string\n{}", show(out)));
+        assert!(
+            !s.is_empty(),
+            "{what} (--json): {k:?} is empty\n{}",
+            show(out)
+        );
     }
-    assert_eq!(obj["code"].as_str().unwrap(), code, "{what} (--json): code\n{}", show(out));
+    assert_eq!(
+        obj["code"].as_str().unwrap(),
+        code,
+        "{what} (--json): code\n{}",
+        show(out)
+    );
 }
 
 /// Run `args` in human and JSON form; both must fail with `code` and leave `store`
@@ -177,8 +241,17 @@ fn mount_missing_store() {
     let mnt = d.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let _g = Unmounter(vec![mnt.clone()]);
-    expect_refused(&["mount", s(&store), s(&mnt)], "store_not_found", &store, &[], "mount of a missing store");
-    assert!(!store.exists(), "a failed mount must not create the store path");
+    expect_refused(
+        &["mount", s(&store), s(&mnt)],
+        "store_not_found",
+        &store,
+        &[],
+        "mount of a missing store",
+    );
+    assert!(
+        !store.exists(),
+        "a failed mount must not create the store path"
+    );
     assert!(!is_mounted(&mnt));
 }
 
@@ -192,12 +265,24 @@ fn mount_directory_that_is_not_a_store() {
     let mnt = d.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let _g = Unmounter(vec![mnt.clone()]);
-    expect_refused(&["mount", s(&store), s(&mnt)], "not_a_store", &store, &[], "mount of a plain directory");
+    expect_refused(
+        &["mount", s(&store), s(&mnt)],
+        "not_a_store",
+        &store,
+        &[],
+        "mount of a plain directory",
+    );
     assert!(!is_mounted(&mnt));
     // An empty directory is not a store either.
     let empty = d.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    expect_refused(&["mount", s(&empty), s(&mnt)], "not_a_store", &empty, &[], "mount of an empty directory");
+    expect_refused(
+        &["mount", s(&empty), s(&mnt)],
+        "not_a_store",
+        &empty,
+        &[],
+        "mount of an empty directory",
+    );
     assert_eq!(fs::read_dir(&empty).unwrap().count(), 0);
 }
 
@@ -207,12 +292,26 @@ fn mount_store_of_unsupported_format() {
     let store = new_store(d.path(), "store");
     let fmt = store.join("decofs.format");
     let text = fs::read_to_string(&fmt).unwrap();
-    assert!(text.starts_with("decofs-format 1\n"), "format file starts with {:?}", text.lines().next());
-    fs::write(&fmt, text.replacen("decofs-format 1", "decofs-format 999", 1)).unwrap();
+    assert!(
+        text.starts_with("decofs-format 1\n"),
+        "format file starts with {:?}",
+        text.lines().next()
+    );
+    fs::write(
+        &fmt,
+        text.replacen("decofs-format 1", "decofs-format 999", 1),
+    )
+    .unwrap();
     let mnt = d.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let _g = Unmounter(vec![mnt.clone()]);
-    expect_refused(&["mount", s(&store), s(&mnt)], "format_unsupported", &store, &[], "mount of a format-999 store");
+    expect_refused(
+        &["mount", s(&store), s(&mnt)],
+        "format_unsupported",
+        &store,
+        &[],
+        "mount of a format-999 store",
+    );
     assert!(!is_mounted(&mnt));
 }
 
@@ -222,8 +321,17 @@ fn mount_on_missing_mountpoint() {
     let store = new_store(d.path(), "store");
     let mnt = d.path().join("no-such-mnt");
     let _g = Unmounter(vec![mnt.clone()]);
-    expect_refused(&["mount", s(&store), s(&mnt)], "mountpoint_not_found", &store, &[], "mount on a missing mountpoint");
-    assert!(!mnt.exists(), "a failed mount must not create the mountpoint");
+    expect_refused(
+        &["mount", s(&store), s(&mnt)],
+        "mountpoint_not_found",
+        &store,
+        &[],
+        "mount on a missing mountpoint",
+    );
+    assert!(
+        !mnt.exists(),
+        "a failed mount must not create the mountpoint"
+    );
 }
 
 #[test]
@@ -233,7 +341,13 @@ fn mount_on_busy_mountpoint() {
     let d = scratch();
     let store_b = new_store(d.path(), "store-b");
     let _g = Unmounter(vec![]);
-    expect_refused(&["mount", s(&store_b), s(&a.mnt)], "mountpoint_busy", &store_b, &[], "mount on a mountpoint in use");
+    expect_refused(
+        &["mount", s(&store_b), s(&a.mnt)],
+        "mountpoint_busy",
+        &store_b,
+        &[],
+        "mount on a mountpoint in use",
+    );
     // The mount that was there is untouched and still works.
     assert!(is_mounted(&a.mnt));
     assert_eq!(fs::read(a.path("hello")).unwrap(), b"from a");
@@ -250,12 +364,18 @@ fn second_read_write_mount_is_locked() {
     let _g = Unmounter(vec![mnt2.clone()]);
     // The first mount runs meanwhile: its index and log may change, nothing else may.
     let skip = ["index", "decofs.log"];
-    expect_refused(&["mount", s(&a.store), s(&mnt2)], "store_locked", &a.store, &skip, "second rw mount of a store");
+    expect_refused(
+        &["mount", s(&a.store), s(&mnt2)],
+        "store_locked",
+        &a.store,
+        &skip,
+        "second rw mount of a store",
+    );
     assert!(!is_mounted(&mnt2), "the second mount must not be live");
     // The first mount still holds the lock and may still write (its epoch was not fenced).
     fs::write(a.path("after"), b"still writable").unwrap();
     assert_eq!(fs::read(a.path("after")).unwrap(), b"still writable");
-    a.remount();
+    remount(&a);
     assert_eq!(fs::read(a.path("after")).unwrap(), b"still writable");
 }
 
@@ -263,21 +383,33 @@ fn second_read_write_mount_is_locked() {
 fn read_only_mount_coexists_with_writer() {
     let a = Mount::new();
     fs::write(a.path("hello"), b"from a").unwrap();
-    a.remount(); // content committed on disk
+    remount(&a); // content committed on disk
     let mnt2 = a.dir.path().join("ro");
     fs::create_dir(&mnt2).unwrap();
     let _g = Unmounter(vec![mnt2.clone()]);
     let out = decofs(&["mount", s(&a.store), s(&mnt2), "-o", "ro,allow_other"]);
-    assert!(out.status.success(), "read-only mount next to the writer: {}", show(&out));
+    assert!(
+        out.status.success(),
+        "read-only mount next to the writer: {}",
+        show(&out)
+    );
     assert!(is_mounted(&mnt2));
     assert_eq!(fs::read(mnt2.join("hello")).unwrap(), b"from a");
     let e = fs::write(mnt2.join("new"), b"x").unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "write on a read-only mount: {e}");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EROFS),
+        "write on a read-only mount: {e}"
+    );
     // The writer is unaffected.
     fs::write(a.path("w"), b"w").unwrap();
     assert_eq!(fs::read(a.path("w")).unwrap(), b"w");
     let out = decofs(&["umount", s(&mnt2)]);
-    assert!(out.status.success(), "umount of the read-only mount: {}", show(&out));
+    assert!(
+        out.status.success(),
+        "umount of the read-only mount: {}",
+        show(&out)
+    );
     assert!(!is_mounted(&mnt2));
     assert!(is_mounted(&a.mnt));
 }
@@ -286,7 +418,13 @@ fn read_only_mount_coexists_with_writer() {
 fn init_on_existing_store() {
     let d = scratch();
     let store = new_store(d.path(), "store");
-    expect_refused(&["init", s(&store)], "store_exists", &store, &[], "init on an existing store");
+    expect_refused(
+        &["init", s(&store)],
+        "store_exists",
+        &store,
+        &[],
+        "init on an existing store",
+    );
     // Also while it is mounted (the format file must not be rewritten under a mount).
     let mnt = d.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
@@ -305,7 +443,13 @@ fn init_on_non_empty_directory() {
     let dir = d.path().join("data");
     fs::create_dir(&dir).unwrap();
     fs::write(dir.join("precious"), b"do not touch").unwrap();
-    expect_refused(&["init", s(&dir)], "store_path_not_empty", &dir, &[], "init on a non-empty directory");
+    expect_refused(
+        &["init", s(&dir)],
+        "store_path_not_empty",
+        &dir,
+        &[],
+        "init on a non-empty directory",
+    );
 }
 
 #[test]
@@ -319,4 +463,39 @@ fn umount_of_something_not_mounted() {
     let out = decofs(&["--json", "umount", s(&dir)]);
     assert_json_error(&out, "not_mounted", "umount of a plain directory");
     assert_same_listing(&before, &listing(&dir, &[]), "umount of a plain directory");
+}
+
+// ---------------------------------------------------------------------------------------
+// remount that tolerates a slow daemon exit
+
+/// Remount, first waiting until the old daemon has let go of `STORE/lock`. That
+/// `decofs umount` itself returns only after the daemon is gone is checked by
+/// `concurrency.rs::umount_returns_after_the_lock_is_released`; here it must not make
+/// unrelated tests flaky.
+#[allow(dead_code)]
+fn remount(m: &Mount) {
+    m.unmount();
+    wait_store_lock_free(&m.store);
+    m.mount();
+}
+
+#[allow(dead_code)]
+fn wait_store_lock_free(store: &std::path::Path) {
+    use std::os::fd::AsRawFd as _;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let Ok(f) = std::fs::File::open(store.join("lock")) else {
+            return;
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "STORE/lock still held 30 s after unmount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

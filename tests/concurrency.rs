@@ -105,7 +105,7 @@ fn shared_file_writers(stripe: u64, what: &str, seed: u64) {
         &want,
         &format!("{what}: content after all handles closed"),
     );
-    m.remount();
+    remount(&m);
     assert_bytes_eq(
         &fs::read(&p).unwrap(),
         &want,
@@ -283,6 +283,7 @@ fn store_nodes(
 fn assert_no_orphans(m: &Mount, what: &str) {
     let (count, files, dirs) = reachable_on_mount(&m.mnt);
     m.unmount();
+    wait_store_lock_free(&m.store);
     let (all, trash, reach, junk) = store_nodes(&m.store);
     assert!(
         junk.is_empty(),
@@ -644,6 +645,156 @@ fn concurrent_readers_and_writers() {
         }
     };
     check("after the run");
-    m.remount();
+    remount(&m);
     check("after remount");
+}
+
+#[test]
+fn reader_sees_acknowledged_writes_of_another_handle() {
+    // One thread appends pattern data through its handle and publishes how far it got;
+    // another thread, with its own handle, reads only below that mark and must see
+    // exactly those bytes (read-after-write across handles, before any close).
+    const SIZE: u64 = 10 * MIB;
+    let s = seed(0xc0c0_0005);
+    let m = Mount::new();
+    let p = m.path("growing");
+    File::create(&p).unwrap();
+    let mark = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (p, mark) = (p.clone(), mark.clone());
+        thread::spawn(move || {
+            let mut rng = fastrand::Rng::with_seed(s);
+            let f = OpenOptions::new().write(true).open(&p).unwrap();
+            let mut off = 0;
+            while off < SIZE {
+                let n = rng.u64(1..=200 * 1024).min(SIZE - off);
+                f.write_all_at(&pattern(s, off, n as usize), off).unwrap();
+                off += n;
+                mark.store(off, Ordering::SeqCst);
+            }
+        })
+    };
+    let reader = {
+        let (p, mark) = (p.clone(), mark.clone());
+        thread::spawn(move || {
+            let mut rng = fastrand::Rng::with_seed(s ^ 1);
+            let f = File::open(&p).unwrap();
+            let mut checks = 0;
+            loop {
+                let hi = mark.load(Ordering::SeqCst);
+                if hi > 0 {
+                    let off = rng.u64(0..hi);
+                    let len = rng.u64(1..=128 * 1024).min(hi - off) as usize;
+                    let mut b = vec![0u8; len];
+                    f.read_exact_at(&mut b, off)
+                        .unwrap_or_else(|e| panic!("read {off}+{len} below mark {hi}: {e}"));
+                    assert_bytes_eq(
+                        &b,
+                        &pattern(s, off, len),
+                        &format!("read {off}+{len} below mark {hi}"),
+                    );
+                    checks += 1;
+                }
+                if hi == SIZE && checks > 50 {
+                    break;
+                }
+            }
+        })
+    };
+    writer.join().unwrap();
+    reader.join().unwrap();
+    assert_bytes_eq(
+        &fs::read(&p).unwrap(),
+        &pattern(s, 0, SIZE as usize),
+        "final content",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// (d) `decofs umount` returns only when the daemon is gone
+
+#[test]
+fn umount_returns_after_the_lock_is_released() {
+    // The contract: `decofs umount MNT` unmounts and waits for the daemon, so an
+    // immediate `decofs mount` of the same store must not find it locked. Checked after
+    // a burst of writes from several threads, which gives the daemon work at exit.
+    use std::os::fd::AsRawFd;
+    let m = Mount::new();
+    for round in 0..10 {
+        let p = m.path("f");
+        let hs: Vec<_> = (0..8u64)
+            .map(|t| {
+                let p = p.clone();
+                thread::spawn(move || {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&p)
+                        .unwrap();
+                    for k in 0..64u64 {
+                        f.write_all_at(&[t as u8; 16 * 1024], (t * 64 + k) * 16 * 1024)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let out = common::decofs(&["umount", m.mnt.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "round {round}: umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !common::is_mounted(&m.mnt),
+            "round {round}: still mounted after umount"
+        );
+        let f = File::open(m.store.join("lock")).unwrap();
+        let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        drop(f);
+        assert!(
+            free,
+            "round {round}: `decofs umount` returned while the daemon still held STORE/lock \
+             (an immediate remount would fail with store_locked)"
+        );
+        m.mount();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// remount that tolerates a slow daemon exit
+
+/// Remount, first waiting until the old daemon has let go of `STORE/lock`. That
+/// `decofs umount` itself returns only after the daemon is gone is checked by
+/// `concurrency.rs::umount_returns_after_the_lock_is_released`; here it must not make
+/// unrelated tests flaky.
+#[allow(dead_code)]
+fn remount(m: &Mount) {
+    m.unmount();
+    wait_store_lock_free(&m.store);
+    m.mount();
+}
+
+#[allow(dead_code)]
+fn wait_store_lock_free(store: &std::path::Path) {
+    use std::os::fd::AsRawFd as _;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let Ok(f) = std::fs::File::open(store.join("lock")) else {
+            return;
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "STORE/lock still held 30 s after unmount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

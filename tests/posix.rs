@@ -389,7 +389,7 @@ fn create_read_write_append_unlink() {
 
     // Content survives a remount.
     fs::write(m.path("keep"), b"persistent bytes").unwrap();
-    m.remount();
+    remount(&m);
     assert_eq!(fs::read(m.path("keep")).unwrap(), b"persistent bytes");
     assert_eq!(fs::metadata(&q).unwrap().mode() & 0o7777, 0o640);
 }
@@ -476,7 +476,7 @@ fn truncate_shrink_then_grow_reads_zeros() {
         "cut on boundary then write beyond",
     );
 
-    m.remount();
+    remount(&m);
     assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
 }
 
@@ -532,7 +532,7 @@ fn chmod_chown() {
     drop(f);
     assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
 
-    m.remount();
+    remount(&m);
     let md = fs::metadata(&p).unwrap();
     assert_eq!(
         (md.mode() & 0o7777, md.uid(), md.gid()),
@@ -578,8 +578,8 @@ fn utimensat_now_and_omit() {
     let m = Mount::new();
     let p = m.path("f");
     fs::write(&p, b"x").unwrap();
-    let omit = (0, libc::UTIME_OMIT as i64);
-    let now = (0, libc::UTIME_NOW as i64);
+    let omit = (0, libc::UTIME_OMIT);
+    let now = (0, libc::UTIME_NOW);
 
     // Explicit values with nanoseconds.
     assert_eq!(
@@ -682,7 +682,7 @@ fn utimensat_now_and_omit() {
         utimensat(&p, (1_000_000_000, 111), (1_000_000_001, 222), 0),
         0
     );
-    m.remount();
+    remount(&m);
     assert_eq!(
         times(&p),
         ((1_000_000_000, 111), (1_000_000_001, 222)),
@@ -844,7 +844,7 @@ fn mknod_fifo_socket_devices() {
     assert_eq!(got, "through the pipe");
 
     drop(listener);
-    m.remount();
+    remount(&m);
     check(&m);
     for n in ["fifo", "fifo2", "sock", "null", "loop", "listener.sock"] {
         fs::remove_file(m.path(n)).unwrap();
@@ -930,7 +930,7 @@ fn mkdir_rmdir_errors() {
     let deep: PathBuf = (0..30).map(|i| format!("n{i}")).collect();
     fs::create_dir_all(m.mnt.join(&deep)).unwrap();
     fs::write(m.mnt.join(&deep).join("leaf"), b"leaf").unwrap();
-    m.remount();
+    remount(&m);
     assert_eq!(fs::read(m.mnt.join(&deep).join("leaf")).unwrap(), b"leaf");
     fs::remove_dir_all(m.path("n0")).unwrap();
     assert_eq!(
@@ -1074,9 +1074,10 @@ fn symlink_readlink() {
         "symlink over existing name",
     );
     // Removing a link leaves the target.
-    fs::remove_file(m.path("abs")).unwrap();
+    std::os::unix::fs::symlink(&abs, m.path("abs2")).unwrap();
+    fs::remove_file(m.path("abs2")).unwrap();
     assert!(fs::metadata(m.path("target")).is_ok());
-    m.remount();
+    remount(&m);
     check(&m);
 }
 
@@ -1126,7 +1127,7 @@ fn hard_links() {
     );
     assert_eq!(fs::read(&b).unwrap(), b"SHARED content");
 
-    m.remount();
+    remount(&m);
     let (mb, mc) = (fs::metadata(&b).unwrap(), fs::metadata(&c).unwrap());
     assert_eq!(mb.ino(), mc.ino(), "same st_ino after remount");
     assert_eq!((mb.nlink(), mc.nlink()), (2, 2), "nlink after remount");
@@ -1257,7 +1258,7 @@ fn rename_cases() {
     drop(f);
     assert_eq!(fs::read(p("dir/moved")).unwrap(), b"AZ");
 
-    m.remount();
+    remount(&m);
     assert_eq!(fs::read(p("dir/moved")).unwrap(), b"AZ");
     assert_eq!(fs::read(p("c")).unwrap(), b"AZ");
     assert_eq!(fs::read(p("empty/inner")).unwrap(), b"inner");
@@ -1337,7 +1338,7 @@ fn rename_noreplace_and_exchange() {
         "EXCHANGE|NOREPLACE is invalid"
     );
 
-    m.remount();
+    remount(&m);
     assert_eq!(fs::read(p("z")).unwrap(), b"Y");
     assert_eq!(fs::read(p("y")).unwrap(), b"X");
     assert_eq!(fs::read(p("d")).unwrap(), b"file f");
@@ -1425,7 +1426,7 @@ fn name_length_limits() {
     for n in odd {
         fs::write(m.path(n), n.as_bytes()).unwrap();
     }
-    m.remount();
+    remount(&m);
     let names = names_in(&m.mnt);
     for n in odd {
         assert!(
@@ -1497,7 +1498,7 @@ fn non_utf8_names_round_trip() {
         );
     };
     check(&m);
-    m.remount();
+    remount(&m);
     check(&m);
 }
 
@@ -1607,7 +1608,7 @@ fn xattrs_set_get_list_remove() {
         assert_eq!(fs::read(&p).unwrap(), b"content");
     };
     check(&m);
-    m.remount();
+    remount(&m);
     check(&m);
 }
 
@@ -1737,6 +1738,7 @@ fn fallocate_extends() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(&p)
         .unwrap();
     let fd = f.as_raw_fd();
@@ -1793,7 +1795,7 @@ fn fallocate_extends() {
         &want,
         "content after fallocate calls",
     );
-    m.remount();
+    remount(&m);
     assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
 }
 
@@ -1817,6 +1819,7 @@ fn lseek_data_and_hole() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(&p)
         .unwrap();
     f.write_all_at(&data, data_off).unwrap();
@@ -1914,7 +1917,7 @@ fn copy_file_range_copies_exactly() {
     assert_bytes_eq(&fs::read(&whole).unwrap(), &sdata, "whole-file copy");
     // The source is unchanged.
     assert_bytes_eq(&fs::read(&src).unwrap(), &sdata, "source after copies");
-    m.remount();
+    remount(&m);
     assert_bytes_eq(&fs::read(&dst).unwrap(), &want, "dst after remount");
     assert_bytes_eq(&fs::read(&whole).unwrap(), &sdata, "whole after remount");
 }
@@ -1927,7 +1930,7 @@ fn sparse_one_tib_file() {
     let m = Mount::new();
     let p = m.path("huge");
     fs::write(&p, b"head").unwrap();
-    m.remount();
+    remount(&m);
     let skip = ["index", "decofs.log"];
     let before = disk_usage(&m.store, &skip);
     let full_before = disk_usage(&m.store, &[]);
@@ -1937,7 +1940,7 @@ fn sparse_one_tib_file() {
     assert_eq!(f.metadata().unwrap().len(), 1 << 40);
     f.sync_all().unwrap();
     drop(f);
-    m.remount();
+    remount(&m);
 
     let after = disk_usage(&m.store, &skip);
     let full_after = disk_usage(&m.store, &[]);
@@ -2038,7 +2041,7 @@ fn large_file_across_chunks() {
     data[at..at + 2000].copy_from_slice(&over);
     let check2 = |what: &str| assert_bytes_eq(&fs::read(&p).unwrap(), &data, what);
     check2("after straddling overwrite");
-    m.remount();
+    remount(&m);
     check2("after remount");
 }
 
@@ -2076,7 +2079,7 @@ fn holes_spanning_chunks() {
         &want,
         "after truncate inside chunk 3 and re-extend",
     );
-    m.remount();
+    remount(&m);
     assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
     let f = File::open(&p).unwrap();
     assert_eq!(
@@ -2106,7 +2109,7 @@ fn directory_with_100k_entries() {
         }
     };
     count("before remount");
-    m.remount();
+    remount(&m);
     count("after remount");
     for i in [0usize, 1, 50_000, 99_999] {
         assert!(fs::metadata(d.join(format!("f{i:06}"))).unwrap().is_file());
@@ -2141,14 +2144,14 @@ fn inode_numbers_stable_across_remount() {
     assert_eq!(ino("f1"), ino("a/b/f1-hard"));
     // Renames keep the number too.
     fs::rename(m.path("a/f2"), m.path("f2-moved")).unwrap();
-    m.remount();
+    remount(&m);
     let mut after: Vec<u64> = Vec::new();
     for p in &all {
         let p = if *p == "a/f2" { "f2-moved" } else { p };
         after.push(ino(p));
     }
     assert_eq!(before, after, "st_ino changed across remount ({all:?})");
-    m.remount();
+    remount(&m);
     assert_eq!(ino("f2-moved"), before[4]);
 }
 
@@ -2160,6 +2163,7 @@ fn unlinked_open_file_stays_usable() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(&p)
         .unwrap();
     f.write_all(b"hello").unwrap();
@@ -2252,7 +2256,7 @@ fn mmap_shared_write_and_read() {
         );
         libc::munmap(addr, len);
     }
-    m.remount();
+    remount(&m);
     assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
 }
 
@@ -2282,7 +2286,7 @@ fn status_xattr_pending_while_writing() {
     );
     drop(w);
     wait_status(&p, "consistent").unwrap();
-    assert_eq!(fs::read(&p).unwrap(), b"moremitted");
+    assert_eq!(fs::read(&p).unwrap(), b"moreitted");
 
     // A read-only handle is not a write session.
     let r = File::open(&p).unwrap();
@@ -2299,10 +2303,281 @@ fn status_xattr_pending_while_writing() {
         Ok(b"consistent".to_vec()),
         "directory status"
     );
-    m.remount();
+    remount(&m);
     assert_eq!(
         getxattr(&p, "user.decofs.status"),
         Ok(b"consistent".to_vec()),
         "after remount"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// verified content (invariant 5), seen through the mount
+
+#[test]
+fn corrupted_chunk_reads_eio_never_wrong_bytes() {
+    let m = Mount::new();
+    let p = m.path("victim");
+    let data = pattern(9, 0, 2 * MIB as usize);
+    fs::write(&p, &data).unwrap();
+    m.unmount();
+    wait_store_lock_free(&m.store);
+    // Flip one byte in the middle of every large blob (the file's only chunk).
+    let mut flipped = 0;
+    for shard in fs::read_dir(m.store.join("blobs")).unwrap() {
+        for b in fs::read_dir(shard.unwrap().path()).unwrap() {
+            let b = b.unwrap().path();
+            let len = fs::metadata(&b).unwrap().len();
+            if len >= MIB {
+                let f = OpenOptions::new().read(true).write(true).open(&b).unwrap();
+                let mut one = [0u8; 1];
+                f.read_exact_at(&mut one, len / 2).unwrap();
+                f.write_all_at(&[one[0] ^ 0x5a], len / 2).unwrap();
+                flipped += 1;
+            }
+        }
+    }
+    assert!(
+        flipped >= 1,
+        "no chunk blob of at least 1 MiB found under STORE/blobs"
+    );
+    m.mount();
+    let f = File::open(&p).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let r = f.read_at(&mut buf, MIB);
+    match r {
+        Ok(n) => panic!("read of a corrupted chunk returned {n} bytes instead of EIO (bytes equal to the original: {})", buf[..n] == data[MIB as usize..MIB as usize + n]),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "read of a corrupted chunk: {e}"),
+    }
+    let r = fs::read(&p);
+    assert_errno(r, libc::EIO, "whole-file read of a corrupted file");
+    drop(f);
+    assert_eq!(
+        getxattr(&p, "user.decofs.status").map(|v| String::from_utf8_lossy(&v).into_owned()),
+        Ok("integrity_error".to_string()),
+        "status after a failed verification"
+    );
+    // Other files are unaffected.
+    fs::write(m.path("fine"), b"fine").unwrap();
+    assert_eq!(fs::read(m.path("fine")).unwrap(), b"fine");
+}
+
+// ---------------------------------------------------------------------------------------
+// what real programs do: rm -rf, databases, editors
+
+#[test]
+fn readdir_while_unlinking_skips_nothing() {
+    // `rm -rf` reads a batch of entries, unlinks them, reads on. Entries that were never
+    // removed must each be returned; a cookie-based readdir that shifts after an unlink
+    // skips some, and `rm -rf` then fails with "Directory not empty".
+    let m = Mount::new();
+    let d = m.path("many");
+    fs::create_dir(&d).unwrap();
+    const N: usize = 5000;
+    for i in 0..N {
+        fs::write(d.join(format!("e{i:05}")), b"").unwrap();
+    }
+    let c = cpath(&d);
+    let mut removed = 0;
+    unsafe {
+        let dir = libc::opendir(c.as_ptr());
+        assert!(!dir.is_null());
+        loop {
+            *libc::__errno_location() = 0;
+            let e = libc::readdir(dir);
+            if e.is_null() {
+                assert_eq!(last_errno(), 0, "readdir error");
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr())
+                .to_bytes()
+                .to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let p = d.join(OsStr::from_bytes(&name));
+            fs::remove_file(&p).unwrap_or_else(|e| panic!("unlink {}: {e}", p.display()));
+            removed += 1;
+        }
+        libc::closedir(dir);
+    }
+    let left = names_in(&d);
+    assert!(
+        left.is_empty(),
+        "{} entries were skipped by readdir while unlinking (removed {removed}): first {:?}",
+        left.len(),
+        left.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(removed, N);
+    fs::remove_dir(&d).unwrap();
+
+    // And the std way.
+    fs::create_dir(&d).unwrap();
+    for i in 0..2000 {
+        fs::write(d.join(format!("x{i:05}")), b"x").unwrap();
+    }
+    fs::create_dir_all(d.join("sub/deeper")).unwrap();
+    fs::remove_dir_all(&d).unwrap();
+    assert!(!d.exists());
+}
+
+#[test]
+fn rename_over_open_file_keeps_the_handle() {
+    let m = Mount::new();
+    fs::write(m.path("old"), b"old content").unwrap();
+    fs::write(m.path("new"), b"new content").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("old"))
+        .unwrap();
+    // The editor pattern: write a new file, rename it over the original.
+    fs::rename(m.path("new"), m.path("old")).unwrap();
+    assert_eq!(fs::read(m.path("old")).unwrap(), b"new content");
+    assert_eq!(
+        pread_exact(&f, 0, 100),
+        b"old content",
+        "the displaced file stays readable through its handle"
+    );
+    f.write_all_at(b"OLD", 0).unwrap();
+    assert_eq!(pread_exact(&f, 0, 100), b"OLD content");
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    drop(f);
+    assert_eq!(
+        fs::read(m.path("old")).unwrap(),
+        b"new content",
+        "writes to the displaced file don't reach the new one"
+    );
+    remount(&m);
+    assert_eq!(fs::read(m.path("old")).unwrap(), b"new content");
+}
+
+#[test]
+fn o_direct_and_fsync_of_directories() {
+    let m = Mount::new();
+    let p = m.path("direct");
+    // 4 KiB-aligned buffer for O_DIRECT.
+    let layout = std::alloc::Layout::from_size_align(64 * 1024, 4096).unwrap();
+    let want = pattern(11, 0, 64 * 1024);
+    unsafe {
+        let buf = std::alloc::alloc(layout);
+        std::ptr::copy_nonoverlapping(want.as_ptr(), buf, want.len());
+        let c = cpath(&p);
+        let fd = libc::open(
+            c.as_ptr(),
+            libc::O_CREAT | libc::O_RDWR | libc::O_DIRECT,
+            0o644,
+        );
+        assert!(fd >= 0, "open O_DIRECT: {}", ename(last_errno()));
+        let n = libc::pwrite(fd, buf as *const _, want.len(), 4096);
+        assert_eq!(
+            n,
+            want.len() as isize,
+            "O_DIRECT pwrite: {}",
+            ename(last_errno())
+        );
+        std::ptr::write_bytes(buf, 0, want.len());
+        let n = libc::pread(fd, buf as *mut _, want.len(), 4096);
+        assert_eq!(
+            n,
+            want.len() as isize,
+            "O_DIRECT pread: {}",
+            ename(last_errno())
+        );
+        assert_bytes_eq(
+            std::slice::from_raw_parts(buf, want.len()),
+            &want,
+            "O_DIRECT read back",
+        );
+        assert_eq!(libc::fsync(fd), 0);
+        libc::close(fd);
+        std::alloc::dealloc(buf, layout);
+    }
+    let mut expect = vec![0u8; 4096];
+    expect.extend_from_slice(&want);
+    assert_bytes_eq(
+        &fs::read(&p).unwrap(),
+        &expect,
+        "buffered read after O_DIRECT write",
+    );
+
+    // fsync of a directory (what sqlite and rename-based savers do).
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"x").unwrap();
+    File::open(m.path("d"))
+        .unwrap()
+        .sync_all()
+        .expect("fsync of a directory");
+    File::open(&m.mnt)
+        .unwrap()
+        .sync_all()
+        .expect("fsync of the root directory");
+}
+
+#[test]
+fn moved_directory_keeps_children_and_parent_link() {
+    let m = Mount::new();
+    fs::create_dir_all(m.path("a/d/sub")).unwrap();
+    fs::write(m.path("a/d/sub/f"), b"deep").unwrap();
+    fs::create_dir(m.path("b")).unwrap();
+    let ino_d = fs::metadata(m.path("a/d")).unwrap().ino();
+    fs::rename(m.path("a/d"), m.path("b/d")).unwrap();
+    assert_eq!(fs::metadata(m.path("b/d")).unwrap().ino(), ino_d);
+    assert_eq!(fs::read(m.path("b/d/sub/f")).unwrap(), b"deep");
+    assert_eq!(
+        fs::metadata(m.path("b/d/..")).unwrap().ino(),
+        fs::metadata(m.path("b")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::metadata(m.path("a")).unwrap().nlink(),
+        2,
+        "old parent nlink after the move"
+    );
+    assert_eq!(
+        fs::metadata(m.path("b")).unwrap().nlink(),
+        3,
+        "new parent nlink after the move"
+    );
+    remount(&m);
+    assert_eq!(fs::read(m.path("b/d/sub/f")).unwrap(), b"deep");
+    assert_eq!(
+        fs::metadata(m.path("b/d/..")).unwrap().ino(),
+        fs::metadata(m.path("b")).unwrap().ino()
+    );
+    assert!(names_in(&m.path("a")).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// remount that tolerates a slow daemon exit
+
+/// Remount, first waiting until the old daemon has let go of `STORE/lock`. That
+/// `decofs umount` itself returns only after the daemon is gone is checked by
+/// `concurrency.rs::umount_returns_after_the_lock_is_released`; here it must not make
+/// unrelated tests flaky.
+#[allow(dead_code)]
+fn remount(m: &Mount) {
+    m.unmount();
+    wait_store_lock_free(&m.store);
+    m.mount();
+}
+
+#[allow(dead_code)]
+fn wait_store_lock_free(store: &std::path::Path) {
+    use std::os::fd::AsRawFd as _;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let Ok(f) = std::fs::File::open(store.join("lock")) else {
+            return;
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "STORE/lock still held 30 s after unmount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -250,6 +250,7 @@ impl NodeRecord {
 
 /// What the record xattr holds once decoded: the record, or the hash of the blob that
 /// holds it.
+#[allow(clippy::large_enum_variant)] // short-lived, never stored in bulk
 pub enum Stored {
     Inline(NodeRecord),
     InBlob(Hash),
