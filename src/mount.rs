@@ -155,6 +155,9 @@ fn block_signals() -> libc::sigset_t {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // A daemon started from a non-interactive shell inherits SIGINT ignored;
+            // restore the default so the signal is delivered to sigwait.
+            libc::signal(s, libc::SIG_DFL);
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());

@@ -2581,3 +2581,22 @@ fn wait_store_lock_free(store: &std::path::Path) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// pjdfstest cannot run its LINK_MAX test on FUSE (glibc's pathconf does not know the
+/// limit of a FUSE filesystem), so it is checked here: 65,000 links like ext4, then EMLINK.
+#[test]
+fn link_count_max_is_ext4s() {
+    let m = Mount::new();
+    let f = m.path("f");
+    std::fs::write(&f, b"x").unwrap();
+    std::fs::create_dir(m.path("links")).unwrap();
+    for i in 1..65_000u32 {
+        std::fs::hard_link(&f, m.path(&format!("links/{i}"))).unwrap();
+    }
+    assert_eq!(std::fs::metadata(&f).unwrap().nlink(), 65_000);
+    assert_errno(
+        std::fs::hard_link(&f, m.path("links/one-too-many")),
+        libc::EMLINK,
+        "link past LINK_MAX",
+    );
+}

@@ -1,0 +1,97 @@
+//! The daemon's life: SIGTERM/SIGINT commit open files and unmount; the mount command
+//! returns only once the mount is live; logging goes to the store's log.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{is_mounted, Mount};
+
+/// The pid of the daemon serving `mnt`, from its pid file in the store.
+fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
+    let mnt = fs::canonicalize(mnt).unwrap();
+    for e in fs::read_dir(store.join("sessions")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("mount.") {
+            let text = fs::read(e.path()).unwrap();
+            if text.split(|b| *b == b'\n').next() == Some(mnt.as_os_str().as_encoded_bytes()) {
+                return pid.parse().unwrap();
+            }
+        }
+    }
+    panic!("no pid file for {}", mnt.display());
+}
+
+fn wait_gone(pid: i32, mnt: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false);
+        if !alive && !is_mounted(mnt) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("daemon {pid} did not exit / unmount after the signal");
+}
+
+fn signal_commits_open_files(sig: i32) {
+    let m = Mount::new();
+    fs::write(m.path("closed"), b"closed before the signal").unwrap();
+    let mut open = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("open"))
+        .unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    open.write_all(&data).unwrap();
+    let pid = daemon_pid(&m.store, &m.mnt);
+    // SAFETY: signalling the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    drop(open); // the handle may now fail (ENOTCONN); what was written must be kept
+    wait_gone(pid, &m.mnt);
+    m.mount();
+    assert_eq!(
+        fs::read(m.path("closed")).unwrap(),
+        b"closed before the signal"
+    );
+    assert_eq!(
+        fs::read(m.path("open")).unwrap(),
+        data,
+        "writes acknowledged before the signal were lost"
+    );
+}
+
+#[test]
+fn sigterm_commits_open_files_and_unmounts() {
+    signal_commits_open_files(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_commits_open_files_and_unmounts() {
+    signal_commits_open_files(libc::SIGINT);
+}
+
+#[test]
+fn mount_returns_only_when_live_and_logs_to_the_store() {
+    let m = Mount::new();
+    // Mount::new already asserted the mount is in mountinfo when `decofs mount` returned;
+    // it must also answer at once.
+    assert!(is_mounted(&m.mnt));
+    fs::write(m.path("x"), b"1").unwrap();
+    let log = fs::read_to_string(m.store.join("decofs.log")).unwrap();
+    assert!(log.contains("mounted"), "log: {log}");
+    m.unmount();
+    assert!(!is_mounted(&m.mnt));
+}
