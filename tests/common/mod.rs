@@ -1,9 +1,9 @@
 //! Shared helpers for integration tests: a real decofs mount that is always unmounted.
 //!
 //! `Mount::new()` creates a fresh store in a temp dir, mounts it (allow_other, so tests
-//! that switch uid work) and returns a guard. Dropping the guard unmounts with
-//! `fusermount3 -u`, falling back to a lazy unmount, and waits for the daemon (by pid)
-//! to exit. Nothing else is killed.
+//! that switch uid work) and returns a guard. Dropping the guard runs `decofs umount`
+//! (which waits until the daemon has exited and released the store), falls back to
+//! `fusermount3 -u` and, as a last resort, a lazy unmount. Nothing is killed.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
