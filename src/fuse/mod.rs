@@ -32,9 +32,10 @@ enum Handle {
         id: NodeId,
         write: bool,
     },
+    /// A snapshot of the entries, shared so a readdir call does not copy it.
     Dir {
         id: NodeId,
-        entries: Vec<(OsString, NodeId)>,
+        entries: Arc<Vec<(OsString, NodeId)>>,
     },
 }
 

@@ -3,7 +3,10 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+type DirEntries = Arc<Vec<(std::ffi::OsString, NodeId)>>;
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
@@ -68,18 +71,18 @@ impl DecoFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-    ) -> Result<(NodeId, Vec<(std::ffi::OsString, NodeId)>), Errno> {
+    ) -> Result<(NodeId, DirEntries), Errno> {
         let mut hs = self.handles.lock().unwrap();
         match hs.get_mut(&fh.0) {
             Some(Handle::Dir { id, entries }) => {
                 if offset == 0 {
-                    *entries = self.store.readdir(*id).map_err(|e| errno(&e))?;
+                    *entries = Arc::new(self.store.readdir(*id).map_err(|e| errno(&e))?);
                 }
                 Ok((*id, entries.clone()))
             }
             _ => {
                 let id = self.node(ino)?;
-                Ok((id, self.store.readdir(id).map_err(|e| errno(&e))?))
+                Ok((id, Arc::new(self.store.readdir(id).map_err(|e| errno(&e))?)))
             }
         }
     }
@@ -475,7 +478,10 @@ impl Filesystem for DecoFs {
         };
         match self.store.readdir(id) {
             Ok(entries) => {
-                let fh = self.new_handle(Handle::Dir { id, entries });
+                let fh = self.new_handle(Handle::Dir {
+                    id,
+                    entries: Arc::new(entries),
+                });
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno(&e)),

@@ -81,7 +81,7 @@ fn for_each_piece(
 
 impl Store {
     /// The chunk list a content value names.
-    fn chunk_list(&self, content: &Content) -> Result<Arc<Vec<ChunkRef>>> {
+    pub(crate) fn chunk_list(&self, content: &Content) -> Result<Arc<Vec<ChunkRef>>> {
         match content {
             Content::Empty | Content::Inline(_) => Ok(Arc::new(Vec::new())),
             Content::Chunks(v) => Ok(Arc::new(v.clone())),
@@ -107,7 +107,7 @@ impl Store {
     }
 
     /// Read a verified chunk; on a mismatch mark the node and report EIO.
-    fn load_chunk(&self, id: NodeId, c: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn load_chunk(&self, id: NodeId, c: &ChunkRef) -> Result<Arc<Vec<u8>>> {
         match self.blobs.get(&c.hash) {
             Ok(d) => Ok(d),
             Err(e @ Error::Integrity { .. }) => {

@@ -85,7 +85,7 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
 }
 
 impl Store {
-    fn entry_path(&self, parent: NodeId, name: &OsStr) -> PathBuf {
+    pub(crate) fn entry_path(&self, parent: NodeId, name: &OsStr) -> PathBuf {
         self.layout.node_path(parent).join(name)
     }
 
