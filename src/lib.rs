@@ -5,6 +5,7 @@
 //! - [`fuse`]: the fuser adapter; replies only.
 //! - [`mount`]: mounting, daemonizing, signals, unmounting.
 
+pub mod control;
 pub mod fuse;
 pub mod mount;
 pub mod store;

@@ -59,6 +59,51 @@ enum Cmd {
         #[arg(long)]
         lazy: bool,
     },
+    /// Show a store's state: mounted or not, lock holder and epoch, uptime, open write
+    /// sessions, space held by trash and revisions. PATH is a mountpoint or a store.
+    Status { path: PathBuf },
+    /// The single-writer lock of a store.
+    Lock {
+        #[command(subcommand)]
+        cmd: LockCmd,
+    },
+    /// Check a store that is not mounted read-write: records, entries, link counts,
+    /// hints, needed blobs, orphans, stray files. Exit codes (as e2fsck): 0 clean,
+    /// 1 errors were repaired, 4 problems are left, 8 the check could not run (e.g.
+    /// store_locked: --repair needs the store unmounted).
+    Fsck {
+        store: PathBuf,
+        /// Repair what can be repaired (takes the store's writer lock).
+        #[arg(long)]
+        repair: bool,
+        /// Orphans younger than this many seconds are left alone.
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+    },
+    /// Read every blob any record names and verify its hash; name the files that use a
+    /// damaged one (and mark them integrity_error unless the store is mounted
+    /// read-write). Exit codes: 0 clean, 4 damage found, 8 could not run.
+    Scrub { store: PathBuf },
+    /// Delete blobs no record names (live, trash, revisions) that are older than the
+    /// grace period. Needs the store unmounted unless --dry-run.
+    Gc {
+        store: PathBuf,
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced blobs younger than this many seconds (a write in progress).
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LockCmd {
+    /// Break the lock of a holder that died where this host cannot see it (another
+    /// host). The epoch increases: the old holder's writes are refused from now on.
+    Break { store: PathBuf },
+    /// Show who holds the lock and the current epoch.
+    Show { store: PathBuf },
 }
 
 struct Failure {
@@ -148,11 +193,117 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy)
             .map_err(|e| Failure::from(format!("cannot unmount {}", mountpoint.display()), &e)),
+        Cmd::Status { path } => {
+            let v = decofs::control::status(&path)
+                .map_err(|e| Failure::from(format!("cannot get the status of {}", path.display()), &e))?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                print!("{}", decofs::control::render_status(&v));
+            }
+            Ok(())
+        }
+        Cmd::Lock { cmd } => lock_cmd(cmd, cli.json),
+        Cmd::Fsck {
+            store,
+            repair,
+            grace,
+        } => check_cmd::fsck(&store, repair, grace, cli.json),
+        Cmd::Scrub { store } => check_cmd::scrub(&store, cli.json),
+        Cmd::Gc {
+            store,
+            dry_run,
+            grace,
+        } => check_cmd::gc(&store, dry_run, grace, cli.json),
     }
 }
 
+fn lock_cmd(cmd: LockCmd, json: bool) -> Result<(), Failure> {
+    use decofs::store::{layout::Layout, lock};
+    match cmd {
+        LockCmd::Break { store } => {
+            let what = format!("cannot break the lock of {}", store.display());
+            let layout = Layout::new(&store);
+            layout.read_format().map_err(|e| Failure::from(&what, &e))?;
+            let live = lock::is_locked(&layout);
+            let (holder, epoch) = lock::break_lock(&store).map_err(|e| Failure::from(&what, &e))?;
+            if json {
+                println!("{}", serde_json::json!({"broken_holder": holder, "epoch": epoch, "holder_was_alive_here": live}));
+            } else {
+                if live {
+                    eprintln!("decofs: warning: the holder is alive on this host; its writes are refused from now on");
+                }
+                println!("lock broken (was: {}); new epoch {epoch}", if holder.is_empty() { "free" } else { &holder });
+            }
+            Ok(())
+        }
+        LockCmd::Show { store } => {
+            let what = format!("cannot read the lock of {}", store.display());
+            let layout = Layout::new(&store);
+            layout.read_format().map_err(|e| Failure::from(&what, &e))?;
+            let epoch = lock::read_epoch(&layout).map_err(|e| Failure::from(&what, &e))?;
+            let (locked, holder) = (lock::is_locked(&layout), lock::holder(&layout));
+            if json {
+                println!("{}", serde_json::json!({"locked": locked, "holder": holder, "epoch": epoch}));
+            } else if locked {
+                println!("held by {holder}; epoch {epoch}");
+            } else {
+                println!("free; epoch {epoch}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `mount -t decofs STORE DIR -o opts` runs `/sbin/mount.decofs STORE DIR [-sfnv] [-o
+/// opts] [-t type]`: translate that into `decofs mount` arguments (None: fake mount).
+fn mount_helper_args(args: &[OsString]) -> Option<Vec<OsString>> {
+    let mut pos = Vec::new();
+    let mut opts = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("-o") => opts.extend(it.next().cloned()),
+            Some("-t") | Some("-N") => {
+                it.next();
+            }
+            Some(f) if f.starts_with('-') && f.len() > 1 && !f.starts_with("--") => {
+                if f.contains('f') {
+                    return None; // -f: fake, do everything but mount
+                }
+            }
+            _ => pos.push(a.clone()),
+        }
+    }
+    let mut out: Vec<OsString> = vec!["decofs".into(), "mount".into()];
+    out.extend(pos);
+    if !opts.is_empty() {
+        let joined: Vec<String> = opts.iter().map(|o| o.to_string_lossy().into_owned()).collect();
+        out.push("-o".into());
+        out.push(joined.join(",").into());
+    }
+    Some(out)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = argv.first().and_then(|a| std::path::Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
+    let cli = if invoked_as.as_deref().is_some_and(|n| n.starts_with("mount.")) {
+        match mount_helper_args(&argv) {
+            Some(args) => Cli::parse_from(args),
+            None => return ExitCode::SUCCESS,
+        }
+    } else {
+        Cli::parse()
+    };
+    // -o log=LEVEL sets the daemon's log filter unless RUST_LOG says otherwise.
+    if let Cmd::Mount { options, .. } = &cli.cmd {
+        if let Some(level) = options.split(',').find_map(|o| o.trim().strip_prefix("log=")) {
+            if std::env::var_os("RUST_LOG").is_none() {
+                std::env::set_var("RUST_LOG", level);
+            }
+        }
+    }
     let daemon = matches!(
         cli.cmd,
         Cmd::Mount {
@@ -163,7 +314,7 @@ fn main() -> ExitCode {
     init_logging(daemon);
     let json = cli.json;
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(check_cmd::exit_status(0)),
         Err(f) => {
             if json {
                 eprintln!(
@@ -176,7 +327,148 @@ fn main() -> ExitCode {
                     f.what, f.reason, f.code, f.suggestion
                 );
             }
-            ExitCode::from(1)
+            ExitCode::from(check_cmd::exit_status(1))
         }
+    }
+}
+
+/// `fsck`, `scrub`, `gc`: open the store, run the check, print its report. fsck and
+/// scrub exit with e2fsck-like codes, recorded here for `main`.
+mod check_cmd {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::time::Duration;
+
+    use decofs::store::check::{self, Progress, EXIT_NOT_RUN};
+    use decofs::store::{Error, Store};
+
+    use super::Failure;
+
+    static EXIT_STATUS: AtomicU8 = AtomicU8::new(0);
+
+    /// The exit status a check asked for, or `default`.
+    pub fn exit_status(default: u8) -> u8 {
+        match EXIT_STATUS.load(Ordering::Relaxed) {
+            0 => default,
+            c => c,
+        }
+    }
+
+    fn fail(code: u8, what: &str, e: &Error) -> Failure {
+        EXIT_STATUS.store(code, Ordering::Relaxed);
+        Failure::from(what, e)
+    }
+
+    fn progress(p: &Progress) {
+        eprintln!("decofs: {}: {} done", p.phase, p.done);
+    }
+
+    fn print_json<T: serde::Serialize>(v: &T) {
+        println!("{}", serde_json::to_string_pretty(v).expect("reports serialize"));
+    }
+
+    pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Result<(), Failure> {
+        let what = format!("cannot check {}", store.display());
+        let s = Store::open_for_check(store, !repair).map_err(|e| fail(EXIT_NOT_RUN, &what, &e))?;
+        let rep = s
+            .fsck(repair, Duration::from_secs(grace), progress)
+            .map_err(|e| fail(EXIT_NOT_RUN, &what, &e))?;
+        EXIT_STATUS.store(rep.exit_code, Ordering::Relaxed);
+        if json {
+            print_json(&rep);
+            return Ok(());
+        }
+        println!(
+            "{}: {} nodes ({} directories, {} files, {} other), {} entries, {} in trash, {} revisions, {} blobs",
+            store.display(), rep.nodes, rep.dirs, rep.files, rep.other, rep.entries, rep.trash,
+            rep.revisions, rep.blobs
+        );
+        for p in &rep.problems {
+            let state = if p.repaired { "repaired" } else { "found" };
+            println!("  {state:8} {} {}: {}", p.code, p.path, p.detail);
+        }
+        if rep.young_orphans > 0 {
+            println!(
+                "  {} unnamed nodes younger than {grace}s left alone (a create may be in progress)",
+                rep.young_orphans
+            );
+        }
+        if rep.stale_staging > 0 {
+            println!(
+                "  {} stale staging files in sessions/ ({} removed)",
+                rep.stale_staging, rep.stale_staging_removed
+            );
+        }
+        let left = rep.problems.iter().filter(|p| !p.repaired).count();
+        match rep.exit_code {
+            check::EXIT_CLEAN => println!("clean"),
+            check::EXIT_REPAIRED => println!("{} errors repaired", rep.problems.len()),
+            _ if repair => println!("{left} problems left that fsck cannot repair"),
+            _ => println!("{left} problems found; `decofs fsck --repair` repairs what it can"),
+        }
+        Ok(())
+    }
+
+    pub fn scrub(store: &Path, json: bool) -> Result<(), Failure> {
+        let what = format!("cannot scrub {}", store.display());
+        // Mark damaged files only when no read-write mount is running.
+        let s = match Store::open_for_check(store, false) {
+            Err(Error::StoreLocked { .. }) => Store::open_for_check(store, true),
+            other => other,
+        }
+        .map_err(|e| fail(EXIT_NOT_RUN, &what, &e))?;
+        let rep = s.scrub(progress).map_err(|e| fail(EXIT_NOT_RUN, &what, &e))?;
+        EXIT_STATUS.store(rep.exit_code, Ordering::Relaxed);
+        if json {
+            print_json(&rep);
+            return Ok(());
+        }
+        println!(
+            "{}: {} blobs checked ({} bytes)",
+            store.display(),
+            rep.blobs_checked,
+            rep.bytes_checked
+        );
+        for d in &rep.damaged {
+            println!("  damaged blob {} ({}), used by:", d.hash, d.detail);
+            for u in &d.used_by {
+                println!("    {u}");
+            }
+        }
+        for r in &rep.unreadable_records {
+            println!("  unreadable record: {r} (run `decofs fsck`)");
+        }
+        if rep.marked > 0 {
+            println!("  {} files marked integrity_error", rep.marked);
+        }
+        if rep.exit_code == check::EXIT_CLEAN {
+            println!("clean");
+        } else {
+            println!("{} files have damaged content", rep.damaged_paths.len());
+        }
+        Ok(())
+    }
+
+    pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Result<(), Failure> {
+        let what = format!("cannot collect garbage in {}", store.display());
+        let s = Store::open_for_check(store, dry_run).map_err(|e| Failure::from(&what, &e))?;
+        let rep = s
+            .gc(dry_run, Duration::from_secs(grace))
+            .map_err(|e| Failure::from(&what, &e))?;
+        if json {
+            print_json(&rep);
+            return Ok(());
+        }
+        println!(
+            "{}: {} blobs, {} referenced; {} {} unreferenced blobs ({} bytes); {} younger than {grace}s kept",
+            store.display(),
+            rep.blobs,
+            rep.referenced,
+            if dry_run { "would delete" } else { "deleted" },
+            rep.deleted,
+            rep.bytes_freed,
+            rep.kept_young
+        );
+        Ok(())
     }
 }

@@ -68,6 +68,7 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
             "sync" => o.flags.push(MountOption::Sync),
             "async" => o.flags.push(MountOption::Async),
             "dirsync" => o.flags.push(MountOption::DirSync),
+            o if o.starts_with("log=") => {} // applied by main before logging starts
             other => return Err(Error::BadOption(other.to_string())),
         }
     }
@@ -193,6 +194,9 @@ pub fn run_foreground(
     opts: &MountOpts,
     threads: usize,
 ) -> Result<()> {
+    // Before any thread exists, so every thread inherits the mask and only the sigwait
+    // thread below ever receives these signals.
+    let set = block_signals();
     let res = prepare(store_path, mountpoint, opts, threads);
     let (store, session, mnt) = match res {
         Ok(x) => x,
@@ -206,21 +210,29 @@ pub fn run_foreground(
     let mut pid_text = mnt.as_os_str().as_bytes().to_vec();
     pid_text.extend_from_slice(if opts.read_only { b"\nro\n" } else { b"\nrw\n" });
     let _ = fs::write(&pidf, pid_text);
+    let info = crate::control::DaemonInfo { mountpoint: mnt.clone(), started: Instant::now() };
+    let sock = match crate::control::serve(store.clone(), info) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::warn!("no control socket ({e}); status and other commands will read the store directly");
+            None
+        }
+    };
     log::info!("mounted {} on {}", store_root.display(), mnt.display());
     report_ready(&Ok(()));
-    let mut session = session;
-    let mut unmounter = session.unmount_callable();
+    sd_notify("READY=1");
+    let sig_mnt = mnt.clone();
     let sig_store = store.clone();
-    let set = block_signals();
     std::thread::spawn(move || {
         let mut sig = 0;
         // SAFETY: waiting on a valid signal set.
         unsafe { libc::sigwait(&set, &mut sig) };
         log::info!("signal {sig}: committing open files and unmounting");
+        sd_notify("STOPPING=1");
         if let Err(e) = sig_store.commit_all() {
             log::error!("commit on signal failed: {e}");
         }
-        if let Err(e) = unmounter.unmount() {
+        if let Err(e) = unmount_now(&sig_mnt) {
             log::error!("unmount on signal failed: {e}");
         }
         // Open files can keep a lazily detached mount alive; everything is committed,
@@ -230,8 +242,12 @@ pub fn run_foreground(
         std::process::exit(0);
     });
     let res = session.run().ctx(|| "serve the mount".into());
+    sd_notify("STOPPING=1");
     let commit = store.commit_all();
     let _ = fs::remove_file(&pidf);
+    if let Some(p) = sock {
+        let _ = fs::remove_file(p);
+    }
     log::info!("unmounted {}", mnt.display());
     res.and(commit)
 }
@@ -404,26 +420,12 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     if !(entry.fstype == "fuse.decofs" || entry.fstype == "fuse") {
         return Err(Error::NotMounted(canon));
     }
-    // Find the daemon serving this mountpoint: (pid, holds the write lock).
+    // The daemon serving this mountpoint, to wait for after the unmount.
     let store = PathBuf::from(&entry.source);
-    let mut daemon = None;
-    if let Ok(it) = fs::read_dir(store.join("sessions")) {
-        for e in it.flatten() {
-            let name = e.file_name();
-            let Some(p) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("mount."))
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let text = fs::read(e.path()).unwrap_or_default();
-            let mut lines = text.split(|b| *b == b'\n');
-            if lines.next() == Some(canon.as_os_str().as_bytes()) {
-                daemon = Some((p, lines.next() == Some(b"rw")));
-            }
-        }
-    }
+    let daemon = crate::control::daemons(&store)
+        .into_iter()
+        .find(|d| d.mountpoint == canon)
+        .map(|d| (d.pid, d.writer));
     let c =
         std::ffi::CString::new(canon.as_os_str().as_bytes()).map_err(|_| Error::Invalid("path"))?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
@@ -474,4 +476,41 @@ fn lock_free(store: &Path) -> bool {
     };
     // SAFETY: flock on an owned descriptor; a shared probe lock is dropped with `f`.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
+}
+
+/// Tell systemd (Type=notify) about our state, if it is listening.
+pub fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let res = if let Some(name) = path.as_bytes().strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = res {
+        log::warn!("sd_notify {msg}: {e}");
+    }
+}
+
+/// Unmount; if files are still open there, detach lazily (the kernel finishes once they
+/// close). Used on SIGTERM/SIGINT, where waiting for every user is not an option.
+fn unmount_now(mnt: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_bytes())?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EBUSY) {
+        return Err(e);
+    }
+    log::warn!("{} is busy: detaching it lazily", mnt.display());
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

@@ -8,7 +8,8 @@
 //! STORE/revisions/         earlier records of nodes
 //! STORE/sessions/          staging for blob writes and the pid files of running mounts
 //! STORE/index/             sled index (a cache)
-//! STORE/lock               single-writer lock
+//! STORE/lock               single-writer lock (flock) naming its holder
+//! STORE/epoch              fencing epoch, increased by every lock acquisition or break
 //! STORE/decofs.log         log of a background mount
 //! ```
 //! Opening checks the format version first, so a store of another format is refused
@@ -63,6 +64,9 @@ impl Layout {
     }
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
+    }
+    pub fn epoch_file(&self) -> PathBuf {
+        self.root.join("epoch")
     }
     pub fn log_file(&self) -> PathBuf {
         self.root.join("decofs.log")

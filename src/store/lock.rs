@@ -1,18 +1,66 @@
-//! The single-writer lock (invariant 7, first part): a read-write open of a store takes
-//! an exclusive `flock` on `STORE/lock` and writes who holds it. A second writer fails
-//! at once with `store_locked`, naming the holder. The kernel drops the lock when the
-//! holder dies, so a crashed daemon never blocks the next mount.
-//! Fencing epochs (for a lock broken under a live holder) are not implemented yet.
+//! The single-writer lock with a fencing epoch (invariant 7).
+//!
+//! A read-write open of a store takes an exclusive `flock` on `STORE/lock` and writes who
+//! holds it there. A second writer fails at once with `store_locked`, naming the holder.
+//! The kernel drops the flock when the holder dies, so a crashed daemon on this host
+//! never blocks the next mount.
+//!
+//! Every acquisition also increases the epoch in `STORE/epoch` (replaced by rename, so
+//! each epoch is a new inode). The holder remembers its epoch and the inode; before
+//! every mutation it checks (one stat) that the epoch file is still its own. `decofs
+//! lock break` (for a holder that died on another host, where flock cannot tell)
+//! increments the epoch and removes the lock file: from then on the stale holder's
+//! writes are refused with EROFS, never applied, and a new writer can take a fresh lock.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{Error, IoContext, Result};
-use super::layout::Layout;
+use super::layout::{sync_dir, Layout};
 
 pub struct StoreLock {
     _file: File,
+    pub epoch: u64,
+    epoch_path: PathBuf,
+    epoch_ino: u64,
+    fenced: AtomicBool,
+}
+
+/// Read the current epoch (0 for a store that was never mounted read-write).
+pub fn read_epoch(layout: &Layout) -> Result<u64> {
+    match fs::read_to_string(layout.epoch_file()) {
+        Ok(s) => s.trim().parse().map_err(|_| Error::CorruptRecord { node: "epoch".into(), detail: format!("bad epoch file: {s:?}") }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io("read epoch", e)),
+    }
+}
+
+/// Replace the epoch file with `epoch` (new inode), durably. Returns the new inode.
+fn write_epoch(layout: &Layout, epoch: u64) -> Result<u64> {
+    let tmp = layout.sessions().join(format!("epoch.{}.tmp", std::process::id()));
+    let mut f = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    f.write_all(format!("{epoch}\n").as_bytes()).ctx(|| "write epoch".into())?;
+    f.sync_all().ctx(|| "sync epoch".into())?;
+    let ino = f.metadata().ctx(|| "stat epoch".into())?.ino();
+    fs::rename(&tmp, layout.epoch_file()).ctx(|| "install epoch".into())?;
+    sync_dir(&layout.root)?;
+    Ok(ino)
+}
+
+/// Who holds the lock, as written in the lock file ("" if nobody wrote one).
+pub fn holder(layout: &Layout) -> String {
+    fs::read_to_string(layout.lock_file()).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Is the lock held by a live process (on this host)?
+pub fn is_locked(layout: &Layout) -> bool {
+    let Ok(f) = File::open(layout.lock_file()) else { return false };
+    // SAFETY: flock on an owned descriptor; the probe lock goes away with `f`.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
 }
 
 impl StoreLock {
@@ -35,31 +83,52 @@ impl StoreLock {
                 let holder = holder.trim().to_string();
                 return Err(Error::StoreLocked {
                     path: layout.root.clone(),
-                    holder: if holder.is_empty() {
-                        "another process".into()
-                    } else {
-                        holder
-                    },
+                    holder: if holder.is_empty() { "another process".into() } else { holder },
                 });
             }
             return Err(Error::io(format!("lock {}", path.display()), err));
         }
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let info = format!(
-            "pid {} on host {} since {} (unix time)\n",
-            std::process::id(),
-            hostname(),
-            since
-        );
+        let epoch = read_epoch(layout)? + 1;
+        let epoch_ino = write_epoch(layout, epoch)?;
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let info = format!("pid {} on host {} since {} (unix time), epoch {}\n", std::process::id(), hostname(), since, epoch);
         file.set_len(0).ctx(|| "truncate lock".into())?;
         file.seek(SeekFrom::Start(0)).ctx(|| "seek lock".into())?;
-        file.write_all(info.as_bytes())
-            .ctx(|| "write lock".into())?;
-        Ok(StoreLock { _file: file })
+        file.write_all(info.as_bytes()).ctx(|| "write lock".into())?;
+        Ok(StoreLock { _file: file, epoch, epoch_path: layout.epoch_file(), epoch_ino, fenced: AtomicBool::new(false) })
     }
+
+    /// Is this holder still the current one? Once fenced, always fenced.
+    pub fn valid(&self) -> bool {
+        if self.fenced.load(Ordering::Relaxed) {
+            return false;
+        }
+        let current = fs::metadata(&self.epoch_path).map(|m| m.ino()).unwrap_or(0);
+        if current == self.epoch_ino {
+            return true;
+        }
+        log::error!("the store lock was broken (epoch {} is no longer current): refusing all writes", self.epoch);
+        self.fenced.store(true, Ordering::Relaxed);
+        false
+    }
+}
+
+/// Break the lock of a store whose holder is gone: a new epoch fences the old holder,
+/// and removing the lock file lets a new writer lock a fresh one. Returns (old holder,
+/// new epoch).
+pub fn break_lock(root: &Path) -> Result<(String, u64)> {
+    let layout = Layout::new(root);
+    layout.read_format()?;
+    let old = holder(&layout);
+    let epoch = read_epoch(&layout)? + 1;
+    write_epoch(&layout, epoch)?;
+    match fs::remove_file(layout.lock_file()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove lock", e)),
+    }
+    sync_dir(&layout.root)?;
+    Ok((old, epoch))
 }
 
 pub fn hostname() -> String {

@@ -11,6 +11,7 @@
 
 pub mod attr;
 pub mod blob;
+pub mod check;
 pub mod content;
 pub mod error;
 pub mod layout;
@@ -51,7 +52,7 @@ pub struct Store {
     stripes: Vec<Mutex<()>>,
     sessions: Mutex<HashMap<NodeId, Arc<Mutex<Session>>>>,
     manifests: Mutex<HashMap<node::Hash, Arc<Vec<node::ChunkRef>>>>,
-    _lock: Option<StoreLock>,
+    lock: Option<StoreLock>,
 }
 
 impl Store {
@@ -109,7 +110,7 @@ impl Store {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             sessions: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
-            _lock: lock,
+            lock,
         }
     }
 
@@ -125,12 +126,21 @@ impl Store {
         self.format.chunk_size as u64
     }
 
+    /// May this process change the store? Not when read-only, and not once its lock
+    /// has been broken (fencing: the stale holder's writes are refused, never applied).
     fn writable(&self) -> Result<()> {
         if self.read_only {
-            Err(Error::ReadOnly)
-        } else {
-            Ok(())
+            return Err(Error::ReadOnly);
         }
+        match &self.lock {
+            Some(l) if !l.valid() => Err(Error::ReadOnly),
+            _ => Ok(()),
+        }
+    }
+
+    /// The fencing epoch this writer holds (None for read-only opens).
+    pub fn epoch(&self) -> Option<u64> {
+        self.lock.as_ref().map(|l| l.epoch)
     }
 
     /// The inode number of a node (stable across remounts).

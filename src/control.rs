@@ -1,0 +1,222 @@
+//! The control channel between the CLI and a running mount: a root-only unix socket
+//! `STORE/sessions/control.<pid>.sock`, one JSON request line, one JSON reply line.
+//! Also the offline answers (store not mounted), so commands work either way.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::store::error::IoContext;
+use crate::store::layout::Layout;
+use crate::store::{lock, Error, Kind, NodeId, Result, Store};
+
+/// What a daemon knows about itself.
+#[derive(Clone)]
+pub struct DaemonInfo {
+    pub mountpoint: PathBuf,
+    pub started: Instant,
+}
+
+pub fn socket_path(store: &Path, pid: u32) -> PathBuf {
+    store.join("sessions").join(format!("control.{pid}.sock"))
+}
+
+/// Serve control requests in a background thread. Returns the socket path.
+pub fn serve(store: Arc<Store>, info: DaemonInfo) -> Result<PathBuf> {
+    let path = socket_path(&store.layout.root, std::process::id());
+    let _ = fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).ctx(|| format!("bind {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).ctx(|| "chmod control socket".into())?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (store, info) = (store.clone(), info.clone());
+                std::thread::spawn(move || handle(conn, &store, &info));
+            }
+        })
+        .ctx(|| "spawn control thread".into())?;
+    Ok(path)
+}
+
+fn handle(conn: UnixStream, store: &Store, info: &DaemonInfo) {
+    let mut line = String::new();
+    let mut r = BufReader::new(&conn);
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let reply = match serde_json::from_str::<Value>(&line) {
+        Ok(req) => match req.get("cmd").and_then(|c| c.as_str()) {
+            Some("status") => status_value(store, Some(info)),
+            _ => Ok(json!({"error": "unknown command", "code": "invalid_argument"})),
+        },
+        Err(e) => Ok(json!({"error": format!("bad request: {e}"), "code": "invalid_argument"})),
+    };
+    let reply = reply.unwrap_or_else(|e| json!({"error": e.to_string(), "code": e.code(), "suggestion": e.suggestion()}));
+    let mut w = &conn;
+    let _ = writeln!(w, "{reply}");
+}
+
+/// Ask the daemon behind `socket` one question.
+pub fn request(socket: &Path, req: &Value) -> Result<Value> {
+    let mut s = UnixStream::connect(socket).ctx(|| format!("connect {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    writeln!(s, "{req}").ctx(|| "send request".into())?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).ctx(|| "read reply".into())?;
+    serde_json::from_str(&line).map_err(|e| Error::Daemon(format!("bad reply: {e}")))
+}
+
+/// A running daemon of a store: (pid, mountpoint, writer, control socket).
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub pid: i32,
+    pub mountpoint: PathBuf,
+    pub writer: bool,
+    pub socket: PathBuf,
+}
+
+/// The live daemons serving a store, from their pid files.
+pub fn daemons(store: &Path) -> Vec<Daemon> {
+    let mut out = Vec::new();
+    let Ok(it) = fs::read_dir(store.join("sessions")) else { return out };
+    for e in it.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("mount.")).and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            continue;
+        }
+        let text = fs::read(e.path()).unwrap_or_default();
+        let mut lines = text.split(|b| *b == b'\n');
+        let mp = PathBuf::from(std::ffi::OsStr::new(std::str::from_utf8(lines.next().unwrap_or(b"")).unwrap_or("")));
+        let writer = lines.next() == Some(b"rw");
+        out.push(Daemon { pid, mountpoint: mp, writer, socket: socket_path(store, pid as u32) });
+    }
+    out
+}
+
+/// Resolve a CLI argument that is a mountpoint or a store to the store path (and the
+/// mountpoint if it is one).
+pub fn resolve(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    let canon = fs::canonicalize(path).map_err(|_| Error::StoreNotFound(path.to_path_buf()))?;
+    if let Some(m) = crate::mount::mounts().into_iter().rev().find(|m| m.mountpoint == canon) {
+        if m.fstype == "fuse.decofs" {
+            return Ok((PathBuf::from(m.source), Some(canon)));
+        }
+    }
+    Layout::new(&canon).read_format()?;
+    Ok((canon, None))
+}
+
+/// Space held by trashed nodes and by revisions: (count, bytes) each. Revisions share
+/// chunks with the live file, so their bytes are an upper bound of what they pin.
+fn held_space(store: &Store) -> ((u64, u64), (u64, u64)) {
+    let mut trash = (0, 0);
+    if let Ok(it) = fs::read_dir(store.layout.trash()) {
+        for e in it.flatten() {
+            let Some(id) = fs::read_link(e.path()).ok().and_then(|t| Layout::parse_entry_target(&t)) else { continue };
+            if let Ok(r) = store.read_record(id) {
+                trash.0 += 1;
+                if r.kind == Kind::File {
+                    trash.1 += r.stored;
+                }
+            }
+        }
+    }
+    let mut revs = (0, 0);
+    if let Ok(it) = fs::read_dir(store.layout.root.join("revisions")) {
+        for e in it.flatten() {
+            let Some(id) = e.file_name().to_str().and_then(|s| uuid::Uuid::parse_str(s).ok()).map(NodeId) else { continue };
+            for (_, r) in store.revisions(id).unwrap_or_default() {
+                revs.0 += 1;
+                revs.1 += r.stored;
+            }
+        }
+    }
+    (trash, revs)
+}
+
+/// The status of a store, from inside its daemon (`info`) or from outside (None).
+pub fn status_value(store: &Store, info: Option<&DaemonInfo>) -> Result<Value> {
+    let layout = &store.layout;
+    let ((tn, tb), (rn, rb)) = held_space(store);
+    let mut v = json!({
+        "store": layout.root,
+        "store_id": store.format.store_id.to_string(),
+        "format": crate::store::layout::FORMAT_VERSION,
+        "chunk_size": store.format.chunk_size,
+        "mounted": info.is_some(),
+        "epoch": lock::read_epoch(layout)?,
+        "holder": lock::holder(layout),
+        "locked": lock::is_locked(layout),
+        "trash": {"nodes": tn, "bytes": tb},
+        "revisions": {"count": rn, "bytes": rb},
+        "index": {"state": "absent", "note": "the metadata index is not built yet"},
+    });
+    if let Some(info) = info {
+        v["pid"] = json!(std::process::id());
+        v["mountpoint"] = json!(info.mountpoint);
+        v["read_only"] = json!(store.read_only());
+        v["uptime_secs"] = json!(info.started.elapsed().as_secs());
+        v["open_sessions"] = json!(store.open_sessions());
+        v["my_epoch"] = json!(store.epoch());
+    }
+    Ok(v)
+}
+
+/// `decofs status PATH`: ask a running daemon of the store, or read the store directly.
+pub fn status(path: &Path) -> Result<Value> {
+    let (store_path, _mnt) = resolve(path)?;
+    let ds = daemons(&store_path);
+    // Prefer the writer; a read-only mount answers too.
+    let pick = ds.iter().find(|d| d.writer).or(ds.first());
+    if let Some(d) = pick {
+        let mut v = request(&d.socket, &json!({"cmd": "status"}))?;
+        if v.get("error").is_none() {
+            v["mounts"] = json!(ds.iter().map(|d| json!({"pid": d.pid, "mountpoint": d.mountpoint, "writer": d.writer})).collect::<Vec<_>>());
+            return Ok(v);
+        }
+        return Err(Error::Daemon(v["error"].as_str().unwrap_or("").to_string()));
+    }
+    let store = Store::open(&store_path, crate::store::OpenOptions { read_only: true, cache_bytes: 1 << 20 })?;
+    status_value(&store, None)
+}
+
+/// Human-readable status.
+pub fn render_status(v: &Value) -> String {
+    let mut s = String::new();
+    let g = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+    s.push_str(&format!("store:      {}\n", g("store").as_str().unwrap_or("")));
+    if g("mounted").as_bool() == Some(true) {
+        s.push_str(&format!(
+            "mounted:    yes, on {} by pid {} ({}), up {} s\n",
+            g("mountpoint").as_str().unwrap_or("?"),
+            g("pid"),
+            if g("read_only").as_bool() == Some(true) { "read-only" } else { "read-write" },
+            g("uptime_secs")
+        ));
+        s.push_str(&format!("sessions:   {} open write session(s)\n", g("open_sessions")));
+    } else {
+        s.push_str("mounted:    no\n");
+    }
+    let holder = g("holder");
+    let locked = g("locked").as_bool() == Some(true);
+    s.push_str(&format!(
+        "lock:       {} (epoch {})\n",
+        if locked { format!("held by {}", holder.as_str().unwrap_or("?")) } else { "free".to_string() },
+        g("epoch")
+    ));
+    s.push_str(&format!("trash:      {} node(s), {} bytes\n", v["trash"]["nodes"], v["trash"]["bytes"]));
+    s.push_str(&format!("revisions:  {} revision(s), {} bytes\n", v["revisions"]["count"], v["revisions"]["bytes"]));
+    s.push_str(&format!("index:      {}\n", v["index"]["note"].as_str().unwrap_or("")));
+    s
+}
