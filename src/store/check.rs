@@ -27,8 +27,9 @@
 //!   a write session stored but has not yet named survives (invariant 1). If any record
 //!   or manifest cannot be read, the referenced set is unknown and gc deletes nothing.
 //!
-//! The age of a node or blob file is the later of its mtime and ctime (a record update
-//! changes the ctime), so a node touched recently is never taken for an old orphan.
+//! The age of a node file is the later of its mtime and ctime (a record update changes
+//! only the ctime), so a node touched recently is never taken for an old orphan. The age
+//! of a blob is its mtime, the time its bytes were written.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -51,6 +52,11 @@ use super::node::{
 };
 use super::tree::NewNode;
 use super::Store;
+
+/// The records that use a blob: (display path, live node if any).
+type Users = Vec<(String, Option<NodeId>)>;
+/// Every needed blob and who needs it.
+type Needed = HashMap<Hash, Users>;
 
 /// The directory in the root that adopted orphans are bound in.
 pub const LOST_FOUND: &str = "lost+found";
@@ -431,7 +437,7 @@ impl Store {
                         },
                     );
                     done += 1;
-                    if done % PROGRESS_EVERY == 0 {
+                    if done.is_multiple_of(PROGRESS_EVERY) {
                         progress(&Progress {
                             phase: "nodes",
                             done,
@@ -449,7 +455,7 @@ impl Store {
             .map(|(id, _)| *id)
             .collect();
         for (i, dir) in dir_ids.iter().enumerate() {
-            if (i as u64 + 1) % PROGRESS_EVERY == 0 {
+            if (i as u64 + 1).is_multiple_of(PROGRESS_EVERY) {
                 progress(&Progress {
                     phase: "entries",
                     done: i as u64 + 1,
@@ -653,7 +659,10 @@ impl Store {
                 };
                 match parse_hash(&bn) {
                     Some(h) if bn.starts_with(&an) && md.is_file() => {
-                        s.blobs.insert(h, (md.len(), age_of(&md, now)));
+                        // A blob's age is its mtime: the time its bytes were written.
+                        let m = md.modified().unwrap_or(now);
+                        let age = now.duration_since(m).unwrap_or(Duration::ZERO);
+                        s.blobs.insert(h, (md.len(), age));
                     }
                     _ => {
                         stray(&mut s, &b.path(), "not a blob (name is not a hash)");
@@ -661,7 +670,7 @@ impl Store {
                     }
                 }
                 nblobs += 1;
-                if nblobs % PROGRESS_EVERY == 0 {
+                if nblobs.is_multiple_of(PROGRESS_EVERY) {
                     progress(&Progress {
                         phase: "blobs",
                         done: nblobs,
@@ -697,14 +706,8 @@ impl Store {
     /// Every blob a record needs, each with the record's display path. A manifest's
     /// chunks are found by reading it; a manifest that cannot be read is returned in
     /// `bad_manifests` with why.
-    fn needed_blobs(
-        &self,
-        s: &Scan,
-    ) -> (
-        HashMap<Hash, Vec<(String, Option<NodeId>)>>,
-        Vec<(String, Hash, String)>,
-    ) {
-        let mut need: HashMap<Hash, Vec<(String, Option<NodeId>)>> = HashMap::new();
+    fn needed_blobs(&self, s: &Scan) -> (Needed, Vec<(String, Hash, String)>) {
+        let mut need: Needed = HashMap::new();
         let mut bad = Vec::new();
         let mut manifests: HashMap<Hash, std::result::Result<Vec<ChunkRef>, String>> =
             HashMap::new();
@@ -810,7 +813,7 @@ impl Store {
         let trashed: HashSet<NodeId> = s.trash.values().copied().collect();
 
         let mut ids: Vec<NodeId> = s.nodes.keys().copied().collect();
-        ids.sort_by(|a, b| path_of(&s, *a).cmp(&path_of(&s, *b)));
+        ids.sort_by_key(|a| path_of(&s, *a));
         for id in ids {
             let n = &s.nodes[&id];
             match &n.rec {
@@ -995,7 +998,7 @@ impl Store {
                 action: Action::None,
             });
         }
-        let mut missing: Vec<(&Hash, &Vec<(String, Option<NodeId>)>)> = need
+        let mut missing: Vec<(&Hash, &Users)> = need
             .iter()
             .filter(|(h, _)| !s.blobs.contains_key(*h))
             .collect();
@@ -1381,5 +1384,46 @@ mod tests {
         assert_eq!(s.lookup(lf, OsStr::new(&id.to_string())).unwrap(), id);
         let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
         assert_eq!(r.exit_code, 0, "{:?}", r.problems);
+    }
+
+    #[test]
+    fn missing_blob_is_left_and_gc_refuses_unknown_references() {
+        let (_d, s) = scratch();
+        let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
+        s.write(id, 0, &vec![5u8; 100_000]).unwrap();
+        let h = Store::record_hashes(&s.read_record(id).unwrap())[0];
+        fs::remove_file(s.blobs.path_of(&h)).unwrap();
+        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT);
+        assert!(r
+            .problems
+            .iter()
+            .any(|p| p.code == "missing_blob" && p.path == "/f" && !p.repaired));
+        // A garbage record: which blobs it names is unknown, so gc deletes nothing.
+        let g = s.create(s.root(), OsStr::new("g"), file()).unwrap().0;
+        xattr::set(s.layout.node_path(g), RECORD_XATTR, b"garbage!!").unwrap();
+        assert!(matches!(
+            s.gc(false, Duration::ZERO),
+            Err(Error::Integrity { .. })
+        ));
+    }
+
+    #[test]
+    fn interrupted_trashing_goes_back_to_the_trash() {
+        let (_d, s) = scratch();
+        s.create(s.root(), OsStr::new("f"), file()).unwrap();
+        let id = s.unlink(s.root(), OsStr::new("f")).unwrap();
+        // The crash window: record says trashed, the trash link is not there yet.
+        for e in fs::read_dir(s.layout.trash()).unwrap() {
+            fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
+        let links: Vec<_> = fs::read_dir(s.layout.trash()).unwrap().collect();
+        assert_eq!(links.len(), 1);
+        assert!(s.lookup(s.root(), OsStr::new(LOST_FOUND)).is_err());
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
+        assert_eq!(s.read_record(id).unwrap().nlink, 0);
     }
 }
