@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::store::error::IoContext;
 use crate::store::layout::Layout;
+use crate::store::trash::{PurgeReport, PurgeSel, TrashEntry};
 use crate::store::{lock, Error, Kind, NodeId, Result, Store};
 
 /// What a daemon knows about itself.
@@ -32,7 +33,8 @@ pub fn serve(store: Arc<Store>, info: DaemonInfo) -> Result<PathBuf> {
     let path = socket_path(&store.layout.root, std::process::id());
     let _ = fs::remove_file(&path);
     let listener = UnixListener::bind(&path).ctx(|| format!("bind {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).ctx(|| "chmod control socket".into())?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .ctx(|| "chmod control socket".into())?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -54,11 +56,13 @@ fn handle(conn: UnixStream, store: &Store, info: &DaemonInfo) {
     let reply = match serde_json::from_str::<Value>(&line) {
         Ok(req) => match req.get("cmd").and_then(|c| c.as_str()) {
             Some("status") => status_value(store, Some(info)),
-            _ => Ok(json!({"error": "unknown command", "code": "invalid_argument"})),
+            _ => dispatch(store, &req),
         },
         Err(e) => Ok(json!({"error": format!("bad request: {e}"), "code": "invalid_argument"})),
     };
-    let reply = reply.unwrap_or_else(|e| json!({"error": e.to_string(), "code": e.code(), "suggestion": e.suggestion()}));
+    let reply = reply.unwrap_or_else(
+        |e| json!({"error": e.to_string(), "code": e.code(), "suggestion": e.suggestion()}),
+    );
     let mut w = &conn;
     let _ = writeln!(w, "{reply}");
 }
@@ -69,7 +73,9 @@ pub fn request(socket: &Path, req: &Value) -> Result<Value> {
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     writeln!(s, "{req}").ctx(|| "send request".into())?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).ctx(|| "read reply".into())?;
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .ctx(|| "read reply".into())?;
     serde_json::from_str(&line).map_err(|e| Error::Daemon(format!("bad reply: {e}")))
 }
 
@@ -85,10 +91,16 @@ pub struct Daemon {
 /// The live daemons serving a store, from their pid files.
 pub fn daemons(store: &Path) -> Vec<Daemon> {
     let mut out = Vec::new();
-    let Ok(it) = fs::read_dir(store.join("sessions")) else { return out };
+    let Ok(it) = fs::read_dir(store.join("sessions")) else {
+        return out;
+    };
     for e in it.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("mount.")).and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("mount."))
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         // SAFETY: signal 0 only checks that the process exists.
@@ -97,9 +109,16 @@ pub fn daemons(store: &Path) -> Vec<Daemon> {
         }
         let text = fs::read(e.path()).unwrap_or_default();
         let mut lines = text.split(|b| *b == b'\n');
-        let mp = PathBuf::from(std::ffi::OsStr::new(std::str::from_utf8(lines.next().unwrap_or(b"")).unwrap_or("")));
+        let mp = PathBuf::from(std::ffi::OsStr::new(
+            std::str::from_utf8(lines.next().unwrap_or(b"")).unwrap_or(""),
+        ));
         let writer = lines.next() == Some(b"rw");
-        out.push(Daemon { pid, mountpoint: mp, writer, socket: socket_path(store, pid as u32) });
+        out.push(Daemon {
+            pid,
+            mountpoint: mp,
+            writer,
+            socket: socket_path(store, pid as u32),
+        });
     }
     out
 }
@@ -108,7 +127,11 @@ pub fn daemons(store: &Path) -> Vec<Daemon> {
 /// mountpoint if it is one).
 pub fn resolve(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     let canon = fs::canonicalize(path).map_err(|_| Error::StoreNotFound(path.to_path_buf()))?;
-    if let Some(m) = crate::mount::mounts().into_iter().rev().find(|m| m.mountpoint == canon) {
+    if let Some(m) = crate::mount::mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.mountpoint == canon)
+    {
         if m.fstype == "fuse.decofs" {
             return Ok((PathBuf::from(m.source), Some(canon)));
         }
@@ -123,7 +146,12 @@ fn held_space(store: &Store) -> ((u64, u64), (u64, u64)) {
     let mut trash = (0, 0);
     if let Ok(it) = fs::read_dir(store.layout.trash()) {
         for e in it.flatten() {
-            let Some(id) = fs::read_link(e.path()).ok().and_then(|t| Layout::parse_entry_target(&t)) else { continue };
+            let Some(id) = fs::read_link(e.path())
+                .ok()
+                .and_then(|t| Layout::parse_entry_target(&t))
+            else {
+                continue;
+            };
             if let Ok(r) = store.read_record(id) {
                 trash.0 += 1;
                 if r.kind == Kind::File {
@@ -135,7 +163,14 @@ fn held_space(store: &Store) -> ((u64, u64), (u64, u64)) {
     let mut revs = (0, 0);
     if let Ok(it) = fs::read_dir(store.layout.root.join("revisions")) {
         for e in it.flatten() {
-            let Some(id) = e.file_name().to_str().and_then(|s| uuid::Uuid::parse_str(s).ok()).map(NodeId) else { continue };
+            let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|s| uuid::Uuid::parse_str(s).ok())
+                .map(NodeId)
+            else {
+                continue;
+            };
             for (_, r) in store.revisions(id).unwrap_or_default() {
                 revs.0 += 1;
                 revs.1 += r.stored;
@@ -182,12 +217,21 @@ pub fn status(path: &Path) -> Result<Value> {
     if let Some(d) = pick {
         let mut v = request(&d.socket, &json!({"cmd": "status"}))?;
         if v.get("error").is_none() {
-            v["mounts"] = json!(ds.iter().map(|d| json!({"pid": d.pid, "mountpoint": d.mountpoint, "writer": d.writer})).collect::<Vec<_>>());
+            v["mounts"] = json!(ds
+                .iter()
+                .map(|d| json!({"pid": d.pid, "mountpoint": d.mountpoint, "writer": d.writer}))
+                .collect::<Vec<_>>());
             return Ok(v);
         }
         return Err(Error::Daemon(v["error"].as_str().unwrap_or("").to_string()));
     }
-    let store = Store::open(&store_path, crate::store::OpenOptions { read_only: true, cache_bytes: 1 << 20 })?;
+    let store = Store::open(
+        &store_path,
+        crate::store::OpenOptions {
+            read_only: true,
+            cache_bytes: 1 << 20,
+        },
+    )?;
     status_value(&store, None)
 }
 
@@ -195,16 +239,26 @@ pub fn status(path: &Path) -> Result<Value> {
 pub fn render_status(v: &Value) -> String {
     let mut s = String::new();
     let g = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
-    s.push_str(&format!("store:      {}\n", g("store").as_str().unwrap_or("")));
+    s.push_str(&format!(
+        "store:      {}\n",
+        g("store").as_str().unwrap_or("")
+    ));
     if g("mounted").as_bool() == Some(true) {
         s.push_str(&format!(
             "mounted:    yes, on {} by pid {} ({}), up {} s\n",
             g("mountpoint").as_str().unwrap_or("?"),
             g("pid"),
-            if g("read_only").as_bool() == Some(true) { "read-only" } else { "read-write" },
+            if g("read_only").as_bool() == Some(true) {
+                "read-only"
+            } else {
+                "read-write"
+            },
             g("uptime_secs")
         ));
-        s.push_str(&format!("sessions:   {} open write session(s)\n", g("open_sessions")));
+        s.push_str(&format!(
+            "sessions:   {} open write session(s)\n",
+            g("open_sessions")
+        ));
     } else {
         s.push_str("mounted:    no\n");
     }
@@ -212,11 +266,161 @@ pub fn render_status(v: &Value) -> String {
     let locked = g("locked").as_bool() == Some(true);
     s.push_str(&format!(
         "lock:       {} (epoch {})\n",
-        if locked { format!("held by {}", holder.as_str().unwrap_or("?")) } else { "free".to_string() },
+        if locked {
+            format!("held by {}", holder.as_str().unwrap_or("?"))
+        } else {
+            "free".to_string()
+        },
         g("epoch")
     ));
-    s.push_str(&format!("trash:      {} node(s), {} bytes\n", v["trash"]["nodes"], v["trash"]["bytes"]));
-    s.push_str(&format!("revisions:  {} revision(s), {} bytes\n", v["revisions"]["count"], v["revisions"]["bytes"]));
-    s.push_str(&format!("index:      {}\n", v["index"]["note"].as_str().unwrap_or("")));
+    s.push_str(&format!(
+        "trash:      {} node(s), {} bytes\n",
+        v["trash"]["nodes"], v["trash"]["bytes"]
+    ));
+    s.push_str(&format!(
+        "revisions:  {} revision(s), {} bytes\n",
+        v["revisions"]["count"], v["revisions"]["bytes"]
+    ));
+    s.push_str(&format!(
+        "index:      {}\n",
+        v["index"]["note"].as_str().unwrap_or("")
+    ));
     s
+}
+
+fn trash_entry_json(e: &TrashEntry) -> Value {
+    json!({
+        "id": e.id.to_string(),
+        "deleted_at": e.at.secs,
+        "origin": e.origin_path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        "origin_name": String::from_utf8_lossy(&e.origin_name),
+        "kind": format!("{:?}", e.kind).to_lowercase(),
+        "size": e.size,
+        "stored": e.stored,
+    })
+}
+
+fn purge_json(r: &PurgeReport) -> Value {
+    json!({"nodes": r.nodes, "revisions": r.revisions, "bytes_freed": r.bytes_freed, "skipped_open": r.skipped_open})
+}
+
+/// Undo requests, the same whether a daemon answers them or the CLI opened the store.
+pub fn dispatch(store: &Store, req: &Value) -> Result<Value> {
+    let s = |k: &str| req.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    match req.get("cmd").and_then(|c| c.as_str()).unwrap_or("") {
+        "trash_ls" => {
+            let list = store.trash_list()?;
+            Ok(json!({"entries": list.iter().map(trash_entry_json).collect::<Vec<_>>()}))
+        }
+        "trash_restore" => {
+            let sel = s("sel").ok_or(Error::Invalid("missing selector"))?;
+            let to = s("to").map(PathBuf::from);
+            let at = store.trash_restore(&sel, to.as_deref())?;
+            Ok(json!({"restored_to": at}))
+        }
+        "trash_purge" => {
+            let sel = if let Some(id) = s("id") {
+                PurgeSel::One(id)
+            } else if let Some(secs) = req.get("older_than").and_then(|v| v.as_u64()) {
+                PurgeSel::OlderThan(Duration::from_secs(secs))
+            } else {
+                PurgeSel::All
+            };
+            Ok(purge_json(&store.trash_purge(sel)?))
+        }
+        "versions_ls" => {
+            let id = store.resolve_path(Path::new(&s("path").unwrap_or_default()))?;
+            let revs = store.revisions(id)?;
+            Ok(json!({"versions": revs.iter().map(|(t, r)| json!({
+                "rev": t.to_string(),
+                "size": r.size,
+                "mtime": r.mtime.secs,
+                "mtime_nanos": r.mtime.nanos,
+                "stored": r.stored,
+            })).collect::<Vec<_>>()}))
+        }
+        "versions_restore" => {
+            let id = store.resolve_path(Path::new(&s("path").unwrap_or_default()))?;
+            let rev: i128 = s("rev")
+                .and_then(|r| r.parse().ok())
+                .ok_or(Error::Invalid("bad revision id"))?;
+            store.version_restore(id, rev)?;
+            Ok(json!({"restored": rev.to_string()}))
+        }
+        _ => Err(Error::Invalid("unknown command")),
+    }
+}
+
+/// Where a path given on the command line lives: (store, mountpoint if mounted, path
+/// relative to the filesystem root). Works for paths that no longer exist (deleted
+/// files) and for paths inside an unmounted store (`STORE/dir/file`).
+pub fn locate(p: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBuf)> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("cwd", e))?
+            .join(p)
+    };
+    let mut norm = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                norm.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => norm.push(other),
+        }
+    }
+    let mounts = crate::mount::mounts();
+    let best = mounts
+        .iter()
+        .filter(|m| m.fstype == "fuse.decofs" && norm.starts_with(&m.mountpoint))
+        .max_by_key(|m| m.mountpoint.as_os_str().len());
+    if let Some(m) = best {
+        let rel = norm
+            .strip_prefix(&m.mountpoint)
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        return Ok((PathBuf::from(&m.source), Some(m.mountpoint.clone()), rel));
+    }
+    for anc in norm.ancestors() {
+        if anc.join(crate::store::layout::FORMAT_FILE).exists() {
+            let rel = norm
+                .strip_prefix(anc)
+                .unwrap_or(Path::new(""))
+                .to_path_buf();
+            return Ok((anc.to_path_buf(), None, rel));
+        }
+    }
+    Err(Error::StoreNotFound(p.to_path_buf()))
+}
+
+/// Run an undo request: through the store's writer daemon if it runs, else directly on
+/// the store (taking the lock when `mutating`).
+pub fn run(store_path: &Path, req: &Value, mutating: bool) -> Result<Value> {
+    let ds = daemons(store_path);
+    let pick = ds
+        .iter()
+        .find(|d| d.writer)
+        .or(if mutating { None } else { ds.first() });
+    if let Some(d) = pick {
+        let v = request(&d.socket, req)?;
+        if let Some(code) = v.get("code").and_then(|c| c.as_str()) {
+            return Err(Error::Remote {
+                code: code.to_string(),
+                reason: v["error"].as_str().unwrap_or("").to_string(),
+                suggestion: v["suggestion"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        return Ok(v);
+    }
+    let store = Store::open(
+        store_path,
+        crate::store::OpenOptions {
+            read_only: !mutating,
+            cache_bytes: 16 << 20,
+        },
+    )?;
+    dispatch(&store, req)
 }

@@ -34,6 +34,15 @@ enum Cmd {
         /// Content chunk size in bytes (power of two, 4 KiB..64 MiB).
         #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
         chunk_size: u32,
+        /// How long deleted files stay restorable (e.g. 1d, 12h, 0 = no trash).
+        #[arg(long, default_value = "1d")]
+        trash_retention: String,
+        /// How many earlier versions of each file to keep.
+        #[arg(long, default_value_t = 10)]
+        revisions_keep: u32,
+        /// How long earlier versions are kept (e.g. 30d).
+        #[arg(long, default_value = "30d")]
+        revisions_max_age: String,
     },
     /// Mount STORE on MOUNTPOINT. Returns once the mount is live.
     Mount {
@@ -62,6 +71,18 @@ enum Cmd {
     /// Show a store's state: mounted or not, lock holder and epoch, uptime, open write
     /// sessions, space held by trash and revisions. PATH is a mountpoint or a store.
     Status { path: PathBuf },
+    /// Deleted files and directories: list, restore, purge. TARGET is a mountpoint or a
+    /// store; works mounted (through the daemon) and unmounted.
+    Trash {
+        #[command(subcommand)]
+        cmd: TrashCmd,
+    },
+    /// Earlier versions of a file: list and restore. FILE is a path inside a mount, or
+    /// STORE/path/in/the/filesystem for an unmounted store.
+    Versions {
+        #[command(subcommand)]
+        cmd: VersionsCmd,
+    },
     /// The single-writer lock of a store.
     Lock {
         #[command(subcommand)]
@@ -98,6 +119,38 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum TrashCmd {
+    /// List the trash, oldest first.
+    Ls { target: PathBuf },
+    /// Restore by id (or a unique prefix of it) or by original path (relative to the
+    /// filesystem root, or absolute under the mountpoint). Directories restore whole.
+    Restore {
+        target: PathBuf,
+        selector: String,
+        /// Restore to this path instead of the origin.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Purge (free) trash entries: all, those older than a duration (30s, 10m, 2h, 1d),
+    /// or one id.
+    Purge {
+        target: PathBuf,
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VersionsCmd {
+    /// List the revisions of a file, oldest first.
+    Ls { file: PathBuf },
+    /// Make revision REV the current content (the current content becomes a revision).
+    Restore { file: PathBuf, rev: String },
+}
+
+#[derive(Subcommand)]
 enum LockCmd {
     /// Break the lock of a holder that died where this host cannot see it (another
     /// host). The epoch increases: the old holder's writes are refused from now on.
@@ -115,9 +168,14 @@ struct Failure {
 
 impl Failure {
     fn from(what: impl Into<String>, e: &Error) -> Failure {
+        // An error relayed from a daemon keeps the daemon's code.
+        let code = match e {
+            Error::Remote { code, .. } => code.clone(),
+            _ => e.code().into(),
+        };
         Failure {
             what: what.into(),
-            code: e.code().into(),
+            code,
             reason: e.to_string(),
             suggestion: e.suggestion(),
         }
@@ -138,10 +196,29 @@ fn init_logging(foreground_daemon: bool) {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.cmd {
-        Cmd::Init { store, chunk_size } => {
-            let f = Store::init(&store, chunk_size).map_err(|e| {
-                Failure::from(format!("cannot create a store at {}", store.display()), &e)
-            })?;
+        Cmd::Init {
+            store,
+            chunk_size,
+            trash_retention,
+            revisions_keep,
+            revisions_max_age,
+        } => {
+            let what = format!("cannot create a store at {}", store.display());
+            let dur = |s: &str| {
+                decofs::store::layout::parse_duration(s).ok_or_else(|| Failure {
+                    what: what.clone(),
+                    code: "invalid_argument".into(),
+                    reason: format!("'{s}' is not a duration"),
+                    suggestion: "use seconds or a number with s, m, h, d or w, e.g. 1d".into(),
+                })
+            };
+            let policy = decofs::store::layout::Policy {
+                trash_retention_secs: dur(&trash_retention)?,
+                revisions_keep,
+                revisions_max_age_secs: dur(&revisions_max_age)?,
+            };
+            let f = Store::init_with(&store, chunk_size, policy)
+                .map_err(|e| Failure::from(&what, &e))?;
             println!(
                 "created store {} (id {}, chunk size {})",
                 store.display(),
@@ -194,8 +271,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy)
             .map_err(|e| Failure::from(format!("cannot unmount {}", mountpoint.display()), &e)),
         Cmd::Status { path } => {
-            let v = decofs::control::status(&path)
-                .map_err(|e| Failure::from(format!("cannot get the status of {}", path.display()), &e))?;
+            let v = decofs::control::status(&path).map_err(|e| {
+                Failure::from(format!("cannot get the status of {}", path.display()), &e)
+            })?;
             if cli.json {
                 println!("{v}");
             } else {
@@ -204,6 +282,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Lock { cmd } => lock_cmd(cmd, cli.json),
+        Cmd::Trash { cmd } => trash_cmd(cmd, cli.json),
+        Cmd::Versions { cmd } => versions_cmd(cmd, cli.json),
         Cmd::Fsck {
             store,
             repair,
@@ -218,6 +298,135 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// A path inside the filesystem as the store's namespace sees it (mount prefix removed).
+fn fs_path(p: &std::path::Path, mount: &Option<PathBuf>) -> String {
+    let rel = match mount {
+        Some(m) if p.is_absolute() => p.strip_prefix(m).unwrap_or(p),
+        _ => p,
+    };
+    rel.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+fn trash_cmd(cmd: TrashCmd, json: bool) -> Result<(), Failure> {
+    use decofs::control;
+    use serde_json::json;
+    let (target, req, mutating, what) = match cmd {
+        TrashCmd::Ls { target } => (
+            target,
+            json!({"cmd": "trash_ls"}),
+            false,
+            "cannot list the trash",
+        ),
+        TrashCmd::Restore {
+            target,
+            selector,
+            to,
+        } => {
+            let mount = control::locate(&target).ok().and_then(|l| l.1);
+            let sel = if selector.starts_with('/') {
+                fs_path(std::path::Path::new(&selector), &mount)
+            } else {
+                selector
+            };
+            let to = to.map(|t| fs_path(&t, &mount));
+            (
+                target,
+                json!({"cmd": "trash_restore", "sel": sel, "to": to}),
+                true,
+                "cannot restore from the trash",
+            )
+        }
+        TrashCmd::Purge {
+            target,
+            older_than,
+            id,
+        } => {
+            let secs =
+                match older_than {
+                    Some(d) => Some(decofs::store::layout::parse_duration(&d).ok_or_else(
+                        || Failure {
+                            what: "cannot purge the trash".into(),
+                            code: "invalid_argument".into(),
+                            reason: format!("'{d}' is not a duration"),
+                            suggestion:
+                                "use seconds or a number with s, m, h, d or w, e.g. 2h".into(),
+                        },
+                    )?),
+                    None => None,
+                };
+            (
+                target,
+                json!({"cmd": "trash_purge", "older_than": secs, "id": id}),
+                true,
+                "cannot purge the trash",
+            )
+        }
+    };
+    let (store, _, _) = control::locate(&target).map_err(|e| Failure::from(what, &e))?;
+    let v = control::run(&store, &req, mutating).map_err(|e| Failure::from(what, &e))?;
+    if json {
+        println!("{v}");
+    } else if let Some(entries) = v.get("entries").and_then(|e| e.as_array()) {
+        println!(
+            "{:<36}  {:<14}  {:>12}  {:<9}  ORIGIN",
+            "ID", "DELETED (unix)", "SIZE", "KIND"
+        );
+        for e in entries {
+            let origin = e["origin"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("(gone)/{}", e["origin_name"].as_str().unwrap_or("")));
+            println!(
+                "{:<36}  {:<14}  {:>12}  {:<9}  {}",
+                e["id"].as_str().unwrap_or(""),
+                e["deleted_at"],
+                e["size"],
+                e["kind"].as_str().unwrap_or(""),
+                origin
+            );
+        }
+    } else if let Some(to) = v.get("restored_to") {
+        println!("restored to {}", to.as_str().unwrap_or(""));
+    } else {
+        println!(
+            "purged {} node(s) and {} revision(s), freed {} bytes ({} still open, kept)",
+            v["nodes"], v["revisions"], v["bytes_freed"], v["skipped_open"]
+        );
+    }
+    Ok(())
+}
+
+fn versions_cmd(cmd: VersionsCmd, json: bool) -> Result<(), Failure> {
+    use decofs::control;
+    use serde_json::json;
+    let (file, mut req, mutating) = match cmd {
+        VersionsCmd::Ls { file } => (file, json!({"cmd": "versions_ls"}), false),
+        VersionsCmd::Restore { file, rev } => {
+            (file, json!({"cmd": "versions_restore", "rev": rev}), true)
+        }
+    };
+    let what = format!("cannot read the versions of {}", file.display());
+    let (store, _, rel) = control::locate(&file).map_err(|e| Failure::from(&what, &e))?;
+    req["path"] = json!(rel.to_string_lossy());
+    let v = control::run(&store, &req, mutating).map_err(|e| Failure::from(&what, &e))?;
+    if json {
+        println!("{v}");
+    } else if let Some(list) = v.get("versions").and_then(|e| e.as_array()) {
+        println!("{:<20}  {:>12}  MTIME (unix)", "REV", "SIZE");
+        for r in list {
+            println!(
+                "{:<20}  {:>12}  {}",
+                r["rev"].as_str().unwrap_or(""),
+                r["size"],
+                r["mtime"]
+            );
+        }
+    } else {
+        println!("restored revision {}", v["restored"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
 fn lock_cmd(cmd: LockCmd, json: bool) -> Result<(), Failure> {
     use decofs::store::{layout::Layout, lock};
     match cmd {
@@ -228,12 +437,18 @@ fn lock_cmd(cmd: LockCmd, json: bool) -> Result<(), Failure> {
             let live = lock::is_locked(&layout);
             let (holder, epoch) = lock::break_lock(&store).map_err(|e| Failure::from(&what, &e))?;
             if json {
-                println!("{}", serde_json::json!({"broken_holder": holder, "epoch": epoch, "holder_was_alive_here": live}));
+                println!(
+                    "{}",
+                    serde_json::json!({"broken_holder": holder, "epoch": epoch, "holder_was_alive_here": live})
+                );
             } else {
                 if live {
                     eprintln!("decofs: warning: the holder is alive on this host; its writes are refused from now on");
                 }
-                println!("lock broken (was: {}); new epoch {epoch}", if holder.is_empty() { "free" } else { &holder });
+                println!(
+                    "lock broken (was: {}); new epoch {epoch}",
+                    if holder.is_empty() { "free" } else { &holder }
+                );
             }
             Ok(())
         }
@@ -244,7 +459,10 @@ fn lock_cmd(cmd: LockCmd, json: bool) -> Result<(), Failure> {
             let epoch = lock::read_epoch(&layout).map_err(|e| Failure::from(&what, &e))?;
             let (locked, holder) = (lock::is_locked(&layout), lock::holder(&layout));
             if json {
-                println!("{}", serde_json::json!({"locked": locked, "holder": holder, "epoch": epoch}));
+                println!(
+                    "{}",
+                    serde_json::json!({"locked": locked, "holder": holder, "epoch": epoch})
+                );
             } else if locked {
                 println!("held by {holder}; epoch {epoch}");
             } else {
@@ -278,7 +496,10 @@ fn mount_helper_args(args: &[OsString]) -> Option<Vec<OsString>> {
     let mut out: Vec<OsString> = vec!["decofs".into(), "mount".into()];
     out.extend(pos);
     if !opts.is_empty() {
-        let joined: Vec<String> = opts.iter().map(|o| o.to_string_lossy().into_owned()).collect();
+        let joined: Vec<String> = opts
+            .iter()
+            .map(|o| o.to_string_lossy().into_owned())
+            .collect();
         out.push("-o".into());
         out.push(joined.join(",").into());
     }
@@ -287,8 +508,14 @@ fn mount_helper_args(args: &[OsString]) -> Option<Vec<OsString>> {
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let invoked_as = argv.first().and_then(|a| std::path::Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
-    let cli = if invoked_as.as_deref().is_some_and(|n| n.starts_with("mount.")) {
+    let invoked_as = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let cli = if invoked_as
+        .as_deref()
+        .is_some_and(|n| n.starts_with("mount."))
+    {
         match mount_helper_args(&argv) {
             Some(args) => Cli::parse_from(args),
             None => return ExitCode::SUCCESS,
@@ -298,7 +525,10 @@ fn main() -> ExitCode {
     };
     // -o log=LEVEL sets the daemon's log filter unless RUST_LOG says otherwise.
     if let Cmd::Mount { options, .. } = &cli.cmd {
-        if let Some(level) = options.split(',').find_map(|o| o.trim().strip_prefix("log=")) {
+        if let Some(level) = options
+            .split(',')
+            .find_map(|o| o.trim().strip_prefix("log="))
+        {
             if std::env::var_os("RUST_LOG").is_none() {
                 std::env::set_var("RUST_LOG", level);
             }
@@ -364,7 +594,10 @@ mod check_cmd {
     }
 
     fn print_json<T: serde::Serialize>(v: &T) {
-        println!("{}", serde_json::to_string_pretty(v).expect("reports serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).expect("reports serialize")
+        );
     }
 
     pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Result<(), Failure> {
@@ -417,7 +650,9 @@ mod check_cmd {
             other => other,
         }
         .map_err(|e| fail(EXIT_NOT_RUN, &what, &e))?;
-        let rep = s.scrub(progress).map_err(|e| fail(EXIT_NOT_RUN, &what, &e))?;
+        let rep = s
+            .scrub(progress)
+            .map_err(|e| fail(EXIT_NOT_RUN, &what, &e))?;
         EXIT_STATUS.store(rep.exit_code, Ordering::Relaxed);
         if json {
             print_json(&rep);

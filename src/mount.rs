@@ -36,6 +36,11 @@ pub struct MountOpts {
     pub allow_root: bool,
     /// Kernel flags passed through (nosuid, noexec, ...).
     pub flags: Vec<MountOption>,
+    /// Retention overrides: trash_retention=DURATION, revisions_keep=N,
+    /// revisions_max_age=DURATION.
+    pub trash_retention: Option<u64>,
+    pub revisions_keep: Option<u32>,
+    pub revisions_max_age: Option<u64>,
 }
 
 /// Parse `-o a,b,c`. Options for fstab/mount(8) that do not concern the daemon are
@@ -68,11 +73,31 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
             "sync" => o.flags.push(MountOption::Sync),
             "async" => o.flags.push(MountOption::Async),
             "dirsync" => o.flags.push(MountOption::DirSync),
-            o if o.starts_with("log=") => {} // applied by main before logging starts
+            x if x.starts_with("log=") => {} // applied by main before logging starts
+            x if x.starts_with("trash_retention=") => {
+                o.trash_retention = Some(duration_opt(opt)?);
+            }
+            x if x.starts_with("revisions_max_age=") => {
+                o.revisions_max_age = Some(duration_opt(opt)?);
+            }
+            x if x.starts_with("revisions_keep=") => {
+                o.revisions_keep = Some(
+                    opt["revisions_keep=".len()..]
+                        .parse()
+                        .map_err(|_| Error::BadOption(opt.to_string()))?,
+                );
+            }
             other => return Err(Error::BadOption(other.to_string())),
         }
     }
     Ok(o)
+}
+
+/// The duration after the '=' of a `key=DURATION` option.
+fn duration_opt(opt: &str) -> Result<u64> {
+    opt.split_once('=')
+        .and_then(|(_, v)| crate::store::layout::parse_duration(v))
+        .ok_or_else(|| Error::BadOption(opt.to_string()))
 }
 
 /// One mount as /proc/self/mountinfo lists it.
@@ -210,14 +235,30 @@ pub fn run_foreground(
     let mut pid_text = mnt.as_os_str().as_bytes().to_vec();
     pid_text.extend_from_slice(if opts.read_only { b"\nro\n" } else { b"\nrw\n" });
     let _ = fs::write(&pidf, pid_text);
-    let info = crate::control::DaemonInfo { mountpoint: mnt.clone(), started: Instant::now() };
+    let info = crate::control::DaemonInfo {
+        mountpoint: mnt.clone(),
+        started: Instant::now(),
+    };
     let sock = match crate::control::serve(store.clone(), info) {
         Ok(p) => Some(p),
         Err(e) => {
-            log::warn!("no control socket ({e}); status and other commands will read the store directly");
+            log::warn!(
+                "no control socket ({e}); status and other commands will read the store directly"
+            );
             None
         }
     };
+    // A restore replaces content behind the kernel's caches: tell it.
+    let notifier = session.notifier();
+    let inval_store = Arc::downgrade(&store);
+    store.set_invalidate(Box::new(move |id| {
+        if let Some(st) = inval_store.upgrade() {
+            let _ = notifier.inval_inode(fuser::INodeNo(st.ino_of(id)), 0, 0);
+        }
+    }));
+    if !opts.read_only {
+        spawn_maintenance(Arc::downgrade(&store));
+    }
     log::info!("mounted {} on {}", store_root.display(), mnt.display());
     report_ready(&Ok(()));
     sd_notify("READY=1");
@@ -291,6 +332,17 @@ fn prepare(
         SessionACL::Owner
     };
     config.n_threads = Some(threads.max(1));
+    let mut policy = store.policy();
+    if let Some(v) = opts.trash_retention {
+        policy.trash_retention_secs = v;
+    }
+    if let Some(v) = opts.revisions_keep {
+        policy.revisions_keep = v;
+    }
+    if let Some(v) = opts.revisions_max_age {
+        policy.revisions_max_age_secs = v;
+    }
+    store.set_policy(policy);
     let fs_ = DecoFs::new(store.clone());
     let session = fuser::Session::new(fs_, &mnt, &config).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) => Error::MountpointBusy(mnt.clone()),
@@ -480,8 +532,12 @@ fn lock_free(store: &Path) -> bool {
 
 /// Tell systemd (Type=notify) about our state, if it is listening.
 pub fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let res = if let Some(name) = path.as_bytes().strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(name)
@@ -513,4 +569,35 @@ fn unmount_now(mnt: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Background upkeep of a writer: batched blob sweeps (space of purged nodes, dropped
+/// revisions, chunks replaced within a session) every 2 s, retention every minute.
+fn spawn_maintenance(store: std::sync::Weak<Store>) {
+    std::thread::spawn(move || {
+        let mut tick = 0u64;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let Some(st) = store.upgrade() else { return };
+            // Each sweep scans every record for references, so sweep at most every 2 s.
+            if tick.is_multiple_of(2) {
+                if let Err(e) = st.run_pending_sweep() {
+                    log::warn!("sweep: {e}");
+                }
+            }
+            if tick.is_multiple_of(60) {
+                match st.expire() {
+                    Ok(r) if r.nodes + r.revisions > 0 => log::info!(
+                        "retention: purged {} trashed node(s), {} revision(s), freed {} bytes",
+                        r.nodes,
+                        r.revisions,
+                        r.bytes_freed
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("retention: {e}"),
+                }
+            }
+            tick += 1;
+        }
+    });
 }

@@ -34,7 +34,11 @@ fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
 }
 
 fn epoch(store: &Path) -> u64 {
-    fs::read_to_string(store.join("epoch")).unwrap().trim().parse().unwrap()
+    fs::read_to_string(store.join("epoch"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn errno_of<T>(r: std::io::Result<T>) -> i32 {
@@ -51,8 +55,14 @@ fn second_writer_is_refused_with_the_holder_named() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("store_locked"), "{err}");
-    assert!(err.contains(&format!("pid {pid}")), "the holder's pid is not named: {err}");
-    assert!(err.contains("host"), "the holder's host is not named: {err}");
+    assert!(
+        err.contains(&format!("pid {pid}")),
+        "the holder's pid is not named: {err}"
+    );
+    assert!(
+        err.contains("host"),
+        "the holder's host is not named: {err}"
+    );
     assert!(!is_mounted(&other));
 }
 
@@ -68,12 +78,21 @@ fn broken_lock_fences_the_stale_writer() {
     assert_eq!(epoch(&m.store), e0 + 1);
 
     // The stale holder: every kind of write is refused with EROFS.
-    assert_eq!(errno_of(fs::write(m.path("after"), b"must not land")), libc::EROFS);
-    assert_eq!(errno_of(fs::write(m.path("before"), b"must not land")), libc::EROFS);
+    assert_eq!(
+        errno_of(fs::write(m.path("after"), b"must not land")),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(fs::write(m.path("before"), b"must not land")),
+        libc::EROFS
+    );
     assert_eq!(errno_of(fs::create_dir(m.path("dir"))), libc::EROFS);
     assert_eq!(errno_of(fs::remove_file(m.path("before"))), libc::EROFS);
     // Reads still work.
-    assert_eq!(fs::read(m.path("before")).unwrap(), b"written while holding the lock");
+    assert_eq!(
+        fs::read(m.path("before")).unwrap(),
+        b"written while holding the lock"
+    );
 
     // A new writer may take the store now.
     let mnt2 = m.dir.path().join("mnt2");
@@ -83,12 +102,19 @@ fn broken_lock_fences_the_stale_writer() {
     let guard = scopeguard(mnt2.clone());
     assert_eq!(epoch(&m.store), e0 + 2);
     fs::write(mnt2.join("new-writer"), b"ok").unwrap();
-    assert_eq!(errno_of(fs::write(m.path("after2"), b"x")), libc::EROFS, "stale holder still fenced");
+    assert_eq!(
+        errno_of(fs::write(m.path("after2"), b"x")),
+        libc::EROFS,
+        "stale holder still fenced"
+    );
     drop(guard);
 
     m.unmount();
     m.mount();
-    assert_eq!(fs::read(m.path("before")).unwrap(), b"written while holding the lock");
+    assert_eq!(
+        fs::read(m.path("before")).unwrap(),
+        b"written while holding the lock"
+    );
     assert!(!m.path("after").exists() && !m.path("after2").exists() && !m.path("dir").exists());
     assert_eq!(fs::read(m.path("new-writer")).unwrap(), b"ok");
 }
@@ -118,7 +144,10 @@ fn mount_t_decofs_and_fstab() {
     let m = Mount::new();
     m.unmount();
     let (store, mnt) = (m.store.to_str().unwrap(), m.mnt.to_str().unwrap());
-    let out = Command::new("mount").args(["-t", "decofs", store, mnt, "-o", "allow_other,noatime"]).output().unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "decofs", store, mnt, "-o", "allow_other,noatime"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "mount -t decofs: {}", stderr(&out));
     assert!(is_mounted(&m.mnt));
     fs::write(m.path("via-mount-t"), b"1").unwrap();
@@ -126,14 +155,26 @@ fn mount_t_decofs_and_fstab() {
 
     // An fstab line with the options administrators use.
     let fstab = m.dir.path().join("fstab");
-    fs::write(&fstab, format!("{store} {mnt} decofs allow_other,_netdev,nofail,log=info 0 0\n")).unwrap();
-    let out = Command::new("mount").arg("--fstab").arg(&fstab).arg(mnt).output().unwrap();
+    fs::write(
+        &fstab,
+        format!("{store} {mnt} decofs allow_other,_netdev,nofail,log=info 0 0\n"),
+    )
+    .unwrap();
+    let out = Command::new("mount")
+        .arg("--fstab")
+        .arg(&fstab)
+        .arg(mnt)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "mount via fstab: {}", stderr(&out));
     assert!(is_mounted(&m.mnt));
     assert_eq!(fs::read(m.path("via-mount-t")).unwrap(), b"1");
     // `mount -f` (fake) must not mount anything.
     m.unmount();
-    let out = Command::new("mount").args(["-f", "-t", "decofs", store, mnt]).output().unwrap();
+    let out = Command::new("mount")
+        .args(["-f", "-t", "decofs", store, mnt])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!is_mounted(&m.mnt));
 }
@@ -146,9 +187,17 @@ fn notify_socket_gets_ready_only_when_live() {
     m.unmount();
     let sock_path = m.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut child = Command::new(decofs_bin())
-        .args(["mount", m.store.to_str().unwrap(), m.mnt.to_str().unwrap(), "-o", "allow_other", "--foreground"])
+        .args([
+            "mount",
+            m.store.to_str().unwrap(),
+            m.mnt.to_str().unwrap(),
+            "-o",
+            "allow_other",
+            "--foreground",
+        ])
         .env("NOTIFY_SOCKET", &sock_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -161,7 +210,10 @@ fn notify_socket_gets_ready_only_when_live() {
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     let live = is_mounted(&m.mnt);
     assert_eq!(msg, "READY=1");
-    assert!(live, "READY=1 was sent before the mount appeared in mountinfo");
+    assert!(
+        live,
+        "READY=1 was sent before the mount appeared in mountinfo"
+    );
     fs::write(m.path("f"), b"data").unwrap();
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -176,7 +228,11 @@ fn notify_socket_gets_ready_only_when_live() {
 
 #[test]
 fn systemd_unit_verifies() {
-    let unit = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/decofs@.service")).unwrap();
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/decofs@.service"
+    ))
+    .unwrap();
     assert!(unit.contains("Type=notify"));
     let dir = tempfile::tempdir_in(common::test_root()).unwrap();
     // verify checks that ExecStart is executable: point it at the binary under test.
@@ -188,8 +244,16 @@ fn systemd_unit_verifies() {
         .current_dir(dir.path())
         .output()
         .expect("systemd-analyze is missing (scripts/test installs systemd)");
-    assert!(out.status.success(), "systemd-analyze verify failed: {}", stderr(&out));
-    assert!(stderr(&out).trim().is_empty(), "systemd-analyze verify warned: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).trim().is_empty(),
+        "systemd-analyze verify warned: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -197,14 +261,22 @@ fn status_mounted_and_not() {
     let m = Mount::new();
     fs::write(m.path("gone"), vec![1u8; 10_000]).unwrap();
     fs::remove_file(m.path("gone")).unwrap();
-    let mut open = OpenOptions::new().write(true).create(true).truncate(true).open(m.path("open")).unwrap();
+    let mut open = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("open"))
+        .unwrap();
     open.write_all(b"pending").unwrap();
     for target in [&m.mnt, &m.store] {
         let out = decofs(&["--json", "status", target.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["mounted"], true);
-        assert_eq!(v["pid"].as_i64().unwrap() as i32, daemon_pid(&m.store, &m.mnt));
+        assert_eq!(
+            v["pid"].as_i64().unwrap() as i32,
+            daemon_pid(&m.store, &m.mnt)
+        );
         assert_eq!(v["open_sessions"], 1);
         assert_eq!(v["trash"]["nodes"], 1);
         assert_eq!(v["trash"]["bytes"], 10_000);
@@ -214,7 +286,10 @@ fn status_mounted_and_not() {
     }
     let human = decofs(&["status", m.mnt.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(text.contains("mounted:    yes") && text.contains("1 open write session"), "{text}");
+    assert!(
+        text.contains("mounted:    yes") && text.contains("1 open write session"),
+        "{text}"
+    );
     drop(open);
     m.unmount();
     let out = decofs(&["--json", "status", m.store.to_str().unwrap()]);
@@ -224,7 +299,11 @@ fn status_mounted_and_not() {
     assert_eq!(v["locked"], false);
     assert_eq!(v["trash"]["nodes"], 1);
     let bad = decofs(&["status", m.dir.path().join("nope").to_str().unwrap()]);
-    assert!(!bad.status.success() && stderr(&bad).contains("store_not_found"), "{}", stderr(&bad));
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("store_not_found"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 /// SIGTERM during a burst of writes: every file closed before the signal is intact.
@@ -234,7 +313,11 @@ fn sigterm_during_write_burst_keeps_closed_files() {
     let pid = daemon_pid(&m.store, &m.mnt);
     let closed = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let content = |i: usize| -> Vec<u8> { (0..(i * 997 % 200_000 + 1)).map(|j| (i * 31 + j) as u8).collect() };
+    let content = |i: usize| -> Vec<u8> {
+        (0..(i * 997 % 200_000 + 1))
+            .map(|j| (i * 31 + j) as u8)
+            .collect()
+    };
     let writer = {
         let (closed, stop, dir) = (closed.clone(), stop.clone(), m.mnt.clone());
         std::thread::spawn(move || {
@@ -272,14 +355,24 @@ fn sigterm_during_write_burst_keeps_closed_files() {
     assert!(!is_mounted(&m.mnt), "SIGTERM did not unmount");
     // Wait for the daemon to release the store before remounting.
     while Path::new(&format!("/proc/{pid}")).exists()
-        && !fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
         && Instant::now() < deadline + Duration::from_secs(30)
     {
         std::thread::sleep(Duration::from_millis(50));
     }
     m.mount();
-    assert!(snapshot.len() >= 200, "the burst was too short: {}", snapshot.len());
+    assert!(
+        snapshot.len() >= 200,
+        "the burst was too short: {}",
+        snapshot.len()
+    );
     for i in snapshot {
-        assert_eq!(fs::read(m.path(&format!("f{i}"))).unwrap(), content(i), "file f{i}, closed before SIGTERM, changed");
+        assert_eq!(
+            fs::read(m.path(&format!("f{i}"))).unwrap(),
+            content(i),
+            "file f{i}, closed before SIGTERM, changed"
+        );
     }
 }

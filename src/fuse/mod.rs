@@ -131,7 +131,11 @@ impl DecoFs {
             .ok_or(Errno::ENOENT)
     }
 
+    /// A new open handle; an open file is pinned so purging never frees it under a reader.
     fn new_handle(&self, h: Handle) -> u64 {
+        if let Handle::File { id, .. } = &h {
+            self.store.pin(*id);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, h);
         fh

@@ -439,12 +439,21 @@ impl Filesystem for DecoFs {
         reply: ReplyEmpty,
     ) {
         let h = self.handles.lock().unwrap().remove(&fh.0);
-        match h {
-            Some(Handle::File { id, write: true }) => match self.store.close_write(id) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-            _ => reply.ok(),
+        let res = match h {
+            Some(Handle::File { id, write }) => {
+                let res = if write {
+                    self.store.close_write(id)
+                } else {
+                    Ok(())
+                };
+                self.store.unpin(id);
+                res
+            }
+            _ => Ok(()),
+        };
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 

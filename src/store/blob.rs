@@ -100,8 +100,12 @@ impl BlobStore for LocalBlobs {
     fn put(&self, data: &[u8], durable: bool) -> Result<Hash> {
         let hash = hash_of(data);
         let path = self.path_of(&hash);
-        if path.exists() {
-            return Ok(hash);
+        // Reusing an existing blob refreshes its mtime, so a concurrent sweep keeps it
+        // (see store::trash); if it vanished meanwhile, write it again.
+        match touch(&path) {
+            Ok(()) => return Ok(hash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("touch {}", path.display()), e)),
         }
         let tmp = self.layout.sessions().join(format!(
             "blob.{}.{}.tmp",
@@ -178,6 +182,18 @@ impl BlobStore for LocalBlobs {
             sync_dir(&d)?;
         }
         Ok(())
+    }
+}
+
+/// Set a file's mtime to now.
+fn touch(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c is NUL-terminated; a null times pointer means "now" for both times.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -48,6 +48,23 @@ pub struct Session {
     pub mtime: Option<Time>,
     /// The record this session started from (saved as a revision on first commit).
     base: Option<NodeRecord>,
+    /// Blobs this session sealed; if one is replaced before the session ends it may be
+    /// garbage (nothing but an intermediate commit named it) and is offered to a sweep.
+    sealed_here: std::collections::HashSet<Hash>,
+    superseded: Vec<Hash>,
+    /// The manifest blob of this session's last commit (replaced by the next one).
+    last_manifest: Option<Hash>,
+}
+
+impl Session {
+    /// Chunk `idx` leaves the sealed set (rewritten, truncated or punched).
+    fn unseal(&mut self, idx: u64) {
+        if let Some(c) = self.chunks.remove(&idx) {
+            if self.sealed_here.contains(&c.hash) {
+                self.superseded.push(c.hash);
+            }
+        }
+    }
 }
 
 /// Copy `n` bytes of `data` starting at `off` into `out`, padding with zeros where the
@@ -128,6 +145,35 @@ impl Store {
         self.sessions.lock().unwrap().get(&id).cloned()
     }
 
+    pub(crate) fn session_handle(&self, id: NodeId) -> Option<Arc<Mutex<Session>>> {
+        self.session_of(id)
+    }
+
+    /// Point a session at a record that replaced its content (a restore), keeping its
+    /// handles.
+    pub(crate) fn reset_session(&self, s: &mut Session, rec: &NodeRecord) {
+        let fresh = self.new_session(rec);
+        let handles = s.handles;
+        *s = fresh;
+        s.handles = handles;
+    }
+
+    /// The sealed chunks of every open session (referenced, though not yet by a record).
+    pub(crate) fn session_blobs(&self) -> Vec<Hash> {
+        let all: Vec<Arc<Mutex<Session>>> =
+            self.sessions.lock().unwrap().values().cloned().collect();
+        let mut out = Vec::new();
+        for s in all {
+            if let Ok(g) = s.try_lock() {
+                out.extend(g.chunks.values().map(|c| c.hash));
+            } else {
+                // Busy: wait for it (never while holding the map lock).
+                out.extend(s.lock().unwrap().chunks.values().map(|c| c.hash));
+            }
+        }
+        out
+    }
+
     /// Does this node have an open write session (status `pending`)?
     pub fn has_session(&self, id: NodeId) -> bool {
         self.sessions.lock().unwrap().contains_key(&id)
@@ -147,6 +193,9 @@ impl Store {
             changed: false,
             mtime: None,
             base: Some(rec.clone()),
+            sealed_here: Default::default(),
+            superseded: Vec::new(),
+            last_manifest: None,
         };
         match &rec.content {
             Content::Inline(d) => {
@@ -345,7 +394,7 @@ impl Store {
                 Some(c) => self.load_chunk(id, c)?.as_ref().clone(),
                 None => Vec::new(),
             };
-            s.chunks.remove(&idx);
+            s.unseal(idx);
             s.dirty_bytes += buf.len();
             s.dirty.insert(idx, buf);
         }
@@ -360,6 +409,7 @@ impl Store {
         let len = buf.len();
         if buf.iter().any(|b| *b != 0) {
             let hash = self.blobs.put(buf, false)?;
+            s.sealed_here.insert(hash);
             s.chunks.insert(
                 idx,
                 ChunkRef {
@@ -391,7 +441,10 @@ impl Store {
         self.with_session(id, |s| {
             if size < s.size {
                 let keep = size.div_ceil(cs);
-                s.chunks.retain(|i, _| *i < keep);
+                let cut: Vec<u64> = s.chunks.range(keep..).map(|(i, _)| *i).collect();
+                for i in cut {
+                    s.unseal(i);
+                }
                 let dropped: usize = s
                     .dirty
                     .iter()
@@ -480,7 +533,7 @@ impl Store {
                 if pos == cstart && cend == cstart + cs {
                     let dropped = s.dirty.remove(&idx).map(|b| b.len()).unwrap_or(0);
                     s.dirty_bytes -= dropped;
-                    s.chunks.remove(&idx);
+                    s.unseal(idx);
                 } else {
                     let buf = self.chunk_buf(id, s, idx)?;
                     let a = (pos - cstart) as usize;
@@ -539,6 +592,11 @@ impl Store {
             return Ok(());
         };
         let mut s = s.lock().unwrap();
+        self.commit_locked(id, &mut s, durable)
+    }
+
+    /// `commit` with the session already locked by the caller.
+    pub(crate) fn commit_locked(&self, id: NodeId, s: &mut Session, durable: bool) -> Result<()> {
         if !s.changed {
             if durable {
                 self.sync_node(id)?;
@@ -562,7 +620,7 @@ impl Store {
                 Content::Inline(data)
             }
         } else {
-            self.seal_all(&mut s)?;
+            self.seal_all(s)?;
             let list: Vec<ChunkRef> = s.chunks.values().cloned().collect();
             if list.is_empty() {
                 Content::Empty
@@ -570,7 +628,13 @@ impl Store {
                 Content::Chunks(list)
             } else {
                 let bytes = postcard::to_allocvec(&list).expect("manifests serialize");
-                Content::Manifest(self.blobs.put(&bytes, durable)?)
+                let h = self.blobs.put(&bytes, durable)?;
+                if let Some(old) = s.last_manifest.replace(h) {
+                    if old != h {
+                        s.superseded.push(old);
+                    }
+                }
+                Content::Manifest(h)
             }
         };
         let stored: u64 = match &content {
@@ -582,6 +646,8 @@ impl Store {
         }
         if let Some(base) = s.base.take() {
             self.save_revision(id, &base)?;
+            let (_, blobs) = self.prune_revisions(id)?;
+            self.schedule_sweep(blobs);
         }
         let (size, mtime) = (s.size, s.mtime);
         self.update(id, |r| {
@@ -596,6 +662,9 @@ impl Store {
         })?;
         s.changed = false;
         s.mtime = None;
+        // The record no longer names what this session sealed and then replaced.
+        let superseded = std::mem::take(&mut s.superseded);
+        self.schedule_sweep(superseded);
         if durable {
             self.sync_node(id)?;
         }
@@ -603,7 +672,7 @@ impl Store {
     }
 
     /// Keep the record from before a session as a revision (only if it had content).
-    fn save_revision(&self, id: NodeId, base: &NodeRecord) -> Result<()> {
+    pub(crate) fn save_revision(&self, id: NodeId, base: &NodeRecord) -> Result<()> {
         if base.size == 0 && base.content == Content::Empty {
             return Ok(());
         }

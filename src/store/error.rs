@@ -68,6 +68,21 @@ pub enum Error {
     MountpointBusy(PathBuf),
     #[error("{0} is not a decofs mount")]
     NotMounted(PathBuf),
+    /// An error a daemon reported over the control socket.
+    #[error("{reason}")]
+    Remote {
+        code: String,
+        reason: String,
+        suggestion: String,
+    },
+    #[error("{0} is not in the trash")]
+    NotInTrash(String),
+    #[error("cannot restore to {0}: its directory no longer exists")]
+    RestoreParentGone(PathBuf),
+    #[error("cannot restore to {0}: the name is taken")]
+    RestoreNameTaken(PathBuf),
+    #[error("no revision {0} of this file")]
+    NoSuchRevision(String),
     #[error("unknown or invalid mount option '{0}'")]
     BadOption(String),
     #[error("the mount daemon failed: {0}")]
@@ -114,6 +129,11 @@ impl Error {
             Error::MountpointBusy(_) => "mountpoint_busy",
             Error::NotMounted(_) => "not_mounted",
             Error::BadOption(_) => "invalid_option",
+            Error::NotInTrash(_) => "not_in_trash",
+            Error::Remote { .. } => "remote",
+            Error::RestoreParentGone(_) => "restore_parent_gone",
+            Error::RestoreNameTaken(_) => "restore_name_taken",
+            Error::NoSuchRevision(_) => "no_such_revision",
             Error::Daemon(_) => "daemon_failed",
             Error::Io { .. } => "io_error",
         }
@@ -147,6 +167,12 @@ impl Error {
             }
             Error::NotMounted(_) => "check the mountpoint with `findmnt -t fuse.decofs`".into(),
             Error::BadOption(_) => "see the mount options in `decofs mount --help`".into(),
+            Error::NotInTrash(_) => "list the trash with `decofs trash ls`".into(),
+            Error::Remote { suggestion, .. } => suggestion.clone(),
+            Error::RestoreParentGone(_) | Error::RestoreNameTaken(_) => {
+                "restore elsewhere with --to PATH (a path inside the mount)".into()
+            }
+            Error::NoSuchRevision(_) => "list revisions with `decofs versions ls FILE`".into(),
             Error::Daemon(_) => "see the daemon log, STORE/decofs.log".into(),
             Error::Integrity { .. } => "run `decofs fsck` on the store; restore the file from a version or backup".into(),
             Error::CorruptRecord { .. } => "run `decofs fsck` on the store".into(),
@@ -172,6 +198,10 @@ impl Error {
             | Error::NotMounted(_)
             | Error::BadOption(_) => libc::EINVAL,
             Error::Daemon(_) => libc::EIO,
+            Error::NotInTrash(_) | Error::NoSuchRevision(_) => libc::ENOENT,
+            Error::Remote { .. } => libc::EIO,
+            Error::RestoreParentGone(_) => libc::ENOENT,
+            Error::RestoreNameTaken(_) => libc::EEXIST,
             Error::InitNotEmpty(_) => libc::ENOTEMPTY,
             Error::NotPermitted => libc::EPERM,
             Error::Access => libc::EACCES,

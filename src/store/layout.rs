@@ -34,6 +34,44 @@ pub struct Format {
     pub store_id: Uuid,
     pub root: NodeId,
     pub chunk_size: u32,
+    /// Defaults for undo, chosen at init; mount options may override them.
+    pub policy: Policy,
+}
+
+/// How long deleted and overwritten content is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Trashed nodes older than this are purged; 0 turns trash off (space is freed at
+    /// once, open files still live until their last close).
+    pub trash_retention_secs: u64,
+    /// At most this many revisions per file (0: none are kept).
+    pub revisions_keep: u32,
+    /// Revisions older than this are dropped.
+    pub revisions_max_age_secs: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            trash_retention_secs: 86_400,
+            revisions_keep: 10,
+            revisions_max_age_secs: 30 * 86_400,
+        }
+    }
+}
+
+/// Parse a duration: plain seconds or a number with s, m, h, d, w.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        's' => (&s[..s.len() - 1], 1),
+        'm' => (&s[..s.len() - 1], 60),
+        'h' => (&s[..s.len() - 1], 3600),
+        'd' => (&s[..s.len() - 1], 86_400),
+        'w' => (&s[..s.len() - 1], 7 * 86_400),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
 #[derive(Clone, Debug)]
@@ -137,6 +175,7 @@ impl Layout {
             store_id: Uuid::new_v4(),
             root: NodeId::new(),
             chunk_size,
+            policy: Policy::default(),
         };
         Ok(format)
     }
@@ -145,8 +184,14 @@ impl Layout {
     /// leaves nothing that could be mistaken for one.
     pub fn write_format(&self, f: &Format) -> Result<()> {
         let text = format!(
-            "decofs-format {}\nstore {}\nroot {}\nchunk_size {}\n",
-            FORMAT_VERSION, f.store_id, f.root, f.chunk_size
+            "decofs-format {}\nstore {}\nroot {}\nchunk_size {}\ntrash_retention {}\nrevisions_keep {}\nrevisions_max_age {}\n",
+            FORMAT_VERSION,
+            f.store_id,
+            f.root,
+            f.chunk_size,
+            f.policy.trash_retention_secs,
+            f.policy.revisions_keep,
+            f.policy.revisions_max_age_secs
         );
         let tmp = self.sessions().join("format.tmp");
         let mut file = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
@@ -186,12 +231,24 @@ impl Layout {
             });
         }
         let (mut store_id, mut root, mut chunk_size) = (None, None, None);
+        let mut policy = Policy::default();
         for line in lines {
             let mut kv = line.splitn(2, ' ');
             match (kv.next(), kv.next()) {
                 (Some("store"), Some(v)) => store_id = Uuid::parse_str(v.trim()).ok(),
                 (Some("root"), Some(v)) => root = Uuid::parse_str(v.trim()).ok().map(NodeId),
                 (Some("chunk_size"), Some(v)) => chunk_size = v.trim().parse().ok(),
+                (Some("trash_retention"), Some(v)) => {
+                    policy.trash_retention_secs =
+                        v.trim().parse().unwrap_or(policy.trash_retention_secs)
+                }
+                (Some("revisions_keep"), Some(v)) => {
+                    policy.revisions_keep = v.trim().parse().unwrap_or(policy.revisions_keep)
+                }
+                (Some("revisions_max_age"), Some(v)) => {
+                    policy.revisions_max_age_secs =
+                        v.trim().parse().unwrap_or(policy.revisions_max_age_secs)
+                }
                 _ => {}
             }
         }
@@ -200,6 +257,7 @@ impl Layout {
                 store_id,
                 root,
                 chunk_size,
+                policy,
             }),
             _ => Err(Error::FormatUnsupported {
                 found: "decofs-format 1 with missing fields".into(),

@@ -33,7 +33,10 @@ pub struct StoreLock {
 /// Read the current epoch (0 for a store that was never mounted read-write).
 pub fn read_epoch(layout: &Layout) -> Result<u64> {
     match fs::read_to_string(layout.epoch_file()) {
-        Ok(s) => s.trim().parse().map_err(|_| Error::CorruptRecord { node: "epoch".into(), detail: format!("bad epoch file: {s:?}") }),
+        Ok(s) => s.trim().parse().map_err(|_| Error::CorruptRecord {
+            node: "epoch".into(),
+            detail: format!("bad epoch file: {s:?}"),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(Error::io("read epoch", e)),
     }
@@ -41,9 +44,12 @@ pub fn read_epoch(layout: &Layout) -> Result<u64> {
 
 /// Replace the epoch file with `epoch` (new inode), durably. Returns the new inode.
 fn write_epoch(layout: &Layout, epoch: u64) -> Result<u64> {
-    let tmp = layout.sessions().join(format!("epoch.{}.tmp", std::process::id()));
+    let tmp = layout
+        .sessions()
+        .join(format!("epoch.{}.tmp", std::process::id()));
     let mut f = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    f.write_all(format!("{epoch}\n").as_bytes()).ctx(|| "write epoch".into())?;
+    f.write_all(format!("{epoch}\n").as_bytes())
+        .ctx(|| "write epoch".into())?;
     f.sync_all().ctx(|| "sync epoch".into())?;
     let ino = f.metadata().ctx(|| "stat epoch".into())?.ino();
     fs::rename(&tmp, layout.epoch_file()).ctx(|| "install epoch".into())?;
@@ -53,12 +59,16 @@ fn write_epoch(layout: &Layout, epoch: u64) -> Result<u64> {
 
 /// Who holds the lock, as written in the lock file ("" if nobody wrote one).
 pub fn holder(layout: &Layout) -> String {
-    fs::read_to_string(layout.lock_file()).map(|s| s.trim().to_string()).unwrap_or_default()
+    fs::read_to_string(layout.lock_file())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Is the lock held by a live process (on this host)?
 pub fn is_locked(layout: &Layout) -> bool {
-    let Ok(f) = File::open(layout.lock_file()) else { return false };
+    let Ok(f) = File::open(layout.lock_file()) else {
+        return false;
+    };
     // SAFETY: flock on an owned descriptor; the probe lock goes away with `f`.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
 }
@@ -83,19 +93,39 @@ impl StoreLock {
                 let holder = holder.trim().to_string();
                 return Err(Error::StoreLocked {
                     path: layout.root.clone(),
-                    holder: if holder.is_empty() { "another process".into() } else { holder },
+                    holder: if holder.is_empty() {
+                        "another process".into()
+                    } else {
+                        holder
+                    },
                 });
             }
             return Err(Error::io(format!("lock {}", path.display()), err));
         }
         let epoch = read_epoch(layout)? + 1;
         let epoch_ino = write_epoch(layout, epoch)?;
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let info = format!("pid {} on host {} since {} (unix time), epoch {}\n", std::process::id(), hostname(), since, epoch);
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let info = format!(
+            "pid {} on host {} since {} (unix time), epoch {}\n",
+            std::process::id(),
+            hostname(),
+            since,
+            epoch
+        );
         file.set_len(0).ctx(|| "truncate lock".into())?;
         file.seek(SeekFrom::Start(0)).ctx(|| "seek lock".into())?;
-        file.write_all(info.as_bytes()).ctx(|| "write lock".into())?;
-        Ok(StoreLock { _file: file, epoch, epoch_path: layout.epoch_file(), epoch_ino, fenced: AtomicBool::new(false) })
+        file.write_all(info.as_bytes())
+            .ctx(|| "write lock".into())?;
+        Ok(StoreLock {
+            _file: file,
+            epoch,
+            epoch_path: layout.epoch_file(),
+            epoch_ino,
+            fenced: AtomicBool::new(false),
+        })
     }
 
     /// Is this holder still the current one? Once fenced, always fenced.
@@ -107,7 +137,10 @@ impl StoreLock {
         if current == self.epoch_ino {
             return true;
         }
-        log::error!("the store lock was broken (epoch {} is no longer current): refusing all writes", self.epoch);
+        log::error!(
+            "the store lock was broken (epoch {} is no longer current): refusing all writes",
+            self.epoch
+        );
         self.fenced.store(true, Ordering::Relaxed);
         false
     }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod layout;
 pub mod lock;
 pub mod node;
+pub mod trash;
 pub mod tree;
 
 use std::collections::HashMap;
@@ -53,13 +54,29 @@ pub struct Store {
     sessions: Mutex<HashMap<NodeId, Arc<Mutex<Session>>>>,
     manifests: Mutex<HashMap<node::Hash, Arc<Vec<node::ChunkRef>>>>,
     lock: Option<StoreLock>,
+    /// Retention in force (the format's defaults, possibly overridden at mount).
+    policy: Mutex<layout::Policy>,
+    /// Nodes with open handles (any mode): never purged while open.
+    pins: Mutex<HashMap<NodeId, u32>>,
+    /// Blobs that may have lost their last reference, swept in batches.
+    pending_sweep: Mutex<Vec<node::Hash>>,
+    /// Called when a node's content was replaced behind the kernel's back (restore).
+    invalidate: Mutex<Option<InvalidateFn>>,
 }
+
+pub type InvalidateFn = Box<dyn Fn(NodeId) + Send + Sync>;
 
 impl Store {
     /// Create a new store at `path` with an empty root directory owned by the caller.
     pub fn init(path: &Path, chunk_size: u32) -> Result<Format> {
+        Store::init_with(path, chunk_size, layout::Policy::default())
+    }
+
+    /// Create a new store with the given retention defaults.
+    pub fn init_with(path: &Path, chunk_size: u32, policy: layout::Policy) -> Result<Format> {
         let layout = Layout::new(path);
-        let format = layout.create(chunk_size)?;
+        let mut format = layout.create(chunk_size)?;
+        format.policy = policy;
         let blobs = LocalBlobs::new(layout.clone(), 0);
         let store = Store::assemble(layout, format.clone(), blobs, false, None);
         // SAFETY: plain getters.
@@ -102,6 +119,7 @@ impl Store {
         read_only: bool,
         lock: Option<StoreLock>,
     ) -> Store {
+        let policy = format.policy;
         Store {
             layout,
             format,
@@ -110,6 +128,10 @@ impl Store {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             sessions: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            policy: Mutex::new(policy),
+            pins: Mutex::new(HashMap::new()),
+            pending_sweep: Mutex::new(Vec::new()),
+            invalidate: Mutex::new(None),
             lock,
         }
     }

@@ -260,6 +260,7 @@ impl Store {
             let link = self.layout.trash().join(format!("{nanos}.{id}"));
             let target = format!("../nodes/{}", &Layout::entry_target(id)[9..]);
             std::os::unix::fs::symlink(target, &link).ctx(|| format!("trash {id}"))?;
+            self.trashed(id)?;
         }
         Ok(())
     }

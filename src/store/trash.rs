@@ -1,0 +1,580 @@
+//! Undo: trash, purge, revisions and their restore, retention (invariant 6).
+//!
+//! A node whose last name goes away is not deleted: `tree` links it from
+//! `trash/<unix-nanos>.<uuid>` and its record keeps its origin (parent, name, time).
+//! Restoring binds a name again (the origin, or `--to`) with the same atomic symlink as a
+//! create, then clears the origin in one record update; a directory restores whole, with
+//! everything that was deleted out of it. Purging removes the node file, its trash link
+//! and its revisions, then sweeps the blobs only they referenced.
+//!
+//! Revisions (`revisions/<uuid>/<unix-nanos>`) are whole earlier records pointing at
+//! immutable chunks. Restoring one is a single record swap: the current record becomes a
+//! revision, and the restored content, size, times and xattrs appear together.
+//!
+//! Sweeping a blob (freeing it) is safe against a writer that dedups onto it at the same
+//! moment: `put` refreshes the mtime of a blob it reuses, and a sweep first renames the
+//! blob away, then keeps it (renames it back) if it was touched after the sweep began.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::error::{Error, IoContext, Result};
+use super::layout::{Layout, Policy};
+use super::node::{
+    hash_hex, unframe, Content, Hash, Kind, NodeId, NodeRecord, Status, Stored, Time, RECORD_XATTR,
+};
+use super::Store;
+
+/// One trashed node.
+#[derive(Clone, Debug)]
+pub struct TrashEntry {
+    pub id: NodeId,
+    /// The trash link's name: `<unix-nanos>.<uuid>`.
+    pub link: String,
+    pub at: Time,
+    pub origin_parent: NodeId,
+    pub origin_name: Vec<u8>,
+    /// The original path (relative to the root) if its directory still exists.
+    pub origin_path: Option<PathBuf>,
+    pub kind: Kind,
+    pub size: u64,
+    pub stored: u64,
+}
+
+/// What a purge did.
+#[derive(Clone, Debug, Default)]
+pub struct PurgeReport {
+    pub nodes: u64,
+    pub revisions: u64,
+    pub bytes_freed: u64,
+    /// Trashed nodes kept because a handle still has them open.
+    pub skipped_open: u64,
+}
+
+/// Which trash entries to purge.
+pub enum PurgeSel {
+    All,
+    OlderThan(Duration),
+    One(String),
+}
+
+fn nanos(t: Time) -> i128 {
+    t.secs as i128 * 1_000_000_000 + t.nanos as i128
+}
+
+impl Store {
+    pub fn policy(&self) -> Policy {
+        *self.policy.lock().unwrap()
+    }
+
+    pub fn set_policy(&self, p: Policy) {
+        *self.policy.lock().unwrap() = p;
+    }
+
+    /// Register the callback that tells the kernel a node's content changed.
+    pub fn set_invalidate(&self, f: super::InvalidateFn) {
+        *self.invalidate.lock().unwrap() = Some(f);
+    }
+
+    fn invalidated(&self, id: NodeId) {
+        if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
+            f(id);
+        }
+    }
+
+    /// A handle opened `id`.
+    pub fn pin(&self, id: NodeId) {
+        *self.pins.lock().unwrap().entry(id).or_insert(0) += 1;
+    }
+
+    /// A handle of `id` closed. With trash off, the last close of an unlinked file frees it.
+    pub fn unpin(&self, id: NodeId) {
+        let last = {
+            let mut p = self.pins.lock().unwrap();
+            match p.get_mut(&id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    p.remove(&id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last && self.policy().trash_retention_secs == 0 && !self.read_only() {
+            if let Ok(rec) = self.read_record(id) {
+                if rec.trash.is_some() {
+                    let _ = self.purge(PurgeSel::One(id.to_string()), false);
+                }
+            }
+        }
+    }
+
+    fn pinned(&self, id: NodeId) -> bool {
+        self.pins.lock().unwrap().contains_key(&id)
+    }
+
+    /// Called by `tree` once a node went to trash: with trash off, free it now.
+    pub(crate) fn trashed(&self, id: NodeId) -> Result<()> {
+        if self.policy().trash_retention_secs == 0 && !self.pinned(id) && !self.has_session(id) {
+            self.purge(PurgeSel::One(id.to_string()), false)?;
+        }
+        Ok(())
+    }
+
+    /// The live path of a node relative to the root, if every step of its parent hints
+    /// is a real entry (None for trashed nodes and their contents).
+    pub fn path_of(&self, id: NodeId) -> Option<PathBuf> {
+        let mut parts = Vec::new();
+        let mut cur = id;
+        for _ in 0..4096 {
+            if cur == self.root() {
+                parts.reverse();
+                return Some(parts.iter().collect());
+            }
+            let rec = self.read_record(cur).ok()?;
+            if rec.trash.is_some() {
+                return None;
+            }
+            let parent = rec.parent?;
+            let name = OsStr::from_bytes(&rec.name).to_os_string();
+            if self.lookup(parent, &name).ok()? != cur {
+                return None;
+            }
+            parts.push(name);
+            cur = parent;
+        }
+        None
+    }
+
+    /// Resolve a path relative to the root (no symlinks are followed).
+    pub fn resolve_path(&self, rel: &Path) -> Result<NodeId> {
+        let mut cur = self.root();
+        for c in rel.components() {
+            match c {
+                Component::Normal(n) => cur = self.lookup(cur, n)?,
+                Component::RootDir | Component::CurDir => {}
+                Component::ParentDir | Component::Prefix(_) => {
+                    return Err(Error::Invalid("'..' is not allowed here"))
+                }
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Everything in the trash, oldest first.
+    pub fn trash_list(&self) -> Result<Vec<TrashEntry>> {
+        let mut out = Vec::new();
+        let it = match fs::read_dir(self.layout.trash()) {
+            Ok(it) => it,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io("read trash", e)),
+        };
+        for e in it.flatten() {
+            let link = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = fs::read_link(e.path())
+                .ok()
+                .and_then(|t| Layout::parse_entry_target(&t))
+            else {
+                continue;
+            };
+            let Ok(rec) = self.read_record(id) else {
+                continue;
+            };
+            let Some(origin) = rec.trash.clone() else {
+                continue;
+            };
+            let origin_path = if origin.parent == self.root() {
+                Some(PathBuf::from(OsStr::from_bytes(&origin.name)))
+            } else {
+                self.path_of(origin.parent)
+                    .map(|p| p.join(OsStr::from_bytes(&origin.name)))
+            };
+            out.push(TrashEntry {
+                id,
+                link,
+                at: origin.at,
+                origin_parent: origin.parent,
+                origin_name: origin.name,
+                origin_path,
+                kind: rec.kind,
+                size: rec.size,
+                stored: rec.stored,
+            });
+        }
+        out.sort_by_key(|e| nanos(e.at));
+        Ok(out)
+    }
+
+    /// Find a trash entry by node id (or a unique prefix of it) or by original path
+    /// (the most recent one deleted from there).
+    fn trash_find(&self, sel: &str) -> Result<TrashEntry> {
+        let list = self.trash_list()?;
+        let by_id: Vec<&TrashEntry> = list
+            .iter()
+            .filter(|e| e.id.to_string().starts_with(sel) && sel.len() >= 4)
+            .collect();
+        if by_id.len() == 1 {
+            return Ok(by_id[0].clone());
+        }
+        if by_id.len() > 1 {
+            return Err(Error::Invalid("ambiguous trash id prefix"));
+        }
+        let want = Path::new(sel.trim_start_matches('/'));
+        list.iter()
+            .rev()
+            .find(|e| e.origin_path.as_deref() == Some(want))
+            .cloned()
+            .ok_or_else(|| Error::NotInTrash(sel.to_string()))
+    }
+
+    /// Bring a trashed node back, at its origin or at `to` (a path relative to the root).
+    /// Returns where it was restored.
+    pub fn trash_restore(&self, sel: &str, to: Option<&Path>) -> Result<PathBuf> {
+        self.writable()?;
+        let e = self.trash_find(sel)?;
+        let (parent, name) = match to {
+            Some(p) => {
+                let name = p
+                    .file_name()
+                    .ok_or(Error::Invalid("--to needs a file name"))?
+                    .to_os_string();
+                let dir = p.parent().unwrap_or(Path::new(""));
+                let parent = self
+                    .resolve_path(dir)
+                    .map_err(|_| Error::RestoreParentGone(dir.to_path_buf()))?;
+                (parent, name)
+            }
+            None => (
+                e.origin_parent,
+                OsStr::from_bytes(&e.origin_name).to_os_string(),
+            ),
+        };
+        let prec = self
+            .read_record(parent)
+            .map_err(|_| Error::RestoreParentGone(e.origin_path.clone().unwrap_or_default()))?;
+        if prec.kind != Kind::Dir || prec.nlink == 0 || prec.trash.is_some() {
+            let shown = e
+                .origin_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(OsStr::from_bytes(&e.origin_name)));
+            return Err(Error::RestoreParentGone(shown));
+        }
+        let where_ = self.path_of(parent).unwrap_or_default().join(&name);
+        self.restore_into(&e, parent, &name)
+            .map_err(|err| match err {
+                Error::Exists => Error::RestoreNameTaken(where_.clone()),
+                other => other,
+            })?;
+        Ok(where_)
+    }
+
+    /// Bind `e` as `name` in `parent`, clear its origin, and bring back what was deleted
+    /// out of it if it is a directory.
+    fn restore_into(&self, e: &TrashEntry, parent: NodeId, name: &OsStr) -> Result<()> {
+        std::os::unix::fs::symlink(Layout::entry_target(e.id), self.entry_path(parent, name))
+            .map_err(|err| match err.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::Exists,
+                _ => Error::io("restore", err),
+            })?;
+        let now = Time::now();
+        self.update(e.id, |r| {
+            r.trash = None;
+            r.parent = Some(parent);
+            r.name = name.as_bytes().to_vec();
+            r.nlink = if r.kind == Kind::Dir { 2 } else { 1 };
+            r.ctime = now;
+            Ok(())
+        })?;
+        let _ = fs::remove_file(self.layout.trash().join(&e.link));
+        self.update(parent, |r| {
+            r.mtime = now;
+            r.ctime = now;
+            if e.kind == Kind::Dir {
+                r.nlink += 1;
+            }
+            Ok(())
+        })?;
+        if e.kind == Kind::Dir {
+            // The directory's former contents: the latest trashed entry per name.
+            let mut latest: BTreeMap<Vec<u8>, TrashEntry> = BTreeMap::new();
+            for c in self.trash_list()? {
+                if c.origin_parent == e.id {
+                    latest.insert(c.origin_name.clone(), c);
+                }
+            }
+            for (n, c) in latest {
+                if let Err(err) = self.restore_into(&c, e.id, OsStr::from_bytes(&n)) {
+                    log::warn!("restoring {:?} into {}: {err}", OsStr::from_bytes(&n), e.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Purge trash entries; their space is freed (blobs no one else references).
+    pub fn trash_purge(&self, sel: PurgeSel) -> Result<PurgeReport> {
+        self.purge(sel, true)
+    }
+
+    /// Purge; `sweep_now` frees blobs before returning, otherwise they are queued for the
+    /// daemon's batched sweep (one reference scan for many unlinks).
+    fn purge(&self, sel: PurgeSel, sweep_now: bool) -> Result<PurgeReport> {
+        self.writable()?;
+        let since = SystemTime::now();
+        let list = self.trash_list()?;
+        let now = nanos(Time::now());
+        let chosen: Vec<TrashEntry> = match sel {
+            PurgeSel::All => list,
+            PurgeSel::OlderThan(d) => list
+                .into_iter()
+                .filter(|e| now - nanos(e.at) >= d.as_nanos() as i128)
+                .collect(),
+            PurgeSel::One(s) => vec![self.trash_find(&s)?],
+        };
+        let mut report = PurgeReport::default();
+        let mut candidates = Vec::new();
+        for e in chosen {
+            if self.pinned(e.id) || self.has_session(e.id) {
+                report.skipped_open += 1;
+                continue;
+            }
+            let rec = match self.read_record(e.id) {
+                Ok(r) => r,
+                Err(_) => continue,
+            };
+            candidates.extend(self.blob_refs(e.id, &rec));
+            for (stamp, r) in self.revisions(e.id)? {
+                let _ = stamp;
+                candidates.extend(self.blob_refs(e.id, &r));
+                report.revisions += 1;
+            }
+            let p = self.layout.node_path(e.id);
+            let gone = if rec.kind == Kind::Dir {
+                fs::remove_dir(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            if let Err(err) = gone {
+                log::warn!("purge {}: {err}", e.id);
+                continue;
+            }
+            let _ = fs::remove_file(self.layout.trash().join(&e.link));
+            let _ = fs::remove_dir_all(self.layout.root.join("revisions").join(e.id.to_string()));
+            report.nodes += 1;
+        }
+        log::debug!(
+            "purged {} node(s), {} revision(s), {} open kept; {} blob(s) to sweep",
+            report.nodes,
+            report.revisions,
+            report.skipped_open,
+            candidates.len()
+        );
+        if sweep_now {
+            report.bytes_freed = self.sweep(candidates, since)?;
+        } else {
+            self.schedule_sweep(candidates);
+        }
+        Ok(report)
+    }
+
+    /// The blobs a record names: chunks, its manifest, and the blob it spills into.
+    pub fn blob_refs(&self, id: NodeId, rec: &NodeRecord) -> Vec<Hash> {
+        let mut out = Vec::new();
+        if let Content::Manifest(h) = &rec.content {
+            out.push(*h);
+        }
+        if let Ok(list) = self.chunk_list(&rec.content) {
+            out.extend(list.iter().map(|c| c.hash));
+        }
+        if let Ok(Some(raw)) = xattr::get(self.layout.node_path(id), RECORD_XATTR) {
+            if let Ok(Stored::InBlob(h)) = unframe(id, &raw) {
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    /// Every blob referenced by any record: live and trashed nodes, revisions, and the
+    /// sealed chunks of open sessions.
+    pub fn referenced_blobs(&self) -> Result<HashSet<Hash>> {
+        let mut set = HashSet::new();
+        for a in fs::read_dir(self.layout.nodes())
+            .ctx(|| "read nodes".into())?
+            .flatten()
+        {
+            for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
+                for n in fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                    let Some(id) = n
+                        .file_name()
+                        .to_str()
+                        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+                        .map(NodeId)
+                    else {
+                        continue;
+                    };
+                    if let Ok(rec) = self.read_record(id) {
+                        set.extend(self.blob_refs(id, &rec));
+                    }
+                    for (_, r) in self.revisions(id).unwrap_or_default() {
+                        set.extend(self.blob_refs(id, &r));
+                    }
+                }
+            }
+        }
+        set.extend(self.session_blobs());
+        Ok(set)
+    }
+
+    /// Free the `candidates` no record references. Returns bytes freed.
+    pub fn sweep(&self, candidates: Vec<Hash>, since: SystemTime) -> Result<u64> {
+        let mut candidates: Vec<Hash> = candidates;
+        candidates.sort();
+        candidates.dedup();
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let referenced = self.referenced_blobs()?;
+        let (n, mut kept_ref, mut kept_touched) = (candidates.len(), 0, 0);
+        let mut freed = 0;
+        for h in candidates {
+            if referenced.contains(&h) {
+                kept_ref += 1;
+                continue;
+            }
+            let path = self.blobs.path_of(&h);
+            let doomed = self
+                .layout
+                .sessions()
+                .join(format!("doomed.{}", hash_hex(&h)));
+            if fs::rename(&path, &doomed).is_err() {
+                continue;
+            }
+            let meta = fs::metadata(&doomed).ok();
+            let touched = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .map(|t| t >= since)
+                .unwrap_or(true);
+            if touched {
+                kept_touched += 1;
+                // A writer reused this blob while we were looking: keep it.
+                let _ = fs::rename(&doomed, &path);
+                continue;
+            }
+            freed += meta.map(|m| m.len()).unwrap_or(0);
+            let _ = fs::remove_file(&doomed);
+        }
+        self.blobs.drop_cache();
+        log::debug!("sweep: {n} candidate(s), {kept_ref} still referenced, {kept_touched} reused meanwhile, {freed} bytes freed");
+        Ok(freed)
+    }
+
+    /// Queue blobs for the next batched sweep (the daemon runs it in the background).
+    pub fn schedule_sweep(&self, hashes: Vec<Hash>) {
+        self.pending_sweep.lock().unwrap().extend(hashes);
+    }
+
+    /// Run the queued sweep; returns bytes freed.
+    pub fn run_pending_sweep(&self) -> Result<u64> {
+        let since = SystemTime::now();
+        let pending = std::mem::take(&mut *self.pending_sweep.lock().unwrap());
+        self.sweep(pending, since)
+    }
+
+    /// Apply the retention policy: purge old trash, drop old revisions.
+    pub fn expire(&self) -> Result<PurgeReport> {
+        let p = self.policy();
+        let mut report = self.trash_purge(PurgeSel::OlderThan(Duration::from_secs(
+            p.trash_retention_secs,
+        )))?;
+        let since = SystemTime::now();
+        let mut candidates = Vec::new();
+        if let Ok(it) = fs::read_dir(self.layout.root.join("revisions")) {
+            for e in it.flatten() {
+                let Some(id) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| uuid::Uuid::parse_str(s).ok())
+                    .map(NodeId)
+                else {
+                    continue;
+                };
+                let (n, c) = self.prune_revisions(id)?;
+                report.revisions += n;
+                candidates.extend(c);
+            }
+        }
+        report.bytes_freed += self.sweep(candidates, since)?;
+        Ok(report)
+    }
+
+    /// Drop revisions of `id` beyond the count or age limits. Returns (dropped, blobs
+    /// they referenced).
+    pub(crate) fn prune_revisions(&self, id: NodeId) -> Result<(u64, Vec<Hash>)> {
+        let p = self.policy();
+        let revs = self.revisions(id)?;
+        let now = nanos(Time::now());
+        let max_age = p.revisions_max_age_secs as i128 * 1_000_000_000;
+        let keep_from = revs.len().saturating_sub(p.revisions_keep as usize);
+        let dir = self.layout.root.join("revisions").join(id.to_string());
+        let mut dropped = 0;
+        let mut blobs = Vec::new();
+        for (i, (stamp, r)) in revs.iter().enumerate() {
+            if i < keep_from || now - stamp > max_age {
+                blobs.extend(self.blob_refs(id, r));
+                let _ = fs::remove_file(dir.join(stamp.to_string()));
+                dropped += 1;
+            }
+        }
+        if dropped as usize == revs.len() {
+            let _ = fs::remove_dir(&dir);
+        }
+        Ok((dropped, blobs))
+    }
+
+    /// Restore revision `stamp` of file `id`: one record swap. The current content
+    /// becomes a revision; open handles see the restored content from now on.
+    pub fn version_restore(&self, id: NodeId, stamp: i128) -> Result<()> {
+        self.writable()?;
+        let revs = self.revisions(id)?;
+        let Some((_, rev)) = revs.into_iter().find(|(t, _)| *t == stamp) else {
+            return Err(Error::NoSuchRevision(stamp.to_string()));
+        };
+        let session = self.session_handle(id);
+        let mut guard = session.as_ref().map(|s| s.lock().unwrap());
+        if let Some(s) = guard.as_mut() {
+            self.commit_locked(id, s, false)?;
+        }
+        let now = Time::now();
+        let new = self.update(id, |r| {
+            if r.kind != Kind::File {
+                return Err(Error::Invalid("only regular files have revisions"));
+            }
+            self.save_revision(id, r)?;
+            r.content = rev.content.clone();
+            r.size = rev.size;
+            r.stored = rev.stored;
+            r.mtime = rev.mtime;
+            r.atime = rev.atime;
+            r.xattrs = rev.xattrs.clone();
+            r.status = Status::Consistent;
+            r.ctime = now;
+            Ok(())
+        })?;
+        if let Some(s) = guard.as_mut() {
+            self.reset_session(s, &new);
+        }
+        drop(guard);
+        let (_, blobs) = self.prune_revisions(id)?;
+        self.schedule_sweep(blobs);
+        self.invalidated(id);
+        Ok(())
+    }
+}
