@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -103,16 +104,18 @@ pub fn daemons(store: &Path) -> Vec<Daemon> {
         else {
             continue;
         };
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
-            continue;
-        }
         let text = fs::read(e.path()).unwrap_or_default();
         let mut lines = text.split(|b| *b == b'\n');
-        let mp = PathBuf::from(std::ffi::OsStr::new(
-            std::str::from_utf8(lines.next().unwrap_or(b"")).unwrap_or(""),
-        ));
+        let mp = PathBuf::from(std::ffi::OsStr::from_bytes(lines.next().unwrap_or(b"")));
         let writer = lines.next() == Some(b"rw");
+        // Pids are reused: the pid file also names the process's start time.
+        let started = lines
+            .next()
+            .and_then(|l| std::str::from_utf8(l).ok())
+            .and_then(|l| l.parse::<u64>().ok());
+        if started.is_none() || started != proc_starttime(pid) {
+            continue;
+        }
         out.push(Daemon {
             pid,
             mountpoint: mp,
@@ -121,6 +124,41 @@ pub fn daemons(store: &Path) -> Vec<Daemon> {
         });
     }
     out
+}
+
+/// The start time of a process (clock ticks since boot), which with its pid names it
+/// uniquely even after the pid is reused. None for a process that is gone or a zombie.
+pub fn proc_starttime(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let mut f = after.split_whitespace();
+    if f.next()? == "Z" {
+        return None;
+    }
+    f.nth(18)?.parse().ok()
+}
+
+/// Remove pid files and sockets of daemons that are gone.
+pub fn clean_stale(store: &Path) {
+    let live: Vec<i32> = daemons(store).iter().map(|d| d.pid).collect();
+    let Ok(it) = fs::read_dir(store.join("sessions")) else {
+        return;
+    };
+    for e in it.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("mount.")
+            .or_else(|| {
+                name.strip_prefix("control.")
+                    .and_then(|n| n.strip_suffix(".sock"))
+            })
+            .and_then(|n| n.parse::<i32>().ok());
+        if let Some(pid) = pid {
+            if !live.contains(&pid) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Resolve a CLI argument that is a mountpoint or a store to the store path (and the

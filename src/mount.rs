@@ -234,6 +234,11 @@ pub fn run_foreground(
     let pidf = pid_file(&store_root, std::process::id());
     let mut pid_text = mnt.as_os_str().as_bytes().to_vec();
     pid_text.extend_from_slice(if opts.read_only { b"\nro\n" } else { b"\nrw\n" });
+    let me = std::process::id() as i32;
+    pid_text.extend_from_slice(
+        format!("{}\n", crate::control::proc_starttime(me).unwrap_or(0)).as_bytes(),
+    );
+    crate::control::clean_stale(&store_root);
     let _ = fs::write(&pidf, pid_text);
     let info = crate::control::DaemonInfo {
         mountpoint: mnt.clone(),

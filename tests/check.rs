@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{decofs, sh, Mount};
+use common::{daemon_pid, decofs, sh, Mount};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -595,31 +595,6 @@ fn writing_checks_refuse_a_mounted_store() {
 
 // ---------------------------------------------------------------------------------------
 // Crash tests: kill -9 the daemon in the middle of a workload.
-
-/// The pid of the daemon serving `mnt`, from STORE/sessions/mount.<pid>.
-fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
-    let mnt = fs::canonicalize(mnt).unwrap();
-    for e in fs::read_dir(store.join("sessions")).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("mount.")
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let text = fs::read(e.path()).unwrap_or_default();
-        let first = text.split(|b| *b == b'\n').next().unwrap_or(b"");
-        if first != mnt.as_os_str().as_bytes() {
-            continue;
-        }
-        // Only a live decofs process serving this mount.
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains("decofs") {
-            return pid;
-        }
-    }
-    panic!("no daemon pid file for {}", mnt.display());
-}
 
 fn gone(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -8,22 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{is_mounted, Mount};
-
-/// The pid of the daemon serving `mnt`, from its pid file in the store.
-fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
-    let mnt = fs::canonicalize(mnt).unwrap();
-    for e in fs::read_dir(store.join("sessions")).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("mount.") {
-            let text = fs::read(e.path()).unwrap();
-            if text.split(|b| *b == b'\n').next() == Some(mnt.as_os_str().as_encoded_bytes()) {
-                return pid.parse().unwrap();
-            }
-        }
-    }
-    panic!("no pid file for {}", mnt.display());
-}
+use common::{daemon_pid, is_mounted, Mount};
 
 fn wait_gone(pid: i32, mnt: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -13,24 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{decofs, decofs_bin, is_mounted, unmount_path, Mount};
+use common::{daemon_pid, decofs, decofs_bin, is_mounted, unmount_path, Mount};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
-    let mnt = fs::canonicalize(mnt).unwrap();
-    for e in fs::read_dir(store.join("sessions")).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("mount.") {
-            let text = fs::read(e.path()).unwrap();
-            if text.split(|b| *b == b'\n').next() == Some(mnt.as_os_str().as_encoded_bytes()) {
-                return pid.parse().unwrap();
-            }
-        }
-    }
-    panic!("no pid file for {}", mnt.display());
 }
 
 fn epoch(store: &Path) -> u64 {

@@ -159,3 +159,14 @@ pub fn sh(cmd: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The pid of the live daemon serving `mnt` (validated by its start time, so a stale pid
+/// file whose pid was reused is never mistaken for it).
+pub fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
+    let mnt = std::fs::canonicalize(mnt).unwrap();
+    decofs::control::daemons(store)
+        .into_iter()
+        .find(|d| d.mountpoint == mnt)
+        .map(|d| d.pid)
+        .unwrap_or_else(|| panic!("no live daemon serves {}", mnt.display()))
+}
