@@ -9,7 +9,6 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -596,27 +595,16 @@ fn writing_checks_refuse_a_mounted_store() {
 // ---------------------------------------------------------------------------------------
 // Crash tests: kill -9 the daemon in the middle of a workload.
 
-fn gone(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .map(|r| r.trim_start().starts_with(['Z', 'X']))
-            .unwrap_or(true),
-    }
-}
-
 /// Kill the daemon with SIGKILL, wait until it is gone, detach the dead mount.
 fn crash(m: &Mount) {
     let pid = daemon_pid(&m.store, &m.mnt);
     // SAFETY: a signal to the daemon this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !gone(pid) && Instant::now() < deadline {
+    while !common::process_gone(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(gone(pid), "daemon {pid} survived SIGKILL");
+    assert!(common::process_gone(pid), "daemon {pid} survived SIGKILL");
 }
 
 fn detach(m: &Mount) {

@@ -641,6 +641,9 @@ impl Store {
             Content::Inline(d) => d.len() as u64,
             _ => s.chunks.values().map(|c| c.len as u64).sum(),
         };
+        // Every byte of the new content was written or verified in this session (no
+        // chunk is left unread from before): an earlier integrity error no longer applies.
+        let fresh = s.chunks.values().all(|c| s.sealed_here.contains(&c.hash));
         if durable {
             self.blobs.sync()?;
         }
@@ -654,6 +657,9 @@ impl Store {
             r.content = content;
             r.size = size;
             r.stored = stored;
+            if fresh {
+                r.status = Status::Consistent;
+            }
             if let Some(t) = mtime {
                 r.mtime = t;
                 r.ctime = r.ctime.max(t);
@@ -862,6 +868,14 @@ mod tests {
         let err = s.read(id, 0, 10).unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
         assert_eq!(s.read_record(id).unwrap().status, Status::IntegrityError);
+        // Overwriting only part of the file keeps the mark (the bad chunk is still there)...
+        s.write(id, 200_000, b"tail").unwrap();
+        assert_eq!(s.read_record(id).unwrap().status, Status::IntegrityError);
+        // ...rewriting it from scratch clears it.
+        s.truncate(id, 0).unwrap();
+        s.write(id, 0, &vec![2u8; 100_000]).unwrap();
+        assert_eq!(s.read_record(id).unwrap().status, Status::Consistent);
+        assert_eq!(s.read(id, 0, 10).unwrap(), vec![2u8; 10]);
     }
 
     #[test]
