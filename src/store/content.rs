@@ -648,9 +648,10 @@ impl Store {
             self.blobs.sync()?;
         }
         if let Some(base) = s.base.take() {
-            self.save_revision(id, &base)?;
-            let (_, blobs) = self.prune_revisions(id)?;
-            self.schedule_sweep(blobs);
+            if self.save_revision(id, &base)? {
+                let (_, blobs) = self.prune_revisions(id)?;
+                self.schedule_sweep(blobs);
+            }
         }
         let (size, mtime) = (s.size, s.mtime);
         self.update(id, |r| {
@@ -678,9 +679,10 @@ impl Store {
     }
 
     /// Keep the record from before a session as a revision (only if it had content).
-    pub(crate) fn save_revision(&self, id: NodeId, base: &NodeRecord) -> Result<()> {
+    /// Returns whether a revision was written.
+    pub(crate) fn save_revision(&self, id: NodeId, base: &NodeRecord) -> Result<bool> {
         if base.size == 0 && base.content == Content::Empty {
-            return Ok(());
+            return Ok(false);
         }
         let dir = self.layout.root.join("revisions").join(id.to_string());
         fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
@@ -688,7 +690,8 @@ impl Store {
         let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
         let path = dir.join(nanos.to_string());
         fs::write(&path, frame(false, &encode_body(base)))
-            .ctx(|| format!("write {}", path.display()))
+            .ctx(|| format!("write {}", path.display()))?;
+        Ok(true)
     }
 
     /// Revisions of a node, oldest first: (unix-nanos, record).

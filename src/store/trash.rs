@@ -533,7 +533,7 @@ impl Store {
                 dropped += 1;
             }
         }
-        if dropped as usize == revs.len() {
+        if dropped > 0 && dropped as usize == revs.len() {
             let _ = fs::remove_dir(&dir);
         }
         Ok((dropped, blobs))
