@@ -509,7 +509,7 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
 }
 
 /// No thread of `pid` is still running (zombies count as gone).
-fn process_gone(pid: i32) -> bool {
+pub fn process_gone(pid: i32) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return true;
     };

@@ -375,7 +375,7 @@ fn second_read_write_mount_is_locked() {
     // The first mount still holds the lock and may still write (its epoch was not fenced).
     fs::write(a.path("after"), b"still writable").unwrap();
     assert_eq!(fs::read(a.path("after")).unwrap(), b"still writable");
-    remount(&a);
+    a.remount();
     assert_eq!(fs::read(a.path("after")).unwrap(), b"still writable");
 }
 
@@ -383,7 +383,7 @@ fn second_read_write_mount_is_locked() {
 fn read_only_mount_coexists_with_writer() {
     let a = Mount::new();
     fs::write(a.path("hello"), b"from a").unwrap();
-    remount(&a); // content committed on disk
+    a.remount(); // content committed on disk
     let mnt2 = a.dir.path().join("ro");
     fs::create_dir(&mnt2).unwrap();
     let _g = Unmounter(vec![mnt2.clone()]);
@@ -463,39 +463,4 @@ fn umount_of_something_not_mounted() {
     let out = decofs(&["--json", "umount", s(&dir)]);
     assert_json_error(&out, "not_mounted", "umount of a plain directory");
     assert_same_listing(&before, &listing(&dir, &[]), "umount of a plain directory");
-}
-
-// ---------------------------------------------------------------------------------------
-// remount that tolerates a slow daemon exit
-
-/// Remount, first waiting until the old daemon has let go of `STORE/lock`. That
-/// `decofs umount` itself returns only after the daemon is gone is checked by
-/// `concurrency.rs::umount_returns_after_the_lock_is_released`; here it must not make
-/// unrelated tests flaky.
-#[allow(dead_code)]
-fn remount(m: &Mount) {
-    m.unmount();
-    wait_store_lock_free(&m.store);
-    m.mount();
-}
-
-#[allow(dead_code)]
-fn wait_store_lock_free(store: &std::path::Path) {
-    use std::os::fd::AsRawFd as _;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let Ok(f) = std::fs::File::open(store.join("lock")) else {
-            return;
-        };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "STORE/lock still held 30 s after unmount"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }

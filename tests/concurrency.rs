@@ -105,7 +105,7 @@ fn shared_file_writers(stripe: u64, what: &str, seed: u64) {
         &want,
         &format!("{what}: content after all handles closed"),
     );
-    remount(&m);
+    m.remount();
     assert_bytes_eq(
         &fs::read(&p).unwrap(),
         &want,
@@ -283,7 +283,6 @@ fn store_nodes(
 fn assert_no_orphans(m: &Mount, what: &str) {
     let (count, files, dirs) = reachable_on_mount(&m.mnt);
     m.unmount();
-    wait_store_lock_free(&m.store);
     let (all, trash, reach, junk) = store_nodes(&m.store);
     assert!(
         junk.is_empty(),
@@ -645,7 +644,7 @@ fn concurrent_readers_and_writers() {
         }
     };
     check("after the run");
-    remount(&m);
+    m.remount();
     check("after remount");
 }
 
@@ -761,40 +760,5 @@ fn umount_returns_after_the_lock_is_released() {
              (an immediate remount would fail with store_locked)"
         );
         m.mount();
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// remount that tolerates a slow daemon exit
-
-/// Remount, first waiting until the old daemon has let go of `STORE/lock`. That
-/// `decofs umount` itself returns only after the daemon is gone is checked by
-/// `concurrency.rs::umount_returns_after_the_lock_is_released`; here it must not make
-/// unrelated tests flaky.
-#[allow(dead_code)]
-fn remount(m: &Mount) {
-    m.unmount();
-    wait_store_lock_free(&m.store);
-    m.mount();
-}
-
-#[allow(dead_code)]
-fn wait_store_lock_free(store: &std::path::Path) {
-    use std::os::fd::AsRawFd as _;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let Ok(f) = std::fs::File::open(store.join("lock")) else {
-            return;
-        };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "STORE/lock still held 30 s after unmount"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

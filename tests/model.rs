@@ -217,7 +217,7 @@ fn run_single_file_model(test: &'static str, seed: u64, nops: usize) {
             h.push(i, "close both, remount decofs, reopen".into());
             dec.file = None;
             ext.file = None;
-            remount(&m);
+            m.remount();
             dec.open(names[cur], false)
                 .unwrap_or_else(|e| h.fail(i, format!("reopen after remount: {e}")));
             ext.open(names[cur], false).unwrap();
@@ -420,7 +420,7 @@ fn run_single_file_model(test: &'static str, seed: u64, nops: usize) {
     full_compare(&h, nops, &dec, &ext, size);
     dec.file = None;
     ext.file = None;
-    remount(&m);
+    m.remount();
     let a = fs::read(m.mnt.join(names[cur])).unwrap();
     let b = fs::read(refdir.path().join(names[cur])).unwrap();
     if a != b {
@@ -728,7 +728,7 @@ fn run_tree_model(test: &'static str, seed: u64, nops: usize) {
     }
     eprintln!("{test}: {succeeded} operations succeeded on both, failed alike (errno: count): {failed_alike:?}");
     compare_trees(&h, nops, &dec_root, &ext_root, "at the end");
-    remount(&m);
+    m.remount();
     compare_trees(&h, nops, &dec_root, &ext_root, "after remount");
 }
 
@@ -748,39 +748,4 @@ fn tree_model_seed_2() {
         seed_from_env(0x7ee0_0002),
         ops_from_env(5_000),
     );
-}
-
-// ---------------------------------------------------------------------------------------
-// remount that tolerates a slow daemon exit
-
-/// Remount, first waiting until the old daemon has let go of `STORE/lock`. That
-/// `decofs umount` itself returns only after the daemon is gone is checked by
-/// `concurrency.rs::umount_returns_after_the_lock_is_released`; here it must not make
-/// unrelated tests flaky.
-#[allow(dead_code)]
-fn remount(m: &Mount) {
-    m.unmount();
-    wait_store_lock_free(&m.store);
-    m.mount();
-}
-
-#[allow(dead_code)]
-fn wait_store_lock_free(store: &std::path::Path) {
-    use std::os::fd::AsRawFd as _;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let Ok(f) = std::fs::File::open(store.join("lock")) else {
-            return;
-        };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "STORE/lock still held 30 s after unmount"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }

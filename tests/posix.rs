@@ -389,7 +389,7 @@ fn create_read_write_append_unlink() {
 
     // Content survives a remount.
     fs::write(m.path("keep"), b"persistent bytes").unwrap();
-    remount(&m);
+    m.remount();
     assert_eq!(fs::read(m.path("keep")).unwrap(), b"persistent bytes");
     assert_eq!(fs::metadata(&q).unwrap().mode() & 0o7777, 0o640);
 }
@@ -476,7 +476,7 @@ fn truncate_shrink_then_grow_reads_zeros() {
         "cut on boundary then write beyond",
     );
 
-    remount(&m);
+    m.remount();
     assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
 }
 
@@ -532,7 +532,7 @@ fn chmod_chown() {
     drop(f);
     assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
 
-    remount(&m);
+    m.remount();
     let md = fs::metadata(&p).unwrap();
     assert_eq!(
         (md.mode() & 0o7777, md.uid(), md.gid()),
@@ -682,7 +682,7 @@ fn utimensat_now_and_omit() {
         utimensat(&p, (1_000_000_000, 111), (1_000_000_001, 222), 0),
         0
     );
-    remount(&m);
+    m.remount();
     assert_eq!(
         times(&p),
         ((1_000_000_000, 111), (1_000_000_001, 222)),
@@ -844,7 +844,7 @@ fn mknod_fifo_socket_devices() {
     assert_eq!(got, "through the pipe");
 
     drop(listener);
-    remount(&m);
+    m.remount();
     check(&m);
     for n in ["fifo", "fifo2", "sock", "null", "loop", "listener.sock"] {
         fs::remove_file(m.path(n)).unwrap();
@@ -930,7 +930,7 @@ fn mkdir_rmdir_errors() {
     let deep: PathBuf = (0..30).map(|i| format!("n{i}")).collect();
     fs::create_dir_all(m.mnt.join(&deep)).unwrap();
     fs::write(m.mnt.join(&deep).join("leaf"), b"leaf").unwrap();
-    remount(&m);
+    m.remount();
     assert_eq!(fs::read(m.mnt.join(&deep).join("leaf")).unwrap(), b"leaf");
     fs::remove_dir_all(m.path("n0")).unwrap();
     assert_eq!(
@@ -1077,7 +1077,7 @@ fn symlink_readlink() {
     std::os::unix::fs::symlink(&abs, m.path("abs2")).unwrap();
     fs::remove_file(m.path("abs2")).unwrap();
     assert!(fs::metadata(m.path("target")).is_ok());
-    remount(&m);
+    m.remount();
     check(&m);
 }
 
@@ -1127,7 +1127,7 @@ fn hard_links() {
     );
     assert_eq!(fs::read(&b).unwrap(), b"SHARED content");
 
-    remount(&m);
+    m.remount();
     let (mb, mc) = (fs::metadata(&b).unwrap(), fs::metadata(&c).unwrap());
     assert_eq!(mb.ino(), mc.ino(), "same st_ino after remount");
     assert_eq!((mb.nlink(), mc.nlink()), (2, 2), "nlink after remount");
@@ -1258,7 +1258,7 @@ fn rename_cases() {
     drop(f);
     assert_eq!(fs::read(p("dir/moved")).unwrap(), b"AZ");
 
-    remount(&m);
+    m.remount();
     assert_eq!(fs::read(p("dir/moved")).unwrap(), b"AZ");
     assert_eq!(fs::read(p("c")).unwrap(), b"AZ");
     assert_eq!(fs::read(p("empty/inner")).unwrap(), b"inner");
@@ -1338,7 +1338,7 @@ fn rename_noreplace_and_exchange() {
         "EXCHANGE|NOREPLACE is invalid"
     );
 
-    remount(&m);
+    m.remount();
     assert_eq!(fs::read(p("z")).unwrap(), b"Y");
     assert_eq!(fs::read(p("y")).unwrap(), b"X");
     assert_eq!(fs::read(p("d")).unwrap(), b"file f");
@@ -1426,7 +1426,7 @@ fn name_length_limits() {
     for n in odd {
         fs::write(m.path(n), n.as_bytes()).unwrap();
     }
-    remount(&m);
+    m.remount();
     let names = names_in(&m.mnt);
     for n in odd {
         assert!(
@@ -1498,7 +1498,7 @@ fn non_utf8_names_round_trip() {
         );
     };
     check(&m);
-    remount(&m);
+    m.remount();
     check(&m);
 }
 
@@ -1608,7 +1608,7 @@ fn xattrs_set_get_list_remove() {
         assert_eq!(fs::read(&p).unwrap(), b"content");
     };
     check(&m);
-    remount(&m);
+    m.remount();
     check(&m);
 }
 
@@ -1795,7 +1795,7 @@ fn fallocate_extends() {
         &want,
         "content after fallocate calls",
     );
-    remount(&m);
+    m.remount();
     assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
 }
 
@@ -1917,7 +1917,7 @@ fn copy_file_range_copies_exactly() {
     assert_bytes_eq(&fs::read(&whole).unwrap(), &sdata, "whole-file copy");
     // The source is unchanged.
     assert_bytes_eq(&fs::read(&src).unwrap(), &sdata, "source after copies");
-    remount(&m);
+    m.remount();
     assert_bytes_eq(&fs::read(&dst).unwrap(), &want, "dst after remount");
     assert_bytes_eq(&fs::read(&whole).unwrap(), &sdata, "whole after remount");
 }
@@ -1930,7 +1930,7 @@ fn sparse_one_tib_file() {
     let m = Mount::new();
     let p = m.path("huge");
     fs::write(&p, b"head").unwrap();
-    remount(&m);
+    m.remount();
     let skip = ["index", "decofs.log"];
     let before = disk_usage(&m.store, &skip);
     let full_before = disk_usage(&m.store, &[]);
@@ -1940,7 +1940,7 @@ fn sparse_one_tib_file() {
     assert_eq!(f.metadata().unwrap().len(), 1 << 40);
     f.sync_all().unwrap();
     drop(f);
-    remount(&m);
+    m.remount();
 
     let after = disk_usage(&m.store, &skip);
     let full_after = disk_usage(&m.store, &[]);
@@ -2041,7 +2041,7 @@ fn large_file_across_chunks() {
     data[at..at + 2000].copy_from_slice(&over);
     let check2 = |what: &str| assert_bytes_eq(&fs::read(&p).unwrap(), &data, what);
     check2("after straddling overwrite");
-    remount(&m);
+    m.remount();
     check2("after remount");
 }
 
@@ -2079,7 +2079,7 @@ fn holes_spanning_chunks() {
         &want,
         "after truncate inside chunk 3 and re-extend",
     );
-    remount(&m);
+    m.remount();
     assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
     let f = File::open(&p).unwrap();
     assert_eq!(
@@ -2109,7 +2109,7 @@ fn directory_with_100k_entries() {
         }
     };
     count("before remount");
-    remount(&m);
+    m.remount();
     count("after remount");
     for i in [0usize, 1, 50_000, 99_999] {
         assert!(fs::metadata(d.join(format!("f{i:06}"))).unwrap().is_file());
@@ -2144,14 +2144,14 @@ fn inode_numbers_stable_across_remount() {
     assert_eq!(ino("f1"), ino("a/b/f1-hard"));
     // Renames keep the number too.
     fs::rename(m.path("a/f2"), m.path("f2-moved")).unwrap();
-    remount(&m);
+    m.remount();
     let mut after: Vec<u64> = Vec::new();
     for p in &all {
         let p = if *p == "a/f2" { "f2-moved" } else { p };
         after.push(ino(p));
     }
     assert_eq!(before, after, "st_ino changed across remount ({all:?})");
-    remount(&m);
+    m.remount();
     assert_eq!(ino("f2-moved"), before[4]);
 }
 
@@ -2256,7 +2256,7 @@ fn mmap_shared_write_and_read() {
         );
         libc::munmap(addr, len);
     }
-    remount(&m);
+    m.remount();
     assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
 }
 
@@ -2303,7 +2303,7 @@ fn status_xattr_pending_while_writing() {
         Ok(b"consistent".to_vec()),
         "directory status"
     );
-    remount(&m);
+    m.remount();
     assert_eq!(
         getxattr(&p, "user.decofs.status"),
         Ok(b"consistent".to_vec()),
@@ -2321,7 +2321,6 @@ fn corrupted_chunk_reads_eio_never_wrong_bytes() {
     let data = pattern(9, 0, 2 * MIB as usize);
     fs::write(&p, &data).unwrap();
     m.unmount();
-    wait_store_lock_free(&m.store);
     // Flip one byte in the middle of every large blob (the file's only chunk).
     let mut flipped = 0;
     for shard in fs::read_dir(m.store.join("blobs")).unwrap() {
@@ -2448,7 +2447,7 @@ fn rename_over_open_file_keeps_the_handle() {
         b"new content",
         "writes to the displaced file don't reach the new one"
     );
-    remount(&m);
+    m.remount();
     assert_eq!(fs::read(m.path("old")).unwrap(), b"new content");
 }
 
@@ -2538,48 +2537,13 @@ fn moved_directory_keeps_children_and_parent_link() {
         3,
         "new parent nlink after the move"
     );
-    remount(&m);
+    m.remount();
     assert_eq!(fs::read(m.path("b/d/sub/f")).unwrap(), b"deep");
     assert_eq!(
         fs::metadata(m.path("b/d/..")).unwrap().ino(),
         fs::metadata(m.path("b")).unwrap().ino()
     );
     assert!(names_in(&m.path("a")).is_empty());
-}
-
-// ---------------------------------------------------------------------------------------
-// remount that tolerates a slow daemon exit
-
-/// Remount, first waiting until the old daemon has let go of `STORE/lock`. That
-/// `decofs umount` itself returns only after the daemon is gone is checked by
-/// `concurrency.rs::umount_returns_after_the_lock_is_released`; here it must not make
-/// unrelated tests flaky.
-#[allow(dead_code)]
-fn remount(m: &Mount) {
-    m.unmount();
-    wait_store_lock_free(&m.store);
-    m.mount();
-}
-
-#[allow(dead_code)]
-fn wait_store_lock_free(store: &std::path::Path) {
-    use std::os::fd::AsRawFd as _;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let Ok(f) = std::fs::File::open(store.join("lock")) else {
-            return;
-        };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "STORE/lock still held 30 s after unmount"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 /// pjdfstest cannot run its LINK_MAX test on FUSE (glibc's pathconf does not know the

@@ -171,21 +171,7 @@ pub fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
         .unwrap_or_else(|| panic!("no live daemon serves {}", mnt.display()))
 }
 
-/// No thread of `pid` is still running. The leader shows as a zombie as soon as it
-/// exits, while other threads may still be finishing a syscall and holding the process's
-/// files (and so the store lock): wait for all of them.
+/// No thread of `pid` is still running (all gone or zombies), so it holds no files.
 pub fn process_gone(pid: i32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return true;
-    };
-    tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with(['Z', 'X']))
-                    .unwrap_or(true)
-            })
-            .unwrap_or(true)
-    })
+    decofs::mount::process_gone(pid)
 }
