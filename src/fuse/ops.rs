@@ -32,6 +32,18 @@ fn writes(flags: OpenFlags) -> bool {
 }
 
 impl DecoFs {
+    /// Keep the kernel's page cache across opens: every change to a file's content
+    /// passes through this mount (the single writer), and a restore, the one change
+    /// made behind the kernel's back, invalidates the inode explicitly. A read-only
+    /// mount may sit beside a writer it cannot see, so it re-reads at every open.
+    fn file_open_flags(&self) -> FopenFlags {
+        if self.store.read_only() {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
+    }
+
     fn reply_entry(&self, id: NodeId, reply: ReplyEntry) {
         match self.store.stat(id) {
             Ok(rec) => {
@@ -353,7 +365,7 @@ impl Filesystem for DecoFs {
             }
         }
         let fh = self.new_handle(Handle::File { id, write });
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        reply.opened(FileHandle(fh), self.file_open_flags());
     }
 
     fn read(
@@ -765,7 +777,7 @@ impl Filesystem for DecoFs {
                     &self.attr(id, &rec),
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    self.file_open_flags(),
                 );
             }
             Err(e) => reply.error(errno(&e)),
