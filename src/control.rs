@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -223,7 +223,7 @@ pub fn status_value(store: &Store, info: Option<&DaemonInfo>) -> Result<Value> {
     let layout = &store.layout;
     let ((tn, tb), (rn, rb)) = held_space(store);
     let mut v = json!({
-        "store": layout.root,
+        "store": path_to_json(&layout.root),
         "store_id": store.format.store_id.to_string(),
         "format": crate::store::layout::FORMAT_VERSION,
         "chunk_size": store.format.chunk_size,
@@ -237,7 +237,7 @@ pub fn status_value(store: &Store, info: Option<&DaemonInfo>) -> Result<Value> {
     });
     if let Some(info) = info {
         v["pid"] = json!(std::process::id());
-        v["mountpoint"] = json!(info.mountpoint);
+        v["mountpoint"] = path_to_json(&info.mountpoint);
         v["read_only"] = json!(store.read_only());
         v["uptime_secs"] = json!(info.started.elapsed().as_secs());
         v["open_sessions"] = json!(store.open_sessions());
@@ -257,7 +257,7 @@ pub fn status(path: &Path) -> Result<Value> {
         if v.get("error").is_none() {
             v["mounts"] = json!(ds
                 .iter()
-                .map(|d| json!({"pid": d.pid, "mountpoint": d.mountpoint, "writer": d.writer}))
+                .map(|d| json!({"pid": d.pid, "mountpoint": path_to_json(&d.mountpoint), "writer": d.writer}))
                 .collect::<Vec<_>>());
             return Ok(v);
         }
@@ -326,12 +326,44 @@ pub fn render_status(v: &Value) -> String {
     s
 }
 
+/// A path in a JSON message: a string when it is UTF-8, else `{"hex": "..."}` of its
+/// bytes, so names that are not UTF-8 survive the trip.
+pub fn path_to_json(p: &Path) -> Value {
+    match p.to_str() {
+        Some(s) => json!(s),
+        None => {
+            json!({"hex": p.as_os_str().as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>()})
+        }
+    }
+}
+
+/// The inverse of `path_to_json` (None for null or malformed values).
+pub fn json_to_path(v: &Value) -> Option<PathBuf> {
+    if let Some(s) = v.as_str() {
+        return Some(PathBuf::from(s));
+    }
+    let hex = v.get("hex")?.as_str()?;
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes?)))
+}
+
+/// A JSON path for people: lossy where it is not UTF-8.
+pub fn show_path(v: &Value) -> Option<String> {
+    json_to_path(v).map(|p| p.to_string_lossy().into_owned())
+}
+
 fn trash_entry_json(e: &TrashEntry) -> Value {
     json!({
         "id": e.id.to_string(),
         "deleted_at": e.at.secs,
-        "origin": e.origin_path.as_ref().map(|p| p.to_string_lossy().into_owned()),
-        "origin_name": String::from_utf8_lossy(&e.origin_name),
+        "origin": e.origin_path.as_deref().map(path_to_json),
+        "origin_name": path_to_json(Path::new(std::ffi::OsStr::from_bytes(&e.origin_name))),
         "kind": format!("{:?}", e.kind).to_lowercase(),
         "size": e.size,
         "stored": e.stored,
@@ -351,10 +383,13 @@ pub fn dispatch(store: &Store, req: &Value) -> Result<Value> {
             Ok(json!({"entries": list.iter().map(trash_entry_json).collect::<Vec<_>>()}))
         }
         "trash_restore" => {
-            let sel = s("sel").ok_or(Error::Invalid("missing selector"))?;
-            let to = s("to").map(PathBuf::from);
-            let at = store.trash_restore(&sel, to.as_deref())?;
-            Ok(json!({"restored_to": at}))
+            let sel = req
+                .get("sel")
+                .and_then(json_to_path)
+                .ok_or(Error::Invalid("missing selector"))?;
+            let to = req.get("to").and_then(json_to_path);
+            let at = store.trash_restore(sel.as_os_str(), to.as_deref())?;
+            Ok(json!({"restored_to": path_to_json(&at)}))
         }
         "trash_purge" => {
             let sel = if let Some(id) = s("id") {
@@ -367,7 +402,8 @@ pub fn dispatch(store: &Store, req: &Value) -> Result<Value> {
             Ok(purge_json(&store.trash_purge(sel)?))
         }
         "versions_ls" => {
-            let id = store.resolve_path(Path::new(&s("path").unwrap_or_default()))?;
+            let id =
+                store.resolve_path(&req.get("path").and_then(json_to_path).unwrap_or_default())?;
             let revs = store.revisions(id)?;
             Ok(json!({"versions": revs.iter().map(|(t, r)| json!({
                 "rev": t.to_string(),
@@ -378,7 +414,8 @@ pub fn dispatch(store: &Store, req: &Value) -> Result<Value> {
             })).collect::<Vec<_>>()}))
         }
         "versions_restore" => {
-            let id = store.resolve_path(Path::new(&s("path").unwrap_or_default()))?;
+            let id =
+                store.resolve_path(&req.get("path").and_then(json_to_path).unwrap_or_default())?;
             let rev: i128 = s("rev")
                 .and_then(|r| r.parse().ok())
                 .ok_or(Error::Invalid("bad revision id"))?;

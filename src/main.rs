@@ -126,7 +126,7 @@ enum TrashCmd {
     /// filesystem root, or absolute under the mountpoint). Directories restore whole.
     Restore {
         target: PathBuf,
-        selector: String,
+        selector: PathBuf,
         /// Restore to this path instead of the origin.
         #[arg(long)]
         to: Option<PathBuf>,
@@ -299,12 +299,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// A path inside the filesystem as the store's namespace sees it (mount prefix removed).
-fn fs_path(p: &std::path::Path, mount: &Option<PathBuf>) -> String {
+fn fs_path(p: &std::path::Path, mount: &Option<PathBuf>) -> PathBuf {
     let rel = match mount {
         Some(m) if p.is_absolute() => p.strip_prefix(m).unwrap_or(p),
         _ => p,
     };
-    rel.to_string_lossy().trim_start_matches('/').to_string()
+    rel.strip_prefix("/").unwrap_or(rel).to_path_buf()
 }
 
 fn trash_cmd(cmd: TrashCmd, json: bool) -> Result<(), Failure> {
@@ -323,15 +323,11 @@ fn trash_cmd(cmd: TrashCmd, json: bool) -> Result<(), Failure> {
             to,
         } => {
             let mount = control::locate(&target).ok().and_then(|l| l.1);
-            let sel = if selector.starts_with('/') {
-                fs_path(std::path::Path::new(&selector), &mount)
-            } else {
-                selector
-            };
-            let to = to.map(|t| fs_path(&t, &mount));
+            let sel = fs_path(&selector, &mount);
+            let to = to.map(|t| control::path_to_json(&fs_path(&t, &mount)));
             (
                 target,
-                json!({"cmd": "trash_restore", "sel": sel, "to": to}),
+                json!({"cmd": "trash_restore", "sel": control::path_to_json(&sel), "to": to}),
                 true,
                 "cannot restore from the trash",
             )
@@ -372,10 +368,12 @@ fn trash_cmd(cmd: TrashCmd, json: bool) -> Result<(), Failure> {
             "ID", "DELETED (unix)", "SIZE", "KIND"
         );
         for e in entries {
-            let origin = e["origin"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("(gone)/{}", e["origin_name"].as_str().unwrap_or("")));
+            let origin = control::show_path(&e["origin"]).unwrap_or_else(|| {
+                format!(
+                    "(gone)/{}",
+                    control::show_path(&e["origin_name"]).unwrap_or_default()
+                )
+            });
             println!(
                 "{:<36}  {:<14}  {:>12}  {:<9}  {}",
                 e["id"].as_str().unwrap_or(""),
@@ -386,7 +384,7 @@ fn trash_cmd(cmd: TrashCmd, json: bool) -> Result<(), Failure> {
             );
         }
     } else if let Some(to) = v.get("restored_to") {
-        println!("restored to {}", to.as_str().unwrap_or(""));
+        println!("restored to {}", control::show_path(to).unwrap_or_default());
     } else {
         println!(
             "purged {} node(s) and {} revision(s), freed {} bytes ({} still open, kept)",
@@ -407,7 +405,7 @@ fn versions_cmd(cmd: VersionsCmd, json: bool) -> Result<(), Failure> {
     };
     let what = format!("cannot read the versions of {}", file.display());
     let (store, _, rel) = control::locate(&file).map_err(|e| Failure::from(&what, &e))?;
-    req["path"] = json!(rel.to_string_lossy());
+    req["path"] = control::path_to_json(&rel);
     let v = control::run(&store, &req, mutating).map_err(|e| Failure::from(&what, &e))?;
     if json {
         println!("{v}");

@@ -265,7 +265,14 @@ impl Store {
                 .get(&id)
                 .map(|s| s.lock().unwrap().handles == 0)
                 .unwrap_or(false);
-            if still_unused && res.is_ok() {
+            if still_unused {
+                // Even if the commit failed (a full disk): the last handle is gone and the
+                // error went to close(2); a session kept now would pin the node forever.
+                if let Err(e) = &res {
+                    log::error!(
+                        "node {id}: last close could not commit, unsaved writes dropped: {e}"
+                    );
+                }
                 map.remove(&id);
             }
             return res;

@@ -107,10 +107,19 @@ impl Store {
                 None => false,
             }
         };
-        if last && self.policy().trash_retention_secs == 0 && !self.read_only() {
+        if last && !self.read_only() {
             if let Ok(rec) = self.read_record(id) {
-                if rec.trash.is_some() {
-                    let _ = self.purge(PurgeSel::One(id.to_string()), false);
+                if rec.trash.is_some() && rec.nlink == 0 {
+                    let linked = self
+                        .trash_list()
+                        .map(|l| l.iter().any(|e| e.id == id))
+                        .unwrap_or(true);
+                    if !linked {
+                        // Deleted on a full disk without a trash link: free it now.
+                        let _ = self.untrashable(id);
+                    } else if self.policy().trash_retention_secs == 0 {
+                        let _ = self.purge(PurgeSel::One(id.to_string()), false);
+                    }
                 }
             }
         }
@@ -214,11 +223,12 @@ impl Store {
 
     /// Find a trash entry by node id (or a unique prefix of it) or by original path
     /// (the most recent one deleted from there).
-    fn trash_find(&self, sel: &str) -> Result<TrashEntry> {
+    fn trash_find(&self, sel: &OsStr) -> Result<TrashEntry> {
         let list = self.trash_list()?;
+        let as_id = sel.to_str().unwrap_or("");
         let by_id: Vec<&TrashEntry> = list
             .iter()
-            .filter(|e| e.id.to_string().starts_with(sel) && sel.len() >= 4)
+            .filter(|e| as_id.len() >= 4 && e.id.to_string().starts_with(as_id))
             .collect();
         if by_id.len() == 1 {
             return Ok(by_id[0].clone());
@@ -226,17 +236,19 @@ impl Store {
         if by_id.len() > 1 {
             return Err(Error::Invalid("ambiguous trash id prefix"));
         }
-        let want = Path::new(sel.trim_start_matches('/'));
+        let b = sel.as_bytes();
+        let start = b.iter().position(|c| *c != b'/').unwrap_or(b.len());
+        let want = Path::new(OsStr::from_bytes(&b[start..]));
         list.iter()
             .rev()
             .find(|e| e.origin_path.as_deref() == Some(want))
             .cloned()
-            .ok_or_else(|| Error::NotInTrash(sel.to_string()))
+            .ok_or_else(|| Error::NotInTrash(sel.to_string_lossy().into_owned()))
     }
 
     /// Bring a trashed node back, at its origin or at `to` (a path relative to the root).
     /// Returns where it was restored.
-    pub fn trash_restore(&self, sel: &str, to: Option<&Path>) -> Result<PathBuf> {
+    pub fn trash_restore(&self, sel: &OsStr, to: Option<&Path>) -> Result<PathBuf> {
         self.writable()?;
         let e = self.trash_find(sel)?;
         let (parent, name) = match to {
@@ -336,7 +348,7 @@ impl Store {
                 .into_iter()
                 .filter(|e| now - nanos(e.at) >= d.as_nanos() as i128)
                 .collect(),
-            PurgeSel::One(s) => vec![self.trash_find(&s)?],
+            PurgeSel::One(s) => vec![self.trash_find(OsStr::new(&s))?],
         };
         let mut report = PurgeReport::default();
         let mut candidates = Vec::new();
@@ -345,29 +357,11 @@ impl Store {
                 report.skipped_open += 1;
                 continue;
             }
-            let rec = match self.read_record(e.id) {
-                Ok(r) => r,
-                Err(_) => continue,
-            };
-            candidates.extend(self.blob_refs(e.id, &rec));
-            for (stamp, r) in self.revisions(e.id)? {
-                let _ = stamp;
-                candidates.extend(self.blob_refs(e.id, &r));
-                report.revisions += 1;
+            if let Some(revs) = self.remove_node(e.id, &mut candidates)? {
+                let _ = fs::remove_file(self.layout.trash().join(&e.link));
+                report.nodes += 1;
+                report.revisions += revs;
             }
-            let p = self.layout.node_path(e.id);
-            let gone = if rec.kind == Kind::Dir {
-                fs::remove_dir(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            if let Err(err) = gone {
-                log::warn!("purge {}: {err}", e.id);
-                continue;
-            }
-            let _ = fs::remove_file(self.layout.trash().join(&e.link));
-            let _ = fs::remove_dir_all(self.layout.root.join("revisions").join(e.id.to_string()));
-            report.nodes += 1;
         }
         log::debug!(
             "purged {} node(s), {} revision(s), {} open kept; {} blob(s) to sweep",
@@ -382,6 +376,46 @@ impl Store {
             self.schedule_sweep(candidates);
         }
         Ok(report)
+    }
+
+    /// Delete a node that no name reaches, and its revisions; the blobs they named are
+    /// added to `candidates` for a sweep. Returns the number of revisions dropped (None
+    /// if the node could not be removed).
+    fn remove_node(&self, id: NodeId, candidates: &mut Vec<Hash>) -> Result<Option<u64>> {
+        let rec = match self.read_record(id) {
+            Ok(r) => r,
+            Err(_) => return Ok(None),
+        };
+        candidates.extend(self.blob_refs(id, &rec));
+        let revs = self.revisions(id)?;
+        for (_, r) in &revs {
+            candidates.extend(self.blob_refs(id, r));
+        }
+        let p = self.layout.node_path(id);
+        let gone = if rec.kind == Kind::Dir {
+            fs::remove_dir(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        if let Err(err) = gone {
+            log::warn!("purge {id}: {err}");
+            return Ok(None);
+        }
+        let _ = fs::remove_dir_all(self.layout.root.join("revisions").join(id.to_string()));
+        Ok(Some(revs.len() as u64))
+    }
+
+    /// A node lost its last name while the disk was too full to link it from the trash:
+    /// free it now (or at its last close), so deleting files can still free space.
+    pub(crate) fn untrashable(&self, id: NodeId) -> Result<()> {
+        log::warn!("node {id}: no space to keep it in the trash; it is deleted for good");
+        if self.pinned(id) || self.has_session(id) {
+            return Ok(()); // `unpin` frees it at the last close
+        }
+        let mut candidates = Vec::new();
+        self.remove_node(id, &mut candidates)?;
+        self.schedule_sweep(candidates);
+        Ok(())
     }
 
     /// The blobs a record names: chunks, its manifest, and the blob it spills into.

@@ -39,6 +39,16 @@ pub struct NewNode {
     pub target: Vec<u8>,
 }
 
+/// What `pre_trash` did before a name goes away.
+enum PreTrash {
+    /// The node keeps other names: nothing to do.
+    NotLast,
+    /// The node is linked from the trash already.
+    Linked(PathBuf),
+    /// No space for the trash link: the node is deleted for good.
+    Full,
+}
+
 /// How a rename treats an existing target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenameMode {
@@ -236,8 +246,36 @@ impl Store {
         Ok(rec)
     }
 
+    /// Before removing what may be the last name of `id`, link it from the trash. If that
+    /// fails (a full disk needs a new block in `trash/`), nothing has changed yet; the
+    /// other order could leave a node that neither a directory nor the trash reaches.
+    fn pre_trash(&self, id: NodeId) -> Result<PreTrash> {
+        let rec = self.read_record(id)?;
+        if rec.kind != Kind::Dir && rec.nlink > 1 {
+            return Ok(PreTrash::NotLast);
+        }
+        let now = Time::now();
+        let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
+        let link = self.layout.trash().join(format!("{nanos}.{id}"));
+        let target = format!("../nodes/{}", &Layout::entry_target(id)[9..]);
+        match std::os::unix::fs::symlink(target, &link).ctx(|| format!("trash {id}")) {
+            Ok(()) => Ok(PreTrash::Linked(link)),
+            // A full disk must not stop a delete (that is how space is freed): the node
+            // is then deleted for good instead of kept in the trash.
+            Err(Error::NoSpace) => Ok(PreTrash::Full),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One link of `id` went away: drop the count, and trash the node at zero.
-    fn drop_link(&self, id: NodeId, parent: NodeId, name: &OsStr) -> Result<()> {
+    /// `prepared` is the trash link `pre_trash` made.
+    fn drop_link(
+        &self,
+        id: NodeId,
+        parent: NodeId,
+        name: &OsStr,
+        prepared: PreTrash,
+    ) -> Result<()> {
         let now = Time::now();
         let rec = self.update(id, |r| {
             r.nlink = if r.kind == Kind::Dir {
@@ -255,12 +293,21 @@ impl Store {
             }
             Ok(())
         })?;
-        if rec.nlink == 0 {
-            let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
-            let link = self.layout.trash().join(format!("{nanos}.{id}"));
-            let target = format!("../nodes/{}", &Layout::entry_target(id)[9..]);
-            std::os::unix::fs::symlink(target, &link).ctx(|| format!("trash {id}"))?;
-            self.trashed(id)?;
+        match (rec.nlink == 0, prepared) {
+            (true, PreTrash::Linked(_)) => self.trashed(id)?,
+            (true, PreTrash::Full) => self.untrashable(id)?,
+            (true, PreTrash::NotLast) => {
+                // It lost its other links meanwhile: trash it now.
+                match self.pre_trash(id)? {
+                    PreTrash::Full => self.untrashable(id)?,
+                    _ => self.trashed(id)?,
+                }
+            }
+            (false, PreTrash::Linked(link)) => {
+                // A link was added meanwhile: it is not trash.
+                let _ = fs::remove_file(link);
+            }
+            (false, _) => {}
         }
         Ok(())
     }
@@ -272,11 +319,17 @@ impl Store {
         if self.read_record(id)?.kind == Kind::Dir {
             return Err(Error::IsDir);
         }
-        fs::remove_file(self.entry_path(parent, name)).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => Error::NotFound,
-            _ => Error::io(format!("unlink {:?}", name), e),
-        })?;
-        self.drop_link(id, parent, name)?;
+        let prepared = self.pre_trash(id)?;
+        if let Err(e) = fs::remove_file(self.entry_path(parent, name)) {
+            if let PreTrash::Linked(link) = prepared {
+                let _ = fs::remove_file(link);
+            }
+            return Err(match e.kind() {
+                ErrorKind::NotFound => Error::NotFound,
+                _ => Error::io(format!("unlink {:?}", name), e),
+            });
+        }
+        self.drop_link(id, parent, name, prepared)?;
         self.touch_dir(parent, 0)?;
         Ok(id)
     }
@@ -296,8 +349,14 @@ impl Store {
         if !self.is_empty_dir(id)? {
             return Err(Error::NotEmpty);
         }
-        fs::remove_file(self.entry_path(parent, name)).ctx(|| format!("rmdir {:?}", name))?;
-        self.drop_link(id, parent, name)?;
+        let prepared = self.pre_trash(id)?;
+        if let Err(e) = fs::remove_file(self.entry_path(parent, name)) {
+            if let PreTrash::Linked(link) = prepared {
+                let _ = fs::remove_file(link);
+            }
+            return Err(Error::io(format!("rmdir {:?}", name), e));
+        }
+        self.drop_link(id, parent, name, prepared)?;
         self.touch_dir(parent, -1)?;
         Ok(id)
     }
@@ -398,16 +457,26 @@ impl Store {
         } else {
             0
         };
-        renameat2(&from, &to, flags).map_err(|e| match e.kind() {
-            ErrorKind::AlreadyExists => Error::Exists,
-            ErrorKind::NotFound => Error::NotFound,
-            _ => Error::io("rename", e),
-        })?;
+        // The node this rename displaces is linked from the trash before it loses its name.
+        let prepared = match dst {
+            Some(d) if mode == RenameMode::Replace => self.pre_trash(d)?,
+            _ => PreTrash::NotLast,
+        };
+        if let Err(e) = renameat2(&from, &to, flags) {
+            if let PreTrash::Linked(link) = prepared {
+                let _ = fs::remove_file(link);
+            }
+            return Err(match e.kind() {
+                ErrorKind::AlreadyExists => Error::Exists,
+                ErrorKind::NotFound => Error::NotFound,
+                _ => Error::io("rename", e),
+            });
+        }
         self.rehome(src, newparent, newname, now)?;
         let src_dir = (srec.kind == Kind::Dir) as i64;
         let mut new_delta = 0;
         if let (Some(dst), Some(drec)) = (dst, drec) {
-            self.drop_link(dst, newparent, newname)?;
+            self.drop_link(dst, newparent, newname, prepared)?;
             if drec.kind == Kind::Dir {
                 new_delta -= 1;
             }
