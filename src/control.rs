@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::store::error::IoContext;
 use crate::store::layout::Layout;
 use crate::store::trash::{PurgeReport, PurgeSel, TrashEntry};
-use crate::store::{lock, Error, Kind, NodeId, Result, Store};
+use crate::store::{lock, Error, Kind, Result, Store};
 
 /// What a daemon knows about itself.
 #[derive(Clone)]
@@ -199,20 +199,10 @@ fn held_space(store: &Store) -> ((u64, u64), (u64, u64)) {
         }
     }
     let mut revs = (0, 0);
-    if let Ok(it) = fs::read_dir(store.layout.root.join("revisions")) {
-        for e in it.flatten() {
-            let Some(id) = e
-                .file_name()
-                .to_str()
-                .and_then(|s| uuid::Uuid::parse_str(s).ok())
-                .map(NodeId)
-            else {
-                continue;
-            };
-            for (_, r) in store.revisions(id).unwrap_or_default() {
-                revs.0 += 1;
-                revs.1 += r.stored;
-            }
+    for id in store.revision_owners() {
+        for (_, r) in store.revisions(id).unwrap_or_default() {
+            revs.0 += 1;
+            revs.1 += r.stored;
         }
     }
     (trash, revs)

@@ -600,11 +600,21 @@ fn crash(m: &Mount) {
     let pid = daemon_pid(&m.store, &m.mnt);
     // SAFETY: a signal to the daemon this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !common::process_gone(pid) && Instant::now() < deadline {
+    // A dying thread first finishes the disk I/O it is in; on this loaded 2-core machine
+    // that was once seen to take over 20 s.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    // Decide once: pids wrap at 32,768 here, so once the daemon is reaped its pid may
+    // already belong to another process.
+    let gone = loop {
+        if common::process_gone(pid) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
         std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(common::process_gone(pid), "daemon {pid} survived SIGKILL");
+    };
+    assert!(gone, "daemon {pid} survived SIGKILL");
 }
 
 fn detach(m: &Mount) {
@@ -621,10 +631,13 @@ fn fsck_after_crash(store: &Path) -> Vec<String> {
     let (c, v) = fsck(store, &["--repair", "--grace", "0"]);
     let ps = problems(&v);
     assert!(c == 0 || c == 1, "fsck after a crash: {v:#}");
-    let allowed = ["orphan", "unbound_node"];
+    // What a crash may leave, all repaired: nodes whose name was not bound yet (or no
+    // longer), and the link count of a directory whose entry for a new or removed
+    // subdirectory was written but whose own record was not updated yet.
+    let allowed = ["orphan", "unbound_node", "nlink_mismatch"];
     assert!(
         ps.iter().all(|p| allowed.contains(&p.0.as_str()) && p.2),
-        "a crash left more than orphans: {ps:?}"
+        "a crash left more than orphans and link counts: {ps:?}"
     );
     let (c, v) = fsck(store, &["--grace", "0"]);
     assert_eq!(c, 0, "clean after repair: {v:#}");

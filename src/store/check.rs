@@ -679,10 +679,14 @@ impl Store {
             }
         }
 
-        // 7. Staging: blob files of sessions that no longer run, pid files of dead mounts.
+        // 7. Staging: blob and revision files of sessions that no longer run, pid files of
+        // dead mounts.
         for e in read_dir_sorted(&self.layout.sessions())? {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(rest) = name.strip_prefix("blob.") {
+            if let Some(rest) = name
+                .strip_prefix("blob.")
+                .or_else(|| name.strip_prefix("rev."))
+            {
                 let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
                 let mine = pid == Some(std::process::id() as i32);
                 if name.ends_with(".tmp")

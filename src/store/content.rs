@@ -696,8 +696,14 @@ impl Store {
         let now = Time::now();
         let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
         let path = dir.join(nanos.to_string());
-        fs::write(&path, frame(false, &encode_body(base)))
-            .ctx(|| format!("write {}", path.display()))?;
+        // Written aside and renamed in, so a crash never leaves a torn revision.
+        let tmp = self
+            .layout
+            .sessions()
+            .join(format!("rev.{}.{id}.{nanos}.tmp", std::process::id()));
+        fs::write(&tmp, frame(false, &encode_body(base)))
+            .ctx(|| format!("write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
         Ok(true)
     }
 

@@ -33,6 +33,13 @@ impl NodeId {
         NodeId(Uuid::new_v4())
     }
 
+    /// The node a file name in `nodes/`, `revisions/` or a trash link names, if any.
+    pub fn from_name(name: &std::ffi::OsStr) -> Option<NodeId> {
+        name.to_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .map(NodeId)
+    }
+
     /// The inode number of a node: derived from its id so that it is stable across
     /// remounts without any table; the root is always 1 (FUSE's root nodeid).
     /// 63 random bits: a collision needs ~3 billion nodes for a 50% chance.

@@ -445,12 +445,7 @@ impl Store {
         {
             for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
                 for n in fs::read_dir(b.path()).into_iter().flatten().flatten() {
-                    let Some(id) = n
-                        .file_name()
-                        .to_str()
-                        .and_then(|s| uuid::Uuid::parse_str(s).ok())
-                        .map(NodeId)
-                    else {
+                    let Some(id) = NodeId::from_name(&n.file_name()) else {
                         continue;
                     };
                     if let Ok(rec) = self.read_record(id) {
@@ -464,6 +459,17 @@ impl Store {
         }
         set.extend(self.session_blobs());
         Ok(set)
+    }
+
+    /// The nodes that have revisions.
+    pub fn revision_owners(&self) -> Vec<NodeId> {
+        fs::read_dir(self.layout.root.join("revisions"))
+            .map(|it| {
+                it.flatten()
+                    .filter_map(|e| NodeId::from_name(&e.file_name()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Free the `candidates` no record references. Returns bytes freed.
@@ -530,20 +536,10 @@ impl Store {
         )))?;
         let since = SystemTime::now();
         let mut candidates = Vec::new();
-        if let Ok(it) = fs::read_dir(self.layout.root.join("revisions")) {
-            for e in it.flatten() {
-                let Some(id) = e
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| uuid::Uuid::parse_str(s).ok())
-                    .map(NodeId)
-                else {
-                    continue;
-                };
-                let (n, c) = self.prune_revisions(id)?;
-                report.revisions += n;
-                candidates.extend(c);
-            }
+        for id in self.revision_owners() {
+            let (n, c) = self.prune_revisions(id)?;
+            report.revisions += n;
+            candidates.extend(c);
         }
         report.bytes_freed += self.sweep(candidates, since)?;
         Ok(report)
