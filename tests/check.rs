@@ -7,11 +7,13 @@ mod common;
 use common::{daemon_pid, decofs, sh, Mount};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -625,6 +627,37 @@ fn detach(m: &Mount) {
     assert!(!common::is_mounted(&m.mnt));
 }
 
+/// The end of a crash round: kill -9 the daemon, run `settle` once it is gone (stop and
+/// join the workload, which must not touch the next mount), detach the dead mount, fsck
+/// (counting what it repaired), mount again.
+fn crash_and_recover<T>(
+    m: &Mount,
+    codes: &mut BTreeMap<String, usize>,
+    settle: impl FnOnce() -> T,
+) -> T {
+    crash(m);
+    let out = settle();
+    detach(m);
+    for c in fsck_after_crash(&m.store) {
+        *codes.entry(c).or_default() += 1;
+    }
+    m.mount();
+    out
+}
+
+/// Rounds of a crash test: `base` times `DECOFS_CRASH_ROUNDS` (default 1; more is the
+/// long mode).
+fn crash_rounds(base: u64) -> u64 {
+    let k = std::env::var("DECOFS_CRASH_ROUNDS").map_or(1, |s| {
+        s.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|k| *k > 0)
+            .expect("DECOFS_CRASH_ROUNDS must be a positive integer")
+    });
+    base * k
+}
+
 /// After a crash: fsck --repair finds at most collected orphans, then a second fsck
 /// finds the store clean. Returns the problem codes it repaired.
 fn fsck_after_crash(store: &Path) -> Vec<String> {
@@ -762,21 +795,17 @@ fn crash_during_writes_loses_nothing_committed() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     let mut verified = 0u64;
-    let rounds = 20;
+    let rounds = crash_rounds(20);
     for round in 0..rounds {
         let stop = Arc::new(AtomicBool::new(false));
         let dir = m.mnt.clone();
         let (s2, l2) = (stop.clone(), ledger.clone());
         let t = std::thread::spawn(move || writer(dir, seed, round, s2, l2));
         std::thread::sleep(Duration::from_millis(rng.u64(30..700)));
-        crash(&m);
-        stop.store(true, Ordering::Relaxed);
-        t.join().unwrap();
-        detach(&m);
-        for c in fsck_after_crash(&m.store) {
-            *codes.entry(c).or_default() += 1;
-        }
-        m.mount();
+        crash_and_recover(&m, &mut codes, || {
+            stop.store(true, Ordering::Relaxed);
+            t.join().unwrap();
+        });
         let l = ledger.lock().unwrap().clone();
         verified += verify(&m.mnt, seed, &l);
         // Files in flight are settled now: take them out of the ledger's doubt.
@@ -804,7 +833,7 @@ fn crash_during_cp_leaves_whole_or_empty_files() {
     make_tree(&src, 3, 4, 40);
     let mut rng = fastrand::Rng::with_seed(3);
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
-    let rounds = 20;
+    let rounds = crash_rounds(20);
     let (mut whole, mut empty) = (0, 0);
     for round in 0..rounds {
         let dst = m.mnt.join(format!("copy{round}"));
@@ -816,13 +845,9 @@ fn crash_during_cp_leaves_whole_or_empty_files() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(rng.u64(20..600)));
-        crash(&m);
-        let _ = child.wait();
-        detach(&m);
-        for c in fsck_after_crash(&m.store) {
-            *codes.entry(c).or_default() += 1;
-        }
-        m.mount();
+        crash_and_recover(&m, &mut codes, || {
+            let _ = child.wait();
+        });
         if !dst.exists() {
             continue;
         }
@@ -861,4 +886,696 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         out.push(p);
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// Crash tests with a timeline of every state: the fsx-like workload, concurrent writers.
+
+const MIB: usize = 1 << 20;
+/// The store's chunk size (the default of `decofs init`).
+const CHUNK: usize = 4 * MIB;
+/// Writes stay far below max_write (1 MiB), so the kernel splits one into requests only
+/// at page boundaries (see `partial_write`).
+const MAX_WRITE: usize = 256 * 1024;
+/// Files of the model workload stay near this size: inline, one chunk or two.
+const MODEL_MAX: usize = CHUNK + 2 * MIB;
+/// Each writer of the shared file owns one region this long; regions 1 and 2 hold a
+/// chunk boundary, and every chunk is shared by two regions.
+const REGION: usize = 3 * MIB;
+
+/// One change to a file's bytes.
+enum Change {
+    Write { off: usize, data: Vec<u8> },
+    Truncate(usize),
+    Punch { off: usize, len: usize },
+}
+
+impl Change {
+    fn apply(&self, s: &mut Vec<u8>) {
+        match self {
+            Change::Write { off, data } => {
+                let end = off + data.len();
+                if s.len() < end {
+                    s.resize(end, 0);
+                }
+                s[*off..end].copy_from_slice(data);
+            }
+            Change::Truncate(n) => s.resize(*n, 0),
+            Change::Punch { off, len } => {
+                let end = (off + len).min(s.len());
+                if *off < end {
+                    s[*off..end].fill(0);
+                }
+            }
+        }
+    }
+
+    /// Make the change through `f`; `origin` is where byte 0 of the model is in the file.
+    fn make(&self, f: &File, origin: usize) -> std::io::Result<()> {
+        match self {
+            Change::Write { off, data } => f.write_all_at(data, (origin + off) as u64),
+            Change::Truncate(n) => f.set_len((origin + n) as u64),
+            Change::Punch { off, len } => {
+                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                let (off, len) = ((origin + off) as libc::off_t, *len as libc::off_t);
+                // SAFETY: a plain syscall on a descriptor `f` keeps open.
+                if unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) } == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Change::Write { off, data } => format!("write {off}+{}", data.len()),
+            Change::Truncate(n) => format!("truncate to {n}"),
+            Change::Punch { off, len } => format!("punch {off}+{len}"),
+        }
+    }
+}
+
+/// close(2) that reports the error of the FLUSH (the commit), which dropping a File hides.
+fn close(f: File) -> std::io::Result<()> {
+    // SAFETY: the descriptor is owned by `f` and closed exactly once.
+    if unsafe { libc::close(f.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Read the clock shared by the writers of a round (and advance it).
+fn tick(clock: &AtomicU64) -> u64 {
+    clock.fetch_add(1, Ordering::SeqCst)
+}
+
+struct Step {
+    change: Change,
+    /// The clock read before the call and after it returned (u64::MAX: it did not return,
+    /// the daemon died; it may have been done or not).
+    t0: u64,
+    t1: u64,
+    /// fsync or close was called right after this change.
+    commit: bool,
+}
+
+/// Where in its timeline a file (or region) was found after a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Found {
+    /// At its last confirmed commit.
+    LastCommit,
+    /// At a later state whose fsync or close was in flight at the crash.
+    UnconfirmedCommit,
+    /// At a later state no commit was asked for (see `Timeline`).
+    LaterState,
+    /// A write(2) split into requests, committed between them (see `partial_write`).
+    PartialWrite,
+}
+
+/// What a writer knows of one file, or of its region of a shared file: the content of its
+/// last confirmed commit (fsync or close returned 0) and every change since, stamped with
+/// a clock all writers of a round share. After a crash the content must be one of the
+/// states from there on — never a mixture of two, never bytes nobody wrote. Each of them
+/// may legitimately have been committed: the last confirmed one, one whose fsync or close
+/// was in flight, and also one no commit was asked for, because the close of a copy of a
+/// descriptor (a fork() in another thread of the test binary, see `verify`) or a release
+/// arriving late commits the session as it is at that moment.
+struct Timeline {
+    /// Where byte 0 of this timeline is in the file.
+    origin: usize,
+    base: Vec<u8>,
+    /// The clock reading from which the base state was current (see `matches`).
+    base_lo: u64,
+    steps: Vec<Step>,
+    /// The content now: the base with every step applied.
+    now: Vec<u8>,
+}
+
+impl Timeline {
+    fn new(origin: usize, content: Vec<u8>) -> Timeline {
+        Timeline {
+            origin,
+            base: content.clone(),
+            base_lo: 0,
+            steps: Vec::new(),
+            now: content,
+        }
+    }
+
+    /// Make `change` through `f` and record it (also when the call fails: it may have
+    /// been done before the daemon died).
+    fn change(&mut self, f: &File, change: Change, clock: &AtomicU64) -> std::io::Result<()> {
+        change.apply(&mut self.now);
+        let t0 = tick(clock);
+        let res = change.make(f, self.origin);
+        let t1 = if res.is_ok() { tick(clock) } else { u64::MAX };
+        self.steps.push(Step {
+            change,
+            t0,
+            t1,
+            commit: false,
+        });
+        res
+    }
+
+    /// Commit with `commit` (fsync or close); once it returned 0 the state now is the
+    /// base. Returns the clock read before the call: the commit read it later.
+    fn commit(
+        &mut self,
+        clock: &AtomicU64,
+        commit: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        if let Some(s) = self.steps.last_mut() {
+            s.commit = true;
+        }
+        let t0 = tick(clock);
+        commit()?;
+        if let Some(s) = self.steps.last() {
+            self.base_lo = s.t0 + 1;
+        }
+        self.base = self.now.clone();
+        self.steps.clear();
+        Ok(t0)
+    }
+
+    /// Every state of this timeline `got` is, as (lo, hi, kind): a commit that caught
+    /// that state read the clock between lo and hi. (Step i's call read the clock before
+    /// the daemon applied it and after; so the state after step i was current only after
+    /// a reading of t0ᵢ + 1 and before one of t1ᵢ₊₁ — a commit reading the clock at c sees
+    /// it only if t0ᵢ + 1 <= c <= t1ᵢ₊₁.)
+    fn matches(&self, got: &[u8]) -> Vec<(u64, u64, Found)> {
+        let mut out = Vec::new();
+        let mut s = self.base.clone();
+        let (mut lo, mut kind) = (self.base_lo, Found::LastCommit);
+        for st in &self.steps {
+            if got == &s[..] {
+                out.push((lo, st.t1, kind));
+            }
+            if let Change::Write { off, data } = &st.change {
+                if partial_write(got, &s, *off, data, self.origin) {
+                    out.push((st.t0 + 1, st.t1, Found::PartialWrite));
+                }
+            }
+            st.change.apply(&mut s);
+            lo = st.t0 + 1;
+            kind = if st.commit {
+                Found::UnconfirmedCommit
+            } else {
+                Found::LaterState
+            };
+        }
+        debug_assert!(s == self.now);
+        if got == &s[..] {
+            out.push((lo, u64::MAX, kind));
+        }
+        out
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// Is `got` the state `s` with only a leading part of the write of `data` at `off` done?
+/// The kernel sends a write(2) as several requests split at page boundaries (a partly
+/// written page that is not in the cache ends a request; writes are far below max_write),
+/// and a commit may fall between two of them. `origin`: where `s` starts in the file.
+fn partial_write(got: &[u8], s: &[u8], off: usize, data: &[u8], origin: usize) -> bool {
+    let page = page_size();
+    // The split points: 0 < k < data.len() with origin + off + k on a page boundary.
+    let first = page - (origin + off) % page;
+    let split = |k: usize| k >= first && k < data.len() && (k - first).is_multiple_of(page);
+    if got.len() > s.len() {
+        // The file grew: the split is at its new end.
+        let Some(k) = got.len().checked_sub(off) else {
+            return false;
+        };
+        let keep = off.min(s.len());
+        return split(k)
+            && got[..keep] == s[..keep]
+            && got[keep..off].iter().all(|b| *b == 0)
+            && got[off..] == data[..k];
+    }
+    if got.len() != s.len() || off >= s.len() {
+        return false;
+    }
+    // Same size: the split is inside the window of old content the write covers; the
+    // new bytes must reach up to it (p) and the old ones start at or before it (q).
+    let w = (s.len() - off).min(data.len());
+    if got[..off] != s[..off] || got[off + w..] != s[off + w..] {
+        return false;
+    }
+    let (g, old) = (&got[off..off + w], &s[off..off + w]);
+    let p = g.iter().zip(data).take_while(|(a, b)| a == b).count();
+    let same_tail = g.iter().rev().zip(old.iter().rev());
+    let q = w - same_tail.take_while(|(a, b)| a == b).count();
+    (q..=p).any(split)
+}
+
+fn first_diff(a: &[u8], b: &[u8]) -> String {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => format!("first difference at byte {i}"),
+        None if a.len() == b.len() => "equal".into(),
+        None => format!("equal up to byte {}", a.len().min(b.len())),
+    }
+}
+
+/// The states of `tl` that `got` is; panics, naming what was seen, if it is none.
+fn judge(what: &str, got: &[u8], tl: &Timeline) -> Vec<(u64, u64, Found)> {
+    let ms = tl.matches(got);
+    if ms.is_empty() {
+        let steps: Vec<String> = tl
+            .steps
+            .iter()
+            .map(|s| {
+                let t1 = if s.t1 == u64::MAX {
+                    "-".into()
+                } else {
+                    s.t1.to_string()
+                };
+                let c = if s.commit { ", then fsync/close" } else { "" };
+                format!("{} (clock {}..{t1}){c}", s.change.describe(), s.t0)
+            })
+            .collect();
+        panic!(
+            "{what}: the {} bytes found after the crash are none of the states since the \
+             last confirmed commit (a mixture, or bytes nobody wrote); vs that commit ({} \
+             bytes): {}; vs the latest state ({} bytes): {}; the {} changes since:\n  {}",
+            got.len(),
+            tl.base.len(),
+            first_diff(got, &tl.base),
+            tl.now.len(),
+            first_diff(got, &tl.now),
+            steps.len(),
+            steps.join("\n  ")
+        );
+    }
+    ms
+}
+
+/// A workload thread's files, what it did, and how it ended.
+struct Worked {
+    files: Vec<(PathBuf, Timeline)>,
+    ops: u64,
+    commits: u64,
+    /// The call that failed (the daemon was killed).
+    end: Option<(String, std::io::Error)>,
+}
+
+impl Worked {
+    fn new(files: Vec<(PathBuf, Timeline)>) -> Worked {
+        Worked {
+            files,
+            ops: 0,
+            commits: 0,
+            end: None,
+        }
+    }
+
+    /// A workload may only fail because the daemon died: its connection is gone.
+    fn ended_by_the_crash(&self) {
+        if let Some((what, e)) = &self.end {
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)),
+                "{what} failed, and not because the daemon was killed: {e}"
+            );
+        }
+    }
+}
+
+fn pick_len(rng: &mut fastrand::Rng) -> usize {
+    match rng.u8(0..10) {
+        0..=2 => rng.usize(1..=4096),
+        3..=5 => rng.usize(1..=64 * 1024),
+        _ => rng.usize(1..=MAX_WRITE),
+    }
+}
+
+fn random_bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+    let mut d = vec![0u8; len];
+    rng.fill(&mut d);
+    d
+}
+
+/// An fsx-like change to a file of `size` bytes.
+fn pick_change(rng: &mut fastrand::Rng, size: usize) -> Change {
+    let len = pick_len(rng);
+    let off = match rng.u8(0..20) {
+        0..=7 => rng.usize(0..=size),               // inside
+        8..=10 => CHUNK - rng.usize(1..len.max(2)), // across the chunk boundary
+        11..=12 => size + rng.usize(1..=MIB),       // past the end, leaving a hole
+        13..=15 => size,                            // append
+        16..=17 => {
+            let to = match rng.u8(0..3) {
+                0 => rng.usize(0..=size),       // down
+                1 => rng.usize(0..=2048),       // to inline size or about
+                _ => size + rng.usize(1..=MIB), // up, a hole
+            };
+            return Change::Truncate(to.min(MODEL_MAX));
+        }
+        _ => {
+            let off = rng.usize(0..=size);
+            return Change::Punch {
+                off,
+                len: rng.usize(1..=MIB),
+            };
+        }
+    };
+    Change::Write {
+        off: off.min(MODEL_MAX),
+        data: random_bytes(rng, len),
+    }
+}
+
+/// The fsx-like workload on `files` (each op on a random one; fsync, close or nothing
+/// after it, at random) until a call fails — the daemon was killed — or `stop`.
+fn model_workload(
+    files: Vec<(PathBuf, Timeline)>,
+    seed: u64,
+    clock: &AtomicU64,
+    stop: &AtomicBool,
+) -> Worked {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut w = Worked::new(files);
+    let mut open: Vec<Option<File>> = w.files.iter().map(|_| None).collect();
+    while !stop.load(Ordering::Relaxed) {
+        let i = rng.usize(0..w.files.len());
+        if let Err(e) = model_op(&mut rng, &mut w, i, &mut open[i], clock) {
+            w.end = Some(e);
+            break;
+        }
+    }
+    w
+}
+
+type OpResult = Result<(), (String, std::io::Error)>;
+
+fn model_op(
+    rng: &mut fastrand::Rng,
+    w: &mut Worked,
+    i: usize,
+    fd: &mut Option<File>,
+    clock: &AtomicU64,
+) -> OpResult {
+    let (path, tl) = &mut w.files[i];
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    if fd.is_none() {
+        let f = OpenOptions::new().write(true).open(path);
+        *fd = Some(f.map_err(|e| (format!("open {name}"), e))?);
+    }
+    let change = pick_change(rng, tl.now.len());
+    let what = format!("{} on {name}", change.describe());
+    tl.change(fd.as_ref().unwrap(), change, clock)
+        .map_err(|e| (what, e))?;
+    w.ops += 1;
+    match rng.u32(0..100) {
+        0..=19 => {
+            let f = fd.as_ref().unwrap();
+            tl.commit(clock, || f.sync_all())
+                .map_err(|e| (format!("fsync {name}"), e))?;
+        }
+        20..=34 => {
+            let f = fd.take().unwrap();
+            tl.commit(clock, || close(f))
+                .map_err(|e| (format!("close {name}"), e))?;
+        }
+        _ => return Ok(()),
+    }
+    w.commits += 1;
+    Ok(())
+}
+
+/// A writer of one region of a shared file through its own descriptor: pwrite at random
+/// offsets in it (a third across the chunk boundary the region holds, if any), then
+/// fsync, close or nothing, until a call fails or `stop`. A commit confirmed after the
+/// clock read t means the last commit before the crash read it later: `lower` keeps the
+/// highest such bound of all writers.
+fn region_workload(
+    path: PathBuf,
+    tl: Timeline,
+    seed: u64,
+    clock: &AtomicU64,
+    lower: &AtomicU64,
+    stop: &AtomicBool,
+) -> Worked {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut w = Worked::new(vec![(path, tl)]);
+    let mut fd = None;
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = region_op(&mut rng, &mut w, &mut fd, clock, lower) {
+            w.end = Some(e);
+            break;
+        }
+    }
+    w
+}
+
+fn region_op(
+    rng: &mut fastrand::Rng,
+    w: &mut Worked,
+    fd: &mut Option<File>,
+    clock: &AtomicU64,
+    lower: &AtomicU64,
+) -> OpResult {
+    let (path, tl) = &mut w.files[0];
+    let name = format!("region {} of the shared file", tl.origin / REGION);
+    if fd.is_none() {
+        let f = OpenOptions::new().write(true).open(path);
+        *fd = Some(f.map_err(|e| (format!("open {name}"), e))?);
+    }
+    let len = pick_len(rng);
+    let boundary = (tl.origin / CHUNK + 1) * CHUNK - tl.origin;
+    let off = if boundary < REGION && rng.u8(0..3) == 0 {
+        (boundary - rng.usize(1..len.max(2))).min(REGION - len)
+    } else {
+        rng.usize(0..=REGION - len)
+    };
+    let change = Change::Write {
+        off,
+        data: random_bytes(rng, len),
+    };
+    let what = format!("{} in {name}", change.describe());
+    tl.change(fd.as_ref().unwrap(), change, clock)
+        .map_err(|e| (what, e))?;
+    w.ops += 1;
+    let t0 = match rng.u32(0..100) {
+        0..=19 => {
+            let f = fd.as_ref().unwrap();
+            tl.commit(clock, || f.sync_all())
+                .map_err(|e| (format!("fsync {name}"), e))?
+        }
+        20..=24 => {
+            let f = fd.take().unwrap();
+            tl.commit(clock, || close(f))
+                .map_err(|e| (format!("close {name}"), e))?
+        }
+        _ => return Ok(()),
+    };
+    lower.fetch_max(t0 + 1, Ordering::SeqCst);
+    w.commits += 1;
+    Ok(())
+}
+
+/// Check each file of a finished workload against its timeline and count where it was
+/// found; the content found is the start of the next round.
+fn judge_files(
+    w: Worked,
+    what: &str,
+    found: &mut BTreeMap<Found, usize>,
+) -> Vec<(PathBuf, Timeline)> {
+    w.files
+        .into_iter()
+        .map(|(path, tl)| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let got = fs::read(&path).unwrap_or_else(|e| panic!("{what}: read {name}: {e}"));
+            let ms = judge(&format!("{what}: {name}"), &got, &tl);
+            *found
+                .entry(ms.iter().map(|m| m.2).min().unwrap())
+                .or_default() += 1;
+            (path, Timeline::new(0, got))
+        })
+        .collect()
+}
+
+/// Check the shared file: each region is one of its states, and one commit caught them
+/// all — some clock reading no earlier than the last confirmed commit falls in a range
+/// of every region's state. Returns the timelines of the next round.
+fn judge_shared(
+    path: &Path,
+    regions: Vec<Worked>,
+    lower: u64,
+    what: &str,
+    found: &mut BTreeMap<Found, usize>,
+) -> Vec<Timeline> {
+    let got = fs::read(path).unwrap_or_else(|e| panic!("{what}: read the shared file: {e}"));
+    assert_eq!(
+        got.len(),
+        REGION * regions.len(),
+        "{what}: the shared file changed size"
+    );
+    let tls: Vec<&Timeline> = regions.iter().map(|w| &w.files[0].1).collect();
+    let all: Vec<Vec<(u64, u64, Found)>> = tls
+        .iter()
+        .map(|tl| {
+            let region = &got[tl.origin..tl.origin + REGION];
+            judge(
+                &format!("{what}: region {}", tl.origin / REGION),
+                region,
+                tl,
+            )
+        })
+        .collect();
+    let holds = |ms: &Vec<(u64, u64, Found)>, c: u64| ms.iter().any(|m| m.0 <= c && c <= m.1);
+    let at = std::iter::once(lower)
+        .chain(all.iter().flatten().map(|m| m.0))
+        .filter(|c| *c >= lower)
+        .find(|c| all.iter().all(|ms| holds(ms, *c)));
+    let Some(at) = at else {
+        panic!(
+            "{what}: the regions of the shared file hold states of different moments (a \
+             mixture no commit saw): (from, to, kind) of each region's matching states: \
+             {all:?}; the last confirmed commit read the clock after {lower}"
+        );
+    };
+    for ms in &all {
+        let kind = ms
+            .iter()
+            .filter(|m| m.0 <= at && at <= m.1)
+            .map(|m| m.2)
+            .min();
+        *found.entry(kind.unwrap()).or_default() += 1;
+    }
+    tls.iter()
+        .map(|tl| Timeline::new(tl.origin, got[tl.origin..tl.origin + REGION].to_vec()))
+        .collect()
+}
+
+/// kill -9 of the daemon during the fsx-like workload — writes inside, across a chunk
+/// boundary and past the end, appends, truncates and punched holes on three files, each
+/// followed at random by fsync, close or nothing: after every crash fsck finds at most
+/// orphans and each file is one state of its timeline since its last confirmed commit.
+#[test]
+fn crash_during_model_workload() {
+    let m = Mount::new();
+    let seed = 0x7c4a_5e01;
+    let mut files = Vec::new();
+    for name in ["m0", "m1", "m2"] {
+        close(File::create(m.path(name)).unwrap()).unwrap();
+        files.push((m.path(name), Timeline::new(0, Vec::new())));
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut codes, mut found) = (BTreeMap::new(), BTreeMap::new());
+    let (mut ops, mut commits) = (0, 0);
+    let rounds = crash_rounds(8);
+    for round in 0..rounds {
+        let clock = Arc::new(AtomicU64::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s, sd) = (clock.clone(), stop.clone(), seed ^ (round << 32));
+        let t = std::thread::spawn(move || model_workload(files, sd, &c, &s));
+        std::thread::sleep(Duration::from_millis(rng.u64(100..1500)));
+        let w = crash_and_recover(&m, &mut codes, || {
+            stop.store(true, Ordering::Relaxed);
+            t.join().unwrap()
+        });
+        w.ended_by_the_crash();
+        (ops, commits) = (ops + w.ops, commits + w.commits);
+        files = judge_files(w, &format!("seed {seed:#x}, round {round}"), &mut found);
+    }
+    eprintln!(
+        "model crashes: {rounds}, changes: {ops}, confirmed commits: {commits}, files found \
+         at: {found:?}, repaired: {codes:?}"
+    );
+    assert!(
+        commits >= rounds,
+        "the workload committed too little to mean anything"
+    );
+}
+
+/// kill -9 of the daemon while 8 threads write: 4 run the fsx-like workload on a file of
+/// their own, 4 pwrite their own region of one shared file through their own descriptor
+/// (chunks straddle regions) with fsync or close now and then. After every crash fsck
+/// finds at most orphans, each own file is one state of its timeline, and the shared file
+/// is one state of every region's timeline, all current at one moment: what one commit
+/// saw, never a mixture of commits.
+#[test]
+fn crash_during_concurrent_writers() {
+    let m = Mount::new();
+    let seed = 0x7c4a_5e02;
+    let shared = m.path("shared");
+    let f = File::create(&shared).unwrap();
+    f.set_len((4 * REGION) as u64).unwrap();
+    close(f).unwrap();
+    let mut own: Vec<Vec<(PathBuf, Timeline)>> = (0..4)
+        .map(|i| {
+            let p = m.path(&format!("own{i}"));
+            close(File::create(&p).unwrap()).unwrap();
+            vec![(p, Timeline::new(0, Vec::new()))]
+        })
+        .collect();
+    let mut regions: Vec<Timeline> = (0..4)
+        .map(|r| Timeline::new(r * REGION, vec![0; REGION]))
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut codes, mut found, mut found_shared) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut ops, mut commits) = (0, 0);
+    let rounds = crash_rounds(8);
+    for round in 0..rounds {
+        let clock = Arc::new(AtomicU64::new(1));
+        let lower = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, files) in own.drain(..).enumerate() {
+            let (c, s, sd) = (
+                clock.clone(),
+                stop.clone(),
+                seed ^ (round << 32) ^ (i << 8) as u64,
+            );
+            threads.push(std::thread::spawn(move || {
+                model_workload(files, sd, &c, &s)
+            }));
+        }
+        for (r, tl) in regions.drain(..).enumerate() {
+            let (c, l, s) = (clock.clone(), lower.clone(), stop.clone());
+            let (p, sd) = (shared.clone(), seed ^ (round << 32) ^ ((r + 4) << 8) as u64);
+            threads.push(std::thread::spawn(move || {
+                region_workload(p, tl, sd, &c, &l, &s)
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(100..1500)));
+        let mut ws: Vec<Worked> = crash_and_recover(&m, &mut codes, || {
+            stop.store(true, Ordering::Relaxed);
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for w in &ws {
+            w.ended_by_the_crash();
+            (ops, commits) = (ops + w.ops, commits + w.commits);
+        }
+        let what = format!("seed {seed:#x}, round {round}");
+        let writers = ws.split_off(4);
+        regions = judge_shared(
+            &shared,
+            writers,
+            lower.load(Ordering::SeqCst),
+            &what,
+            &mut found_shared,
+        );
+        own = ws
+            .into_iter()
+            .map(|w| judge_files(w, &what, &mut found))
+            .collect();
+    }
+    eprintln!(
+        "concurrent writer crashes: {rounds}, changes: {ops}, confirmed commits: {commits}, \
+         own files found at: {found:?}, shared regions found at: {found_shared:?}, repaired: \
+         {codes:?}"
+    );
+    assert!(
+        commits >= rounds,
+        "the writers committed too little to mean anything"
+    );
 }
