@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::index::query::{FindReq, Fresh, SizeCmp};
+use crate::index::Index;
 use crate::store::error::IoContext;
 use crate::store::layout::Layout;
 use crate::store::trash::{PurgeReport, PurgeSel, TrashEntry};
@@ -23,6 +25,8 @@ use crate::store::{lock, Error, Kind, Result, Store};
 pub struct DaemonInfo {
     pub mountpoint: PathBuf,
     pub started: Instant,
+    /// The index this mount keeps, or why it keeps none.
+    pub index: std::result::Result<Arc<Index>, String>,
 }
 
 pub fn socket_path(store: &Path, pid: u32) -> PathBuf {
@@ -57,6 +61,10 @@ fn handle(conn: UnixStream, store: &Store, info: &DaemonInfo) {
     let reply = match serde_json::from_str::<Value>(&line) {
         Ok(req) => match req.get("cmd").and_then(|c| c.as_str()) {
             Some("status") => status_value(store, Some(info)),
+            Some(c) if INDEX_CMDS.contains(&c) => match &info.index {
+                Ok(ix) => index_dispatch(ix, &req),
+                Err(why) => Err(Error::IndexUnavailable(why.clone())),
+            },
             _ => dispatch(store, &req),
         },
         Err(e) => Ok(json!({"error": format!("bad request: {e}"), "code": "invalid_argument"})),
@@ -70,8 +78,13 @@ fn handle(conn: UnixStream, store: &Store, info: &DaemonInfo) {
 
 /// Ask the daemon behind `socket` one question.
 pub fn request(socket: &Path, req: &Value) -> Result<Value> {
+    request_within(socket, req, Duration::from_secs(60))
+}
+
+/// `request` waiting up to `timeout` for the answer.
+pub fn request_within(socket: &Path, req: &Value, timeout: Duration) -> Result<Value> {
     let mut s = UnixStream::connect(socket).ctx(|| format!("connect {}", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    s.set_read_timeout(Some(timeout)).ok();
     writeln!(s, "{req}").ctx(|| "send request".into())?;
     let mut line = String::new();
     BufReader::new(&s)
@@ -223,8 +236,12 @@ pub fn status_value(store: &Store, info: Option<&DaemonInfo>) -> Result<Value> {
         "locked": lock::is_locked(layout),
         "trash": {"nodes": tn, "bytes": tb},
         "revisions": {"count": rn, "bytes": rb},
-        "index": {"state": "absent", "note": "the metadata index is not built yet"},
     });
+    v["index"] = match info.map(|i| &i.index) {
+        Some(Ok(ix)) => ix.status(),
+        Some(Err(why)) => json!({"state": "off", "note": why}),
+        None => json!({"state": "closed", "note": "not mounted: queries open the index directly"}),
+    };
     if let Some(info) = info {
         v["pid"] = json!(std::process::id());
         v["mountpoint"] = path_to_json(&info.mountpoint);
@@ -309,10 +326,42 @@ pub fn render_status(v: &Value) -> String {
         "revisions:  {} revision(s), {} bytes\n",
         v["revisions"]["count"], v["revisions"]["bytes"]
     ));
-    s.push_str(&format!(
-        "index:      {}\n",
-        v["index"]["note"].as_str().unwrap_or("")
-    ));
+    let ix = &v["index"];
+    match ix["state"].as_str().unwrap_or("") {
+        "off" | "closed" => s.push_str(&format!(
+            "index:      {}\n",
+            ix["note"].as_str().unwrap_or("")
+        )),
+        state => {
+            s.push_str(&format!(
+                "index:      {state}; queue {} event(s), lag {} event(s) / {} ms, {} applied, {} dropped\n",
+                ix["queue_depth"], ix["lag_events"], ix["lag_ms"], ix["applied"], ix["dropped"]
+            ));
+            if let Some(r) = ix["dirty_reason"].as_str() {
+                s.push_str(&format!("            catching up: {r}\n"));
+            }
+            let lr = &ix["last_reconcile"];
+            if !lr.is_null() {
+                s.push_str(&format!(
+                    "reconcile:  {} at {} ({}): repaired {}{}\n",
+                    lr["kind"].as_str().unwrap_or("?"),
+                    lr["at"],
+                    lr["reason"].as_str().unwrap_or(""),
+                    lr["repaired"],
+                    match lr["duration_ms"].as_u64() {
+                        Some(ms) => format!(", {} node(s) in {ms} ms", lr["nodes"]),
+                        None => String::new(),
+                    }
+                ));
+            }
+            s.push_str(&format!(
+                "changes:    {} .. {} (log {})\n",
+                ix["changes"]["first_seq"],
+                ix["changes"]["last_seq"],
+                ix["changes"]["log_id"].as_str().unwrap_or("")
+            ));
+        }
+    }
     s
 }
 
@@ -488,4 +537,156 @@ pub fn run(store_path: &Path, req: &Value, mutating: bool) -> Result<Value> {
         },
     )?;
     dispatch(&store, req)
+}
+
+/// Requests the index answers.
+pub const INDEX_CMDS: [&str; 5] = ["find", "du", "changes", "index_verify", "index_rebuild"];
+
+fn path_bytes(v: &Value) -> Vec<u8> {
+    json_to_path(v)
+        .map(|p| p.into_os_string().into_vec())
+        .unwrap_or_default()
+}
+
+fn fresh_of(req: &Value) -> Fresh {
+    Fresh {
+        wait: req
+            .get("wait_ms")
+            .and_then(|v| v.as_u64())
+            .map(Duration::from_millis),
+        stale: req.get("stale").and_then(|v| v.as_bool()) == Some(true),
+    }
+}
+
+fn bytes_to_json(b: &[u8]) -> Value {
+    path_to_json(Path::new(std::ffi::OsStr::from_bytes(b)))
+}
+
+/// Index requests, the same from a daemon or on an unmounted store.
+pub fn index_dispatch(ix: &Index, req: &Value) -> Result<Value> {
+    let rel = path_bytes(&req["path"]);
+    match req.get("cmd").and_then(|c| c.as_str()).unwrap_or("") {
+        "find" => {
+            let kind = match req["type"].as_str() {
+                None => None,
+                Some(t) => Some(match t {
+                    "f" => Kind::File,
+                    "d" => Kind::Dir,
+                    "l" => Kind::Symlink,
+                    "p" => Kind::Fifo,
+                    "s" => Kind::Socket,
+                    "c" => Kind::CharDev,
+                    "b" => Kind::BlockDev,
+                    _ => return Err(Error::Invalid("--type takes f, d, l, p, s, c or b")),
+                }),
+            };
+            let size = match (req["size_op"].as_str(), req["size"].as_u64()) {
+                (Some("+"), Some(n)) => Some(SizeCmp::More(n)),
+                (Some("-"), Some(n)) => Some(SizeCmp::Less(n)),
+                (Some(_), Some(n)) => Some(SizeCmp::Exactly(n)),
+                _ => None,
+            };
+            let newer = req["newer_secs"].as_i64().map(|secs| crate::store::Time {
+                secs,
+                nanos: req["newer_nanos"].as_u64().unwrap_or(0) as u32,
+            });
+            let fr = FindReq {
+                rel,
+                start_name: path_bytes(&req["start_name"]),
+                name: req.get("name").filter(|v| !v.is_null()).map(path_bytes),
+                kind,
+                size,
+                newer,
+            };
+            let (found, current) = ix.find(&fr, fresh_of(req))?;
+            Ok(json!({
+                "consistent": current,
+                "paths": found.iter().map(|f| bytes_to_json(&f.rel)).collect::<Vec<_>>(),
+            }))
+        }
+        "du" => {
+            let depth = req["depth"].as_u64().unwrap_or(0) as u32;
+            let (list, current) = ix.du(&rel, depth, fresh_of(req))?;
+            Ok(json!({
+                "consistent": current,
+                "entries": list.iter().map(|(p, s)| json!({
+                    "path": bytes_to_json(p), "bytes": s.bytes, "files": s.files, "dirs": s.dirs,
+                })).collect::<Vec<_>>(),
+            }))
+        }
+        "changes" => {
+            let limit = req["limit"].as_u64().unwrap_or(10_000).clamp(1, 1_000_000) as usize;
+            let since = req["since"].as_u64();
+            let (first, _) = {
+                let (_, f, l, _) = ix.changes(u64::MAX - 1, 1)?;
+                (f, l)
+            };
+            let since = since.unwrap_or(first.saturating_sub(1));
+            let (list, first, last, log_id) = ix.changes(since, limit)?;
+            Ok(json!({
+                "log_id": log_id,
+                "first_seq": first,
+                "last_seq": last,
+                "index": ix.status()["state"].clone(),
+                "changes": list.iter().map(|c| json!({
+                    "seq": c.seq,
+                    "at": c.at.secs,
+                    "at_nanos": c.at.nanos,
+                    "op": c.op,
+                    "node": c.node.map(|n| n.to_string()),
+                    "path": c.path.as_deref().map(bytes_to_json),
+                    "to": c.to.as_deref().map(bytes_to_json),
+                    "reconciled": c.reconciled,
+                })).collect::<Vec<_>>(),
+            }))
+        }
+        "index_verify" => {
+            let wait = Duration::from_millis(req["wait_ms"].as_u64().unwrap_or(60_000));
+            let d = ix.verify(wait)?;
+            Ok(json!({
+                "equal": d.is_empty(),
+                "nodes": d.nodes,
+                "entries": d.entries,
+                "totals": d.totals,
+                "examples": d.changed.iter().map(|(what, p, _)| json!({
+                    "what": what, "path": bytes_to_json(p),
+                })).collect::<Vec<_>>(),
+            }))
+        }
+        "index_rebuild" => ix.reconcile("requested by decofs index rebuild"),
+        _ => Err(Error::Invalid("unknown command")),
+    }
+}
+
+/// Run an index request: through the store's writer daemon if it runs, else on the
+/// store directly (taking the writer lock, bringing the index up to date first).
+pub fn run_index(store_path: &Path, req: &Value) -> Result<Value> {
+    let ds = daemons(store_path);
+    if let Some(d) = ds.iter().find(|d| d.writer) {
+        let wait = req["wait_ms"].as_u64().unwrap_or(0);
+        let v = request_within(
+            &d.socket,
+            req,
+            Duration::from_millis(wait) + Duration::from_secs(3600),
+        )?;
+        if let Some(code) = v.get("code").and_then(|c| c.as_str()) {
+            return Err(Error::Remote {
+                code: code.to_string(),
+                reason: v["error"].as_str().unwrap_or("").to_string(),
+                suggestion: v["suggestion"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        return Ok(v);
+    }
+    let store = Arc::new(Store::open(
+        store_path,
+        crate::store::OpenOptions {
+            read_only: false,
+            cache_bytes: 16 << 20,
+        },
+    )?);
+    let ix = Index::open(store, false, Default::default())?;
+    let r = index_dispatch(&ix, req);
+    ix.close();
+    r
 }

@@ -13,7 +13,7 @@ const EXIT_HELP: &str = "EXIT CODES:
   0  success
   1  the operation failed (the message names a code, e.g. store_not_found,
      not_a_store, format_unsupported, store_locked, mountpoint_not_found,
-     mountpoint_busy; see README)
+     mountpoint_busy, resource_not_consistent; see README)
   2  the command line was invalid";
 
 #[derive(Parser)]
@@ -49,8 +49,10 @@ enum Cmd {
         store: PathBuf,
         mountpoint: PathBuf,
         /// Comma-separated options: ro, rw, allow_other, allow_root, nosuid, nodev,
-        /// noexec, noatime, sync, dirsync (fstab's defaults, auto, noauto, _netdev,
-        /// nofail are accepted and ignored).
+        /// noexec, noatime, sync, dirsync, log=LEVEL, trash_retention=DURATION,
+        /// revisions_keep=N, revisions_max_age=DURATION, index=off, index_queue=N,
+        /// index_delay=MS (fstab's defaults, auto, noauto, _netdev, nofail are accepted
+        /// and ignored).
         #[arg(short = 'o', default_value = "")]
         options: String,
         /// Stay in the foreground (for systemd); otherwise run as a background daemon
@@ -82,6 +84,63 @@ enum Cmd {
     Versions {
         #[command(subcommand)]
         cmd: VersionsCmd,
+    },
+    /// Find files by name, type, size and age from the index (no tree walk). PATH is a
+    /// directory in a mount, a mountpoint, a store, or STORE/dir. Prints one path per
+    /// line, as find(1) would (the start included when it matches).
+    Find {
+        path: PathBuf,
+        /// A shell glob the name must match (as find -name).
+        #[arg(long)]
+        name: Option<OsString>,
+        /// f (file), d (directory), l (symlink), p, s, c, b.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        /// +N (more than N bytes), -N (less than), N (exactly); k, M, G multiply by
+        /// 1024, 1024^2, 1024^3; c or no suffix means bytes. Unlike find(1), sizes
+        /// are compared exactly, not rounded up to units.
+        #[arg(long, allow_hyphen_values = true)]
+        size: Option<String>,
+        /// Modified after TIME: a file (its mtime, as find -newer), @UNIXSECS,
+        /// YYYY-MM-DD[THH:MM[:SS]] (UTC), or an age such as 10m, 2h, 3d.
+        #[arg(long)]
+        newer: Option<OsString>,
+        /// Separate paths with NUL instead of newline.
+        #[arg(short = '0', long)]
+        print0: bool,
+        #[command(flatten)]
+        fresh: FreshArgs,
+    },
+    /// Recursive totals of a directory from the index, instantly: bytes (apparent sizes,
+    /// the directory itself included, hard links counted each time, as du -s -b -l),
+    /// files and directories below it. Prints "BYTES FILES DIRS PATH" (tab-separated).
+    Du {
+        path: PathBuf,
+        /// Also print the directories this many levels below PATH.
+        #[arg(short = 'd', long, default_value_t = 0)]
+        depth: u32,
+        #[command(flatten)]
+        fresh: FreshArgs,
+    },
+    /// The numbered change log of a store (for backup and sync tools). Prints
+    /// "SEQ UNIXTIME OP PATH [-> PATH]" per change; --json prints one JSON object per
+    /// line. A consumer remembers the last SEQ and asks again with --since SEQ.
+    Changes {
+        path: PathBuf,
+        /// Only changes after sequence number SEQ (default: every change kept).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Keep printing new changes as they happen (until interrupted).
+        #[arg(long)]
+        follow: bool,
+        /// At most this many changes per request.
+        #[arg(long, default_value_t = 10_000)]
+        limit: u64,
+    },
+    /// The metadata index of a store: verify it against the tree, rebuild it.
+    Index {
+        #[command(subcommand)]
+        cmd: IndexCmd,
     },
     /// The single-writer lock of a store.
     Lock {
@@ -116,6 +175,34 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         grace: u64,
     },
+}
+
+/// How a query treats an index that is behind the filesystem.
+#[derive(clap::Args, Clone, Copy)]
+struct FreshArgs {
+    /// If the index lags, wait (up to --timeout seconds) until it is current.
+    #[arg(long)]
+    wait: bool,
+    /// Answer from the index even if it lags (the answer then says so on stderr).
+    #[arg(long, conflicts_with = "wait")]
+    stale: bool,
+    /// Seconds --wait waits before giving up with resource_not_consistent.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum IndexCmd {
+    /// Rebuild an index from the tree beside the live one and compare them. Exit 0
+    /// when they are equal, 1 when they differ (the differences are listed). Waits
+    /// for the index to be current first (run it when writes are quiet).
+    Verify {
+        path: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Rebuild the index from the tree now and report what was repaired.
+    Rebuild { path: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +369,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Lock { cmd } => lock_cmd(cmd, cli.json),
+        Cmd::Find {
+            path,
+            name,
+            kind,
+            size,
+            newer,
+            print0,
+            fresh,
+        } => query_cmd::find(&path, name, kind, size, newer, print0, fresh, cli.json),
+        Cmd::Du { path, depth, fresh } => query_cmd::du(&path, depth, fresh, cli.json),
+        Cmd::Changes {
+            path,
+            since,
+            follow,
+            limit,
+        } => query_cmd::changes(&path, since, follow, limit, cli.json),
+        Cmd::Index { cmd } => query_cmd::index(cmd, cli.json),
         Cmd::Trash { cmd } => trash_cmd(cmd, cli.json),
         Cmd::Versions { cmd } => versions_cmd(cmd, cli.json),
         Cmd::Fsck {
@@ -703,5 +807,364 @@ mod check_cmd {
             rep.kept_young
         );
         Ok(())
+    }
+}
+
+/// `find`, `du`, `changes`, `index`: questions for the index, asked of the writer
+/// daemon or of the unmounted store.
+mod query_cmd {
+    use std::ffi::OsString;
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+
+    use decofs::control;
+    use decofs::store::{layout::parse_duration, Error, Time};
+    use serde_json::{json, Value};
+
+    use super::{Failure, FreshArgs, IndexCmd};
+
+    fn bad(what: &str, reason: String, suggestion: &str) -> Failure {
+        Failure {
+            what: what.into(),
+            code: "invalid_argument".into(),
+            reason,
+            suggestion: suggestion.into(),
+        }
+    }
+
+    fn fresh_json(req: &mut Value, f: FreshArgs) {
+        if f.wait {
+            req["wait_ms"] = json!(f.timeout * 1000);
+        }
+        req["stale"] = json!(f.stale);
+    }
+
+    /// Where PATH is: (store, path relative to the filesystem root).
+    fn locate(path: &Path, what: &str) -> Result<(PathBuf, PathBuf), Failure> {
+        let (store, _, rel) = control::locate(path).map_err(|e| Failure::from(what, &e))?;
+        Ok((store, rel))
+    }
+
+    fn ask(store: &Path, req: &Value, what: &str) -> Result<Value, Failure> {
+        control::run_index(store, req).map_err(|e| Failure::from(what, &e))
+    }
+
+    fn warn_stale(v: &Value) {
+        if v["consistent"].as_bool() == Some(false) {
+            eprintln!("decofs: warning: the index lags the filesystem; this answer may be out of date [code: resource_not_consistent]");
+        }
+    }
+
+    /// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = if y >= 0 { y } else { y - 399 } / 400;
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    /// --newer: a file's mtime, @SECS[.FRAC], a UTC date, or an age.
+    pub fn parse_time(s: &OsString) -> Option<Time> {
+        if let Ok(m) = std::fs::metadata(s) {
+            return m.modified().ok().map(Time::from_system);
+        }
+        let t = s.to_str()?.trim();
+        if let Some(rest) = t.strip_prefix('@') {
+            let (secs, frac) = rest.split_once('.').unwrap_or((rest, ""));
+            let nanos = if frac.is_empty() {
+                0
+            } else {
+                format!("{frac:0<9}")[..9].parse().ok()?
+            };
+            return Some(Time {
+                secs: secs.parse().ok()?,
+                nanos,
+            });
+        }
+        if t.len() >= 10 && t.as_bytes()[4] == b'-' && t.as_bytes()[7] == b'-' {
+            let (date, time) = match t.find(['T', ' ']) {
+                Some(i) => (&t[..i], &t[i + 1..]),
+                None => (t, "00:00:00"),
+            };
+            let mut dp = date.split('-').map(|x| x.parse::<i64>());
+            let (y, mo, d) = (dp.next()?.ok()?, dp.next()?.ok()?, dp.next()?.ok()?);
+            let mut tp = time
+                .trim_end_matches('Z')
+                .split(':')
+                .map(|x| x.parse::<i64>());
+            let h = tp.next().and_then(|x| x.ok()).unwrap_or(0);
+            let mi = tp.next().and_then(|x| x.ok()).unwrap_or(0);
+            let se = tp.next().and_then(|x| x.ok()).unwrap_or(0);
+            if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+                return None;
+            }
+            return Some(Time {
+                secs: days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se,
+                nanos: 0,
+            });
+        }
+        let age = parse_duration(t)?;
+        let now = Time::now();
+        Some(Time {
+            secs: now.secs - age as i64,
+            nanos: now.nanos,
+        })
+    }
+
+    /// --size: (op, bytes).
+    pub fn parse_size(s: &str) -> Option<(&'static str, u64)> {
+        let (op, rest) = match s.as_bytes().first()? {
+            b'+' => ("+", &s[1..]),
+            b'-' => ("-", &s[1..]),
+            _ => ("=", s),
+        };
+        let (num, mult) = match rest.chars().last()? {
+            'c' => (&rest[..rest.len() - 1], 1u64),
+            'k' | 'K' => (&rest[..rest.len() - 1], 1 << 10),
+            'M' => (&rest[..rest.len() - 1], 1 << 20),
+            'G' => (&rest[..rest.len() - 1], 1 << 30),
+            _ => (rest, 1),
+        };
+        Some((op, num.parse::<u64>().ok()?.checked_mul(mult)?))
+    }
+
+    /// The user's PATH with a relative path appended (as find prints it).
+    fn shown(arg: &Path, rel: &Value) -> Vec<u8> {
+        let mut out = arg.as_os_str().as_bytes().to_vec();
+        let r = control::json_to_path(rel).unwrap_or_default();
+        let r = r.as_os_str().as_bytes();
+        if !r.is_empty() {
+            if out.last() != Some(&b'/') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(r);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn find(
+        path: &Path,
+        name: Option<OsString>,
+        kind: Option<String>,
+        size: Option<String>,
+        newer: Option<OsString>,
+        print0: bool,
+        fresh: FreshArgs,
+        json_out: bool,
+    ) -> Result<(), Failure> {
+        let what = format!("cannot search {}", path.display());
+        let (store, rel) = locate(path, &what)?;
+        let start_name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| path.as_os_str().to_os_string());
+        let mut req = json!({
+            "cmd": "find",
+            "path": control::path_to_json(&rel),
+            "start_name": control::path_to_json(Path::new(&start_name)),
+            "name": name.map(|n| control::path_to_json(Path::new(&n))),
+            "type": kind,
+        });
+        if let Some(sz) = size {
+            let (op, n) = parse_size(&sz).ok_or_else(|| {
+                bad(
+                    &what,
+                    format!("'{sz}' is not a size"),
+                    "use +N, -N or N with an optional k, M or G suffix, e.g. --size +10M",
+                )
+            })?;
+            req["size_op"] = json!(op);
+            req["size"] = json!(n);
+        }
+        if let Some(t) = newer {
+            let t = parse_time(&t).ok_or_else(|| {
+                bad(
+                    &what,
+                    format!("'{}' is not a time", t.to_string_lossy()),
+                    "use a file, @UNIXSECS, YYYY-MM-DD[THH:MM[:SS]] (UTC) or an age like 10m",
+                )
+            })?;
+            req["newer_secs"] = json!(t.secs);
+            req["newer_nanos"] = json!(t.nanos);
+        }
+        fresh_json(&mut req, fresh);
+        let v = ask(&store, &req, &what)?;
+        warn_stale(&v);
+        if json_out {
+            println!("{v}");
+            return Ok(());
+        }
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for p in v["paths"].as_array().into_iter().flatten() {
+            let _ = out.write_all(&shown(path, p));
+            let _ = out.write_all(if print0 { b"\0" } else { b"\n" });
+        }
+        let _ = out.flush();
+        Ok(())
+    }
+
+    pub fn du(path: &Path, depth: u32, fresh: FreshArgs, json_out: bool) -> Result<(), Failure> {
+        let what = format!("cannot sum up {}", path.display());
+        let (store, rel) = locate(path, &what)?;
+        let mut req = json!({"cmd": "du", "path": control::path_to_json(&rel), "depth": depth});
+        fresh_json(&mut req, fresh);
+        let v = ask(&store, &req, &what)?;
+        warn_stale(&v);
+        if json_out {
+            println!("{v}");
+            return Ok(());
+        }
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for e in v["entries"].as_array().into_iter().flatten() {
+            let _ = out
+                .write_all(format!("{}\t{}\t{}\t", e["bytes"], e["files"], e["dirs"]).as_bytes());
+            let _ = out.write_all(&shown(path, &e["path"]));
+            let _ = out.write_all(b"\n");
+        }
+        let _ = out.flush();
+        Ok(())
+    }
+
+    pub fn changes(
+        path: &Path,
+        since: Option<u64>,
+        follow: bool,
+        limit: u64,
+        json_out: bool,
+    ) -> Result<(), Failure> {
+        let what = format!("cannot read the change log of {}", path.display());
+        let (store, _) = locate(path, &what)?;
+        let mut since = since;
+        loop {
+            let req = json!({"cmd": "changes", "since": since, "limit": limit});
+            let v = ask(&store, &req, &what)?;
+            let list = v["changes"].as_array().cloned().unwrap_or_default();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for c in &list {
+                if json_out {
+                    let _ = writeln!(out, "{c}");
+                } else {
+                    let mut line = format!(
+                        "{}\t{}\t{}\t",
+                        c["seq"],
+                        c["at"],
+                        c["op"].as_str().unwrap_or("")
+                    )
+                    .into_bytes();
+                    match control::json_to_path(&c["path"]) {
+                        Some(p) => line.extend_from_slice(p.as_os_str().as_bytes()),
+                        None => line.extend_from_slice(
+                            format!("(node {})", c["node"].as_str().unwrap_or("?")).as_bytes(),
+                        ),
+                    }
+                    if let Some(to) = control::json_to_path(&c["to"]) {
+                        line.extend_from_slice(b" -> ");
+                        line.extend_from_slice(to.as_os_str().as_bytes());
+                    }
+                    if c["reconciled"].as_bool() == Some(true) {
+                        line.extend_from_slice(b"\t(found by reconcile)");
+                    }
+                    line.push(b'\n');
+                    let _ = out.write_all(&line);
+                }
+            }
+            let _ = out.flush();
+            drop(out);
+            if let Some(last) = list.last().and_then(|c| c["seq"].as_u64()) {
+                since = Some(last);
+            } else if since.is_none() {
+                since = v["last_seq"].as_u64();
+            }
+            if !follow {
+                return Ok(());
+            }
+            if (list.len() as u64) < limit {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+    }
+
+    pub fn index(cmd: IndexCmd, json_out: bool) -> Result<(), Failure> {
+        match cmd {
+            IndexCmd::Verify { path, timeout } => {
+                let what = format!("cannot verify the index of {}", path.display());
+                let (store, _) = locate(&path, &what)?;
+                let req = json!({"cmd": "index_verify", "wait_ms": timeout * 1000});
+                let v = ask(&store, &req, &what)?;
+                let equal = v["equal"].as_bool() == Some(true);
+                if json_out {
+                    println!("{v}");
+                } else if equal {
+                    println!("index verified: it equals a rebuild from the tree");
+                } else {
+                    println!(
+                        "index differs from the tree: {} node(s), {} entr(ies), {} total(s)",
+                        v["nodes"], v["entries"], v["totals"]
+                    );
+                    for e in v["examples"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {} {}",
+                            e["what"].as_str().unwrap_or(""),
+                            control::show_path(&e["path"]).unwrap_or_default()
+                        );
+                    }
+                }
+                if equal {
+                    Ok(())
+                } else {
+                    Err(Failure::from(
+                        "index verify found differences",
+                        &Error::IndexCorrupt("it differs from a rebuild".into()),
+                    ))
+                }
+            }
+            IndexCmd::Rebuild { path } => {
+                let what = format!("cannot rebuild the index of {}", path.display());
+                let (store, _) = locate(&path, &what)?;
+                let v = ask(&store, &json!({"cmd": "index_rebuild"}), &what)?;
+                if json_out {
+                    println!("{v}");
+                } else {
+                    println!(
+                        "index rebuilt: {} node(s) in {} ms; repaired {} node(s), {} entr(ies), {} total(s)",
+                        v["nodes"], v["duration_ms"], v["repaired_nodes"], v["repaired_entries"], v["repaired_totals"]
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn sizes_parse_like_find_with_exact_bytes() {
+            assert_eq!(parse_size("+10"), Some(("+", 10)));
+            assert_eq!(parse_size("-3k"), Some(("-", 3072)));
+            assert_eq!(parse_size("2M"), Some(("=", 2 << 20)));
+            assert_eq!(parse_size("100c"), Some(("=", 100)));
+            assert_eq!(parse_size("x"), None);
+            assert_eq!(parse_size("+"), None);
+        }
+
+        #[test]
+        fn times_parse() {
+            let t = parse_time(&OsString::from("@1700000000.5")).unwrap();
+            assert_eq!((t.secs, t.nanos), (1_700_000_000, 500_000_000));
+            let t = parse_time(&OsString::from("2023-11-14T22:13:20")).unwrap();
+            assert_eq!(t.secs, 1_700_000_000);
+            let t = parse_time(&OsString::from("1970-01-02")).unwrap();
+            assert_eq!(t.secs, 86_400);
+            let t = parse_time(&OsString::from("10m")).unwrap();
+            assert!((Time::now().secs - t.secs - 600).abs() <= 1);
+            assert!(parse_time(&OsString::from("yesterday-ish")).is_none());
+        }
     }
 }

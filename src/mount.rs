@@ -41,6 +41,10 @@ pub struct MountOpts {
     pub trash_retention: Option<u64>,
     pub revisions_keep: Option<u32>,
     pub revisions_max_age: Option<u64>,
+    /// index=off: keep no metadata index (find/du/changes are then unavailable).
+    pub no_index: bool,
+    /// index_queue=N, index_delay=MS.
+    pub index: crate::index::IndexOpts,
 }
 
 /// Parse `-o a,b,c`. Options for fstab/mount(8) that do not concern the daemon are
@@ -74,6 +78,22 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
             "async" => o.flags.push(MountOption::Async),
             "dirsync" => o.flags.push(MountOption::DirSync),
             x if x.starts_with("log=") => {} // applied by main before logging starts
+            "index=off" | "noindex" => o.no_index = true,
+            "index=on" => o.no_index = false,
+            x if x.starts_with("index_queue=") => {
+                o.index.queue = x["index_queue=".len()..]
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Error::BadOption(opt.to_string()))?;
+            }
+            x if x.starts_with("index_delay=") => {
+                o.index.delay = Duration::from_millis(
+                    x["index_delay=".len()..]
+                        .parse()
+                        .map_err(|_| Error::BadOption(opt.to_string()))?,
+                );
+            }
             x if x.starts_with("trash_retention=") => {
                 o.trash_retention = Some(duration_opt(opt)?);
             }
@@ -240,9 +260,22 @@ pub fn run_foreground(
     );
     crate::control::clean_stale(&store_root);
     let _ = fs::write(&pidf, pid_text);
+    // The index follows the store's events; if it cannot be opened the filesystem
+    // still works, and queries say why they cannot be answered.
+    let index = if opts.read_only {
+        Err("this mount is read-only; the read-write mount keeps the index".to_string())
+    } else if opts.no_index {
+        Err("this mount was mounted with index=off".to_string())
+    } else {
+        crate::index::Index::open(store.clone(), true, opts.index).map_err(|e| {
+            log::error!("index: cannot open it ({e}); serving without it");
+            format!("it could not be opened: {e}")
+        })
+    };
     let info = crate::control::DaemonInfo {
         mountpoint: mnt.clone(),
         started: Instant::now(),
+        index: index.clone(),
     };
     let sock = match crate::control::serve(store.clone(), info) {
         Ok(p) => Some(p),
@@ -290,6 +323,9 @@ pub fn run_foreground(
     let res = session.run().ctx(|| "serve the mount".into());
     sd_notify("STOPPING=1");
     let commit = store.commit_all();
+    if let Ok(ix) = &index {
+        ix.close();
+    }
     let _ = fs::remove_file(&pidf);
     if let Some(p) = sock {
         let _ = fs::remove_file(p);

@@ -74,7 +74,7 @@ impl DecoFs {
     }
 
     fn attr(&self, id: NodeId, r: &NodeRecord) -> FileAttr {
-        let size = if r.kind == Kind::Dir { 4096 } else { r.size };
+        let size = r.apparent_size();
         let blocks = if r.kind == Kind::Dir {
             8
         } else {

@@ -4,6 +4,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use super::error::{Error, Result};
+use super::event::{Event, Op};
 use super::node::{Kind, NodeId, NodeRecord, Status, Time};
 use super::Store;
 
@@ -88,6 +89,7 @@ impl Store {
             r.ctime = now;
             Ok(())
         })?;
+        self.emit(Event::new(Op::Attr, &[id]));
         if a.mtime.is_some() {
             // An explicit time wins over the time of earlier writes in an open session.
             if let Some(s) = self.sessions.lock().unwrap().get(&id) {
@@ -171,8 +173,9 @@ impl Store {
             r.xattrs.insert(name.to_vec(), value.to_vec());
             r.ctime = Time::now();
             Ok(())
-        })
-        .map(|_| ())
+        })?;
+        self.emit(Event::new(Op::Xattr, &[id]));
+        Ok(())
     }
 
     pub fn remove_xattr(&self, id: NodeId, name: &OsStr) -> Result<()> {
@@ -185,7 +188,8 @@ impl Store {
             r.xattrs.remove(name).ok_or(Error::NoAttr)?;
             r.ctime = Time::now();
             Ok(())
-        })
-        .map(|_| ())
+        })?;
+        self.emit(Event::new(Op::Xattr, &[id]));
+        Ok(())
     }
 }

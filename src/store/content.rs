@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use super::blob::BlobStore;
 use super::error::{Error, IoContext, Result};
+use super::event::{Event, Op};
 use super::node::{
     encode_body, frame, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
 };
@@ -674,6 +675,7 @@ impl Store {
             }
             Ok(())
         })?;
+        self.emit(Event::new(Op::Write, &[id]));
         s.changed = false;
         s.mtime = None;
         // The record no longer names what this session sealed and then replaced.

@@ -87,6 +87,14 @@ pub enum Error {
     BadOption(String),
     #[error("the mount daemon failed: {0}")]
     Daemon(String),
+    #[error("the index lags the filesystem by {events} event(s), {ms} ms{why}")]
+    NotConsistent { events: u64, ms: u64, why: String },
+    #[error("the index is not available: {0}")]
+    IndexUnavailable(String),
+    #[error("the index is damaged: {0}")]
+    IndexCorrupt(String),
+    #[error("the change log starts at {first}; changes after {since} were trimmed")]
+    ChangesTruncated { since: u64, first: u64 },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -135,6 +143,10 @@ impl Error {
             Error::RestoreNameTaken(_) => "restore_name_taken",
             Error::NoSuchRevision(_) => "no_such_revision",
             Error::Daemon(_) => "daemon_failed",
+            Error::NotConsistent { .. } => "resource_not_consistent",
+            Error::IndexUnavailable(_) => "index_unavailable",
+            Error::IndexCorrupt(_) => "index_corrupt",
+            Error::ChangesTruncated { .. } => "changes_truncated",
             Error::Io { .. } => "io_error",
         }
     }
@@ -174,6 +186,17 @@ impl Error {
             }
             Error::NoSuchRevision(_) => "list revisions with `decofs versions ls FILE`".into(),
             Error::Daemon(_) => "see the daemon log, STORE/decofs.log".into(),
+            Error::NotConsistent { .. } => {
+                "retry in a moment, or pass --wait to wait until the index is current (--stale answers from the lagging index)".into()
+            }
+            Error::IndexUnavailable(_) => {
+                "query the read-write mount, or the unmounted store; mount without index=off".into()
+            }
+            Error::IndexCorrupt(_) => "run `decofs index rebuild` (the index is a cache; nothing is lost)".into(),
+            Error::ChangesTruncated { first, .. } => format!(
+                "scan the tree once (e.g. `decofs find`), then follow with --since {}",
+                first.saturating_sub(1)
+            ),
             Error::Integrity { .. } => "run `decofs fsck` on the store; restore the file from a version or backup".into(),
             Error::CorruptRecord { .. } => "run `decofs fsck` on the store".into(),
             Error::NoSpace => "free space on the disk that holds the store".into(),
@@ -197,7 +220,10 @@ impl Error {
             | Error::NotAStore(_)
             | Error::NotMounted(_)
             | Error::BadOption(_) => libc::EINVAL,
-            Error::Daemon(_) => libc::EIO,
+            Error::Daemon(_) | Error::IndexCorrupt(_) => libc::EIO,
+            Error::NotConsistent { .. } => libc::EAGAIN,
+            Error::IndexUnavailable(_) => libc::ENOTSUP,
+            Error::ChangesTruncated { .. } => libc::ERANGE,
             Error::NotInTrash(_) | Error::NoSuchRevision(_) => libc::ENOENT,
             Error::Remote { .. } => libc::EIO,
             Error::RestoreParentGone(_) => libc::ENOENT,

@@ -14,6 +14,7 @@ pub mod blob;
 pub mod check;
 pub mod content;
 pub mod error;
+pub mod event;
 pub mod layout;
 pub mod lock;
 pub mod node;
@@ -24,7 +25,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::hash::{Hash as _, Hasher};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use error::{Error, Result};
 pub use node::{Kind, NodeId, NodeRecord, Time};
@@ -62,6 +63,8 @@ pub struct Store {
     pending_sweep: Mutex<Vec<node::Hash>>,
     /// Called when a node's content was replaced behind the kernel's back (restore).
     invalidate: Mutex<Option<InvalidateFn>>,
+    /// Who follows the store's changes (the index), if anyone.
+    sink: RwLock<Option<Arc<dyn event::EventSink>>>,
 }
 
 pub type InvalidateFn = Box<dyn Fn(NodeId) + Send + Sync>;
@@ -132,6 +135,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             pending_sweep: Mutex::new(Vec::new()),
             invalidate: Mutex::new(None),
+            sink: RwLock::new(None),
             lock,
         }
     }
@@ -148,6 +152,18 @@ impl Store {
         self.format.chunk_size as u64
     }
 
+    /// Send change events to `sink` from now on (None: stop).
+    pub fn set_sink(&self, sink: Option<Arc<dyn event::EventSink>>) {
+        *self.sink.write().unwrap() = sink;
+    }
+
+    /// Tell the follower about a change that has happened.
+    pub(crate) fn emit(&self, ev: event::Event) {
+        if let Some(s) = self.sink.read().unwrap().as_ref() {
+            s.emit(ev);
+        }
+    }
+
     /// May this process change the store? Not when read-only, and not once its lock
     /// has been broken (fencing: the stale holder's writes are refused, never applied).
     fn writable(&self) -> Result<()> {
@@ -158,6 +174,11 @@ impl Store {
             Some(l) if !l.valid() => Err(Error::ReadOnly),
             _ => Ok(()),
         }
+    }
+
+    /// Does this process still hold the store's write lock (not read-only, not fenced)?
+    pub fn still_writer(&self) -> bool {
+        self.writable().is_ok()
     }
 
     /// The fencing epoch this writer holds (None for read-only opens).

@@ -24,6 +24,8 @@ const FLAG_INLINE: u8 = 0;
 const FLAG_IN_BLOB: u8 = 1;
 /// Larger encoded records move into a blob (ext4 refuses ~4,000-byte values).
 pub const INLINE_RECORD_LIMIT: usize = 2048;
+/// The st_size of every directory.
+pub const DIR_SIZE: u64 = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId(pub Uuid);
@@ -227,6 +229,16 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// The size stat reports: a directory shows one block, anything else its size
+    /// (a symlink the length of its target). du(1) and the index add these up.
+    pub fn apparent_size(&self) -> u64 {
+        if self.kind == Kind::Dir {
+            DIR_SIZE
+        } else {
+            self.size
+        }
+    }
+
     pub fn new(kind: Kind, mode: u32, uid: u32, gid: u32, ino: u64) -> NodeRecord {
         let now = Time::now();
         NodeRecord {

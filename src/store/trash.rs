@@ -23,6 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::error::{Error, IoContext, Result};
+use super::event::{Event, Op};
 use super::layout::{Layout, Policy};
 use super::node::{
     hash_hex, unframe, Content, Hash, Kind, NodeId, NodeRecord, Status, Stored, Time, RECORD_XATTR,
@@ -296,23 +297,27 @@ impl Store {
                 _ => Error::io("restore", err),
             })?;
         let now = Time::now();
-        self.update(e.id, |r| {
-            r.trash = None;
-            r.parent = Some(parent);
-            r.name = name.as_bytes().to_vec();
-            r.nlink = if r.kind == Kind::Dir { 2 } else { 1 };
-            r.ctime = now;
-            Ok(())
-        })?;
-        let _ = fs::remove_file(self.layout.trash().join(&e.link));
-        self.update(parent, |r| {
-            r.mtime = now;
-            r.ctime = now;
-            if e.kind == Kind::Dir {
-                r.nlink += 1;
-            }
-            Ok(())
-        })?;
+        let r = (|| {
+            self.update(e.id, |r| {
+                r.trash = None;
+                r.parent = Some(parent);
+                r.name = name.as_bytes().to_vec();
+                r.nlink = if r.kind == Kind::Dir { 2 } else { 1 };
+                r.ctime = now;
+                Ok(())
+            })?;
+            let _ = fs::remove_file(self.layout.trash().join(&e.link));
+            self.update(parent, |r| {
+                r.mtime = now;
+                r.ctime = now;
+                if e.kind == Kind::Dir {
+                    r.nlink += 1;
+                }
+                Ok(())
+            })
+        })();
+        self.emit(Event::new(Op::Restore, &[e.id, parent]).entry(parent, name));
+        r?;
         if e.kind == Kind::Dir {
             // The directory's former contents: the latest trashed entry per name.
             let mut latest: BTreeMap<Vec<u8>, TrashEntry> = BTreeMap::new();
@@ -598,6 +603,7 @@ impl Store {
             r.ctime = now;
             Ok(())
         })?;
+        self.emit(Event::new(Op::Revert, &[id]));
         if let Some(s) = guard.as_mut() {
             self.reset_session(s, &new);
         }

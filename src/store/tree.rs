@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::error::{Error, IoContext, Result};
+use super::event::{Event, Op};
 use super::layout::Layout;
 use super::node::{Kind, NodeId, NodeRecord, Time, TrashOrigin};
 use super::Store;
@@ -190,7 +191,9 @@ impl Store {
             });
         }
         // 3. the parent's times (and link count for a subdirectory)
-        self.touch_dir(parent, if new.kind == Kind::Dir { 1 } else { 0 })?;
+        let r = self.touch_dir(parent, if new.kind == Kind::Dir { 1 } else { 0 });
+        self.emit(Event::new(Op::Create, &[id, parent]).entry(parent, name));
+        r?;
         Ok((id, rec))
     }
 
@@ -237,12 +240,18 @@ impl Store {
             ErrorKind::AlreadyExists => Error::Exists,
             _ => Error::io(format!("link {:?}", newname), e),
         })?;
+        let ev = Event::new(Op::Link, &[id, newparent]).entry(newparent, newname);
         let rec = self.update(id, |r| {
             r.nlink += 1;
             r.ctime = Time::now();
             Ok(())
-        })?;
-        self.touch_dir(newparent, 0)?;
+        });
+        let t = rec.is_ok().then(|| self.touch_dir(newparent, 0));
+        self.emit(ev);
+        let rec = rec?;
+        if let Some(t) = t {
+            t?;
+        }
         Ok(rec)
     }
 
@@ -329,8 +338,11 @@ impl Store {
                 _ => Error::io(format!("unlink {:?}", name), e),
             });
         }
-        self.drop_link(id, parent, name, prepared)?;
-        self.touch_dir(parent, 0)?;
+        let r = self
+            .drop_link(id, parent, name, prepared)
+            .and_then(|_| self.touch_dir(parent, 0));
+        self.emit(Event::new(Op::Unlink, &[id, parent]).entry(parent, name));
+        r?;
         Ok(id)
     }
 
@@ -356,8 +368,11 @@ impl Store {
             }
             return Err(Error::io(format!("rmdir {:?}", name), e));
         }
-        self.drop_link(id, parent, name, prepared)?;
-        self.touch_dir(parent, -1)?;
+        let r = self
+            .drop_link(id, parent, name, prepared)
+            .and_then(|_| self.touch_dir(parent, -1));
+        self.emit(Event::new(Op::Rmdir, &[id, parent]).entry(parent, name));
+        r?;
         Ok(id)
     }
 
@@ -419,19 +434,27 @@ impl Store {
                 }
             }
             renameat2(&from, &to, libc::RENAME_EXCHANGE).ctx(|| "rename exchange".into())?;
-            self.rehome(src, newparent, newname, now)?;
-            self.rehome(dst, parent, name, now)?;
-            let (sd, dd) = (
-                (srec.kind == Kind::Dir) as i64,
-                (drec.kind == Kind::Dir) as i64,
+            let r = (|| {
+                self.rehome(src, newparent, newname, now)?;
+                self.rehome(dst, parent, name, now)?;
+                let (sd, dd) = (
+                    (srec.kind == Kind::Dir) as i64,
+                    (drec.kind == Kind::Dir) as i64,
+                );
+                if parent == newparent {
+                    self.touch_dir(parent, 0)?;
+                } else {
+                    self.touch_dir(parent, dd - sd)?;
+                    self.touch_dir(newparent, sd - dd)?;
+                }
+                Ok(())
+            })();
+            self.emit(
+                Event::new(Op::Exchange, &[src, dst, parent, newparent])
+                    .entry(parent, name)
+                    .entry(newparent, newname),
             );
-            if parent == newparent {
-                self.touch_dir(parent, 0)?;
-            } else {
-                self.touch_dir(parent, dd - sd)?;
-                self.touch_dir(newparent, sd - dd)?;
-            }
-            return Ok(());
+            return r;
         }
 
         if let (Some(dst), Some(drec)) = (dst, drec.as_ref()) {
@@ -472,22 +495,32 @@ impl Store {
                 _ => Error::io("rename", e),
             });
         }
-        self.rehome(src, newparent, newname, now)?;
-        let src_dir = (srec.kind == Kind::Dir) as i64;
-        let mut new_delta = 0;
-        if let (Some(dst), Some(drec)) = (dst, drec) {
-            self.drop_link(dst, newparent, newname, prepared)?;
-            if drec.kind == Kind::Dir {
-                new_delta -= 1;
+        let r = (|| {
+            self.rehome(src, newparent, newname, now)?;
+            let src_dir = (srec.kind == Kind::Dir) as i64;
+            let mut new_delta = 0;
+            if let (Some(dst), Some(drec)) = (dst, drec) {
+                self.drop_link(dst, newparent, newname, prepared)?;
+                if drec.kind == Kind::Dir {
+                    new_delta -= 1;
+                }
             }
-        }
-        if parent == newparent {
-            self.touch_dir(parent, new_delta)?;
-        } else {
-            self.touch_dir(parent, -src_dir)?;
-            self.touch_dir(newparent, new_delta + src_dir)?;
-        }
-        Ok(())
+            if parent == newparent {
+                self.touch_dir(parent, new_delta)?;
+            } else {
+                self.touch_dir(parent, -src_dir)?;
+                self.touch_dir(newparent, new_delta + src_dir)?;
+            }
+            Ok(())
+        })();
+        let mut nodes = vec![src, parent, newparent];
+        nodes.extend(dst);
+        self.emit(
+            Event::new(Op::Rename, &nodes)
+                .entry(parent, name)
+                .entry(newparent, newname),
+        );
+        r
     }
 
     /// A node got a new name: update its hints and ctime.
