@@ -417,6 +417,12 @@ fn purge_json(r: &PurgeReport) -> Value {
 pub fn dispatch(store: &Store, req: &Value) -> Result<Value> {
     let s = |k: &str| req.get(k).and_then(|v| v.as_str()).map(str::to_string);
     match req.get("cmd").and_then(|c| c.as_str()).unwrap_or("") {
+        "gc" => {
+            let grace = Duration::from_secs(req["grace"].as_u64().unwrap_or(3600));
+            let dry = req["dry_run"].as_bool() == Some(true);
+            let rep = store.gc_online(dry, grace)?;
+            Ok(serde_json::to_value(rep).expect("reports serialize"))
+        }
         "trash_ls" => {
             let list = store.trash_list()?;
             Ok(json!({"entries": list.iter().map(trash_entry_json).collect::<Vec<_>>()}))

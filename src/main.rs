@@ -165,7 +165,8 @@ enum Cmd {
     /// read-write). Exit codes: 0 clean, 4 damage found, 8 could not run.
     Scrub { store: PathBuf },
     /// Delete blobs no record names (live, trash, revisions) that are older than the
-    /// grace period. Needs the store unmounted unless --dry-run.
+    /// grace period. STORE may be a mountpoint or a store; when it is mounted
+    /// read-write, the daemon collects while the filesystem keeps running.
     Gc {
         store: PathBuf,
         /// Only report what would be deleted.
@@ -788,10 +789,40 @@ mod check_cmd {
 
     pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Result<(), Failure> {
         let what = format!("cannot collect garbage in {}", store.display());
-        let s = Store::open_for_check(store, dry_run).map_err(|e| Failure::from(&what, &e))?;
-        let rep = s
-            .gc(dry_run, Duration::from_secs(grace))
+        // Mounted read-write: the daemon collects, with the filesystem running.
+        let (store_path, _) =
+            decofs::control::resolve(store).map_err(|e| Failure::from(&what, &e))?;
+        let rep: check::GcReport = if decofs::control::daemons(&store_path)
+            .iter()
+            .any(|d| d.writer)
+        {
+            let v = decofs::control::run(
+                &store_path,
+                &serde_json::json!({"cmd": "gc", "dry_run": dry_run, "grace": grace}),
+                true,
+            )
             .map_err(|e| Failure::from(&what, &e))?;
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            check::GcReport {
+                dry_run,
+                blobs: n("blobs"),
+                referenced: n("referenced"),
+                deleted: n("deleted"),
+                bytes_freed: n("bytes_freed"),
+                kept_young: n("kept_young"),
+                deleted_hashes: v["deleted_hashes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| h.as_str().map(str::to_string))
+                    .collect(),
+            }
+        } else {
+            let s = Store::open_for_check(&store_path, dry_run)
+                .map_err(|e| Failure::from(&what, &e))?;
+            s.gc(dry_run, Duration::from_secs(grace))
+                .map_err(|e| Failure::from(&what, &e))?
+        };
         if json {
             print_json(&rep);
             return Ok(());

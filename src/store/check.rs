@@ -1292,6 +1292,123 @@ impl Store {
         Ok(rep)
     }
 
+    /// `gc` on a store this process serves (through the daemon): the filesystem keeps
+    /// running, so blobs are freed with the sweep's protocol (a blob a writer reuses
+    /// while we look is kept) and blobs of open write sessions count as referenced.
+    /// Refuses, like `gc`, while any record cannot be read.
+    pub fn gc_online(&self, dry_run: bool, grace: Duration) -> Result<GcReport> {
+        if !dry_run {
+            self.writable()?;
+        }
+        let since = std::time::SystemTime::now();
+        let mut referenced: HashSet<Hash> = HashSet::new();
+        for a in fs::read_dir(self.layout.nodes())
+            .ctx(|| "read nodes".into())?
+            .flatten()
+        {
+            for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
+                for n in fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                    let Some(id) = NodeId::from_name(&n.file_name()) else {
+                        continue;
+                    };
+                    // A manifest that cannot be read hides which chunks are in use.
+                    let strict = |rec: &NodeRecord| -> Result<()> {
+                        self.chunk_list(&rec.content).map(|_| ()).map_err(|e| {
+                            Error::Integrity {
+                                what: "the store's manifests".into(),
+                                detail: format!(
+                                    "a manifest of {id} cannot be read ({e}), so which blobs are in use is unknown; gc deletes nothing until `decofs fsck --repair` fixed it"
+                                ),
+                            }
+                        })
+                    };
+                    // A node created a moment ago may not have its record yet: it
+                    // names nothing (its content will come from a session); read it
+                    // again once, in case the record landed meanwhile.
+                    let no_record = || {
+                        matches!(
+                            xattr::get(self.layout.node_path(id), RECORD_XATTR),
+                            Ok(None)
+                        )
+                    };
+                    let rec = match self.read_record(id) {
+                        Err(Error::CorruptRecord { .. }) if !no_record() => self.read_record(id),
+                        other => other,
+                    };
+                    match rec {
+                        Ok(rec) => {
+                            strict(&rec)?;
+                            referenced.extend(self.blob_refs(id, &rec));
+                        }
+                        Err(Error::NotFound) => continue, // removed meanwhile
+                        Err(Error::CorruptRecord { .. }) if no_record() => continue,
+                        Err(e) => {
+                            return Err(Error::Integrity {
+                                what: "the store's records".into(),
+                                detail: format!(
+                                    "record of {id} cannot be read ({e}), so which blobs are in use is unknown; gc deletes nothing until `decofs fsck --repair` fixed it"
+                                ),
+                            })
+                        }
+                    }
+                    for (_, r) in self.revisions(id)? {
+                        strict(&r)?;
+                        referenced.extend(self.blob_refs(id, &r));
+                    }
+                }
+            }
+        }
+        referenced.extend(self.session_blobs());
+        let mut rep = GcReport {
+            dry_run,
+            ..Default::default()
+        };
+        let mut cands = Vec::new();
+        let mut sizes = HashMap::new();
+        for a in fs::read_dir(self.layout.blobs())
+            .ctx(|| "read blobs".into())?
+            .flatten()
+        {
+            for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
+                let Some(h) = b.file_name().to_str().and_then(parse_hash) else {
+                    continue;
+                };
+                rep.blobs += 1;
+                if referenced.contains(&h) {
+                    rep.referenced += 1;
+                    continue;
+                }
+                let Ok(m) = b.metadata() else { continue };
+                let age = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| since.duration_since(t).ok())
+                    .unwrap_or_default();
+                if age < grace {
+                    rep.kept_young += 1;
+                    continue;
+                }
+                sizes.insert(h, m.len());
+                cands.push(h);
+            }
+        }
+        cands.sort();
+        if dry_run {
+            rep.deleted = cands.len() as u64;
+            rep.bytes_freed = sizes.values().sum();
+            rep.deleted_hashes = cands.iter().map(hash_hex).collect();
+            return Ok(rep);
+        }
+        rep.bytes_freed = self.sweep(cands.clone(), since)?;
+        for h in cands {
+            if !self.blobs.path_of(&h).exists() {
+                rep.deleted += 1;
+                rep.deleted_hashes.push(hash_hex(&h));
+            }
+        }
+        Ok(rep)
+    }
+
     /// Delete blobs no record names and older than `grace`.
     pub fn gc(&self, dry_run: bool, grace: Duration) -> Result<GcReport> {
         if !dry_run {
