@@ -516,6 +516,18 @@ pub fn locate(p: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBuf)> {
     Err(Error::StoreNotFound(p.to_path_buf()))
 }
 
+/// A daemon's reply: an error reply becomes the error, keeping the daemon's code.
+fn remote(v: Value) -> Result<Value> {
+    match v.get("code").and_then(|c| c.as_str()) {
+        Some(code) => Err(Error::Remote {
+            code: code.to_string(),
+            reason: v["error"].as_str().unwrap_or("").to_string(),
+            suggestion: v["suggestion"].as_str().unwrap_or("").to_string(),
+        }),
+        None => Ok(v),
+    }
+}
+
 /// Run an undo request: through the store's writer daemon if it runs, else directly on
 /// the store (taking the lock when `mutating`).
 pub fn run(store_path: &Path, req: &Value, mutating: bool) -> Result<Value> {
@@ -525,15 +537,7 @@ pub fn run(store_path: &Path, req: &Value, mutating: bool) -> Result<Value> {
         .find(|d| d.writer)
         .or(if mutating { None } else { ds.first() });
     if let Some(d) = pick {
-        let v = request(&d.socket, req)?;
-        if let Some(code) = v.get("code").and_then(|c| c.as_str()) {
-            return Err(Error::Remote {
-                code: code.to_string(),
-                reason: v["error"].as_str().unwrap_or("").to_string(),
-                suggestion: v["suggestion"].as_str().unwrap_or("").to_string(),
-            });
-        }
-        return Ok(v);
+        return remote(request(&d.socket, req)?);
     }
     let store = Store::open(
         store_path,
@@ -670,19 +674,11 @@ pub fn run_index(store_path: &Path, req: &Value) -> Result<Value> {
     let ds = daemons(store_path);
     if let Some(d) = ds.iter().find(|d| d.writer) {
         let wait = req["wait_ms"].as_u64().unwrap_or(0);
-        let v = request_within(
+        return remote(request_within(
             &d.socket,
             req,
             Duration::from_millis(wait) + Duration::from_secs(3600),
-        )?;
-        if let Some(code) = v.get("code").and_then(|c| c.as_str()) {
-            return Err(Error::Remote {
-                code: code.to_string(),
-                reason: v["error"].as_str().unwrap_or("").to_string(),
-                suggestion: v["suggestion"].as_str().unwrap_or("").to_string(),
-            });
-        }
-        return Ok(v);
+        )?);
     }
     let store = Arc::new(Store::open(
         store_path,

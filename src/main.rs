@@ -881,10 +881,25 @@ mod query_cmd {
         control::run_index(store, req).map_err(|e| Failure::from(what, &e))
     }
 
-    fn warn_stale(v: &Value) {
+    /// Ask a find/du question; warn on a stale answer; print it whole for --json
+    /// (then None: nothing left to print).
+    fn query(
+        store: &Path,
+        req: &mut Value,
+        fresh: FreshArgs,
+        what: &str,
+        json_out: bool,
+    ) -> Result<Option<Value>, Failure> {
+        fresh_json(req, fresh);
+        let v = ask(store, req, what)?;
         if v["consistent"].as_bool() == Some(false) {
             eprintln!("decofs: warning: the index lags the filesystem; this answer may be out of date [code: resource_not_consistent]");
         }
+        if json_out {
+            println!("{v}");
+            return Ok(None);
+        }
+        Ok(Some(v))
     }
 
     /// Days since 1970-01-01 of a civil date (proleptic Gregorian).
@@ -1023,13 +1038,9 @@ mod query_cmd {
             req["newer_secs"] = json!(t.secs);
             req["newer_nanos"] = json!(t.nanos);
         }
-        fresh_json(&mut req, fresh);
-        let v = ask(&store, &req, &what)?;
-        warn_stale(&v);
-        if json_out {
-            println!("{v}");
+        let Some(v) = query(&store, &mut req, fresh, &what, json_out)? else {
             return Ok(());
-        }
+        };
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for p in v["paths"].as_array().into_iter().flatten() {
             let _ = out.write_all(&shown(path, p));
@@ -1043,13 +1054,9 @@ mod query_cmd {
         let what = format!("cannot sum up {}", path.display());
         let (store, rel) = locate(path, &what)?;
         let mut req = json!({"cmd": "du", "path": control::path_to_json(&rel), "depth": depth});
-        fresh_json(&mut req, fresh);
-        let v = ask(&store, &req, &what)?;
-        warn_stale(&v);
-        if json_out {
-            println!("{v}");
+        let Some(v) = query(&store, &mut req, fresh, &what, json_out)? else {
             return Ok(());
-        }
+        };
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for e in v["entries"].as_array().into_iter().flatten() {
             let _ = out

@@ -1302,60 +1302,50 @@ impl Store {
         }
         let since = std::time::SystemTime::now();
         let mut referenced: HashSet<Hash> = HashSet::new();
-        for a in fs::read_dir(self.layout.nodes())
-            .ctx(|| "read nodes".into())?
-            .flatten()
-        {
-            for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
-                for n in fs::read_dir(b.path()).into_iter().flatten().flatten() {
-                    let Some(id) = NodeId::from_name(&n.file_name()) else {
-                        continue;
-                    };
-                    // A manifest that cannot be read hides which chunks are in use.
-                    let strict = |rec: &NodeRecord| -> Result<()> {
-                        self.chunk_list(&rec.content).map(|_| ()).map_err(|e| {
-                            Error::Integrity {
-                                what: "the store's manifests".into(),
-                                detail: format!(
-                                    "a manifest of {id} cannot be read ({e}), so which blobs are in use is unknown; gc deletes nothing until `decofs fsck --repair` fixed it"
-                                ),
-                            }
-                        })
-                    };
-                    // A node created a moment ago may not have its record yet: it
-                    // names nothing (its content will come from a session); read it
-                    // again once, in case the record landed meanwhile.
-                    let no_record = || {
-                        matches!(
-                            xattr::get(self.layout.node_path(id), RECORD_XATTR),
-                            Ok(None)
-                        )
-                    };
-                    let rec = match self.read_record(id) {
-                        Err(Error::CorruptRecord { .. }) if !no_record() => self.read_record(id),
-                        other => other,
-                    };
-                    match rec {
-                        Ok(rec) => {
-                            strict(&rec)?;
-                            referenced.extend(self.blob_refs(id, &rec));
-                        }
-                        Err(Error::NotFound) => continue, // removed meanwhile
-                        Err(Error::CorruptRecord { .. }) if no_record() => continue,
-                        Err(e) => {
-                            return Err(Error::Integrity {
-                                what: "the store's records".into(),
-                                detail: format!(
-                                    "record of {id} cannot be read ({e}), so which blobs are in use is unknown; gc deletes nothing until `decofs fsck --repair` fixed it"
-                                ),
-                            })
-                        }
-                    }
-                    for (_, r) in self.revisions(id)? {
-                        strict(&r)?;
-                        referenced.extend(self.blob_refs(id, &r));
-                    }
+        for id in self.node_ids()? {
+            // A manifest that cannot be read hides which chunks are in use.
+            let strict = |rec: &NodeRecord| -> Result<()> {
+                self.chunk_list(&rec.content).map(|_| ()).map_err(|e| {
+                Error::Integrity {
+                    what: "the store's manifests".into(),
+                    detail: format!(
+                        "a manifest of {id} cannot be read ({e}), so which blobs are in use is unknown; gc deletes nothing until `decofs fsck --repair` fixed it"
+                    ),
                 }
+            })
+            };
+            // A node created a moment ago may not have its record yet: it
+            // names nothing (its content will come from a session); read it
+            // again once, in case the record landed meanwhile.
+            let no_record = || {
+                matches!(
+                    xattr::get(self.layout.node_path(id), RECORD_XATTR),
+                    Ok(None)
+                )
+            };
+            let rec = match self.read_record(id) {
+                Err(Error::CorruptRecord { .. }) if !no_record() => self.read_record(id),
+                other => other,
+            };
+            match rec {
+            Ok(rec) => {
+                strict(&rec)?;
+                referenced.extend(self.blob_refs(id, &rec));
+            }
+            Err(Error::NotFound) => continue, // removed meanwhile
+            Err(Error::CorruptRecord { .. }) if no_record() => continue,
+            Err(e) => {
+                return Err(Error::Integrity {
+                    what: "the store's records".into(),
+                    detail: format!(
+                        "record of {id} cannot be read ({e}), so which blobs are in use is unknown; gc deletes nothing until `decofs fsck --repair` fixed it"
+                    ),
+                })
+            }
+        }
+            for (_, r) in self.revisions(id)? {
+                strict(&r)?;
+                referenced.extend(self.blob_refs(id, &r));
             }
         }
         referenced.extend(self.session_blobs());

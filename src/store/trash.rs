@@ -444,26 +444,32 @@ impl Store {
     /// sealed chunks of open sessions.
     pub fn referenced_blobs(&self) -> Result<HashSet<Hash>> {
         let mut set = HashSet::new();
+        for id in self.node_ids()? {
+            if let Ok(rec) = self.read_record(id) {
+                set.extend(self.blob_refs(id, &rec));
+            }
+            for (_, r) in self.revisions(id).unwrap_or_default() {
+                set.extend(self.blob_refs(id, &r));
+            }
+        }
+        set.extend(self.session_blobs());
+        Ok(set)
+    }
+
+    /// Every node in `nodes/` (live, trashed, or not yet named).
+    pub fn node_ids(&self) -> Result<Vec<NodeId>> {
+        let mut out = Vec::new();
         for a in fs::read_dir(self.layout.nodes())
             .ctx(|| "read nodes".into())?
             .flatten()
         {
             for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
                 for n in fs::read_dir(b.path()).into_iter().flatten().flatten() {
-                    let Some(id) = NodeId::from_name(&n.file_name()) else {
-                        continue;
-                    };
-                    if let Ok(rec) = self.read_record(id) {
-                        set.extend(self.blob_refs(id, &rec));
-                    }
-                    for (_, r) in self.revisions(id).unwrap_or_default() {
-                        set.extend(self.blob_refs(id, &r));
-                    }
+                    out.extend(NodeId::from_name(&n.file_name()));
                 }
             }
         }
-        set.extend(self.session_blobs());
-        Ok(set)
+        Ok(out)
     }
 
     /// The nodes that have revisions.
