@@ -625,6 +625,9 @@ pub fn index_dispatch(ix: &Index, req: &Value) -> Result<Value> {
             }))
         }
         "changes" => {
+            if let Some(w) = fresh_of(req).wait {
+                ix.ready(Some(w), false)?;
+            }
             let limit = req["limit"].as_u64().unwrap_or(10_000).clamp(1, 1_000_000) as usize;
             let since = req["since"].as_u64();
             let (first, _) = {

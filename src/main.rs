@@ -136,6 +136,9 @@ enum Cmd {
         /// At most this many changes per request.
         #[arg(long, default_value_t = 10_000)]
         limit: u64,
+        /// First wait (up to 60 s) until the index has applied every change made so far.
+        #[arg(long)]
+        wait: bool,
     },
     /// The metadata index of a store: verify it against the tree, rebuild it.
     Index {
@@ -385,7 +388,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             since,
             follow,
             limit,
-        } => query_cmd::changes(&path, since, follow, limit, cli.json),
+            wait,
+        } => query_cmd::changes(&path, since, follow, limit, wait, cli.json),
         Cmd::Index { cmd } => query_cmd::index(cmd, cli.json),
         Cmd::Trash { cmd } => trash_cmd(cmd, cli.json),
         Cmd::Versions { cmd } => versions_cmd(cmd, cli.json),
@@ -1073,13 +1077,17 @@ mod query_cmd {
         since: Option<u64>,
         follow: bool,
         limit: u64,
+        wait: bool,
         json_out: bool,
     ) -> Result<(), Failure> {
         let what = format!("cannot read the change log of {}", path.display());
         let (store, _) = locate(path, &what)?;
         let mut since = since;
         loop {
-            let req = json!({"cmd": "changes", "since": since, "limit": limit});
+            let mut req = json!({"cmd": "changes", "since": since, "limit": limit});
+            if wait {
+                req["wait_ms"] = json!(60_000);
+            }
             let v = ask(&store, &req, &what)?;
             let list = v["changes"].as_array().cloned().unwrap_or_default();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

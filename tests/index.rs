@@ -48,7 +48,7 @@ fn json(args: &[&str]) -> Value {
 
 /// `decofs --json changes ...`: one JSON object per line.
 fn changes(args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["--json", "changes"];
+    let mut a = vec!["--json", "changes", "--wait"];
     a.extend_from_slice(args);
     ok(&a)
         .split(|b| *b == b'\n')

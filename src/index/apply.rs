@@ -33,6 +33,11 @@ pub struct Applier<'a> {
     pub inconsistent: bool,
     /// Nodes indexed (for a rebuild's report).
     pub indexed: u64,
+    /// The parents of directories, cached for this batch (a chain of ancestors is
+    /// walked for every size change); cleared whenever a directory is bound or unbound.
+    parents: HashMap<NodeId, Vec<NodeId>>,
+    /// Paths of directories, cached likewise, for the change log.
+    paths: HashMap<NodeId, Option<Vec<u8>>>,
 }
 
 impl<'a> Applier<'a> {
@@ -45,7 +50,47 @@ impl<'a> Applier<'a> {
             orphans: HashSet::new(),
             inconsistent: false,
             indexed: 0,
+            parents: HashMap::new(),
+            paths: HashMap::new(),
         }
+    }
+
+    /// A directory was bound or unbound: cached ancestry no longer holds.
+    fn moved(&mut self, kind: Kind) {
+        if kind == Kind::Dir {
+            self.parents.clear();
+            self.paths.clear();
+        }
+    }
+
+    fn parents_of(&mut self, dir: NodeId) -> Result<Vec<NodeId>> {
+        if let Some(p) = self.parents.get(&dir) {
+            return Ok(p.clone());
+        }
+        let p: Vec<NodeId> = self.g.links_of(dir)?.into_iter().map(|l| l.0).collect();
+        self.parents.insert(dir, p.clone());
+        Ok(p)
+    }
+
+    /// The path of any node through its first entry, None if unreachable.
+    pub fn node_path(&mut self, id: NodeId) -> Result<Option<Vec<u8>>> {
+        if id == self.root {
+            return Ok(Some(Vec::new()));
+        }
+        let Some((p, name)) = self.g.first_link(id)? else {
+            return Ok(None);
+        };
+        Ok(self.dir_path(p)?.map(|pp| super::join(&pp, &name)))
+    }
+
+    /// The path of a directory (relative to the root), None if unreachable.
+    pub fn dir_path(&mut self, dir: NodeId) -> Result<Option<Vec<u8>>> {
+        if let Some(p) = self.paths.get(&dir) {
+            return Ok(p.clone());
+        }
+        let p = self.g.path_of(self.root, dir)?;
+        self.paths.insert(dir, p.clone());
+        Ok(p)
     }
 
     /// A directory's totals as of now (written plus pending).
@@ -85,7 +130,7 @@ impl<'a> Applier<'a> {
             if x == self.root {
                 continue;
             }
-            for (p, _) in self.g.links_of(x)? {
+            for p in self.parents_of(x)? {
                 work.push((p, depth + 1));
             }
         }
@@ -144,11 +189,12 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         if let Some(old) = indexed {
-            let d = match self.g.node(old)? {
-                Some(sum) => self.contribution(old, &sum)?,
-                None => Delta::default(),
+            let (d, kind) = match self.g.node(old)? {
+                Some(sum) => (self.contribution(old, &sum)?, sum.kind),
+                None => (Delta::default(), Kind::File),
             };
             self.g.unbind(parent, name.as_bytes(), old)?;
+            self.moved(kind);
             self.propagate(parent, -d)?;
             if self.g.first_link(old)?.is_none() {
                 self.orphans.insert(old);
@@ -172,6 +218,7 @@ impl<'a> Applier<'a> {
         };
         let d = self.contribution(child, &sum)?;
         self.g.bind(parent, name, child)?;
+        self.moved(sum.kind);
         self.propagate(parent, d)?;
         self.orphans.remove(&child);
         Ok(())
