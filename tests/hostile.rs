@@ -881,8 +881,9 @@ fn paths_beyond_path_max() {
 // ---------------------------------------------------------------------------------------
 // a huge directory
 
-/// Entries in the huge directory test; `DECOFS_BIG_DIR` overrides it. The brief asked for
-/// 1,000,000 if it fits in 3 minutes on this 2-core machine (see BIG_DIR_NOTE).
+/// Entries in the huge directory test; `DECOFS_BIG_DIR` overrides it. The issue asks for
+/// a million-entry listing; on this 2-core machine creating them through FUSE takes
+/// about a quarter of an hour, within CI's 90 minutes.
 fn big_dir_entries() -> usize {
     std::env::var("DECOFS_BIG_DIR")
         .ok()
@@ -890,7 +891,7 @@ fn big_dir_entries() -> usize {
         .unwrap_or(BIG_DIR_DEFAULT)
 }
 
-const BIG_DIR_DEFAULT: usize = 250_000;
+const BIG_DIR_DEFAULT: usize = 1_000_000;
 
 /// One directory with `big_dir_entries()` files made by two threads with mknod(2),
 /// listed completely (every name exactly once), spot-checked by stat, after a remount
