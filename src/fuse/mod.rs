@@ -15,10 +15,16 @@ use fuser::{Errno, FileAttr, FileType, INodeNo};
 
 use crate::store::{Error, Kind, NodeId, NodeRecord, Store};
 
-/// How long the kernel may cache names and attributes. All writes pass through this
-/// mount, so the kernel's view only goes stale through this daemon, which replies with
-/// fresh attributes on every change.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache names and attributes of a read-write mount. All changes
+/// pass through this mount (the single writer): the kernel updates or invalidates its
+/// view on every request it sends, and the changes made outside a request (a restore
+/// through the control socket) invalidate the inodes they touch. So the view only goes
+/// stale where the daemon changes something on its own: see [`SHORT_TTL`].
+const LONG_TTL: Duration = Duration::from_secs(3600);
+/// For a read-only mount (a writer it cannot see may sit beside it), and for a file with
+/// an open write session: its last close commits the content, which changes st_blocks
+/// without the kernel knowing.
+const SHORT_TTL: Duration = Duration::from_secs(1);
 
 pub struct DecoFs {
     store: Arc<Store>,
@@ -36,6 +42,8 @@ enum Handle {
     Dir {
         id: NodeId,
         entries: Arc<Vec<(OsString, NodeId)>>,
+        /// Read by opendir and not listed yet: the first listing from 0 uses it as is.
+        fresh: bool,
     },
 }
 
@@ -63,6 +71,8 @@ fn file_type(k: Kind) -> FileType {
 
 impl DecoFs {
     pub fn new(store: Arc<Store>) -> DecoFs {
+        // This mount is the store's only writer: its records can be served from memory.
+        store.enable_record_cache();
         let mut inodes = HashMap::new();
         inodes.insert(1, (store.root(), u64::MAX / 2));
         DecoFs {
@@ -96,6 +106,15 @@ impl DecoFs {
             rdev: r.rdev,
             blksize: 4096,
             flags: 0,
+        }
+    }
+
+    /// How long the kernel may cache the name and attributes of `id`.
+    fn ttl(&self, id: NodeId) -> Duration {
+        if self.store.read_only() || self.store.has_session(id) {
+            SHORT_TTL
+        } else {
+            LONG_TTL
         }
     }
 

@@ -15,7 +15,7 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::{errno, file_type, DecoFs, Handle, TTL};
+use super::{errno, file_type, DecoFs, Handle};
 use crate::store::attr::{SetAttr, SetTime, XattrMode};
 use crate::store::tree::{NewNode, RenameMode};
 use crate::store::{Error, Kind, NodeId, Time};
@@ -48,7 +48,7 @@ impl DecoFs {
         match self.store.stat(id) {
             Ok(rec) => {
                 self.remember(id);
-                reply.entry(&TTL, &self.attr(id, &rec), Generation(0));
+                reply.entry(&self.ttl(id), &self.attr(id, &rec), Generation(0));
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -77,26 +77,44 @@ impl DecoFs {
     }
 
     /// Entries of an open directory handle starting at `offset`; (re)reads the
-    /// directory when a listing starts at 0 so rewinddir sees changes.
+    /// directory when a listing starts at 0 so rewinddir sees changes. The directory is
+    /// read without holding the handle table.
     fn dir_entries(
         &self,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
     ) -> Result<(NodeId, DirEntries), Errno> {
-        let mut hs = self.handles.lock().unwrap();
-        match hs.get_mut(&fh.0) {
-            Some(Handle::Dir { id, entries }) => {
-                if offset == 0 {
-                    *entries = Arc::new(self.store.readdir(*id).map_err(|e| errno(&e))?);
+        let id = {
+            let mut hs = self.handles.lock().unwrap();
+            match hs.get_mut(&fh.0) {
+                Some(Handle::Dir { id, entries, fresh }) => {
+                    let was_fresh = std::mem::take(fresh);
+                    if offset != 0 || was_fresh {
+                        return Ok((*id, entries.clone()));
+                    }
+                    Some(*id)
                 }
-                Ok((*id, entries.clone()))
+                _ => None,
             }
-            _ => {
-                let id = self.node(ino)?;
-                Ok((id, Arc::new(self.store.readdir(id).map_err(|e| errno(&e))?)))
-            }
+        };
+        let id = match id {
+            Some(id) => id,
+            None => self.node(ino)?,
+        };
+        let entries = Arc::new(self.store.readdir(id).map_err(|e| errno(&e))?);
+        self.prefetch(&entries);
+        if let Some(Handle::Dir { entries: e, .. }) = self.handles.lock().unwrap().get_mut(&fh.0) {
+            *e = entries.clone();
         }
+        Ok((id, entries))
+    }
+
+    /// A listing is about to report every entry's attributes: read their records
+    /// together rather than one at a time.
+    fn prefetch(&self, entries: &[(std::ffi::OsString, NodeId)]) {
+        let ids: Vec<NodeId> = entries.iter().map(|e| e.1).collect();
+        self.store.prefetch_records(&ids);
     }
 
     fn parent_of(&self, id: NodeId) -> NodeId {
@@ -149,7 +167,7 @@ impl Filesystem for DecoFs {
             Err(e) => return reply.error(e),
         };
         match self.store.stat(id) {
-            Ok(rec) => reply.attr(&TTL, &self.attr(id, &rec)),
+            Ok(rec) => reply.attr(&self.ttl(id), &self.attr(id, &rec)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -185,7 +203,7 @@ impl Filesystem for DecoFs {
             mtime: mtime.map(set_time),
         };
         match self.store.setattr(id, &a) {
-            Ok(rec) => reply.attr(&TTL, &self.attr(id, &rec)),
+            Ok(rec) => reply.attr(&self.ttl(id), &self.attr(id, &rec)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -499,9 +517,11 @@ impl Filesystem for DecoFs {
         };
         match self.store.readdir(id) {
             Ok(entries) => {
+                self.prefetch(&entries);
                 let fh = self.new_handle(Handle::Dir {
                     id,
                     entries: Arc::new(entries),
+                    fresh: true,
                 });
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
@@ -591,7 +611,7 @@ impl Filesystem for DecoFs {
                 INodeNo(self.store.ino_of(child)),
                 (i + 1) as u64,
                 name,
-                &TTL,
+                &self.ttl(child),
                 &attr,
                 Generation(0),
             ) {
@@ -773,7 +793,7 @@ impl Filesystem for DecoFs {
                 self.remember(id);
                 let fh = self.new_handle(Handle::File { id, write });
                 reply.created(
-                    &TTL,
+                    &self.ttl(id),
                     &self.attr(id, &rec),
                     Generation(0),
                     FileHandle(fh),

@@ -8,6 +8,12 @@
 //!   invariant 3;
 //! - all handles of a file share one write session (`content`): invariant 4;
 //! - every chunk read is verified (`blob`): invariant 5.
+//!
+//! A read-write mount turns on the record cache ([`Store::enable_record_cache`]): the
+//! records of live nodes, kept in memory and written through. It is coherent because the
+//! mount is the only writer (invariant 7) and every record change in this process passes
+//! through `write_record`; a reader that raced a write never installs what it read.
+//! Trashed nodes are never cached (purging removes their files behind the cache).
 
 pub mod attr;
 pub mod blob;
@@ -25,6 +31,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::hash::{Hash as _, Hasher};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use error::{Error, Result};
@@ -38,6 +45,35 @@ use lock::StoreLock;
 use node::{decode_body, encode_body, frame, unframe, Stored, INLINE_RECORD_LIMIT, RECORD_XATTR};
 
 const STRIPES: usize = 64;
+/// Record cache: shards (by the same hash as the stripes) and records kept per shard.
+const CACHE_SHARDS: usize = 64;
+const CACHE_PER_SHARD: usize = 4096;
+
+/// One shard of the record cache. `writes` counts record writes of its nodes: a reader
+/// installs what it read from disk only if no write happened meanwhile, so a stale read
+/// never replaces a newer record.
+#[derive(Default)]
+struct CacheShard {
+    map: HashMap<NodeId, NodeRecord>,
+    writes: u64,
+}
+
+impl CacheShard {
+    fn put(&mut self, id: NodeId, rec: &NodeRecord) {
+        if rec.trash.is_some() {
+            self.map.remove(&id);
+            return;
+        }
+        if self.map.len() >= CACHE_PER_SHARD && !self.map.contains_key(&id) {
+            // Drop an arbitrary eighth: cheap, and the disk still has everything.
+            let victims: Vec<NodeId> = self.map.keys().take(CACHE_PER_SHARD / 8).copied().collect();
+            for v in victims {
+                self.map.remove(&v);
+            }
+        }
+        self.map.insert(id, rec.clone());
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
@@ -65,6 +101,9 @@ pub struct Store {
     invalidate: Mutex<Option<InvalidateFn>>,
     /// Who follows the store's changes (the index), if anyone.
     sink: RwLock<Option<Arc<dyn event::EventSink>>>,
+    /// Records of live nodes, written through; only used once enabled (a mount).
+    cache_on: AtomicBool,
+    cache: Vec<Mutex<CacheShard>>,
 }
 
 pub type InvalidateFn = Box<dyn Fn(NodeId) + Send + Sync>;
@@ -136,6 +175,10 @@ impl Store {
             pending_sweep: Mutex::new(Vec::new()),
             invalidate: Mutex::new(None),
             sink: RwLock::new(None),
+            cache_on: AtomicBool::new(false),
+            cache: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(CacheShard::default()))
+                .collect(),
             lock,
         }
     }
@@ -159,6 +202,16 @@ impl Store {
 
     /// Tell the follower about a change that has happened.
     pub(crate) fn emit(&self, ev: event::Event) {
+        if ev.op == event::Op::Restore {
+            // A restore (asked through the control socket, never by the kernel) binds a
+            // name and changes the node's and its parent's attributes behind the kernel's
+            // back: drop what the kernel cached of them.
+            if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
+                for id in &ev.nodes {
+                    f(*id);
+                }
+            }
+        }
         if let Some(s) = self.sink.read().unwrap().as_ref() {
             s.emit(ev);
         }
@@ -195,14 +248,95 @@ impl Store {
         }
     }
 
-    fn stripe(&self, id: NodeId) -> &Mutex<()> {
+    fn id_hash(id: NodeId) -> usize {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         id.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        h.finish() as usize
+    }
+
+    fn stripe(&self, id: NodeId) -> &Mutex<()> {
+        &self.stripes[Self::id_hash(id) % STRIPES]
+    }
+
+    fn cache_shard(&self, id: NodeId) -> Option<&Mutex<CacheShard>> {
+        if self.cache_on.load(Ordering::Relaxed) {
+            Some(&self.cache[Self::id_hash(id) % CACHE_SHARDS])
+        } else {
+            None
+        }
+    }
+
+    /// Keep the records of live nodes in memory from now on. Only for the one writer of
+    /// the store (a read-write mount): every change must pass through this process.
+    pub fn enable_record_cache(&self) {
+        if !self.read_only {
+            self.cache_on.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Forget the cached record of `id` (its files were removed, or changed on disk by
+    /// other means than `write_record`).
+    pub fn forget_record(&self, id: NodeId) {
+        if let Some(sh) = self.cache_shard(id) {
+            let mut g = sh.lock().unwrap();
+            g.writes += 1;
+            g.map.remove(&id);
+        }
+    }
+
+    /// Bring the records of `ids` into the cache, several reads in flight at once (a
+    /// directory about to be listed: on a cold disk its records are what a listing waits
+    /// for, and one thread reading them one by one keeps a single request in flight).
+    pub fn prefetch_records(&self, ids: &[NodeId]) {
+        const MIN_BATCH: usize = 16;
+        const THREADS: usize = 8;
+        let missing: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|id| match self.cache_shard(*id) {
+                Some(sh) => !sh.lock().unwrap().map.contains_key(id),
+                None => false,
+            })
+            .collect();
+        if missing.len() < MIN_BATCH {
+            return;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let threads = THREADS.min(missing.len() / (MIN_BATCH / 2));
+        std::thread::scope(|sc| {
+            for _ in 0..threads {
+                sc.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(id) = missing.get(i) else { break };
+                    // Errors show up when the record is read for real.
+                    let _ = self.read_record(*id);
+                });
+            }
+        });
+    }
+
+    /// Read a node's record (from the cache when it is on, else from its xattr).
+    pub fn read_record(&self, id: NodeId) -> Result<NodeRecord> {
+        let Some(sh) = self.cache_shard(id) else {
+            return self.read_record_disk(id);
+        };
+        let seen = {
+            let g = sh.lock().unwrap();
+            if let Some(r) = g.map.get(&id) {
+                return Ok(r.clone());
+            }
+            g.writes
+        };
+        let rec = self.read_record_disk(id)?;
+        let mut g = sh.lock().unwrap();
+        if g.writes == seen {
+            g.put(id, &rec);
+        }
+        Ok(rec)
     }
 
     /// Read a node's record from its xattr (following it into a blob if it was large).
-    pub fn read_record(&self, id: NodeId) -> Result<NodeRecord> {
+    pub fn read_record_disk(&self, id: NodeId) -> Result<NodeRecord> {
         let path = self.layout.node_path(id);
         let value = match xattr::get(&path, RECORD_XATTR) {
             Ok(Some(v)) => v,
@@ -231,7 +365,18 @@ impl Store {
             frame(false, &body)
         };
         let path = self.layout.node_path(id);
-        xattr::set(&path, RECORD_XATTR, &value).map_err(|e| {
+        let res = xattr::set(&path, RECORD_XATTR, &value);
+        if let Some(sh) = self.cache_shard(id) {
+            let mut g = sh.lock().unwrap();
+            g.writes += 1;
+            match &res {
+                Ok(()) => g.put(id, rec),
+                Err(_) => {
+                    g.map.remove(&id);
+                }
+            }
+        }
+        res.map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::NotFound
             } else {
@@ -377,6 +522,58 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(raw.len() < 100, "the xattr holds only the blob reference");
+    }
+
+    /// The record cache serves what was last written, never a record of a trashed node,
+    /// and concurrent readers never install a stale record over a newer one.
+    #[test]
+    fn record_cache_is_written_through() {
+        let (_d, s) = scratch();
+        s.enable_record_cache();
+        let s = Arc::new(s);
+        let root = s.root();
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (s, stop) = (s.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        s.forget_record(root);
+                        s.read_record(root).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for i in 0..300 {
+            let w = s
+                .update(root, |r| {
+                    r.rdev = i;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(s.read_record(root).unwrap(), w);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in readers {
+            t.join().unwrap();
+        }
+        let cached = s.read_record(root).unwrap();
+        assert_eq!(cached, s.read_record_disk(root).unwrap());
+        assert_eq!(cached.rdev, 299);
+        // A trashed record is read from the disk every time.
+        s.update(root, |r| {
+            r.trash = Some(node::TrashOrigin {
+                parent: root,
+                name: b"x".to_vec(),
+                at: Time::now(),
+            });
+            Ok(())
+        })
+        .unwrap();
+        let sh = s.cache_shard(root).unwrap();
+        assert!(!sh.lock().unwrap().map.contains_key(&root));
+        s.read_record(root).unwrap();
+        assert!(!sh.lock().unwrap().map.contains_key(&root));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{Error, IoContext, Result};
@@ -93,6 +93,27 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// readlink(2) of `name` in the directory open as `dir`.
+fn readlink_at(dir: &fs::File, name: &OsStr) -> std::io::Result<PathBuf> {
+    use std::os::unix::io::AsRawFd;
+    let c = CString::new(name.as_bytes()).map_err(|_| ErrorKind::InvalidInput)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: valid fd, NUL-terminated name, and a buffer of the length given.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(PathBuf::from(OsString::from_vec(buf)))
 }
 
 impl Store {
@@ -204,6 +225,7 @@ impl Store {
         } else {
             fs::remove_file(&p)
         };
+        self.forget_record(id);
     }
 
     /// Update a directory's mtime/ctime and adjust its link count.
@@ -537,15 +559,18 @@ impl Store {
     /// The entries of a directory, in on-disk order.
     pub fn readdir(&self, id: NodeId) -> Result<Vec<(OsString, NodeId)>> {
         let dir = self.layout.node_path(id);
-        let it = fs::read_dir(&dir).map_err(|e| match e.raw_os_error() {
+        let open_err = |e: std::io::Error| match e.raw_os_error() {
             Some(libc::ENOENT) => Error::NotFound,
             Some(libc::ENOTDIR) => Error::NotDir,
             _ => Error::io(format!("read dir {id}"), e),
-        })?;
+        };
+        // Entries are read relative to the directory: no path walk per entry.
+        let dirfd = fs::File::open(&dir).map_err(open_err)?;
+        let it = fs::read_dir(&dir).map_err(open_err)?;
         let mut out = Vec::new();
         for ent in it {
             let ent = ent.ctx(|| format!("read dir {id}"))?;
-            let target = match fs::read_link(ent.path()) {
+            let target = match readlink_at(&dirfd, &ent.file_name()) {
                 Ok(t) => t,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue, // removed meanwhile
                 Err(e) => return Err(Error::io(format!("read entry in {id}"), e)),
