@@ -8,21 +8,14 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{daemon_pid, is_mounted, Mount};
+use common::{daemon_pid, is_mounted, process_gone, Mount};
 
 fn wait_gone(pid: i32, mnt: &Path) {
+    // Every thread must be gone, not only the main one: a zombie leader whose other
+    // threads still run holds the store's lock for a moment longer.
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false);
-        if !alive && !is_mounted(mnt) {
+        if process_gone(pid) && !is_mounted(mnt) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -64,6 +64,32 @@ pub fn holder(layout: &Layout) -> String {
         .unwrap_or_default()
 }
 
+/// Is the holder named in a lock file ("pid N on host H …") a process of this host whose
+/// main thread has already exited, so that the whole process is on its way out?
+fn holder_exiting(holder: &str) -> bool {
+    let mut words = holder.split_whitespace();
+    let (Some("pid"), Some(pid), Some("on"), Some("host"), Some(host)) = (
+        words.next(),
+        words.next().and_then(|p| p.parse::<u32>().ok()),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) else {
+        return false;
+    };
+    if host != hostname() {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => true, // gone already; the kernel is releasing its files
+    }
+}
+
 /// Is the lock held by a live process (on this host)?
 pub fn is_locked(layout: &Layout) -> bool {
     let Ok(f) = File::open(layout.lock_file()) else {
@@ -83,24 +109,36 @@ impl StoreLock {
             .truncate(false)
             .open(&path)
             .ctx(|| format!("open {}", path.display()))?;
-        // SAFETY: flock on a valid, owned descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim().to_string();
-                return Err(Error::StoreLocked {
-                    path: layout.root.clone(),
-                    holder: if holder.is_empty() {
-                        "another process".into()
-                    } else {
-                        holder
-                    },
-                });
+        // A holder on this host that is already exiting (its main thread gone, the rest
+        // still closing files) lets go within moments: wait for it rather than refuse, so
+        // `kill <daemon>; decofs mount …` works. A live holder is refused at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            // SAFETY: flock on a valid, owned descriptor.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
             }
-            return Err(Error::io(format!("lock {}", path.display()), err));
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(Error::io(format!("lock {}", path.display()), err));
+            }
+            let mut holder = String::new();
+            file.seek(SeekFrom::Start(0)).ctx(|| "seek lock".into())?;
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim().to_string();
+            if holder_exiting(&holder) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            return Err(Error::StoreLocked {
+                path: layout.root.clone(),
+                holder: if holder.is_empty() {
+                    "another process".into()
+                } else {
+                    holder
+                },
+            });
         }
         let epoch = read_epoch(layout)? + 1;
         let epoch_ino = write_epoch(layout, epoch)?;
