@@ -45,7 +45,15 @@ pub struct MountOpts {
     pub no_index: bool,
     /// index_queue=N, index_delay=MS.
     pub index: crate::index::IndexOpts,
+    /// readahead=KIB: the kernel's readahead window for this mount (None: the default,
+    /// READAHEAD_KIB; 0 keeps the kernel's own, 128 KiB).
+    pub readahead_kib: Option<u32>,
 }
+
+/// Default readahead window. The kernel caps a FUSE mount's readahead at 128 KiB, so a
+/// sequential reader waits on one 128 KiB request at a time; a wider window lets it send
+/// requests of max_pages (1 MiB) several at once. Raised through the mount's bdi in sysfs.
+pub const READAHEAD_KIB: u32 = 4096;
 
 /// Parse `-o a,b,c`. Options for fstab/mount(8) that do not concern the daemon are
 /// accepted and ignored.
@@ -94,6 +102,15 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
                         .map_err(|_| Error::BadOption(opt.to_string()))?,
                 );
             }
+            x if x.starts_with("readahead=") => {
+                o.readahead_kib = Some(
+                    x["readahead=".len()..]
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 1 << 20)
+                        .ok_or_else(|| Error::BadOption(opt.to_string()))?,
+                );
+            }
             x if x.starts_with("trash_retention=") => {
                 o.trash_retention = Some(duration_opt(opt)?);
             }
@@ -126,6 +143,8 @@ pub struct MountEntry {
     pub mountpoint: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// "major:minor" of the mounted filesystem (names its /sys/class/bdi entry).
+    pub dev: String,
 }
 
 fn unescape(s: &str) -> String {
@@ -152,9 +171,12 @@ pub fn mounts() -> Vec<MountEntry> {
     text.lines()
         .filter_map(|l| {
             let (a, b) = l.split_once(" - ")?;
-            let mp = a.split(' ').nth(4)?;
+            let mut fields = a.split(' ');
+            let dev = fields.nth(2)?.to_string();
+            let mp = fields.nth(1)?;
             let mut rest = b.split(' ');
             Some(MountEntry {
+                dev,
                 mountpoint: PathBuf::from(unescape(mp)),
                 fstype: rest.next()?.to_string(),
                 source: unescape(rest.next()?),
@@ -165,6 +187,22 @@ pub fn mounts() -> Vec<MountEntry> {
 
 fn mount_at(p: &Path) -> Option<MountEntry> {
     mounts().into_iter().rev().find(|m| m.mountpoint == p)
+}
+
+/// Widen the kernel's readahead for the mount at `mnt` (through its bdi in sysfs; needs
+/// root). A failure only costs speed, so it is logged, not returned.
+fn set_readahead(mnt: &Path, kib: u32) {
+    if kib == 0 {
+        return;
+    }
+    let Some(m) = mount_at(mnt) else {
+        return;
+    };
+    let knob = PathBuf::from(format!("/sys/class/bdi/{}/read_ahead_kb", m.dev));
+    match fs::write(&knob, format!("{kib}\n")) {
+        Ok(()) => log::debug!("readahead {kib} KiB ({})", knob.display()),
+        Err(e) => log::info!("cannot set readahead through {}: {e}", knob.display()),
+    }
 }
 
 /// The mountpoint must exist, be a directory, and have nothing mounted on it.
@@ -389,6 +427,7 @@ fn prepare(
         Some(libc::EBUSY) => Error::MountpointBusy(mnt.clone()),
         _ => Error::io(format!("mount on {}", mnt.display()), e),
     })?;
+    set_readahead(&mnt, opts.readahead_kib.unwrap_or(READAHEAD_KIB));
     Ok((store, session, mnt))
 }
 

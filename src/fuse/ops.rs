@@ -406,7 +406,7 @@ impl Filesystem for DecoFs {
             Ok(id) => id,
             Err(e) => return reply.error(e),
         };
-        match self.store.read(id, offset, size) {
+        match self.store.read_shared(id, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }

@@ -4,14 +4,16 @@
 //! `sessions/`, then renames it to `blobs/ab/<hash>`; only then may a record name it.
 //! `get` hashes what it read and returns `Error::Integrity` on any mismatch, so wrong
 //! bytes never leave this module. Verified blobs are kept in a small in-memory cache so
-//! a chunk is hashed once per read from disk, not once per 128 KiB request.
+//! a chunk is hashed once per read from disk, not once per 128 KiB request. Concurrent
+//! readers of one blob share a single load, and `prefetch` loads a blob in the background
+//! (sequential reads ask for the next chunk while the kernel still copies this one).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::error::{Error, IoContext, Result};
 use super::layout::{sync_dir, Layout};
@@ -38,7 +40,22 @@ pub struct LocalBlobs {
     seq: AtomicU64,
     /// Blob files written without fsync since the last `sync`.
     unsynced: Mutex<Vec<PathBuf>>,
+    /// Blobs being read from disk right now; later readers wait for that load.
+    loading: Mutex<HashMap<Hash, Arc<Gate>>>,
+    /// Background prefetches running (bounded by PREFETCH_MAX).
+    prefetching: AtomicUsize,
 }
+
+/// Opened when a load finishes (whatever its outcome).
+#[derive(Default)]
+struct Gate {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// At most this many background prefetches at once: each holds a chunk in memory and a
+/// core busy hashing it.
+const PREFETCH_MAX: usize = 2;
 
 struct Cache {
     map: HashMap<Hash, Arc<Vec<u8>>>,
@@ -80,6 +97,96 @@ impl LocalBlobs {
             }),
             seq: AtomicU64::new(0),
             unsynced: Mutex::new(Vec::new()),
+            loading: Mutex::new(HashMap::new()),
+            prefetching: AtomicUsize::new(0),
+        }
+    }
+
+    fn cached(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
+        self.cache.lock().unwrap().map.get(hash).cloned()
+    }
+
+    /// Read and verify a blob from disk, once at a time per hash: a reader that finds a
+    /// load of the same blob under way waits for it and takes its result from the cache.
+    fn load(&self, hash: &Hash) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.cached(hash) {
+            return Ok(d);
+        }
+        let (gate, mine) = {
+            let mut l = self.loading.lock().unwrap();
+            match l.get(hash) {
+                Some(g) => (g.clone(), false),
+                None => {
+                    let g = Arc::new(Gate::default());
+                    l.insert(*hash, g.clone());
+                    (g, true)
+                }
+            }
+        };
+        if !mine {
+            let mut done = gate.done.lock().unwrap();
+            while !*done {
+                done = gate.cv.wait(done).unwrap();
+            }
+            drop(done);
+            if let Some(d) = self.cached(hash) {
+                return Ok(d);
+            }
+            // The load failed or its blob was too big to cache: read it ourselves, so
+            // an error is reported to this reader too.
+            return self.read_verified(hash);
+        }
+        let res = self.read_verified(hash);
+        if let Ok(d) = &res {
+            self.cache.lock().unwrap().insert(*hash, d.clone());
+        }
+        self.loading.lock().unwrap().remove(hash);
+        *gate.done.lock().unwrap() = true;
+        gate.cv.notify_all();
+        res
+    }
+
+    fn read_verified(&self, hash: &Hash) -> Result<Arc<Vec<u8>>> {
+        let path = self.path_of(hash);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Integrity {
+                    what: format!("blob {}", hash_hex(hash)),
+                    detail: "missing".into(),
+                })
+            }
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        if &hash_of(&data) != hash {
+            log::error!("blob {} failed verification", hash_hex(hash));
+            return Err(Error::Integrity {
+                what: format!("blob {}", hash_hex(hash)),
+                detail: "content does not match its hash".into(),
+            });
+        }
+        Ok(Arc::new(data))
+    }
+
+    /// Load a blob into the cache in the background, unless it is there, already being
+    /// loaded, or enough prefetches run. Errors are left for the real read to report.
+    pub fn prefetch(self: &Arc<Self>, hash: Hash) {
+        if self.cached(&hash).is_some() || self.loading.lock().unwrap().contains_key(&hash) {
+            return;
+        }
+        if self.prefetching.fetch_add(1, Ordering::AcqRel) >= PREFETCH_MAX {
+            self.prefetching.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("decofs-prefetch".into())
+            .spawn(move || {
+                let _ = me.load(&hash);
+                me.prefetching.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.prefetching.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -141,30 +248,7 @@ impl BlobStore for LocalBlobs {
     }
 
     fn get(&self, hash: &Hash) -> Result<Arc<Vec<u8>>> {
-        if let Some(d) = self.cache.lock().unwrap().map.get(hash) {
-            return Ok(d.clone());
-        }
-        let path = self.path_of(hash);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::Integrity {
-                    what: format!("blob {}", hash_hex(hash)),
-                    detail: "missing".into(),
-                })
-            }
-            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
-        };
-        if &hash_of(&data) != hash {
-            log::error!("blob {} failed verification", hash_hex(hash));
-            return Err(Error::Integrity {
-                what: format!("blob {}", hash_hex(hash)),
-                detail: "content does not match its hash".into(),
-            });
-        }
-        let data = Arc::new(data);
-        self.cache.lock().unwrap().insert(*hash, data.clone());
-        Ok(data)
+        self.load(hash)
     }
 
     fn sync(&self) -> Result<()> {

@@ -304,6 +304,31 @@ fn zero_range(f: &fs::File, off: u64, len: u64) -> Result<()> {
 
 /// Copy `n` bytes of `data` starting at `off` into `out`, padding with zeros where the
 /// stored chunk is shorter (a hole or a tail).
+/// What a read returns: its own bytes, or a range of a cached chunk.
+pub enum ReadData {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, usize, usize),
+}
+
+impl ReadData {
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ReadData::Owned(v) => v,
+            ReadData::Shared(d, a, b) => d[a..b].to_vec(),
+        }
+    }
+}
+
+impl std::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Owned(v) => v,
+            ReadData::Shared(d, a, b) => &d[*a..*b],
+        }
+    }
+}
+
 fn append_padded(out: &mut Vec<u8>, data: &[u8], off: usize, n: usize) {
     let avail = data.len().saturating_sub(off).min(n);
     if avail > 0 {
@@ -562,6 +587,12 @@ impl Store {
 
     /// Read up to `len` bytes at `off`.
     pub fn read(&self, id: NodeId, off: u64, len: u32) -> Result<Vec<u8>> {
+        self.read_shared(id, off, len).map(ReadData::into_vec)
+    }
+
+    /// Read up to `len` bytes at `off`; a read inside one stored chunk borrows the cached
+    /// chunk instead of copying it (the FUSE reply copies it once, to the kernel).
+    pub fn read_shared(&self, id: NodeId, off: u64, len: u32) -> Result<ReadData> {
         let cs = self.chunk_size();
         if let Some(s) = self.session_of(id) {
             let s = s.lock().unwrap();
@@ -576,7 +607,7 @@ impl Store {
                 }
                 Ok(())
             })?;
-            return Ok(out);
+            return Ok(ReadData::Owned(out));
         }
         let rec = self.read_record(id)?;
         if rec.kind == Kind::Dir {
@@ -588,9 +619,29 @@ impl Store {
                 append_padded(&mut out, d, in_off, n);
                 Ok(())
             })?;
-            return Ok(out);
+            return Ok(ReadData::Owned(out));
         }
         let list = self.chunk_list(&rec.content)?;
+        if self.sequential(id, off, len as u64) {
+            // The kernel's readahead keeps a window of requests in flight; loading and
+            // verifying the next chunk meanwhile keeps the disk and a core busy.
+            let next = (off + (len as u64).max(1) - 1) / cs + 1;
+            if let Ok(i) = list.binary_search_by_key(&next, |c| c.index) {
+                self.blobs.prefetch(list[i].hash);
+            }
+        }
+        let end = rec.size.min(off.saturating_add(len as u64));
+        if off < end && off / cs == (end - 1) / cs {
+            let idx = off / cs;
+            if let Ok(i) = list.binary_search_by_key(&idx, |c| c.index) {
+                let data = self.load_chunk(id, &list[i])?;
+                let a = (off - idx * cs) as usize;
+                let b = (end - idx * cs) as usize;
+                if b <= data.len() {
+                    return Ok(ReadData::Shared(data, a, b));
+                }
+            }
+        }
         for_each_piece(rec.size, cs, off, len as u64, |idx, in_off, n| {
             match list.binary_search_by_key(&idx, |c| c.index) {
                 Ok(i) => append_padded(&mut out, &self.load_chunk(id, &list[i])?, in_off, n),
@@ -598,7 +649,22 @@ impl Store {
             }
             Ok(())
         })?;
-        Ok(out)
+        Ok(ReadData::Owned(out))
+    }
+
+    /// Record where this read ends; is it close behind or ahead of where the previous
+    /// read of the file ended (kernel readahead requests arrive slightly out of order)?
+    fn sequential(&self, id: NodeId, off: u64, len: u64) -> bool {
+        let window = self.chunk_size();
+        let mut ends = self.read_ends.lock().unwrap();
+        if ends.len() >= 4096 {
+            ends.clear();
+        }
+        let prev = ends.insert(id, off + len);
+        match prev {
+            Some(p) => off <= p + window && off + window >= p,
+            None => false,
+        }
     }
 
     /// Write `data` at `off`.

@@ -85,7 +85,7 @@ pub struct OpenOptions {
 pub struct Store {
     pub layout: Layout,
     pub format: Format,
-    pub blobs: LocalBlobs,
+    pub blobs: Arc<LocalBlobs>,
     read_only: bool,
     stripes: Vec<Mutex<()>>,
     sessions: Mutex<HashMap<NodeId, Arc<Mutex<Session>>>>,
@@ -104,6 +104,9 @@ pub struct Store {
     /// Records of live nodes, written through; only used once enabled (a mount).
     cache_on: AtomicBool,
     cache: Vec<Mutex<CacheShard>>,
+    /// Where the last read of each recently read file ended: a read that starts near
+    /// there is sequential and prefetches the next chunk.
+    read_ends: Mutex<HashMap<NodeId, u64>>,
 }
 
 pub type InvalidateFn = Box<dyn Fn(NodeId) + Send + Sync>;
@@ -165,7 +168,7 @@ impl Store {
         Store {
             layout,
             format,
-            blobs,
+            blobs: Arc::new(blobs),
             read_only,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             sessions: Mutex::new(HashMap::new()),
@@ -173,6 +176,7 @@ impl Store {
             policy: Mutex::new(policy),
             pins: Mutex::new(HashMap::new()),
             pending_sweep: Mutex::new(Vec::new()),
+            read_ends: Mutex::new(HashMap::new()),
             invalidate: Mutex::new(None),
             sink: RwLock::new(None),
             cache_on: AtomicBool::new(false),
