@@ -35,6 +35,23 @@ impl NodeId {
         NodeId(Uuid::new_v4())
     }
 
+    /// A new id that lives next to `near` in `nodes/`: same first two bytes, so the same
+    /// `nodes/xx/yy/` directory. A directory's files are created this way, so the
+    /// backing filesystem allocates their inodes and record blocks together (ext4 puts a
+    /// file's inode in its directory's block group) and a cold listing reads a few
+    /// inode-table blocks instead of one random block per entry; creating them also
+    /// never needs a new `xx/yy` directory.
+    ///
+    /// Such ids are RFC 9562 version 8 (custom) UUIDs: 106 random bits, and
+    /// `derived_ino` takes their inode number from random bytes only, so fixing two
+    /// bytes costs no inode-number entropy. Version 4 ids keep their old numbers.
+    pub fn new_near(near: NodeId) -> NodeId {
+        let mut b = *Uuid::new_v4().as_bytes();
+        b[..2].copy_from_slice(&near.0.as_bytes()[..2]);
+        b[6] = (b[6] & 0x0f) | 0x80; // version 8; the variant bits stay RFC 4122's
+        NodeId(Uuid::from_bytes(b))
+    }
+
     /// The node a file name in `nodes/`, `revisions/` or a trash link names, if any.
     pub fn from_name(name: &std::ffi::OsStr) -> Option<NodeId> {
         name.to_str()
@@ -47,7 +64,13 @@ impl NodeId {
     /// 63 random bits: a collision needs ~3 billion nodes for a 50% chance.
     pub fn derived_ino(&self) -> u64 {
         let b = self.0.as_bytes();
-        let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[8], b[9]]) >> 1;
+        let v = if self.0.get_version_num() == 8 {
+            // `new_near` ids: bytes 0-1 are shared with a neighbour, 2-5 and 9-15 are
+            // random.
+            u64::from_le_bytes([b[2], b[3], b[4], b[5], b[9], b[10], b[11], b[12]]) >> 1
+        } else {
+            u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[8], b[9]]) >> 1
+        };
         v.max(2)
     }
 }
@@ -333,6 +356,29 @@ pub fn unframe(node: NodeId, value: &[u8]) -> Result<Stored> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_ids_share_the_directory_and_keep_random_inode_numbers() {
+        // Version 4 ids keep the numbers they always had (stable across upgrades).
+        let old = NodeId(Uuid::parse_str("4a5c4a81-33fa-424f-9d54-72e838d23525").unwrap());
+        let b = old.0.as_bytes();
+        let want = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[8], b[9]]) >> 1;
+        assert_eq!(old.derived_ino(), want);
+        let mut inos = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..200_000 {
+            let id = NodeId::new_near(old);
+            assert_eq!(&id.to_string()[..4], "4a5c");
+            assert_eq!(id.0.get_version_num(), 8);
+            assert_eq!(id.0.get_variant(), uuid::Variant::RFC4122);
+            assert!(NodeId::from_name(std::ffi::OsStr::new(&id.to_string())) == Some(id));
+            assert!(ids.insert(id));
+            assert!(inos.insert(id.derived_ino()), "inode number collision");
+        }
+        // The shared bytes do not feed the inode number: its top bits vary.
+        let tops: std::collections::HashSet<u64> = inos.iter().map(|i| i >> 56).collect();
+        assert!(tops.len() > 100, "{} distinct top bytes", tops.len());
+    }
 
     #[test]
     fn record_roundtrip_and_checksum() {

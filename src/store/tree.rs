@@ -157,7 +157,13 @@ impl Store {
         self.writable()?;
         validate_name(name)?;
         let prec = self.dir_record(parent)?;
-        let id = NodeId::new();
+        // Directories spread over `nodes/` at random; everything else lives beside its
+        // directory (see NodeId::new_near).
+        let id = if new.kind == Kind::Dir {
+            NodeId::new()
+        } else {
+            NodeId::new_near(parent)
+        };
         let mut rec = NodeRecord::new(new.kind, new.mode, new.uid, new.gid, self.ino_of(id));
         rec.rdev = new.rdev;
         rec.target = new.target;
