@@ -103,17 +103,28 @@ impl DecoFs {
             None => self.node(ino)?,
         };
         let entries = Arc::new(self.store.readdir(id).map_err(|e| errno(&e))?);
-        self.prefetch(&entries);
+        self.prefetch(&entries, 0);
         if let Some(Handle::Dir { entries: e, .. }) = self.handles.lock().unwrap().get_mut(&fh.0) {
             *e = entries.clone();
         }
         Ok((id, entries))
     }
 
-    /// A listing is about to report every entry's attributes: read their records
-    /// together rather than one at a time.
-    fn prefetch(&self, entries: &[(std::ffi::OsString, NodeId)]) {
-        let ids: Vec<NodeId> = entries.iter().map(|e| e.1).collect();
+    /// A listing is about to report its entries' attributes from `start` on: read the
+    /// records of the next PREFETCH_WINDOW entries together rather than one at a time,
+    /// unless the first of them is cached already (the window was read before). A huge
+    /// directory so answers its first entries at once instead of after reading every
+    /// record.
+    fn prefetch(&self, entries: &[(std::ffi::OsString, NodeId)], start: usize) {
+        const PREFETCH_WINDOW: usize = 4096;
+        let Some(first) = entries.get(start) else {
+            return;
+        };
+        if self.store.record_cached(first.1) {
+            return;
+        }
+        let end = entries.len().min(start + PREFETCH_WINDOW);
+        let ids: Vec<NodeId> = entries[start..end].iter().map(|e| e.1).collect();
         self.store.prefetch_records(&ids);
     }
 
@@ -517,7 +528,7 @@ impl Filesystem for DecoFs {
         };
         match self.store.readdir(id) {
             Ok(entries) => {
-                self.prefetch(&entries);
+                self.prefetch(&entries, 0);
                 let fh = self.new_handle(Handle::Dir {
                     id,
                     entries: Arc::new(entries),
@@ -541,6 +552,7 @@ impl Filesystem for DecoFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        self.prefetch(&entries, (offset as usize).saturating_sub(2));
         let dots = [
             (OsStr::new("."), id),
             (OsStr::new(".."), self.parent_of(id)),
@@ -588,6 +600,7 @@ impl Filesystem for DecoFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        self.prefetch(&entries, (offset as usize).saturating_sub(2));
         let dots = [
             (OsStr::new("."), id),
             (OsStr::new(".."), self.parent_of(id)),

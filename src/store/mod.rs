@@ -319,6 +319,14 @@ impl Store {
         });
     }
 
+    /// Is this node's record in the cache (or is there no cache to fill)?
+    pub fn record_cached(&self, id: NodeId) -> bool {
+        match self.cache_shard(id) {
+            Some(sh) => sh.lock().unwrap().map.contains_key(&id),
+            None => true,
+        }
+    }
+
     /// Read a node's record (from the cache when it is on, else from its xattr).
     pub fn read_record(&self, id: NodeId) -> Result<NodeRecord> {
         let Some(sh) = self.cache_shard(id) else {
