@@ -659,11 +659,9 @@ impl Filesystem for DecoFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let res = self.node(ino).and_then(|id| {
-            crate::store::layout::sync_dir(&self.store.layout.node_path(id))
-                .map_err(|e| errno(&e))?;
-            self.store.sync_node(id).map_err(|e| errno(&e))
-        });
+        let res = self
+            .node(ino)
+            .and_then(|id| self.store.sync_dir_node(id).map_err(|e| errno(&e)));
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -30,7 +30,7 @@ pub mod tree;
 use std::collections::HashMap;
 use std::fs;
 use std::hash::{Hash as _, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -107,6 +107,11 @@ pub struct Store {
     /// Where the last read of each recently read file ended: a read that starts near
     /// there is sequential and prefetches the next chunk.
     read_ends: Mutex<HashMap<NodeId, u64>>,
+    /// Per directory, the `nodes/` directories that gained a node file for one of its
+    /// new entries since the directory was last fsynced: fsyncdir syncs them too, so
+    /// a durable name never points at a node whose own name in `nodes/` was lost (the
+    /// backing ext4 may run without a journal).
+    unsynced_names: Mutex<HashMap<NodeId, std::collections::HashSet<PathBuf>>>,
 }
 
 pub type InvalidateFn = Box<dyn Fn(NodeId) + Send + Sync>;
@@ -177,6 +182,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             pending_sweep: Mutex::new(Vec::new()),
             read_ends: Mutex::new(HashMap::new()),
+            unsynced_names: Mutex::new(HashMap::new()),
             invalidate: Mutex::new(None),
             sink: RwLock::new(None),
             cache_on: AtomicBool::new(false),
@@ -432,6 +438,40 @@ impl Store {
     }
 
     /// Make a node's record durable (fsync of its file).
+    /// fsyncdir: make a directory's entries durable, with the `nodes/` directories
+    /// holding the node files of entries created since its last sync.
+    pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
+        let dirs = self.unsynced_names.lock().unwrap().remove(&id);
+        if let Some(dirs) = dirs {
+            let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
+            // Deepest first: a new nodes/xx/yy is named in nodes/xx, synced after it.
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for (i, d) in dirs.iter().enumerate() {
+                if let Err(e) = layout::sync_dir(d) {
+                    // Keep what is still unsynced for the next attempt.
+                    self.unsynced_names
+                        .lock()
+                        .unwrap()
+                        .entry(id)
+                        .or_default()
+                        .extend(dirs[i..].iter().cloned());
+                    return Err(e);
+                }
+            }
+        }
+        self.sync_node(id)
+    }
+
+    /// Remember that `dir` gained a name `parent`'s next fsyncdir must make durable.
+    pub(crate) fn name_unsynced(&self, parent: NodeId, dir: &Path) {
+        self.unsynced_names
+            .lock()
+            .unwrap()
+            .entry(parent)
+            .or_default()
+            .insert(dir.to_path_buf());
+    }
+
     pub fn sync_node(&self, id: NodeId) -> Result<()> {
         let path = self.layout.node_path(id);
         let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;

@@ -201,7 +201,12 @@ impl Store {
             let shard = npath.parent().unwrap();
             fs::create_dir_all(shard).ctx(|| format!("create {}", shard.display()))?;
             make(&npath).ctx(|| format!("create node {id}"))?;
+            // The new nodes/xx/yy (and perhaps nodes/xx) are named one level up.
+            for up in shard.ancestors().skip(1).take(2) {
+                self.name_unsynced(parent, up);
+            }
         }
+        self.name_unsynced(parent, npath.parent().unwrap());
         if let Err(e) = self.write_record(id, &rec, false) {
             self.remove_node_files(id, new.kind);
             return Err(e);
