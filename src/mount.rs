@@ -656,14 +656,19 @@ fn unmount_now(mnt: &Path) -> std::io::Result<()> {
 fn spawn_maintenance(store: std::sync::Weak<Store>) {
     std::thread::spawn(move || {
         let mut tick = 0u64;
+        let mut next_sweep = Instant::now();
         loop {
             std::thread::sleep(Duration::from_secs(1));
             let Some(st) = store.upgrade() else { return };
-            // Each sweep scans every record for references, so sweep at most every 2 s.
-            if tick.is_multiple_of(2) {
+            // Each sweep scans every record for references: sweep at most every 2 s,
+            // and on a store big enough for a scan to take long, wait ten times the
+            // last scan, so sweeping takes at most a tenth of one core.
+            if Instant::now() >= next_sweep {
+                let t = Instant::now();
                 if let Err(e) = st.run_pending_sweep() {
                     log::warn!("sweep: {e}");
                 }
+                next_sweep = Instant::now() + Duration::from_secs(2).max(t.elapsed() * 10);
             }
             if tick.is_multiple_of(60) {
                 match st.expire() {

@@ -448,6 +448,11 @@ impl Store {
             if let Ok(rec) = self.read_record(id) {
                 set.extend(self.blob_refs(id, &rec));
             }
+        }
+        // Revisions after records, listed once: a commit saves the revision before it
+        // replaces the record, so a record read above with new content has its
+        // revision listed here.
+        for id in self.revision_owners() {
             for (_, r) in self.revisions(id).unwrap_or_default() {
                 set.extend(self.blob_refs(id, &r));
             }
