@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{daemon_pid, decofs, sh, Mount};
+use common::{daemon_pid, decofs, dj, problems, sh, Mount};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -21,43 +21,12 @@ fn q(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
-/// Run `decofs --json ARGS`: (exit code, stdout as JSON, stderr).
-fn dj(args: &[&str]) -> (i32, Value, String) {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = decofs(&a);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        v,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn fsck(store: &Path, extra: &[&str]) -> (i32, Value) {
     let mut a = vec!["fsck", store.to_str().unwrap()];
     a.extend_from_slice(extra);
     let (c, v, e) = dj(&a);
     assert!(v.is_object(), "fsck printed no report (exit {c}): {e}");
     (c, v)
-}
-
-/// (code, path, repaired) of every problem in a report.
-fn problems(v: &Value) -> Vec<(String, String, bool)> {
-    v["problems"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["code"].as_str().unwrap_or("").to_string(),
-                        p["path"].as_str().unwrap_or("").to_string(),
-                        p["repaired"].as_bool().unwrap_or(false),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A deterministic source tree: `dirs` directories of files of mixed sizes (inline,

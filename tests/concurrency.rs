@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use common::Mount;
+use common::{assert_bytes_eq, pattern, Mount};
 
 const MIB: u64 = 1 << 20;
 
@@ -31,28 +31,6 @@ fn seed(default: u64) -> u64 {
     let s = s.unwrap_or(default);
     eprintln!("seed {s:#x} (DECOFS_SEED to override)");
     s
-}
-
-fn pat_byte(seed: u64, i: u64) -> u8 {
-    let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x >> 56) as u8 ^ (i as u8)
-}
-
-fn pattern(seed: u64, off: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|k| pat_byte(seed, off + k)).collect()
-}
-
-#[track_caller]
-fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        let end = (i + 16).min(got.len());
-        panic!(
-            "{what}: first difference at offset {i}: got {:02x?}, expected {:02x?}",
-            &got[i..end],
-            &want[i..end]
-        );
-    }
 }
 
 fn errno(e: &io::Error) -> i32 {

@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::{dj, problems};
+
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
 use std::fs;
@@ -24,8 +26,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 const KIB: usize = 1024;
 const MIB: u64 = 1 << 20;
@@ -110,36 +110,6 @@ fn free_space(p: &Path) -> (u64, u64) {
 
 fn mib(b: u64) -> String {
     format!("{:.2} MiB", b as f64 / MIB as f64)
-}
-
-/// Run `decofs --json ARGS`: (exit code, stdout as JSON, stderr).
-fn dj(args: &[&str]) -> (i32, Value, String) {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = common::decofs(&a);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        v,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// (code, repaired) of every problem in an fsck report.
-fn problems(v: &Value) -> Vec<(String, bool)> {
-    v["problems"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["code"].as_str().unwrap_or("").to_string(),
-                        p["repaired"].as_bool().unwrap_or(false),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// fsck of the unmounted store: clean (exit 0), or its only problems are orphaned nodes

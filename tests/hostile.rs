@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::Mount;
+use common::{assert_bytes_eq, Mount};
 
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 4 * MIB;
@@ -80,19 +80,6 @@ fn pat_byte(seed: u64, i: u64) -> u8 {
 
 fn pattern(seed: u64, off: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|k| pat_byte(seed, off + k)).collect()
-}
-
-#[track_caller]
-fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        let end = (i + 16).min(got.len());
-        panic!(
-            "{what}: first difference at offset {i}: got {:02x?}, expected {:02x?}",
-            &got[i..end],
-            &want[i..end]
-        );
-    }
 }
 
 fn names_in(dir: &Path) -> BTreeSet<OsString> {

@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, Permi
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::Mount;
+use common::{assert_bytes_eq, pattern, Mount};
 
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 4 * MIB;
@@ -67,39 +67,6 @@ fn assert_errno<T: std::fmt::Debug>(r: io::Result<T>, want: i32, what: &str) {
         ename(want),
         ename(got)
     );
-}
-
-/// Deterministic bytes: the byte at absolute offset `i` of a stream named by `seed`.
-fn pat_byte(seed: u64, i: u64) -> u8 {
-    let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x >> 56) as u8 ^ (i as u8)
-}
-
-fn pattern(seed: u64, off: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|k| pat_byte(seed, off + k)).collect()
-}
-
-/// First offset where two buffers differ, for readable failures of large compares.
-#[track_caller]
-fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
-    if got.len() != want.len() {
-        let first = got.iter().zip(want).position(|(a, b)| a != b);
-        panic!(
-            "{what}: length differs: got {} bytes, expected {} (first differing byte within common prefix: {first:?})",
-            got.len(),
-            want.len()
-        );
-    }
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        let end = (i + 16).min(got.len());
-        panic!(
-            "{what}: first difference at offset {i} (chunk {} + {}): got {:02x?}, expected {:02x?}",
-            i as u64 / CHUNK,
-            i as u64 % CHUNK,
-            &got[i..end],
-            &want[i..end]
-        );
-    }
 }
 
 fn pread_exact(f: &File, off: u64, len: usize) -> Vec<u8> {

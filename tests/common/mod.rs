@@ -175,3 +175,69 @@ pub fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
 pub fn process_gone(pid: i32) -> bool {
     decofs::mount::process_gone(pid)
 }
+
+/// Deterministic bytes: the byte at absolute offset `i` of a stream named by `seed`.
+pub fn pat_byte(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8 ^ (i as u8)
+}
+
+pub fn pattern(seed: u64, off: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|k| pat_byte(seed, off + k)).collect()
+}
+
+/// Equal buffers, or a failure naming the first differing offset (and its 4 MiB chunk)
+/// rather than dumping megabytes.
+#[track_caller]
+pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
+    const CHUNK: u64 = 4 << 20;
+    if got.len() != want.len() {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: length differs: got {} bytes, expected {} (first differing byte within common prefix: {first:?})",
+            got.len(),
+            want.len()
+        );
+    }
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        let end = (i + 16).min(got.len());
+        panic!(
+            "{what}: first difference at offset {i} (chunk {} + {}): got {:02x?}, expected {:02x?}",
+            i as u64 / CHUNK,
+            i as u64 % CHUNK,
+            &got[i..end],
+            &want[i..end]
+        );
+    }
+}
+
+/// Run `decofs --json ARGS`: (exit code, stdout as JSON, stderr).
+pub fn dj(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let out = decofs(&a);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// (code, path, repaired) of every problem in an fsck report.
+pub fn problems(v: &serde_json::Value) -> Vec<(String, String, bool)> {
+    v["problems"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["code"].as_str().unwrap_or("").to_string(),
+                        p["path"].as_str().unwrap_or("").to_string(),
+                        p["repaired"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
