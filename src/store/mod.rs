@@ -463,13 +463,25 @@ impl Store {
     }
 
     /// Remember that `dir` gained a name `parent`'s next fsyncdir must make durable.
+    /// Bounded: past UNSYNCED_NAMES_MAX directories (a big copy that never fsyncs),
+    /// everything remembered is synced at once and forgotten.
     pub(crate) fn name_unsynced(&self, parent: NodeId, dir: &Path) {
-        self.unsynced_names
-            .lock()
-            .unwrap()
-            .entry(parent)
-            .or_default()
-            .insert(dir.to_path_buf());
+        const UNSYNCED_NAMES_MAX: usize = 65_536;
+        let full = {
+            let mut m = self.unsynced_names.lock().unwrap();
+            m.entry(parent).or_default().insert(dir.to_path_buf());
+            if m.len() > UNSYNCED_NAMES_MAX {
+                std::mem::take(&mut *m)
+            } else {
+                return;
+            }
+        };
+        let dirs: std::collections::BTreeSet<PathBuf> = full.into_values().flatten().collect();
+        for d in dirs.iter().rev() {
+            if let Err(e) = layout::sync_dir(d) {
+                log::warn!("sync {}: {e}", d.display());
+            }
+        }
     }
 
     pub fn sync_node(&self, id: NodeId) -> Result<()> {
