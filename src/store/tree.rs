@@ -194,6 +194,7 @@ impl Store {
                     .map(|_| ())
             }
         };
+        let mut new_shard = false;
         if let Err(e) = make(&npath) {
             if e.kind() != ErrorKind::NotFound {
                 return Err(Error::io(format!("create node {id}"), e));
@@ -201,12 +202,8 @@ impl Store {
             let shard = npath.parent().unwrap();
             fs::create_dir_all(shard).ctx(|| format!("create {}", shard.display()))?;
             make(&npath).ctx(|| format!("create node {id}"))?;
-            // The new nodes/xx/yy (and perhaps nodes/xx) are named one level up.
-            for up in shard.ancestors().skip(1).take(2) {
-                self.name_unsynced(parent, up);
-            }
+            new_shard = true;
         }
-        self.name_unsynced(parent, npath.parent().unwrap());
         if let Err(e) = self.write_record(id, &rec, false) {
             self.remove_node_files(id, new.kind);
             return Err(e);
@@ -221,6 +218,13 @@ impl Store {
                 ErrorKind::NotFound => Error::NotFound,
                 _ => Error::io(format!("bind {:?}", name), e),
             });
+        }
+        // The node's name in nodes/xx/yy, and a new nodes/xx/yy (perhaps nodes/xx) one
+        // level up, become durable with the parent's next fsyncdir.
+        let shard = npath.parent().unwrap();
+        let new_levels = if new_shard { 2 } else { 0 };
+        for dir in shard.ancestors().take(1 + new_levels) {
+            self.name_unsynced(parent, dir);
         }
         // 3. the parent's times (and link count for a subdirectory)
         let r = self.touch_dir(parent, if new.kind == Kind::Dir { 1 } else { 0 });
