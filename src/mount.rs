@@ -588,16 +588,9 @@ pub fn process_gone(pid: i32) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return true;
     };
-    tasks.flatten().all(|t| {
-        fs::read_to_string(t.path().join("stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with(['Z', 'X']))
-                    .unwrap_or(true)
-            })
-            .unwrap_or(true)
-    })
+    tasks
+        .flatten()
+        .all(|t| crate::store::lock::task_exited(&t.path().join("stat")))
 }
 
 /// Could a writer take the store's lock right now?

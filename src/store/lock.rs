@@ -64,6 +64,18 @@ pub fn holder(layout: &Layout) -> String {
         .unwrap_or_default()
 }
 
+/// Has the task whose `/proc/.../stat` is `stat` exited (gone, zombie or dead)?
+pub fn task_exited(stat: &Path) -> bool {
+    match fs::read_to_string(stat) {
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => true,
+    }
+}
+
 /// Is the holder named in a lock file ("pid N on host H …") a process of this host whose
 /// main thread has already exited, so that the whole process is on its way out?
 fn holder_exiting(holder: &str) -> bool {
@@ -80,14 +92,8 @@ fn holder_exiting(holder: &str) -> bool {
     if host != hostname() {
         return false;
     }
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .map(|r| r.trim_start().starts_with(['Z', 'X']))
-            .unwrap_or(false),
-        Err(_) => true, // gone already; the kernel is releasing its files
-    }
+    // Gone already counts too: the kernel is releasing its files.
+    task_exited(Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// Is the lock held by a live process (on this host)?

@@ -303,10 +303,7 @@ impl Store {
         let missing: Vec<NodeId> = ids
             .iter()
             .copied()
-            .filter(|id| match self.cache_shard(*id) {
-                Some(sh) => !sh.lock().unwrap().map.contains_key(id),
-                None => false,
-            })
+            .filter(|id| !self.record_cached(*id))
             .collect();
         if missing.len() < MIN_BATCH {
             return;
@@ -443,9 +440,7 @@ impl Store {
     pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
         let dirs = self.unsynced_names.lock().unwrap().remove(&id);
         if let Some(dirs) = dirs {
-            let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
-            // Deepest first: a new nodes/xx/yy is named in nodes/xx, synced after it.
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            let dirs = deepest_first(dirs);
             for (i, d) in dirs.iter().enumerate() {
                 if let Err(e) = layout::sync_dir(d) {
                     // Keep what is still unsynced for the next attempt.
@@ -476,9 +471,8 @@ impl Store {
                 return;
             }
         };
-        let dirs: std::collections::BTreeSet<PathBuf> = full.into_values().flatten().collect();
-        for d in dirs.iter().rev() {
-            if let Err(e) = layout::sync_dir(d) {
+        for d in deepest_first(full.into_values().flatten()) {
+            if let Err(e) = layout::sync_dir(&d) {
                 log::warn!("sync {}: {e}", d.display());
             }
         }
@@ -503,6 +497,15 @@ impl Store {
         }
         Ok(st)
     }
+}
+
+/// Directories in the order to sync them: deepest first, because a new `nodes/xx/yy`
+/// is named in `nodes/xx`, which is synced after it.
+fn deepest_first(dirs: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = dirs.into_iter().collect();
+    v.sort_by(|a, b| (b.components().count().cmp(&a.components().count())).then_with(|| a.cmp(b)));
+    v.dedup();
+    v
 }
 
 #[cfg(test)]
