@@ -1203,7 +1203,12 @@ impl Store {
             else {
                 continue;
             };
-            let raw = fs::read(ent.path()).ctx(|| "read revision".into())?;
+            let raw = match fs::read(ent.path()) {
+                Ok(raw) => raw,
+                // Pruned or purged while we list.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("read {}", ent.path().display()), e)),
+            };
             match super::node::unframe(id, &raw)? {
                 super::node::Stored::Inline(r) => out.push((stamp, r)),
                 super::node::Stored::InBlob(h) => {
