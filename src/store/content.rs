@@ -33,7 +33,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
-use super::blob::BlobStore;
+use super::blob::{BlobStore, Chunk};
 use super::error::{Error, IoContext, Result};
 use super::event::{Event, Op};
 use super::node::{
@@ -307,7 +307,7 @@ fn zero_range(f: &fs::File, off: u64, len: u64) -> Result<()> {
 /// What a read returns: its own bytes, or a range of a cached chunk.
 pub enum ReadData {
     Owned(Vec<u8>),
-    Shared(Arc<Vec<u8>>, usize, usize),
+    Shared(Arc<Chunk>, usize, usize),
 }
 
 impl ReadData {
@@ -384,7 +384,7 @@ impl Store {
     }
 
     /// Read a verified chunk; on a mismatch mark the node and report EIO.
-    pub(crate) fn load_chunk(&self, id: NodeId, c: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn load_chunk(&self, id: NodeId, c: &ChunkRef) -> Result<Arc<Chunk>> {
         match self.blobs.get(&c.hash) {
             Ok(d) => Ok(d),
             Err(e @ Error::Integrity { .. }) => {
@@ -809,7 +809,7 @@ impl Store {
         let cs = self.chunk_size();
         let end = off + n;
         let mut pos = off;
-        let mut base: Option<Arc<Vec<u8>>> = None;
+        let mut base: Option<Arc<Chunk>> = None;
         while pos < end {
             if pos < d.head.len() {
                 let e = end.min(d.head.len());
