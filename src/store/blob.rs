@@ -7,6 +7,13 @@
 //! a chunk is hashed once per read from disk, not once per 128 KiB request. Concurrent
 //! readers of one blob share a single load, and `prefetch` loads a blob in the background
 //! (sequential reads ask for the next chunk while the kernel still copies this one).
+//! A cold blob of 1 MiB or more is read with O_DIRECT into an aligned buffer ([`Chunk`]);
+//! a warm one through the page cache, hashed piece by piece.
+//!
+//! Durability: `put(.., durable=false)` leaves the blob to a later [`BlobStore::sync`],
+//! which fsyncs every such blob and then the directories naming them, except on ext4
+//! for blobs whose descriptor is still held: there the file's fsync also writes its new
+//! name (tests/durability.rs checks this with a power cut).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
