@@ -1314,32 +1314,9 @@ impl Store {
                 }
             })
             };
-            // A node created a moment ago may not have its record yet: it names
-            // nothing (its content will come from a session). A node removed while
-            // we look names nothing either. Anything else that cannot be read hides
-            // which blobs are in use. Read again once in case the record landed.
-            let mut rec = self.read_record(id);
-            if let Err(Error::CorruptRecord { .. }) = rec {
-                match xattr::get(self.layout.node_path(id), RECORD_XATTR) {
-                    Ok(None) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    _ => rec = self.read_record(id),
-                }
-            }
-            match rec {
-                Ok(rec) => {
-                    strict(&rec)?;
-                    referenced.extend(self.blob_refs(id, &rec));
-                }
-                Err(Error::NotFound) => continue, // removed meanwhile
-                Err(e) => {
-                    return Err(Error::Integrity {
-                        what: "the store's records".into(),
-                        detail: format!(
-                            "record of {id} cannot be read ({e}), so which blobs are in use is unknown; gc deletes nothing until `decofs fsck --repair` fixed it"
-                        ),
-                    })
-                }
+            if let Some(rec) = self.record_naming_blobs(id)? {
+                strict(&rec)?;
+                referenced.extend(self.blob_refs(id, &rec));
             }
             for (_, r) in self.revisions(id)? {
                 strict(&r)?;

@@ -1209,6 +1209,12 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io(format!("read {}", ent.path().display()), e)),
             };
+            if raw.is_empty() {
+                // Written without fsync and cut off by a power loss before its data
+                // (a journal committed the name): it names nothing. fsck removes it.
+                log::warn!("node {id}: revision {stamp} is empty, skipped");
+                continue;
+            }
             match super::node::unframe(id, &raw)? {
                 super::node::Stored::Inline(r) => out.push((stamp, r)),
                 super::node::Stored::InBlob(h) => {
@@ -1349,6 +1355,37 @@ mod tests {
         let revs = s.revisions(id).unwrap();
         assert_eq!(revs.len(), 1);
         assert_eq!(s.read_content(id, &revs[0].1).unwrap(), b"version one");
+    }
+
+    /// A revision left empty by a power cut names nothing and is skipped; one holding
+    /// garbage stops the blob sweep, which must not free what it may name.
+    #[test]
+    fn empty_revision_is_skipped_and_garbage_one_stops_the_sweep() {
+        let (_d, s) = scratch();
+        let id = new_file(&s, "f");
+        s.write(id, 0, &vec![1u8; 100_000]).unwrap();
+        s.write(id, 0, &vec![2u8; 100_000]).unwrap(); // version 1 is now a revision
+        let old = Store::record_hashes(&s.revisions(id).unwrap()[0].1);
+        let dir = s.layout.root.join("revisions").join(id.to_string());
+        fs::write(dir.join("1"), b"").unwrap();
+        assert_eq!(
+            s.revisions(id).unwrap().len(),
+            1,
+            "the empty one is skipped"
+        );
+        assert_eq!(
+            s.sweep(old.clone(), std::time::SystemTime::now()).unwrap(),
+            0
+        );
+        fs::write(dir.join("2"), b"not a record").unwrap();
+        assert!(s.revisions(id).is_err());
+        assert!(s.sweep(old.clone(), std::time::SystemTime::now()).is_err());
+        for h in &old {
+            assert!(
+                s.blobs.path_of(h).exists(),
+                "a blob a revision names was freed"
+            );
+        }
     }
 
     /// Invariant 5: a corrupted chunk reads as EIO and marks the node.

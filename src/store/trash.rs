@@ -445,20 +445,46 @@ impl Store {
     pub fn referenced_blobs(&self) -> Result<HashSet<Hash>> {
         let mut set = HashSet::new();
         for id in self.node_ids()? {
-            if let Ok(rec) = self.read_record(id) {
+            if let Some(rec) = self.record_naming_blobs(id)? {
                 set.extend(self.blob_refs(id, &rec));
             }
         }
         // Revisions after records, listed once: a commit saves the revision before it
         // replaces the record, so a record read above with new content has its
-        // revision listed here.
+        // revision listed here. One that cannot be read stops the sweep (the error):
+        // skipping it would free the blobs it names.
         for id in self.revision_owners() {
-            for (_, r) in self.revisions(id).unwrap_or_default() {
+            for (_, r) in self.revisions(id)? {
                 set.extend(self.blob_refs(id, &r));
             }
         }
         set.extend(self.session_blobs());
         Ok(set)
+    }
+
+    /// A node's record for counting the blobs it names: `None` for a node that names
+    /// none (created a moment ago and without a record yet, or removed while we look),
+    /// an error for a record that cannot be read, since the blobs it names are unknown.
+    pub(crate) fn record_naming_blobs(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        let mut rec = self.read_record(id);
+        if let Err(Error::CorruptRecord { .. }) = rec {
+            match xattr::get(self.layout.node_path(id), super::node::RECORD_XATTR) {
+                Ok(None) => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                // Read again once, in case the record landed meanwhile.
+                _ => rec = self.read_record(id),
+            }
+        }
+        match rec {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(Error::Integrity {
+                what: "the store's records".into(),
+                detail: format!(
+                    "record of {id} cannot be read ({e}), so which blobs are in use is unknown; nothing is deleted until `decofs fsck --repair` fixed it"
+                ),
+            }),
+        }
     }
 
     /// Every node in `nodes/` (live, trashed, or not yet named).
