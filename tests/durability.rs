@@ -22,7 +22,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 /// A loop-mounted ext4 image. Dropping it unmounts it (lazily as a last resort).
 struct Image {
@@ -94,16 +93,7 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while common::is_mounted(&self.root) && Instant::now() < deadline {
-            let _ = Command::new("umount").arg(&self.root).output();
-            if common::is_mounted(&self.root) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        if common::is_mounted(&self.root) {
-            let _ = Command::new("umount").arg("-l").arg(&self.root).output();
-        }
+        common::umount_fs(&self.root);
     }
 }
 

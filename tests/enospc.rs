@@ -348,17 +348,7 @@ impl SmallFs {
 impl Drop for SmallFs {
     fn drop(&mut self) {
         common::unmount_path(&self.mnt);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while common::is_mounted(&self.root) && Instant::now() < deadline {
-            let _ = Command::new("umount").arg(&self.root).output();
-            if common::is_mounted(&self.root) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        if common::is_mounted(&self.root) {
-            // Last resort: detach it; the loop device is freed with its last user.
-            let _ = Command::new("umount").arg("-l").arg(&self.root).output();
-        }
+        common::umount_fs(&self.root);
         let _ = &self.dir;
     }
 }

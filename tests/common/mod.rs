@@ -148,6 +148,22 @@ pub fn unmount_path(mnt: &Path) {
     }
 }
 
+/// Unmount a kernel filesystem (e.g. a loop-mounted image) under a test's decofs store:
+/// retried for up to 20 s while something still holds it, then detached lazily so no
+/// mount is left behind (a loop device is freed with its last user).
+pub fn umount_fs(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while is_mounted(root) && Instant::now() < deadline {
+        let _ = Command::new("umount").arg(root).output();
+        if is_mounted(root) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if is_mounted(root) {
+        let _ = Command::new("umount").arg("-l").arg(root).output();
+    }
+}
+
 /// Run a shell command, panic with its output if it fails.
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
