@@ -34,14 +34,7 @@ impl Image {
         let img = dir.join(format!("{name}.img"));
         let root = dir.join(name);
         fs::create_dir(&root).unwrap();
-        fs::File::create(&img).unwrap().set_len(512 << 20).unwrap();
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .args(mkfs)
-            .arg(&img)
-            .output()
-            .expect("run mkfs.ext4");
-        assert!(out.status.success(), "mkfs.ext4: {out:?}");
+        common::mkfs_ext4(&img, 512 << 20, mkfs);
         Image::mount(img, root)
     }
 

@@ -231,18 +231,7 @@ impl SmallFs {
         let mnt = dir.path().join("mnt");
         fs::create_dir(&root).unwrap();
         fs::create_dir(&mnt).unwrap();
-        fs::File::create(&img).unwrap().set_len(size).unwrap();
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .args(mkfs)
-            .arg(&img)
-            .output()
-            .expect("run mkfs.ext4");
-        assert!(
-            out.status.success(),
-            "mkfs.ext4 failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::mkfs_ext4(&img, size, mkfs);
         let out = Command::new("mount")
             .args(["-o", "loop"])
             .arg(&img)

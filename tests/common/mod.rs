@@ -148,6 +148,22 @@ pub fn unmount_path(mnt: &Path) {
     }
 }
 
+/// Make an ext4 image of `size` bytes at `img` (`args`: extra mkfs.ext4 options).
+pub fn mkfs_ext4(img: &Path, size: u64, args: &[&str]) {
+    std::fs::File::create(img).unwrap().set_len(size).unwrap();
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .args(args)
+        .arg(img)
+        .output()
+        .expect("run mkfs.ext4");
+    assert!(
+        out.status.success(),
+        "mkfs.ext4 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Unmount a kernel filesystem (e.g. a loop-mounted image) under a test's decofs store:
 /// retried for up to 20 s while something still holds it, then detached lazily so no
 /// mount is left behind (a loop device is freed with its last user).
