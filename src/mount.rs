@@ -356,11 +356,15 @@ pub fn run_foreground(
         // so do not wait forever.
         std::thread::sleep(Duration::from_secs(10));
         let _ = sig_store.commit_all();
+        if let Err(e) = sig_store.close_fsync_log() {
+            log::error!("closing the fsync log failed (it is replayed at the next mount): {e}");
+        }
         std::process::exit(0);
     });
     let res = session.run().ctx(|| "serve the mount".into());
     sd_notify("STOPPING=1");
     let commit = store.commit_all();
+    let commit = commit.and_then(|()| store.close_fsync_log());
     if let Ok(ix) = &index {
         ix.close();
     }

@@ -14,6 +14,14 @@
 //! which fsyncs every such blob and then the directories naming them, except on ext4
 //! for blobs whose descriptor is still held: there the file's fsync also writes its new
 //! name (tests/durability.rs checks this with a power cut).
+//! Which blobs are not durable yet is known (`is_unsynced`): the fsync log copies
+//! those a logged record names.
+//!
+//! Recycling: the file of a swept blob of at most 1 MiB is emptied and kept (up to 256)
+//! for the next `put`, which writes and renames it instead of creating a new inode. On
+//! ext4 without a journal a new inode costs ~1 ms once many were deleted recently
+//! (`find_inode_bit` skips every inode freed in the last 30 s), and a small-file
+//! workload such as sqlite's journal deletes and creates several per transaction.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -67,6 +75,10 @@ pub struct LocalBlobs {
     seq: AtomicU64,
     /// Blob files written without fsync since the last `sync`.
     unsynced: Mutex<Vec<Unsynced>>,
+    /// The hashes of `unsynced` plus those a running `sync` is still fsyncing: a blob
+    /// leaves only once it is durable, so the fsync log can tell which blobs it must
+    /// carry (see `is_unsynced`).
+    not_durable: Mutex<HashMap<Hash, u32>>,
     /// The backing filesystem is ext4: an fsync of a file through a descriptor opened
     /// before its rename also makes its new name durable (see `sync`).
     name_rides_fsync: bool,
@@ -74,10 +86,21 @@ pub struct LocalBlobs {
     loading: Mutex<HashMap<Hash, Arc<Gate>>>,
     /// Background prefetches running (bounded by PREFETCH_MAX).
     prefetching: AtomicUsize,
+    /// Files of swept small blobs, emptied, kept for `put` to write again (see
+    /// `recycle`): a new inode costs ~1 ms on a churned ext4 without a journal.
+    pool: Mutex<VecDeque<PathBuf>>,
+    /// Set by `drain_pool` (closing): from then on swept files are deleted.
+    pool_closed: std::sync::atomic::AtomicBool,
 }
+
+/// Swept blob files kept for reuse at most, and the largest blob recycled (bigger ones
+/// cost mostly their data, not their inode).
+const POOL_MAX: usize = 256;
+const RECYCLE_MAX: u64 = 1 << 20;
 
 /// A blob written without fsync, with its descriptor while it is among the newest.
 struct Unsynced {
+    hash: Hash,
     path: PathBuf,
     file: Option<fs::File>,
 }
@@ -143,34 +166,129 @@ impl LocalBlobs {
             seq: AtomicU64::new(0),
             name_rides_fsync: is_ext4(&layout.blobs()),
             unsynced: Mutex::new(Vec::new()),
+            not_durable: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             prefetching: AtomicUsize::new(0),
+            pool: Mutex::new(VecDeque::new()),
+            pool_closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Note a blob written without fsync (see `Unsynced`, `UNSYNCED_MAX`).
-    fn remember_unsynced(&self, path: PathBuf, file: fs::File) -> Result<()> {
-        let mut u = self.unsynced.lock().unwrap();
-        u.push(Unsynced {
-            path,
-            file: self.name_rides_fsync.then_some(file),
-        });
-        let n = u.len();
-        if n > HELD_MAX {
-            u[n - 1 - HELD_MAX].file = None;
-        }
-        if n > UNSYNCED_MAX {
-            let dir = fs::File::open(self.layout.blobs()).ctx(|| "open blobs".into())?;
-            // SAFETY: syncfs on a descriptor we own.
-            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-                return Err(Error::io(
-                    "sync the store's filesystem",
-                    std::io::Error::last_os_error(),
-                ));
+    /// Note a blob written without fsync (see `Unsynced`, `UNSYNCED_MAX`). Called
+    /// before the blob is renamed into place, so there is no moment when it is visible
+    /// but not known to be unsynced.
+    /// Only a `fresh` file (a new inode) is held: ext4 marks an inode's first name as
+    /// new at create, and that mark is what makes its fsync write the name; a recycled
+    /// inode may have lost it.
+    fn remember_unsynced(
+        &self,
+        hash: Hash,
+        path: PathBuf,
+        file: fs::File,
+        fresh: bool,
+    ) -> Result<()> {
+        *self.not_durable.lock().unwrap().entry(hash).or_insert(0) += 1;
+        let n = {
+            let mut u = self.unsynced.lock().unwrap();
+            u.push(Unsynced {
+                hash,
+                path,
+                file: (self.name_rides_fsync && fresh).then_some(file),
+            });
+            let n = u.len();
+            if n > HELD_MAX {
+                u[n - 1 - HELD_MAX].file = None;
             }
-            u.clear();
+            n
+        };
+        if n > UNSYNCED_MAX {
+            self.sync_filesystem()?;
         }
         Ok(())
+    }
+
+    /// Make every blob written so far durable with one syncfs of the backing
+    /// filesystem (which writes everything else of the store too), and forget them.
+    /// Blobs written while it runs stay listed.
+    pub fn sync_filesystem(&self) -> Result<()> {
+        let n = self.unsynced.lock().unwrap().len();
+        syncfs(&self.layout.blobs())?;
+        let done: Vec<Hash> = {
+            let mut u = self.unsynced.lock().unwrap();
+            let n = n.min(u.len());
+            u.drain(..n).map(|u| u.hash).collect()
+        };
+        self.now_durable(done);
+        Ok(())
+    }
+
+    fn now_durable(&self, hashes: Vec<Hash>) {
+        let mut m = self.not_durable.lock().unwrap();
+        for h in hashes {
+            if let Some(c) = m.get_mut(&h) {
+                *c -= 1;
+                if *c == 0 {
+                    m.remove(&h);
+                }
+            }
+        }
+    }
+
+    /// A swept blob's file (already renamed out of `blobs/`): keep it, emptied, for a
+    /// later `put`, or delete it. Returns the bytes it held. Its name,
+    /// `blob.<pid>.pool<n>.tmp`, is staging: fsck collects it should we die.
+    pub fn recycle(&self, doomed: &std::path::Path) -> u64 {
+        let len = fs::metadata(doomed).map(|m| m.len()).unwrap_or(0);
+        if len <= RECYCLE_MAX
+            && !self.pool_closed.load(Ordering::SeqCst)
+            && self.pool.lock().unwrap().len() < POOL_MAX
+        {
+            let p = self.layout.sessions().join(format!(
+                "blob.{}.pool{}.tmp",
+                std::process::id(),
+                self.seq.fetch_add(1, Ordering::Relaxed)
+            ));
+            let kept = fs::rename(doomed, &p).is_ok()
+                && fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_len(0))
+                    .is_ok();
+            if kept {
+                let mut pool = self.pool.lock().unwrap();
+                if !self.pool_closed.load(Ordering::SeqCst) {
+                    pool.push_back(p);
+                    return len;
+                }
+            }
+            let _ = fs::remove_file(&p);
+        }
+        let _ = fs::remove_file(doomed);
+        len
+    }
+
+    /// Delete the recycled files (a clean close leaves no staging behind).
+    pub fn drain_pool(&self) {
+        self.pool_closed.store(true, Ordering::SeqCst);
+        for p in std::mem::take(&mut *self.pool.lock().unwrap()) {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// Drop blobs from the verified-chunk cache.
+    pub fn forget(&self, hashes: &[Hash]) {
+        let mut c = self.cache.lock().unwrap();
+        for h in hashes {
+            if let Some(d) = c.map.remove(h) {
+                c.bytes -= d.len();
+                c.order.retain(|o| o != h);
+            }
+        }
+    }
+
+    /// Was this blob written without fsync, and is it not durable yet?
+    pub fn is_unsynced(&self, hash: &Hash) -> bool {
+        self.not_durable.lock().unwrap().contains_key(hash)
     }
 
     fn cached(&self, hash: &Hash) -> Option<Arc<Chunk>> {
@@ -285,17 +403,25 @@ impl BlobStore for LocalBlobs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("touch {}", path.display()), e)),
         }
-        let tmp = self.layout.sessions().join(format!(
-            "blob.{}.{}.tmp",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        ));
+        let recycled = self.pool.lock().unwrap().pop_front();
+        let fresh = recycled.is_none();
+        let tmp = recycled.unwrap_or_else(|| {
+            self.layout.sessions().join(format!(
+                "blob.{}.{}.tmp",
+                std::process::id(),
+                self.seq.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
         let res = (|| {
             let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
             f.write_all(data)
                 .ctx(|| format!("write {}", tmp.display()))?;
             if durable {
                 f.sync_all().ctx(|| format!("sync {}", tmp.display()))?;
+            } else {
+                // Listed before it is named; if naming fails, `sync` cannot open it
+                // and drops it.
+                self.remember_unsynced(hash, path.clone(), f, fresh)?;
             }
             let dir = path.parent().expect("blob paths have a parent");
             if let Err(e) = fs::rename(&tmp, &path) {
@@ -307,8 +433,6 @@ impl BlobStore for LocalBlobs {
             }
             if durable {
                 sync_dir(dir)?;
-            } else {
-                self.remember_unsynced(path.clone(), f)?;
             }
             Ok(())
         })();
@@ -332,28 +456,37 @@ impl BlobStore for LocalBlobs {
     fn sync(&self) -> Result<()> {
         let list = std::mem::take(&mut *self.unsynced.lock().unwrap());
         let mut dirs = std::collections::BTreeSet::new();
+        let mut synced = Vec::with_capacity(list.len());
         let mut it = list.into_iter();
         while let Some(u) = it.next() {
             let (f, held) = match u.file {
                 Some(f) => (f, self.name_rides_fsync),
                 None => match fs::File::open(&u.path) {
                     Ok(f) => (f, false),
-                    Err(_) => continue, // swept meanwhile: nothing needs it
+                    Err(_) => {
+                        synced.push(u.hash); // swept meanwhile: nothing needs it
+                        continue;
+                    }
                 },
             };
             if let Err(e) = f.sync_all() {
                 // Keep what is not synced for the next attempt (by path, dir included).
                 let mut back = self.unsynced.lock().unwrap();
                 back.push(Unsynced {
+                    hash: u.hash,
                     path: u.path.clone(),
                     file: None,
                 });
                 back.extend(it.map(|r| Unsynced {
+                    hash: r.hash,
                     path: r.path,
                     file: None,
                 }));
+                drop(back);
+                self.now_durable(synced);
                 return Err(Error::io(format!("sync {}", u.path.display()), e));
             }
+            synced.push(u.hash);
             if !held {
                 if let Some(d) = u.path.parent() {
                     dirs.insert(d.to_path_buf());
@@ -363,8 +496,22 @@ impl BlobStore for LocalBlobs {
         for d in dirs {
             sync_dir(&d)?;
         }
+        self.now_durable(synced);
         Ok(())
     }
+}
+
+/// syncfs(2) of the filesystem holding `path`.
+pub fn syncfs(path: &std::path::Path) -> Result<()> {
+    let dir = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(Error::io(
+            "sync the store's filesystem",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Read a whole blob file and hash it.

@@ -321,6 +321,7 @@ impl Store {
         } else {
             Some(StoreLock::acquire(&layout)?)
         };
+        super::replay_fsync_logs(&layout, lock.is_some())?;
         let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
         Ok(Store::assemble(layout, format, blobs, read_only, lock))
     }

@@ -1128,7 +1128,7 @@ impl Store {
         // Every byte of the new content was written or verified in this session (no
         // chunk is left unread from before): an earlier integrity error no longer applies.
         let fresh = inline || s.chunks.values().all(|c| s.sealed_here.contains(&c.hash));
-        if durable {
+        if durable && !self.fsync_logged() {
             self.blobs.sync()?;
         }
         if let Some(base) = s.base.take() {

@@ -11,6 +11,7 @@
 //! STORE/lock               single-writer lock (flock) naming its holder
 //! STORE/epoch              fencing epoch, increased by every lock acquisition or break
 //! STORE/decofs.log         log of a background mount
+//! STORE/journal/<epoch>.log  fsync log of the writer holding that epoch (`fsynclog`)
 //! ```
 //! Opening checks the format version first, so a store of another format is refused
 //! before anything in it is touched.

@@ -21,6 +21,7 @@ pub mod check;
 pub mod content;
 pub mod error;
 pub mod event;
+pub mod fsynclog;
 pub mod layout;
 pub mod lock;
 pub mod node;
@@ -112,6 +113,15 @@ pub struct Store {
     /// a durable name never points at a node whose own name in `nodes/` was lost (the
     /// backing ext4 may run without a journal).
     unsynced_names: Mutex<HashMap<NodeId, std::collections::HashSet<PathBuf>>>,
+    /// A writer's fsync log (see `fsynclog`): one fdatasync per file fsync.
+    fsync_log: Option<fsynclog::FsyncLog>,
+}
+
+/// What `log_sync` did.
+enum LogSync {
+    Logged,
+    NotAFile,
+    NoLog,
 }
 
 pub type InvalidateFn = Box<dyn Fn(NodeId) + Send + Sync>;
@@ -150,13 +160,17 @@ impl Store {
         } else {
             Some(StoreLock::acquire(&layout)?)
         };
+        replay_fsync_logs(&layout, lock.is_some())?;
         let cache = if opts.cache_bytes == 0 {
             256 << 20
         } else {
             opts.cache_bytes
         };
         let blobs = LocalBlobs::new(layout.clone(), cache);
-        let store = Store::assemble(layout, format, blobs, opts.read_only, lock);
+        let mut store = Store::assemble(layout, format, blobs, opts.read_only, lock);
+        if let Some(epoch) = store.epoch() {
+            store.fsync_log = Some(fsynclog::FsyncLog::new(&store.layout, epoch));
+        }
         // A root without a record means this is not a store we can serve.
         store.read_record(store.root())?;
         Ok(store)
@@ -183,6 +197,7 @@ impl Store {
             pending_sweep: Mutex::new(Vec::new()),
             read_ends: Mutex::new(HashMap::new()),
             unsynced_names: Mutex::new(HashMap::new()),
+            fsync_log: None,
             invalidate: Mutex::new(None),
             sink: RwLock::new(None),
             cache_on: AtomicBool::new(false),
@@ -481,10 +496,115 @@ impl Store {
         }
     }
 
+    /// fsync of a node. A file's record, with the blobs it names, goes through the fsync
+    /// log when there is one (one fdatasync); otherwise, and for directories, the
+    /// node's file is fsynced (a file's unsynced blobs first).
     pub fn sync_node(&self, id: NodeId) -> Result<()> {
+        match self.log_sync(id)? {
+            LogSync::Logged => Ok(()),
+            LogSync::NotAFile => self.fsync_node_file(id),
+            LogSync::NoLog => {
+                self.blobs.sync()?;
+                self.fsync_node_file(id)
+            }
+        }
+    }
+
+    /// Will a file's fsync go through the log (so its blobs need no fsync of their own)?
+    pub(crate) fn fsync_logged(&self) -> bool {
+        self.fsync_log.as_ref().is_some_and(|l| l.usable())
+    }
+
+    fn fsync_node_file(&self, id: NodeId) -> Result<()> {
         let path = self.layout.node_path(id);
         let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;
         f.sync_all().ctx(|| format!("sync {}", path.display()))
+    }
+
+    /// Log the record of file `id` as it is stored now, with the bytes of every blob it
+    /// names that is not durable yet, and wait until the log entry is durable. A log
+    /// that fails is given up (`NoLog`: the caller syncs the files themselves).
+    fn log_sync(&self, id: NodeId) -> Result<LogSync> {
+        // A blob of the record read can be swept before it is copied, if a newer
+        // record replaced it meanwhile: then read the newer one.
+        let mut tries = 0;
+        loop {
+            match self.try_log_sync(id) {
+                Err(Error::Integrity { .. }) if tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn try_log_sync(&self, id: NodeId) -> Result<LogSync> {
+        let path = self.layout.node_path(id);
+        let value = match xattr::get(&path, RECORD_XATTR) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return Err(Error::CorruptRecord {
+                    node: id.to_string(),
+                    detail: "node has no record".into(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound),
+            Err(e) => return Err(Error::io(format!("read record of {id}"), e)),
+        };
+        let (rec, rec_blob) = match unframe(id, &value)? {
+            Stored::Inline(r) => (r, None),
+            Stored::InBlob(h) => (decode_body(id, &self.blobs.get(&h)?)?, Some(h)),
+        };
+        if rec.kind != Kind::File {
+            return Ok(LogSync::NotAFile);
+        }
+        let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
+            return Ok(LogSync::NoLog);
+        };
+        self.writable()?;
+        let mut hashes: Vec<node::Hash> = rec_blob.into_iter().collect();
+        if let node::Content::Manifest(h) = &rec.content {
+            hashes.push(*h);
+        }
+        hashes.extend(self.chunk_list(&rec.content)?.iter().map(|c| c.hash));
+        hashes.sort_unstable();
+        hashes.dedup();
+        let mut carried = Vec::new();
+        let mut bytes = 0;
+        for h in hashes {
+            if self.blobs.is_unsynced(&h) {
+                let d = self.blobs.get(&h)?;
+                bytes += d.len();
+                if bytes > fsynclog::CARRY_MAX {
+                    // Too much to copy into the log: sync the blobs themselves.
+                    carried.clear();
+                    self.blobs.sync()?;
+                    break;
+                }
+                carried.push(d.to_vec());
+            }
+        }
+        let entry = fsynclog::Entry {
+            node: id.0.into_bytes(),
+            version: rec.version,
+            value,
+            blobs: carried,
+        };
+        match log.append(&entry, &|| self.blobs.sync_filesystem()) {
+            Ok(()) => Ok(LogSync::Logged),
+            Err(e) => {
+                log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
+                Ok(LogSync::NoLog)
+            }
+        }
+    }
+
+    /// Clean close of a writer: make everything durable and delete the fsync log, so a
+    /// cleanly closed store has nothing to replay.
+    pub fn close_fsync_log(&self) -> Result<()> {
+        self.blobs.drain_pool();
+        match &self.fsync_log {
+            Some(l) => l.close(&|| self.blobs.sync_filesystem()),
+            None => Ok(()),
+        }
     }
 
     /// Free and total space of the disk under the store: (blocks, bfree, bavail, files,
@@ -499,6 +619,41 @@ impl Store {
             return Err(Error::io("statfs", std::io::Error::last_os_error()));
         }
         Ok(st)
+    }
+}
+
+impl Drop for Store {
+    /// A writer that goes away without a crash leaves no fsync log behind.
+    fn drop(&mut self) {
+        if let Err(e) = self.close_fsync_log() {
+            log::warn!("fsync log kept for replay at the next open: {e}");
+        }
+        self.blobs.drain_pool();
+    }
+}
+
+/// Replay the fsync logs a writer left behind (it crashed, or the power failed). A
+/// writer does it under its own lock; any other open does it only if it can take the
+/// lock for a moment (if a writer holds it, that writer has replayed them already).
+fn replay_fsync_logs(layout: &Layout, locked: bool) -> Result<()> {
+    if !fsynclog::pending(layout)? {
+        return Ok(());
+    }
+    if locked {
+        fsynclog::recover(layout)?;
+        return Ok(());
+    }
+    match StoreLock::acquire(layout) {
+        Ok(l) => {
+            fsynclog::recover(layout)?;
+            drop(l);
+            Ok(())
+        }
+        Err(Error::StoreLocked { .. }) => Ok(()),
+        Err(e) => {
+            log::warn!("fsync log left by a crashed writer cannot be replayed now: {e}");
+            Ok(())
+        }
     }
 }
 

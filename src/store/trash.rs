@@ -525,6 +525,7 @@ impl Store {
         let referenced = self.referenced_blobs()?;
         let (n, mut kept_ref, mut kept_touched) = (candidates.len(), 0, 0);
         let mut freed = 0;
+        let mut gone = Vec::new();
         for h in candidates {
             if referenced.contains(&h) {
                 kept_ref += 1;
@@ -550,10 +551,10 @@ impl Store {
                 let _ = fs::rename(&doomed, &path);
                 continue;
             }
-            freed += meta.map(|m| m.len()).unwrap_or(0);
-            let _ = fs::remove_file(&doomed);
+            freed += self.blobs.recycle(&doomed);
+            gone.push(h);
         }
-        self.blobs.drop_cache();
+        self.blobs.forget(&gone);
         log::debug!("sweep: {n} candidate(s), {kept_ref} still referenced, {kept_touched} reused meanwhile, {freed} bytes freed");
         Ok(freed)
     }
