@@ -324,12 +324,15 @@ pub fn run_foreground(
             None
         }
     };
-    // A restore replaces content behind the kernel's caches: tell it.
+    // A restore replaces content behind the kernel's caches, and a write that drops
+    // set-ID bits changes the mode behind them: tell it. An offset of -1 invalidates the
+    // attributes only, which takes no page lock (a write in flight holds some).
     let notifier = session.notifier();
     let inval_store = Arc::downgrade(&store);
-    store.set_invalidate(Box::new(move |id| {
+    store.set_invalidate(Box::new(move |id, content| {
         if let Some(st) = inval_store.upgrade() {
-            let _ = notifier.inval_inode(fuser::INodeNo(st.ino_of(id)), 0, 0);
+            let off = if content { 0 } else { -1 };
+            let _ = notifier.inval_inode(fuser::INodeNo(st.ino_of(id)), off, 0);
         }
     }));
     if !opts.read_only {

@@ -450,6 +450,102 @@ fn truncate_shrink_then_grow_reads_zeros() {
 // ---------------------------------------------------------------------------------------
 // attributes
 
+/// In a forked child as `uid`/`gid` (no supplementary groups), run `op` (raw syscalls
+/// only) and return its result.
+fn as_user(uid: u32, gid: u32, op: impl FnOnce() -> i32) -> i32 {
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                libc::_exit(250);
+            }
+            libc::_exit(op().clamp(0, 249));
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(libc::WIFEXITED(status), "child did not exit normally");
+        let code = libc::WEXITSTATUS(status);
+        assert_ne!(code, 250, "child could not switch to uid {uid}");
+        code
+    }
+}
+
+/// Writing, truncating or chowning a file drops its set-user-ID bit, its set-group-ID
+/// bit (when group-executable, or when the writer is not in the file's group) and its
+/// file capabilities, exactly as on ext4. decofs does this itself (the kernel leaves it
+/// to the filesystem with FUSE_HANDLE_KILLPRIV_V2); the same steps run on the backing
+/// ext4 for comparison.
+#[test]
+fn set_id_bits_are_dropped_as_on_ext4() {
+    let m = Mount::new();
+    let ext4 = tempfile::tempdir_in(common::test_root()).unwrap();
+    fs::set_permissions(ext4.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = 65534;
+    let mut checked = 0;
+    for mode in [0o6777u32, 0o2777, 0o2767, 0o4777, 0o6767] {
+        for group in [0, nobody] {
+            for op in ["write", "truncate", "chown"] {
+                let mut got = Vec::new();
+                for dir in [m.path(""), ext4.path().to_path_buf()] {
+                    let p = dir.join(format!("f-{mode:o}-{group}-{op}"));
+                    fs::write(&p, b"content").unwrap();
+                    std::os::unix::fs::chown(&p, Some(0), Some(group)).unwrap();
+                    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+                    let c = cpath(&p);
+                    let rc = match op {
+                        "write" => as_user(nobody, nobody, || unsafe {
+                            let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+                            if fd < 0 || libc::write(fd, b"more".as_ptr().cast(), 4) != 4 {
+                                return 1;
+                            }
+                            libc::close(fd)
+                        }),
+                        "truncate" => {
+                            as_user(nobody, nobody, || unsafe { libc::truncate(c.as_ptr(), 3) })
+                        }
+                        _ => unsafe { libc::chown(c.as_ptr(), nobody, u32::MAX) },
+                    };
+                    assert_eq!(rc, 0, "{op} of {} failed", p.display());
+                    got.push(fs::metadata(&p).unwrap().mode() & 0o7777);
+                }
+                assert_eq!(
+                    got[0], got[1],
+                    "mode {mode:o}, group {group}, {op}: decofs {:o}, ext4 {:o}",
+                    got[0], got[1]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 30);
+    // File capabilities go on a write too.
+    let p = m.path("capped");
+    fs::write(&p, b"x").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).unwrap();
+    // A v2 capability value (cap_net_raw, effective).
+    let cap: [u8; 20] = [
+        0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    xattr::set(&p, "security.capability", &cap).unwrap();
+    let c = cpath(&p);
+    let rc = as_user(nobody, nobody, || unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+        if fd < 0 || libc::write(fd, b"y".as_ptr().cast(), 1) != 1 {
+            return 1;
+        }
+        libc::close(fd)
+    });
+    assert_eq!(rc, 0);
+    assert!(
+        xattr::get(&p, "security.capability").unwrap().is_none(),
+        "a write by an unprivileged user drops file capabilities"
+    );
+}
+
 #[test]
 fn chmod_chown() {
     let m = Mount::new();

@@ -27,6 +27,19 @@ fn set_time(t: TimeOrNow) -> SetTime {
     }
 }
 
+/// Is `gid` among the supplementary groups of process `pid` (from /proc)? Asked only
+/// when a set-group-ID file without group execute is written without CAP_FSETID.
+fn in_supplementary_groups(pid: u32, gid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+        })
+        .unwrap_or(false)
+}
+
 fn writes(flags: OpenFlags) -> bool {
     !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
 }
@@ -142,9 +155,13 @@ impl DecoFs {
 
 impl Filesystem for DecoFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // HANDLE_KILLPRIV_V2: we drop set-ID bits and capabilities on write (the kernel
+        // flags such writes), so the kernel marks inodes without them S_NOSEC and stops
+        // asking getxattr(security.capability) before every write.
         let want = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let have = config.capabilities();
         let _ = config.add_capabilities(want & have);
         let _ = config.set_max_write(1 << 20);
@@ -185,7 +202,7 @@ impl Filesystem for DecoFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -213,10 +230,30 @@ impl Filesystem for DecoFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        match self.store.setattr(id, &a) {
-            Ok(rec) => reply.attr(&self.ttl(id), &self.attr(id, &rec)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let rec = match self.store.setattr(id, &a) {
+            Ok(rec) => rec,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // With HANDLE_KILLPRIV_V2 the kernel leaves dropping set-ID bits and file
+        // capabilities to us: on chown (for anyone) and on truncate (for a caller
+        // without CAP_FSETID, taken as non-root), unless the same call sets the mode.
+        let chown = uid.is_some() || gid.is_some();
+        let truncate = size.is_some() && req.uid() != 0;
+        let rec = if rec.kind != Kind::Dir && mode.is_none() && (chown || truncate) {
+            let root = req.uid() == 0;
+            let in_group = |g: u32| root || req.gid() == g || in_supplementary_groups(req.pid(), g);
+            match self
+                .store
+                .kill_privileges(id, in_group)
+                .and_then(|()| self.store.stat(id))
+            {
+                Ok(rec) => rec,
+                Err(e) => return reply.error(errno(&e)),
+            }
+        } else {
+            rec
+        };
+        reply.attr(&self.ttl(id), &self.attr(id, &rec))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -425,12 +462,12 @@ impl Filesystem for DecoFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -444,6 +481,12 @@ impl Filesystem for DecoFs {
             Ok(id) => id,
             Err(e) => return reply.error(e),
         };
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            let in_group = |gid: u32| req.gid() == gid || in_supplementary_groups(req.pid(), gid);
+            if let Err(e) = self.store.kill_privileges(id, in_group) {
+                return reply.error(errno(&e));
+            }
+        }
         match self.store.write(id, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),

@@ -178,6 +178,36 @@ impl Store {
         Ok(())
     }
 
+    /// A write by someone without CAP_FSETID (the kernel says so with the write, as the
+    /// filesystem handles it: FUSE_HANDLE_KILLPRIV_V2): drop set-user-ID, file
+    /// capabilities and set-group-ID, the last on a group-executable file or when the
+    /// writer is not in the file's group (`in_group`), as the kernel does for ext4.
+    pub fn kill_privileges(&self, id: NodeId, in_group: impl Fn(u32) -> bool) -> Result<()> {
+        const CAPS: &[u8] = b"security.capability";
+        let rec = self.stat(id)?;
+        let drop_sgid = |r: &NodeRecord| {
+            r.mode & libc::S_ISGID != 0 && (r.mode & libc::S_IXGRP != 0 || !in_group(r.gid))
+        };
+        let kill =
+            rec.mode & libc::S_ISUID != 0 || drop_sgid(&rec) || rec.xattrs.contains_key(CAPS);
+        if !kill {
+            return Ok(());
+        }
+        self.update(id, |r| {
+            r.mode &= !libc::S_ISUID;
+            if drop_sgid(r) {
+                r.mode &= !libc::S_ISGID;
+            }
+            r.xattrs.remove(CAPS);
+            r.ctime = Time::now();
+            Ok(())
+        })?;
+        // The kernel still holds the old mode; it asks again after this.
+        self.attrs_invalidated(id);
+        self.emit(Event::new(Op::Attr, &[id]));
+        Ok(())
+    }
+
     pub fn remove_xattr(&self, id: NodeId, name: &OsStr) -> Result<()> {
         self.writable()?;
         let name = name.as_bytes();

@@ -174,19 +174,14 @@ impl LocalBlobs {
         }
     }
 
-    /// Note a blob written without fsync (see `Unsynced`, `UNSYNCED_MAX`). Called
-    /// before the blob is renamed into place, so there is no moment when it is visible
-    /// but not known to be unsynced.
+    /// Note a blob written without fsync (see `Unsynced`). Called before the blob is
+    /// renamed into place, so there is no moment when it is visible but not known to be
+    /// unsynced. Returns whether more than `UNSYNCED_MAX` are listed: then the caller,
+    /// once the blob is named, syncs the filesystem.
     /// Only a `fresh` file (a new inode) is held: ext4 marks an inode's first name as
     /// new at create, and that mark is what makes its fsync write the name; a recycled
     /// inode may have lost it.
-    fn remember_unsynced(
-        &self,
-        hash: Hash,
-        path: PathBuf,
-        file: fs::File,
-        fresh: bool,
-    ) -> Result<()> {
+    fn remember_unsynced(&self, hash: Hash, path: PathBuf, file: fs::File, fresh: bool) -> bool {
         *self.not_durable.lock().unwrap().entry(hash).or_insert(0) += 1;
         let n = {
             let mut u = self.unsynced.lock().unwrap();
@@ -201,10 +196,7 @@ impl LocalBlobs {
             }
             n
         };
-        if n > UNSYNCED_MAX {
-            self.sync_filesystem()?;
-        }
-        Ok(())
+        n > UNSYNCED_MAX
     }
 
     /// Make every blob written so far durable with one syncfs of the backing
@@ -412,6 +404,7 @@ impl BlobStore for LocalBlobs {
                 self.seq.fetch_add(1, Ordering::Relaxed)
             ))
         });
+        let mut too_many = false;
         let res = (|| {
             let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
             f.write_all(data)
@@ -421,7 +414,7 @@ impl BlobStore for LocalBlobs {
             } else {
                 // Listed before it is named; if naming fails, `sync` cannot open it
                 // and drops it.
-                self.remember_unsynced(hash, path.clone(), f, fresh)?;
+                too_many = self.remember_unsynced(hash, path.clone(), f, fresh);
             }
             let dir = path.parent().expect("blob paths have a parent");
             if let Err(e) = fs::rename(&tmp, &path) {
@@ -433,6 +426,9 @@ impl BlobStore for LocalBlobs {
             }
             if durable {
                 sync_dir(dir)?;
+            }
+            if too_many {
+                self.sync_filesystem()?;
             }
             Ok(())
         })();

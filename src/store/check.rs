@@ -1434,14 +1434,7 @@ mod tests {
     use crate::store::tree::NewNode;
 
     fn file() -> NewNode {
-        NewNode {
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: vec![],
-        }
+        crate::store::tests::file_node()
     }
 
     #[test]

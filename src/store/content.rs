@@ -1274,26 +1274,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::scratch;
-    use crate::store::tree::NewNode;
-    use std::ffi::OsStr;
-
-    fn new_file(s: &Store, name: &str) -> NodeId {
-        s.create(
-            s.root(),
-            OsStr::new(name),
-            NewNode {
-                kind: Kind::File,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                target: vec![],
-            },
-        )
-        .unwrap()
-        .0
-    }
+    use crate::store::tests::{new_file, scratch};
 
     #[test]
     fn write_read_across_chunks_and_holes() {

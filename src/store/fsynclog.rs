@@ -492,10 +492,8 @@ pub fn recover(layout: &Layout) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::node::Kind;
-    use crate::store::tree::NewNode;
+    use crate::store::tests::new_file;
     use crate::store::{OpenOptions, Store};
-    use std::ffi::OsStr;
 
     fn scratch() -> (tempfile::TempDir, PathBuf, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -503,18 +501,6 @@ mod tests {
         Store::init(&p, 64 * 1024).unwrap();
         let s = Store::open(&p, OpenOptions::default()).unwrap();
         (dir, p, s)
-    }
-
-    fn new_file(s: &Store, name: &str) -> NodeId {
-        let n = NewNode {
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: vec![],
-        };
-        s.create(s.root(), OsStr::new(name), n).unwrap().0
     }
 
     /// A crash: the store goes away without its clean close, its log left as is.

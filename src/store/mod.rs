@@ -124,7 +124,9 @@ enum LogSync {
     NoLog,
 }
 
-pub type InvalidateFn = Box<dyn Fn(NodeId) + Send + Sync>;
+/// Tells the kernel to drop what it cached of a node: its content and attributes
+/// (`true`), or its attributes only (`false`, safe while a request on it is under way).
+pub type InvalidateFn = Box<dyn Fn(NodeId, bool) + Send + Sync>;
 
 impl Store {
     /// Create a new store at `path` with an empty root directory owned by the caller.
@@ -233,7 +235,7 @@ impl Store {
             // back: drop what the kernel cached of them.
             if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
                 for id in &ev.nodes {
-                    f(*id);
+                    f(*id, true);
                 }
             }
         }
@@ -368,20 +370,22 @@ impl Store {
         Ok(rec)
     }
 
+    /// A node's record as stored: the raw value of its xattr.
+    fn record_value(&self, id: NodeId) -> Result<Vec<u8>> {
+        match xattr::get(self.layout.node_path(id), RECORD_XATTR) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(Error::CorruptRecord {
+                node: id.to_string(),
+                detail: "node has no record".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound),
+            Err(e) => Err(Error::io(format!("read record of {id}"), e)),
+        }
+    }
+
     /// Read a node's record from its xattr (following it into a blob if it was large).
     pub fn read_record_disk(&self, id: NodeId) -> Result<NodeRecord> {
-        let path = self.layout.node_path(id);
-        let value = match xattr::get(&path, RECORD_XATTR) {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                return Err(Error::CorruptRecord {
-                    node: id.to_string(),
-                    detail: "node has no record".into(),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound),
-            Err(e) => return Err(Error::io(format!("read record of {id}"), e)),
-        };
+        let value = self.record_value(id)?;
         match unframe(id, &value)? {
             Stored::Inline(r) => Ok(r),
             Stored::InBlob(h) => decode_body(id, &self.blobs.get(&h)?),
@@ -537,18 +541,7 @@ impl Store {
     }
 
     fn try_log_sync(&self, id: NodeId) -> Result<LogSync> {
-        let path = self.layout.node_path(id);
-        let value = match xattr::get(&path, RECORD_XATTR) {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                return Err(Error::CorruptRecord {
-                    node: id.to_string(),
-                    detail: "node has no record".into(),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound),
-            Err(e) => return Err(Error::io(format!("read record of {id}"), e)),
-        };
+        let value = self.record_value(id)?;
         let (rec, rec_blob) = match unframe(id, &value)? {
             Stored::Inline(r) => (r, None),
             Stored::InBlob(h) => (decode_body(id, &self.blobs.get(&h)?)?, Some(h)),
@@ -669,6 +662,25 @@ fn deepest_first(dirs: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `create` needs for a plain file.
+    pub fn file_node() -> tree::NewNode {
+        tree::NewNode {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: vec![],
+        }
+    }
+
+    /// A new empty file `name` in the root.
+    pub fn new_file(s: &Store, name: &str) -> NodeId {
+        s.create(s.root(), std::ffi::OsStr::new(name), file_node())
+            .unwrap()
+            .0
+    }
 
     pub fn scratch() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
