@@ -248,28 +248,13 @@ fn now_secs() -> i64 {
 /// Run `access(2)` as another user in a forked child; returns 0 or the errno.
 fn access_as(uid: u32, gid: u32, p: &Path, mode: i32) -> i32 {
     let c = cpath(p);
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            // Child: only raw syscalls until _exit.
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                libc::_exit(250);
-            }
-            let r = libc::access(c.as_ptr(), mode);
-            let e = if r == 0 { 0 } else { *libc::__errno_location() };
-            libc::_exit(e.min(249));
+    as_user(uid, gid, || unsafe {
+        if libc::access(c.as_ptr(), mode) == 0 {
+            0
+        } else {
+            (*libc::__errno_location()).min(249)
         }
-        let mut status = 0;
-        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-        assert!(libc::WIFEXITED(status), "child did not exit normally");
-        let code = libc::WEXITSTATUS(status);
-        assert_ne!(code, 250, "child could not switch to uid {uid}");
-        code
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------

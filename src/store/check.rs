@@ -289,7 +289,7 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<fs::DirEntry>> {
 }
 
 /// Read a blob file and check it against its name.
-fn read_verified(layout: &Layout, h: &Hash) -> std::result::Result<Vec<u8>, String> {
+pub(super) fn read_verified(layout: &Layout, h: &Hash) -> std::result::Result<Vec<u8>, String> {
     match fs::read(layout.blob_path(&hash_hex(h))) {
         Ok(d) if &hash_of(&d) == h => Ok(d),
         Ok(_) => Err("content does not match its hash".into()),

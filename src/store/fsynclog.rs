@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::blob::{hash_of, syncfs};
+use super::check::read_verified;
 use super::error::{Error, IoContext, Result};
 use super::layout::{sync_dir, Layout};
 use super::node::{decode_body, hash_hex, unframe, NodeId, Stored, RECORD_XATTR};
@@ -370,10 +371,7 @@ fn stored_version(layout: &Layout, id: NodeId, value: &[u8]) -> Option<u64> {
     match unframe(id, value).ok()? {
         Stored::Inline(r) => Some(r.version),
         Stored::InBlob(h) => {
-            let body = fs::read(layout.blob_path(&hash_hex(&h))).ok()?;
-            if hash_of(&body) != h {
-                return None;
-            }
+            let body = read_verified(layout, &h).ok()?;
             decode_body(id, &body).ok().map(|r| r.version)
         }
     }
@@ -395,10 +393,8 @@ fn named_by(layout: &Layout, parent: NodeId, name: &[u8], id: NodeId) -> bool {
 fn restore_blob(layout: &Layout, data: &[u8]) -> Result<bool> {
     let h = hash_of(data);
     let path = layout.blob_path(&hash_hex(&h));
-    if let Ok(d) = fs::read(&path) {
-        if hash_of(&d) == h {
-            return Ok(false);
-        }
+    if read_verified(layout, &h).is_ok() {
+        return Ok(false);
     }
     let dir = path.parent().expect("blob paths have a parent");
     fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
@@ -426,7 +422,7 @@ fn apply(layout: &Layout, e: &Entry) -> Result<bool> {
             // not resurrected.
             let rec = match unframe(id, &e.value) {
                 Ok(Stored::Inline(r)) => Some(r),
-                Ok(Stored::InBlob(h)) => fs::read(layout.blob_path(&hash_hex(&h)))
+                Ok(Stored::InBlob(h)) => read_verified(layout, &h)
                     .ok()
                     .and_then(|b| decode_body(id, &b).ok()),
                 Err(_) => None,
