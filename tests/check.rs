@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{daemon_pid, decofs, dj, problems, sh, Mount};
+use common::{daemon_pid, decofs, dj, node_of, problems, sh, Mount};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -69,25 +69,6 @@ fn churn(trees: &[&Path]) {
 fn diff_trees(a: &Path, b: &Path, exclude: &[&str]) {
     let ex: String = exclude.iter().map(|e| format!(" -x '{e}'")).collect();
     sh(&format!("diff -r --no-dereference{ex} {} {}", q(a), q(b)));
-}
-
-/// The node file a path on the mount is stored in (walking the entries of the store).
-fn node_of(store: &Path, rel: &str) -> PathBuf {
-    let fmt = fs::read_to_string(store.join("decofs.format")).unwrap();
-    let root = fmt
-        .lines()
-        .find_map(|l| l.strip_prefix("root "))
-        .unwrap()
-        .trim()
-        .to_string();
-    let node = |id: &str| store.join("nodes").join(&id[0..2]).join(&id[2..4]).join(id);
-    let mut cur = node(&root);
-    for c in rel.split('/').filter(|c| !c.is_empty()) {
-        let t = fs::read_link(cur.join(c)).unwrap();
-        let id = t.file_name().unwrap().to_str().unwrap().to_string();
-        cur = node(&id);
-    }
-    cur
 }
 
 /// Blob files holding the chunks of a file (read from its record).

@@ -1059,6 +1059,97 @@ fn readdir_lists_everything_once() {
     assert_eq!(without_dots, want);
 }
 
+/// A cold listing names every entry with its type and inode number, as stat reports
+/// them, whether or not it reads the entries' records: decofs lists files, symlinks and
+/// special files name-only (their type is in their node id) and directories with
+/// attributes. A damaged record does not hide its name (as on ext4, the listing shows
+/// it and stat fails with EIO).
+#[test]
+fn cold_listing_types_and_inode_numbers() {
+    let m = Mount::new();
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("file"), b"x").unwrap();
+    fs::create_dir(d.join("dir")).unwrap();
+    std::os::unix::fs::symlink("file", d.join("link")).unwrap();
+    fs::hard_link(d.join("file"), d.join("hard")).unwrap();
+    assert_eq!(mknod(&d.join("fifo"), libc::S_IFIFO | 0o644, 0), 0);
+    assert_eq!(mknod(&d.join("sock"), libc::S_IFSOCK | 0o644, 0), 0);
+    assert_eq!(
+        mknod(&d.join("chr"), libc::S_IFCHR | 0o644, libc::makedev(1, 3)),
+        0
+    );
+    assert_eq!(
+        mknod(&d.join("blk"), libc::S_IFBLK | 0o644, libc::makedev(7, 0)),
+        0
+    );
+    fs::write(d.join("damaged"), b"y").unwrap();
+    let want: HashMap<OsString, (u64, u32)> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            (e.file_name(), (md.ino(), md.mode() & libc::S_IFMT))
+        })
+        .collect();
+    assert_eq!(want.len(), 9);
+    m.unmount();
+    let damaged = common::node_of(&m.store, "d/damaged");
+    xattr::set(&damaged, "user.decofs.node", b"garbage").unwrap();
+    m.mount();
+
+    let ifmt = |t: fs::FileType| {
+        if t.is_dir() {
+            libc::S_IFDIR
+        } else if t.is_symlink() {
+            libc::S_IFLNK
+        } else if t.is_fifo() {
+            libc::S_IFIFO
+        } else if t.is_socket() {
+            libc::S_IFSOCK
+        } else if t.is_char_device() {
+            libc::S_IFCHR
+        } else if t.is_block_device() {
+            libc::S_IFBLK
+        } else {
+            assert!(t.is_file(), "unknown type {t:?}");
+            libc::S_IFREG
+        }
+    };
+    // Twice: cold (nothing read yet), then after stat has read every record.
+    for round in ["cold", "after stat"] {
+        // DirEntry's type and ino come from the dirent (d_type, d_ino), not from stat.
+        let got: HashMap<OsString, (u64, u32)> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let t = e.file_type().unwrap();
+                (
+                    e.file_name(),
+                    (std::os::unix::fs::DirEntryExt::ino(&e), ifmt(t)),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{round} listing");
+        for (name, (ino, fmt)) in &want {
+            let r = fs::symlink_metadata(d.join(name));
+            if name == "damaged" {
+                assert_errno(r, libc::EIO, "stat of a file whose record is damaged");
+                continue;
+            }
+            let md = r.unwrap();
+            assert_eq!(
+                (md.ino(), md.mode() & libc::S_IFMT),
+                (*ino, *fmt),
+                "{name:?}"
+            );
+        }
+    }
+    // The hard link and its twin share one inode number in every listing.
+    assert_eq!(want[OsStr::new("file")], want[OsStr::new("hard")]);
+    assert_eq!(fs::read(d.join("link")).unwrap(), b"x");
+}
+
 // ---------------------------------------------------------------------------------------
 // symlinks and hard links
 

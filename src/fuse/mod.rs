@@ -7,7 +7,7 @@ mod ops;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -31,7 +31,84 @@ pub struct DecoFs {
     inodes: RwLock<HashMap<u64, (NodeId, u64)>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Directories just listed with name-only entries (children whose records were not
+    /// read), and how far their records have been read since. A lookup of such a child
+    /// (`ls -l`, `stat` after the listing) reads the listing's records together, as
+    /// readdirplus would have, instead of one per request.
+    cold_listings: Mutex<HashMap<NodeId, ColdListing>>,
+    /// Records to read in the background: the children a listing named without reading
+    /// them (see [`ReadAhead`]).
+    ahead: ReadAhead,
 }
+
+/// Reads records in the background, so that a name-only listing answers at once and
+/// the attributes are in memory by the time something asks for them (`ls -l` after
+/// `find`, a file manager's second pass). The foreground never waits for it: a lookup
+/// that comes first reads what it needs itself (see `lookup_after_listing`).
+struct ReadAhead {
+    tx: crossbeam_channel::Sender<NodeId>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Background readers, and how many ids may wait for them (more are dropped: reading
+/// them is only ever an optimisation). One reader adds one I/O to what the walk has in
+/// flight: measured on a 10,338-file tree, a cold `find` took 1.2-1.5 s with one reader,
+/// 1.3-2.8 s with four and 1.0-1.2 s with none, and the `ls -lR` right after it 1.6-2.2
+/// s, 2.3-4.6 s and 3.0 s (records read then, one lookup per file); reading every
+/// record during the listing, as before typed ids, took 2.1-2.5 s and 1.8-2.6 s.
+const READ_AHEAD_THREADS: usize = 1;
+const READ_AHEAD_QUEUE: usize = 1 << 16;
+
+impl ReadAhead {
+    fn start(store: &Arc<Store>) -> ReadAhead {
+        let (tx, rx) = crossbeam_channel::bounded::<NodeId>(READ_AHEAD_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        for _ in 0..READ_AHEAD_THREADS {
+            let (rx, stop, store) = (rx.clone(), stop.clone(), Arc::downgrade(store));
+            let spawned = std::thread::Builder::new()
+                .name("decofs-readahead".into())
+                .spawn(move || {
+                    // Ends when the filesystem is dropped (the sender goes) or destroyed.
+                    while let Ok(id) = rx.recv() {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let Some(s) = store.upgrade() else { return };
+                        if !s.record_cached(id) {
+                            let _ = s.read_record(id); // errors show when read for real
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("no background record reader: {e}");
+            }
+        }
+        ReadAhead { tx, stop }
+    }
+
+    fn push(&self, ids: &[NodeId]) {
+        for id in ids {
+            if self.tx.try_send(*id).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// See [`DecoFs::cold_listings`].
+struct ColdListing {
+    entries: Arc<Vec<(OsString, NodeId)>>,
+    /// Entries before this index have had their records read.
+    next: usize,
+}
+
+/// Most directories remembered in [`DecoFs::cold_listings`]; past this the map starts
+/// over (a walk moves on, and a forgotten listing only costs one read per lookup).
+const COLD_LISTINGS_MAX: usize = 256;
 
 enum Handle {
     File {
@@ -76,10 +153,12 @@ impl DecoFs {
         let mut inodes = HashMap::new();
         inodes.insert(1, (store.root(), u64::MAX / 2));
         DecoFs {
-            store,
             inodes: RwLock::new(inodes),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            cold_listings: Mutex::new(HashMap::new()),
+            ahead: ReadAhead::start(&store),
+            store,
         }
     }
 

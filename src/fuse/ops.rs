@@ -40,6 +40,13 @@ fn in_supplementary_groups(pid: u32, gid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Must a listing read this child's record to list it? Not if its id names its kind
+/// (typed ids), unless it is a directory: a walk descends into those, so readdirplus
+/// hands the kernel their attributes rather than have it look each one up.
+fn needs_record(id: NodeId) -> bool {
+    id.kind_hint().is_none_or(|k| k == Kind::Dir)
+}
+
 fn writes(flags: OpenFlags) -> bool {
     !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
 }
@@ -123,22 +130,70 @@ impl DecoFs {
         Ok((id, entries))
     }
 
-    /// A listing is about to report its entries' attributes from `start` on: read the
-    /// records of the next PREFETCH_WINDOW entries together rather than one at a time,
+    /// A listing is about to report its entries from `start` on: read the records it
+    /// needs among the next PREFETCH_WINDOW entries together rather than one at a time,
     /// unless the first of them is cached already (the window was read before). A huge
     /// directory so answers its first entries at once instead of after reading every
     /// record.
     fn prefetch(&self, entries: &[(std::ffi::OsString, NodeId)], start: usize) {
         const PREFETCH_WINDOW: usize = 4096;
-        let Some(first) = entries.get(start) else {
+        let end = entries.len().min(start + PREFETCH_WINDOW);
+        let Some(window) = entries.get(start..end) else {
             return;
         };
-        if self.store.record_cached(first.1) {
+        let ids: Vec<NodeId> = window
+            .iter()
+            .map(|e| e.1)
+            .filter(|id| needs_record(*id))
+            .collect();
+        match ids.first() {
+            Some(first) if !self.store.record_cached(*first) => self.store.prefetch_records(&ids),
+            _ => {}
+        }
+    }
+
+    /// `id` was looked up in `parent` and its record is not in memory: if `parent` was
+    /// just listed name-only, read the records of its next entries together (a lookup of
+    /// one child of a listing is followed by the others: `ls -l`, `du`, `rm -r`).
+    fn lookup_after_listing(&self, parent: NodeId, id: NodeId) {
+        const WINDOW: usize = 4096;
+        if self.store.record_cached(id) {
             return;
         }
-        let end = entries.len().min(start + PREFETCH_WINDOW);
-        let ids: Vec<NodeId> = entries[start..end].iter().map(|e| e.1).collect();
+        let (entries, from) = {
+            let mut cl = self.cold_listings.lock().unwrap();
+            let Some(l) = cl.get_mut(&parent) else {
+                return;
+            };
+            let from = l.next;
+            l.next = (from + WINDOW).min(l.entries.len());
+            let entries = l.entries.clone();
+            if l.next >= entries.len() {
+                cl.remove(&parent);
+            }
+            (entries, from)
+        };
+        let ids: Vec<NodeId> = entries[from..(from + WINDOW).min(entries.len())]
+            .iter()
+            .map(|e| e.1)
+            .chain(std::iter::once(id))
+            .collect();
         self.store.prefetch_records(&ids);
+    }
+
+    /// Remember that `id` was listed with name-only entries (see `cold_listings`).
+    fn listed_cold(&self, id: NodeId, entries: &DirEntries) {
+        let mut cl = self.cold_listings.lock().unwrap();
+        if cl.len() >= super::COLD_LISTINGS_MAX && !cl.contains_key(&id) {
+            cl.clear();
+        }
+        cl.insert(
+            id,
+            super::ColdListing {
+                entries: entries.clone(),
+                next: 0,
+            },
+        );
     }
 
     fn parent_of(&self, id: NodeId) -> NodeId {
@@ -169,6 +224,7 @@ impl Filesystem for DecoFs {
     }
 
     fn destroy(&mut self) {
+        self.ahead.stop();
         if let Err(e) = self.store.commit_all() {
             log::error!("committing open files at unmount failed: {e}");
         }
@@ -180,7 +236,10 @@ impl Filesystem for DecoFs {
             Err(e) => return reply.error(e),
         };
         match self.store.lookup(p, name) {
-            Ok(id) => self.reply_entry(id, reply),
+            Ok(id) => {
+                self.lookup_after_listing(p, id);
+                self.reply_entry(id, reply)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -609,6 +668,8 @@ impl Filesystem for DecoFs {
             };
             let kind = if i < 2 {
                 Kind::Dir
+            } else if let Some(k) = child.kind_hint() {
+                k
             } else {
                 match self.store.read_record(child) {
                     Ok(r) => r.kind,
@@ -643,6 +704,7 @@ impl Filesystem for DecoFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        let mut cold = Vec::new();
         self.prefetch(&entries, (offset as usize).saturating_sub(2));
         let dots = [
             (OsStr::new("."), id),
@@ -655,9 +717,32 @@ impl Filesystem for DecoFs {
             } else {
                 (entries[i - 2].0.as_os_str(), entries[i - 2].1)
             };
+            if i >= 2 && !needs_record(child) && !self.store.record_cached(child) {
+                // A name-only entry: listing it reads nothing (see `needs_record`).
+                let kind = child.kind_hint().unwrap_or(Kind::File);
+                if reply.add_name_only(
+                    INodeNo(self.store.ino_of(child)),
+                    (i + 1) as u64,
+                    name,
+                    file_type(kind),
+                ) {
+                    break;
+                }
+                cold.push(child);
+                i += 1;
+                continue;
+            }
             let rec = match self.store.stat(child) {
                 Ok(r) => r,
                 Err(_) => {
+                    // A damaged record does not hide a name whose id tells its type:
+                    // lookup reports the error, as stat of a damaged inode does.
+                    if let Some(k) = child.kind_hint().filter(|_| i >= 2) {
+                        let ino = INodeNo(self.store.ino_of(child));
+                        if reply.add_name_only(ino, (i + 1) as u64, name, file_type(k)) {
+                            break;
+                        }
+                    }
                     i += 1;
                     continue;
                 }
@@ -680,6 +765,10 @@ impl Filesystem for DecoFs {
             i += 1;
         }
         reply.ok();
+        if !cold.is_empty() {
+            self.listed_cold(id, &entries);
+            self.ahead.push(&cold);
+        }
     }
 
     fn releasedir(

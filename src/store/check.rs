@@ -945,6 +945,17 @@ impl Store {
                 });
                 continue;
             }
+            if let Some(k) = id.kind_hint().filter(|k| *k != rec.kind) {
+                // Listings take the type from the id: they would disagree with stat.
+                problems.push(Problem {
+                    code: "kind_mismatch",
+                    path,
+                    detail: format!("the record says {:?} but the node id says {k:?}", rec.kind),
+                    repaired: false,
+                    action: Action::None,
+                });
+                continue;
+            }
             if !named {
                 // In the trash only.
                 if rec.nlink != 0 {
@@ -1190,7 +1201,12 @@ impl Store {
     ) -> Result<()> {
         self.writable()?;
         let _g = self.stripe(id).lock().unwrap();
-        let kind = if is_dir { Kind::Dir } else { Kind::File };
+        // The kind the id carries, where it fits the node file (listings report it).
+        let kind = match id.kind_hint() {
+            Some(k) if (k == Kind::Dir) == is_dir => k,
+            _ if is_dir => Kind::Dir,
+            _ => Kind::File,
+        };
         let mode = if id == self.root() {
             0o755
         } else if is_dir {
@@ -1456,7 +1472,7 @@ mod tests {
         let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
         s.write(id, 0, &vec![5u8; 100_000]).unwrap();
         // A node the instant after create: its file exists, its record not yet.
-        let young = NodeId::new_near(s.root());
+        let young = NodeId::new_near(s.root(), Kind::File);
         fs::write(s.layout.node_path(young), b"").unwrap();
         let g = s.gc_online(false, Duration::ZERO).unwrap();
         assert_eq!(g.deleted, 0, "{g:?}");
@@ -1467,6 +1483,35 @@ mod tests {
             s.gc_online(false, Duration::ZERO),
             Err(Error::Integrity { .. })
         ));
+    }
+
+    /// Listings take a child's type from its id: a record of another kind is reported,
+    /// and a record fsck writes afresh takes the id's kind.
+    #[test]
+    fn record_kind_must_match_the_id() {
+        let (_d, s) = scratch();
+        let fifo = NewNode {
+            kind: Kind::Fifo,
+            ..file()
+        };
+        let id = s.create(s.root(), OsStr::new("p"), fifo).unwrap().0;
+        assert_eq!(id.kind_hint(), Some(Kind::Fifo));
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, 0, "{:?}", r.problems);
+        let mut rec = s.read_record(id).unwrap();
+        rec.kind = Kind::File;
+        s.write_record(id, &rec, true).unwrap();
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, 4, "{:?}", r.problems);
+        assert!(r
+            .problems
+            .iter()
+            .any(|p| p.code == "kind_mismatch" && p.path == "/p"));
+        // A lost record comes back as a fifo.
+        xattr::remove(s.layout.node_path(id), RECORD_XATTR).unwrap();
+        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, 1, "{:?}", r.problems);
+        assert_eq!(s.read_record(id).unwrap().kind, Kind::Fifo);
     }
 
     #[test]

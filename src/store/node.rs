@@ -1,6 +1,7 @@
 //! Nodes and their records.
 //!
-//! A node is named by a v4 UUID. Its whole metadata is one [`NodeRecord`], serialized
+//! A node is named by a UUID: version 4 in stores made before typed ids, else a
+//! version 8 id that carries the node's kind ([`NodeId::kind_hint`]). Its whole metadata is one [`NodeRecord`], serialized
 //! with postcard, framed with a magic, a format tag and a CRC32, and stored as the single
 //! xattr `user.decofs.node` on the node's file, so one `setxattr` replaces it atomically
 //! (invariant 2). Records that would not fit ext4's one-block xattr budget (long symlink
@@ -35,21 +36,46 @@ impl NodeId {
         NodeId(Uuid::new_v4())
     }
 
-    /// A new id that lives next to `near` in `nodes/`: same first two bytes, so the same
-    /// `nodes/xx/yy/` directory. A directory's files are created this way, so the
-    /// backing filesystem allocates their inodes and record blocks together (ext4 puts a
-    /// file's inode in its directory's block group) and a cold listing reads a few
-    /// inode-table blocks instead of one random block per entry; creating them also
-    /// never needs a new `xx/yy` directory.
-    ///
-    /// Such ids are RFC 9562 version 8 (custom) UUIDs: 106 random bits, and
-    /// `derived_ino` takes their inode number from random bytes only, so fixing two
-    /// bytes costs no inode-number entropy. Version 4 ids keep their old numbers.
-    pub fn new_near(near: NodeId) -> NodeId {
+    /// A new id for a node of `kind` that lives next to `near` in `nodes/`: same first
+    /// two bytes, so the same `nodes/xx/yy/` directory. A directory's files are created
+    /// this way, so the backing filesystem allocates their inodes and record blocks
+    /// together (ext4 puts a file's inode in its directory's block group) and a cold
+    /// listing reads a few inode-table blocks instead of one random block per entry;
+    /// creating them also never needs a new `xx/yy` directory.
+    pub fn new_near(near: NodeId, kind: Kind) -> NodeId {
         let mut b = *Uuid::new_v4().as_bytes();
         b[..2].copy_from_slice(&near.0.as_bytes()[..2]);
-        b[6] = (b[6] & 0x0f) | 0x80; // version 8; the variant bits stay RFC 4122's
+        Self::typed(b, kind)
+    }
+
+    /// A new id for a node of `kind`, placed at random in `nodes/` (directories: they
+    /// spread over the store so no `nodes/xx/yy/` grows without bound).
+    pub fn new_spread(kind: Kind) -> NodeId {
+        Self::typed(*Uuid::new_v4().as_bytes(), kind)
+    }
+
+    /// Make random bytes an id that carries `kind`.
+    ///
+    /// Such ids are RFC 9562 version 8 (custom) UUIDs whose variant bits are `111`
+    /// (byte 8's top bits; reserved by the RFC, so no version 4 id and no id an earlier
+    /// decofs made has them) and whose byte 8's low five bits name the kind
+    /// ([`Kind::code`]). A listing then knows each child's type from the id in its
+    /// entry, without reading the child's record. 100 bits stay random, and
+    /// `derived_ino` takes the inode number from random bytes only.
+    fn typed(mut b: [u8; 16], kind: Kind) -> NodeId {
+        b[6] = (b[6] & 0x0f) | 0x80; // version 8
+        b[8] = TYPED_VARIANT | kind.code();
         NodeId(Uuid::from_bytes(b))
+    }
+
+    /// The kind this id carries, if it is a typed id (see [`NodeId::typed`]). Ids of
+    /// stores made before typed ids, and the root's, carry none.
+    pub fn kind_hint(&self) -> Option<Kind> {
+        let b = self.0.as_bytes();
+        if self.0.get_version_num() != 8 || b[8] & 0xe0 != TYPED_VARIANT {
+            return None;
+        }
+        Kind::from_code(b[8] & 0x1f)
     }
 
     /// The node a file name in `nodes/`, `revisions/` or a trash link names, if any.
@@ -65,8 +91,8 @@ impl NodeId {
     pub fn derived_ino(&self) -> u64 {
         let b = self.0.as_bytes();
         let v = if self.0.get_version_num() == 8 {
-            // `new_near` ids: bytes 0-1 are shared with a neighbour, 2-5 and 9-15 are
-            // random.
+            // `new_near` ids: bytes 0-1 are shared with a neighbour, byte 8 may hold
+            // the kind; 2-5 and 9-15 are random.
             u64::from_le_bytes([b[2], b[3], b[4], b[5], b[9], b[10], b[11], b[12]]) >> 1
         } else {
             u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[8], b[9]]) >> 1
@@ -104,7 +130,36 @@ pub enum Kind {
     BlockDev,
 }
 
+/// Byte 8's top three bits in a typed id (the RFC's reserved variant).
+const TYPED_VARIANT: u8 = 0xe0;
+
 impl Kind {
+    /// The code a typed id carries for this kind (never 0, fits 5 bits).
+    fn code(self) -> u8 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+            Kind::Symlink => 3,
+            Kind::Fifo => 4,
+            Kind::Socket => 5,
+            Kind::CharDev => 6,
+            Kind::BlockDev => 7,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Kind> {
+        Some(match c {
+            1 => Kind::File,
+            2 => Kind::Dir,
+            3 => Kind::Symlink,
+            4 => Kind::Fifo,
+            5 => Kind::Socket,
+            6 => Kind::CharDev,
+            7 => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+
     /// The S_IFMT bits of this kind.
     pub fn ifmt(self) -> u32 {
         match self {
@@ -366,11 +421,21 @@ mod tests {
         assert_eq!(old.derived_ino(), want);
         let mut inos = std::collections::HashSet::new();
         let mut ids = std::collections::HashSet::new();
-        for _ in 0..200_000 {
-            let id = NodeId::new_near(old);
+        let kinds = [
+            Kind::File,
+            Kind::Dir,
+            Kind::Symlink,
+            Kind::Fifo,
+            Kind::Socket,
+            Kind::CharDev,
+            Kind::BlockDev,
+        ];
+        for i in 0..200_000 {
+            let kind = kinds[i % kinds.len()];
+            let id = NodeId::new_near(old, kind);
             assert_eq!(&id.to_string()[..4], "4a5c");
             assert_eq!(id.0.get_version_num(), 8);
-            assert_eq!(id.0.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(id.kind_hint(), Some(kind));
             assert!(NodeId::from_name(std::ffi::OsStr::new(&id.to_string())) == Some(id));
             assert!(ids.insert(id));
             assert!(inos.insert(id.derived_ino()), "inode number collision");
@@ -378,6 +443,23 @@ mod tests {
         // The shared bytes do not feed the inode number: its top bits vary.
         let tops: std::collections::HashSet<u64> = inos.iter().map(|i| i >> 56).collect();
         assert!(tops.len() > 100, "{} distinct top bytes", tops.len());
+    }
+
+    #[test]
+    fn only_typed_ids_carry_a_kind() {
+        // Ids of older stores: version 4, and version 8 near ids with the RFC variant
+        // whose byte 8 is random. None may be read as carrying a kind.
+        for _ in 0..100_000 {
+            assert_eq!(NodeId::new().kind_hint(), None);
+            let mut b = *Uuid::new_v4().as_bytes();
+            b[6] = (b[6] & 0x0f) | 0x80;
+            assert_eq!(NodeId(Uuid::from_bytes(b)).kind_hint(), None);
+        }
+        let d = NodeId::new_spread(Kind::Dir);
+        assert_eq!(d.kind_hint(), Some(Kind::Dir));
+        // A typed id survives its text form (entry targets, node file names).
+        let back = NodeId::from_name(std::ffi::OsStr::new(&d.to_string())).unwrap();
+        assert_eq!(back.kind_hint(), Some(Kind::Dir));
     }
 
     #[test]

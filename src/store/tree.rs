@@ -160,9 +160,9 @@ impl Store {
         // Directories spread over `nodes/` at random; everything else lives beside its
         // directory (see NodeId::new_near).
         let id = if new.kind == Kind::Dir {
-            NodeId::new()
+            NodeId::new_spread(Kind::Dir)
         } else {
-            NodeId::new_near(parent)
+            NodeId::new_near(parent, new.kind)
         };
         let mut rec = NodeRecord::new(new.kind, new.mode, new.uid, new.gid, self.ino_of(id));
         rec.rdev = new.rdev;

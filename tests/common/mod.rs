@@ -273,3 +273,22 @@ pub fn problems(v: &serde_json::Value) -> Vec<(String, String, bool)> {
         })
         .unwrap_or_default()
 }
+
+/// The node file a path on the mount is stored in (walking the entries of the store).
+pub fn node_of(store: &Path, rel: &str) -> PathBuf {
+    let fmt = std::fs::read_to_string(store.join("decofs.format")).unwrap();
+    let root = fmt
+        .lines()
+        .find_map(|l| l.strip_prefix("root "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let node = |id: &str| store.join("nodes").join(&id[0..2]).join(&id[2..4]).join(id);
+    let mut cur = node(&root);
+    for c in rel.split('/').filter(|c| !c.is_empty()) {
+        let t = std::fs::read_link(cur.join(c)).unwrap();
+        let id = t.file_name().unwrap().to_str().unwrap().to_string();
+        cur = node(&id);
+    }
+    cur
+}
