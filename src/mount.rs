@@ -25,7 +25,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::fuse::DecoFs;
 use crate::store::error::IoContext;
-use crate::store::{Error, OpenOptions, Result, Store};
+use crate::store::{Error, OpenOptions, Result, Stale, Store};
 
 const READY_ENV: &str = "DECOFS_READY_FD";
 
@@ -324,16 +324,22 @@ pub fn run_foreground(
             None
         }
     };
-    // A restore replaces content behind the kernel's caches, and a write that drops
-    // set-ID bits changes the mode behind them: tell it. An offset of -1 invalidates the
-    // attributes only, which takes no page lock (a write in flight holds some).
+    // A restore replaces content and binds a name behind the kernel's caches (which may
+    // hold "no such name"), and a write that drops set-ID bits changes the mode behind
+    // them: tell it. An offset of -1 invalidates the attributes only, which takes no
+    // page lock (a write in flight holds some).
     let notifier = session.notifier();
     let inval_store = Arc::downgrade(&store);
-    store.set_invalidate(Box::new(move |id, content| {
-        if let Some(st) = inval_store.upgrade() {
-            let off = if content { 0 } else { -1 };
-            let _ = notifier.inval_inode(fuser::INodeNo(st.ino_of(id)), off, 0);
-        }
+    store.set_invalidate(Box::new(move |what| {
+        let Some(st) = inval_store.upgrade() else {
+            return;
+        };
+        let ino = |id| fuser::INodeNo(st.ino_of(id));
+        let _ = match what {
+            Stale::Content(id) => notifier.inval_inode(ino(id), 0, 0),
+            Stale::Attrs(id) => notifier.inval_inode(ino(id), -1, 0),
+            Stale::Entry(parent, name) => notifier.inval_entry(ino(parent), name),
+        };
     }));
     if !opts.read_only {
         spawn_maintenance(Arc::downgrade(&store));

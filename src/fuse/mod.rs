@@ -197,6 +197,15 @@ impl DecoFs {
         }
     }
 
+    /// How long the kernel may remember that a name does not exist.
+    fn negative_ttl(&self) -> Duration {
+        if self.store.read_only() {
+            SHORT_TTL
+        } else {
+            LONG_TTL
+        }
+    }
+
     /// The kernel learned about `id` (lookup, create, readdirplus): count it.
     fn remember(&self, id: NodeId) -> u64 {
         let ino = self.store.ino_of(id);

@@ -18,7 +18,7 @@ use fuser::{
 use super::{errno, file_type, DecoFs, Handle};
 use crate::store::attr::{SetAttr, SetTime, XattrMode};
 use crate::store::tree::{NewNode, RenameMode};
-use crate::store::{Error, Kind, NodeId, Time};
+use crate::store::{Error, Kind, NodeId, NodeRecord, Time};
 
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
@@ -239,6 +239,15 @@ impl Filesystem for DecoFs {
             Ok(id) => {
                 self.lookup_after_listing(p, id);
                 self.reply_entry(id, reply)
+            }
+            Err(Error::NotFound) => {
+                // "No such name", cached by the kernel like a name (nodeid 0): every
+                // create passes through the kernel, and a restore, the one name bound
+                // behind its back, invalidates the entry. Saves the repeated probes of
+                // tools (sqlite's -wal and -journal, PATH and include searches).
+                let mut attr = self.attr(p, &NodeRecord::new(Kind::File, 0, 0, 0, 0));
+                attr.ino = INodeNo(0);
+                reply.entry(&self.negative_ttl(), &attr, Generation(0))
             }
             Err(e) => reply.error(errno(&e)),
         }

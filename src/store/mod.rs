@@ -124,9 +124,19 @@ enum LogSync {
     NoLog,
 }
 
-/// Tells the kernel to drop what it cached of a node: its content and attributes
-/// (`true`), or its attributes only (`false`, safe while a request on it is under way).
-pub type InvalidateFn = Box<dyn Fn(NodeId, bool) + Send + Sync>;
+/// Tells the kernel to drop what it cached that a change outside its requests made stale.
+pub type InvalidateFn = Box<dyn Fn(Stale) + Send + Sync>;
+
+/// What the kernel may hold that a change made outside its requests made stale.
+#[derive(Clone, Copy, Debug)]
+pub enum Stale<'a> {
+    /// A node's content (and attributes).
+    Content(NodeId),
+    /// A node's attributes only.
+    Attrs(NodeId),
+    /// What the kernel knows about a name in a directory (a cached "no such name").
+    Entry(NodeId, &'a std::ffi::OsStr),
+}
 
 impl Store {
     /// Create a new store at `path` with an empty root directory owned by the caller.
@@ -235,7 +245,10 @@ impl Store {
             // back: drop what the kernel cached of them.
             if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
                 for id in &ev.nodes {
-                    f(*id, true);
+                    f(Stale::Content(*id));
+                }
+                for (parent, name) in &ev.entries {
+                    f(Stale::Entry(*parent, name));
                 }
             }
         }

@@ -83,14 +83,14 @@ impl Store {
 
     fn invalidated(&self, id: NodeId) {
         if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
-            f(id, true);
+            f(super::Stale::Content(id));
         }
     }
 
     /// The kernel's cached attributes of `id` are stale (changed by the store itself).
     pub(crate) fn attrs_invalidated(&self, id: NodeId) {
         if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
-            f(id, false);
+            f(super::Stale::Attrs(id));
         }
     }
 
