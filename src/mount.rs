@@ -583,18 +583,40 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
         });
     }
     // Return only once the daemon has committed and let go of the store, so the next
-    // mount of it succeeds: every thread gone and, for a writer, the lock free.
+    // mount of it succeeds: every thread gone and, for a writer, the lock free. That can
+    // take a while after a burst of changes (the index applies what it has queued before
+    // it closes): say so, and never report success while the store is still held.
     if let Some((pid, writer)) = daemon {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if process_gone(pid) && (!writer || lock_free(&store)) {
-                break;
+        let start = Instant::now();
+        let mut told = false;
+        while !(process_gone(pid) && (!writer || lock_free(&store))) {
+            if !told && start.elapsed() >= UMOUNT_NOTICE {
+                eprintln!(
+                    "decofs: unmounted; waiting for the daemon (pid {pid}) to finish: it \
+                     commits open files and brings the index up to date before it lets go \
+                     of the store"
+                );
+                told = true;
+            }
+            if start.elapsed() >= UMOUNT_WAIT {
+                return Err(Error::Daemon(format!(
+                    "{} is unmounted, but its daemon (pid {pid}) still holds the store {} \
+                     after {} s; the next read-write mount will be refused until it exits",
+                    canon.display(),
+                    store.display(),
+                    UMOUNT_WAIT.as_secs()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
     Ok(())
 }
+
+/// How long `umount` waits for the daemon to exit before it says it is waiting, and
+/// before it gives up with an error.
+const UMOUNT_NOTICE: Duration = Duration::from_secs(5);
+const UMOUNT_WAIT: Duration = Duration::from_secs(900);
 
 /// No thread of `pid` is still running (zombies count as gone).
 pub fn process_gone(pid: i32) -> bool {
