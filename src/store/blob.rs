@@ -123,7 +123,7 @@ struct Gate {
 
 /// At most this many background prefetches at once: each holds a chunk in memory and a
 /// core busy hashing it.
-const PREFETCH_MAX: usize = 2;
+const PREFETCH_MAX: usize = 4;
 
 struct Cache {
     map: HashMap<Hash, Arc<Chunk>>,
