@@ -2,6 +2,14 @@
 //! replies. It owns only what the kernel protocol needs: the inode table (FUSE node id
 //! <-> store node id, with lookup counts), open file and directory handles, and the one
 //! mapping from `store::Error` to an errno. Every invariant is enforced by `store`.
+//!
+//! Listings: a child's type comes from its node id ([`NodeId::kind_hint`]), so readdir
+//! reads no child record, and readdirplus lists a non-directory child whose record is
+//! not in memory name-only (nodeid 0: the kernel shows the name and type and creates no
+//! inode). Those records are then read in the background (`ReadAhead`) or, if a lookup
+//! comes first, in one batch per directory. A lookup that finds nothing is answered as a
+//! negative entry the kernel may cache: every name is bound through the kernel except by
+//! a trash restore, which invalidates the name (`store::Stale::Entry`).
 
 mod ops;
 
