@@ -1,12 +1,13 @@
 //! Nodes and their records.
 //!
 //! A node is named by a UUID: version 4 in stores made before typed ids, else a
-//! version 8 id that carries the node's kind ([`NodeId::kind_hint`]). Its whole metadata is one [`NodeRecord`], serialized
-//! with postcard, framed with a magic, a format tag and a CRC32, and stored as the single
-//! xattr `user.decofs.node` on the node's file, so one `setxattr` replaces it atomically
-//! (invariant 2). Records that would not fit ext4's one-block xattr budget (long symlink
-//! targets, large client xattrs, many chunks) are written as a blob first and the xattr
-//! holds only the blob's hash (invariant 1: blob before reference).
+//! version 8 id that carries the node's kind ([`NodeId::kind_hint`]). Its whole
+//! metadata is one [`NodeRecord`], serialized with postcard, framed with a magic, a
+//! format tag and a CRC32, and stored as the single xattr `user.decofs.node` on the
+//! node's file, so one `setxattr` replaces it atomically (invariant 2). Records that
+//! would not fit ext4's one-block xattr budget (long symlink targets, large client
+//! xattrs, many chunks) are written as a blob first and the xattr holds only the blob's
+//! hash (invariant 1: blob before reference).
 
 use std::collections::BTreeMap;
 use std::fmt;
