@@ -40,11 +40,11 @@ fn in_supplementary_groups(pid: u32, gid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Must a listing read this child's record to list it? Not if its id names its kind
-/// (typed ids), unless it is a directory: a walk descends into those, so readdirplus
-/// hands the kernel their attributes rather than have it look each one up.
-fn needs_record(id: NodeId) -> bool {
-    id.kind_hint().is_none_or(|k| k == Kind::Dir)
+/// The kind of a child a listing may name without reading its record: its id names
+/// its kind (typed ids) and it is not a directory (a walk descends into those, so
+/// readdirplus hands the kernel their attributes rather than have it look each one up).
+fn listable_name_only(id: NodeId) -> Option<Kind> {
+    id.kind_hint().filter(|k| *k != Kind::Dir)
 }
 
 fn writes(flags: OpenFlags) -> bool {
@@ -144,7 +144,7 @@ impl DecoFs {
         let ids: Vec<NodeId> = window
             .iter()
             .map(|e| e.1)
-            .filter(|id| needs_record(*id))
+            .filter(|id| listable_name_only(*id).is_none())
             .collect();
         match ids.first() {
             Some(first) if !self.store.record_cached(*first) => self.store.prefetch_records(&ids),
@@ -726,9 +726,10 @@ impl Filesystem for DecoFs {
             } else {
                 (entries[i - 2].0.as_os_str(), entries[i - 2].1)
             };
-            if i >= 2 && !needs_record(child) && !self.store.record_cached(child) {
-                // A name-only entry: listing it reads nothing (see `needs_record`).
-                let kind = child.kind_hint().unwrap_or(Kind::File);
+            let name_only =
+                listable_name_only(child).filter(|_| i >= 2 && !self.store.record_cached(child));
+            if let Some(kind) = name_only {
+                // A name-only entry: listing it reads nothing.
                 if reply.add_name_only(
                     INodeNo(self.store.ino_of(child)),
                     (i + 1) as u64,

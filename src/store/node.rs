@@ -135,30 +135,29 @@ pub enum Kind {
 const TYPED_VARIANT: u8 = 0xe0;
 
 impl Kind {
-    /// The code a typed id carries for this kind (never 0, fits 5 bits).
+    /// Every kind, in the order of the codes typed ids carry (see [`Kind::code`]).
+    pub const ALL: [Kind; 7] = [
+        Kind::File,
+        Kind::Dir,
+        Kind::Symlink,
+        Kind::Fifo,
+        Kind::Socket,
+        Kind::CharDev,
+        Kind::BlockDev,
+    ];
+
+    /// The code a typed id carries for this kind: its place in [`Kind::ALL`] plus one
+    /// (never 0, fits 5 bits).
     fn code(self) -> u8 {
-        match self {
-            Kind::File => 1,
-            Kind::Dir => 2,
-            Kind::Symlink => 3,
-            Kind::Fifo => 4,
-            Kind::Socket => 5,
-            Kind::CharDev => 6,
-            Kind::BlockDev => 7,
-        }
+        Kind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .expect("every kind is in ALL") as u8
+            + 1
     }
 
     fn from_code(c: u8) -> Option<Kind> {
-        Some(match c {
-            1 => Kind::File,
-            2 => Kind::Dir,
-            3 => Kind::Symlink,
-            4 => Kind::Fifo,
-            5 => Kind::Socket,
-            6 => Kind::CharDev,
-            7 => Kind::BlockDev,
-            _ => return None,
-        })
+        Kind::ALL.get((c as usize).checked_sub(1)?).copied()
     }
 
     /// The S_IFMT bits of this kind.
@@ -422,17 +421,8 @@ mod tests {
         assert_eq!(old.derived_ino(), want);
         let mut inos = std::collections::HashSet::new();
         let mut ids = std::collections::HashSet::new();
-        let kinds = [
-            Kind::File,
-            Kind::Dir,
-            Kind::Symlink,
-            Kind::Fifo,
-            Kind::Socket,
-            Kind::CharDev,
-            Kind::BlockDev,
-        ];
         for i in 0..200_000 {
-            let kind = kinds[i % kinds.len()];
+            let kind = Kind::ALL[i % Kind::ALL.len()];
             let id = NodeId::new_near(old, kind);
             assert_eq!(&id.to_string()[..4], "4a5c");
             assert_eq!(id.0.get_version_num(), 8);
