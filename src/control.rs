@@ -248,6 +248,7 @@ pub fn status_value(store: &Store, info: Option<&DaemonInfo>) -> Result<Value> {
         v["read_only"] = json!(store.read_only());
         v["uptime_secs"] = json!(info.started.elapsed().as_secs());
         v["open_sessions"] = json!(store.open_sessions());
+        v["spare_nodes"] = json!(store.spare_nodes());
         v["my_epoch"] = json!(store.epoch());
     }
     Ok(v)

@@ -343,6 +343,7 @@ pub fn run_foreground(
     }));
     if !opts.read_only {
         spawn_maintenance(Arc::downgrade(&store));
+        store.start_spares();
     }
     log::info!("mounted {} on {}", store_root.display(), mnt.display());
     report_ready(&Ok(()));
@@ -618,15 +619,7 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
 const UMOUNT_NOTICE: Duration = Duration::from_secs(5);
 const UMOUNT_WAIT: Duration = Duration::from_secs(900);
 
-/// No thread of `pid` is still running (zombies count as gone).
-pub fn process_gone(pid: i32) -> bool {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return true;
-    };
-    tasks
-        .flatten()
-        .all(|t| crate::store::lock::task_exited(&t.path().join("stat")))
-}
+pub use crate::store::lock::process_gone;
 
 /// Could a writer take the store's lock right now?
 fn lock_free(store: &Path) -> bool {

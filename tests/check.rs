@@ -680,6 +680,60 @@ fn fsck_after_crash(store: &Path) -> Vec<String> {
     ps.into_iter().map(|p| p.0).collect()
 }
 
+/// The spare node files a writer makes ahead (`store/spare.rs`) are staging: a writer
+/// killed with spares ready leaves them in `sessions/`, fsck reports them and --repair
+/// removes them, and the files made from spares before the crash are intact.
+#[test]
+fn spares_left_by_a_crash_are_collected() {
+    let m = Mount::new();
+    let spare_dirs = || -> Vec<PathBuf> {
+        fs::read_dir(m.store.join("sessions"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("spare."))
+            .map(|e| e.path())
+            .collect()
+    };
+    let body = |i: u64| content(7, i, 0);
+    for i in 0..40 {
+        fs::write(m.path(&format!("f-{i}")), body(i)).unwrap();
+    }
+    // The spares thread refills after each create; wait until some are ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !spare_dirs().iter().any(|d| {
+        fs::read_dir(d)
+            .map(|mut r| r.next().is_some())
+            .unwrap_or(false)
+    }) {
+        assert!(Instant::now() < deadline, "no spares were made");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    crash(&m);
+    detach(&m);
+    let (_, v) = fsck(&m.store, &["--grace", "0"]);
+    assert!(
+        v["stale_staging"].as_u64().unwrap_or(0) >= 1,
+        "fsck does not see the dead writer's spares: {v:#}"
+    );
+    let (_, v) = fsck(&m.store, &["--repair", "--grace", "0"]);
+    assert!(
+        v["stale_staging_removed"].as_u64().unwrap_or(0) >= 1,
+        "{v:#}"
+    );
+    assert_eq!(
+        spare_dirs(),
+        Vec::<PathBuf>::new(),
+        "spares left after repair"
+    );
+    let (c, v) = fsck(&m.store, &["--grace", "0"]);
+    assert_eq!(c, 0, "clean after repair: {v:#}");
+    m.mount();
+    for i in 0..40 {
+        let got = fs::read(m.path(&format!("f-{i}"))).unwrap();
+        assert!(got == body(i), "f-{i} changed across the crash");
+    }
+}
+
 fn content(seed: u64, i: u64, gen: u64) -> Vec<u8> {
     let mut r = fastrand::Rng::with_seed(seed ^ (i << 20) ^ (gen << 40));
     let size = match r.u32(0..10) {

@@ -143,6 +143,18 @@ fn fsynced_files_survive_a_power_cut(mkfs: &[&str]) {
     common::sh("sync");
     let mnt = dir.path().join("mnt");
     let m = Decofs::mount(&store, &mnt);
+    // The workload's files are made from spares (store/spare.rs), whose inodes were made
+    // ahead in another block group: wait until some are ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (c, v, e) = dj(&["status", mnt.to_str().unwrap()]);
+        assert_eq!(c, 0, "status: {v} {e}");
+        if v["spare_nodes"].as_u64().unwrap_or(0) >= 8 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no spares: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     // The workload: a new directory; in it a small file, a two-chunk file and a file
     // rewritten after it was fsynced (the second version fsynced too), each fsynced and

@@ -128,6 +128,64 @@ fn deleted_tree_restores_whole() {
     ));
 }
 
+/// Files deleted right after they were made (sqlite's `-journal` lives for one
+/// transaction) take the trash links made ahead for them (`store/spare.rs`): every one
+/// is in the trash under its own name, restores whole, and fsck finds the links sound.
+#[test]
+fn files_deleted_young_all_reach_the_trash() {
+    let m = Mount::new();
+    let mnt = m.mnt.to_str().unwrap();
+    const N: usize = 300;
+    let body = |i: usize| format!("journal {i:03}\n").repeat(200); // past inline: a blob
+    for i in 0..N {
+        let p = m.path(&format!("j-{i:03}"));
+        fs::write(&p, body(i)).unwrap();
+        fs::remove_file(&p).unwrap();
+    }
+    let listed = ok_json(&["trash", "ls", mnt]);
+    let mut origins: Vec<String> = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["origin"].as_str().unwrap_or_default().to_string())
+        .collect();
+    origins.sort();
+    let want: Vec<String> = (0..N).map(|i| format!("j-{i:03}")).collect();
+    assert_eq!(origins, want, "the trash holds each deleted file once");
+    for i in [0, N / 2, N - 1] {
+        let name = format!("j-{i:03}");
+        let r = ok_json(&["trash", "restore", mnt, &name]);
+        assert_eq!(r["restored_to"], name.as_str());
+        assert_eq!(
+            fs::read_to_string(m.path(&name)).unwrap(),
+            body(i),
+            "{name}"
+        );
+    }
+    m.unmount();
+    // Each trash link is `<nanos>.<id>` and points at `../nodes/xx/yy/<id>`, whether it
+    // was made ahead or at the delete.
+    let trash = m.store.join("trash");
+    let mut links = 0;
+    for e in fs::read_dir(&trash).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name.split_once('.').map(|(_, id)| id.to_string()).unwrap();
+        let target = fs::read_link(e.path()).unwrap();
+        let want = format!("../nodes/{}/{}/{id}", &id[0..2], &id[2..4]);
+        assert_eq!(target, Path::new(&want), "trash link {name}");
+        assert!(trash.join(&target).exists(), "trash link {name} dangles");
+        links += 1;
+    }
+    assert_eq!(links, N - 3, "one trash link per file still deleted");
+    let out = decofs(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
+    assert!(
+        out.status.success(),
+        "fsck after young deletes: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `mv b a` overwrites a: the old a is in the trash; restoring at a taken name is a
 /// clear error, --to works; a vanished parent is a clear error too.
 #[test]

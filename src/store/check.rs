@@ -306,8 +306,9 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A killed daemon whose parent has not reaped it yet is a zombie: not alive.
 fn pid_alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    !super::lock::process_gone(pid)
 }
 
 impl Store {
@@ -680,13 +681,14 @@ impl Store {
             }
         }
 
-        // 7. Staging: blob and revision files of sessions that no longer run, pid files of
-        // dead mounts.
+        // 7. Staging: blob and revision files and spare directories of sessions that no
+        // longer run, pid files of dead mounts.
         for e in read_dir_sorted(&self.layout.sessions())? {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(rest) = name
                 .strip_prefix("blob.")
                 .or_else(|| name.strip_prefix("rev."))
+                .or_else(|| name.strip_prefix("spare."))
             {
                 let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
                 let mine = pid == Some(std::process::id() as i32);
@@ -1037,7 +1039,13 @@ impl Store {
         if repair {
             self.apply_repairs(&mut problems, &s);
             for p in &s.stale_staging {
-                if fs::remove_file(p).is_ok() {
+                // Spares are made in staging directories (see `spare`).
+                let gone = if p.is_dir() {
+                    fs::remove_dir_all(p)
+                } else {
+                    fs::remove_file(p)
+                };
+                if gone.is_ok() {
                     rep.stale_staging_removed += 1;
                 }
             }
@@ -1100,7 +1108,7 @@ impl Store {
                     .map(|_| ()),
                 Action::Retrash(id, nanos) => {
                     let link = self.layout.trash().join(format!("{nanos}.{id}"));
-                    let target = format!("../nodes/{}", &Layout::entry_target(id)[9..]);
+                    let target = Layout::trash_target(id);
                     std::os::unix::fs::symlink(target, &link).ctx(|| format!("trash {id}"))
                 }
                 Action::Adopt {

@@ -128,6 +128,11 @@ impl Layout {
         format!("../../../{}/{}/{}", &s[0..2], &s[2..4], s)
     }
 
+    /// What a trash link (in `trash/`) points at: the node's path, relative.
+    pub fn trash_target(id: NodeId) -> String {
+        format!("../nodes/{}", &Self::entry_target(id)[9..])
+    }
+
     /// Parse an entry's symlink target back into the node id it names.
     pub fn parse_entry_target(target: &Path) -> Option<NodeId> {
         let name = target.file_name()?.to_str()?;

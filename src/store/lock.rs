@@ -64,6 +64,14 @@ pub fn holder(layout: &Layout) -> String {
         .unwrap_or_default()
 }
 
+/// No thread of `pid` is still running (zombies count as gone).
+pub fn process_gone(pid: i32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| task_exited(&t.path().join("stat")))
+}
+
 /// Has the task whose `/proc/.../stat` is `stat` exited (gone, zombie or dead)?
 pub fn task_exited(stat: &Path) -> bool {
     match fs::read_to_string(stat) {

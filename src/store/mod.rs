@@ -25,6 +25,7 @@ pub mod fsynclog;
 pub mod layout;
 pub mod lock;
 pub mod node;
+mod spare;
 pub mod trash;
 pub mod tree;
 
@@ -115,6 +116,8 @@ pub struct Store {
     unsynced_names: Mutex<HashMap<NodeId, std::collections::HashSet<PathBuf>>>,
     /// A writer's fsync log (see `fsynclog`): one fdatasync per file fsync.
     fsync_log: Option<fsynclog::FsyncLog>,
+    /// Node files and entries made ahead for creates (see `spare`).
+    spares: spare::Spares,
 }
 
 /// What `log_sync` did.
@@ -196,10 +199,12 @@ impl Store {
         lock: Option<StoreLock>,
     ) -> Store {
         let policy = format.policy;
+        let blobs = Arc::new(blobs);
+        let spares = spare::Spares::new(layout.clone(), blobs.clone());
         Store {
             layout,
             format,
-            blobs: Arc::new(blobs),
+            blobs,
             read_only,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             sessions: Mutex::new(HashMap::new()),
@@ -210,6 +215,7 @@ impl Store {
             read_ends: Mutex::new(HashMap::new()),
             unsynced_names: Mutex::new(HashMap::new()),
             fsync_log: None,
+            spares,
             invalidate: Mutex::new(None),
             sink: RwLock::new(None),
             cache_on: AtomicBool::new(false),
@@ -230,6 +236,18 @@ impl Store {
 
     pub fn chunk_size(&self) -> u64 {
         self.format.chunk_size as u64
+    }
+
+    /// Make node files for creates ahead of need, in the background (a writer's mount).
+    pub fn start_spares(&self) {
+        if !self.read_only {
+            self.spares.start();
+        }
+    }
+
+    /// Spare node files ready for creates (see `spare`).
+    pub fn spare_nodes(&self) -> usize {
+        self.spares.ready()
     }
 
     /// Send change events to `sink` from now on (None: stop).
@@ -607,6 +625,7 @@ impl Store {
     /// cleanly closed store has nothing to replay.
     pub fn close_fsync_log(&self) -> Result<()> {
         self.blobs.drain_pool();
+        self.spares.close();
         match &self.fsync_log {
             Some(l) => l.close(&|| self.blobs.sync_filesystem()),
             None => Ok(()),
@@ -635,6 +654,7 @@ impl Drop for Store {
             log::warn!("fsync log kept for replay at the next open: {e}");
         }
         self.blobs.drain_pool();
+        self.spares.close();
     }
 }
 

@@ -157,12 +157,18 @@ impl Store {
         self.writable()?;
         validate_name(name)?;
         let prec = self.dir_record(parent)?;
-        // Directories spread over `nodes/` at random; everything else lives beside its
-        // directory (see NodeId::new_near).
-        let id = if new.kind == Kind::Dir {
-            NodeId::new_spread(Kind::Dir)
+        // A regular file takes a spare node file and entry if one is ready (see
+        // `spare`). Otherwise directories spread over `nodes/` at random, and everything
+        // else lives beside its directory (see NodeId::new_near).
+        let spare = if new.kind == Kind::File {
+            self.spares.take()
         } else {
-            NodeId::new_near(parent, new.kind)
+            None
+        };
+        let id = match &spare {
+            Some(s) => s.id,
+            None if new.kind == Kind::Dir => NodeId::new_spread(Kind::Dir),
+            None => NodeId::new_near(parent, new.kind),
         };
         let mut rec = NodeRecord::new(new.kind, new.mode, new.uid, new.gid, self.ino_of(id));
         rec.rdev = new.rdev;
@@ -195,7 +201,13 @@ impl Store {
             }
         };
         let mut new_shard = false;
-        if let Err(e) = make(&npath) {
+        if let Some(sp) = &spare {
+            // The spare's `nodes/xx/yy/` exists and is durable already.
+            if let Err(e) = fs::rename(&sp.node, &npath) {
+                sp.discard();
+                return Err(Error::io(format!("create node {id}"), e));
+            }
+        } else if let Err(e) = make(&npath) {
             if e.kind() != ErrorKind::NotFound {
                 return Err(Error::io(format!("create node {id}"), e));
             }
@@ -206,13 +218,30 @@ impl Store {
         }
         if let Err(e) = self.write_record(id, &rec, false) {
             self.remove_node_files(id, new.kind);
+            if let Some(sp) = &spare {
+                sp.discard();
+            }
             return Err(e);
         }
         // 2. bind the name; EEXIST means another create won
-        if let Err(e) =
-            std::os::unix::fs::symlink(Layout::entry_target(id), self.entry_path(parent, name))
-        {
+        let entry = self.entry_path(parent, name);
+        let bind = |p: &Path| std::os::unix::fs::symlink(Layout::entry_target(id), p);
+        let bound = match &spare {
+            Some(sp) => match renameat2(&sp.entry, &entry, libc::RENAME_NOREPLACE) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.no_noreplace(&e);
+                    sp.discard();
+                    bind(&entry)
+                }
+                r => r,
+            },
+            None => bind(&entry),
+        };
+        if let Err(e) = bound {
             self.remove_node_files(id, new.kind);
+            if let Some(sp) = &spare {
+                sp.discard();
+            }
             return Err(match e.kind() {
                 ErrorKind::AlreadyExists => Error::Exists,
                 ErrorKind::NotFound => Error::NotFound,
@@ -231,6 +260,36 @@ impl Store {
         self.emit(Event::new(Op::Create, &[id, parent]).entry(parent, name));
         r?;
         Ok((id, rec))
+    }
+
+    /// Make a new inode at `dest` (whose name is unique) by way of the staging
+    /// directory (see `spare`): `make` makes it at a fresh path there, whose block
+    /// group allocates inodes fast, and it is renamed to `dest`. Only for inodes whose
+    /// durability no fsync promises (trash links): nothing syncs the staging directory's
+    /// block group. Without a staging directory, or if making it there fails, `make`
+    /// runs at `dest` itself.
+    fn make_staged(
+        &self,
+        dest: &Path,
+        make: impl Fn(&Path) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        if let Some(tmp) = self.spares.staged_path() {
+            if make(&tmp).is_ok() {
+                let moved = fs::rename(&tmp, dest);
+                if moved.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                return moved;
+            }
+        }
+        make(dest)
+    }
+
+    /// The backing filesystem refuses RENAME_NOREPLACE: stop staging (and making
+    /// spares), so names are bound by symlink(2) itself.
+    fn no_noreplace(&self, e: &std::io::Error) {
+        log::warn!("spares: the backing filesystem refuses RENAME_NOREPLACE ({e}); new inodes are made in place");
+        self.spares.close();
     }
 
     fn remove_node_files(&self, id: NodeId, kind: Kind) {
@@ -303,8 +362,16 @@ impl Store {
         let now = Time::now();
         let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
         let link = self.layout.trash().join(format!("{nanos}.{id}"));
-        let target = format!("../nodes/{}", &Layout::entry_target(id)[9..]);
-        match std::os::unix::fs::symlink(target, &link).ctx(|| format!("trash {id}")) {
+        // A link made ahead (see `spare`) if the node has one, else a new one.
+        if let Some(ahead) = self.spares.take_trash(id) {
+            if fs::rename(&ahead, &link).is_ok() {
+                return Ok(PreTrash::Linked(link));
+            }
+            let _ = fs::remove_file(&ahead);
+        }
+        let target = Layout::trash_target(id);
+        let made = self.make_staged(&link, |p| std::os::unix::fs::symlink(&target, p));
+        match made.ctx(|| format!("trash {id}")) {
             Ok(()) => Ok(PreTrash::Linked(link)),
             // A full disk must not stop a delete (that is how space is freed): the node
             // is then deleted for good instead of kept in the trash.
