@@ -487,7 +487,6 @@ impl Store {
         Ok(rec)
     }
 
-    /// Make a node's record durable (fsync of its file).
     /// fsyncdir: make a directory's entries durable, with the `nodes/` directories
     /// holding the node files of entries created since its last sync.
     pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
