@@ -251,6 +251,25 @@ fn injected_faults_are_found_and_repaired() {
             vec![],
         ),
         (
+            "trash link pointing the way an entry does",
+            Box::new(|s: &Path| {
+                let link = fs::read_dir(s.join("trash"))
+                    .unwrap()
+                    .flatten()
+                    .next()
+                    .expect("churn trashed files")
+                    .path();
+                let target = fs::read_link(&link).unwrap();
+                let rest = target.to_str().unwrap().strip_prefix("../nodes/").unwrap();
+                let entry_style = format!("../../../{rest}");
+                fs::remove_file(&link).unwrap();
+                std::os::unix::fs::symlink(entry_style, &link).unwrap();
+            }),
+            "trash_link_target",
+            "trash/",
+            vec![],
+        ),
+        (
             "hard link removed behind the store's back",
             Box::new(|s: &Path| {
                 fs::remove_file(node_of(s, "d0").join("f003-link")).unwrap();
@@ -288,6 +307,12 @@ fn injected_faults_are_found_and_repaired() {
                 fs::write(m.path("d3/f007"), b"usable again").unwrap();
             }
             "dangling entry" => assert!(!m.path("d3/ghost").exists()),
+            "trash link pointing the way an entry does" => {
+                for e in fs::read_dir(store.join("trash")).unwrap().flatten() {
+                    let t = fs::read_link(e.path()).unwrap();
+                    assert!(t.starts_with("../nodes/"), "{t:?}");
+                }
+            }
             "hard link removed behind the store's back" => {
                 use std::os::unix::fs::MetadataExt;
                 assert_eq!(fs::metadata(m.path("d1/f003")).unwrap().nlink(), 1);

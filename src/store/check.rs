@@ -115,7 +115,8 @@ enum Action {
         nlink: u32,
         fresh: bool,
     },
-    /// Put a node whose record says it was trashed back into the trash.
+    /// Put a node whose record says it was trashed back into the trash (or point its
+    /// trash link right).
     Retrash(NodeId, i128),
     /// Remove a node file that holds no record and no entries.
     RemoveNode(NodeId, bool),
@@ -516,12 +517,25 @@ impl Store {
                 Uuid::parse_str(u).ok().map(NodeId)
             });
             let is_link = t.file_type().map(|f| f.is_symlink()).unwrap_or(false);
-            let target = fs::read_link(t.path())
-                .ok()
-                .and_then(|p| Layout::parse_entry_target(&p));
+            let raw = fs::read_link(t.path()).ok();
+            let target = raw.as_deref().and_then(Layout::parse_entry_target);
             match (parsed, is_link, target) {
                 (Some(id), true, Some(tid)) if id == tid => {
                     if s.nodes.contains_key(&id) {
+                        let want = Layout::trash_target(id);
+                        if raw.as_deref() != Some(Path::new(&want)) {
+                            let nanos = name.split_once('.').and_then(|(n, _)| n.parse().ok());
+                            s.problems.push(Problem {
+                                code: "trash_link_target",
+                                path: rel(&t.path()),
+                                detail: format!(
+                                    "points at {:?}, not at {want}",
+                                    raw.as_deref().unwrap_or(Path::new(""))
+                                ),
+                                repaired: false,
+                                action: nanos.map_or(Action::None, |n| Action::Retrash(id, n)),
+                            });
+                        }
                         s.trash.insert(name, id);
                     } else {
                         s.problems.push(Problem {
@@ -1109,6 +1123,10 @@ impl Store {
                 Action::Retrash(id, nanos) => {
                     let link = self.layout.trash().join(format!("{nanos}.{id}"));
                     let target = Layout::trash_target(id);
+                    // A link that points wrong is replaced.
+                    if fs::symlink_metadata(&link).is_ok() {
+                        let _ = fs::remove_file(&link);
+                    }
                     std::os::unix::fs::symlink(target, &link).ctx(|| format!("trash {id}"))
                 }
                 Action::Adopt {
