@@ -2,9 +2,10 @@
 //!
 //! A directory node is a directory holding only entries; an entry is a symlink named
 //! exactly like the client's name whose target names the child node. A create makes
-//! the node first and then binds the name with symlink(2), which fails with EEXIST if
-//! the name is taken: the loser removes its unbound node, so concurrent creates of one
-//! name leave exactly one node. A rename is one rename(2)/renameat2(2) of the entry.
+//! the node first and then binds the name with symlink(2), or, for a regular file made
+//! from a spare (see `spare`), with renameat2(RENAME_NOREPLACE) of the spare's entry;
+//! both fail with EEXIST if the name is taken: the loser removes its unbound node, so
+//! concurrent creates of one name leave exactly one node. A rename is one rename(2)/renameat2(2) of the entry.
 //! A node whose last entry goes away is moved to `trash/` with its origin (invariant 6),
 //! which also keeps an open-but-unlinked file readable and writable.
 //!
