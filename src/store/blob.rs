@@ -28,7 +28,7 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::error::{Error, IoContext, Result};
 use super::layout::{sync_dir, Layout};
@@ -91,10 +91,6 @@ pub struct LocalBlobs {
     pool: Mutex<VecDeque<PathBuf>>,
     /// Set by `drain_pool` (closing): from then on swept files are deleted.
     pool_closed: std::sync::atomic::AtomicBool,
-    /// Where new blob files are written before they are named (None: `sessions/`).
-    /// A writer's spares thread points it at its staging directory, whose block group
-    /// allocates inodes fast (see `spare`).
-    staging: RwLock<Option<PathBuf>>,
 }
 
 /// Swept blob files kept for reuse at most, and the largest blob recycled (bigger ones
@@ -175,7 +171,6 @@ impl LocalBlobs {
             prefetching: AtomicUsize::new(0),
             pool: Mutex::new(VecDeque::new()),
             pool_closed: std::sync::atomic::AtomicBool::new(false),
-            staging: RwLock::new(None),
         }
     }
 
@@ -262,11 +257,6 @@ impl LocalBlobs {
         }
         let _ = fs::remove_file(doomed);
         len
-    }
-
-    /// Write new blob files in `dir` before naming them (None: in `sessions/`).
-    pub fn set_staging(&self, dir: Option<PathBuf>) {
-        *self.staging.write().unwrap() = dir;
     }
 
     /// Delete the recycled files (a clean close leaves no staging behind).
@@ -408,15 +398,11 @@ impl BlobStore for LocalBlobs {
         let recycled = self.pool.lock().unwrap().pop_front();
         let fresh = recycled.is_none();
         let tmp = recycled.unwrap_or_else(|| {
-            let name = format!(
+            self.layout.sessions().join(format!(
                 "blob.{}.{}.tmp",
                 std::process::id(),
                 self.seq.fetch_add(1, Ordering::Relaxed)
-            );
-            match &*self.staging.read().unwrap() {
-                Some(dir) => dir.join(name),
-                None => self.layout.sessions().join(name),
-            }
+            ))
         });
         let mut too_many = false;
         let res = (|| {

@@ -20,8 +20,8 @@
 //! symlink cannot even be fsynced). Made durable ahead, a spare's inodes survive a
 //! power cut once the names bound to them are synced. Inodes made on the spot (no
 //! spare ready, or not a regular file) are made in place, next to their directory, as
-//! before; only blob files (fsynced or logged themselves) and trash links (which no
-//! fsync promises) are also made in the staging directory and renamed into place.
+//! before; only trash links (which no fsync promises) are also made in the staging
+//! directory and renamed into place.
 //!
 //! A delete allocates one more: the trash link. Where files die young (sqlite's
 //! `-journal` lives for one transaction), the thread also makes each spare's trash link
@@ -238,9 +238,10 @@ impl Spares {
 }
 
 impl Inner {
-    /// Make `dir` where new inodes are made (blob files, staged inodes), or nowhere.
+    /// Make `dir` where staged inodes are made (`staged_path`), or nowhere. Blob files
+    /// stay in `sessions/`: a blob written into a staging directory that was just
+    /// rotated away failed its write with EIO (seen once in CI).
     fn publish(&self, dir: Option<PathBuf>) {
-        self.blobs.set_staging(dir.clone());
         *self.staging.write().unwrap() = dir;
     }
 
@@ -372,8 +373,7 @@ const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
 /// or symlink come from its directory's block group, and `sessions/` is marked a top
 /// directory, so each new staging directory lands in a group chosen afresh. When the
 /// group becomes slow to allocate from (deletes of our own files churn it too), the
-/// next staging directory moves elsewhere. Emptied old ones are removed. New blob files
-/// are written there too before they are named.
+/// next staging directory moves elsewhere. Emptied old ones are removed.
 struct Staging {
     sessions: PathBuf,
     inner: Arc<Inner>,
@@ -425,7 +425,6 @@ impl Staging {
 
     /// The directory for the next spare, and the spare's number.
     fn dir(&mut self) -> std::io::Result<(PathBuf, u64)> {
-        self.old.retain(|d| fs::remove_dir(d).is_err());
         let dir = match &self.current {
             Some(d) => d.clone(),
             None => {
@@ -439,6 +438,9 @@ impl Staging {
                 d
             }
         };
+        // Old directories go once the new one is published (a staged inode made in one
+        // meanwhile falls back to its place: see `Store::make_staged`).
+        self.old.retain(|d| fs::remove_dir(d).is_err());
         self.seq += 1;
         Ok((dir, self.seq))
     }
