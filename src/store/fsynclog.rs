@@ -52,6 +52,12 @@ pub const LOG_BYTES: u64 = 64 << 20;
 /// An entry carries at most this many bytes of blobs; a bigger fsync syncs its blobs.
 pub const CARRY_MAX: usize = 1 << 20;
 const HEADER: u64 = 4096;
+/// The log is written with zeros this far ahead of its entries. posix_fallocate
+/// reserves the space as unwritten extents, and the first write into one changes the
+/// extent tree, which each fdatasync would then write too (measured on the bench disk:
+/// 314–419 µs per 10 KB append and fdatasync into fallocated space, 188–216 µs into
+/// space written before). Zeroing a step at a time moves that cost to one sync per step.
+const ZERO_STEP: u64 = 4 << 20;
 const MAGIC: &[u8; 16] = b"decofs-fsynclog1";
 const ENTRY_HEAD: usize = 4 + 8 + 16;
 
@@ -116,6 +122,8 @@ struct Writer {
     file: Option<File>,
     gen: u64,
     off: u64,
+    /// The file holds written (zero or entry) blocks up to here (see `ZERO_STEP`).
+    zeroed: u64,
 }
 
 pub struct FsyncLog {
@@ -170,6 +178,7 @@ impl FsyncLog {
                 file: None,
                 gen: 0,
                 off: HEADER,
+                zeroed: 0,
             }),
             lsn: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -253,9 +262,21 @@ impl FsyncLog {
                 w.file = Some(self.create()?);
                 w.gen = 1;
                 w.off = HEADER;
+                w.zeroed = HEADER;
             }
             if w.off + len > LOG_BYTES {
                 self.checkpoint(&mut w, sync_store)?;
+            }
+            if w.off + len > w.zeroed {
+                let to = (w.off + len)
+                    .div_ceil(ZERO_STEP)
+                    .saturating_mul(ZERO_STEP)
+                    .min(LOG_BYTES);
+                let zeros = vec![0u8; (to - w.zeroed) as usize];
+                let f = w.file.as_ref().expect("created above");
+                f.write_all_at(&zeros, w.zeroed)
+                    .ctx(|| format!("write {}", self.path.display()))?;
+                w.zeroed = to;
             }
             let mut buf = Vec::with_capacity(len as usize);
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -607,5 +628,40 @@ mod tests {
         f.write_all_at(&[0xff], off + ENTRY_HEAD as u64 + 20)
             .unwrap();
         assert_eq!(read_entries(&log).unwrap().len(), 2);
+    }
+
+    /// The log is written (zeros) ahead of its entries a step at a time, never over an
+    /// entry, and entries written across a step's end all replay.
+    #[test]
+    fn zeroed_ahead_in_steps_and_entries_cross_steps() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "f");
+        let mut last = Vec::new();
+        for i in 0..12u32 {
+            // Incompressible-ish content so each entry carries ~600 KB of blobs.
+            last = (0..600_000u32)
+                .map(|j| (j.wrapping_mul(i + 7) % 253) as u8)
+                .collect();
+            s.write(id, 0, &last).unwrap();
+            s.commit(id, true).unwrap();
+            let log = s.fsync_log.as_ref().unwrap();
+            let w = log.w.lock().unwrap();
+            assert!(w.zeroed >= w.off, "entries never pass the zeroed end");
+            assert!(w.zeroed % ZERO_STEP == 0 || w.zeroed == LOG_BYTES);
+            let f = w.file.as_ref().unwrap();
+            let mut tail = vec![1u8; (w.zeroed - w.off) as usize];
+            f.read_exact_at(&mut tail, w.off).unwrap();
+            assert!(tail.iter().all(|b| *b == 0), "beyond the last entry: zeros");
+        }
+        let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
+        assert_eq!(read_entries(&log).unwrap().len(), 12, "past two zero steps");
+        let rec = s.read_record(id).unwrap();
+        let hashes = Store::record_hashes(&rec);
+        for h in &hashes {
+            fs::remove_file(s.blobs.path_of(h)).unwrap();
+        }
+        crash(s);
+        let s = Store::open(&p, OpenOptions::default()).unwrap();
+        assert_eq!(read_all(&s, id), last);
     }
 }
