@@ -156,6 +156,27 @@ fn fsynced_files_survive_a_power_cut(mkfs: &[&str]) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 
+    // Names whose inodes are made on the spot (no spare): symlinks, directories, FIFOs
+    // and hard links, in a new directory, then it and its parent fsynced. Enough of
+    // them that their inodes span many inode-table blocks, which nothing else writes
+    // (the spares are all made: their thread is idle, so no syncfs of its own).
+    fs::create_dir(mnt.join("e")).unwrap();
+    fs::write(mnt.join("e/target"), b"linked").unwrap();
+    for i in 0..64 {
+        std::os::unix::fs::symlink(format!("to/{i}"), mnt.join(format!("e/s{i}"))).unwrap();
+    }
+    for i in 0..8 {
+        fs::create_dir(mnt.join(format!("e/sub{i}"))).unwrap();
+        fs::hard_link(mnt.join("e/target"), mnt.join(format!("e/l{i}"))).unwrap();
+        common::sh(&format!("mkfifo {}", mnt.join(format!("e/p{i}")).display()));
+    }
+    fs::File::open(mnt.join("e/target"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    fsync_path(&mnt.join("e"));
+    fsync_path(&mnt);
+
     // The workload: a new directory; in it a small file, a two-chunk file and a file
     // rewritten after it was fsynced (the second version fsynced too), each fsynced and
     // then the directory fsynced, as careful programs do. Plus a file written but never
@@ -185,6 +206,18 @@ fn fsynced_files_survive_a_power_cut(mkfs: &[&str]) {
     fsync_path(&mnt.join("d"));
     let unsynced = data(5, 50_000);
     fs::write(mnt.join("d/unsynced"), &unsynced).unwrap();
+
+    // Files written and closed, never fsynced, in a directory synced before them
+    // (last, so that no syncfs made for another directory covers them):
+    // fsyncdir makes their names durable, so they must be there after the cut, empty
+    // or whole (these are made from spares, so only their records are new).
+    fs::create_dir(mnt.join("f")).unwrap();
+    fsync_path(&mnt);
+    let written = data(6, 5000);
+    for i in 0..4 {
+        fs::write(mnt.join(format!("f/w{i}")), &written).unwrap();
+    }
+    fsync_path(&mnt.join("f"));
 
     // The power cut, while the daemon still runs.
     let copy = disk.power_cut_copy(dir.path(), "after-cut");
@@ -222,6 +255,33 @@ fn fsynced_files_survive_a_power_cut(mkfs: &[&str]) {
         let got = fs::read(cm.join("d").join(name))
             .unwrap_or_else(|e| panic!("{name} after the power cut: {e}"));
         common::assert_bytes_eq(&got, want, name);
+    }
+    let e = cm.join("e");
+    for i in 0..64 {
+        let t = fs::read_link(e.join(format!("s{i}")))
+            .unwrap_or_else(|err| panic!("symlink s{i} after the power cut: {err}"));
+        assert_eq!(t, Path::new(&format!("to/{i}")));
+    }
+    for i in 0..8 {
+        use std::os::unix::fs::FileTypeExt;
+        let m = fs::symlink_metadata(e.join(format!("sub{i}")))
+            .unwrap_or_else(|err| panic!("directory sub{i} after the power cut: {err}"));
+        assert!(m.is_dir());
+        let m = fs::symlink_metadata(e.join(format!("p{i}")))
+            .unwrap_or_else(|err| panic!("FIFO p{i} after the power cut: {err}"));
+        assert!(m.file_type().is_fifo());
+        let got = fs::read(e.join(format!("l{i}")))
+            .unwrap_or_else(|err| panic!("hard link l{i} after the power cut: {err}"));
+        assert_eq!(got, b"linked");
+    }
+    for i in 0..4 {
+        let got = fs::read(cm.join(format!("f/w{i}")))
+            .unwrap_or_else(|err| panic!("f/w{i} after the power cut: {err}"));
+        assert!(
+            got.is_empty() || got == written,
+            "f/w{i}: {} other bytes",
+            got.len()
+        );
     }
     match fs::read(cm.join("d/unsynced")) {
         Ok(got) => assert!(

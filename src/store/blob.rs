@@ -91,6 +91,11 @@ pub struct LocalBlobs {
     pool: Mutex<VecDeque<PathBuf>>,
     /// Set by `drain_pool` (closing): from then on swept files are deleted.
     pool_closed: std::sync::atomic::AtomicBool,
+    /// Tickets for `sync_filesystem`: `ticket` numbers a moment (the store takes one
+    /// after it made an inode that only a syncfs makes durable), and `synced` is the
+    /// newest ticket taken before a syncfs that has since completed.
+    tickets: AtomicU64,
+    synced: AtomicU64,
 }
 
 /// Swept blob files kept for reuse at most, and the largest blob recycled (bigger ones
@@ -171,6 +176,8 @@ impl LocalBlobs {
             prefetching: AtomicUsize::new(0),
             pool: Mutex::new(VecDeque::new()),
             pool_closed: std::sync::atomic::AtomicBool::new(false),
+            tickets: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
         }
     }
 
@@ -204,7 +211,9 @@ impl LocalBlobs {
     /// Blobs written while it runs stay listed.
     pub fn sync_filesystem(&self) -> Result<()> {
         let n = self.unsynced.lock().unwrap().len();
+        let ticket = self.tickets.load(Ordering::SeqCst);
         syncfs(&self.layout.blobs())?;
+        self.synced.fetch_max(ticket, Ordering::SeqCst);
         let done: Vec<Hash> = {
             let mut u = self.unsynced.lock().unwrap();
             let n = n.min(u.len());
@@ -212,6 +221,16 @@ impl LocalBlobs {
         };
         self.now_durable(done);
         Ok(())
+    }
+
+    /// A new ticket: a `sync_filesystem` that starts from now on covers this moment.
+    pub fn ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Has a `sync_filesystem` started after `ticket` was taken completed?
+    pub fn synced_since(&self, ticket: u64) -> bool {
+        self.synced.load(Ordering::SeqCst) >= ticket
     }
 
     fn now_durable(&self, hashes: Vec<Hash>) {

@@ -109,16 +109,87 @@ pub struct Store {
     /// Where the last read of each recently read file ended: a read that starts near
     /// there is sequential and prefetches the next chunk.
     read_ends: Mutex<HashMap<NodeId, u64>>,
-    /// Per directory, the `nodes/` directories that gained a node file for one of its
-    /// new entries since the directory was last fsynced: fsyncdir syncs them too, so
-    /// a durable name never points at a node whose own name in `nodes/` was lost (the
-    /// backing ext4 may run without a journal).
-    unsynced_names: Mutex<HashMap<NodeId, std::collections::HashSet<PathBuf>>>,
+    /// Per directory, what its next fsyncdir must make durable besides its own entries
+    /// (see `UnsyncedDir`).
+    unsynced_names: Mutex<Owed>,
     /// A writer's fsync log (see `fsynclog`): one fdatasync per file fsync.
     fsync_log: Option<fsynclog::FsyncLog>,
     /// Node files and entries made ahead for creates (see `spare`).
     spares: spare::Spares,
 }
+
+/// What a directory's fsyncdir owes beyond the directory itself, for the entries made
+/// in it (or moved into it) since it was last synced. fsyncdir writes names, not the
+/// inodes they name: on ext4 without a journal a new inode reaches the disk only with
+/// its inode-table block, which nothing else writes for a while.
+#[derive(Default)]
+struct UnsyncedDir {
+    /// `nodes/` directories that gained a node file for one of the new entries: synced,
+    /// so a durable name never points at a node whose own name in `nodes/` was lost.
+    dirs: std::collections::HashSet<PathBuf>,
+    /// The new entries' nodes.
+    children: HashMap<NodeId, NewChild>,
+    /// Too many children to list: a syncfs that starts after this ticket covers them.
+    all_before: Option<u64>,
+}
+
+impl UnsyncedDir {
+    fn len(&self) -> usize {
+        self.dirs.len() + self.children.len()
+    }
+
+    /// Owe what `other` owed too (a failed sync's debt, back).
+    fn merge(&mut self, other: UnsyncedDir) {
+        self.dirs.extend(other.dirs);
+        for (c, n) in other.children {
+            self.children.entry(c).or_insert(n);
+        }
+        self.all_before = self.all_before.max(other.all_before);
+    }
+}
+
+/// What every directory's fsyncdir owes, and how many entries that is in all.
+#[derive(Default)]
+struct Owed {
+    by_dir: HashMap<NodeId, UnsyncedDir>,
+    entries: usize,
+}
+
+impl Owed {
+    fn take(&mut self, dir: NodeId) -> Option<UnsyncedDir> {
+        let u = self.by_dir.remove(&dir)?;
+        self.entries -= u.len();
+        Some(u)
+    }
+
+    /// Change what `dir` owes with `f`, keeping the count.
+    fn with(&mut self, dir: NodeId, f: impl FnOnce(&mut UnsyncedDir)) {
+        let u = self.by_dir.entry(dir).or_default();
+        let before = u.len();
+        f(u);
+        self.entries = self.entries + u.len() - before;
+    }
+}
+
+/// How a new entry's inodes become durable.
+#[derive(Clone, Copy)]
+enum NewChild {
+    /// Made on the spot (entry symlink, and the node unless it came from a spare):
+    /// only a syncfs that started after the ticket covers them.
+    InPlace(u64),
+    /// A file made from a spare (its inodes are durable): its record is, once the fsync
+    /// log holds this version of it.
+    FromSpare { logged: Option<u64> },
+}
+
+/// A directory's children listed at most; beyond, its fsyncdir is one syncfs.
+const CHILDREN_MAX: usize = 4096;
+/// Entries owed in all at most (a big copy that never fsyncs); beyond, the whole store
+/// is synced at once and everything owed forgotten.
+const OWED_MAX: usize = 262_144;
+/// New files from spares whose records fsyncdir logs one by one at most; beyond, one
+/// syncfs is cheaper.
+const LOG_CHILDREN_MAX: usize = 32;
 
 /// What `log_sync` did.
 enum LogSync {
@@ -213,7 +284,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             pending_sweep: Mutex::new(Vec::new()),
             read_ends: Mutex::new(HashMap::new()),
-            unsynced_names: Mutex::new(HashMap::new()),
+            unsynced_names: Mutex::new(Owed::default()),
             fsync_log: None,
             spares,
             invalidate: Mutex::new(None),
@@ -487,45 +558,133 @@ impl Store {
         Ok(rec)
     }
 
-    /// fsyncdir: make a directory's entries durable, with the `nodes/` directories
-    /// holding the node files of entries created since its last sync.
+    /// fsyncdir: make a directory's entries durable, with what they name: the `nodes/`
+    /// directories holding node files of new entries, the inodes made for them (a
+    /// syncfs, when any was made on the spot), and the records of new files from
+    /// spares (through the fsync log, unless it holds them already).
     pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
-        let dirs = self.unsynced_names.lock().unwrap().remove(&id);
-        if let Some(dirs) = dirs {
-            let dirs = deepest_first(dirs);
-            for (i, d) in dirs.iter().enumerate() {
-                if let Err(e) = layout::sync_dir(d) {
-                    // Keep what is still unsynced for the next attempt.
-                    self.unsynced_names
-                        .lock()
-                        .unwrap()
-                        .entry(id)
-                        .or_default()
-                        .extend(dirs[i..].iter().cloned());
-                    return Err(e);
-                }
+        let Some(u) = self.unsynced_names.lock().unwrap().take(id) else {
+            return self.sync_node(id);
+        };
+        let res = self.sync_unsynced(id, &u);
+        if res.is_err() {
+            // Keep what is still owed for the next attempt.
+            self.unsynced_names.lock().unwrap().with(id, |e| e.merge(u));
+        }
+        res
+    }
+
+    fn sync_unsynced(&self, id: NodeId, u: &UnsyncedDir) -> Result<()> {
+        let covered = |t: u64| self.blobs.synced_since(t);
+        let mut whole = u.all_before.is_some_and(|t| !covered(t));
+        let mut to_log = Vec::new();
+        for (c, n) in &u.children {
+            match n {
+                NewChild::InPlace(t) => whole |= !covered(*t),
+                NewChild::FromSpare { logged } => match self.read_record(*c) {
+                    Ok(r) if Some(r.version) != *logged && r.kind == Kind::File => to_log.push(*c),
+                    _ => {} // logged as it is, or gone since
+                },
             }
+        }
+        if whole || to_log.len() > LOG_CHILDREN_MAX {
+            // Writes every inode, name and record of the store.
+            return self.blobs.sync_filesystem();
+        }
+        for c in to_log {
+            self.sync_node(c)?;
+        }
+        for d in deepest_first(u.dirs.iter().cloned()) {
+            layout::sync_dir(&d)?;
         }
         self.sync_node(id)
     }
 
     /// Remember that `dir` gained a name `parent`'s next fsyncdir must make durable.
-    /// Bounded: past UNSYNCED_NAMES_MAX directories (a big copy that never fsyncs),
-    /// everything remembered is synced at once and forgotten.
     pub(crate) fn name_unsynced(&self, parent: NodeId, dir: &Path) {
-        const UNSYNCED_NAMES_MAX: usize = 65_536;
+        self.owe(parent, |u| {
+            u.dirs.insert(dir.to_path_buf());
+        });
+    }
+
+    /// Remember that `parent` gained an entry for `child`, made on the spot
+    /// (`in_place`) or from a spare; its next fsyncdir makes it durable.
+    pub(crate) fn child_unsynced(&self, parent: NodeId, child: NodeId, in_place: bool) {
+        let n = if in_place {
+            NewChild::InPlace(self.blobs.ticket())
+        } else {
+            NewChild::FromSpare { logged: None }
+        };
+        self.owe(parent, |u| {
+            u.children.insert(child, n);
+        });
+    }
+
+    /// A rename moved `child`'s entry from `from` to `to`: what `from` owed for it, `to`
+    /// owes now (the node's `nodes/` directories too).
+    pub(crate) fn child_moved(&self, from: NodeId, to: NodeId, child: NodeId) {
+        if from == to {
+            return;
+        }
+        let mut owed = None;
+        {
+            let mut m = self.unsynced_names.lock().unwrap();
+            if m.by_dir.contains_key(&from) {
+                m.with(from, |u| owed = u.children.remove(&child));
+            }
+        }
+        if let Some(n) = owed {
+            let shard = self.layout.node_path(child);
+            self.owe(to, |u| {
+                u.children.insert(child, n);
+                // The node's directory and the one above it, in case either was new.
+                for d in shard.ancestors().skip(1).take(2) {
+                    u.dirs.insert(d.to_path_buf());
+                }
+            });
+        }
+    }
+
+    /// The fsync log now holds `version` of file `id`'s record.
+    fn child_logged(&self, parent: Option<NodeId>, id: NodeId, version: u64) {
+        let Some(p) = parent else { return };
+        if let Some(NewChild::FromSpare { logged }) = self
+            .unsynced_names
+            .lock()
+            .unwrap()
+            .by_dir
+            .get_mut(&p)
+            .and_then(|u| u.children.get_mut(&id))
+        {
+            *logged = Some(logged.map_or(version, |l| l.max(version)));
+        }
+    }
+
+    /// Add to what `parent`'s next fsyncdir owes. Bounded: a directory with more than
+    /// CHILDREN_MAX new children owes one syncfs instead of the list, and past OWED_MAX
+    /// entries in all the whole store is synced at once and everything owed forgotten.
+    fn owe(&self, parent: NodeId, f: impl FnOnce(&mut UnsyncedDir)) {
         let full = {
             let mut m = self.unsynced_names.lock().unwrap();
-            m.entry(parent).or_default().insert(dir.to_path_buf());
-            if m.len() > UNSYNCED_NAMES_MAX {
+            m.with(parent, |u| {
+                f(u);
+                if u.children.len() > CHILDREN_MAX {
+                    u.children.clear();
+                    u.all_before = Some(self.blobs.ticket());
+                }
+            });
+            if m.entries > OWED_MAX {
                 std::mem::take(&mut *m)
             } else {
                 return;
             }
         };
-        for d in deepest_first(full.into_values().flatten()) {
-            if let Err(e) = layout::sync_dir(&d) {
-                log::warn!("sync {}: {e}", d.display());
+        if let Err(e) = self.blobs.sync_filesystem() {
+            log::warn!("sync the store: {e}");
+            // Still owed.
+            let mut m = self.unsynced_names.lock().unwrap();
+            for (k, v) in full.by_dir {
+                m.with(k, |u| u.merge(v));
             }
         }
     }
@@ -612,7 +771,10 @@ impl Store {
             blobs: carried,
         };
         match log.append(&entry, &|| self.blobs.sync_filesystem()) {
-            Ok(()) => Ok(LogSync::Logged),
+            Ok(()) => {
+                self.child_logged(rec.parent, id, rec.version);
+                Ok(LogSync::Logged)
+            }
             Err(e) => {
                 log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
                 Ok(LogSync::NoLog)
@@ -720,6 +882,79 @@ mod tests {
         Store::init(&p, 64 * 1024).unwrap();
         let s = Store::open(&p, OpenOptions::default()).unwrap();
         (dir, s)
+    }
+
+    /// What fsyncdir owes follows renames, is paid by it, and its count stays exact;
+    /// a directory with too many new children owes one syncfs instead of a list.
+    #[test]
+    fn fsyncdir_debts_follow_renames_and_are_paid() {
+        use std::ffi::OsStr;
+        let (_d, s) = scratch();
+        let root = s.root();
+        let mut dir = file_node();
+        dir.kind = Kind::Dir;
+        dir.mode = 0o755;
+        let (a, _) = s.create(root, OsStr::new("a"), dir).unwrap();
+        let f = s.create(a, OsStr::new("f"), file_node()).unwrap().0;
+        let g = s.create(a, OsStr::new("g"), file_node()).unwrap().0;
+        let owes = |d: NodeId, c: NodeId| {
+            let m = s.unsynced_names.lock().unwrap();
+            m.by_dir
+                .get(&d)
+                .is_some_and(|u| u.children.contains_key(&c))
+        };
+        assert!(owes(root, a) && owes(a, f) && owes(a, g));
+        s.rename(
+            a,
+            OsStr::new("f"),
+            root,
+            OsStr::new("f"),
+            tree::RenameMode::Replace,
+        )
+        .unwrap();
+        assert!(
+            !owes(a, f) && owes(root, f),
+            "the debt moves with the entry"
+        );
+        s.sync_dir_node(a).unwrap();
+        assert!(!owes(a, g));
+        s.sync_dir_node(root).unwrap();
+        {
+            let m = s.unsynced_names.lock().unwrap();
+            assert_eq!(m.entries, 0, "everything paid");
+            assert!(m.by_dir.is_empty());
+        }
+        // Made in place (a directory): a syncfs covers it; a later one is owed again.
+        let (b, _) = s
+            .create(root, OsStr::new("b"), {
+                let mut d = file_node();
+                d.kind = Kind::Dir;
+                d
+            })
+            .unwrap();
+        let t = match s.unsynced_names.lock().unwrap().by_dir[&root].children[&b] {
+            NewChild::InPlace(t) => t,
+            NewChild::FromSpare { .. } => panic!("a directory is made in place"),
+        };
+        assert!(!s.blobs.synced_since(t));
+        s.sync_dir_node(root).unwrap();
+        assert!(s.blobs.synced_since(t), "fsyncdir synced the filesystem");
+        // Past CHILDREN_MAX: the list gives way to one ticket.
+        for i in 0..=CHILDREN_MAX {
+            s.create(b, OsStr::new(&format!("n{i}")), file_node())
+                .unwrap();
+        }
+        {
+            let m = s.unsynced_names.lock().unwrap();
+            let u = &m.by_dir[&b];
+            assert!(u.children.len() < CHILDREN_MAX && u.all_before.is_some());
+            assert_eq!(
+                m.entries,
+                m.by_dir.values().map(UnsyncedDir::len).sum::<usize>()
+            );
+        }
+        s.sync_dir_node(b).unwrap();
+        assert!(!s.unsynced_names.lock().unwrap().by_dir.contains_key(&b));
     }
 
     /// Invariant 2: a CAS against a stale version fails and writes nothing.

@@ -227,11 +227,13 @@ impl Store {
         // 2. bind the name; EEXIST means another create won
         let entry = self.entry_path(parent, name);
         let bind = |p: &Path| std::os::unix::fs::symlink(Layout::entry_target(id), p);
+        let mut in_place = spare.is_none();
         let bound = match &spare {
             Some(sp) => match renameat2(&sp.entry, &entry, libc::RENAME_NOREPLACE) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     self.no_noreplace(&e);
                     sp.discard();
+                    in_place = true;
                     bind(&entry)
                 }
                 r => r,
@@ -256,6 +258,7 @@ impl Store {
         for dir in shard.ancestors().take(1 + new_levels) {
             self.name_unsynced(parent, dir);
         }
+        self.child_unsynced(parent, id, in_place);
         // 3. the parent's times (and link count for a subdirectory)
         let r = self.touch_dir(parent, if new.kind == Kind::Dir { 1 } else { 0 });
         self.emit(Event::new(Op::Create, &[id, parent]).entry(parent, name));
@@ -337,6 +340,7 @@ impl Store {
             ErrorKind::AlreadyExists => Error::Exists,
             _ => Error::io(format!("link {:?}", newname), e),
         })?;
+        self.child_unsynced(newparent, id, true);
         let ev = Event::new(Op::Link, &[id, newparent]).entry(newparent, newname);
         let rec = self.update(id, |r| {
             r.nlink += 1;
@@ -539,6 +543,8 @@ impl Store {
                 }
             }
             renameat2(&from, &to, libc::RENAME_EXCHANGE).ctx(|| "rename exchange".into())?;
+            self.child_moved(parent, newparent, src);
+            self.child_moved(newparent, parent, dst);
             let r = (|| {
                 self.rehome(src, newparent, newname, now)?;
                 self.rehome(dst, parent, name, now)?;
@@ -600,6 +606,7 @@ impl Store {
                 _ => Error::io("rename", e),
             });
         }
+        self.child_moved(parent, newparent, src);
         let r = (|| {
             self.rehome(src, newparent, newname, now)?;
             let src_dir = (srec.kind == Kind::Dir) as i64;
