@@ -9,6 +9,11 @@
 //! A node whose last entry goes away is moved to `trash/` with its origin (invariant 6),
 //! which also keeps an open-but-unlinked file readable and writable.
 //!
+//! Every new entry (and every entry a rename moves) is owed to its directory's next
+//! fsyncdir (`Store::sync_dir_node`): the `nodes/` directories that gained its node file,
+//! and either a syncfs (inodes made on the spot) or the file's record in the fsync log
+//! (a file from a spare).
+//!
 //! Namespace consistency between a check and the rename(2) that follows (empty target
 //! directory, no cycles) relies on the kernel's VFS locks, which serialize conflicting
 //! namespace operations on one mount; the store is only ever written by one mount.
