@@ -142,7 +142,7 @@ impl UnsyncedDir {
     fn merge(&mut self, other: UnsyncedDir) {
         self.dirs.extend(other.dirs);
         for (c, n) in other.children {
-            self.children.entry(c).or_insert(n);
+            owe_child(&mut self.children, c, n);
         }
         self.all_before = self.all_before.max(other.all_before);
     }
@@ -180,6 +180,25 @@ enum NewChild {
     /// A file made from a spare (its inodes are durable): its record is, once the fsync
     /// log holds this version of it.
     FromSpare { logged: Option<u64> },
+}
+
+impl NewChild {
+    /// What one entry owes when it is owed twice (say a hard link made in place and
+    /// the node's spare-made first entry moved in beside it): the stricter of the two.
+    fn join(self, other: NewChild) -> NewChild {
+        use NewChild::*;
+        match (self, other) {
+            (InPlace(a), InPlace(b)) => InPlace(a.max(b)),
+            (InPlace(t), FromSpare { .. }) | (FromSpare { .. }, InPlace(t)) => InPlace(t),
+            (FromSpare { logged: a }, FromSpare { logged: b }) => FromSpare { logged: a.min(b) },
+        }
+    }
+}
+
+/// Owe `n` for `child` in `children`, joined with what it owed already.
+fn owe_child(children: &mut HashMap<NodeId, NewChild>, child: NodeId, n: NewChild) {
+    let joined = children.get(&child).map_or(n, |o| o.join(n));
+    children.insert(child, joined);
 }
 
 /// A directory's children listed at most; beyond, its fsyncdir is one syncfs.
@@ -582,8 +601,14 @@ impl Store {
             match n {
                 NewChild::InPlace(t) => whole |= !covered(*t),
                 NewChild::FromSpare { logged } => match self.read_record(*c) {
-                    Ok(r) if Some(r.version) != *logged && r.kind == Kind::File => to_log.push(*c),
-                    _ => {} // logged as it is, or gone since
+                    Ok(r)
+                        if Some(r.version) != *logged
+                            && r.kind == Kind::File
+                            && r.trash.is_none() =>
+                    {
+                        to_log.push(*c)
+                    }
+                    _ => {} // logged as it is, or deleted since
                 },
             }
         }
@@ -615,9 +640,7 @@ impl Store {
         } else {
             NewChild::FromSpare { logged: None }
         };
-        self.owe(parent, |u| {
-            u.children.insert(child, n);
-        });
+        self.owe(parent, |u| owe_child(&mut u.children, child, n));
     }
 
     /// A rename moved `child`'s entry from `from` to `to`: what `from` owed for it, `to`
@@ -636,7 +659,7 @@ impl Store {
         if let Some(n) = owed {
             let shard = self.layout.node_path(child);
             self.owe(to, |u| {
-                u.children.insert(child, n);
+                owe_child(&mut u.children, child, n);
                 // The node's directory and the one above it, in case either was new.
                 for d in shard.ancestors().skip(1).take(2) {
                     u.dirs.insert(d.to_path_buf());
@@ -955,6 +978,23 @@ mod tests {
         }
         s.sync_dir_node(b).unwrap();
         assert!(!s.unsynced_names.lock().unwrap().by_dir.contains_key(&b));
+    }
+
+    /// An entry owed twice owes the stricter: a syncfs after the later ticket beats a
+    /// logged record, and an unlogged record beats a logged one.
+    #[test]
+    fn an_entry_owed_twice_owes_the_stricter() {
+        use NewChild::*;
+        let kind = |n: NewChild| match n {
+            InPlace(t) => (true, Some(t)),
+            FromSpare { logged } => (false, logged),
+        };
+        let spare = |l| FromSpare { logged: l };
+        assert_eq!(kind(InPlace(3).join(InPlace(5))), (true, Some(5)));
+        assert_eq!(kind(spare(Some(9)).join(InPlace(2))), (true, Some(2)));
+        assert_eq!(kind(InPlace(2).join(spare(None))), (true, Some(2)));
+        assert_eq!(kind(spare(Some(4)).join(spare(None))), (false, None));
+        assert_eq!(kind(spare(Some(4)).join(spare(Some(6)))), (false, Some(4)));
     }
 
     /// Invariant 2: a CAS against a stale version fails and writes nothing.
