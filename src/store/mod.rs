@@ -625,22 +625,25 @@ impl Store {
         self.sync_node(id)
     }
 
-    /// Remember that `dir` gained a name `parent`'s next fsyncdir must make durable.
-    pub(crate) fn name_unsynced(&self, parent: NodeId, dir: &Path) {
-        self.owe(parent, |u| {
-            u.dirs.insert(dir.to_path_buf());
-        });
-    }
-
     /// Remember that `parent` gained an entry for `child`, made on the spot
-    /// (`in_place`) or from a spare; its next fsyncdir makes it durable.
-    pub(crate) fn child_unsynced(&self, parent: NodeId, child: NodeId, in_place: bool) {
+    /// (`in_place`) or from a spare, whose node file's name is new in `node_dirs`; its
+    /// next fsyncdir makes them durable.
+    pub(crate) fn child_unsynced<'a>(
+        &self,
+        parent: NodeId,
+        child: NodeId,
+        in_place: bool,
+        node_dirs: impl IntoIterator<Item = &'a Path>,
+    ) {
         let n = if in_place {
             NewChild::InPlace(self.blobs.ticket())
         } else {
             NewChild::FromSpare { logged: None }
         };
-        self.owe(parent, |u| owe_child(&mut u.children, child, n));
+        self.owe(parent, |u| {
+            u.dirs.extend(node_dirs.into_iter().map(Path::to_path_buf));
+            owe_child(&mut u.children, child, n);
+        });
     }
 
     /// A rename moved `child`'s entry from `from` to `to`: what `from` owed for it, `to`

@@ -303,7 +303,7 @@ impl Store {
                 std::io::ErrorKind::AlreadyExists => Error::Exists,
                 _ => Error::io("restore", err),
             })?;
-        self.child_unsynced(parent, e.id, true);
+        self.child_unsynced(parent, e.id, true, []);
         let now = Time::now();
         let r = (|| {
             self.update(e.id, |r| {

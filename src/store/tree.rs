@@ -260,10 +260,7 @@ impl Store {
         // level up, become durable with the parent's next fsyncdir.
         let shard = npath.parent().unwrap();
         let new_levels = if new_shard { 2 } else { 0 };
-        for dir in shard.ancestors().take(1 + new_levels) {
-            self.name_unsynced(parent, dir);
-        }
-        self.child_unsynced(parent, id, in_place);
+        self.child_unsynced(parent, id, in_place, shard.ancestors().take(1 + new_levels));
         // 3. the parent's times (and link count for a subdirectory)
         let r = self.touch_dir(parent, if new.kind == Kind::Dir { 1 } else { 0 });
         self.emit(Event::new(Op::Create, &[id, parent]).entry(parent, name));
@@ -345,7 +342,7 @@ impl Store {
             ErrorKind::AlreadyExists => Error::Exists,
             _ => Error::io(format!("link {:?}", newname), e),
         })?;
-        self.child_unsynced(newparent, id, true);
+        self.child_unsynced(newparent, id, true, []);
         let ev = Event::new(Op::Link, &[id, newparent]).entry(newparent, newname);
         let rec = self.update(id, |r| {
             r.nlink += 1;
