@@ -575,13 +575,21 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     let c =
         std::ffi::CString::new(canon.as_os_str().as_bytes()).map_err(|_| Error::Invalid("path"))?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // A mount is busy while anything holds a file or directory in it. Some holders are
+    // gone within milliseconds: a process forked while a file here was open keeps a copy
+    // of the descriptor until it execs (close-on-exec then closes it, after a FLUSH to
+    // the daemon). Retry for UMOUNT_BUSY_GRACE before calling the mount busy.
+    let start = Instant::now();
     // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+    while unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::EBUSY) => Error::MountpointBusy(canon),
-            _ => Error::io(format!("unmount {}", canon.display()), e),
-        });
+        match e.raw_os_error() {
+            Some(libc::EBUSY) if start.elapsed() < UMOUNT_BUSY_GRACE => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Some(libc::EBUSY) => return Err(Error::MountpointBusy(canon)),
+            _ => return Err(Error::io(format!("unmount {}", canon.display()), e)),
+        }
     }
     // Return only once the daemon has committed and let go of the store, so the next
     // mount of it succeeds: every thread gone and, for a writer, the lock free. That can
@@ -618,6 +626,8 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
 /// before it gives up with an error.
 const UMOUNT_NOTICE: Duration = Duration::from_secs(5);
 const UMOUNT_WAIT: Duration = Duration::from_secs(900);
+/// How long a busy mountpoint is retried before `umount` reports it busy.
+const UMOUNT_BUSY_GRACE: Duration = Duration::from_secs(1);
 
 pub use crate::store::lock::process_gone;
 

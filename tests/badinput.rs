@@ -361,6 +361,31 @@ fn mount_on_busy_mountpoint() {
 }
 
 #[test]
+fn umount_of_a_busy_mount_is_refused() {
+    // A file held open in the mount: `decofs umount` (not lazy) refuses with
+    // mountpoint_busy, after its short grace for holders on their way out, and the mount
+    // goes on working; once the file is closed the same command unmounts.
+    let a = Mount::new();
+    fs::write(a.path("held"), b"open").unwrap();
+    let held = fs::File::open(a.path("held")).unwrap();
+    let out = decofs(&["umount", s(&a.mnt)]);
+    assert_human_error(&out, "mountpoint_busy", "umount while a file is open");
+    let out = decofs(&["--json", "umount", s(&a.mnt)]);
+    assert_json_error(
+        &out,
+        "mountpoint_busy",
+        "umount while a file is open (--json)",
+    );
+    assert!(is_mounted(&a.mnt), "a refused umount must leave the mount");
+    fs::write(a.path("after"), b"still writable").unwrap();
+    assert_eq!(fs::read(a.path("held")).unwrap(), b"open");
+    drop(held);
+    let out = decofs(&["umount", s(&a.mnt)]);
+    assert!(out.status.success(), "umount once closed: {}", show(&out));
+    assert!(!is_mounted(&a.mnt));
+}
+
+#[test]
 fn second_read_write_mount_is_locked() {
     let a = Mount::new();
     fs::write(a.path("hello"), b"from a").unwrap();
