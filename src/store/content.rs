@@ -1209,27 +1209,36 @@ impl Store {
             else {
                 continue;
             };
-            let raw = match fs::read(ent.path()) {
-                Ok(raw) => raw,
-                // Pruned or purged while we list.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(format!("read {}", ent.path().display()), e)),
-            };
-            if raw.is_empty() {
-                // Written without fsync and cut off by a power loss before its data
-                // (a journal committed the name): it names nothing. fsck removes it.
-                log::warn!("node {id}: revision {stamp} is empty, skipped");
-                continue;
-            }
-            match super::node::unframe(id, &raw)? {
-                super::node::Stored::Inline(r) => out.push((stamp, r)),
-                super::node::Stored::InBlob(h) => {
-                    out.push((stamp, super::node::decode_body(id, &self.blobs.get(&h)?)?))
-                }
+            if let Some(r) = self.read_revision(id, stamp, &ent.path())? {
+                out.push((stamp, r));
             }
         }
         out.sort_by_key(|(t, _)| *t);
         Ok(out)
+    }
+
+    /// One revision file: None if it is gone (pruned or purged meanwhile) or empty.
+    pub(crate) fn read_revision(
+        &self,
+        id: NodeId,
+        stamp: i128,
+        path: &std::path::Path,
+    ) -> Result<Option<NodeRecord>> {
+        let raw = match fs::read(path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        if raw.is_empty() {
+            // Written without fsync and cut off by a power loss before its data (a
+            // journal committed the name): it names nothing. fsck removes it.
+            log::warn!("node {id}: revision {stamp} is empty, skipped");
+            return Ok(None);
+        }
+        Ok(Some(match super::node::unframe(id, &raw)? {
+            super::node::Stored::Inline(r) => r,
+            super::node::Stored::InBlob(h) => super::node::decode_body(id, &self.blobs.get(&h)?)?,
+        }))
     }
 
     /// Read the content of a record (for revisions and checks), verified.

@@ -187,6 +187,14 @@ impl Store {
 
     /// Everything in the trash, oldest first.
     pub fn trash_list(&self) -> Result<Vec<TrashEntry>> {
+        self.trash_list_from(|_| true)
+    }
+
+    /// The trash entries whose link passes `wanted`, which sees the time in the link's
+    /// name (`<nanos>.<id>`, taken just before the node was trashed, so never after its
+    /// record's `trash.at`), or None for a name without one. Entries it turns away cost
+    /// a directory entry, not a readlink and record reads.
+    fn trash_list_from(&self, wanted: impl Fn(Option<i128>) -> bool) -> Result<Vec<TrashEntry>> {
         let mut out = Vec::new();
         let it = match fs::read_dir(self.layout.trash()) {
             Ok(it) => it,
@@ -195,6 +203,12 @@ impl Store {
         };
         for e in it.flatten() {
             let link = e.file_name().to_string_lossy().into_owned();
+            let stamp = link
+                .split_once('.')
+                .and_then(|(n, _)| n.parse::<i128>().ok());
+            if !wanted(stamp) {
+                continue;
+            }
             let Some(id) = fs::read_link(e.path())
                 .ok()
                 .and_then(|t| Layout::parse_entry_target(&t))
@@ -353,14 +367,18 @@ impl Store {
     fn purge(&self, sel: PurgeSel, sweep_now: bool) -> Result<PurgeReport> {
         self.writable()?;
         let since = SystemTime::now();
-        let list = self.trash_list()?;
         let now = nanos(Time::now());
         let chosen: Vec<TrashEntry> = match sel {
-            PurgeSel::All => list,
-            PurgeSel::OlderThan(d) => list
-                .into_iter()
-                .filter(|e| now - nanos(e.at) >= d.as_nanos() as i128)
-                .collect(),
+            PurgeSel::All => self.trash_list()?,
+            // Retention runs every minute: a link younger than `d` by its name is not
+            // read at all (its node was trashed after the link was made).
+            PurgeSel::OlderThan(d) => {
+                let d = d.as_nanos() as i128;
+                self.trash_list_from(|stamp| stamp.is_none_or(|t| now - t >= d))?
+                    .into_iter()
+                    .filter(|e| now - nanos(e.at) >= d)
+                    .collect()
+            }
             PurgeSel::One(s) => vec![self.trash_find(OsStr::new(&s))?],
         };
         let mut report = PurgeReport::default();
@@ -600,21 +618,35 @@ impl Store {
     /// they referenced).
     pub(crate) fn prune_revisions(&self, id: NodeId) -> Result<(u64, Vec<Hash>)> {
         let p = self.policy();
-        let revs = self.revisions(id)?;
         let now = nanos(Time::now());
         let max_age = p.revisions_max_age_secs as i128 * 1_000_000_000;
-        let keep_from = revs.len().saturating_sub(p.revisions_keep as usize);
         let dir = self.layout.root.join("revisions").join(id.to_string());
+        // Asked after every commit that keeps a revision, and of every file with
+        // revisions every minute: which to drop follows from the names (stamps), so only
+        // the dropped ones are read (for the blobs they name).
+        let mut stamps: Vec<i128> = match fs::read_dir(&dir) {
+            Ok(it) => it
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i128>().ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+        };
+        stamps.sort_unstable();
+        let keep_from = stamps.len().saturating_sub(p.revisions_keep as usize);
         let mut dropped = 0;
         let mut blobs = Vec::new();
-        for (i, (stamp, r)) in revs.iter().enumerate() {
+        for (i, stamp) in stamps.iter().enumerate() {
             if i < keep_from || now - stamp > max_age {
-                blobs.extend(self.blob_refs(id, r));
-                let _ = fs::remove_file(dir.join(stamp.to_string()));
+                let path = dir.join(stamp.to_string());
+                if let Some(r) = self.read_revision(id, *stamp, &path)? {
+                    blobs.extend(self.blob_refs(id, &r));
+                }
+                let _ = fs::remove_file(path);
                 dropped += 1;
             }
         }
-        if dropped > 0 && dropped as usize == revs.len() {
+        if dropped > 0 && dropped as usize == stamps.len() {
             let _ = fs::remove_dir(&dir);
         }
         Ok((dropped, blobs))
@@ -658,5 +690,53 @@ impl Store {
         self.schedule_sweep(blobs);
         self.invalidated(id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{new_file, scratch};
+    use super::*;
+
+    /// Retention decides from the names of trash links and revision files; what it
+    /// keeps and drops must be what the records say.
+    #[test]
+    fn retention_drops_what_is_over_the_limits_and_keeps_the_rest() {
+        let (_d, s) = scratch();
+        let mut p = s.policy();
+        p.revisions_keep = 2;
+        p.trash_retention_secs = 3600;
+        s.set_policy(p);
+        let id = new_file(&s, "f");
+        for v in 0..5u8 {
+            s.open_write(id).unwrap();
+            s.write(id, 0, &[b'a' + v; 3]).unwrap();
+            s.close_write(id).unwrap();
+        }
+        // Each commit pruned to the newest two: "ccc" and "ddd".
+        let revs = s.revisions(id).unwrap();
+        let kept: Vec<Vec<u8>> = revs
+            .iter()
+            .map(|(_, r)| s.read_content(id, r).unwrap())
+            .collect();
+        assert_eq!(kept, vec![b"ccc".to_vec(), b"ddd".to_vec()]);
+
+        // Trash younger than the retention stays; an hour of retention keeps both.
+        let g = new_file(&s, "g");
+        s.unlink(s.root(), OsStr::new("g")).unwrap();
+        s.unlink(s.root(), OsStr::new("f")).unwrap();
+        let r = s.expire().unwrap();
+        assert_eq!((r.nodes, r.revisions), (0, 0));
+        assert_eq!(s.trash_list().unwrap().len(), 2);
+
+        // No retention: both go, with f's revisions.
+        let mut p = s.policy();
+        p.trash_retention_secs = 0;
+        s.set_policy(p);
+        let r = s.expire().unwrap();
+        assert_eq!((r.nodes, r.revisions), (2, 2));
+        assert!(s.trash_list().unwrap().is_empty());
+        assert!(s.revisions(id).unwrap().is_empty());
+        assert!(matches!(s.read_record(g), Err(Error::NotFound)));
     }
 }
