@@ -2703,3 +2703,22 @@ fn link_count_max_is_ext4s() {
         "link past LINK_MAX",
     );
 }
+
+/// ioctl on a file is refused as on a disk file: isatty() is false with ENOTTY (not
+/// ENOSYS), and the daemon does not log it.
+#[test]
+fn ioctl_is_not_a_tty() {
+    let m = Mount::new();
+    fs::write(m.path("f"), b"x").unwrap();
+    let f = File::open(m.path("f")).unwrap();
+    for _ in 0..3 {
+        assert_eq!(unsafe { libc::isatty(f.as_raw_fd()) }, 0);
+        assert_eq!(last_errno(), libc::ENOTTY, "isatty on a decofs file");
+    }
+    drop(f);
+    let log = fs::read_to_string(m.store.join("decofs.log")).unwrap_or_default();
+    assert!(
+        !log.contains("Not Implemented"),
+        "the daemon logged an unimplemented request:\n{log}"
+    );
+}

@@ -1040,6 +1040,23 @@ impl Filesystem for DecoFs {
             Err(e) => reply.error(e),
         }
     }
+
+    /// No ioctls: ENOTTY, as a disk file answers isatty() (Python's open() asks that of
+    /// every file it opens). fuser's default answered ENOSYS, which the kernel does not
+    /// remember for ioctls, and logged a warning each time.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
 }
 
 fn reply_xattr(reply: ReplyXattr, v: &[u8], size: u32) {
