@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use serde_json::{json, Value};
 
 use crate::store::event::{Event, EventSink, Op};
@@ -71,6 +71,8 @@ pub struct Queue {
     /// When the event the worker is applying was emitted (0 when idle).
     head_ns: AtomicU64,
     stop: AtomicBool,
+    /// Wakes the worker when it sleeps (see [`Bell`]).
+    bell: Bell,
 }
 
 impl Queue {
@@ -79,6 +81,42 @@ impl Queue {
             self.dirty_since_ns.store(now_ns(), Ordering::SeqCst);
             *self.dirty_why.lock().unwrap() = why.to_string();
         }
+        self.bell.ring();
+    }
+}
+
+/// How the worker sleeps until there is work. A blocking `recv` on a crossbeam channel
+/// spins and calls sched_yield several times before it parks: with an event every few
+/// hundred microseconds (one per create) the worker did ~7 sched_yield per event on
+/// a 2-core machine, each a chance to switch away from the thread serving the request.
+/// Here the worker parks at once on a condvar, and a sender rings only if it sleeps.
+#[derive(Default)]
+struct Bell {
+    sleeping: AtomicBool,
+    m: Mutex<()>,
+    cv: std::sync::Condvar,
+}
+
+impl Bell {
+    fn ring(&self) {
+        // Pairs with the fence in `sleep`: either the sender sees `sleeping`, or the
+        // worker's `ready` sees what the sender did before ringing.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _g = self.m.lock().unwrap();
+            self.cv.notify_one();
+        }
+    }
+
+    /// Sleep until rung or `timeout`, unless `ready` already holds.
+    fn sleep(&self, timeout: Duration, ready: impl Fn() -> bool) {
+        let g = self.m.lock().unwrap();
+        self.sleeping.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !ready() {
+            let _ = self.cv.wait_timeout(g, timeout).unwrap();
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
     }
 }
 
@@ -87,6 +125,7 @@ impl EventSink for Queue {
         match self.tx.try_send(ev) {
             Ok(()) => {
                 self.emitted.fetch_add(1, Ordering::SeqCst);
+                self.bell.ring();
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +273,7 @@ impl Index {
             reconciling: AtomicBool::new(false),
             head_ns: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            bell: Bell::default(),
         });
         let ix = Arc::new(Index {
             store: store.clone(),
@@ -295,6 +335,7 @@ impl Index {
             self.store.set_sink(None);
         }
         self.q.stop.store(true, Ordering::SeqCst);
+        self.q.bell.ring();
         if let Some(h) = self.worker.lock().unwrap().take() {
             let _ = h.join();
         }
@@ -339,11 +380,18 @@ impl Index {
                 }
                 continue;
             }
-            let first = match self.rx.recv_timeout(Duration::from_millis(200)) {
+            let first = match self.rx.try_recv() {
                 Ok(ev) => ev,
-                Err(RecvTimeoutError::Timeout) if stopping => return,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(TryRecvError::Empty) if stopping => return,
+                Err(TryRecvError::Empty) => {
+                    self.q.bell.sleep(Duration::from_millis(200), || {
+                        !self.rx.is_empty()
+                            || self.q.stop.load(Ordering::SeqCst)
+                            || self.q.dirty.load(Ordering::SeqCst)
+                    });
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => return,
             };
             self.q.head_ns.store(time_ns(first.at), Ordering::SeqCst);
             let mut batch = vec![first];

@@ -151,10 +151,18 @@ impl Spares {
         if self.inner.closed.load(Ordering::SeqCst) {
             return None;
         }
-        let mut s = self.inner.ready.lock().unwrap().pop_front();
-        if let Some(tx) = self.wake.lock().unwrap().as_ref() {
-            // Full: a nudge is pending already; disconnected: the thread is gone.
-            let _ = tx.try_send(());
+        let (mut s, left) = {
+            let mut ready = self.inner.ready.lock().unwrap();
+            (ready.pop_front(), ready.len())
+        };
+        // The thread refills only a whole BATCH at a time: wake it only when one is
+        // missing (a wake per create cost the thread a wakeup and its channel's spin
+        // with sched_yield calls, on the cores serving requests).
+        if left + BATCH <= DEPTH {
+            if let Some(tx) = self.wake.lock().unwrap().as_ref() {
+                // Full: a nudge is pending already; disconnected: the thread is gone.
+                let _ = tx.try_send(());
+            }
         }
         if let Some(sp) = s.as_mut() {
             let outlived = {
@@ -439,8 +447,11 @@ impl Staging {
             }
         };
         // Old directories go once the new one is published (a staged inode made in one
-        // meanwhile falls back to its place: see `Store::make_staged`).
-        self.old.retain(|d| fs::remove_dir(d).is_err());
+        // meanwhile falls back to its place: see `Store::make_staged`). One that still
+        // holds a trash link made ahead is tried again a batch later, not per spare.
+        if self.seq.is_multiple_of(BATCH as u64) {
+            self.old.retain(|d| fs::remove_dir(d).is_err());
+        }
         self.seq += 1;
         Ok((dir, self.seq))
     }
