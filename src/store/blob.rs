@@ -453,8 +453,17 @@ impl BlobStore for LocalBlobs {
         })();
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
+            return res.map(|_| hash);
         }
-        res.map(|_| hash)
+        // A blob an fsync may soon copy into the fsync log (one it can carry) is kept
+        // verified in memory: the copy then reads no file and hashes nothing again.
+        if !durable && data.len() <= super::fsynclog::CARRY_MAX {
+            self.cache
+                .lock()
+                .unwrap()
+                .insert(hash, Arc::new(Chunk::from(data.to_vec())));
+        }
+        Ok(hash)
     }
 
     fn get(&self, hash: &Hash) -> Result<Arc<Chunk>> {

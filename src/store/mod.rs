@@ -125,7 +125,9 @@ pub struct Store {
 #[derive(Default)]
 struct UnsyncedDir {
     /// `nodes/` directories that gained a node file for one of the new entries: synced,
-    /// so a durable name never points at a node whose own name in `nodes/` was lost.
+    /// so a durable name never points at a node whose own name in `nodes/` was lost,
+    /// unless the fsync log holds every such node (replay recreates a lost node file
+    /// that a durable entry names).
     dirs: std::collections::HashSet<PathBuf>,
     /// The new entries' nodes.
     children: HashMap<NodeId, NewChild>,
@@ -616,11 +618,30 @@ impl Store {
             // Writes every inode, name and record of the store.
             return self.blobs.sync_filesystem();
         }
+        // A new file's node in the fsync log needs no sync of its `nodes/` directory:
+        // should the power cut lose that name, replay recreates the node file, as the
+        // entry this fsyncdir makes durable still names it. Children made on the spot
+        // are covered by a syncfs (theirs or one since). So the directories are synced
+        // only when some file could not go through the log.
+        let mut all_logged = self.fsync_logged();
         for c in to_log {
-            self.sync_node(c)?;
+            match self.log_sync(c)? {
+                LogSync::Logged => {}
+                LogSync::NotAFile => {
+                    all_logged = false;
+                    self.fsync_node_file(c)?;
+                }
+                LogSync::NoLog => {
+                    all_logged = false;
+                    self.blobs.sync()?;
+                    self.fsync_node_file(c)?;
+                }
+            }
         }
-        for d in deepest_first(u.dirs.iter().cloned()) {
-            layout::sync_dir(&d)?;
+        if !all_logged {
+            for d in deepest_first(u.dirs.iter().cloned()) {
+                layout::sync_dir(&d)?;
+            }
         }
         self.sync_node(id)
     }
@@ -756,10 +777,18 @@ impl Store {
     }
 
     fn try_log_sync(&self, id: NodeId) -> Result<LogSync> {
-        let value = self.record_value(id)?;
-        let (rec, rec_blob) = match unframe(id, &value)? {
-            Stored::Inline(r) => (r, None),
-            Stored::InBlob(h) => (decode_body(id, &self.blobs.get(&h)?)?, Some(h)),
+        // The record as stored: a small one is its cached copy framed again (what
+        // `write_record` stored, byte for byte), a large one is read for its blob.
+        let cached = self.read_record(id)?;
+        let body = encode_body(&cached);
+        let (value, rec, rec_blob) = if body.len() <= INLINE_RECORD_LIMIT {
+            (frame(false, &body), cached, None)
+        } else {
+            let value = self.record_value(id)?;
+            match unframe(id, &value)? {
+                Stored::Inline(r) => (value, r, None),
+                Stored::InBlob(h) => (value, decode_body(id, &self.blobs.get(&h)?)?, Some(h)),
+            }
         };
         if rec.kind != Kind::File {
             return Ok(LogSync::NotAFile);
