@@ -682,8 +682,9 @@ fn unmount_now(mnt: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Background upkeep of a writer: batched blob sweeps (space of purged nodes, dropped
-/// revisions, chunks replaced within a session) every 2 s, retention every minute.
+/// Background upkeep of a writer: deferred directory times written every second,
+/// batched blob sweeps (space of purged nodes, dropped revisions, chunks replaced within
+/// a session) every 2 s, retention every minute.
 fn spawn_maintenance(store: std::sync::Weak<Store>) {
     std::thread::spawn(move || {
         let mut tick = 0u64;
@@ -691,6 +692,10 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
         loop {
             std::thread::sleep(Duration::from_secs(1));
             let Some(st) = store.upgrade() else { return };
+            // Directory times deferred by creates and unlinks (Store::touch_dir_times).
+            if let Err(e) = st.flush_deferred() {
+                log::warn!("directory times: {e}");
+            }
             // Each sweep scans every record for references: sweep at most every 2 s,
             // and on a store big enough for a scan to take long, wait ten times the
             // last scan, so sweeping takes at most a tenth of one core.

@@ -112,6 +112,11 @@ pub struct Store {
     /// Per directory, what its next fsyncdir must make durable besides its own entries
     /// (see `UnsyncedDir`).
     unsynced_names: Mutex<Owed>,
+    /// Directories whose times changed (an entry made or removed in them) since their
+    /// record was last written: the newer record, written within a second by the
+    /// maintenance thread, by the directory's fsync, by any other change of the
+    /// directory, and at a clean close (see `touch_dir_times`).
+    deferred: Mutex<HashMap<NodeId, NodeRecord>>,
     /// A writer's fsync log (see `fsynclog`): one fdatasync per file fsync.
     fsync_log: Option<fsynclog::FsyncLog>,
     /// Node files and entries made ahead for creates (see `spare`).
@@ -306,6 +311,7 @@ impl Store {
             pending_sweep: Mutex::new(Vec::new()),
             read_ends: Mutex::new(HashMap::new()),
             unsynced_names: Mutex::new(Owed::default()),
+            deferred: Mutex::new(HashMap::new()),
             fsync_log: None,
             spares,
             invalidate: Mutex::new(None),
@@ -432,6 +438,7 @@ impl Store {
             g.writes += 1;
             g.map.remove(&id);
         }
+        self.deferred.lock().unwrap().remove(&id);
     }
 
     /// Bring the records of `ids` into the cache, several reads in flight at once (a
@@ -485,6 +492,10 @@ impl Store {
             }
             g.writes
         };
+        // A deferred record is newer than the disk's (and may have left the cache).
+        if let Some(r) = self.deferred.lock().unwrap().get(&id) {
+            return Ok(r.clone());
+        }
         let rec = self.read_record_disk(id)?;
         let mut g = sh.lock().unwrap();
         if g.writes == seen {
@@ -543,6 +554,9 @@ impl Store {
                 Error::io(format!("write record of {id}"), e)
             }
         })?;
+        // Whatever was deferred for it is in what was just written (it was read under
+        // the same stripe lock), or was replaced by it.
+        self.deferred.lock().unwrap().remove(&id);
         if durable {
             let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;
             f.sync_all().ctx(|| format!("sync {}", path.display()))?;
@@ -579,11 +593,75 @@ impl Store {
         Ok(rec)
     }
 
+    /// Set a directory's mtime and ctime to `now` (an entry was made or removed in it)
+    /// without writing its record now: a create or an unlink then writes one record
+    /// (the new node's, or the removed one's) instead of two. The record is kept here
+    /// and in the cache, and written within a second (`flush_deferred`), by fsync of
+    /// the directory, by its next change of anything else, or at a clean close. Only
+    /// the times wait: a crash loses at most their last second, as it loses
+    /// unsynced data. Without the record cache (no mount) the record is written now.
+    pub(crate) fn touch_dir_times(&self, dir: NodeId, now: Time) -> Result<NodeRecord> {
+        let Some(sh) = self.cache_shard(dir) else {
+            return self.update(dir, |r| {
+                r.mtime = now;
+                r.ctime = now;
+                Ok(())
+            });
+        };
+        self.writable()?;
+        let _g = self.stripe(dir).lock().unwrap();
+        let mut rec = self.read_record(dir)?;
+        rec.mtime = now;
+        rec.ctime = now;
+        rec.version += 1;
+        {
+            let mut g = sh.lock().unwrap();
+            g.writes += 1;
+            g.put(dir, &rec);
+        }
+        self.deferred.lock().unwrap().insert(dir, rec.clone());
+        Ok(rec)
+    }
+
+    /// Write the deferred record of `id`, if any.
+    fn flush_deferred_one(&self, id: NodeId) -> Result<()> {
+        let _g = self.stripe(id).lock().unwrap();
+        let Some(rec) = self.deferred.lock().unwrap().get(&id).cloned() else {
+            return Ok(());
+        };
+        if let Err(e) = self.writable() {
+            self.deferred.lock().unwrap().clear();
+            return Err(e);
+        }
+        match self.write_record(id, &rec, false) {
+            Err(Error::NotFound) => {
+                self.deferred.lock().unwrap().remove(&id);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Write every deferred directory record (see `touch_dir_times`).
+    pub fn flush_deferred(&self) -> Result<()> {
+        let ids: Vec<NodeId> = self.deferred.lock().unwrap().keys().copied().collect();
+        let mut first_err = None;
+        for id in ids {
+            if let Err(e) = self.flush_deferred_one(id) {
+                log::warn!("directory {id}: record not written yet: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// fsyncdir: make a directory's entries durable, with what they name: the `nodes/`
     /// directories holding node files of new entries, the inodes made for them (a
     /// syncfs, when any was made on the spot), and the records of new files from
     /// spares (through the fsync log, unless it holds them already).
     pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
+        // Its times, if a create or unlink deferred them (a syncfs below covers them).
+        self.flush_deferred_one(id)?;
         let Some(u) = self.unsynced_names.lock().unwrap().take(id) else {
             return self.sync_node(id);
         };
@@ -742,7 +820,10 @@ impl Store {
     pub fn sync_node(&self, id: NodeId) -> Result<()> {
         match self.log_sync(id)? {
             LogSync::Logged => Ok(()),
-            LogSync::NotAFile => self.fsync_node_file(id),
+            LogSync::NotAFile => {
+                self.flush_deferred_one(id)?;
+                self.fsync_node_file(id)
+            }
             LogSync::NoLog => {
                 self.blobs.sync()?;
                 self.fsync_node_file(id)
@@ -840,6 +921,9 @@ impl Store {
     /// Clean close of a writer: make everything durable and delete the fsync log, so a
     /// cleanly closed store has nothing to replay.
     pub fn close_fsync_log(&self) -> Result<()> {
+        if let Err(e) = self.flush_deferred() {
+            log::warn!("closing: directory times not all written: {e}");
+        }
         self.blobs.drain_pool();
         self.spares.close();
         match &self.fsync_log {
@@ -929,6 +1013,59 @@ mod tests {
         s.create(s.root(), std::ffi::OsStr::new(name), file_node())
             .unwrap()
             .0
+    }
+
+    /// A create or unlink writes the directory's times later (one record write less
+    /// per call); reads see them at once, and a flush, the directory's fsync, any other
+    /// change of it and a clean close write them.
+    #[test]
+    fn directory_times_are_written_later_but_seen_at_once() {
+        let (d, s) = scratch();
+        s.enable_record_cache();
+        let root = s.root();
+        let disk0 = s.read_record_disk(root).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        new_file(&s, "a");
+        let seen = s.read_record(root).unwrap();
+        assert!(seen.mtime > disk0.mtime && seen.ctime > disk0.ctime);
+        assert_eq!(s.read_record_disk(root).unwrap(), disk0, "not written yet");
+        s.flush_deferred().unwrap();
+        assert_eq!(s.read_record_disk(root).unwrap(), seen);
+
+        new_file(&s, "b");
+        let seen = s.read_record(root).unwrap();
+        s.sync_dir_node(root).unwrap();
+        assert_eq!(
+            s.read_record_disk(root).unwrap(),
+            seen,
+            "fsyncdir writes them"
+        );
+
+        s.unlink(root, std::ffi::OsStr::new("a")).unwrap();
+        let t = s.read_record(root).unwrap().mtime;
+        s.update(root, |r| {
+            r.mode = 0o40700;
+            Ok(())
+        })
+        .unwrap();
+        let disk = s.read_record_disk(root).unwrap();
+        assert_eq!(
+            (disk.mtime, disk.mode),
+            (t, 0o40700),
+            "carried by the next write"
+        );
+
+        new_file(&s, "c");
+        let seen = s.read_record(root).unwrap();
+        let p = s.layout.root.clone();
+        drop(s);
+        let s = Store::open(&p, OpenOptions::default()).unwrap();
+        assert_eq!(
+            s.read_record_disk(root).unwrap(),
+            seen,
+            "a clean close writes them"
+        );
+        drop(d);
     }
 
     pub fn scratch() -> (tempfile::TempDir, Store) {

@@ -311,6 +311,9 @@ impl Store {
     /// Update a directory's mtime/ctime and adjust its link count.
     fn touch_dir(&self, dir: NodeId, nlink_delta: i64) -> Result<NodeRecord> {
         let now = Time::now();
+        if nlink_delta == 0 {
+            return self.touch_dir_times(dir, now);
+        }
         self.update(dir, |r| {
             r.mtime = now;
             r.ctime = now;
