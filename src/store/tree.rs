@@ -10,9 +10,13 @@
 //! which also keeps an open-but-unlinked file readable and writable.
 //!
 //! Every new entry (and every entry a rename moves) is owed to its directory's next
-//! fsyncdir (`Store::sync_dir_node`): the `nodes/` directories that gained its node file,
-//! and either a syncfs (inodes made on the spot) or the file's record in the fsync log
-//! (a file from a spare).
+//! fsyncdir (`Store::sync_dir_node`): either a syncfs (inodes made on the spot) or the
+//! file's record in the fsync log (a file from a spare), and the `nodes/` directories
+//! that gained its node file only if some file could not go through the log.
+//!
+//! A change of a directory's entries that leaves its link count alone writes its times
+//! later (`Store::touch_dir_times`): reads see them at once, the record follows within
+//! a second, at the directory's fsync, with its next other change or at a clean close.
 //!
 //! Namespace consistency between a check and the rename(2) that follows (empty target
 //! directory, no cycles) relies on the kernel's VFS locks, which serialize conflicting
