@@ -1193,28 +1193,38 @@ impl Store {
 
     /// Revisions of a node, oldest first: (unix-nanos, record).
     pub fn revisions(&self, id: NodeId) -> Result<Vec<(i128, NodeRecord)>> {
-        let dir = self.layout.root.join("revisions").join(id.to_string());
+        let (dir, stamps) = self.revision_stamps(id)?;
         let mut out = Vec::new();
-        let it = match fs::read_dir(&dir) {
-            Ok(it) => it,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
-        };
-        for ent in it {
-            let ent = ent.ctx(|| "read revisions".into())?;
-            let Some(stamp) = ent
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i128>().ok())
-            else {
-                continue;
-            };
-            if let Some(r) = self.read_revision(id, stamp, &ent.path())? {
+        for stamp in stamps {
+            if let Some(r) = self.read_revision(id, stamp, &dir.join(stamp.to_string()))? {
                 out.push((stamp, r));
             }
         }
-        out.sort_by_key(|(t, _)| *t);
         Ok(out)
+    }
+
+    /// The directory of a node's revisions and their times (file names), oldest first;
+    /// no revision file is read.
+    pub(crate) fn revision_stamps(&self, id: NodeId) -> Result<(std::path::PathBuf, Vec<i128>)> {
+        let dir = self.layout.root.join("revisions").join(id.to_string());
+        let it = match fs::read_dir(&dir) {
+            Ok(it) => it,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((dir, Vec::new())),
+            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+        };
+        let mut stamps = Vec::new();
+        for ent in it {
+            let ent = ent.ctx(|| "read revisions".into())?;
+            if let Some(stamp) = ent
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i128>().ok())
+            {
+                stamps.push(stamp);
+            }
+        }
+        stamps.sort_unstable();
+        Ok((dir, stamps))
     }
 
     /// One revision file: None if it is gone (pruned or purged meanwhile) or empty.

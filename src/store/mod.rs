@@ -703,18 +703,7 @@ impl Store {
         // only when some file could not go through the log.
         let mut all_logged = self.fsync_logged();
         for c in to_log {
-            match self.log_sync(c)? {
-                LogSync::Logged => {}
-                LogSync::NotAFile => {
-                    all_logged = false;
-                    self.fsync_node_file(c)?;
-                }
-                LogSync::NoLog => {
-                    all_logged = false;
-                    self.blobs.sync()?;
-                    self.fsync_node_file(c)?;
-                }
-            }
+            all_logged &= self.sync_node_logged(c)?;
         }
         if !all_logged {
             for d in deepest_first(u.dirs.iter().cloned()) {
@@ -818,17 +807,18 @@ impl Store {
     /// log when there is one (one fdatasync); otherwise, and for directories, the
     /// node's file is fsynced (a file's unsynced blobs first).
     pub fn sync_node(&self, id: NodeId) -> Result<()> {
+        self.sync_node_logged(id).map(|_| ())
+    }
+
+    /// `sync_node`, saying whether it went through the fsync log.
+    fn sync_node_logged(&self, id: NodeId) -> Result<bool> {
         match self.log_sync(id)? {
-            LogSync::Logged => Ok(()),
-            LogSync::NotAFile => {
-                self.flush_deferred_one(id)?;
-                self.fsync_node_file(id)
-            }
-            LogSync::NoLog => {
-                self.blobs.sync()?;
-                self.fsync_node_file(id)
-            }
+            LogSync::Logged => return Ok(true),
+            LogSync::NotAFile => self.flush_deferred_one(id)?,
+            LogSync::NoLog => self.blobs.sync()?,
         }
+        self.fsync_node_file(id)?;
+        Ok(false)
     }
 
     /// Will a file's fsync go through the log (so its blobs need no fsync of their own)?

@@ -620,19 +620,10 @@ impl Store {
         let p = self.policy();
         let now = nanos(Time::now());
         let max_age = p.revisions_max_age_secs as i128 * 1_000_000_000;
-        let dir = self.layout.root.join("revisions").join(id.to_string());
         // Asked after every commit that keeps a revision, and of every file with
         // revisions every minute: which to drop follows from the names (stamps), so only
         // the dropped ones are read (for the blobs they name).
-        let mut stamps: Vec<i128> = match fs::read_dir(&dir) {
-            Ok(it) => it
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<i128>().ok())
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
-            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
-        };
-        stamps.sort_unstable();
+        let (dir, stamps) = self.revision_stamps(id)?;
         let keep_from = stamps.len().saturating_sub(p.revisions_keep as usize);
         let mut dropped = 0;
         let mut blobs = Vec::new();
