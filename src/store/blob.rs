@@ -86,9 +86,13 @@ pub struct LocalBlobs {
     loading: Mutex<HashMap<Hash, Arc<Gate>>>,
     /// Background prefetches running (bounded by PREFETCH_MAX).
     prefetching: AtomicUsize,
-    /// Files of swept small blobs, emptied, kept for `put` to write again (see
-    /// `recycle`): a new inode costs ~1 ms on a churned ext4 without a journal.
-    pool: Mutex<VecDeque<PathBuf>>,
+    /// Files for `put` to write: swept small blobs, emptied (see `recycle`), and empty
+    /// files the spares thread made ahead in a fresh block group (see `offer`). A new
+    /// inode in `sessions/` costs ~1 ms on a churned ext4 without a journal.
+    pool: Mutex<VecDeque<Pooled>>,
+    /// Files in `pool` made ahead (`offer`), and what to nudge when they run low.
+    premade: AtomicUsize,
+    refill: Mutex<Option<crossbeam_channel::Sender<()>>>,
     /// Set by `drain_pool` (closing): from then on swept files are deleted.
     pool_closed: std::sync::atomic::AtomicBool,
     /// Tickets for `sync_filesystem`: `ticket` numbers a moment (the store takes one
@@ -102,6 +106,19 @@ pub struct LocalBlobs {
 /// cost mostly their data, not their inode).
 const POOL_MAX: usize = 256;
 const RECYCLE_MAX: u64 = 1 << 20;
+
+/// Empty files kept made ahead for `put`, and how many may be missing before the
+/// spares thread is asked for more (it makes them a batch at a time).
+pub(crate) const PREMADE_DEPTH: usize = 64;
+pub(crate) const PREMADE_BATCH: usize = 16;
+
+/// A file in the pool. `file` is held for one made ahead: it is a new inode whose
+/// first name ext4 marked new at create, and the held descriptor keeps that mark in
+/// memory until `put` names the blob (see `remember_unsynced`).
+struct Pooled {
+    path: PathBuf,
+    file: Option<fs::File>,
+}
 
 /// A blob written without fsync, with its descriptor while it is among the newest.
 struct Unsynced {
@@ -175,6 +192,8 @@ impl LocalBlobs {
             loading: Mutex::new(HashMap::new()),
             prefetching: AtomicUsize::new(0),
             pool: Mutex::new(VecDeque::new()),
+            premade: AtomicUsize::new(0),
+            refill: Mutex::new(None),
             pool_closed: std::sync::atomic::AtomicBool::new(false),
             tickets: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -268,7 +287,10 @@ impl LocalBlobs {
             if kept {
                 let mut pool = self.pool.lock().unwrap();
                 if !self.pool_closed.load(Ordering::SeqCst) {
-                    pool.push_back(p);
+                    pool.push_back(Pooled {
+                        path: p,
+                        file: None,
+                    });
                     return len;
                 }
             }
@@ -278,12 +300,63 @@ impl LocalBlobs {
         len
     }
 
-    /// Delete the recycled files (a clean close leaves no staging behind).
+    /// Delete the pooled files (a clean close leaves no staging behind).
     pub fn drain_pool(&self) {
         self.pool_closed.store(true, Ordering::SeqCst);
-        for p in std::mem::take(&mut *self.pool.lock().unwrap()) {
-            let _ = fs::remove_file(p);
+        self.refill.lock().unwrap().take();
+        let pooled = {
+            let mut pool = self.pool.lock().unwrap();
+            self.premade.store(0, Ordering::SeqCst);
+            std::mem::take(&mut *pool)
+        };
+        for p in pooled {
+            let _ = fs::remove_file(p.path);
         }
+    }
+
+    /// Ask `tx` for files made ahead whenever they run low (the spares thread).
+    pub(crate) fn set_refill(&self, tx: Option<crossbeam_channel::Sender<()>>) {
+        *self.refill.lock().unwrap() = tx;
+    }
+
+    /// How many files made ahead are missing from a full pool.
+    pub(crate) fn premade_missing(&self) -> usize {
+        PREMADE_DEPTH.saturating_sub(self.premade.load(Ordering::SeqCst))
+    }
+
+    /// A new empty file for `put`, made ahead at `path` and still open as `file`.
+    /// Returns false (the caller deletes it) once the pool is closed.
+    pub(crate) fn offer(&self, path: PathBuf, file: fs::File) -> bool {
+        let mut pool = self.pool.lock().unwrap();
+        if self.pool_closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.premade.fetch_add(1, Ordering::SeqCst);
+        pool.push_back(Pooled {
+            path,
+            file: Some(file),
+        });
+        true
+    }
+
+    /// A file from the pool for `put`, nudging the spares thread when the files made
+    /// ahead run a batch short.
+    fn take_pooled(&self) -> Option<Pooled> {
+        let (p, left) = {
+            let mut pool = self.pool.lock().unwrap();
+            let p = pool.pop_front()?;
+            // Counted under the pool's lock, as `offer` and `drain_pool` count.
+            if p.file.is_some() {
+                self.premade.fetch_sub(1, Ordering::SeqCst);
+            }
+            (p, self.premade.load(Ordering::SeqCst))
+        };
+        if p.file.is_some() && left + PREMADE_BATCH <= PREMADE_DEPTH {
+            if let Some(tx) = self.refill.lock().unwrap().as_ref() {
+                let _ = tx.try_send(());
+            }
+        }
+        Some(p)
     }
 
     /// Drop blobs from the verified-chunk cache.
@@ -401,6 +474,54 @@ impl LocalBlobs {
         c.order.clear();
         c.bytes = 0;
     }
+    /// Write `data` into a file from the pool (or a new one) and name it `path`.
+    /// `fresh`: the file is a new inode (see `remember_unsynced`).
+    fn install(
+        &self,
+        hash: Hash,
+        data: &[u8],
+        path: &std::path::Path,
+        durable: bool,
+        tmp: Pooled,
+        fresh: bool,
+    ) -> Result<()> {
+        let Pooled { path: tmp, file } = tmp;
+        let mut too_many = false;
+        let res = (|| {
+            let mut f = match file {
+                Some(f) => f,
+                None => fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?,
+            };
+            f.write_all(data)
+                .ctx(|| format!("write {}", tmp.display()))?;
+            if durable {
+                f.sync_all().ctx(|| format!("sync {}", tmp.display()))?;
+            } else {
+                // Listed before it is named; if naming fails, `sync` cannot open it
+                // and drops it.
+                too_many = self.remember_unsynced(hash, path.to_path_buf(), f, fresh);
+            }
+            let dir = path.parent().expect("blob paths have a parent");
+            if let Err(e) = fs::rename(&tmp, path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(Error::io(format!("install {}", path.display()), e));
+                }
+                fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+                fs::rename(&tmp, path).ctx(|| format!("install {}", path.display()))?;
+            }
+            if durable {
+                sync_dir(dir)?;
+            }
+            if too_many {
+                self.sync_filesystem()?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
 }
 
 impl BlobStore for LocalBlobs {
@@ -414,47 +535,35 @@ impl BlobStore for LocalBlobs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("touch {}", path.display()), e)),
         }
-        let recycled = self.pool.lock().unwrap().pop_front();
-        let fresh = recycled.is_none();
-        let tmp = recycled.unwrap_or_else(|| {
-            self.layout.sessions().join(format!(
+        let mut res = match self.take_pooled() {
+            Some(p) => {
+                let fresh = p.file.is_some();
+                let r = self.install(hash, data, &path, durable, p, fresh);
+                // A pooled file deleted under us (closing): write a new one.
+                match r {
+                    Err(Error::Io { ref source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        None
+                    }
+                    r => Some(r),
+                }
+            }
+            None => None,
+        };
+        if res.is_none() {
+            let tmp = self.layout.sessions().join(format!(
                 "blob.{}.{}.tmp",
                 std::process::id(),
                 self.seq.fetch_add(1, Ordering::Relaxed)
-            ))
-        });
-        let mut too_many = false;
-        let res = (|| {
-            let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-            f.write_all(data)
-                .ctx(|| format!("write {}", tmp.display()))?;
-            if durable {
-                f.sync_all().ctx(|| format!("sync {}", tmp.display()))?;
-            } else {
-                // Listed before it is named; if naming fails, `sync` cannot open it
-                // and drops it.
-                too_many = self.remember_unsynced(hash, path.clone(), f, fresh);
-            }
-            let dir = path.parent().expect("blob paths have a parent");
-            if let Err(e) = fs::rename(&tmp, &path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(Error::io(format!("install {}", path.display()), e));
-                }
-                fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-                fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
-            }
-            if durable {
-                sync_dir(dir)?;
-            }
-            if too_many {
-                self.sync_filesystem()?;
-            }
-            Ok(())
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-            return res.map(|_| hash);
+            ));
+            let p = Pooled {
+                path: tmp,
+                file: None,
+            };
+            res = Some(self.install(hash, data, &path, durable, p, true));
         }
+        res.expect("set above")?;
         // A blob an fsync may soon copy into the fsync log (one it can carry) is kept
         // verified in memory: the copy then reads no file and hashes nothing again.
         if !durable && data.len() <= super::fsynclog::CARRY_MAX {
@@ -690,6 +799,50 @@ mod tests {
         // No staging files are left behind.
         let staged: Vec<_> = fs::read_dir(b.layout.sessions()).unwrap().collect();
         assert!(staged.is_empty());
+    }
+
+    /// Files made ahead are written and named by `put` (no file is left where they
+    /// were made), a batch taken asks for more, and closing deletes the unused ones.
+    #[test]
+    fn put_writes_files_made_ahead_and_close_deletes_the_rest() {
+        let (_d, b) = blobs();
+        let stage = b.layout.sessions().join("spare.1.1.tmp");
+        fs::create_dir(&stage).unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        b.set_refill(Some(tx));
+        let made: Vec<PathBuf> = (0..PREMADE_DEPTH)
+            .map(|i| {
+                let p = stage.join(format!("{i}.blob"));
+                let f = fs::File::create_new(&p).unwrap();
+                assert!(b.offer(p.clone(), f));
+                p
+            })
+            .collect();
+        assert_eq!(b.premade_missing(), 0);
+        let mut hashes = Vec::new();
+        for i in 0..PREMADE_BATCH {
+            let data = format!("content {i}").into_bytes();
+            let h = b.put(&data, i % 2 == 0).unwrap();
+            assert!(!made[i].exists(), "file made ahead is renamed into place");
+            assert_eq!(fs::read(b.path_of(&h)).unwrap(), data);
+            hashes.push((h, data));
+        }
+        assert_eq!(b.premade_missing(), PREMADE_BATCH);
+        assert!(rx.try_recv().is_ok(), "a missing batch asks for more");
+        // The unsynced ones are synced through their held descriptors.
+        b.sync().unwrap();
+        b.drop_cache();
+        for (h, data) in &hashes {
+            assert!(!b.is_unsynced(h));
+            assert_eq!(&**b.get(h).unwrap(), &data[..]);
+        }
+        b.drain_pool();
+        assert_eq!(fs::read_dir(&stage).unwrap().count(), 0, "closing deletes the rest");
+        let late = stage.join("late.blob");
+        assert!(!b.offer(late.clone(), fs::File::create_new(&late).unwrap()));
+        // Without a pool, put makes its own file.
+        let h = b.put(b"after close", false).unwrap();
+        assert_eq!(&**b.get(&h).unwrap(), b"after close");
     }
 
     /// Invariant 5: a flipped byte on disk is an integrity error, never wrong bytes.

@@ -23,6 +23,13 @@
 //! before; only trash links (which no fsync promises) are also made in the staging
 //! directory and renamed into place.
 //!
+//! Each new blob is one more inode (written at flush or fsync, then renamed into
+//! `blobs/`). The thread keeps `PREMADE_DEPTH` (64) empty files made ahead in
+//! the staging directory, still open, in the blob store's pool (`LocalBlobs::offer`);
+//! `put` writes one and renames it, and when a batch is missing asks the thread for more.
+//! Measured: 5,000 creates of 4 KiB files on this churned disk took 2.9-3.8 s with them
+//! against 6.3-7.7 s without (daemon CPU 3.0-3.6 s against 6.0-7.4 s).
+//!
 //! A delete allocates one more: the trash link. Where files die young (sqlite's
 //! `-journal` lives for one transaction), the thread also makes each spare's trash link
 //! ahead, and the delete renames it into `trash/`. Whether files die young is learnt
@@ -45,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::blob::LocalBlobs;
+use super::blob::{LocalBlobs, PREMADE_BATCH};
 use super::layout::{self, Layout};
 use super::node::{Kind, NodeId};
 
@@ -139,6 +146,7 @@ impl Spares {
             Ok(_) => {
                 self.started.store(true, Ordering::SeqCst);
                 let _ = tx.try_send(());
+                self.inner.blobs.set_refill(Some(tx.clone()));
                 *self.wake.lock().unwrap() = Some(tx);
             }
             Err(e) => log::warn!("spares: no thread ({e}); creates allocate inodes inline"),
@@ -220,6 +228,7 @@ impl Spares {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.wake.lock().unwrap().take();
+        self.inner.blobs.set_refill(None);
         for s in std::mem::take(&mut *self.inner.ready.lock().unwrap()) {
             s.discard();
         }
@@ -246,9 +255,11 @@ impl Spares {
 }
 
 impl Inner {
-    /// Make `dir` where staged inodes are made (`staged_path`), or nowhere. Blob files
-    /// stay in `sessions/`: a blob written into a staging directory that was just
-    /// rotated away failed its write with EIO (seen once in CI).
+    /// Make `dir` where staged inodes are made (`staged_path`), or nowhere. A blob is
+    /// never made at a staged path: one written into a staging directory that was just
+    /// rotated away failed its write with EIO (seen once in CI). Blob files made ahead
+    /// (`make_blob_files`) exist before they are offered, and a directory that holds
+    /// one is not empty, so it is not removed under them.
     fn publish(&self, dir: Option<PathBuf>) {
         *self.staging.write().unwrap() = dir;
     }
@@ -257,6 +268,7 @@ impl Inner {
         let mut shard: Option<(NodeId, u32)> = None;
         let mut staging = Staging::new(self.clone());
         while rx.recv().is_ok() {
+            self.make_blob_files(&mut staging);
             // Refill in batches of at least BATCH: one syncfs makes a batch durable.
             let missing = DEPTH.saturating_sub(self.ready.lock().unwrap().len());
             if missing < BATCH {
@@ -340,6 +352,44 @@ impl Inner {
             }
         }
         Ok(anchor)
+    }
+
+    /// Top up the blob files made ahead (`LocalBlobs::offer`), a batch at a time. They
+    /// need no syncfs: a blob is made durable through its own file (fsync) or the
+    /// fsync log, never by a sync of someone else's.
+    fn make_blob_files(&self, staging: &mut Staging) {
+        let missing = self.blobs.premade_missing();
+        if missing < PREMADE_BATCH {
+            return;
+        }
+        for _ in 0..missing {
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let t = Instant::now();
+            let made = staging.dir().and_then(|(dir, seq)| {
+                let path = dir.join(format!("{seq}.blob"));
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map(|f| (path, f))
+            });
+            staging.cost(t.elapsed());
+            match made {
+                Ok((path, f)) => {
+                    if !self.blobs.offer(path.clone(), f) {
+                        let _ = fs::remove_file(path);
+                        return;
+                    }
+                }
+                // A full disk: the writes themselves will say so.
+                Err(e) => {
+                    log::debug!("spares: blob file: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     fn make(&self, id: NodeId, dir: &Path, seq: u64) -> std::io::Result<Spare> {
