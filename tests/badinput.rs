@@ -392,8 +392,10 @@ fn second_read_write_mount_is_locked() {
     let mnt2 = a.dir.path().join("mnt2");
     fs::create_dir(&mnt2).unwrap();
     let _g = Unmounter(vec![mnt2.clone()]);
-    // The first mount runs meanwhile: its index, log and spare node files (made ahead
-    // for creates, see store/spare.rs) may change, nothing else may.
+    // The first mount runs meanwhile: its index, log and staging (spare node and blob
+    // files made ahead, see store/spare.rs) may change, nothing else may. Its spares
+    // thread makes a `nodes/` shard before its first spares: wait for those.
+    common::wait_for_spares(&a.mnt, 1);
     let spares = format!("sessions/spare.{}.*", daemon_pid(&a.store, &a.mnt));
     let skip = ["index", "decofs.log", &spares];
     expect_refused(

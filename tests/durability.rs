@@ -145,16 +145,7 @@ fn fsynced_files_survive_a_power_cut(mkfs: &[&str]) {
     let m = Decofs::mount(&store, &mnt);
     // The workload's files are made from spares (store/spare.rs), whose inodes were made
     // ahead in another block group: wait until some are ready.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (c, v, e) = dj(&["status", mnt.to_str().unwrap()]);
-        assert_eq!(c, 0, "status: {v} {e}");
-        if v["spare_nodes"].as_u64().unwrap_or(0) >= 8 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no spares: {v}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_for_spares(&mnt, 8);
 
     // Names whose inodes are made on the spot (no spare): symlinks, directories, FIFOs
     // and hard links, in a new directory, then it and its parent fsynced. Enough of

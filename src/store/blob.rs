@@ -820,10 +820,10 @@ mod tests {
             .collect();
         assert_eq!(b.premade_missing(), 0);
         let mut hashes = Vec::new();
-        for i in 0..PREMADE_BATCH {
+        for (i, p) in made.iter().take(PREMADE_BATCH).enumerate() {
             let data = format!("content {i}").into_bytes();
             let h = b.put(&data, i % 2 == 0).unwrap();
-            assert!(!made[i].exists(), "file made ahead is renamed into place");
+            assert!(!p.exists(), "file made ahead is renamed into place");
             assert_eq!(fs::read(b.path_of(&h)).unwrap(), data);
             hashes.push((h, data));
         }
@@ -837,7 +837,11 @@ mod tests {
             assert_eq!(&**b.get(h).unwrap(), &data[..]);
         }
         b.drain_pool();
-        assert_eq!(fs::read_dir(&stage).unwrap().count(), 0, "closing deletes the rest");
+        assert_eq!(
+            fs::read_dir(&stage).unwrap().count(),
+            0,
+            "closing deletes the rest"
+        );
         let late = stage.join("late.blob");
         assert!(!b.offer(late.clone(), fs::File::create_new(&late).unwrap()));
         // Without a pool, put makes its own file.

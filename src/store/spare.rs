@@ -268,62 +268,66 @@ impl Inner {
         let mut shard: Option<(NodeId, u32)> = None;
         let mut staging = Staging::new(self.clone());
         while rx.recv().is_ok() {
+            self.make_spares(&mut staging, &mut shard);
             self.make_blob_files(&mut staging);
-            // Refill in batches of at least BATCH: one syncfs makes a batch durable.
-            let missing = DEPTH.saturating_sub(self.ready.lock().unwrap().len());
-            if missing < BATCH {
-                continue;
-            }
-            let mut batch = Vec::with_capacity(missing);
-            while batch.len() < missing && !self.closed.load(Ordering::SeqCst) {
-                let anchor = match shard {
-                    Some((a, n)) if n < SHARD_RUN => {
-                        shard = Some((a, n + 1));
-                        a
-                    }
-                    _ => match self.new_shard() {
-                        Ok(a) => {
-                            shard = Some((a, 1));
-                            a
-                        }
-                        Err(e) => {
-                            log::debug!("spares: {e}");
-                            break;
-                        }
-                    },
-                };
-                let t = Instant::now();
-                let made = staging.dir().and_then(|(dir, seq)| {
-                    self.make(NodeId::new_near(anchor, Kind::File), &dir, seq)
-                });
-                staging.cost(t.elapsed());
-                match made {
-                    Ok(s) => batch.push(s),
-                    // A full disk: the creates themselves will say so.
-                    Err(e) => {
-                        log::debug!("spares: {e}");
-                        break;
-                    }
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            let synced = self.blobs.sync_filesystem();
-            let mut ready = self.ready.lock().unwrap();
-            if synced.is_err() || self.closed.load(Ordering::SeqCst) {
-                if let Err(e) = synced {
-                    log::debug!("spares: {e}");
-                }
-                batch.iter().for_each(Spare::discard);
-            } else {
-                ready.extend(batch);
-            }
         }
         for s in std::mem::take(&mut *self.ready.lock().unwrap()) {
             s.discard();
         }
         staging.close();
+    }
+
+    /// Refill the spares in batches of at least BATCH: one syncfs makes a batch durable.
+    fn make_spares(&self, staging: &mut Staging, shard: &mut Option<(NodeId, u32)>) {
+        let missing = DEPTH.saturating_sub(self.ready.lock().unwrap().len());
+        if missing < BATCH {
+            return;
+        }
+        let mut batch = Vec::with_capacity(missing);
+        while batch.len() < missing && !self.closed.load(Ordering::SeqCst) {
+            let anchor = match *shard {
+                Some((a, n)) if n < SHARD_RUN => {
+                    *shard = Some((a, n + 1));
+                    a
+                }
+                _ => match self.new_shard() {
+                    Ok(a) => {
+                        *shard = Some((a, 1));
+                        a
+                    }
+                    Err(e) => {
+                        log::debug!("spares: {e}");
+                        break;
+                    }
+                },
+            };
+            let t = Instant::now();
+            let made = staging
+                .dir()
+                .and_then(|(dir, seq)| self.make(NodeId::new_near(anchor, Kind::File), &dir, seq));
+            staging.cost(t.elapsed());
+            match made {
+                Ok(s) => batch.push(s),
+                // A full disk: the creates themselves will say so.
+                Err(e) => {
+                    log::debug!("spares: {e}");
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let synced = self.blobs.sync_filesystem();
+        let mut ready = self.ready.lock().unwrap();
+        if synced.is_err() || self.closed.load(Ordering::SeqCst) {
+            if let Err(e) = synced {
+                log::debug!("spares: {e}");
+            }
+            batch.iter().for_each(Spare::discard);
+        } else {
+            ready.extend(batch);
+        }
     }
 
     /// A new `nodes/xx/yy/` for the next run of spares, durable before any spare in it

@@ -256,6 +256,21 @@ pub fn dj(args: &[&str]) -> (i32, serde_json::Value, String) {
     )
 }
 
+/// Wait until the daemon serving `mnt` has at least `n` spare node files ready
+/// (`store/spare.rs`): its spares thread then made its first `nodes/` shard and batch.
+pub fn wait_for_spares(mnt: &Path, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (c, v, e) = dj(&["status", mnt.to_str().unwrap()]);
+        assert_eq!(c, 0, "status: {v} {e}");
+        if v["spare_nodes"].as_u64().unwrap_or(0) >= n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no spares: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// (code, path, repaired) of every problem in an fsck report.
 pub fn problems(v: &serde_json::Value) -> Vec<(String, String, bool)> {
     v["problems"]
