@@ -27,8 +27,8 @@
 //! `blobs/`). The thread keeps `PREMADE_DEPTH` (64) empty files made ahead in
 //! the staging directory, still open, in the blob store's pool (`LocalBlobs::offer`);
 //! `put` writes one and renames it, and when a batch is missing asks the thread for more.
-//! Measured: 5,000 creates of 4 KiB files on this churned disk took 2.9-3.8 s with them
-//! against 6.3-7.7 s without (daemon CPU 3.0-3.6 s against 6.0-7.4 s).
+//! Measured: 5,000 creates of 4 KiB files took 2.9-3.8 s with them (daemon CPU 3.0-3.7
+//! s), against 6.3-7.7 s without (CPU 6.0-7.4 s) once deletes had churned the disk.
 //!
 //! A delete allocates one more: the trash link. Where files die young (sqlite's
 //! `-journal` lives for one transaction), the thread also makes each spare's trash link
