@@ -587,7 +587,7 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
             Some(libc::EBUSY) if start.elapsed() < UMOUNT_BUSY_GRACE => {
                 std::thread::sleep(Duration::from_millis(20))
             }
-            Some(libc::EBUSY) => return Err(Error::MountpointBusy(canon)),
+            Some(libc::EBUSY) => return Err(Error::MountInUse(canon)),
             _ => return Err(Error::io(format!("unmount {}", canon.display()), e)),
         }
     }

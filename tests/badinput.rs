@@ -370,6 +370,13 @@ fn umount_of_a_busy_mount_is_refused() {
     let held = fs::File::open(a.path("held")).unwrap();
     let out = decofs(&["umount", s(&a.mnt)]);
     assert_human_error(&out, "mountpoint_busy", "umount while a file is open");
+    // It says what is wrong (in use), not what a mount's busy mountpoint means.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use") && !err.contains("already mounted"),
+        "umount while a file is open: the message\n{}",
+        show(&out)
+    );
     let out = decofs(&["--json", "umount", s(&a.mnt)]);
     assert_json_error(
         &out,

@@ -66,6 +66,8 @@ pub enum Error {
     MountpointNotDir(PathBuf),
     #[error("mountpoint {0} is busy (something is already mounted there)")]
     MountpointBusy(PathBuf),
+    #[error("{0} is in use (a process has a file or directory open in it)")]
+    MountInUse(PathBuf),
     #[error("{0} is not a decofs mount")]
     NotMounted(PathBuf),
     /// An error a daemon reported over the control socket.
@@ -134,7 +136,7 @@ impl Error {
             Error::NoXattrSupport(_) => "xattr_unsupported",
             Error::MountpointNotFound(_) => "mountpoint_not_found",
             Error::MountpointNotDir(_) => "mountpoint_not_a_directory",
-            Error::MountpointBusy(_) => "mountpoint_busy",
+            Error::MountpointBusy(_) | Error::MountInUse(_) => "mountpoint_busy",
             Error::NotMounted(_) => "not_mounted",
             Error::BadOption(_) => "invalid_option",
             Error::NotInTrash(_) => "not_in_trash",
@@ -177,6 +179,10 @@ impl Error {
             Error::MountpointBusy(p) => {
                 format!("unmount it first (`decofs umount {}`) or choose another directory", p.display())
             }
+            Error::MountInUse(p) => format!(
+                "close what uses it (`fuser -vm {}` lists it), or detach it now with `decofs umount --lazy`",
+                p.display()
+            ),
             Error::NotMounted(_) => "check the mountpoint with `findmnt -t fuse.decofs`".into(),
             Error::BadOption(_) => "see the mount options in `decofs mount --help`".into(),
             Error::NotInTrash(_) => "list the trash with `decofs trash ls`".into(),
@@ -240,7 +246,9 @@ impl Error {
             Error::Conflict(_) => libc::EAGAIN,
             Error::Integrity { .. } | Error::CorruptRecord { .. } => libc::EIO,
             Error::FormatUnsupported { .. } => libc::EPROTO,
-            Error::StoreLocked { .. } | Error::MountpointBusy(_) => libc::EBUSY,
+            Error::StoreLocked { .. } | Error::MountpointBusy(_) | Error::MountInUse(_) => {
+                libc::EBUSY
+            }
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }
