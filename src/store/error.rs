@@ -180,7 +180,7 @@ impl Error {
                 format!("unmount it first (`decofs umount {}`) or choose another directory", p.display())
             }
             Error::MountInUse(p) => format!(
-                "close what uses it (`fuser -vm {}` lists it), or detach it now with `decofs umount --lazy`",
+                "close what uses it (`fuser -vm {0}` lists it), or detach it now with `decofs umount --lazy {0}`",
                 p.display()
             ),
             Error::NotMounted(_) => "check the mountpoint with `findmnt -t fuse.decofs`".into(),
