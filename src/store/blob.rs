@@ -474,6 +474,36 @@ impl LocalBlobs {
         c.order.clear();
         c.bytes = 0;
     }
+    /// Write a blob that is not on disk yet: into a file from the pool if there is one,
+    /// else into a new file in `sessions/`.
+    fn write_new(
+        &self,
+        hash: Hash,
+        data: &[u8],
+        path: &std::path::Path,
+        durable: bool,
+    ) -> Result<()> {
+        if let Some(p) = self.take_pooled() {
+            let fresh = p.file.is_some();
+            match self.install(hash, data, path, durable, p, fresh) {
+                // A pooled file deleted under us (closing): write a new one.
+                Err(Error::Io { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                r => return r,
+            }
+        }
+        let tmp = self.layout.sessions().join(format!(
+            "blob.{}.{}.tmp",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let p = Pooled {
+            path: tmp,
+            file: None,
+        };
+        self.install(hash, data, path, durable, p, true)
+    }
+
     /// Write `data` into a file from the pool (or a new one) and name it `path`.
     /// `fresh`: the file is a new inode (see `remember_unsynced`).
     fn install(
@@ -535,35 +565,7 @@ impl BlobStore for LocalBlobs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("touch {}", path.display()), e)),
         }
-        let mut res = match self.take_pooled() {
-            Some(p) => {
-                let fresh = p.file.is_some();
-                let r = self.install(hash, data, &path, durable, p, fresh);
-                // A pooled file deleted under us (closing): write a new one.
-                match r {
-                    Err(Error::Io { ref source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        None
-                    }
-                    r => Some(r),
-                }
-            }
-            None => None,
-        };
-        if res.is_none() {
-            let tmp = self.layout.sessions().join(format!(
-                "blob.{}.{}.tmp",
-                std::process::id(),
-                self.seq.fetch_add(1, Ordering::Relaxed)
-            ));
-            let p = Pooled {
-                path: tmp,
-                file: None,
-            };
-            res = Some(self.install(hash, data, &path, durable, p, true));
-        }
-        res.expect("set above")?;
+        self.write_new(hash, data, &path, durable)?;
         // A blob an fsync may soon copy into the fsync log (one it can carry) is kept
         // verified in memory: the copy then reads no file and hashes nothing again.
         if !durable && data.len() <= super::fsynclog::CARRY_MAX {
