@@ -59,8 +59,10 @@ enum Cmd {
         /// logging to STORE/decofs.log.
         #[arg(long)]
         foreground: bool,
-        /// Request-handling threads.
-        #[arg(long, default_value_t = 4)]
+        /// Request-handling threads. Most of them wait on the disk, not the CPU: a cold
+        /// `git status` (parallel lstat) keeps one record read in flight per thread
+        /// (measured on an 8,556-file checkout: 1.5-2.0 s with 4, 1.2-1.6 s with 16).
+        #[arg(long, default_value_t = 16)]
         threads: usize,
     },
     /// Unmount a decofs mount and wait until its daemon has committed and exited.
