@@ -7,7 +7,8 @@
 //! reads no child record, and readdirplus lists a non-directory child whose record is
 //! not in memory name-only (nodeid 0: the kernel shows the name and type and creates no
 //! inode). Those records are then read in the background (`ReadAhead`) or, if a lookup
-//! comes first, in one batch per directory. A lookup that finds nothing is answered as a
+//! comes first, in one batch per directory. A listed directory's subdirectories are read
+//! ahead of the walk (`DirAhead`). A lookup that finds nothing is answered as a
 //! negative entry the kernel may cache: every name is bound through the kernel except by
 //! a trash restore, which invalidates the name (`store::Stale::Entry`).
 
@@ -16,7 +17,7 @@ mod ops;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
@@ -47,6 +48,91 @@ pub struct DecoFs {
     /// Records to read in the background: the children a listing named without reading
     /// them (see [`ReadAhead`]).
     ahead: ReadAhead,
+    /// Subdirectories to read before the walk gets there (see [`DirAhead`]).
+    dirs_ahead: DirAhead,
+}
+
+/// Reads the subdirectories of a listed directory ahead of the walk, several at once.
+///
+/// A walk (`find`, `ls -lR`, `du`, `rm -r`, `cp -r` out of the mount) lists one
+/// directory after another, and on a cold disk each listing waits for a chain of
+/// reads: the directory node's parent in `nodes/`, its inode and blocks, its entries'
+/// inodes, its subdirectories' records. The walk itself keeps one read in flight. So a
+/// listing queues its subdirectories here, and `DIR_AHEAD_THREADS` readers warm them
+/// (`Store::prefetch_listing`) while the walk is still busy above them: a stack, so
+/// the newest listing's first subdirectory, where a depth-first walk goes next, is read
+/// first. Only one level ahead of what was listed, and a full stack drops its oldest
+/// entries: it only ever saves time.
+struct DirAhead {
+    shared: Arc<(Mutex<DirStack>, Condvar)>,
+}
+
+#[derive(Default)]
+struct DirStack {
+    dirs: Vec<NodeId>,
+    stop: bool,
+}
+
+const DIR_AHEAD_THREADS: usize = 4;
+const DIR_AHEAD_MAX: usize = 4096;
+
+impl DirAhead {
+    fn start(store: &Arc<Store>) -> DirAhead {
+        let shared = Arc::new((Mutex::new(DirStack::default()), Condvar::new()));
+        for _ in 0..DIR_AHEAD_THREADS {
+            let (shared, store) = (shared.clone(), Arc::downgrade(store));
+            let spawned = std::thread::Builder::new()
+                .name("decofs-dirahead".into())
+                .spawn(move || loop {
+                    let dir = {
+                        let (m, cv) = &*shared;
+                        let mut st = m.lock().unwrap();
+                        loop {
+                            if st.stop {
+                                return;
+                            }
+                            if let Some(d) = st.dirs.pop() {
+                                break d;
+                            }
+                            st = cv.wait(st).unwrap();
+                        }
+                    };
+                    let Some(s) = store.upgrade() else { return };
+                    s.prefetch_listing(dir);
+                });
+            if let Err(e) = spawned {
+                log::warn!("no background directory reader: {e}");
+            }
+        }
+        DirAhead { shared }
+    }
+
+    /// Queue `dirs` (in listing order) to be read ahead, the first one first.
+    fn push(&self, dirs: &[NodeId]) {
+        if dirs.is_empty() {
+            return;
+        }
+        let (m, cv) = &*self.shared;
+        let mut st = m.lock().unwrap();
+        st.dirs.extend(dirs.iter().rev());
+        if st.dirs.len() > DIR_AHEAD_MAX {
+            let excess = st.dirs.len() - DIR_AHEAD_MAX;
+            st.dirs.drain(..excess);
+        }
+        cv.notify_all();
+    }
+
+    fn stop(&self) {
+        let (m, cv) = &*self.shared;
+        m.lock().unwrap().stop = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for DirAhead {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Reads records in the background, so that a name-only listing answers at once and
@@ -166,6 +252,7 @@ impl DecoFs {
             next_fh: AtomicU64::new(1),
             cold_listings: Mutex::new(HashMap::new()),
             ahead: ReadAhead::start(&store),
+            dirs_ahead: DirAhead::start(&store),
             store,
         }
     }

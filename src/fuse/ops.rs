@@ -225,6 +225,7 @@ impl Filesystem for DecoFs {
 
     fn destroy(&mut self) {
         self.ahead.stop();
+        self.dirs_ahead.stop();
         if let Err(e) = self.store.commit_all() {
             log::error!("committing open files at unmount failed: {e}");
         }
@@ -640,6 +641,12 @@ impl Filesystem for DecoFs {
         match self.store.readdir(id) {
             Ok(entries) => {
                 self.prefetch(&entries, 0);
+                let subdirs: Vec<NodeId> = entries
+                    .iter()
+                    .map(|e| e.1)
+                    .filter(|c| c.kind_hint() == Some(Kind::Dir))
+                    .collect();
+                self.dirs_ahead.push(&subdirs);
                 let fh = self.new_handle(Handle::Dir {
                     id,
                     entries: Arc::new(entries),
