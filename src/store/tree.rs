@@ -655,7 +655,6 @@ impl Store {
         .map(|_| ())
     }
 
-    /// The entries of a directory, in on-disk order.
     /// Read directory `id` ahead of a listing of it: its entries (the directory's
     /// blocks and its entries' inodes) and the records of its subdirectories, which a
     /// listing hands the kernel (see `fuse`). Only warms caches; errors are left for the
@@ -671,6 +670,7 @@ impl Store {
         }
     }
 
+    /// The entries of a directory, in on-disk order.
     pub fn readdir(&self, id: NodeId) -> Result<Vec<(OsString, NodeId)>> {
         let dir = self.layout.node_path(id);
         let open_err = |e: std::io::Error| match e.raw_os_error() {
