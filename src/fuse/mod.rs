@@ -59,7 +59,7 @@ pub struct DecoFs {
 /// reads: the directory node's parent in `nodes/`, its inode and blocks, its entries'
 /// inodes, its subdirectories' records. The walk itself keeps one read in flight. So a
 /// listing queues its subdirectories here, and `DIR_AHEAD_THREADS` readers warm them
-/// (`Store::prefetch_listing`) while the walk is still busy above them: a stack, so
+/// (their entries, and the records a listing of them hands the kernel) while the walk is still busy above them: a stack, so
 /// the newest listing's first subdirectory, where a depth-first walk goes next, is read
 /// first. Only one level ahead of what was listed, and a full stack drops its oldest
 /// entries: it only ever saves time.
@@ -98,7 +98,10 @@ impl DirAhead {
                         }
                     };
                     let Some(s) = store.upgrade() else { return };
-                    s.prefetch_listing(dir);
+                    // Only warms caches: errors are left for the listing to report.
+                    if let Ok(entries) = s.readdir(dir) {
+                        s.prefetch_records(&ops::records_a_listing_reads(&entries));
+                    }
                 });
             if let Err(e) = spawned {
                 log::warn!("no background directory reader: {e}");
@@ -341,5 +344,27 @@ impl DecoFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, h);
         fh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading a directory ahead of its listing brings in what the listing hands the
+    /// kernel: the records of subdirectories and of untyped ids, not those of files,
+    /// symlinks and the like (listed name-only).
+    #[test]
+    fn read_ahead_reads_what_a_listing_hands_the_kernel() {
+        let dir = NodeId::new_spread(Kind::Dir);
+        let untyped = NodeId(uuid::Uuid::new_v4());
+        let file = NodeId::new_near(dir, Kind::File);
+        let link = NodeId::new_near(dir, Kind::Symlink);
+        let entries: Vec<(OsString, NodeId)> = [dir, file, untyped, link]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (OsString::from(format!("e{i}")), *id))
+            .collect();
+        assert_eq!(ops::records_a_listing_reads(&entries), vec![dir, untyped]);
     }
 }

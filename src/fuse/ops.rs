@@ -47,6 +47,16 @@ fn listable_name_only(id: NodeId) -> Option<Kind> {
     id.kind_hint().filter(|k| *k != Kind::Dir)
 }
 
+/// The children of a listing whose records it hands the kernel (the rest are listed
+/// name-only): what reading a directory ahead of its listing must bring into memory.
+pub(super) fn records_a_listing_reads(entries: &[(std::ffi::OsString, NodeId)]) -> Vec<NodeId> {
+    entries
+        .iter()
+        .map(|e| e.1)
+        .filter(|id| listable_name_only(*id).is_none())
+        .collect()
+}
+
 fn writes(flags: OpenFlags) -> bool {
     !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
 }
@@ -141,11 +151,7 @@ impl DecoFs {
         let Some(window) = entries.get(start..end) else {
             return;
         };
-        let ids: Vec<NodeId> = window
-            .iter()
-            .map(|e| e.1)
-            .filter(|id| listable_name_only(*id).is_none())
-            .collect();
+        let ids = records_a_listing_reads(window);
         match ids.first() {
             Some(first) if !self.store.record_cached(*first) => self.store.prefetch_records(&ids),
             _ => {}

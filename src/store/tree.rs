@@ -655,21 +655,6 @@ impl Store {
         .map(|_| ())
     }
 
-    /// Read directory `id` ahead of a listing of it: its entries (the directory's
-    /// blocks and its entries' inodes) and the records of its subdirectories, which a
-    /// listing hands the kernel (see `fuse`). Only warms caches; errors are left for the
-    /// listing to report.
-    pub fn prefetch_listing(&self, id: NodeId) {
-        if let Ok(entries) = self.readdir(id) {
-            let dirs: Vec<NodeId> = entries
-                .iter()
-                .map(|e| e.1)
-                .filter(|c| matches!(c.kind_hint(), None | Some(Kind::Dir)))
-                .collect();
-            self.prefetch_records(&dirs);
-        }
-    }
-
     /// The entries of a directory, in on-disk order.
     pub fn readdir(&self, id: NodeId) -> Result<Vec<(OsString, NodeId)>> {
         let dir = self.layout.node_path(id);
@@ -716,38 +701,6 @@ mod tests {
             rdev: 0,
             target: vec![],
         }
-    }
-
-    /// Reading a directory ahead of its listing caches the records a listing hands the
-    /// kernel (its subdirectories'), not its files' (listed name-only), and a directory
-    /// that is gone meanwhile is no error.
-    #[test]
-    fn prefetch_listing_reads_subdirectory_records() {
-        let (_d, s) = scratch();
-        s.enable_record_cache();
-        let root = s.root();
-        let mk = |n: &str, kind: Kind| {
-            let mut new = file(0);
-            new.kind = kind;
-            s.create(root, OsStr::new(n), new).unwrap().0
-        };
-        let (d1, d2, f) = (
-            mk("d1", Kind::Dir),
-            mk("d2", Kind::Dir),
-            mk("f", Kind::File),
-        );
-        for id in [d1, d2, f] {
-            s.forget_record(id);
-            assert!(!s.record_cached(id));
-        }
-        s.prefetch_listing(root);
-        assert!(s.record_cached(d1) && s.record_cached(d2));
-        assert!(
-            !s.record_cached(f),
-            "files are listed name-only: not read ahead"
-        );
-        s.rmdir(root, OsStr::new("d1")).unwrap();
-        s.prefetch_listing(d1);
     }
 
     /// Invariant 3: concurrent creates of one name: one winner, no unbound node left.
