@@ -9,8 +9,12 @@
 //! by open handles), so concurrent writers never lose each other's acknowledged writes.
 //! `commit` (on flush/close and fsync) seals, writes the new manifest, then swaps the
 //! record once. The first commit of a session that changed content saves the record from
-//! before the session under `revisions/<uuid>/<unix-nanos>`. Every chunk read is
-//! verified; a mismatch marks the node `integrity_error` and returns EIO.
+//! before the session under `revisions/<uuid>/<unix-nanos>`. An fsync of a session that
+//! only wrote since its content was last made durable commits nothing: it logs the
+//! written bytes as a delta (`fsynclog` module doc), so a database that rewrites a page
+//! and fsyncs does not seal, hash and store the page's whole 4 MiB chunk each time.
+//! Every chunk read is verified; a mismatch marks the node `integrity_error` and
+//! returns EIO.
 //!
 //! # Dirty chunks
 //!
@@ -44,7 +48,7 @@ use super::Store;
 /// Files up to this size are stored inside their record.
 pub const INLINE_DATA_MAX: u64 = 1024;
 /// Chunk lists up to this length are stored inside the record.
-const INLINE_CHUNKS_MAX: usize = 24;
+pub(crate) const INLINE_CHUNKS_MAX: usize = 24;
 /// A sequential reader has this many chunks after the one it reads loaded ahead.
 const READ_AHEAD_CHUNKS: u64 = 3;
 /// A session holding more head bytes in memory than this moves them to its staging file.
@@ -52,6 +56,8 @@ const DIRTY_LIMIT: usize = 64 << 20;
 /// A session whose dirty chunks and staged ranges together exceed this many entries
 /// seals its most fragmented chunks (bounds the memory of the range maps).
 const ENTRY_LIMIT: usize = 1 << 17;
+/// An fsync logs a delta of at most this many written ranges (else it commits).
+const DELTA_RANGES_MAX: usize = 4096;
 
 /// Disjoint, non-adjacent byte ranges `start -> end` within one chunk.
 type Ranges = BTreeMap<usize, usize>;
@@ -152,6 +158,13 @@ pub struct Session {
     superseded: Vec<Hash>,
     /// The manifest blob of this session's last commit (replaced by the next one).
     last_manifest: Option<Hash>,
+    /// The durable content this session's writes since then overlay, as the fsync log
+    /// names it (`fsynclog::chain_base`): set by a durable commit, cleared by any other
+    /// commit and by what is not a plain write (truncate, punched hole). While set, an
+    /// fsync logs only `unlogged` (a delta) instead of committing.
+    chain: Option<Vec<u8>>,
+    /// File byte ranges written since the last commit or logged delta.
+    unlogged: Ranges,
 }
 
 impl Session {
@@ -462,6 +475,8 @@ impl Store {
             sealed_here: Default::default(),
             superseded: Vec::new(),
             last_manifest: None,
+            chain: None,
+            unlogged: Ranges::new(),
         };
         match &rec.content {
             Content::Inline(d) => {
@@ -599,16 +614,7 @@ impl Store {
         if let Some(s) = self.session_of(id) {
             let s = s.lock().unwrap();
             let mut out = Vec::with_capacity(len as usize);
-            for_each_piece(s.size, cs, off, len as u64, |idx, in_off, n| {
-                if s.dirty.contains_key(&idx) {
-                    self.read_dirty(id, &s, idx, in_off, n, &mut out)?;
-                } else if let Some(c) = s.chunks.get(&idx) {
-                    append_padded(&mut out, &self.load_chunk(id, c)?, in_off, n);
-                } else {
-                    append_padded(&mut out, &[], in_off, n);
-                }
-                Ok(())
-            })?;
+            self.read_session(id, &s, off, len as u64, &mut out)?;
             return Ok(ReadData::Owned(out));
         }
         let rec = self.read_record(id)?;
@@ -658,6 +664,27 @@ impl Store {
         Ok(ReadData::Owned(out))
     }
 
+    /// Append `off..off+len` (clamped to the size) of the file as its session holds it.
+    fn read_session(
+        &self,
+        id: NodeId,
+        s: &Session,
+        off: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        for_each_piece(s.size, self.chunk_size(), off, len, |idx, in_off, n| {
+            if s.dirty.contains_key(&idx) {
+                self.read_dirty(id, s, idx, in_off, n, out)?;
+            } else if let Some(c) = s.chunks.get(&idx) {
+                append_padded(out, &self.load_chunk(id, c)?, in_off, n);
+            } else {
+                append_padded(out, &[], in_off, n);
+            }
+            Ok(())
+        })
+    }
+
     /// Record where this read ends; is it close behind or ahead of where the previous
     /// read of the file ended (kernel readahead requests arrive slightly out of order)?
     fn sequential(&self, id: NodeId, off: u64, len: u64) -> bool {
@@ -687,6 +714,14 @@ impl Store {
                 let in_off = (pos - idx * cs) as usize;
                 let n = rest.len().min(cs as usize - in_off);
                 self.write_piece(id, s, idx, in_off, &rest[..n])?;
+                if s.chain.is_some() {
+                    ranges_insert(&mut s.unlogged, pos as usize, pos as usize + n);
+                    if s.unlogged.len() > DELTA_RANGES_MAX {
+                        // Too scattered for a delta: the next fsync commits.
+                        s.unlogged.clear();
+                        s.chain = None;
+                    }
+                }
                 pos += n as u64;
                 rest = &rest[n..];
                 // Per piece, so a later failure never leaves written bytes past the size
@@ -944,6 +979,8 @@ impl Store {
             s.size = size;
             s.changed = true;
             s.mtime = Some(Time::now());
+            // Not a write: the fsync log's deltas cannot say it; the next fsync commits.
+            s.chain = None;
             Ok(())
         })
     }
@@ -1033,6 +1070,7 @@ impl Store {
             }
             s.changed = true;
             s.mtime = Some(Time::now());
+            s.chain = None;
             self.relieve(id, s, u64::MAX)
         })
     }
@@ -1082,13 +1120,28 @@ impl Store {
         self.commit_locked(id, &mut s, durable)
     }
 
-    /// `commit` with the session already locked by the caller.
+    /// `commit` with the session already locked by the caller. A durable commit of a
+    /// session that only wrote since its content was last made durable logs a delta
+    /// (`fsynclog` module doc) and leaves the record as it is.
     pub(crate) fn commit_locked(&self, id: NodeId, s: &mut Session, durable: bool) -> Result<()> {
         if !s.changed {
             if durable {
                 self.sync_node(id)?;
+                if s.chain.is_none() {
+                    // The record is durable now and the session holds nothing else.
+                    let rec = self.read_record(id)?;
+                    s.chain = Some(super::fsynclog::chain_base(&rec.content, rec.size));
+                    s.unlogged.clear();
+                }
             }
             return Ok(());
+        }
+        if durable {
+            if let Some(base) = s.chain.clone() {
+                if self.log_delta(id, s, base)? {
+                    return Ok(());
+                }
+            }
         }
         // Inline content was just read whole, so every byte of it was written or verified.
         let mut inline = false;
@@ -1144,6 +1197,7 @@ impl Store {
             }
         }
         let (size, mtime) = (s.size, s.mtime);
+        let base = durable.then(|| super::fsynclog::chain_base(&content, size));
         self.update(id, |r| {
             r.content = content;
             r.size = size;
@@ -1160,13 +1214,60 @@ impl Store {
         self.emit(Event::new(Op::Write, &[id]));
         s.changed = false;
         s.mtime = None;
+        // The record holds every byte the session's deltas logged.
+        s.unlogged.clear();
+        s.chain = None;
+        if let Some(l) = &self.fsync_log {
+            l.end_chain(id.0.into_bytes());
+        }
         // The record no longer names what this session sealed and then replaced.
         let superseded = std::mem::take(&mut s.superseded);
         self.schedule_sweep(superseded);
         if durable {
             self.sync_node(id)?;
+            s.chain = base;
         }
         Ok(())
+    }
+
+    /// Log the bytes `s` wrote since its content was last durable (`base`) as a delta.
+    /// `Ok(false)`: not logged (too much, no usable log); the caller commits in full.
+    fn log_delta(&self, id: NodeId, s: &mut Session, base: Vec<u8>) -> Result<bool> {
+        let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
+            return Ok(false);
+        };
+        let total: usize = s.unlogged.iter().map(|(a, b)| b - a).sum();
+        if total > super::fsynclog::CARRY_MAX || s.unlogged.len() > DELTA_RANGES_MAX {
+            return Ok(false);
+        }
+        self.writable()?;
+        let mut writes = Vec::with_capacity(s.unlogged.len());
+        for (&a, &b) in &s.unlogged {
+            let (a, b) = (a as u64, (b as u64).min(s.size));
+            if a < b {
+                let mut out = Vec::with_capacity((b - a) as usize);
+                self.read_session(id, s, a, b - a, &mut out)?;
+                writes.push((a, out));
+            }
+        }
+        let d = super::fsynclog::Delta {
+            node: id.0.into_bytes(),
+            base,
+            size: s.size,
+            mtime: s.mtime,
+            writes,
+        };
+        match log.append_delta(&d, &|| self.blobs.sync_filesystem()) {
+            Ok(true) => {
+                s.unlogged.clear();
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
+                Ok(false)
+            }
+        }
     }
 
     /// Keep the record from before a session as a revision (only if it had content).

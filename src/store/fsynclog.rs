@@ -28,11 +28,42 @@
 //! writer epoch has its own file: a fenced writer (its lock broken) can only append to
 //! a file the next writer has already replayed and deleted.
 //!
-//! Layout of a log: a 4 KiB header (`MAGIC`, generation, checksum), then entries:
+//! # Deltas: an fsync that writes no blob
+//!
+//! A file's content is stored in 4 MiB chunks, and committing a session seals every
+//! chunk it changed: a database that changes one 4 KiB page per transaction would write
+//! (and hash, and log) a whole chunk per fsync. So an fsync whose file is already
+//! durable as of some content (the session's *chain base*: a full entry or a sync made
+//! it so) and which has only written since (no truncate, no punched hole) logs a
+//! [`Delta`] instead: the byte ranges written since the previous fsync, the size and
+//! the mtime. The session keeps its overlay; the record is not touched. Deltas on one
+//! base form a *chain*; any commit of the session (the next full fsync, a close, a
+//! flush) ends it, since the record then holds those bytes itself.
+//!
+//! Replay applies full entries first, then each chain, in order, to the node whose
+//! record still has the chain's base content (a newer commit that reached the disk
+//! wins, as for full entries; attribute changes such as chmod do not stop a chain):
+//! the written bytes overlay the base's chunks (read verified), the changed chunks are
+//! written as blobs and the record gets the new content, size and mtime.
+//!
+//! A checkpoint must not drop a live chain (its bytes are nowhere else on the disk), so
+//! the log keeps a copy of every live chain's entries in memory (at most [`CHAINS_MAX`]
+//! bytes in all, [`CHAIN_MAX`] per chain; beyond that fsync commits in full) and writes
+//! them, tagged with the new generation, into one of two *carried slots* at the end of
+//! the file, synced before the header that names the new generation and the slot: a
+//! cut before the header leaves the old generation whole, a cut after finds the chains
+//! in the slot. Replay reads the slot's entries, then the generation's.
+//!
+//! # Format
+//!
+//! A 4 KiB header (`MAGIC`, generation, carried slot, checksum), then entries:
 //! `len u32 | generation u64 | blake3(generation, payload)[..16] | payload`, where the
-//! payload is `node [16] | version u64 | value_len u32 | value | count u32 |
-//! (blob_len u32 | blob)*` (little-endian; hand-framed because serde writes a byte
-//! vector one element at a time).
+//! payload is `0u8 | node [16] | version u64 | value_len u32 | value | count u32 |
+//! (blob_len u32 | blob)*` for a full entry and `1u8 | node [16] | base_len u32 | base |
+//! size u64 | has_mtime u8 | secs i64 | nanos u32 | count u32 | (offset u64 | len u32 |
+//! bytes)*` for a delta (little-endian; hand-framed because serde writes a byte vector
+//! one element at a time). Logs of the first format (`MAGIC_V1`, full entries without
+//! the kind byte, no slots) are still replayed.
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -40,25 +71,41 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use std::collections::{BTreeMap, HashMap};
+
 use super::blob::{hash_of, syncfs};
 use super::check::read_verified;
+use super::content::{INLINE_CHUNKS_MAX, INLINE_DATA_MAX};
 use super::error::{Error, IoContext, Result};
 use super::layout::{sync_dir, Layout};
-use super::node::{decode_body, hash_hex, unframe, NodeId, Stored, RECORD_XATTR};
+use super::node::{
+    decode_body, encode_body, frame, hash_hex, unframe, ChunkRef, Content, Kind, NodeId,
+    NodeRecord, Stored, Time, INLINE_RECORD_LIMIT, RECORD_XATTR,
+};
 
 /// Size of a log file (preallocated). Entries carry small files' blobs whole, so a
 /// busy sqlite database fills it every few hundred commits; then one syncfs.
 pub const LOG_BYTES: u64 = 64 << 20;
 /// An entry carries at most this many bytes of blobs; a bigger fsync syncs its blobs.
 pub const CARRY_MAX: usize = 1 << 20;
+/// Live chains' entries kept for carrying across a checkpoint, in all and per chain.
+pub const CHAINS_MAX: usize = 8 << 20;
+pub const CHAIN_MAX: usize = 4 << 20;
 const HEADER: u64 = 4096;
+/// One carried slot (two sit at the end of the file, after the generation's space).
+const SLOT_BYTES: u64 = CHAINS_MAX as u64 + (64 << 10);
+/// Entries of a generation live in `HEADER..GEN_END`.
+const GEN_END: u64 = LOG_BYTES - 2 * SLOT_BYTES;
 /// The log is written with zeros this far ahead of its entries. posix_fallocate
 /// reserves the space as unwritten extents, and the first write into one changes the
 /// extent tree, which each fdatasync would then write too (measured on the bench disk:
 /// 314–419 µs per 10 KB append and fdatasync into fallocated space, 188–216 µs into
 /// space written before). Zeroing a step at a time moves that cost to one sync per step.
 const ZERO_STEP: u64 = 4 << 20;
-const MAGIC: &[u8; 16] = b"decofs-fsynclog1";
+const MAGIC: &[u8; 16] = b"decofs-fsynclog2";
+const MAGIC_V1: &[u8; 16] = b"decofs-fsynclog1";
+const KIND_FULL: u8 = 0;
+const KIND_DELTA: u8 = 1;
 const ENTRY_HEAD: usize = 4 + 8 + 16;
 
 /// One logged fsync.
@@ -71,10 +118,101 @@ pub struct Entry {
     pub blobs: Vec<Vec<u8>>,
 }
 
+/// One fsync that logged only what was written since the previous one (see the module
+/// doc): the chain of deltas on `base` rebuilds the file's content at replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub node: [u8; 16],
+    /// The content the chain starts from ([`chain_base`] of the durable record).
+    pub base: Vec<u8>,
+    /// File size after the writes.
+    pub size: u64,
+    /// The session's time of last write, if it has one (an explicit utimens clears it).
+    pub mtime: Option<Time>,
+    /// (file offset, bytes) in the order to apply.
+    pub writes: Vec<(u64, Vec<u8>)>,
+}
+
+/// What identifies the content a chain starts from: the record's content and size.
+pub fn chain_base(content: &Content, size: u64) -> Vec<u8> {
+    postcard::to_allocvec(&(content, size)).expect("contents serialize")
+}
+
+/// An entry as read back from a log.
+pub enum Logged {
+    Full(Entry),
+    Delta(Delta),
+}
+
+impl Delta {
+    fn encode(&self) -> Vec<u8> {
+        let n: usize = self.writes.iter().map(|(_, b)| 12 + b.len()).sum();
+        let mut v = Vec::with_capacity(1 + 16 + 4 + self.base.len() + 8 + 13 + 4 + n);
+        v.push(KIND_DELTA);
+        v.extend_from_slice(&self.node);
+        v.extend_from_slice(&(self.base.len() as u32).to_le_bytes());
+        v.extend_from_slice(&self.base);
+        v.extend_from_slice(&self.size.to_le_bytes());
+        let t = self.mtime.unwrap_or(Time { secs: 0, nanos: 0 });
+        v.push(self.mtime.is_some() as u8);
+        v.extend_from_slice(&t.secs.to_le_bytes());
+        v.extend_from_slice(&t.nanos.to_le_bytes());
+        v.extend_from_slice(&(self.writes.len() as u32).to_le_bytes());
+        for (off, b) in &self.writes {
+            v.extend_from_slice(&off.to_le_bytes());
+            v.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            v.extend_from_slice(b);
+        }
+        v
+    }
+
+    fn decode(mut p: &[u8]) -> Option<Delta> {
+        let node: [u8; 16] = take(&mut p, 16)?.try_into().ok()?;
+        let n = u32_of(&mut p)?;
+        let base = take(&mut p, n)?.to_vec();
+        let size = u64_of(&mut p)?;
+        let has = take(&mut p, 1)?[0] == 1;
+        let secs = u64_of(&mut p)? as i64;
+        let nanos = u32_of(&mut p)? as u32;
+        let count = u32_of(&mut p)?;
+        let mut writes = Vec::new();
+        for _ in 0..count {
+            let off = u64_of(&mut p)?;
+            let n = u32_of(&mut p)?;
+            writes.push((off, take(&mut p, n)?.to_vec()));
+        }
+        p.is_empty().then_some(Delta {
+            node,
+            base,
+            size,
+            mtime: has.then_some(Time { secs, nanos }),
+            writes,
+        })
+    }
+}
+
+fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if p.len() < n {
+        return None;
+    }
+    let (a, b) = p.split_at(n);
+    *p = b;
+    Some(a)
+}
+
+fn u32_of(p: &mut &[u8]) -> Option<usize> {
+    Some(u32::from_le_bytes(take(p, 4)?.try_into().ok()?) as usize)
+}
+
+fn u64_of(p: &mut &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(take(p, 8)?.try_into().ok()?))
+}
+
 impl Entry {
     fn encode(&self) -> Vec<u8> {
         let n: usize = self.blobs.iter().map(|b| 4 + b.len()).sum();
-        let mut v = Vec::with_capacity(16 + 8 + 4 + self.value.len() + 4 + n);
+        let mut v = Vec::with_capacity(1 + 16 + 8 + 4 + self.value.len() + 4 + n);
+        v.push(KIND_FULL);
         v.extend_from_slice(&self.node);
         v.extend_from_slice(&self.version.to_le_bytes());
         v.extend_from_slice(&(self.value.len() as u32).to_le_bytes());
@@ -87,18 +225,8 @@ impl Entry {
         v
     }
 
+    /// A full entry's payload after its kind byte (the whole payload in a v1 log).
     fn decode(mut p: &[u8]) -> Option<Entry> {
-        fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            if p.len() < n {
-                return None;
-            }
-            let (a, b) = p.split_at(n);
-            *p = b;
-            Some(a)
-        }
-        fn u32_of(p: &mut &[u8]) -> Option<usize> {
-            Some(u32::from_le_bytes(take(p, 4)?.try_into().ok()?) as usize)
-        }
         let node: [u8; 16] = take(&mut p, 16)?.try_into().ok()?;
         let version = u64::from_le_bytes(take(&mut p, 8)?.try_into().ok()?);
         let n = u32_of(&mut p)?;
@@ -124,6 +252,32 @@ struct Writer {
     off: u64,
     /// The file holds written (zero or entry) blocks up to here (see `ZERO_STEP`).
     zeroed: u64,
+    /// The carried slot the header names (0: none, 1 or 2).
+    slot: u64,
+    /// Live chains by node: their base and their entries' payloads, in order.
+    chains: HashMap<[u8; 16], Chain>,
+    /// Bytes of all live chains' entries (heads included).
+    chain_bytes: usize,
+}
+
+struct Chain {
+    base: Vec<u8>,
+    payloads: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+fn slot_off(slot: u64) -> u64 {
+    GEN_END + (slot - 1) * SLOT_BYTES
+}
+
+/// An entry as written: head (length, generation, checksum) and payload.
+fn framed(gen: u64, payload: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(ENTRY_HEAD + payload.len());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&gen.to_le_bytes());
+    buf.extend_from_slice(&checksum(gen, payload));
+    buf.extend_from_slice(payload);
+    buf
 }
 
 pub struct FsyncLog {
@@ -149,11 +303,18 @@ fn checksum(gen: u64, payload: &[u8]) -> [u8; 16] {
     out
 }
 
-fn header(gen: u64) -> Vec<u8> {
+fn header_sum(gen: u64, slot: u64) -> [u8; 16] {
+    let mut m = MAGIC.to_vec();
+    m.extend_from_slice(&slot.to_le_bytes());
+    checksum(gen, &m)
+}
+
+fn header(gen: u64, slot: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER as usize);
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&gen.to_le_bytes());
-    v.extend_from_slice(&checksum(gen, MAGIC));
+    v.extend_from_slice(&slot.to_le_bytes());
+    v.extend_from_slice(&header_sum(gen, slot));
     v.resize(HEADER as usize, 0);
     v
 }
@@ -179,6 +340,9 @@ impl FsyncLog {
                 gen: 0,
                 off: HEADER,
                 zeroed: 0,
+                slot: 0,
+                chains: HashMap::new(),
+                chain_bytes: 0,
             }),
             lsn: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -215,7 +379,7 @@ impl FsyncLog {
                 std::io::Error::from_raw_os_error(rc),
             ));
         }
-        f.write_all_at(&header(1), 0)
+        f.write_all_at(&header(1, 0), 0)
             .ctx(|| format!("write {}", self.path.display()))?;
         f.sync_all()
             .ctx(|| format!("sync {}", self.path.display()))?;
@@ -224,77 +388,157 @@ impl FsyncLog {
         Ok(f)
     }
 
-    /// Make everything durable (syncfs) and start a new generation. `w` is locked.
+    /// Make everything durable (syncfs) and start a new generation, the live chains
+    /// carried into the slot the current header does not name. `w` is locked.
     fn checkpoint(&self, w: &mut Writer, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
         sync_store()?;
         self.synced
             .fetch_max(self.lsn.load(Ordering::SeqCst), Ordering::SeqCst);
         if let Some(f) = &w.file {
             let gen = w.gen + 1;
-            f.write_all_at(&header(gen), 0)
+            let slot = match (w.chains.is_empty(), w.slot) {
+                (true, _) => 0,
+                (false, 1) => 2,
+                (false, _) => 1,
+            };
+            if slot != 0 {
+                let mut buf = Vec::with_capacity(w.chain_bytes);
+                for c in w.chains.values() {
+                    for p in &c.payloads {
+                        buf.extend_from_slice(&framed(gen, p));
+                    }
+                }
+                debug_assert!(buf.len() as u64 <= SLOT_BYTES);
+                // The slot first, synced: the header below must never name a slot
+                // that is not whole.
+                f.write_all_at(&buf, slot_off(slot))
+                    .ctx(|| format!("write {}", self.path.display()))?;
+                fdatasync(f).ctx(|| format!("sync {}", self.path.display()))?;
+            }
+            f.write_all_at(&header(gen, slot), 0)
                 .ctx(|| format!("write {}", self.path.display()))?;
             fdatasync(f).ctx(|| format!("sync {}", self.path.display()))?;
             w.gen = gen;
+            w.slot = slot;
             w.off = HEADER;
         }
         Ok(())
     }
 
-    /// Append `entry` and return once it is durable. `sync_store` makes the whole store
-    /// durable (used when the log is full). Any failure marks the log broken.
-    pub fn append(&self, entry: &Entry, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
-        let res = self.append_inner(entry, sync_store);
+    /// Start a new generation now (tests: what a full log does).
+    #[cfg(test)]
+    pub(crate) fn checkpoint_now(&self, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
+        let mut w = self.w.lock().unwrap();
+        self.checkpoint(&mut w, sync_store)
+    }
+
+    /// Log a delta and return once it is durable; `Ok(false)` (nothing logged) when
+    /// the chain would pass its budget: the caller then commits in full.
+    pub fn append_delta(&self, d: &Delta, sync_store: &dyn Fn() -> Result<()>) -> Result<bool> {
+        let payload = d.encode();
+        let res = self.append_payload(payload, Some((d.node, &d.base)), sync_store);
         if res.is_err() {
             self.broken.store(true, Ordering::SeqCst);
         }
         res
     }
 
-    fn append_inner(&self, entry: &Entry, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
-        let payload = entry.encode();
+    /// The session of `node` committed (or ended): its chain's bytes are in the record
+    /// now, so no checkpoint needs to carry them.
+    pub fn end_chain(&self, node: [u8; 16]) {
+        let mut w = self.w.lock().unwrap();
+        if let Some(c) = w.chains.remove(&node) {
+            w.chain_bytes -= c.bytes;
+        }
+    }
+
+    /// Append `entry` and return once it is durable. `sync_store` makes the whole store
+    /// durable (used when the log is full). Any failure marks the log broken.
+    pub fn append(&self, entry: &Entry, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
+        let res = self.append_payload(entry.encode(), None, sync_store);
+        if res.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        res.map(|_| ())
+    }
+
+    /// Append one payload (a delta: with its node and chain base) and wait until it is
+    /// durable. `Ok(false)`: a delta over its chain's budget, not written.
+    fn append_payload(
+        &self,
+        payload: Vec<u8>,
+        chain: Option<([u8; 16], &[u8])>,
+        sync_store: &dyn Fn() -> Result<()>,
+    ) -> Result<bool> {
         let len = (ENTRY_HEAD + payload.len()) as u64;
-        if len > LOG_BYTES - HEADER {
+        if len > GEN_END - HEADER {
             return Err(Error::Invalid("fsync log entry too large"));
         }
         let end = {
             let mut w = self.w.lock().unwrap();
+            if let Some((node, base)) = chain {
+                // A chain on another base (the file was committed since) starts over.
+                let same = w.chains.get(&node).filter(|c| c.base == base);
+                let have = same.map_or(0, |c| c.bytes);
+                let others = w.chain_bytes - w.chains.get(&node).map_or(0, |c| c.bytes);
+                let n = len as usize;
+                if have + n > CHAIN_MAX || others + have + n > CHAINS_MAX {
+                    return Ok(false);
+                }
+            }
             if w.file.is_none() {
                 w.file = Some(self.create()?);
                 w.gen = 1;
                 w.off = HEADER;
                 w.zeroed = HEADER;
             }
-            if w.off + len > LOG_BYTES {
+            if w.off + len > GEN_END {
                 self.checkpoint(&mut w, sync_store)?;
             }
             if w.off + len > w.zeroed {
                 let to = (w.off + len)
                     .div_ceil(ZERO_STEP)
                     .saturating_mul(ZERO_STEP)
-                    .min(LOG_BYTES);
+                    .min(GEN_END);
                 let zeros = vec![0u8; (to - w.zeroed) as usize];
                 let f = w.file.as_ref().expect("created above");
                 f.write_all_at(&zeros, w.zeroed)
                     .ctx(|| format!("write {}", self.path.display()))?;
                 w.zeroed = to;
             }
-            let mut buf = Vec::with_capacity(len as usize);
-            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&w.gen.to_le_bytes());
-            buf.extend_from_slice(&checksum(w.gen, &payload));
-            buf.extend_from_slice(&payload);
             let f = w.file.as_ref().expect("created above");
-            f.write_all_at(&buf, w.off)
+            f.write_all_at(&framed(w.gen, &payload), w.off)
                 .ctx(|| format!("write {}", self.path.display()))?;
             w.off += len;
+            if let Some((node, base)) = chain {
+                // Under the same lock as the write: a checkpoint carries every entry
+                // of a live chain that the log holds.
+                let w = &mut *w;
+                let c = w.chains.entry(node).or_insert_with(|| Chain {
+                    base: base.to_vec(),
+                    payloads: Vec::new(),
+                    bytes: 0,
+                });
+                if c.base != base {
+                    w.chain_bytes -= c.bytes;
+                    *c = Chain {
+                        base: base.to_vec(),
+                        payloads: Vec::new(),
+                        bytes: 0,
+                    };
+                }
+                c.payloads.push(payload);
+                c.bytes += len as usize;
+                w.chain_bytes += len as usize;
+            }
             self.lsn.fetch_add(len, Ordering::SeqCst) + len
         };
         if self.synced.load(Ordering::SeqCst) >= end {
-            return Ok(());
+            return Ok(true);
         }
         let _g = self.sync_lock.lock().unwrap();
         if self.synced.load(Ordering::SeqCst) >= end {
-            return Ok(());
+            return Ok(true);
         }
         let target = self.lsn.load(Ordering::SeqCst);
         let f = {
@@ -307,54 +551,93 @@ impl FsyncLog {
         };
         fdatasync(&f).ctx(|| format!("sync {}", self.path.display()))?;
         self.synced.fetch_max(target, Ordering::SeqCst);
-        Ok(())
+        Ok(true)
     }
 
-    /// Clean close: make everything durable and delete the log.
+    /// Clean close: make everything durable and delete the log. A live chain (a file
+    /// fsynced and never committed since: its commit failed) keeps the log for replay.
     pub fn close(&self, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
         let mut w = self.w.lock().unwrap();
         if w.file.is_none() {
             return Ok(());
         }
         sync_store()?;
+        if !w.chains.is_empty() {
+            log::warn!(
+                "fsync log kept: {} file(s) fsynced but not committed; replayed at the next open",
+                w.chains.len()
+            );
+            w.file = None;
+            return Ok(());
+        }
         w.file = None;
         fs::remove_file(&self.path).ctx(|| format!("remove {}", self.path.display()))?;
         sync_dir(&self.dir)
     }
 }
 
-/// The entries of one log file that belong to its current generation, in order. A torn
-/// or stale entry ends the log.
-fn read_entries(path: &Path) -> Result<Vec<Entry>> {
+/// The entries of one log file that belong to its current generation, in order: the
+/// carried slot's, then those after the header. A torn or stale entry ends a run.
+fn read_entries(path: &Path) -> Result<Vec<Logged>> {
     let data = fs::read(path).ctx(|| format!("read {}", path.display()))?;
     let mut out = Vec::new();
-    if data.len() < HEADER as usize || &data[..16] != MAGIC {
+    if data.len() < HEADER as usize {
         return Ok(out); // created but never written: nothing was logged
     }
     let gen = u64::from_le_bytes(data[16..24].try_into().unwrap());
-    if data[24..40] != checksum(gen, MAGIC) {
+    if &data[..16] == MAGIC_V1 {
+        if data[24..40] == checksum(gen, MAGIC_V1) {
+            scan(&data, HEADER as usize, data.len(), gen, false, &mut out);
+        }
         return Ok(out);
     }
-    let mut off = HEADER as usize;
-    while off + ENTRY_HEAD <= data.len() {
+    let slot = u64::from_le_bytes(data[24..32].try_into().unwrap());
+    if &data[..16] != MAGIC || data[32..48] != header_sum(gen, slot) || slot > 2 {
+        return Ok(out);
+    }
+    if slot != 0 {
+        let a = slot_off(slot) as usize;
+        scan(&data, a, a + SLOT_BYTES as usize, gen, true, &mut out);
+    }
+    scan(
+        &data,
+        HEADER as usize,
+        GEN_END as usize,
+        gen,
+        true,
+        &mut out,
+    );
+    Ok(out)
+}
+
+/// Read the entries of generation `gen` in `from..to` of `data` until one is not.
+fn scan(data: &[u8], from: usize, to: usize, gen: u64, kinds: bool, out: &mut Vec<Logged>) {
+    let to = to.min(data.len());
+    let mut off = from;
+    while off + ENTRY_HEAD <= to {
         let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as usize;
         let egen = u64::from_le_bytes(data[off + 4..off + 12].try_into().unwrap());
         let sum = &data[off + 12..off + 28];
         let start = off + ENTRY_HEAD;
-        if egen != gen || len == 0 || start + len > data.len() {
+        if egen != gen || len == 0 || start + len > to {
             break;
         }
         let payload = &data[start..start + len];
         if sum != checksum(gen, payload) {
             break;
         }
-        match Entry::decode(payload) {
+        let e = match (kinds, payload[0]) {
+            (false, _) => Entry::decode(payload).map(Logged::Full),
+            (true, KIND_FULL) => Entry::decode(&payload[1..]).map(Logged::Full),
+            (true, KIND_DELTA) => Delta::decode(&payload[1..]).map(Logged::Delta),
+            _ => None,
+        };
+        match e {
             Some(e) => out.push(e),
             None => break,
         }
         off = start + len;
     }
-    Ok(out)
 }
 
 /// The log files of a store, oldest epoch first.
@@ -477,6 +760,145 @@ fn apply(layout: &Layout, e: &Entry) -> Result<bool> {
     Ok(changed)
 }
 
+/// A blob a chain builds on, verified.
+fn verified(layout: &Layout, id: NodeId, h: &super::node::Hash) -> Result<Vec<u8>> {
+    read_verified(layout, h).map_err(|detail| Error::Integrity {
+        what: format!("blob {} of {id}", hash_hex(h)),
+        detail,
+    })
+}
+
+/// Apply a chain of deltas to node `node` if its record still has the chain's base
+/// content; returns whether it did.
+fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Result<bool> {
+    let id = NodeId(uuid::Uuid::from_bytes(node));
+    let path = layout.node_path(id);
+    let value = match xattr::get(&path, RECORD_XATTR) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("read record of {id}"), e)),
+    };
+    let mut rec: NodeRecord = match unframe(id, &value)? {
+        Stored::Inline(r) => r,
+        Stored::InBlob(h) => decode_body(id, &verified(layout, id, &h)?)?,
+    };
+    let Some(first) = chain.first() else {
+        return Ok(false);
+    };
+    if rec.kind != Kind::File || chain_base(&rec.content, rec.size) != first.base {
+        return Ok(false); // a newer commit reached the disk: it holds these bytes
+    }
+    // The base's chunks, and the bytes of every chunk the chain writes.
+    let mut list: BTreeMap<u64, ChunkRef> = BTreeMap::new();
+    let mut bytes: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    match &rec.content {
+        Content::Empty => {}
+        Content::Inline(d) => {
+            bytes.insert(0, d.clone());
+        }
+        Content::Chunks(v) => list.extend(v.iter().map(|c| (c.index, c.clone()))),
+        Content::Manifest(h) => {
+            let v: Vec<ChunkRef> =
+                postcard::from_bytes(&verified(layout, id, h)?).map_err(|e| Error::Integrity {
+                    what: format!("manifest of {id}"),
+                    detail: e.to_string(),
+                })?;
+            list.extend(v.into_iter().map(|c| (c.index, c)));
+        }
+    }
+    let mut size = rec.size;
+    let mut mtime = None;
+    for d in chain {
+        for (off, data) in &d.writes {
+            let mut pos = *off;
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let idx = pos / cs;
+                let a = (pos - idx * cs) as usize;
+                let n = rest.len().min(cs as usize - a);
+                let buf = match bytes.entry(idx) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(match list.get(&idx) {
+                            Some(c) => verified(layout, id, &c.hash)?,
+                            None => Vec::new(),
+                        })
+                    }
+                };
+                if buf.len() < a + n {
+                    buf.resize(a + n, 0);
+                }
+                buf[a..a + n].copy_from_slice(&rest[..n]);
+                pos += n as u64;
+                rest = &rest[n..];
+            }
+        }
+        size = d.size;
+        mtime = d.mtime.or(mtime);
+    }
+    // The new content, stored as a commit stores it.
+    let only_first = list.keys().chain(bytes.keys()).all(|i| *i == 0);
+    if size <= INLINE_DATA_MAX && only_first {
+        let mut d = match (bytes.remove(&0), list.get(&0)) {
+            (Some(b), _) => b,
+            (None, Some(c)) => verified(layout, id, &c.hash)?,
+            (None, None) => Vec::new(),
+        };
+        d.resize(size as usize, 0);
+        rec.stored = d.len() as u64;
+        rec.content = if d.iter().all(|b| *b == 0) {
+            Content::Empty
+        } else {
+            Content::Inline(d)
+        };
+    } else {
+        for (idx, mut d) in bytes {
+            d.truncate((size.saturating_sub(idx * cs)).min(cs) as usize);
+            if d.iter().all(|b| *b == 0) {
+                list.remove(&idx);
+                continue;
+            }
+            restore_blob(layout, &d)?;
+            list.insert(
+                idx,
+                ChunkRef {
+                    index: idx,
+                    hash: hash_of(&d),
+                    len: d.len() as u32,
+                },
+            );
+        }
+        let v: Vec<ChunkRef> = list.into_values().collect();
+        rec.stored = v.iter().map(|c| c.len as u64).sum();
+        rec.content = if v.is_empty() {
+            Content::Empty
+        } else if v.len() <= INLINE_CHUNKS_MAX {
+            Content::Chunks(v)
+        } else {
+            let m = postcard::to_allocvec(&v).expect("manifests serialize");
+            restore_blob(layout, &m)?;
+            Content::Manifest(hash_of(&m))
+        };
+    }
+    rec.size = size;
+    if let Some(t) = mtime {
+        rec.mtime = t;
+        rec.ctime = rec.ctime.max(t);
+    }
+    rec.version += 1;
+    let body = encode_body(&rec);
+    let value = if body.len() > INLINE_RECORD_LIMIT {
+        restore_blob(layout, &body)?;
+        frame(true, &hash_of(&body))
+    } else {
+        frame(false, &body)
+    };
+    xattr::set(&path, RECORD_XATTR, &value)
+        .map_err(|e| Error::io(format!("write record of {id}"), e))?;
+    Ok(true)
+}
+
 /// Replay every log of the store (the caller holds the writer lock), make the result
 /// durable and delete the logs. Returns how many entries changed something.
 pub fn recover(layout: &Layout) -> Result<usize> {
@@ -486,12 +908,44 @@ pub fn recover(layout: &Layout) -> Result<usize> {
     }
     let mut applied = 0;
     let mut total = 0;
+    // Chains by (node, base), in the order they first appear.
+    let mut chains: Vec<([u8; 16], Vec<Delta>)> = Vec::new();
+    let mut at: HashMap<([u8; 16], Vec<u8>), usize> = HashMap::new();
     for f in &files {
         let entries = read_entries(f)?;
         total += entries.len();
-        for e in &entries {
-            if apply(layout, e)? {
-                applied += 1;
+        for e in entries {
+            match e {
+                Logged::Full(e) => {
+                    if apply(layout, &e)? {
+                        applied += 1;
+                    }
+                }
+                Logged::Delta(d) => {
+                    let i = *at.entry((d.node, d.base.clone())).or_insert_with(|| {
+                        chains.push((d.node, Vec::new()));
+                        chains.len() - 1
+                    });
+                    chains[i].1.push(d);
+                }
+            }
+        }
+    }
+    if !chains.is_empty() {
+        let cs = layout.read_format()?.chunk_size as u64;
+        for (node, chain) in &chains {
+            match apply_chain(layout, cs, *node, chain) {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                // The content the fsyncs wrote over cannot be read: the file keeps
+                // that content, and fsck reports the damaged blob.
+                Err(e @ Error::Integrity { .. }) => {
+                    log::error!(
+                        "fsync log: writes to {} not replayed: {e}",
+                        NodeId(uuid::Uuid::from_bytes(*node))
+                    )
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -533,7 +987,18 @@ mod tests {
     }
 
     fn read_all(s: &Store, id: NodeId) -> Vec<u8> {
-        s.read(id, 0, 1 << 20).unwrap()
+        s.read(id, 0, 4 << 20).unwrap()
+    }
+
+    /// Equal bytes, or where they first differ (not megabytes of both).
+    fn same(got: &[u8], want: &[u8], what: &str) {
+        let at = got.iter().zip(want).position(|(a, b)| a != b);
+        assert!(
+            at.is_none() && got.len() == want.len(),
+            "{what}: {} bytes, {} wanted, first difference at {at:?}",
+            got.len(),
+            want.len()
+        );
     }
 
     /// What a power cut after fsync can leave: the record and the blobs written since
@@ -623,6 +1088,9 @@ mod tests {
         let f = fs::OpenOptions::new().write(true).open(&log).unwrap();
         let mut off = HEADER;
         for e in &all[..2] {
+            let Logged::Full(e) = e else {
+                panic!("a changed session's first fsync is a full entry")
+            };
             off += (ENTRY_HEAD + e.encode().len()) as u64;
         }
         f.write_all_at(&[0xff], off + ENTRY_HEAD as u64 + 20)
@@ -647,7 +1115,7 @@ mod tests {
             let log = s.fsync_log.as_ref().unwrap();
             let w = log.w.lock().unwrap();
             assert!(w.zeroed >= w.off, "entries never pass the zeroed end");
-            assert!(w.zeroed % ZERO_STEP == 0 || w.zeroed == LOG_BYTES);
+            assert!(w.zeroed % ZERO_STEP == 0 || w.zeroed == GEN_END);
             let f = w.file.as_ref().unwrap();
             let mut tail = vec![1u8; (w.zeroed - w.off) as usize];
             f.read_exact_at(&mut tail, w.off).unwrap();
@@ -663,5 +1131,270 @@ mod tests {
         crash(s);
         let s = Store::open(&p, OpenOptions::default()).unwrap();
         assert_eq!(read_all(&s, id), last);
+    }
+
+    fn kinds(s: &Store) -> (usize, usize) {
+        let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
+        let all = read_entries(&log).unwrap();
+        let full = all.iter().filter(|e| matches!(e, Logged::Full(_))).count();
+        (full, all.len() - full)
+    }
+
+    fn pattern(seed: u32, len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(seed * 2 + 1) % 251) as u8)
+            .collect()
+    }
+
+    /// Write `data` at `off` into `want` too (what the file must hold).
+    fn write(s: &Store, id: NodeId, want: &mut Vec<u8>, off: usize, data: &[u8]) {
+        s.write(id, off as u64, data).unwrap();
+        if want.len() < off + data.len() {
+            want.resize(off + data.len(), 0);
+        }
+        want[off..off + data.len()].copy_from_slice(data);
+    }
+
+    fn reopen_and_check(p: &Path, id: NodeId, want: &[u8]) -> Store {
+        let s = Store::open(p, OpenOptions::default()).unwrap();
+        same(&read_all(&s, id), want, "the fsynced bytes, no others");
+        assert_eq!(s.read_record(id).unwrap().size, want.len() as u64);
+        let rep = s.fsck(false, std::time::Duration::ZERO, |_| {}).unwrap();
+        assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+        s
+    }
+
+    /// An open file's later fsyncs log only what was written (deltas: across a chunk
+    /// boundary, past the end), the record stays as the first fsync left it, and after
+    /// a crash replay rebuilds exactly the fsynced content; a write never fsynced is gone.
+    #[test]
+    fn deltas_replay_what_was_fsynced() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "db");
+        s.open_write(id).unwrap();
+        let mut want = Vec::new();
+        write(&s, id, &mut want, 0, &pattern(1, 150_000));
+        s.commit(id, true).unwrap();
+        let committed = record_value(&s, id);
+        write(&s, id, &mut want, 130_000, &pattern(2, 5_000)); // crosses 131,072
+        s.commit(id, true).unwrap();
+        write(&s, id, &mut want, 149_000, &pattern(3, 20_000)); // past the end
+        s.commit(id, true).unwrap();
+        assert_eq!(kinds(&s), (1, 2), "one full entry, then deltas");
+        assert_eq!(record_value(&s, id), committed, "a delta leaves the record");
+        same(&read_all(&s, id), &want, "the session serves its bytes");
+        s.write(id, 0, b"never fsynced").unwrap();
+        crash(s);
+        let s = reopen_and_check(&p, id, &want);
+        assert!(!pending(&s.layout).unwrap());
+    }
+
+    /// A checkpoint (the log full) carries the live chain into a slot, alternating
+    /// slots, and what the old generation held of it replays from there.
+    #[test]
+    fn a_checkpoint_carries_live_chains() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "db");
+        let other = new_file(&s, "other");
+        s.open_write(id).unwrap();
+        let mut want = Vec::new();
+        write(&s, id, &mut want, 0, &pattern(1, 100_000));
+        s.commit(id, true).unwrap();
+        let log = s.fsync_log.as_ref().unwrap();
+        let sync = || s.blobs.sync_filesystem();
+        for round in 0..3u32 {
+            write(
+                &s,
+                id,
+                &mut want,
+                1000 * round as usize,
+                &pattern(round + 5, 3000),
+            );
+            s.commit(id, true).unwrap();
+            s.write(other, 0, &pattern(round + 9, 2000)).unwrap();
+            s.commit(other, true).unwrap();
+            log.checkpoint_now(&sync).unwrap();
+            assert_eq!(log.w.lock().unwrap().slot, 1 + round as u64 % 2);
+            assert_eq!(
+                kinds(&s),
+                (0, round as usize + 1),
+                "only the chain is carried"
+            );
+        }
+        write(&s, id, &mut want, 99_000, &pattern(8, 4000));
+        s.commit(id, true).unwrap();
+        assert_eq!(kinds(&s), (0, 4));
+        crash(s);
+        reopen_and_check(&p, id, &want);
+    }
+
+    /// Any commit ends the chain (the record holds its bytes): a newer record that
+    /// reached the disk wins; if it did not, the chain rebuilds the fsynced content.
+    /// An attribute change on the way does not stop a chain.
+    #[test]
+    fn a_commit_ends_a_chain_and_chmod_does_not() {
+        for reached in [true, false] {
+            let (_d, p, s) = scratch();
+            let id = new_file(&s, "db");
+            s.open_write(id).unwrap();
+            let mut want = Vec::new();
+            write(&s, id, &mut want, 0, &pattern(1, 3000));
+            s.commit(id, true).unwrap();
+            let durable = record_value(&s, id);
+            write(&s, id, &mut want, 500, &pattern(2, 100));
+            s.commit(id, true).unwrap();
+            let fsynced = want.clone();
+            s.update(id, |r| {
+                r.mode = (r.mode & !0o7777) | 0o600;
+                Ok(())
+            })
+            .unwrap();
+            write(&s, id, &mut want, 2900, &pattern(3, 200));
+            s.commit(id, false).unwrap(); // a flush: not durable
+            assert!(s
+                .fsync_log
+                .as_ref()
+                .unwrap()
+                .w
+                .lock()
+                .unwrap()
+                .chains
+                .is_empty());
+            if !reached {
+                // The cut lost the commit (and the chmod): the durable record is back.
+                xattr::set(s.layout.node_path(id), RECORD_XATTR, &durable).unwrap();
+            }
+            crash(s);
+            let s = reopen_and_check(&p, id, if reached { &want } else { &fsynced });
+            if reached {
+                assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o600);
+            }
+        }
+        // The chmod reached the disk, the chain's writes did not: they still apply.
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "db");
+        s.open_write(id).unwrap();
+        let mut want = Vec::new();
+        write(&s, id, &mut want, 0, &pattern(1, 3000));
+        s.commit(id, true).unwrap();
+        write(&s, id, &mut want, 10, &pattern(2, 100));
+        s.commit(id, true).unwrap();
+        s.update(id, |r| {
+            r.mode = (r.mode & !0o7777) | 0o600;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(kinds(&s), (1, 1));
+        crash(s);
+        let s = reopen_and_check(&p, id, &want);
+        assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o600);
+    }
+
+    /// Deltas that grow an inline file past 24 chunks: replay stores a manifest.
+    /// And a writer dropped with a live chain (its commit never ran) keeps its log.
+    #[test]
+    fn deltas_grow_an_inline_file_into_a_manifest_and_keep_the_log() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "db");
+        s.open_write(id).unwrap();
+        let mut want = Vec::new();
+        write(&s, id, &mut want, 0, b"small");
+        s.commit(id, true).unwrap();
+        assert!(matches!(
+            s.read_record(id).unwrap().content,
+            Content::Inline(_)
+        ));
+        write(&s, id, &mut want, 3, &pattern(4, 800_000));
+        s.commit(id, true).unwrap();
+        write(&s, id, &mut want, 800_003, &pattern(5, 850_000));
+        s.commit(id, true).unwrap();
+        assert_eq!(kinds(&s), (1, 2));
+        drop(s); // Drop closes the log, but the chain is live: it stays
+        assert!(pending(&Layout::new(&p)).unwrap());
+        let s = reopen_and_check(&p, id, &want);
+        assert!(matches!(
+            s.read_record(id).unwrap().content,
+            Content::Manifest(_)
+        ));
+    }
+
+    /// A truncate is not a write: the next fsync commits in full.
+    #[test]
+    fn a_truncate_makes_the_next_fsync_full() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "db");
+        s.open_write(id).unwrap();
+        let mut want = pattern(1, 10_000);
+        s.write(id, 0, &want).unwrap();
+        s.commit(id, true).unwrap();
+        s.truncate(id, 4000).unwrap();
+        want.truncate(4000);
+        s.commit(id, true).unwrap();
+        write(&s, id, &mut want, 3990, b"tail");
+        s.commit(id, true).unwrap();
+        assert_eq!(kinds(&s), (2, 1));
+        crash(s);
+        reopen_and_check(&p, id, &want);
+    }
+
+    /// Seeded random streams of writes, fsyncs, flushes, truncates, chmods and
+    /// checkpoints on one open file, then a crash: the file holds what its last commit
+    /// or, if an fsync logged deltas after it, its last fsync left (a crash here loses
+    /// nothing the backing filesystem had, so a non-durable commit survives too).
+    #[test]
+    fn random_streams_replay_to_the_last_commit_or_fsync() {
+        for seed in 0..24u64 {
+            let mut r = fastrand::Rng::with_seed(seed);
+            let (_d, p, s) = scratch();
+            let id = new_file(&s, "db");
+            s.open_write(id).unwrap();
+            let mut now: Vec<u8> = Vec::new();
+            let mut expect = Vec::new();
+            for step in 0..40 {
+                match r.u32(0..100) {
+                    0..=54 => {
+                        let off = r.usize(0..(now.len() + 2000).min(300_000));
+                        let n = if r.bool() {
+                            r.usize(1..5000)
+                        } else {
+                            r.usize(1..70_000)
+                        };
+                        let mut d = vec![0u8; n];
+                        r.fill(&mut d);
+                        write(&s, id, &mut now, off, &d);
+                    }
+                    55..=79 => {
+                        s.commit(id, true).unwrap();
+                        expect = now.clone();
+                    }
+                    80..=87 => {
+                        s.commit(id, false).unwrap();
+                        expect = now.clone();
+                    }
+                    88..=92 => {
+                        let n = r.usize(0..now.len() + 1000);
+                        s.truncate(id, n as u64).unwrap();
+                        now.resize(n, 0);
+                    }
+                    93..=96 => {
+                        s.update(id, |rec| {
+                            rec.mode ^= 0o4;
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                    _ => {
+                        let log = s.fsync_log.as_ref().unwrap();
+                        log.checkpoint_now(&|| s.blobs.sync_filesystem()).unwrap();
+                    }
+                }
+                let _ = step;
+            }
+            crash(s);
+            let s = Store::open(&p, OpenOptions::default()).unwrap();
+            same(&read_all(&s, id), &expect, &format!("seed {seed}"));
+            let rep = s.fsck(false, std::time::Duration::ZERO, |_| {}).unwrap();
+            assert!(rep.problems.is_empty(), "seed {seed}: {:?}", rep.problems);
+        }
     }
 }
