@@ -568,6 +568,8 @@ impl FsyncLog {
                 w.chains.len()
             );
             w.file = None;
+            // Nothing may write the kept file again (a new one would truncate it).
+            self.broken.store(true, Ordering::SeqCst);
             return Ok(());
         }
         w.file = None;
