@@ -161,8 +161,10 @@ pub struct Session {
     /// The durable content this session's writes since then overlay, as the fsync log
     /// names it (`fsynclog::chain_base`): set by a durable commit, cleared by any other
     /// commit and by what is not a plain write (truncate, punched hole). While set, an
-    /// fsync logs only `unlogged` (a delta) instead of committing.
-    chain: Option<Vec<u8>>,
+    /// fsync logs only `unlogged` (a delta) instead of committing. With it, the record
+    /// version made durable then: a record changed since (chmod, utimens, a rename)
+    /// makes the next fsync commit in full, so that it logs the attributes too.
+    chain: Option<(Vec<u8>, u64)>,
     /// File byte ranges written since the last commit or logged delta.
     unlogged: Ranges,
 }
@@ -562,6 +564,11 @@ impl Store {
                     log::error!(
                         "node {id}: last close could not commit, unsaved writes dropped: {e}"
                     );
+                    // Dropped here, so not brought back by a replay either (unless the
+                    // power fails before the file's next durable state is logged).
+                    if let Some(l) = &self.fsync_log {
+                        l.end_chain(id.0.into_bytes());
+                    }
                 }
                 map.remove(&id);
             }
@@ -1130,15 +1137,18 @@ impl Store {
                 if s.chain.is_none() {
                     // The record is durable now and the session holds nothing else.
                     let rec = self.read_record(id)?;
-                    s.chain = Some(super::fsynclog::chain_base(&rec.content, rec.size));
+                    s.chain = Some((
+                        super::fsynclog::chain_base(&rec.content, rec.size),
+                        rec.version,
+                    ));
                     s.unlogged.clear();
                 }
             }
             return Ok(());
         }
         if durable {
-            if let Some(base) = s.chain.clone() {
-                if self.log_delta(id, s, base)? {
+            if let Some((base, version)) = s.chain.clone() {
+                if self.read_record(id)?.version == version && self.log_delta(id, s, base)? {
                     return Ok(());
                 }
             }
@@ -1198,7 +1208,7 @@ impl Store {
         }
         let (size, mtime) = (s.size, s.mtime);
         let base = durable.then(|| super::fsynclog::chain_base(&content, size));
-        self.update(id, |r| {
+        let new = self.update(id, |r| {
             r.content = content;
             r.size = size;
             r.stored = stored;
@@ -1225,7 +1235,7 @@ impl Store {
         self.schedule_sweep(superseded);
         if durable {
             self.sync_node(id)?;
-            s.chain = base;
+            s.chain = base.map(|b| (b, new.version));
         }
         Ok(())
     }
@@ -1376,7 +1386,16 @@ impl Store {
         let ids: Vec<NodeId> = self.sessions.lock().unwrap().keys().copied().collect();
         let mut first_err = None;
         for id in ids {
-            if let Err(e) = self.commit(id, true) {
+            // In full, not as a delta: a clean close leaves everything in the store.
+            let res = match self.session_of(id) {
+                Some(s) => {
+                    let mut s = s.lock().unwrap();
+                    s.chain = None;
+                    self.commit_locked(id, &mut s, true)
+                }
+                None => self.commit(id, true),
+            };
+            if let Err(e) = res {
                 log::error!("commit of {id} failed: {e}");
                 first_err.get_or_insert(e);
             }

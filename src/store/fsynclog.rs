@@ -40,9 +40,13 @@
 //! base form a *chain*; any commit of the session (the next full fsync, a close, a
 //! flush) ends it, since the record then holds those bytes itself.
 //!
-//! Replay applies full entries first, then each chain, in order, to the node whose
-//! record still has the chain's base content (a newer commit that reached the disk
-//! wins, as for full entries; attribute changes such as chmod do not stop a chain):
+//! Replay reads the log in order. A full entry is the node's durable state from then
+//! on, so it drops the node's chain logged before it, unless it was logged while that
+//! chain was live (fsyncdir logging a record whose attributes changed: kind
+//! `KIND_FULL_KEEP`); the chain's base alone cannot tell, as content can return to an
+//! earlier value (a truncate to zero). Each node's last chain is then applied, if the
+//! node's record still has the chain's base content (a newer commit that reached the
+//! disk wins, as for full entries; attribute changes such as chmod do not stop it):
 //! the written bytes overlay the base's chunks (read verified), the changed chunks are
 //! written as blobs and the record gets the new content, size and mtime.
 //!
@@ -58,8 +62,8 @@
 //!
 //! A 4 KiB header (`MAGIC`, generation, carried slot, checksum), then entries:
 //! `len u32 | generation u64 | blake3(generation, payload)[..16] | payload`, where the
-//! payload is `0u8 | node [16] | version u64 | value_len u32 | value | count u32 |
-//! (blob_len u32 | blob)*` for a full entry and `1u8 | node [16] | base_len u32 | base |
+//! payload is `0u8 (or 2u8) | node [16] | version u64 | value_len u32 | value | count
+//! u32 | (blob_len u32 | blob)*` for a full entry and `1u8 | node [16] | base_len u32 | base |
 //! size u64 | has_mtime u8 | secs i64 | nanos u32 | count u32 | (offset u64 | len u32 |
 //! bytes)*` for a delta (little-endian; hand-framed because serde writes a byte vector
 //! one element at a time). Logs of the first format (`MAGIC_V1`, full entries without
@@ -104,8 +108,12 @@ const GEN_END: u64 = LOG_BYTES - 2 * SLOT_BYTES;
 const ZERO_STEP: u64 = 4 << 20;
 const MAGIC: &[u8; 16] = b"decofs-fsynclog2";
 const MAGIC_V1: &[u8; 16] = b"decofs-fsynclog1";
+/// A full entry: the node's state from here on (its chains logged before end here).
 const KIND_FULL: u8 = 0;
 const KIND_DELTA: u8 = 1;
+/// A full entry logged while the node has a live chain (fsyncdir logging a record
+/// whose attributes changed): the chain's deltas still apply after it.
+const KIND_FULL_KEEP: u8 = 2;
 const ENTRY_HEAD: usize = 4 + 8 + 16;
 
 /// One logged fsync.
@@ -138,9 +146,10 @@ pub fn chain_base(content: &Content, size: u64) -> Vec<u8> {
     postcard::to_allocvec(&(content, size)).expect("contents serialize")
 }
 
-/// An entry as read back from a log.
+/// An entry as read back from a log; a full entry says whether it ends the node's
+/// chain (see [`KIND_FULL_KEEP`]).
 pub enum Logged {
-    Full(Entry),
+    Full(Entry, bool),
     Delta(Delta),
 }
 
@@ -258,6 +267,8 @@ struct Writer {
     chains: HashMap<[u8; 16], Chain>,
     /// Bytes of all live chains' entries (heads included).
     chain_bytes: usize,
+    /// Closed (clean close): nothing is appended any more.
+    closed: bool,
 }
 
 struct Chain {
@@ -343,6 +354,7 @@ impl FsyncLog {
                 slot: 0,
                 chains: HashMap::new(),
                 chain_bytes: 0,
+                closed: false,
             }),
             lsn: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -436,7 +448,7 @@ impl FsyncLog {
     /// the chain would pass its budget: the caller then commits in full.
     pub fn append_delta(&self, d: &Delta, sync_store: &dyn Fn() -> Result<()>) -> Result<bool> {
         let payload = d.encode();
-        let res = self.append_payload(payload, Some((d.node, &d.base)), sync_store);
+        let res = self.append_payload(payload, d.node, Some(&d.base), sync_store);
         if res.is_err() {
             self.broken.store(true, Ordering::SeqCst);
         }
@@ -455,27 +467,37 @@ impl FsyncLog {
     /// Append `entry` and return once it is durable. `sync_store` makes the whole store
     /// durable (used when the log is full). Any failure marks the log broken.
     pub fn append(&self, entry: &Entry, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
-        let res = self.append_payload(entry.encode(), None, sync_store);
+        let res = self.append_payload(entry.encode(), entry.node, None, sync_store);
         if res.is_err() {
             self.broken.store(true, Ordering::SeqCst);
         }
         res.map(|_| ())
     }
 
-    /// Append one payload (a delta: with its node and chain base) and wait until it is
+    /// Append one payload of `node` (a delta: with its chain base) and wait until it is
     /// durable. `Ok(false)`: a delta over its chain's budget, not written.
     fn append_payload(
         &self,
-        payload: Vec<u8>,
-        chain: Option<([u8; 16], &[u8])>,
+        mut payload: Vec<u8>,
+        node: [u8; 16],
+        chain: Option<&[u8]>,
         sync_store: &dyn Fn() -> Result<()>,
     ) -> Result<bool> {
         let len = (ENTRY_HEAD + payload.len()) as u64;
         if len > GEN_END - HEADER {
             return Err(Error::Invalid("fsync log entry too large"));
         }
+        let chain = chain.map(|base| (node, base));
         let end = {
             let mut w = self.w.lock().unwrap();
+            if w.closed {
+                // After close (a late fsync of a lazily unmounted store): never make
+                // the file again, it may hold chains kept for replay.
+                return Err(Error::Invalid("fsync log closed"));
+            }
+            if chain.is_none() && w.chains.contains_key(&node) {
+                payload[0] = KIND_FULL_KEEP;
+            }
             if let Some((node, base)) = chain {
                 // A chain on another base (the file was committed since) starts over.
                 let same = w.chains.get(&node).filter(|c| c.base == base);
@@ -558,6 +580,7 @@ impl FsyncLog {
     /// fsynced and never committed since: its commit failed) keeps the log for replay.
     pub fn close(&self, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
         let mut w = self.w.lock().unwrap();
+        w.closed = true;
         if w.file.is_none() {
             return Ok(());
         }
@@ -568,8 +591,6 @@ impl FsyncLog {
                 w.chains.len()
             );
             w.file = None;
-            // Nothing may write the kept file again (a new one would truncate it).
-            self.broken.store(true, Ordering::SeqCst);
             return Ok(());
         }
         w.file = None;
@@ -629,8 +650,9 @@ fn scan(data: &[u8], from: usize, to: usize, gen: u64, kinds: bool, out: &mut Ve
             break;
         }
         let e = match (kinds, payload[0]) {
-            (false, _) => Entry::decode(payload).map(Logged::Full),
-            (true, KIND_FULL) => Entry::decode(&payload[1..]).map(Logged::Full),
+            (false, _) => Entry::decode(payload).map(|e| Logged::Full(e, true)),
+            (true, KIND_FULL) => Entry::decode(&payload[1..]).map(|e| Logged::Full(e, true)),
+            (true, KIND_FULL_KEEP) => Entry::decode(&payload[1..]).map(|e| Logged::Full(e, false)),
             (true, KIND_DELTA) => Delta::decode(&payload[1..]).map(Logged::Delta),
             _ => None,
         };
@@ -910,33 +932,44 @@ pub fn recover(layout: &Layout) -> Result<usize> {
     }
     let mut applied = 0;
     let mut total = 0;
-    // Chains by (node, base), in the order they first appear.
-    let mut chains: Vec<([u8; 16], Vec<Delta>)> = Vec::new();
-    let mut at: HashMap<([u8; 16], Vec<u8>), usize> = HashMap::new();
+    // The last chain of each node, in log order: a full entry that ends chains (the
+    // node's durable state from then on) drops it, a delta on another base starts anew.
+    let mut chains: HashMap<[u8; 16], Vec<Delta>> = HashMap::new();
+    let mut order: Vec<[u8; 16]> = Vec::new();
     for f in &files {
         let entries = read_entries(f)?;
         total += entries.len();
         for e in entries {
             match e {
-                Logged::Full(e) => {
+                Logged::Full(e, ends) => {
+                    if ends {
+                        chains.remove(&e.node);
+                    }
                     if apply(layout, &e)? {
                         applied += 1;
                     }
                 }
                 Logged::Delta(d) => {
-                    let i = *at.entry((d.node, d.base.clone())).or_insert_with(|| {
-                        chains.push((d.node, Vec::new()));
-                        chains.len() - 1
+                    let c = chains.entry(d.node).or_insert_with(|| {
+                        order.push(d.node);
+                        Vec::new()
                     });
-                    chains[i].1.push(d);
+                    if c.first().is_some_and(|f| f.base != d.base) {
+                        c.clear();
+                    }
+                    c.push(d);
                 }
             }
         }
     }
     if !chains.is_empty() {
         let cs = layout.read_format()?.chunk_size as u64;
-        for (node, chain) in &chains {
-            match apply_chain(layout, cs, *node, chain) {
+        for node in &order {
+            // A node listed twice (its chain ended and another began) is done once.
+            let Some(chain) = chains.remove(node) else {
+                continue;
+            };
+            match apply_chain(layout, cs, *node, &chain) {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
                 // The content the fsyncs wrote over cannot be read: the file keeps
@@ -1087,7 +1120,7 @@ mod tests {
         let f = fs::OpenOptions::new().write(true).open(&log).unwrap();
         let mut off = HEADER;
         for e in &all[..2] {
-            let Logged::Full(e) = e else {
+            let Logged::Full(e, _) = e else {
                 panic!("a changed session's first fsync is a full entry")
             };
             off += (ENTRY_HEAD + e.encode().len()) as u64;
@@ -1135,7 +1168,7 @@ mod tests {
     fn kinds(s: &Store) -> (usize, usize) {
         let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
         let all = read_entries(&log).unwrap();
-        let full = all.iter().filter(|e| matches!(e, Logged::Full(_))).count();
+        let full = all.iter().filter(|e| matches!(e, Logged::Full(..))).count();
         (full, all.len() - full)
     }
 
@@ -1395,5 +1428,112 @@ mod tests {
             let rep = s.fsck(false, std::time::Duration::ZERO, |_| {}).unwrap();
             assert!(rep.problems.is_empty(), "seed {seed}: {:?}", rep.problems);
         }
+    }
+
+    /// Content can come back to a chain's base (a truncate to zero, fsynced): the full
+    /// entry of that fsync ends the chain, which must not be replayed over it.
+    #[test]
+    fn a_later_durable_state_equal_to_the_base_ends_the_chain() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "db");
+        s.open_write(id).unwrap();
+        s.commit(id, true).unwrap(); // nothing written: the empty content is durable
+        s.write(id, 0, b"secret").unwrap();
+        s.commit(id, true).unwrap();
+        assert_eq!(
+            kinds(&s),
+            (1, 1),
+            "the write went as a delta on the empty base"
+        );
+        s.truncate(id, 0).unwrap();
+        s.commit(id, true).unwrap();
+        crash(s);
+        reopen_and_check(&p, id, b"");
+    }
+
+    /// Attributes changed since the chain began: the next fsync commits in full (so it
+    /// logs them). A record logged while the chain is live (fsyncdir after a chmod)
+    /// does not end it.
+    #[test]
+    fn attribute_changes_are_logged_and_do_not_end_a_live_chain() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "db");
+        s.open_write(id).unwrap();
+        let mut want = Vec::new();
+        write(&s, id, &mut want, 0, &pattern(1, 3000));
+        s.commit(id, true).unwrap();
+        write(&s, id, &mut want, 100, &pattern(2, 50));
+        s.commit(id, true).unwrap();
+        s.update(id, |r| {
+            r.mode = (r.mode & !0o7777) | 0o600;
+            Ok(())
+        })
+        .unwrap();
+        s.sync_node(id).unwrap(); // what fsyncdir does for a child whose record changed
+        assert_eq!(kinds(&s), (2, 1));
+        let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
+        assert!(matches!(
+            read_entries(&log).unwrap()[2],
+            Logged::Full(_, false)
+        ));
+        crash(s);
+        let s = reopen_and_check(&p, id, &want);
+        assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o600);
+        s.open_write(id).unwrap();
+        write(&s, id, &mut want, 10, b"x");
+        s.commit(id, true).unwrap();
+        s.update(id, |r| {
+            r.mode = (r.mode & !0o7777) | 0o640;
+            Ok(())
+        })
+        .unwrap();
+        write(&s, id, &mut want, 20, b"y");
+        s.commit(id, true).unwrap();
+        assert_eq!(
+            kinds(&s),
+            (2, 0),
+            "after the chmod the fsync commits in full"
+        );
+        crash(s);
+        let s = reopen_and_check(&p, id, &want);
+        assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o640);
+    }
+
+    /// A clean close commits open sessions in full: no log is left. A log kept by a
+    /// close (a live chain whose commit failed) is never written again.
+    #[test]
+    fn clean_close_commits_in_full_and_a_kept_log_stays_as_kept() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "db");
+        s.open_write(id).unwrap();
+        let mut want = Vec::new();
+        write(&s, id, &mut want, 0, &pattern(1, 3000));
+        s.commit(id, true).unwrap();
+        write(&s, id, &mut want, 7, b"delta");
+        s.commit(id, true).unwrap();
+        assert_eq!(kinds(&s), (1, 1));
+        s.commit_all().unwrap();
+        s.close_fsync_log().unwrap();
+        assert!(
+            !pending(&s.layout).unwrap(),
+            "committed in full, log deleted"
+        );
+        drop(s);
+        let s = reopen_and_check(&p, id, &want);
+        // A live chain at close keeps the log; a later fsync leaves it alone.
+        let other = new_file(&s, "other");
+        s.open_write(id).unwrap();
+        write(&s, id, &mut want, 0, b"first");
+        s.commit(id, true).unwrap();
+        write(&s, id, &mut want, 2000, b"second");
+        s.commit(id, true).unwrap();
+        s.close_fsync_log().unwrap();
+        let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
+        let kept = fs::read(&log).unwrap();
+        s.write(other, 0, b"late").unwrap();
+        s.commit(other, true).unwrap();
+        assert!(fs::read(&log).unwrap() == kept, "the kept log is untouched");
+        crash(s);
+        reopen_and_check(&p, id, &want);
     }
 }
