@@ -63,11 +63,11 @@
 //! A 4 KiB header (`MAGIC`, generation, carried slot, checksum), then entries:
 //! `len u32 | generation u64 | blake3(generation, payload)[..16] | payload`, where the
 //! payload is `0u8 (or 2u8) | node [16] | version u64 | value_len u32 | value | count
-//! u32 | (blob_len u32 | blob)*` for a full entry and `1u8 | node [16] | base_len u32 | base |
-//! size u64 | has_mtime u8 | secs i64 | nanos u32 | count u32 | (offset u64 | len u32 |
-//! bytes)*` for a delta (little-endian; hand-framed because serde writes a byte vector
-//! one element at a time). Logs of the first format (`MAGIC_V1`, full entries without
-//! the kind byte, no slots) are still replayed.
+//! u32 | (blob_len u32 | blob)*` for a full entry and `1u8 | node [16] | base_len u32 |
+//! base | size u64 | has_mtime u8 | secs i64 | nanos u32 | count u32 | (offset u64 |
+//! len u32 | bytes)*` for a delta (little-endian; hand-framed because serde writes a
+//! byte vector one element at a time). Logs of the first format (`MAGIC_V1`, full
+//! entries without the kind byte, no slots) are still replayed.
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
