@@ -1187,6 +1187,17 @@ mod tests {
         want[off..off + data.len()].copy_from_slice(data);
     }
 
+    /// A file "db", open for writing, holding `first` fsynced: its content is durable,
+    /// so its next fsync after plain writes logs a delta.
+    fn open_db(s: &Store, first: &[u8]) -> (NodeId, Vec<u8>) {
+        let id = new_file(s, "db");
+        s.open_write(id).unwrap();
+        let mut want = Vec::new();
+        write(s, id, &mut want, 0, first);
+        s.commit(id, true).unwrap();
+        (id, want)
+    }
+
     fn reopen_and_check(p: &Path, id: NodeId, want: &[u8]) -> Store {
         let s = Store::open(p, OpenOptions::default()).unwrap();
         same(&read_all(&s, id), want, "the fsynced bytes, no others");
@@ -1202,11 +1213,7 @@ mod tests {
     #[test]
     fn deltas_replay_what_was_fsynced() {
         let (_d, p, s) = scratch();
-        let id = new_file(&s, "db");
-        s.open_write(id).unwrap();
-        let mut want = Vec::new();
-        write(&s, id, &mut want, 0, &pattern(1, 150_000));
-        s.commit(id, true).unwrap();
+        let (id, mut want) = open_db(&s, &pattern(1, 150_000));
         let committed = record_value(&s, id);
         write(&s, id, &mut want, 130_000, &pattern(2, 5_000)); // crosses 131,072
         s.commit(id, true).unwrap();
@@ -1267,11 +1274,7 @@ mod tests {
     fn a_commit_ends_a_chain_and_chmod_does_not() {
         for reached in [true, false] {
             let (_d, p, s) = scratch();
-            let id = new_file(&s, "db");
-            s.open_write(id).unwrap();
-            let mut want = Vec::new();
-            write(&s, id, &mut want, 0, &pattern(1, 3000));
-            s.commit(id, true).unwrap();
+            let (id, mut want) = open_db(&s, &pattern(1, 3000));
             let durable = record_value(&s, id);
             write(&s, id, &mut want, 500, &pattern(2, 100));
             s.commit(id, true).unwrap();
@@ -1304,11 +1307,7 @@ mod tests {
         }
         // The chmod reached the disk, the chain's writes did not: they still apply.
         let (_d, p, s) = scratch();
-        let id = new_file(&s, "db");
-        s.open_write(id).unwrap();
-        let mut want = Vec::new();
-        write(&s, id, &mut want, 0, &pattern(1, 3000));
-        s.commit(id, true).unwrap();
+        let (id, mut want) = open_db(&s, &pattern(1, 3000));
         write(&s, id, &mut want, 10, &pattern(2, 100));
         s.commit(id, true).unwrap();
         s.update(id, |r| {
@@ -1327,11 +1326,7 @@ mod tests {
     #[test]
     fn deltas_grow_an_inline_file_into_a_manifest_and_keep_the_log() {
         let (_d, p, s) = scratch();
-        let id = new_file(&s, "db");
-        s.open_write(id).unwrap();
-        let mut want = Vec::new();
-        write(&s, id, &mut want, 0, b"small");
-        s.commit(id, true).unwrap();
+        let (id, mut want) = open_db(&s, b"small");
         assert!(matches!(
             s.read_record(id).unwrap().content,
             Content::Inline(_)
@@ -1457,11 +1452,7 @@ mod tests {
     #[test]
     fn attribute_changes_are_logged_and_do_not_end_a_live_chain() {
         let (_d, p, s) = scratch();
-        let id = new_file(&s, "db");
-        s.open_write(id).unwrap();
-        let mut want = Vec::new();
-        write(&s, id, &mut want, 0, &pattern(1, 3000));
-        s.commit(id, true).unwrap();
+        let (id, mut want) = open_db(&s, &pattern(1, 3000));
         write(&s, id, &mut want, 100, &pattern(2, 50));
         s.commit(id, true).unwrap();
         s.update(id, |r| {
@@ -1504,11 +1495,7 @@ mod tests {
     #[test]
     fn clean_close_commits_in_full_and_a_kept_log_stays_as_kept() {
         let (_d, p, s) = scratch();
-        let id = new_file(&s, "db");
-        s.open_write(id).unwrap();
-        let mut want = Vec::new();
-        write(&s, id, &mut want, 0, &pattern(1, 3000));
-        s.commit(id, true).unwrap();
+        let (id, mut want) = open_db(&s, &pattern(1, 3000));
         write(&s, id, &mut want, 7, b"delta");
         s.commit(id, true).unwrap();
         assert_eq!(kinds(&s), (1, 1));
@@ -1535,5 +1522,29 @@ mod tests {
         assert!(fs::read(&log).unwrap() == kept, "the kept log is untouched");
         crash(s);
         reopen_and_check(&p, id, &want);
+    }
+
+    /// A log of the first format (no kind byte, no carried slots), as an older decofs
+    /// left it at a crash, still replays.
+    #[test]
+    fn a_first_format_log_replays() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "f");
+        let before = record_value(&s, id);
+        s.write(id, 0, b"fsynced by an older decofs").unwrap();
+        s.commit(id, true).unwrap();
+        let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
+        let Logged::Full(e, _) = read_entries(&log).unwrap().remove(0) else {
+            panic!("a full entry")
+        };
+        xattr::set(s.layout.node_path(id), RECORD_XATTR, &before).unwrap();
+        crash(s);
+        let mut v1 = MAGIC_V1.to_vec();
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        v1.extend_from_slice(&checksum(7, MAGIC_V1));
+        v1.resize(HEADER as usize, 0);
+        v1.extend_from_slice(&framed(7, &e.encode()[1..]));
+        fs::write(&log, &v1).unwrap();
+        reopen_and_check(&p, id, b"fsynced by an older decofs");
     }
 }
