@@ -46,7 +46,8 @@
 //! `KIND_FULL_KEEP`); the chain's base alone cannot tell, as content can return to an
 //! earlier value (a truncate to zero). Each node's last chain is then applied, if the
 //! node's record still has the chain's base content (a newer commit that reached the
-//! disk wins, as for full entries; attribute changes such as chmod do not stop it):
+//! disk wins, as for full entries, if the blobs it names did too; attribute changes
+//! such as chmod do not stop it):
 //! the written bytes overlay the base's chunks (read verified), the changed chunks are
 //! written as blobs and the record gets the new content, size and mtime.
 //!
@@ -784,6 +785,22 @@ fn apply(layout: &Layout, e: &Entry) -> Result<bool> {
     Ok(changed)
 }
 
+/// Are all the blobs `rec` names present and whole?
+fn record_whole(layout: &Layout, id: NodeId, rec: &NodeRecord) -> bool {
+    let list: Vec<ChunkRef> = match &rec.content {
+        Content::Empty | Content::Inline(_) => return true,
+        Content::Chunks(v) => v.clone(),
+        Content::Manifest(h) => match verified(layout, id, h)
+            .ok()
+            .and_then(|m| postcard::from_bytes(&m).ok())
+        {
+            Some(v) => v,
+            None => return false,
+        },
+    };
+    list.iter().all(|c| read_verified(layout, &c.hash).is_ok())
+}
+
 /// A blob a chain builds on, verified.
 fn verified(layout: &Layout, id: NodeId, h: &super::node::Hash) -> Result<Vec<u8>> {
     read_verified(layout, h).map_err(|detail| Error::Integrity {
@@ -810,8 +827,25 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
     let Some(first) = chain.first() else {
         return Ok(false);
     };
-    if rec.kind != Kind::File || chain_base(&rec.content, rec.size) != first.base {
-        return Ok(false); // a newer commit reached the disk: it holds these bytes
+    if rec.kind != Kind::File {
+        return Ok(false);
+    }
+    if chain_base(&rec.content, rec.size) != first.base {
+        // A newer commit reached the disk: it holds these bytes, if it is whole. A
+        // commit at close is not synced, so its record can reach the disk before its
+        // blobs (ext4 with a journal commits the xattr and the blob's rename before
+        // delayed data): then it never happened, and the chain rebuilds the file.
+        if record_whole(layout, id, &rec) {
+            return Ok(false);
+        }
+        let Ok((content, size)) = postcard::from_bytes::<(Content, u64)>(&first.base) else {
+            return Ok(false);
+        };
+        log::warn!(
+            "fsync log: node {id}'s newer record names lost blobs; its fsynced content is rebuilt"
+        );
+        rec.content = content;
+        rec.size = size;
     }
     // The base's chunks, and the bytes of every chunk the chain writes.
     let mut list: BTreeMap<u64, ChunkRef> = BTreeMap::new();
@@ -1546,5 +1580,27 @@ mod tests {
         v1.extend_from_slice(&framed(7, &e.encode()[1..]));
         fs::write(&log, &v1).unwrap();
         reopen_and_check(&p, id, b"fsynced by an older decofs");
+    }
+
+    /// A commit at close reached the disk without its blobs (a journal committed the
+    /// record before delayed data): replay treats it as lost and rebuilds the
+    /// fsynced content from the chain.
+    #[test]
+    fn a_newer_record_without_its_blobs_does_not_hide_the_chain() {
+        let (_d, p, s) = scratch();
+        let (id, mut want) = open_db(&s, &pattern(1, 150_000));
+        write(&s, id, &mut want, 70_000, &pattern(2, 3000));
+        s.commit(id, true).unwrap();
+        s.write(id, 0, b"closed, never fsynced").unwrap();
+        s.commit(id, false).unwrap();
+        let rec = s.read_record(id).unwrap();
+        for h in Store::record_hashes(&rec) {
+            if !s.blobs.path_of(&h).exists() {
+                continue;
+            }
+            fs::write(s.blobs.path_of(&h), b"").unwrap(); // as the cut left them
+        }
+        crash(s);
+        reopen_and_check(&p, id, &want);
     }
 }
