@@ -14,12 +14,13 @@
 
 mod common;
 
-use common::{dj, problems};
+use common::{dj, problems, wait_for_no_sessions};
 
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
 use std::fs;
 use std::io;
+use std::os::fd::IntoRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -64,17 +65,16 @@ type Errors = Vec<(&'static str, i32)>;
 /// included, which std ignores) is seen. Stops writing at the first error but still
 /// closes, recording close's errno too.
 fn write_file(p: &Path, data: &[u8]) -> Errors {
+    write_with(p, data, libc::O_CREAT | libc::O_EXCL, true)
+}
+
+/// open(`flags`) + write (+ fsync) + close, each step's errno recorded as `write_file`.
+fn write_with(p: &Path, data: &[u8], flags: i32, fsync: bool) -> Errors {
     let c = cpath(p);
     let mut errs = Errors::new();
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC | flags, 0o644) };
     if fd < 0 {
-        errs.push(("open(O_CREAT)", last_errno()));
+        errs.push(("open", last_errno()));
         return errs;
     }
     let mut done = 0;
@@ -91,7 +91,7 @@ fn write_file(p: &Path, data: &[u8]) -> Errors {
         }
         done += r as usize;
     }
-    if errs.is_empty() && unsafe { libc::fsync(fd) } != 0 {
+    if fsync && errs.is_empty() && unsafe { libc::fsync(fd) } != 0 {
         errs.push(("fsync", last_errno()));
     }
     if unsafe { libc::close(fd) } != 0 {
@@ -739,30 +739,64 @@ fn out_of_inodes_gives_enospc() {
             faults.push("link".into());
         }
     }
-    // Content beyond the inline limit needs a blob (an inode); small content does not.
-    match fs::write(d.join(&names[1]), content(1, 10_000)) {
-        Ok(()) => {}
-        Err(e) => {
-            assert_eq!(
-                errno_of(&e),
-                libc::ENOSPC,
-                "10 KB write with no inodes: {e}"
-            );
-            faults.push("write 10 KB".into());
-        }
-    }
-    fs::write(d.join(&names[2]), b"small").expect("inline write with no inodes");
-    for i in [1usize, 2] {
-        // Whatever the write did, the file reads back as one of the two states.
-        let got = fs::read(d.join(&names[i])).unwrap();
-        let want: &[u8] = if i == 2 { b"small" } else { &[] };
+    // Content beyond the inline limit needs a blob (an inode, taken from the files made
+    // ahead while there were inodes); small content does not. Write 10 KB files until a
+    // close fails. A second handle keeps the file open: while it does, the session keeps
+    // the writes and a reader sees them (the kernel caches that size and those pages).
+    // When its close fails too, the writes are dropped: the file reads back as it was,
+    // and stat agrees (the kernel was told to forget what it cached of them).
+    let mut dropped = None;
+    for (k, n) in names[10..210].iter().enumerate() {
+        let p = d.join(n);
+        let data = content(100 + k as u64, 10_000);
+        let other = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        let errs = write_with(&p, &data, libc::O_TRUNC, false);
+        let held = fs::read(&p).unwrap();
+        let held_len = fs::metadata(&p).unwrap().len();
         assert!(
-            got == want || got == content(1, 10_000),
-            "{} after a write on a full disk: {} bytes of garbage",
-            names[i],
+            held == data && held_len == data.len() as u64,
+            "{n}: while a handle is open, a reader sees the writes ({errs:?}): read {} \
+             bytes, stat {held_len}",
+            held.len()
+        );
+        // SAFETY: closing the descriptor this loop opened, once.
+        let last = unsafe { libc::close(other.into_raw_fd()) };
+        let last = if last == 0 { 0 } else { last_errno() };
+        // close(2) returned at the flush; the release that drops what a failed flush
+        // kept comes after it.
+        wait_for_no_sessions(&s.mnt);
+        let got = fs::read(&p).unwrap();
+        let len = fs::metadata(&p).unwrap().len();
+        assert_eq!(
+            len,
+            got.len() as u64,
+            "{n}: stat and read disagree ({errs:?}, last close {})",
+            ename(last)
+        );
+        if errs.is_empty() && last == 0 {
+            assert!(
+                got == data,
+                "{n}: a 10 KB write that closed fine reads back wrong"
+            );
+            continue;
+        }
+        assert!(
+            errs.iter().all(|e| e.1 == libc::ENOSPC) && last == libc::ENOSPC,
+            "10 KB write with no inodes: {errs:?}, last close {}",
+            ename(last)
+        );
+        assert!(
+            got.is_empty(),
+            "{n} after a 10 KB write that failed ({errs:?}): {} bytes, not the empty file",
             got.len()
         );
+        dropped = Some(k);
+        break;
     }
+    let k = dropped.expect("200 10 KB files written with no inodes left");
+    faults.push(format!("10 KB write (after {k})"));
+    fs::write(d.join(&names[2]), b"small").expect("inline write with no inodes");
+    assert_eq!(fs::read(d.join(&names[2])).unwrap(), b"small");
     // Renames need no new inode (a rename over a file trades the displaced entry's inode
     // for its trash link) and work as on ext4.
     fs::rename(d.join(&names[3]), d.join("renamed")).expect("rename with no inodes left");

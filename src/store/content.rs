@@ -552,25 +552,35 @@ impl Store {
         };
         if last {
             let res = self.commit(id, false);
-            let mut map = self.sessions.lock().unwrap();
-            let still_unused = map
-                .get(&id)
-                .map(|s| s.lock().unwrap().handles == 0)
-                .unwrap_or(false);
-            if still_unused {
-                // Even if the commit failed (a full disk): the last handle is gone and the
-                // error went to close(2); a session kept now would pin the node forever.
-                if let Err(e) = &res {
-                    log::error!(
-                        "node {id}: last close could not commit, unsaved writes dropped: {e}"
-                    );
-                    // Dropped here, so not brought back by a replay either (unless the
-                    // power fails before the file's next durable state is logged).
-                    if let Some(l) = &self.fsync_log {
-                        l.end_chain(id.0.into_bytes());
+            let dropped = {
+                let mut map = self.sessions.lock().unwrap();
+                let still_unused = map
+                    .get(&id)
+                    .map(|s| s.lock().unwrap().handles == 0)
+                    .unwrap_or(false);
+                if still_unused {
+                    // Even if the commit failed (a full disk): the last handle is gone and
+                    // the error went to close(2); a session kept now would pin the node
+                    // forever.
+                    if let Err(e) = &res {
+                        log::error!(
+                            "node {id}: last close could not commit, unsaved writes dropped: {e}"
+                        );
+                        // Dropped here, so not brought back by a replay either (unless the
+                        // power fails before the file's next durable state is logged).
+                        if let Some(l) = &self.fsync_log {
+                            l.end_chain(id.0.into_bytes());
+                        }
                     }
+                    map.remove(&id);
                 }
-                map.remove(&id);
+                still_unused && res.is_err()
+            };
+            if dropped {
+                // The kernel still caches the dropped writes (pages and size): the file
+                // went back to its record behind its back. Told outside the sessions
+                // lock: the kernel waits for page locks a write in flight may hold.
+                self.invalidated(id);
             }
             return res;
         }

@@ -81,7 +81,8 @@ impl Store {
         *self.invalidate.lock().unwrap() = Some(f);
     }
 
-    fn invalidated(&self, id: NodeId) {
+    /// The kernel's cached content and attributes of `id` are stale.
+    pub(crate) fn invalidated(&self, id: NodeId) {
         if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
             f(super::Stale::Content(id));
         }

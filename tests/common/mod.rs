@@ -259,14 +259,29 @@ pub fn dj(args: &[&str]) -> (i32, serde_json::Value, String) {
 /// Wait until the daemon serving `mnt` has at least `n` spare node files ready
 /// (`store/spare.rs`): its spares thread then made its first `nodes/` shard and batch.
 pub fn wait_for_spares(mnt: &Path, n: u64) {
+    wait_for_status(mnt, "spares", |v| {
+        v["spare_nodes"].as_u64().unwrap_or(0) >= n
+    });
+}
+
+/// Wait until the daemon serving `mnt` has no write session open: every release the
+/// kernel sent (asynchronously, after close returned) has been served.
+pub fn wait_for_no_sessions(mnt: &Path) {
+    wait_for_status(mnt, "open sessions", |v| {
+        v["open_sessions"].as_u64() == Some(0)
+    });
+}
+
+/// Poll `decofs status` of `mnt` until `done` holds (at most a minute: `what` is missing).
+fn wait_for_status(mnt: &Path, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (c, v, e) = dj(&["status", mnt.to_str().unwrap()]);
         assert_eq!(c, 0, "status: {v} {e}");
-        if v["spare_nodes"].as_u64().unwrap_or(0) >= n {
+        if done(&v) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "no spares: {v}");
+        assert!(std::time::Instant::now() < deadline, "{what}: {v}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -306,4 +321,11 @@ pub fn node_of(store: &Path, rel: &str) -> PathBuf {
         cur = node(&id);
     }
     cur
+}
+
+/// The last 40 lines of a store's daemon log, for a failure message.
+pub fn log_tail(store: &Path) -> String {
+    let log = std::fs::read_to_string(store.join("decofs.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
