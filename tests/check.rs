@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{daemon_pid, decofs, dj, node_of, problems, sh, Mount};
+use common::{daemon_pid, decofs, dj, log_tail, node_of, problems, sh, Mount};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -625,9 +625,11 @@ fn online_gc_never_frees_a_blob_in_use() {
 // ---------------------------------------------------------------------------------------
 // Crash tests: kill -9 the daemon in the middle of a workload.
 
-/// Kill the daemon with SIGKILL, wait until it is gone, detach the dead mount.
-fn crash(m: &Mount) {
+/// Kill the daemon with SIGKILL and wait until it is gone. Returns when the signal was
+/// sent.
+fn crash(m: &Mount) -> Instant {
     let pid = daemon_pid(&m.store, &m.mnt);
+    let killed = Instant::now();
     // SAFETY: a signal to the daemon this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     // A dying thread first finishes the disk I/O it is in; on this loaded 2-core machine
@@ -645,6 +647,7 @@ fn crash(m: &Mount) {
         std::thread::sleep(Duration::from_millis(5));
     };
     assert!(gone, "daemon {pid} survived SIGKILL");
+    killed
 }
 
 fn detach(m: &Mount) {
@@ -656,15 +659,15 @@ fn detach(m: &Mount) {
 }
 
 /// The end of a crash round: kill -9 the daemon, run `settle` once it is gone (stop and
-/// join the workload, which must not touch the next mount), detach the dead mount, fsck
-/// (counting what it repaired), mount again.
+/// join the workload, which must not touch the next mount; it gets the moment of the
+/// kill), detach the dead mount, fsck (counting what it repaired), mount again.
 fn crash_and_recover<T>(
     m: &Mount,
     codes: &mut BTreeMap<String, usize>,
-    settle: impl FnOnce() -> T,
+    settle: impl FnOnce(Instant) -> T,
 ) -> T {
-    crash(m);
-    let out = settle();
+    let killed = crash(m);
+    let out = settle(killed);
     detach(m);
     for c in fsck_after_crash(&m.store) {
         *codes.entry(c).or_default() += 1;
@@ -884,7 +887,7 @@ fn crash_during_writes_loses_nothing_committed() {
         let (s2, l2) = (stop.clone(), ledger.clone());
         let t = std::thread::spawn(move || writer(dir, seed, round, s2, l2));
         std::thread::sleep(Duration::from_millis(rng.u64(30..700)));
-        crash_and_recover(&m, &mut codes, || {
+        crash_and_recover(&m, &mut codes, |_| {
             stop.store(true, Ordering::Relaxed);
             t.join().unwrap();
         });
@@ -927,7 +930,7 @@ fn crash_during_cp_leaves_whole_or_empty_files() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(rng.u64(20..600)));
-        crash_and_recover(&m, &mut codes, || {
+        crash_and_recover(&m, &mut codes, |_| {
             let _ = child.wait();
         });
         if !dst.exists() {
@@ -1264,8 +1267,9 @@ struct Worked {
     files: Vec<(PathBuf, Timeline)>,
     ops: u64,
     commits: u64,
-    /// The call that failed (the daemon was killed).
+    /// The call that failed (the daemon was killed), and when.
     end: Option<(String, std::io::Error)>,
+    end_at: Option<Instant>,
 }
 
 impl Worked {
@@ -1275,17 +1279,32 @@ impl Worked {
             ops: 0,
             commits: 0,
             end: None,
+            end_at: None,
         }
     }
 
-    /// A workload may only fail because the daemon died: its connection is gone.
-    fn ended_by_the_crash(&self) {
-        if let Some((what, e)) = &self.end {
-            assert!(
-                matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)),
-                "{what} failed, and not because the daemon was killed: {e}"
-            );
-        }
+    /// A workload may only fail because the daemon died: its connection is gone
+    /// (ENOTCONN, ECONNABORTED), or — after the kill only — EIO: the kernel ends a request
+    /// with EIO when copying it to a daemon thread fails, which a large write being read
+    /// by a thread that SIGKILL is tearing down was seen to do.
+    fn ended_by_the_crash(&self, killed: Instant, store: &Path) {
+        let (Some((what, e)), Some(at)) = (&self.end, self.end_at) else {
+            return;
+        };
+        let after = at > killed;
+        let gone = matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+            || (after && e.raw_os_error() == Some(libc::EIO));
+        let when = if after {
+            format!("{:?} after the kill", at - killed)
+        } else {
+            format!("{:?} before the kill", killed - at)
+        };
+        assert!(
+            gone,
+            "{what} failed, and not because the daemon was killed: {e} ({when})\n\
+             the daemon's log ends:\n{}",
+            log_tail(store)
+        );
     }
 }
 
@@ -1348,6 +1367,7 @@ fn model_workload(
         let i = rng.usize(0..w.files.len());
         if let Err(e) = model_op(&mut rng, &mut w, i, &mut open[i], clock) {
             w.end = Some(e);
+            w.end_at = Some(Instant::now());
             break;
         }
     }
@@ -1410,6 +1430,7 @@ fn region_workload(
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = region_op(&mut rng, &mut w, &mut fd, clock, lower) {
             w.end = Some(e);
+            w.end_at = Some(Instant::now());
             break;
         }
     }
@@ -1559,11 +1580,12 @@ fn crash_during_model_workload() {
         let (c, s, sd) = (clock.clone(), stop.clone(), seed ^ (round << 32));
         let t = std::thread::spawn(move || model_workload(files, sd, &c, &s));
         std::thread::sleep(Duration::from_millis(rng.u64(100..1500)));
-        let w = crash_and_recover(&m, &mut codes, || {
+        let w = crash_and_recover(&m, &mut codes, |killed| {
             stop.store(true, Ordering::Relaxed);
-            t.join().unwrap()
+            let w = t.join().unwrap();
+            w.ended_by_the_crash(killed, &m.store);
+            w
         });
-        w.ended_by_the_crash();
         (ops, commits) = (ops + w.ops, commits + w.commits);
         files = judge_files(w, &format!("seed {seed:#x}, round {round}"), &mut found);
     }
@@ -1629,12 +1651,15 @@ fn crash_during_concurrent_writers() {
             }));
         }
         std::thread::sleep(Duration::from_millis(rng.u64(100..1500)));
-        let mut ws: Vec<Worked> = crash_and_recover(&m, &mut codes, || {
+        let mut ws: Vec<Worked> = crash_and_recover(&m, &mut codes, |killed| {
             stop.store(true, Ordering::Relaxed);
-            threads.into_iter().map(|t| t.join().unwrap()).collect()
+            let ws: Vec<Worked> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            for w in &ws {
+                w.ended_by_the_crash(killed, &m.store);
+            }
+            ws
         });
         for w in &ws {
-            w.ended_by_the_crash();
             (ops, commits) = (ops + w.ops, commits + w.commits);
         }
         let what = format!("seed {seed:#x}, round {round}");
