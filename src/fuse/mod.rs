@@ -59,10 +59,10 @@ pub struct DecoFs {
 /// reads: the directory node's parent in `nodes/`, its inode and blocks, its entries'
 /// inodes, its subdirectories' records. The walk itself keeps one read in flight. So a
 /// listing queues its subdirectories here, and `DIR_AHEAD_THREADS` readers warm them
-/// (their entries, and the records a listing of them hands the kernel) while the walk is still busy above them: a stack, so
-/// the newest listing's first subdirectory, where a depth-first walk goes next, is read
-/// first. Only one level ahead of what was listed, and a full stack drops its oldest
-/// entries: it only ever saves time.
+/// (their entries, and the records a listing of them hands the kernel) while the walk
+/// is still busy above them: a stack, so the newest listing's first subdirectory, where
+/// a depth-first walk goes next, is read first. Only one level ahead of what was
+/// listed, and a full stack drops its oldest entries: it only ever saves time.
 struct DirAhead {
     shared: Arc<(Mutex<DirStack>, Condvar)>,
 }

@@ -41,7 +41,7 @@ use super::blob::{BlobStore, Chunk};
 use super::error::{Error, IoContext, Result};
 use super::event::{Event, Op};
 use super::node::{
-    encode_body, frame, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
+    encode_body, frame, hash_hex, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
 };
 use super::Store;
 
@@ -49,6 +49,42 @@ use super::Store;
 pub const INLINE_DATA_MAX: u64 = 1024;
 /// Chunk lists up to this length are stored inside the record.
 pub(crate) const INLINE_CHUNKS_MAX: usize = 24;
+
+/// How a record holds `data`, a file of at most `INLINE_DATA_MAX` bytes: in itself, or
+/// as `Empty` when every byte is zero (all holes).
+pub(crate) fn inline_content(data: Vec<u8>) -> Content {
+    if data.iter().all(|b| *b == 0) {
+        Content::Empty
+    } else {
+        Content::Inline(data)
+    }
+}
+
+/// How a record names the chunk list `list` (in index order): `Empty` when there is
+/// none, the list itself when it is short, else a manifest blob, which `put` stores and
+/// names. The one rule of commits and of the fsync log's replay.
+pub(crate) fn chunks_content(
+    list: Vec<ChunkRef>,
+    put: impl FnOnce(&[u8]) -> Result<Hash>,
+) -> Result<Content> {
+    Ok(if list.is_empty() {
+        Content::Empty
+    } else if list.len() <= INLINE_CHUNKS_MAX {
+        Content::Chunks(list)
+    } else {
+        let bytes = postcard::to_allocvec(&list).expect("manifests serialize");
+        Content::Manifest(put(&bytes)?)
+    })
+}
+
+/// The chunk list a manifest blob of `what` holds.
+pub(crate) fn decode_manifest(what: impl std::fmt::Display, data: &[u8]) -> Result<Vec<ChunkRef>> {
+    postcard::from_bytes(data).map_err(|e| Error::Integrity {
+        what: format!("manifest of {what}"),
+        detail: e.to_string(),
+    })
+}
+
 /// A sequential reader has this many chunks after the one it reads loaded ahead.
 const READ_AHEAD_CHUNKS: u64 = 3;
 /// A session holding more head bytes in memory than this moves them to its staging file.
@@ -383,13 +419,7 @@ impl Store {
                 if let Some(m) = self.manifests.lock().unwrap().get(h) {
                     return Ok(m.clone());
                 }
-                let data = self.blobs.get(h)?;
-                let list: Vec<ChunkRef> =
-                    postcard::from_bytes(&data).map_err(|e| Error::Integrity {
-                        what: "manifest".into(),
-                        detail: e.to_string(),
-                    })?;
-                let list = Arc::new(list);
+                let list = Arc::new(decode_manifest(hash_hex(h), &self.blobs.get(h)?)?);
                 let mut m = self.manifests.lock().unwrap();
                 if m.len() > 4096 {
                     m.clear();
@@ -1177,28 +1207,19 @@ impl Store {
                 data.resize(s.size as usize, 0);
             }
             inline = true;
-            if data.iter().all(|b| *b == 0) {
-                Content::Empty
-            } else {
-                Content::Inline(data)
-            }
+            inline_content(data)
         } else {
             self.seal_all(id, s)?;
             let list: Vec<ChunkRef> = s.chunks.values().cloned().collect();
-            if list.is_empty() {
-                Content::Empty
-            } else if list.len() <= INLINE_CHUNKS_MAX {
-                Content::Chunks(list)
-            } else {
-                let bytes = postcard::to_allocvec(&list).expect("manifests serialize");
-                let h = self.blobs.put(&bytes, durable)?;
+            chunks_content(list, |bytes| {
+                let h = self.blobs.put(bytes, durable)?;
                 if let Some(old) = s.last_manifest.replace(h) {
                     if old != h {
                         s.superseded.push(old);
                     }
                 }
-                Content::Manifest(h)
-            }
+                Ok(h)
+            })?
         };
         let stored: u64 = match &content {
             Content::Inline(d) => d.len() as u64,

@@ -80,7 +80,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::blob::{hash_of, syncfs};
 use super::check::read_verified;
-use super::content::{INLINE_CHUNKS_MAX, INLINE_DATA_MAX};
+use super::content::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
 use super::error::{Error, IoContext, Result};
 use super::layout::{sync_dir, Layout};
 use super::node::{
@@ -790,12 +790,9 @@ fn record_whole(layout: &Layout, id: NodeId, rec: &NodeRecord) -> bool {
     let list: Vec<ChunkRef> = match &rec.content {
         Content::Empty | Content::Inline(_) => return true,
         Content::Chunks(v) => v.clone(),
-        Content::Manifest(h) => match verified(layout, id, h)
-            .ok()
-            .and_then(|m| postcard::from_bytes(&m).ok())
-        {
-            Some(v) => v,
-            None => return false,
+        Content::Manifest(h) => match manifest(layout, id, h) {
+            Ok(v) => v,
+            Err(_) => return false,
         },
     };
     list.iter().all(|c| read_verified(layout, &c.hash).is_ok())
@@ -807,6 +804,11 @@ fn verified(layout: &Layout, id: NodeId, h: &super::node::Hash) -> Result<Vec<u8
         what: format!("blob {} of {id}", hash_hex(h)),
         detail,
     })
+}
+
+/// The chunk list of `id`'s manifest blob `h`, verified.
+fn manifest(layout: &Layout, id: NodeId, h: &super::node::Hash) -> Result<Vec<ChunkRef>> {
+    decode_manifest(id, &verified(layout, id, h)?)
 }
 
 /// Apply a chain of deltas to node `node` if its record still has the chain's base
@@ -857,12 +859,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
         }
         Content::Chunks(v) => list.extend(v.iter().map(|c| (c.index, c.clone()))),
         Content::Manifest(h) => {
-            let v: Vec<ChunkRef> =
-                postcard::from_bytes(&verified(layout, id, h)?).map_err(|e| Error::Integrity {
-                    what: format!("manifest of {id}"),
-                    detail: e.to_string(),
-                })?;
-            list.extend(v.into_iter().map(|c| (c.index, c)));
+            list.extend(manifest(layout, id, h)?.into_iter().map(|c| (c.index, c)));
         }
     }
     let mut size = rec.size;
@@ -905,11 +902,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
         };
         d.resize(size as usize, 0);
         rec.stored = d.len() as u64;
-        rec.content = if d.iter().all(|b| *b == 0) {
-            Content::Empty
-        } else {
-            Content::Inline(d)
-        };
+        rec.content = inline_content(d);
     } else {
         for (idx, mut d) in bytes {
             d.truncate((size.saturating_sub(idx * cs)).min(cs) as usize);
@@ -929,15 +922,10 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
         }
         let v: Vec<ChunkRef> = list.into_values().collect();
         rec.stored = v.iter().map(|c| c.len as u64).sum();
-        rec.content = if v.is_empty() {
-            Content::Empty
-        } else if v.len() <= INLINE_CHUNKS_MAX {
-            Content::Chunks(v)
-        } else {
-            let m = postcard::to_allocvec(&v).expect("manifests serialize");
-            restore_blob(layout, &m)?;
-            Content::Manifest(hash_of(&m))
-        };
+        rec.content = chunks_content(v, |m| {
+            restore_blob(layout, m)?;
+            Ok(hash_of(m))
+        })?;
     }
     rec.size = size;
     if let Some(t) = mtime {
