@@ -186,6 +186,60 @@ fn files_deleted_young_all_reach_the_trash() {
     );
 }
 
+/// The kernel caches directory listings (`FOPEN_CACHE_DIR`): a listing read before a
+/// change through the mount, or before a restore (made behind the kernel's back, through
+/// the control socket), never hides the change.
+#[test]
+fn cached_listings_follow_changes_and_restores() {
+    let m = Mount::new();
+    let mnt = m.mnt.to_str().unwrap();
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    let names = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    for n in ["a", "b", "c"] {
+        fs::write(d.join(n), n).unwrap();
+    }
+    // Each listing twice: the second may come from the kernel's cache.
+    let check = |want: &[&str], what: &str| {
+        for k in 0..2 {
+            assert_eq!(names(&d), want, "listing {k} {what}");
+        }
+    };
+    check(&["a", "b", "c"], "after the creates");
+    fs::remove_file(d.join("a")).unwrap();
+    check(&["b", "c"], "after rm a");
+    fs::rename(d.join("b"), d.join("b2")).unwrap();
+    check(&["b2", "c"], "after mv b b2");
+    fs::create_dir(d.join("sub")).unwrap();
+    fs::hard_link(d.join("c"), d.join("c-link")).unwrap();
+    check(&["b2", "c", "c-link", "sub"], "after mkdir and link");
+    let r = ok_json(&["trash", "restore", mnt, "d/a"]);
+    assert_eq!(r["restored_to"], "d/a");
+    check(
+        &["a", "b2", "c", "c-link", "sub"],
+        "after the restore of d/a",
+    );
+    assert_eq!(fs::read_to_string(d.join("a")).unwrap(), "a");
+    // A whole directory restored into a cached listing, and its own listing.
+    fs::write(d.join("sub").join("x"), "x").unwrap();
+    assert_eq!(names(&d.join("sub")), ["x"]);
+    fs::remove_dir_all(d.join("sub")).unwrap();
+    check(&["a", "b2", "c", "c-link"], "after rm -r sub");
+    ok_json(&["trash", "restore", mnt, "d/sub"]);
+    check(
+        &["a", "b2", "c", "c-link", "sub"],
+        "after the restore of d/sub",
+    );
+    assert_eq!(names(&d.join("sub")), ["x"]);
+}
+
 /// `mv b a` overwrites a: the old a is in the trash; restoring at a taken name is a
 /// clear error, --to works; a vanished parent is a clear error too.
 #[test]

@@ -215,11 +215,14 @@ enum Handle {
     /// A snapshot of the entries, shared so a readdir call does not copy it.
     Dir {
         id: NodeId,
-        entries: Arc<Vec<(OsString, NodeId)>>,
-        /// Read by opendir and not listed yet: the first listing from 0 uses it as is.
-        fresh: bool,
+        /// The listing the handle reads from, made by its first readdir (none yet when the
+        /// kernel serves the directory from its cache) and again at every offset 0.
+        entries: Option<DirEntries>,
     },
 }
+
+/// A directory listing: names and the nodes they name, in order.
+type DirEntries = Arc<Vec<(OsString, NodeId)>>;
 
 pub fn errno(e: &Error) -> Errno {
     match e {

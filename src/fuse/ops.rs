@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-type DirEntries = Arc<Vec<(std::ffi::OsString, NodeId)>>;
+use super::DirEntries;
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
@@ -74,6 +74,19 @@ impl DecoFs {
         }
     }
 
+    /// Let the kernel cache directory listings (and keep them across opens): every
+    /// change to a directory's entries passes through this mount, where the kernel
+    /// drops its cached listing itself, except a restore, whose invalidation of the
+    /// restored name drops it too. A read-only mount may sit beside a writer: it lists
+    /// at every open.
+    fn dir_open_flags(&self) -> FopenFlags {
+        if self.store.read_only() {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        }
+    }
+
     fn reply_entry(&self, id: NodeId, reply: ReplyEntry) {
         match self.store.stat(id) {
             Ok(rec) => {
@@ -115,27 +128,28 @@ impl DecoFs {
         fh: FileHandle,
         offset: u64,
     ) -> Result<(NodeId, DirEntries), Errno> {
-        let id = {
-            let mut hs = self.handles.lock().unwrap();
-            match hs.get_mut(&fh.0) {
-                Some(Handle::Dir { id, entries, fresh }) => {
-                    let was_fresh = std::mem::take(fresh);
-                    if offset != 0 || was_fresh {
-                        return Ok((*id, entries.clone()));
-                    }
-                    Some(*id)
-                }
-                _ => None,
-            }
+        let id = match self.handles.lock().unwrap().get(&fh.0) {
+            Some(Handle::Dir { id, entries }) => match entries {
+                Some(e) if offset != 0 => return Ok((*id, e.clone())),
+                _ => Some(*id),
+            },
+            _ => None,
         };
         let id = match id {
             Some(id) => id,
             None => self.node(ino)?,
         };
+        // A listing from the start (the first, or a rewind, which sees changes since).
         let entries = Arc::new(self.store.readdir(id).map_err(|e| errno(&e))?);
         self.prefetch(&entries, 0);
+        let subdirs: Vec<NodeId> = entries
+            .iter()
+            .map(|e| e.1)
+            .filter(|c| c.kind_hint() == Some(Kind::Dir))
+            .collect();
+        self.dirs_ahead.push(&subdirs);
         if let Some(Handle::Dir { entries: e, .. }) = self.handles.lock().unwrap().get_mut(&fh.0) {
-            *e = entries.clone();
+            *e = Some(entries.clone());
         }
         Ok((id, entries))
     }
@@ -644,24 +658,9 @@ impl Filesystem for DecoFs {
             Ok(id) => id,
             Err(e) => return reply.error(e),
         };
-        match self.store.readdir(id) {
-            Ok(entries) => {
-                self.prefetch(&entries, 0);
-                let subdirs: Vec<NodeId> = entries
-                    .iter()
-                    .map(|e| e.1)
-                    .filter(|c| c.kind_hint() == Some(Kind::Dir))
-                    .collect();
-                self.dirs_ahead.push(&subdirs);
-                let fh = self.new_handle(Handle::Dir {
-                    id,
-                    entries: Arc::new(entries),
-                    fresh: true,
-                });
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        // Listed at the first readdir: a directory the kernel has cached needs none.
+        let fh = self.new_handle(Handle::Dir { id, entries: None });
+        reply.opened(FileHandle(fh), self.dir_open_flags());
     }
 
     fn readdir(

@@ -358,7 +358,8 @@ impl Store {
         if ev.op == event::Op::Restore {
             // A restore (asked through the control socket, never by the kernel) binds a
             // name and changes the node's and its parent's attributes behind the kernel's
-            // back: drop what the kernel cached of them.
+            // back: drop what the kernel cached of them. Invalidating the entry also drops
+            // the parent's cached listing (`fuse_reverse_inval_entry` marks it changed).
             if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
                 for id in &ev.nodes {
                     f(Stale::Content(*id));
