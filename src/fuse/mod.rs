@@ -10,7 +10,9 @@
 //! comes first, in one batch per directory. A listed directory's subdirectories are read
 //! ahead of the walk (`DirAhead`). A lookup that finds nothing is answered as a
 //! negative entry the kernel may cache: every name is bound through the kernel except by
-//! a trash restore, which invalidates the name (`store::Stale::Entry`).
+//! a trash restore, which invalidates the name (`store::Stale::Entry`). For the same
+//! reason the kernel may cache listings (`FOPEN_CACHE_DIR`): opendir lists nothing, the
+//! first readdir of a handle lists, and a directory the kernel has cached is not listed.
 
 mod ops;
 
