@@ -1751,6 +1751,55 @@ fn xattrs_set_get_list_remove() {
     check(&m);
 }
 
+/// xattrs decofs does not keep (POSIX ACLs, SELinux labels) say "not supported" to every
+/// call, never "no such attribute": ls and cp learn from EOPNOTSUPP that the whole mount
+/// lacks them and stop asking per file, and a getfacl that saw ENODATA would report an
+/// ACL-capable filesystem with no ACL set. (ext4 keeps both, so this is decofs's own
+/// contract, not a comparison.)
+#[test]
+fn unsupported_xattrs_say_so_for_every_call() {
+    let m = Mount::new();
+    let f = m.path("f");
+    fs::write(&f, b"x").unwrap();
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    for (p, name) in [
+        (&f, "system.posix_acl_access"),
+        (&d, "system.posix_acl_access"),
+        (&d, "system.posix_acl_default"),
+        (&f, "security.selinux"),
+        (&d, "security.selinux"),
+    ] {
+        let what = format!("{name} on {}", p.display());
+        assert_eq!(getxattr(p, name), Err(libc::EOPNOTSUPP), "get {what}");
+        assert_eq!(
+            setxattr(p, name, b"system_u:object_r:fusefs_t:s0", 0),
+            Err(libc::EOPNOTSUPP),
+            "set {what}"
+        );
+        assert_eq!(removexattr(p, name), Err(libc::EOPNOTSUPP), "remove {what}");
+        assert!(!listxattr(p).iter().any(|n| n == name), "list {what}");
+    }
+    // The rest of the security namespace is kept (file capabilities: tests above; IMA, EVM).
+    assert_eq!(setxattr(&f, "security.decofs-test", b"v", 0), Ok(()));
+    assert_eq!(getxattr(&f, "security.decofs-test"), Ok(b"v".to_vec()));
+    assert_eq!(getxattr(&f, "security.other"), Err(libc::ENODATA));
+    // ls -l shows no ACL marker ('+') and no label, and does not fail.
+    let out = std::process::Command::new("ls")
+        .arg("-l")
+        .arg(m.path(""))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ls -l: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .skip(1)
+            .all(|l| l.as_bytes().get(10) == Some(&b' ')),
+        "ls -l marks no file with an ACL or label: {text}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // statfs, access
 

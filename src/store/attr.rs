@@ -112,8 +112,9 @@ impl Store {
     }
 
     pub fn get_xattr(&self, id: NodeId, name: &OsStr) -> Result<Vec<u8>> {
-        let rec = self.read_record(id)?;
         let name = name.as_bytes();
+        Self::supported_xattr(name)?;
+        let rec = self.read_record(id)?;
         if name == STATUS_XATTR {
             return Ok(self.status_of(id, &rec).as_bytes().to_vec());
         }
@@ -125,6 +126,10 @@ impl Store {
         let rec = self.read_record(id)?;
         let mut out = Vec::new();
         for k in rec.xattrs.keys() {
+            // Stored before the name was refused (an older decofs kept security.selinux).
+            if Self::supported_xattr(k).is_err() {
+                continue;
+            }
             out.extend_from_slice(k);
             out.push(0);
         }
@@ -142,18 +147,28 @@ impl Store {
         if name.starts_with(RESERVED_PREFIX) {
             return Err(Error::NotPermitted);
         }
-        // POSIX ACLs are not supported: refusing them is honest, storing them would
-        // pretend to enforce them.
-        if name.starts_with(b"system.") {
-            return Err(Error::NotSupported);
-        }
-        if !(name.starts_with(b"user.")
+        Self::supported_xattr(name)
+    }
+
+    /// Whether decofs keeps xattrs of this name at all; the answer is the same for get,
+    /// set, list and remove, so a tool that learns "not supported" once (ls, cp) can stop
+    /// asking for the whole mount.
+    ///
+    /// - POSIX ACLs (`system.posix_acl_*`, and the rest of `system.`): not supported.
+    ///   Storing them would pretend to enforce them; the kernel enforces only the mode.
+    /// - `security.selinux`: not kept. A FUSE mount's SELinux label comes from the
+    ///   policy (genfscon), and on a kernel with SELinux the security module answers
+    ///   and refuses this name before the daemon sees it; this makes a kernel without
+    ///   SELinux say the same. Other `security.` names (capabilities, IMA) are kept.
+    fn supported_xattr(name: &[u8]) -> Result<()> {
+        let kept = name.starts_with(b"user.")
             || name.starts_with(b"trusted.")
-            || name.starts_with(b"security."))
-        {
-            return Err(Error::NotSupported);
+            || (name.starts_with(b"security.") && name != b"security.selinux");
+        if kept {
+            Ok(())
+        } else {
+            Err(Error::NotSupported)
         }
-        Ok(())
     }
 
     pub fn set_xattr(&self, id: NodeId, name: &OsStr, value: &[u8], mode: XattrMode) -> Result<()> {
@@ -214,6 +229,7 @@ impl Store {
         if name.starts_with(RESERVED_PREFIX) {
             return Err(Error::NotPermitted);
         }
+        Self::supported_xattr(name)?;
         self.update(id, |r| {
             r.xattrs.remove(name).ok_or(Error::NoAttr)?;
             r.ctime = Time::now();
