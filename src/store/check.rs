@@ -43,6 +43,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::blob::{hash_of, LocalBlobs};
+use super::content::decode_manifest;
 use super::error::{Error, IoContext, Result};
 use super::layout::Layout;
 use super::lock::StoreLock;
@@ -751,8 +752,12 @@ impl Store {
                         need.entry(*h).or_default().push((who.clone(), live));
                         let list = manifests.entry(*h).or_insert_with(|| {
                             read_verified(&self.layout, h).and_then(|d| {
-                                postcard::from_bytes::<Vec<ChunkRef>>(&d)
-                                    .map_err(|e| format!("undecodable: {e}"))
+                                decode_manifest(hash_hex(h), &d).map_err(|e| match e {
+                                    Error::Integrity { detail, .. } => {
+                                        format!("undecodable: {detail}")
+                                    }
+                                    other => format!("undecodable: {other}"),
+                                })
                             })
                         });
                         match list {
