@@ -19,7 +19,7 @@ use common::{dj, problems};
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -219,6 +219,30 @@ fn fsynced_files_survive_a_power_cut(mkfs: &[&str]) {
         db_want[off..off + page.len()].copy_from_slice(&page);
         db.sync_all().unwrap();
     }
+    // A database's journal: a new file written and fsynced (its record, still empty,
+    // and the bytes written are logged, no blob: store/content.rs `log_first_delta`),
+    // its directory fsynced, its header rewritten and more appended, fsynced again, and
+    // still open at the cut. Its mode comes back too: the record is logged, not only
+    // the bytes.
+    let mut journal_want = data(9, 9000);
+    let journal = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(mnt.join("d/journal"))
+        .unwrap();
+    journal.write_all_at(&journal_want, 0).unwrap();
+    journal.sync_all().unwrap();
+    fsync_path(&mnt.join("d"));
+    let header = data(10, 512);
+    journal.write_all_at(&header, 0).unwrap();
+    journal_want[..512].copy_from_slice(&header);
+    let more = data(11, 4096);
+    journal.write_all_at(&more, 9000).unwrap();
+    journal_want.extend_from_slice(&more);
+    journal.sync_all().unwrap();
+
     let unsynced = data(5, 50_000);
     fs::write(mnt.join("d/unsynced"), &unsynced).unwrap();
 
@@ -237,6 +261,7 @@ fn fsynced_files_survive_a_power_cut(mkfs: &[&str]) {
     // The power cut, while the daemon still runs.
     let copy = disk.power_cut_copy(dir.path(), "after-cut");
     drop(db);
+    drop(journal);
     drop(m);
 
     let cstore = copy.root.join("store");
@@ -277,6 +302,17 @@ fn fsynced_files_survive_a_power_cut(mkfs: &[&str]) {
         &got,
         &db_want,
         "db (fsynced in place, still open at the cut)",
+    );
+    let got = fs::read(cm.join("d/journal")).expect("journal after the power cut");
+    common::assert_bytes_eq(&got, &journal_want, "journal (new, fsynced twice, open)");
+    let mode = fs::metadata(cm.join("d/journal"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(
+        mode, 0o640,
+        "the journal's mode after the power cut: {mode:o}"
     );
     let e = cm.join("e");
     for i in 0..64 {

@@ -201,7 +201,11 @@ pub struct Session {
     /// version made durable then: a record changed since (chmod, utimens, a rename)
     /// makes the next fsync commit in full, so that it logs the attributes too.
     chain: Option<(Vec<u8>, u64)>,
-    /// File byte ranges written since the last commit or logged delta.
+    /// The session began on an empty file (a new one) and has only written since: its
+    /// first fsync can log the empty record and a delta on it (`log_first_delta`).
+    from_empty: bool,
+    /// File byte ranges written since the last commit or logged delta (tracked while
+    /// `chain` is set or `from_empty` holds).
     unlogged: Ranges,
 }
 
@@ -508,6 +512,7 @@ impl Store {
             superseded: Vec::new(),
             last_manifest: None,
             chain: None,
+            from_empty: rec.size == 0 && rec.content == Content::Empty,
             unlogged: Ranges::new(),
         };
         match &rec.content {
@@ -761,12 +766,13 @@ impl Store {
                 let in_off = (pos - idx * cs) as usize;
                 let n = rest.len().min(cs as usize - in_off);
                 self.write_piece(id, s, idx, in_off, &rest[..n])?;
-                if s.chain.is_some() {
+                if s.chain.is_some() || s.from_empty {
                     ranges_insert(&mut s.unlogged, pos as usize, pos as usize + n);
                     if s.unlogged.len() > DELTA_RANGES_MAX {
                         // Too scattered for a delta: the next fsync commits.
                         s.unlogged.clear();
                         s.chain = None;
+                        s.from_empty = false;
                     }
                 }
                 pos += n as u64;
@@ -1028,6 +1034,7 @@ impl Store {
             s.mtime = Some(Time::now());
             // Not a write: the fsync log's deltas cannot say it; the next fsync commits.
             s.chain = None;
+            s.from_empty = false;
             Ok(())
         })
     }
@@ -1118,6 +1125,7 @@ impl Store {
             s.changed = true;
             s.mtime = Some(Time::now());
             s.chain = None;
+            s.from_empty = false;
             self.relieve(id, s, u64::MAX)
         })
     }
@@ -1191,6 +1199,8 @@ impl Store {
                 if self.read_record(id)?.version == version && self.log_delta(id, s, base)? {
                     return Ok(());
                 }
+            } else if s.from_empty && self.log_first_delta(id, s)? {
+                return Ok(());
             }
         }
         // Inline content was just read whole, so every byte of it was written or verified.
@@ -1258,6 +1268,7 @@ impl Store {
         // The record holds every byte the session's deltas logged.
         s.unlogged.clear();
         s.chain = None;
+        s.from_empty = false;
         if let Some(l) = &self.fsync_log {
             l.end_chain(id.0.into_bytes());
         }
@@ -1277,26 +1288,8 @@ impl Store {
         let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
             return Ok(false);
         };
-        let total: usize = s.unlogged.iter().map(|(a, b)| b - a).sum();
-        if total > super::fsynclog::CARRY_MAX || s.unlogged.len() > DELTA_RANGES_MAX {
+        let Some(d) = self.delta_of(id, s, base)? else {
             return Ok(false);
-        }
-        self.writable()?;
-        let mut writes = Vec::with_capacity(s.unlogged.len());
-        for (&a, &b) in &s.unlogged {
-            let (a, b) = (a as u64, (b as u64).min(s.size));
-            if a < b {
-                let mut out = Vec::with_capacity((b - a) as usize);
-                self.read_session(id, s, a, b - a, &mut out)?;
-                writes.push((a, out));
-            }
-        }
-        let d = super::fsynclog::Delta {
-            node: id.0.into_bytes(),
-            base,
-            size: s.size,
-            mtime: s.mtime,
-            writes,
         };
         match log.append_delta(&d, &|| self.blobs.sync_filesystem()) {
             Ok(true) => {
@@ -1309,6 +1302,75 @@ impl Store {
                 Ok(false)
             }
         }
+    }
+
+    /// The first fsync of a session that began on an empty file and has only written
+    /// (a new file: a database's journal, each transaction). Committing it would store
+    /// a blob and carry its bytes in the log; instead log the record as stored (its
+    /// attributes, still empty content) and the written bytes as a delta on it, made
+    /// durable by one sync. Replay installs the record and then applies the chain,
+    /// as for any chain (`fsynclog` module doc). `Ok(false)`: not logged (the record
+    /// has content since, too much written, no usable log); the caller commits.
+    fn log_first_delta(&self, id: NodeId, s: &mut Session) -> Result<bool> {
+        let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
+            return Ok(false);
+        };
+        let Some((value, rec, rec_blob)) = self.stored_file_record(id)? else {
+            return Ok(false);
+        };
+        if rec.size != 0 || rec.content != Content::Empty {
+            return Ok(false);
+        }
+        let base = super::fsynclog::chain_base(&Content::Empty, 0);
+        let Some(d) = self.delta_of(id, s, base.clone())? else {
+            return Ok(false);
+        };
+        let entry = self.log_entry(id, value, &rec, rec_blob)?;
+        match log.append_with_delta(&entry, &d, &|| self.blobs.sync_filesystem()) {
+            Ok(true) => {
+                self.child_logged(rec.parent, id, rec.version);
+                s.unlogged.clear();
+                s.from_empty = false;
+                s.chain = Some((base, rec.version));
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    /// The delta of the bytes `s` wrote since `base` was durable, or None if it is too
+    /// large or too scattered for the log.
+    fn delta_of(
+        &self,
+        id: NodeId,
+        s: &Session,
+        base: Vec<u8>,
+    ) -> Result<Option<super::fsynclog::Delta>> {
+        let total: usize = s.unlogged.iter().map(|(a, b)| b - a).sum();
+        if total > super::fsynclog::CARRY_MAX || s.unlogged.len() > DELTA_RANGES_MAX {
+            return Ok(None);
+        }
+        self.writable()?;
+        let mut writes = Vec::with_capacity(s.unlogged.len());
+        for (&a, &b) in &s.unlogged {
+            let (a, b) = (a as u64, (b as u64).min(s.size));
+            if a < b {
+                let mut out = Vec::with_capacity((b - a) as usize);
+                self.read_session(id, s, a, b - a, &mut out)?;
+                writes.push((a, out));
+            }
+        }
+        Ok(Some(super::fsynclog::Delta {
+            node: id.0.into_bytes(),
+            base,
+            size: s.size,
+            mtime: s.mtime,
+            writes,
+        }))
     }
 
     /// Keep the record from before a session as a revision (only if it had content).
@@ -1422,6 +1484,7 @@ impl Store {
                 Some(s) => {
                     let mut s = s.lock().unwrap();
                     s.chain = None;
+                    s.from_empty = false;
                     self.commit_locked(id, &mut s, true)
                 }
                 None => self.commit(id, true),

@@ -40,6 +40,13 @@
 //! base form a *chain*; any commit of the session (the next full fsync, a close, a
 //! flush) ends it, since the record then holds those bytes itself.
 //!
+//! A new file (its session began on an empty record and has only written) has no
+//! durable content yet, but its first fsync need not store a blob either: it logs the
+//! record as stored (empty content, its attributes) and, after it, a delta on that
+//! empty content, under one sync ([`FsyncLog::append_with_delta`]). Replay installs the
+//! record (recreating the node's file if its name survived) and then applies the chain.
+//! A database's journal, new in each transaction, is such a file.
+//!
 //! Replay reads the log in order. A full entry is the node's durable state from then
 //! on, so it drops the node's chain logged before it, unless it was logged while that
 //! chain was live (fsyncdir logging a record whose attributes changed: kind
@@ -140,6 +147,23 @@ pub struct Delta {
     pub mtime: Option<Time>,
     /// (file offset, bytes) in the order to apply.
     pub writes: Vec<(u64, Vec<u8>)>,
+}
+
+/// One payload to append: its bytes, its node and, for a delta, its chain's base.
+struct Payload {
+    bytes: Vec<u8>,
+    node: [u8; 16],
+    chain: Option<Vec<u8>>,
+}
+
+impl Payload {
+    fn chain(d: &Delta) -> Payload {
+        Payload {
+            bytes: d.encode(),
+            node: d.node,
+            chain: Some(d.base.clone()),
+        }
+    }
 }
 
 /// What identifies the content a chain starts from: the record's content and size.
@@ -448,12 +472,25 @@ impl FsyncLog {
     /// Log a delta and return once it is durable; `Ok(false)` (nothing logged) when
     /// the chain would pass its budget: the caller then commits in full.
     pub fn append_delta(&self, d: &Delta, sync_store: &dyn Fn() -> Result<()>) -> Result<bool> {
-        let payload = d.encode();
-        let res = self.append_payload(payload, d.node, Some(&d.base), sync_store);
-        if res.is_err() {
-            self.broken.store(true, Ordering::SeqCst);
-        }
-        res
+        self.append_checked(vec![Payload::chain(d)], sync_store)
+    }
+
+    /// Log the record of a file whose stored content is empty and, after it, a delta on
+    /// that empty content (the first fsync of a new file), made durable by one sync.
+    /// `Ok(false)`: the delta would pass its chain's budget, nothing was logged.
+    pub fn append_with_delta(
+        &self,
+        entry: &Entry,
+        d: &Delta,
+        sync_store: &dyn Fn() -> Result<()>,
+    ) -> Result<bool> {
+        debug_assert_eq!(entry.node, d.node);
+        let first = Payload {
+            bytes: entry.encode(),
+            node: entry.node,
+            chain: None,
+        };
+        self.append_checked(vec![first, Payload::chain(d)], sync_store)
     }
 
     /// The session of `node` committed (or ended): its chain's bytes are in the record
@@ -468,27 +505,42 @@ impl FsyncLog {
     /// Append `entry` and return once it is durable. `sync_store` makes the whole store
     /// durable (used when the log is full). Any failure marks the log broken.
     pub fn append(&self, entry: &Entry, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
-        let res = self.append_payload(entry.encode(), entry.node, None, sync_store);
+        let p = Payload {
+            bytes: entry.encode(),
+            node: entry.node,
+            chain: None,
+        };
+        self.append_checked(vec![p], sync_store).map(|_| ())
+    }
+
+    /// `append_payloads`, marking the log broken on failure.
+    fn append_checked(
+        &self,
+        payloads: Vec<Payload>,
+        sync_store: &dyn Fn() -> Result<()>,
+    ) -> Result<bool> {
+        let res = self.append_payloads(payloads, sync_store);
         if res.is_err() {
             self.broken.store(true, Ordering::SeqCst);
         }
-        res.map(|_| ())
+        res
     }
 
-    /// Append one payload of `node` (a delta: with its chain base) and wait until it is
-    /// durable. `Ok(false)`: a delta over its chain's budget, not written.
-    fn append_payload(
+    /// Append payloads (in order, none or all) and wait until they are durable.
+    /// `Ok(false)`: a delta over its chain's budget, nothing written.
+    fn append_payloads(
         &self,
-        mut payload: Vec<u8>,
-        node: [u8; 16],
-        chain: Option<&[u8]>,
+        mut payloads: Vec<Payload>,
         sync_store: &dyn Fn() -> Result<()>,
     ) -> Result<bool> {
-        let len = (ENTRY_HEAD + payload.len()) as u64;
-        if len > GEN_END - HEADER {
+        let lens: Vec<u64> = payloads
+            .iter()
+            .map(|p| (ENTRY_HEAD + p.bytes.len()) as u64)
+            .collect();
+        let total: u64 = lens.iter().sum();
+        if total > GEN_END - HEADER {
             return Err(Error::Invalid("fsync log entry too large"));
         }
-        let chain = chain.map(|base| (node, base));
         let end = {
             let mut w = self.w.lock().unwrap();
             if w.closed {
@@ -496,17 +548,21 @@ impl FsyncLog {
                 // the file again, it may hold chains kept for replay.
                 return Err(Error::Invalid("fsync log closed"));
             }
-            if chain.is_none() && w.chains.contains_key(&node) {
-                payload[0] = KIND_FULL_KEEP;
-            }
-            if let Some((node, base)) = chain {
-                // A chain on another base (the file was committed since) starts over.
-                let same = w.chains.get(&node).filter(|c| c.base == base);
-                let have = same.map_or(0, |c| c.bytes);
-                let others = w.chain_bytes - w.chains.get(&node).map_or(0, |c| c.bytes);
-                let n = len as usize;
-                if have + n > CHAIN_MAX || others + have + n > CHAINS_MAX {
-                    return Ok(false);
+            for (p, len) in payloads.iter_mut().zip(&lens) {
+                match &p.chain {
+                    None if w.chains.contains_key(&p.node) => p.bytes[0] = KIND_FULL_KEEP,
+                    None => {}
+                    Some(base) => {
+                        // A chain on another base (the file was committed since) starts
+                        // over.
+                        let same = w.chains.get(&p.node).filter(|c| &c.base == base);
+                        let have = same.map_or(0, |c| c.bytes);
+                        let others = w.chain_bytes - w.chains.get(&p.node).map_or(0, |c| c.bytes);
+                        let n = *len as usize;
+                        if have + n > CHAIN_MAX || others + have + n > CHAINS_MAX {
+                            return Ok(false);
+                        }
+                    }
                 }
             }
             if w.file.is_none() {
@@ -515,11 +571,11 @@ impl FsyncLog {
                 w.off = HEADER;
                 w.zeroed = HEADER;
             }
-            if w.off + len > GEN_END {
+            if w.off + total > GEN_END {
                 self.checkpoint(&mut w, sync_store)?;
             }
-            if w.off + len > w.zeroed {
-                let to = (w.off + len)
+            if w.off + total > w.zeroed {
+                let to = (w.off + total)
                     .div_ceil(ZERO_STEP)
                     .saturating_mul(ZERO_STEP)
                     .min(GEN_END);
@@ -529,32 +585,34 @@ impl FsyncLog {
                     .ctx(|| format!("write {}", self.path.display()))?;
                 w.zeroed = to;
             }
-            let f = w.file.as_ref().expect("created above");
-            f.write_all_at(&framed(w.gen, &payload), w.off)
-                .ctx(|| format!("write {}", self.path.display()))?;
-            w.off += len;
-            if let Some((node, base)) = chain {
-                // Under the same lock as the write: a checkpoint carries every entry
-                // of a live chain that the log holds.
-                let w = &mut *w;
-                let c = w.chains.entry(node).or_insert_with(|| Chain {
-                    base: base.to_vec(),
-                    payloads: Vec::new(),
-                    bytes: 0,
-                });
-                if c.base != base {
-                    w.chain_bytes -= c.bytes;
-                    *c = Chain {
-                        base: base.to_vec(),
+            for (p, len) in payloads.into_iter().zip(lens) {
+                let f = w.file.as_ref().expect("created above");
+                f.write_all_at(&framed(w.gen, &p.bytes), w.off)
+                    .ctx(|| format!("write {}", self.path.display()))?;
+                w.off += len;
+                if let Some(base) = p.chain {
+                    // Under the same lock as the write: a checkpoint carries every entry
+                    // of a live chain that the log holds.
+                    let w = &mut *w;
+                    let c = w.chains.entry(p.node).or_insert_with(|| Chain {
+                        base: base.clone(),
                         payloads: Vec::new(),
                         bytes: 0,
-                    };
+                    });
+                    if c.base != base {
+                        w.chain_bytes -= c.bytes;
+                        *c = Chain {
+                            base,
+                            payloads: Vec::new(),
+                            bytes: 0,
+                        };
+                    }
+                    c.payloads.push(p.bytes);
+                    c.bytes += len as usize;
+                    w.chain_bytes += len as usize;
                 }
-                c.payloads.push(payload);
-                c.bytes += len as usize;
-                w.chain_bytes += len as usize;
             }
-            self.lsn.fetch_add(len, Ordering::SeqCst) + len
+            self.lsn.fetch_add(total, Ordering::SeqCst) + total
         };
         if self.synced.load(Ordering::SeqCst) >= end {
             return Ok(true);
@@ -1209,13 +1267,16 @@ mod tests {
         want[off..off + data.len()].copy_from_slice(data);
     }
 
-    /// A file "db", open for writing, holding `first` fsynced: its content is durable,
-    /// so its next fsync after plain writes logs a delta.
+    /// A file "db", open for writing, holding `first` committed (as a close would) and
+    /// then fsynced: one full entry, its content durable in the record, so its next
+    /// fsync after plain writes logs a delta on that content. (A new file's first fsync
+    /// would log a delta on its empty record instead: `a_new_files_first_fsync_…`.)
     fn open_db(s: &Store, first: &[u8]) -> (NodeId, Vec<u8>) {
         let id = new_file(s, "db");
         s.open_write(id).unwrap();
         let mut want = Vec::new();
         write(s, id, &mut want, 0, first);
+        s.commit(id, false).unwrap();
         s.commit(id, true).unwrap();
         (id, want)
     }
@@ -1260,6 +1321,8 @@ mod tests {
         s.open_write(id).unwrap();
         let mut want = Vec::new();
         write(&s, id, &mut want, 0, &pattern(1, 100_000));
+        // Committed, then fsynced: the chain starts on this content (one full entry).
+        s.commit(id, false).unwrap();
         s.commit(id, true).unwrap();
         let log = s.fsync_log.as_ref().unwrap();
         let sync = || s.blobs.sync_filesystem();
@@ -1343,6 +1406,50 @@ mod tests {
         assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o600);
     }
 
+    /// A new file's first fsync logs its record as stored (empty content, its mode) and
+    /// the bytes written as a delta on it, made durable by one sync: no blob is stored
+    /// or carried, the record is not touched. A power cut that loses the node's file
+    /// (its name survived) gets both back from the log; a later fsync is a delta on
+    /// the same chain, and a truncate before the first fsync makes it a full one.
+    #[test]
+    fn a_new_files_first_fsync_logs_its_record_and_a_delta() {
+        let (_d, p, s) = scratch();
+        let id = new_file(&s, "journal");
+        s.update(id, |r| {
+            r.mode = (r.mode & !0o7777) | 0o640;
+            Ok(())
+        })
+        .unwrap();
+        s.open_write(id).unwrap();
+        let empty = record_value(&s, id);
+        let mut want = Vec::new();
+        write(&s, id, &mut want, 0, &pattern(1, 9000));
+        s.commit(id, true).unwrap();
+        assert_eq!(kinds(&s), (1, 1), "the record, then a delta");
+        assert_eq!(record_value(&s, id), empty, "the record is not touched");
+        write(&s, id, &mut want, 0, &pattern(2, 512));
+        write(&s, id, &mut want, 9000, &pattern(3, 4096));
+        s.commit(id, true).unwrap();
+        assert_eq!(kinds(&s), (1, 2), "the same chain");
+        same(&read_all(&s, id), &want, "the session serves its bytes");
+        // The cut: the node's file never reached the disk.
+        fs::remove_file(s.layout.node_path(id)).unwrap();
+        crash(s);
+        let s = reopen_and_check(&p, id, &want);
+        assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o640);
+
+        drop(s);
+
+        // Truncated (not a plain write) before its first fsync: committed in full.
+        let (_d, _p, s) = scratch();
+        let id = new_file(&s, "truncated");
+        s.open_write(id).unwrap();
+        s.truncate(id, 100).unwrap();
+        s.write(id, 10, b"x").unwrap();
+        s.commit(id, true).unwrap();
+        assert_eq!(kinds(&s), (1, 0));
+    }
+
     /// Deltas that grow an inline file past 24 chunks: replay stores a manifest.
     /// And a writer dropped with a live chain (its commit never ran) keeps its log.
     #[test]
@@ -1381,7 +1488,9 @@ mod tests {
         s.commit(id, true).unwrap();
         write(&s, id, &mut want, 3990, b"tail");
         s.commit(id, true).unwrap();
-        assert_eq!(kinds(&s), (2, 1));
+        // The new file's first fsync: its empty record and a delta; the truncate's: in
+        // full; the tail: a delta on that.
+        assert_eq!(kinds(&s), (2, 2));
         crash(s);
         reopen_and_check(&p, id, &want);
     }

@@ -849,8 +849,31 @@ impl Store {
     }
 
     fn try_log_sync(&self, id: NodeId) -> Result<LogSync> {
-        // The record as stored: a small one is its cached copy framed again (what
-        // `write_record` stored, byte for byte), a large one is read for its blob.
+        let Some((value, rec, rec_blob)) = self.stored_file_record(id)? else {
+            return Ok(LogSync::NotAFile);
+        };
+        let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
+            return Ok(LogSync::NoLog);
+        };
+        self.writable()?;
+        let entry = self.log_entry(id, value, &rec, rec_blob)?;
+        match log.append(&entry, &|| self.blobs.sync_filesystem()) {
+            Ok(()) => {
+                self.child_logged(rec.parent, id, rec.version);
+                Ok(LogSync::Logged)
+            }
+            Err(e) => {
+                log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
+                Ok(LogSync::NoLog)
+            }
+        }
+    }
+
+    /// The record of file `id` as stored, with its stored value (the xattr bytes) and
+    /// the blob a large record spilled into. None: not a file.
+    fn stored_file_record(&self, id: NodeId) -> Result<Option<StoredRecord>> {
+        // A small record is its cached copy framed again (what `write_record` stored,
+        // byte for byte), a large one is read for its blob.
         let cached = self.read_record(id)?;
         let body = encode_body(&cached);
         let (value, rec, rec_blob) = if body.len() <= INLINE_RECORD_LIMIT {
@@ -862,13 +885,18 @@ impl Store {
                 Stored::InBlob(h) => (value, decode_body(id, &self.blobs.get(&h)?)?, Some(h)),
             }
         };
-        if rec.kind != Kind::File {
-            return Ok(LogSync::NotAFile);
-        }
-        let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
-            return Ok(LogSync::NoLog);
-        };
-        self.writable()?;
+        Ok((rec.kind == Kind::File).then_some((value, rec, rec_blob)))
+    }
+
+    /// The fsync log entry of `rec` (stored as `value`): with the bytes of every blob it
+    /// names that is not durable yet, or, past `CARRY_MAX`, with those blobs synced.
+    fn log_entry(
+        &self,
+        id: NodeId,
+        value: Vec<u8>,
+        rec: &NodeRecord,
+        rec_blob: Option<node::Hash>,
+    ) -> Result<fsynclog::Entry> {
         let mut hashes: Vec<node::Hash> = rec_blob.into_iter().collect();
         if let node::Content::Manifest(h) = &rec.content {
             hashes.push(*h);
@@ -891,22 +919,12 @@ impl Store {
                 carried.push(d.to_vec());
             }
         }
-        let entry = fsynclog::Entry {
+        Ok(fsynclog::Entry {
             node: id.0.into_bytes(),
             version: rec.version,
             value,
             blobs: carried,
-        };
-        match log.append(&entry, &|| self.blobs.sync_filesystem()) {
-            Ok(()) => {
-                self.child_logged(rec.parent, id, rec.version);
-                Ok(LogSync::Logged)
-            }
-            Err(e) => {
-                log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
-                Ok(LogSync::NoLog)
-            }
-        }
+        })
     }
 
     /// Clean close of a writer: make everything durable and delete the fsync log, so a
@@ -948,6 +966,10 @@ impl Drop for Store {
         self.spares.close();
     }
 }
+
+/// A record as stored: its xattr value, the record, and the blob a large one spilled
+/// into.
+type StoredRecord = (Vec<u8>, NodeRecord, Option<node::Hash>);
 
 /// Replay the fsync logs a writer left behind (it crashed, or the power failed). A
 /// writer does it under its own lock; any other open does it only if it can take the
