@@ -9,7 +9,9 @@
 //!   that every entry names an existing node, link counts (a non-directory has one link
 //!   per entry; a directory 2 + its subdirectories), the parent/name hints of
 //!   directories, that every blob a record needs exists (chunks, manifest blobs, spilled
-//!   records; for live, trashed, orphaned and revision records), and finds orphans:
+//!   records; for live, trashed, orphaned and revision records) and that each chunk blob
+//!   has the length its record gives (a blob renamed into place before a power cut
+//!   whose bytes never reached the disk is often empty), and finds orphans:
 //!   nodes no entry names and that are not in the trash (invariant 3). Repairs: stray
 //!   files and dangling entries are removed; a referenced node whose record is
 //!   unreadable gets a fresh minimal record (mode 0600/0700, size 0; fsck names it,
@@ -58,6 +60,8 @@ use super::Store;
 type Users = Vec<(String, Option<NodeId>)>;
 /// Every needed blob and who needs it.
 type Needed = HashMap<Hash, Users>;
+/// The length each chunk blob has (a blob's name is the hash of its bytes).
+type ChunkLens = HashMap<Hash, u32>;
 
 /// The directory in the root that adopted orphans are bound in.
 pub const LOST_FOUND: &str = "lost+found";
@@ -82,7 +86,8 @@ pub struct Progress {
 pub struct Problem {
     /// Stable code: stray_file, corrupt_record, dangling_entry, bad_entry, kind_mismatch,
     /// nlink_mismatch, hint_mismatch, multiply_linked_dir, orphan, unbound_node,
-    /// missing_blob, corrupt_manifest, corrupt_revision, revision_without_node,
+    /// missing_blob, damaged_blob (a blob of another length than its record says),
+    /// corrupt_manifest, corrupt_revision, revision_without_node,
     /// dangling_trash, integrity_error (a live file marked by a failed verification:
     /// not repairable by fsck).
     pub code: &'static str,
@@ -728,9 +733,12 @@ impl Store {
     /// Every blob a record needs, each with the record's display path. A manifest's
     /// chunks are found by reading it; a manifest that cannot be read is returned in
     /// `bad_manifests` with why.
-    fn needed_blobs(&self, s: &Scan) -> (Needed, Vec<(String, Hash, String)>) {
+    /// Every blob the records need and who needs it; manifests that cannot be read (who,
+    /// blob, why); and the length each chunk blob must have.
+    fn needed_blobs(&self, s: &Scan) -> (Needed, Vec<(String, Hash, String)>, ChunkLens) {
         let mut need: Needed = HashMap::new();
         let mut bad = Vec::new();
+        let mut lens = ChunkLens::new();
         let mut manifests: HashMap<Hash, std::result::Result<Vec<ChunkRef>, String>> =
             HashMap::new();
         let mut add =
@@ -746,6 +754,7 @@ impl Store {
                     Content::Chunks(v) => {
                         for c in v {
                             need.entry(c.hash).or_default().push((who.clone(), live));
+                            lens.insert(c.hash, c.len);
                         }
                     }
                     Content::Manifest(h) => {
@@ -762,8 +771,9 @@ impl Store {
                         });
                         match list {
                             Ok(v) => {
-                                for c in v {
+                                for c in v.iter() {
                                     need.entry(c.hash).or_default().push((who.clone(), live));
+                                    lens.insert(c.hash, c.len);
                                 }
                             }
                             Err(why) => bad.push((who.clone(), *h, why.clone())),
@@ -796,7 +806,7 @@ impl Store {
                 &mut need,
             );
         }
-        (need, bad)
+        (need, bad, lens)
     }
 
     /// Check the store; with `repair`, fix what can be fixed (needs a writable store).
@@ -1025,7 +1035,7 @@ impl Store {
         }
 
         // Blobs every record needs.
-        let (need, bad) = self.needed_blobs(&s);
+        let (need, bad, lens) = self.needed_blobs(&s);
         for (who, h, why) in bad {
             problems.push(Problem {
                 code: "corrupt_manifest",
@@ -1035,19 +1045,33 @@ impl Store {
                 action: Action::None,
             });
         }
-        let mut missing: Vec<(&Hash, &Users)> = need
+        // Missing, or of another length than its name says: a blob written (renamed into
+        // place) before a power cut whose bytes never reached the disk is often empty.
+        // Its content is only checked by `scrub` (reading every blob); its length costs
+        // nothing, the scan has it.
+        let mut lost: Vec<(&Hash, &Users, String)> = need
             .iter()
-            .filter(|(h, _)| !s.blobs.contains_key(*h))
+            .filter_map(|(h, users)| match (s.blobs.get(h), lens.get(h)) {
+                (None, _) => Some((h, users, "missing".to_string())),
+                (Some((have, _)), Some(want)) if *have != u64::from(*want) => {
+                    Some((h, users, format!("{have} bytes long, not {want}")))
+                }
+                _ => None,
+            })
             .collect();
-        missing.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
-        for (h, users) in missing {
+        lost.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
+        for (h, users, what) in lost {
             let mut seen = HashSet::new();
             for (who, _) in users {
                 if seen.insert(who) {
                     problems.push(Problem {
-                        code: "missing_blob",
+                        code: if what == "missing" {
+                            "missing_blob"
+                        } else {
+                            "damaged_blob"
+                        },
                         path: who.clone(),
-                        detail: format!("blob {} is missing", hash_hex(h)),
+                        detail: format!("blob {} is {what}", hash_hex(h)),
                         repaired: false,
                         action: Action::None,
                     });
@@ -1260,7 +1284,7 @@ impl Store {
     /// Read and verify every blob any record names.
     pub fn scrub(&self, mut progress: impl FnMut(&Progress)) -> Result<ScrubReport> {
         let s = self.scan(&mut progress)?;
-        let (need, bad) = self.needed_blobs(&s);
+        let (need, bad, _) = self.needed_blobs(&s);
         let mut rep = ScrubReport::default();
         for (id, n) in &s.nodes {
             if let Err(why) = &n.rec {
@@ -1428,7 +1452,7 @@ impl Store {
             self.writable()?;
         }
         let s = self.scan(&mut |_| {})?;
-        let (need, bad) = self.needed_blobs(&s);
+        let (need, bad, _) = self.needed_blobs(&s);
         let unreadable = s.nodes.values().any(|n| matches!(n.rec, Err(Some(_))));
         if s.unknown_refs || unreadable || !bad.is_empty() {
             return Err(Error::Integrity {
@@ -1581,6 +1605,32 @@ mod tests {
             s.gc(false, Duration::ZERO),
             Err(Error::Integrity { .. })
         ));
+    }
+
+    /// A blob renamed into place before a power cut whose bytes never reached the disk
+    /// is empty: fsck finds it by its length alone, and scrub, reading it, agrees.
+    #[test]
+    fn an_emptied_blob_is_found_by_its_length() {
+        let (_d, s) = scratch();
+        let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
+        s.write(id, 0, &vec![5u8; 100_000]).unwrap();
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
+        let h = Store::record_hashes(&s.read_record(id).unwrap())[0];
+        fs::File::create(s.blobs.path_of(&h)).unwrap(); // the first 64 KiB chunk, now empty
+        s.blobs.drop_cache();
+        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT, "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.code == "damaged_blob"
+                && p.path == "/f"
+                && p.detail.ends_with("is 0 bytes long, not 65536")
+                && !p.repaired),
+            "{:?}",
+            r.problems
+        );
+        let sc = s.scrub(|_| {}).unwrap();
+        assert_eq!(sc.damaged_paths, vec!["/f".to_string()]);
     }
 
     #[test]
