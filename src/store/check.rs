@@ -19,7 +19,11 @@
 //!   to what the entries say; orphans older than the grace period are bound in
 //!   `/lost+found` under their uuid (a node whose record says it was being trashed goes
 //!   back to the trash instead; a node file without any record — a create interrupted
-//!   before its record was written — holds nothing and is removed).
+//!   before its record was written — holds nothing and is removed); a live file whose
+//!   content names a missing or damaged blob, or that a scrub marked `integrity_error`,
+//!   gets the content of its newest revision whose blobs all verify, or, with none,
+//!   keeps its whole chunks and reads zeros where a chunk is lost (as ext4 shows data a
+//!   power cut lost); the report says which.
 //!   Exit codes as e2fsck: 0 clean, 1 errors repaired, 4 problems left, 8 not run.
 //! - `scrub` reads every blob any record names and verifies its hash; damaged blobs are
 //!   reported with the paths that use them, and live nodes using them are marked
@@ -44,8 +48,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::blob::{hash_of, LocalBlobs};
-use super::content::decode_manifest;
+use super::blob::{hash_of, BlobStore, LocalBlobs};
+use super::content::{chunks_content, decode_manifest};
 use super::error::{Error, IoContext, Result};
 use super::layout::Layout;
 use super::lock::StoreLock;
@@ -88,8 +92,9 @@ pub struct Problem {
     /// nlink_mismatch, hint_mismatch, multiply_linked_dir, orphan, unbound_node,
     /// missing_blob, damaged_blob (a blob of another length than its record says),
     /// corrupt_manifest, corrupt_revision, revision_without_node,
-    /// dangling_trash, integrity_error (a live file marked by a failed verification:
-    /// not repairable by fsck).
+    /// dangling_trash, integrity_error (a live file marked by a failed verification).
+    /// A live file whose content is lost, damaged or marked is repaired by giving it
+    /// its newest whole revision's content, or none.
     pub code: &'static str,
     /// The path in the filesystem (`/a/b`), or a store-relative path for store files.
     pub path: String,
@@ -126,6 +131,9 @@ enum Action {
     Retrash(NodeId, i128),
     /// Remove a node file that holds no record and no entries.
     RemoveNode(NodeId, bool),
+    /// Give a live file whose content names a lost or damaged blob (or failed a
+    /// scrub) its newest whole revision's content, or none (`Store::roll_back`).
+    RollBack(NodeId),
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -1008,7 +1016,11 @@ impl Store {
                              from a version or a backup, or remove it"
                         .into(),
                     repaired: false,
-                    action: Action::None,
+                    action: if rec.kind == Kind::File {
+                        Action::RollBack(id)
+                    } else {
+                        Action::None
+                    },
                 });
             }
             if rec.nlink != want_nlink {
@@ -1062,8 +1074,10 @@ impl Store {
         lost.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
         for (h, users, what) in lost {
             let mut seen = HashSet::new();
-            for (who, _) in users {
+            for (who, live) in users {
                 if seen.insert(who) {
+                    let file = live
+                        .filter(|id| s.nodes[id].rec.as_ref().is_ok_and(|r| r.kind == Kind::File));
                     problems.push(Problem {
                         code: if what == "missing" {
                             "missing_blob"
@@ -1073,7 +1087,7 @@ impl Store {
                         path: who.clone(),
                         detail: format!("blob {} is {what}", hash_hex(h)),
                         repaired: false,
-                        action: Action::None,
+                        action: file.map_or(Action::None, Action::RollBack),
                     });
                 }
             }
@@ -1099,13 +1113,95 @@ impl Store {
         Ok(rep)
     }
 
+    /// Give live file `id`, whose content names a lost or damaged blob, the content of
+    /// its newest revision that is whole (every blob present and verified), or no
+    /// content if none is: what ext4 shows of a file written just before a power cut
+    /// (its earlier content, or zeros). The node keeps its attributes. Says what it did;
+    /// a file already whole (another problem of it repaired it) is left as it is.
+    fn roll_back(&self, id: NodeId) -> Result<String> {
+        // Read from the disk, never from a cache.
+        let chunks_whole = |list: &[ChunkRef]| {
+            list.iter().all(|c| {
+                read_verified(&self.layout, &c.hash).is_ok_and(|d| d.len() == c.len as usize)
+            })
+        };
+        let whole = |rec: &NodeRecord| match &rec.content {
+            Content::Empty | Content::Inline(_) => true,
+            Content::Chunks(v) => chunks_whole(v),
+            Content::Manifest(h) => read_verified(&self.layout, h)
+                .ok()
+                .and_then(|d| decode_manifest(hash_hex(h), &d).ok())
+                .is_some_and(|v| chunks_whole(&v)),
+        };
+        let cur = self.read_record(id)?;
+        if whole(&cur) {
+            if cur.status == Status::IntegrityError {
+                // Marked by a verification that failed then; every blob verifies now.
+                self.update(id, |r| {
+                    r.status = Status::Consistent;
+                    Ok(())
+                })?;
+                return Ok("every blob verifies now: mark cleared".into());
+            }
+            return Ok("whole again (repaired with another problem of this file)".into());
+        }
+        let revisions = self.revisions(id)?;
+        let newest_whole = revisions.iter().rev().find(|(_, r)| whole(r));
+        let (content, size, stored, mtime, what) = match newest_whole {
+            Some((stamp, r)) => (
+                r.content.clone(),
+                r.size,
+                r.stored,
+                r.mtime,
+                format!("rolled back to revision {stamp} ({} bytes)", r.size),
+            ),
+            None => {
+                // Keep every whole chunk; a lost one becomes a hole that reads as zeros,
+                // as ext4 shows data a power cut lost. (A lost manifest loses them all.)
+                let list = match &cur.content {
+                    Content::Chunks(v) => v.clone(),
+                    Content::Manifest(h) => read_verified(&self.layout, h)
+                        .ok()
+                        .and_then(|d| decode_manifest(hash_hex(h), &d).ok())
+                        .unwrap_or_default(),
+                    Content::Empty | Content::Inline(_) => Vec::new(),
+                };
+                let all = list.len();
+                let kept: Vec<ChunkRef> = list
+                    .into_iter()
+                    .filter(|c| chunks_whole(std::slice::from_ref(c)))
+                    .collect();
+                let lost = all - kept.len();
+                let stored = kept.iter().map(|c| c.len as u64).sum();
+                let content = chunks_content(kept, |b| self.blobs.put(b, true))?;
+                (
+                    content,
+                    cur.size,
+                    stored,
+                    cur.mtime,
+                    format!("no whole revision: {lost} of {all} chunks lost, they read as zeros"),
+                )
+            }
+        };
+        self.update(id, |r| {
+            r.content = content;
+            r.size = size;
+            r.stored = stored;
+            r.mtime = mtime;
+            r.ctime = super::node::Time::now();
+            r.status = Status::Consistent;
+            Ok(())
+        })?;
+        Ok(what)
+    }
+
     /// Apply the repairs of `problems` in a safe order: removals and fresh records
     /// first, then link counts and hints, then orphans (which may create lost+found).
     fn apply_repairs(&self, problems: &mut [Problem], s: &Scan) {
         let rank = |a: &Action| match a {
             Action::None => 9,
             Action::RemovePath(_) | Action::RemoveNode(..) => 0,
-            Action::FreshRecord { .. } => 1,
+            Action::FreshRecord { .. } | Action::RollBack(_) => 1,
             Action::SetNlink(..) | Action::SetHints(..) => 2,
             Action::Retrash(..) => 3,
             Action::Adopt { .. } => 4,
@@ -1142,6 +1238,9 @@ impl Store {
                         Ok(())
                     })
                     .map(|_| ()),
+                Action::RollBack(id) => self
+                    .roll_back(id)
+                    .map(|what| problems[i].detail.push_str(&format!("; {what}"))),
                 Action::SetHints(id, p, name) => self
                     .update(id, |r| {
                         r.parent = Some(p);
@@ -1586,18 +1685,36 @@ mod tests {
     }
 
     #[test]
-    fn missing_blob_is_left_and_gc_refuses_unknown_references() {
+    fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_references() {
         let (_d, s) = scratch();
         let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
         s.write(id, 0, &vec![5u8; 100_000]).unwrap();
         let h = Store::record_hashes(&s.read_record(id).unwrap())[0];
         fs::remove_file(s.blobs.path_of(&h)).unwrap();
-        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
         assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT);
         assert!(r
             .problems
             .iter()
             .any(|p| p.code == "missing_blob" && p.path == "/f" && !p.repaired));
+        // Repaired: no earlier content to go back to, so the lost chunk reads as zeros
+        // (as ext4 shows data a power cut lost) and the whole one is kept.
+        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.code == "missing_blob"
+                && p.repaired
+                && p.detail
+                    .ends_with("; no whole revision: 1 of 2 chunks lost, they read as zeros")),
+            "{:?}",
+            r.problems
+        );
+        let mut want = vec![0u8; 65_536];
+        want.resize(100_000, 5);
+        assert_eq!(s.read(id, 0, 200_000).unwrap(), want);
+        assert_eq!(s.stat(id).unwrap().size, 100_000);
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
         // A garbage record: which blobs it names is unknown, so gc deletes nothing.
         let g = s.create(s.root(), OsStr::new("g"), file()).unwrap().0;
         xattr::set(s.layout.node_path(g), RECORD_XATTR, b"garbage!!").unwrap();
@@ -1608,18 +1725,20 @@ mod tests {
     }
 
     /// A blob renamed into place before a power cut whose bytes never reached the disk
-    /// is empty: fsck finds it by its length alone, and scrub, reading it, agrees.
+    /// is empty: fsck finds it by its length alone, and scrub, reading it, agrees. The
+    /// repair gives the file its content from before that write (its newest revision).
     #[test]
-    fn an_emptied_blob_is_found_by_its_length() {
+    fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
         let (_d, s) = scratch();
         let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
         s.write(id, 0, &vec![5u8; 100_000]).unwrap();
+        s.write(id, 0, &vec![6u8; 120_000]).unwrap(); // the first kept as a revision
         let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
         assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
         let h = Store::record_hashes(&s.read_record(id).unwrap())[0];
         fs::File::create(s.blobs.path_of(&h)).unwrap(); // the first 64 KiB chunk, now empty
         s.blobs.drop_cache();
-        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
         assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT, "{:?}", r.problems);
         assert!(
             r.problems.iter().any(|p| p.code == "damaged_blob"
@@ -1631,6 +1750,23 @@ mod tests {
         );
         let sc = s.scrub(|_| {}).unwrap();
         assert_eq!(sc.damaged_paths, vec!["/f".to_string()]);
+        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
+        // The blob's problem and the mark scrub set: one roll back repairs both.
+        assert!(r.problems.iter().all(|p| p.repaired), "{:?}", r.problems);
+        assert_eq!(
+            r.problems
+                .iter()
+                .filter(|p| p.detail.contains("; rolled back to revision ")
+                    && p.detail.ends_with("(100000 bytes)"))
+                .count(),
+            1,
+            "{:?}",
+            r.problems
+        );
+        assert_eq!(s.read(id, 0, 200_000).unwrap(), vec![5u8; 100_000]);
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
     }
 
     #[test]
