@@ -313,6 +313,15 @@ pub(super) fn read_verified(layout: &Layout, h: &Hash) -> std::result::Result<Ve
     }
 }
 
+/// The chunk list of manifest blob `h`, read and verified from the disk (no cache).
+fn manifest_on_disk(layout: &Layout, h: &Hash) -> std::result::Result<Vec<ChunkRef>, String> {
+    let d = read_verified(layout, h)?;
+    decode_manifest(hash_hex(h), &d).map_err(|e| match e {
+        Error::Integrity { detail, .. } => format!("undecodable: {detail}"),
+        other => format!("undecodable: {other}"),
+    })
+}
+
 fn remove_any(p: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(p) {
         Ok(md) if md.is_dir() => fs::remove_dir_all(p),
@@ -738,11 +747,9 @@ impl Store {
         Ok(s)
     }
 
-    /// Every blob a record needs, each with the record's display path. A manifest's
-    /// chunks are found by reading it; a manifest that cannot be read is returned in
-    /// `bad_manifests` with why.
-    /// Every blob the records need and who needs it; manifests that cannot be read (who,
-    /// blob, why); and the length each chunk blob must have.
+    /// Every blob a record needs, each with the record's display path; manifests that
+    /// cannot be read (who, blob, why: a manifest's chunks are found by reading it); and
+    /// the length each chunk blob must have.
     fn needed_blobs(&self, s: &Scan) -> (Needed, Vec<(String, Hash, String)>, ChunkLens) {
         let mut need: Needed = HashMap::new();
         let mut bad = Vec::new();
@@ -767,16 +774,9 @@ impl Store {
                     }
                     Content::Manifest(h) => {
                         need.entry(*h).or_default().push((who.clone(), live));
-                        let list = manifests.entry(*h).or_insert_with(|| {
-                            read_verified(&self.layout, h).and_then(|d| {
-                                decode_manifest(hash_hex(h), &d).map_err(|e| match e {
-                                    Error::Integrity { detail, .. } => {
-                                        format!("undecodable: {detail}")
-                                    }
-                                    other => format!("undecodable: {other}"),
-                                })
-                            })
-                        });
+                        let list = manifests
+                            .entry(*h)
+                            .or_insert_with(|| manifest_on_disk(&self.layout, h));
                         match list {
                             Ok(v) => {
                                 for c in v.iter() {
@@ -1061,29 +1061,28 @@ impl Store {
         // place) before a power cut whose bytes never reached the disk is often empty.
         // Its content is only checked by `scrub` (reading every blob); its length costs
         // nothing, the scan has it.
-        let mut lost: Vec<(&Hash, &Users, String)> = need
+        let mut lost: Vec<(&Hash, &Users, &'static str, String)> = need
             .iter()
             .filter_map(|(h, users)| match (s.blobs.get(h), lens.get(h)) {
-                (None, _) => Some((h, users, "missing".to_string())),
-                (Some((have, _)), Some(want)) if *have != u64::from(*want) => {
-                    Some((h, users, format!("{have} bytes long, not {want}")))
-                }
+                (None, _) => Some((h, users, "missing_blob", "missing".to_string())),
+                (Some((have, _)), Some(want)) if *have != u64::from(*want) => Some((
+                    h,
+                    users,
+                    "damaged_blob",
+                    format!("{have} bytes long, not {want}"),
+                )),
                 _ => None,
             })
             .collect();
         lost.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
-        for (h, users, what) in lost {
+        for (h, users, code, what) in lost {
             let mut seen = HashSet::new();
             for (who, live) in users {
                 if seen.insert(who) {
                     let file = live
                         .filter(|id| s.nodes[id].rec.as_ref().is_ok_and(|r| r.kind == Kind::File));
                     problems.push(Problem {
-                        code: if what == "missing" {
-                            "missing_blob"
-                        } else {
-                            "damaged_blob"
-                        },
+                        code,
                         path: who.clone(),
                         detail: format!("blob {} is {what}", hash_hex(h)),
                         repaired: false,
@@ -1119,22 +1118,27 @@ impl Store {
     /// (its earlier content, or zeros). The node keeps its attributes. Says what it did;
     /// a file already whole (another problem of it repaired it) is left as it is.
     fn roll_back(&self, id: NodeId) -> Result<String> {
-        // Read from the disk, never from a cache.
-        let chunks_whole = |list: &[ChunkRef]| {
-            list.iter().all(|c| {
-                read_verified(&self.layout, &c.hash).is_ok_and(|d| d.len() == c.len as usize)
-            })
+        // Read from the disk, never from a cache. None: the manifest is lost.
+        let chunks = |content: &Content| match content {
+            Content::Empty | Content::Inline(_) => Some(Vec::new()),
+            Content::Chunks(v) => Some(v.clone()),
+            Content::Manifest(h) => manifest_on_disk(&self.layout, h).ok(),
         };
-        let whole = |rec: &NodeRecord| match &rec.content {
-            Content::Empty | Content::Inline(_) => true,
-            Content::Chunks(v) => chunks_whole(v),
-            Content::Manifest(h) => read_verified(&self.layout, h)
-                .ok()
-                .and_then(|d| decode_manifest(hash_hex(h), &d).ok())
-                .is_some_and(|v| chunks_whole(&v)),
+        let chunk_whole = |c: &ChunkRef| {
+            read_verified(&self.layout, &c.hash).is_ok_and(|d| d.len() == c.len as usize)
         };
+        let whole =
+            |rec: &NodeRecord| chunks(&rec.content).is_some_and(|l| l.iter().all(chunk_whole));
         let cur = self.read_record(id)?;
-        if whole(&cur) {
+        // The current chunks that are whole, each read once.
+        let list = chunks(&cur.content);
+        let kept: Vec<ChunkRef> = list
+            .iter()
+            .flatten()
+            .filter(|c| chunk_whole(c))
+            .cloned()
+            .collect();
+        if list.as_ref().is_some_and(|l| l.len() == kept.len()) {
             if cur.status == Status::IntegrityError {
                 // Marked by a verification that failed then; every blob verifies now.
                 self.update(id, |r| {
@@ -1158,19 +1162,7 @@ impl Store {
             None => {
                 // Keep every whole chunk; a lost one becomes a hole that reads as zeros,
                 // as ext4 shows data a power cut lost. (A lost manifest loses them all.)
-                let list = match &cur.content {
-                    Content::Chunks(v) => v.clone(),
-                    Content::Manifest(h) => read_verified(&self.layout, h)
-                        .ok()
-                        .and_then(|d| decode_manifest(hash_hex(h), &d).ok())
-                        .unwrap_or_default(),
-                    Content::Empty | Content::Inline(_) => Vec::new(),
-                };
-                let all = list.len();
-                let kept: Vec<ChunkRef> = list
-                    .into_iter()
-                    .filter(|c| chunks_whole(std::slice::from_ref(c)))
-                    .collect();
+                let all = list.map_or(0, |l| l.len());
                 let lost = all - kept.len();
                 let stored = kept.iter().map(|c| c.len as u64).sum();
                 let content = chunks_content(kept, |b| self.blobs.put(b, true))?;
