@@ -543,13 +543,25 @@ impl Store {
     }
 
     /// Get the session of `id`, creating it; `handle` counts an open handle.
+    ///
+    /// A handle that opens a session holding nothing uncommitted starts a new version:
+    /// what is committed now becomes a revision once this session changes it again. The
+    /// kernel sends RELEASE after close(2) returns, so a file written, closed and at once
+    /// reopened often finds its old session still there; without this, the version it
+    /// closed would never become a revision, depending on that timing.
     fn session(&self, id: NodeId, handle: bool) -> Result<(Arc<Mutex<Session>>, bool)> {
         let mut map = self.sessions.lock().unwrap();
         if let Some(s) = map.get(&id) {
+            let s = s.clone();
             if handle {
                 s.lock().unwrap().handles += 1;
+                drop(map);
+                let mut g = s.lock().unwrap();
+                if !g.changed && g.base.is_none() {
+                    g.base = Some(self.read_record(id)?);
+                }
             }
-            return Ok((s.clone(), false));
+            return Ok((s, false));
         }
         let rec = self.read_record(id)?;
         match rec.kind {
@@ -1575,6 +1587,29 @@ mod tests {
         let revs = s.revisions(id).unwrap();
         assert_eq!(revs.len(), 1);
         assert_eq!(s.read_content(id, &revs[0].1).unwrap(), b"version one");
+    }
+
+    /// A file written, closed and reopened before the kernel's RELEASE of the first
+    /// handle arrived (flush committed it, the session lingers): the version it closed
+    /// still becomes a revision, as it does when the release comes first.
+    #[test]
+    fn reopen_before_release_keeps_the_closed_version() {
+        let (_d, s) = scratch();
+        let id = new_file(&s, "f");
+        let old = vec![7u8; 300_000];
+        s.open_write(id).unwrap();
+        s.write(id, 0, &old).unwrap();
+        s.commit(id, false).unwrap(); // flush of close(2)
+        s.open_write(id).unwrap(); // the next open, before the first release
+        s.truncate(id, 0).unwrap();
+        s.write(id, 0, &[9u8; 200_000]).unwrap();
+        s.commit(id, false).unwrap();
+        s.close_write(id).unwrap(); // the two releases
+        s.close_write(id).unwrap();
+        let revs = s.revisions(id).unwrap();
+        assert_eq!(revs.len(), 1, "the closed version is a revision");
+        assert_eq!(s.read_content(id, &revs[0].1).unwrap(), old);
+        assert_eq!(s.read(id, 0, 300_000).unwrap(), vec![9u8; 200_000]);
     }
 
     /// A revision left empty by a power cut names nothing and is skipped; one holding
