@@ -339,6 +339,32 @@ fn ten_revisions_each_restored_exactly() {
     );
 }
 
+/// A version closed while another descriptor still holds the open file (so the kernel's
+/// RELEASE has not come, as after any close(2) until it does) becomes a revision when the
+/// file is opened and changed again: what a user closed is what they can go back to,
+/// whatever the timing of the release.
+#[test]
+fn a_closed_version_is_a_revision_before_the_release() {
+    let m = Mount::new();
+    let f = m.path("doc");
+    let old = vec![b'o'; 200_000];
+    let w = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&f)
+        .unwrap();
+    let held = w.try_clone().unwrap(); // keeps the open file: close(w) flushes only
+    (&w).write_all(&old).unwrap();
+    drop(w);
+    fs::write(&f, b"new content").unwrap();
+    let revs = versions(&f);
+    assert_eq!(revs.len(), 1, "revisions: {revs:?}");
+    drop(held);
+    ok_json(&["versions", "restore", f.to_str().unwrap(), &revs[0]]);
+    assert!(fs::read(&f).unwrap() == old, "the closed version restored");
+}
+
 /// Purge frees the space, measured on the store; with trash off (mount option
 /// trash_retention=0) space is freed at once after the last close.
 #[test]
