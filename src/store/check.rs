@@ -23,7 +23,8 @@
 //!   content names a missing or damaged blob, or that a scrub marked `integrity_error`,
 //!   gets the content of its newest revision whose blobs all verify, or, with none,
 //!   keeps its whole chunks and reads zeros where a chunk is lost (as ext4 shows data a
-//!   power cut lost); the report says which.
+//!   power cut lost); the report says which. A revision whose content names a missing or
+//!   damaged blob can never be restored and is dropped.
 //!   Exit codes as e2fsck: 0 clean, 1 errors repaired, 4 problems left, 8 not run.
 //! - `scrub` reads every blob any record names and verifies its hash; damaged blobs are
 //!   reported with the paths that use them, and live nodes using them are marked
@@ -61,7 +62,27 @@ use super::tree::NewNode;
 use super::Store;
 
 /// The records that use a blob: (display path, live node if any).
-type Users = Vec<(String, Option<NodeId>)>;
+type Users = Vec<(String, Owner)>;
+
+/// What needs a blob, as far as a repair is concerned.
+#[derive(Clone, Debug, PartialEq)]
+enum Owner {
+    /// A node reachable from the root.
+    Live(NodeId),
+    /// The revision file at this path.
+    Revision(PathBuf),
+    /// A trashed or orphaned node, or a record's spill blob.
+    Other,
+}
+
+impl Owner {
+    fn live(&self) -> Option<NodeId> {
+        match self {
+            Owner::Live(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
 /// Every needed blob and who needs it.
 type Needed = HashMap<Hash, Users>;
 /// The length each chunk blob has (a blob's name is the hash of its bytes).
@@ -756,48 +777,62 @@ impl Store {
         let mut lens = ChunkLens::new();
         let mut manifests: HashMap<Hash, std::result::Result<Vec<ChunkRef>, String>> =
             HashMap::new();
-        let mut add =
-            |rec: &NodeRecord,
-             spill: Option<Hash>,
-             who: String,
-             live: Option<NodeId>,
-             need: &mut HashMap<Hash, Vec<(String, Option<NodeId>)>>| {
-                if let Some(h) = spill {
-                    need.entry(h).or_default().push((who.clone(), None));
-                }
-                match &rec.content {
-                    Content::Chunks(v) => {
-                        for c in v {
-                            need.entry(c.hash).or_default().push((who.clone(), live));
-                            lens.insert(c.hash, c.len);
-                        }
+        let mut add = |rec: &NodeRecord,
+                       spill: Option<Hash>,
+                       who: String,
+                       owner: Owner,
+                       need: &mut Needed| {
+            if let Some(h) = spill {
+                // A revision that cannot be read is as lost as one whose content is.
+                let o = match &owner {
+                    Owner::Revision(_) => owner.clone(),
+                    _ => Owner::Other,
+                };
+                need.entry(h).or_default().push((who.clone(), o));
+            }
+            match &rec.content {
+                Content::Chunks(v) => {
+                    for c in v {
+                        need.entry(c.hash)
+                            .or_default()
+                            .push((who.clone(), owner.clone()));
+                        lens.insert(c.hash, c.len);
                     }
-                    Content::Manifest(h) => {
-                        need.entry(*h).or_default().push((who.clone(), live));
-                        let list = manifests
-                            .entry(*h)
-                            .or_insert_with(|| manifest_on_disk(&self.layout, h));
-                        match list {
-                            Ok(v) => {
-                                for c in v.iter() {
-                                    need.entry(c.hash).or_default().push((who.clone(), live));
-                                    lens.insert(c.hash, c.len);
-                                }
+                }
+                Content::Manifest(h) => {
+                    need.entry(*h)
+                        .or_default()
+                        .push((who.clone(), owner.clone()));
+                    let list = manifests
+                        .entry(*h)
+                        .or_insert_with(|| manifest_on_disk(&self.layout, h));
+                    match list {
+                        Ok(v) => {
+                            for c in v.iter() {
+                                need.entry(c.hash)
+                                    .or_default()
+                                    .push((who.clone(), owner.clone()));
+                                lens.insert(c.hash, c.len);
                             }
-                            Err(why) => bad.push((who.clone(), *h, why.clone())),
                         }
+                        Err(why) => bad.push((who.clone(), *h, why.clone())),
                     }
-                    Content::Empty | Content::Inline(_) => {}
                 }
-            };
+                Content::Empty | Content::Inline(_) => {}
+            }
+        };
         let mut ids: Vec<&NodeId> = s.nodes.keys().collect();
         ids.sort();
         for id in ids {
             let n = &s.nodes[id];
             if let Ok(rec) = &n.rec {
                 let who = s.paths.get(id).cloned().unwrap_or_else(|| id.to_string());
-                let live = s.reachable.contains(id).then_some(*id);
-                add(rec, n.spill, who, live, &mut need);
+                let owner = if s.reachable.contains(id) {
+                    Owner::Live(*id)
+                } else {
+                    Owner::Other
+                };
+                add(rec, n.spill, who, owner, &mut need);
             }
         }
         for r in &s.revisions {
@@ -806,11 +841,17 @@ impl Store {
                 .get(&r.node)
                 .cloned()
                 .unwrap_or_else(|| r.node.to_string());
+            let path = self
+                .layout
+                .root
+                .join("revisions")
+                .join(r.node.to_string())
+                .join(&r.stamp);
             add(
                 &r.rec,
                 r.spill,
                 format!("revision {} of {at}", r.stamp),
-                None,
+                Owner::Revision(path),
                 &mut need,
             );
         }
@@ -1077,16 +1118,25 @@ impl Store {
         lost.sort_by(|a, b| a.1[0].0.cmp(&b.1[0].0));
         for (h, users, code, what) in lost {
             let mut seen = HashSet::new();
-            for (who, live) in users {
+            for (who, owner) in users {
                 if seen.insert(who) {
-                    let file = live
-                        .filter(|id| s.nodes[id].rec.as_ref().is_ok_and(|r| r.kind == Kind::File));
+                    // A live file goes back to what it had before; a revision whose
+                    // content is lost cannot be restored and is dropped.
+                    let action = match owner {
+                        Owner::Live(id)
+                            if s.nodes[id].rec.as_ref().is_ok_and(|r| r.kind == Kind::File) =>
+                        {
+                            Action::RollBack(*id)
+                        }
+                        Owner::Revision(path) => Action::RemovePath(path.clone()),
+                        _ => Action::None,
+                    };
                     problems.push(Problem {
                         code,
                         path: who.clone(),
                         detail: format!("blob {} is {what}", hash_hex(h)),
                         repaired: false,
-                        action: file.map_or(Action::None, Action::RollBack),
+                        action,
                     });
                 }
             }
@@ -1416,13 +1466,13 @@ impl Store {
                 Err(why) => why,
             };
             let mut used_by = Vec::new();
-            for (who, live) in &need[h] {
+            for (who, owner) in &need[h] {
                 if !used_by.contains(who) {
                     used_by.push(who.clone());
                 }
                 paths.insert(who.clone());
-                if let Some(id) = live {
-                    to_mark.insert(*id);
+                if let Some(id) = owner.live() {
+                    to_mark.insert(id);
                 }
             }
             rep.damaged.push(DamagedBlob {
@@ -1714,6 +1764,43 @@ mod tests {
             s.gc(false, Duration::ZERO),
             Err(Error::Integrity { .. })
         ));
+    }
+
+    /// A revision whose blob is lost (here: one a damaged file left when it was
+    /// overwritten) can never be restored: fsck names it, --repair drops it and leaves
+    /// the file and its whole revisions alone, and the store is clean again.
+    #[test]
+    fn a_revision_with_a_lost_blob_is_dropped() {
+        let (_d, s) = scratch();
+        let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
+        s.write(id, 0, &vec![4u8; 90_000]).unwrap();
+        s.write(id, 0, &vec![5u8; 100_000]).unwrap();
+        s.write(id, 0, &vec![6u8; 110_000]).unwrap(); // revisions: the 4s, the 5s
+        let revs = s.revisions(id).unwrap();
+        assert_eq!(revs.len(), 2);
+        let h = Store::record_hashes(&revs[1].1)[0];
+        fs::remove_file(s.blobs.path_of(&h)).unwrap();
+        s.blobs.drop_cache();
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT, "{:?}", r.problems);
+        let at = format!("revision {} of /f", revs[1].0);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.code == "missing_blob" && p.path == at),
+            "{:?}",
+            r.problems
+        );
+        let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
+        assert!(r.problems.iter().all(|p| p.repaired), "{:?}", r.problems);
+        let left = s.revisions(id).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, revs[0].0, "the whole revision is kept");
+        assert_eq!(s.read_content(id, &left[0].1).unwrap(), vec![4u8; 90_000]);
+        assert_eq!(s.read(id, 0, 200_000).unwrap(), vec![6u8; 110_000]);
+        let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
     }
 
     /// A blob renamed into place before a power cut whose bytes never reached the disk
