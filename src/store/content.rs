@@ -43,7 +43,7 @@ use super::event::{Event, Op};
 use super::node::{
     encode_body, frame, hash_hex, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
 };
-use super::Store;
+use super::{appended, Store};
 
 /// Files up to this size are stored inside their record.
 pub const INLINE_DATA_MAX: u64 = 1024;
@@ -1303,17 +1303,11 @@ impl Store {
         let Some(d) = self.delta_of(id, s, base)? else {
             return Ok(false);
         };
-        match log.append_delta(&d, &|| self.blobs.sync_filesystem()) {
-            Ok(true) => {
-                s.unlogged.clear();
-                Ok(true)
-            }
-            Ok(false) => Ok(false),
-            Err(e) => {
-                log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
-                Ok(false)
-            }
+        let logged = appended(log.append_delta(&d, &|| self.blobs.sync_filesystem()));
+        if logged == Some(true) {
+            s.unlogged.clear();
         }
+        Ok(logged == Some(true))
     }
 
     /// The first fsync of a session that began on an empty file and has only written
@@ -1338,20 +1332,15 @@ impl Store {
             return Ok(false);
         };
         let entry = self.log_entry(id, value, &rec, rec_blob)?;
-        match log.append_with_delta(&entry, &d, &|| self.blobs.sync_filesystem()) {
-            Ok(true) => {
-                self.child_logged(rec.parent, id, rec.version);
-                s.unlogged.clear();
-                s.from_empty = false;
-                s.chain = Some((base, rec.version));
-                Ok(true)
-            }
-            Ok(false) => Ok(false),
-            Err(e) => {
-                log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
-                Ok(false)
-            }
+        let sync = || self.blobs.sync_filesystem();
+        if appended(log.append_with_delta(&entry, &d, &sync)) != Some(true) {
+            return Ok(false);
         }
+        self.child_logged(rec.parent, id, rec.version);
+        s.unlogged.clear();
+        s.from_empty = false;
+        s.chain = Some((base, rec.version));
+        Ok(true)
     }
 
     /// The delta of the bytes `s` wrote since `base` was durable, or None if it is too

@@ -857,16 +857,11 @@ impl Store {
         };
         self.writable()?;
         let entry = self.log_entry(id, value, &rec, rec_blob)?;
-        match log.append(&entry, &|| self.blobs.sync_filesystem()) {
-            Ok(()) => {
-                self.child_logged(rec.parent, id, rec.version);
-                Ok(LogSync::Logged)
-            }
-            Err(e) => {
-                log::warn!("fsync log given up, fsync syncs the files themselves: {e}");
-                Ok(LogSync::NoLog)
-            }
+        if appended(log.append(&entry, &|| self.blobs.sync_filesystem())).is_none() {
+            return Ok(LogSync::NoLog);
         }
+        self.child_logged(rec.parent, id, rec.version);
+        Ok(LogSync::Logged)
     }
 
     /// The record of file `id` as stored, with its stored value (the xattr bytes) and
@@ -998,6 +993,13 @@ fn replay_fsync_logs(layout: &Layout, locked: bool) -> Result<()> {
 
 /// Directories in the order to sync them: deepest first, because a new `nodes/xx/yy`
 /// is named in `nodes/xx`, which is synced after it.
+/// What an fsync log append said, or None if it failed: the log is given up then (see
+/// `fsynclog`), and each fsync syncs the files themselves from then on.
+pub(crate) fn appended<T>(res: Result<T>) -> Option<T> {
+    res.map_err(|e| log::warn!("fsync log given up, fsync syncs the files themselves: {e}"))
+        .ok()
+}
+
 fn deepest_first(dirs: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = dirs.into_iter().collect();
     v.sort_by(|a, b| (b.components().count().cmp(&a.components().count())).then_with(|| a.cmp(b)));
