@@ -9,7 +9,9 @@
 //! by open handles), so concurrent writers never lose each other's acknowledged writes.
 //! `commit` (on flush/close and fsync) seals, writes the new manifest, then swaps the
 //! record once. The first commit of a session that changed content saves the record from
-//! before the session under `revisions/<uuid>/<unix-nanos>`. An fsync of a session that
+//! before the session under `revisions/<uuid>/<unix-nanos>`; a handle that joins a
+//! session with nothing uncommitted starts a new version the same way (a file closed and
+//! reopened before the kernel's RELEASE still gets its closed version kept). An fsync of a session that
 //! only wrote since its content was last made durable commits nothing: it logs the
 //! written bytes as a delta (`fsynclog` module doc), so a database that rewrites a page
 //! and fsyncs does not seal, hash and store the page's whole 4 MiB chunk each time.
@@ -558,7 +560,9 @@ impl Store {
                 drop(map);
                 let mut g = s.lock().unwrap();
                 if !g.changed && g.base.is_none() {
-                    g.base = Some(self.read_record(id)?);
+                    // Unreadable now: no revision of it then, and the open still works
+                    // (the handle is counted); a read reports the record's error.
+                    g.base = self.read_record(id).ok();
                 }
             }
             return Ok((s, false));

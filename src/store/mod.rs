@@ -991,8 +991,6 @@ fn replay_fsync_logs(layout: &Layout, locked: bool) -> Result<()> {
     }
 }
 
-/// Directories in the order to sync them: deepest first, because a new `nodes/xx/yy`
-/// is named in `nodes/xx`, which is synced after it.
 /// What an fsync log append said, or None if it failed: the log is given up then (see
 /// `fsynclog`), and each fsync syncs the files themselves from then on.
 pub(crate) fn appended<T>(res: Result<T>) -> Option<T> {
@@ -1000,6 +998,8 @@ pub(crate) fn appended<T>(res: Result<T>) -> Option<T> {
         .ok()
 }
 
+/// Directories in the order to sync them: deepest first, because a new `nodes/xx/yy`
+/// is named in `nodes/xx`, which is synced after it.
 fn deepest_first(dirs: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = dirs.into_iter().collect();
     v.sort_by(|a, b| (b.components().count().cmp(&a.components().count())).then_with(|| a.cmp(b)));
