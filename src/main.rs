@@ -318,6 +318,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 f.store_id,
                 f.chunk_size
             );
+            let staging = decofs::store::layout::Layout::new(&store).sessions();
+            if decofs::store::layout::records_fit_in_inode(&staging) == Some(false) {
+                println!(
+                    "note: this filesystem's inodes are too small to hold a node's record, so each \
+                     record takes a block of its own: a cold walk (find, ls -l, git status) \
+                     reads one more block per file; ext4 made with `mkfs.ext4 -I 1024` keeps \
+                     records inside the inodes"
+                );
+            }
             Ok(())
         }
         Cmd::Mount {

@@ -109,3 +109,62 @@ fn readahead_window_is_widened_and_configurable() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("readahead=lots"), "{err}");
 }
+
+/// `decofs init` says when the filesystem under the store keeps each record in a block
+/// of its own (ext4's default 256-byte inodes), which costs a cold walk one device read
+/// per file, and stays silent where records fit inside the inode (`mkfs.ext4 -I 1024`).
+/// Both stores work the same.
+#[test]
+fn init_says_when_records_do_not_fit_in_inodes() {
+    struct Loop(std::path::PathBuf);
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            common::umount_fs(&self.0);
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("decofs-inodes")
+        .tempdir_in(common::test_root())
+        .unwrap();
+    for (size, note) in [("256", true), ("1024", false)] {
+        let img = dir.path().join(format!("i{size}.img"));
+        let root = dir.path().join(format!("i{size}"));
+        fs::create_dir(&root).unwrap();
+        common::mkfs_ext4(&img, 64 << 20, &["-I", size]);
+        common::sh(&format!(
+            "mount -o loop '{}' '{}'",
+            img.display(),
+            root.display()
+        ));
+        let _guard = Loop(root.clone());
+        let store = root.join("store");
+        let out = common::decofs(&["init", store.to_str().unwrap()]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.contains("inodes are too small to hold a node's record"),
+            note,
+            "inode size {size}: {text}"
+        );
+        let staging = store.join("sessions");
+        assert_eq!(
+            fs::read_dir(&staging).unwrap().count(),
+            0,
+            "the probe is removed"
+        );
+        let mdir = tempfile::Builder::new()
+            .prefix("decofs-inodes-mnt")
+            .tempdir_in(common::test_root())
+            .unwrap();
+        let m = Mount {
+            store: store.clone(),
+            mnt: mdir.path().to_path_buf(),
+            dir: mdir,
+            opts: "allow_other".into(),
+        };
+        m.mount();
+        fs::write(m.path("f"), b"x").unwrap();
+        assert_eq!(fs::read(m.path("f")).unwrap(), b"x");
+        m.unmount();
+    }
+}

@@ -280,6 +280,24 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// The node record lives in a user xattr: refuse backing filesystems without them.
+/// Does a record of typical size (256 bytes) fit inside an inode of the filesystem
+/// holding `dir`? Probed: an empty file given such an xattr has no block allocated if
+/// it does. None if the probe could not run. ext4's default 256-byte inodes do not fit
+/// one, so every record takes a block of its own, and a cold walk (find, ls -l, git
+/// status) reads it: one more device read per file. `mkfs.ext4 -I 1024` keeps it
+/// inside the inode (a cold git status of an 8,556-file checkout: 13,570 → 4,440 reads).
+pub fn records_fit_in_inode(dir: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let probe = dir.join(format!(".inode-probe-{}", std::process::id()));
+    let f = fs::File::create(&probe).ok()?;
+    let res = xattr::set(&probe, "user.decofs.probe", &[0x5a; 256])
+        .ok()
+        .and_then(|_| f.metadata().ok())
+        .map(|m| m.blocks() == 0);
+    let _ = fs::remove_file(&probe);
+    res
+}
+
 pub fn check_xattr_support(dir: &Path) -> Result<()> {
     let probe = dir.join(format!(".xattr-probe-{}", std::process::id()));
     let _ = fs::File::create(&probe).ctx(|| format!("create {}", probe.display()))?;
