@@ -279,7 +279,6 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     f.sync_all().ctx(|| format!("sync {}", dir.display()))
 }
 
-/// The node record lives in a user xattr: refuse backing filesystems without them.
 /// Does a record of typical size (256 bytes) fit inside an inode of the filesystem
 /// holding `dir`? Probed: an empty file given such an xattr has no block allocated if
 /// it does. None if the probe could not run. ext4's default 256-byte inodes do not fit
@@ -298,6 +297,7 @@ pub fn records_fit_in_inode(dir: &Path) -> Option<bool> {
     res
 }
 
+/// The node record lives in a user xattr: refuse backing filesystems without them.
 pub fn check_xattr_support(dir: &Path) -> Result<()> {
     let probe = dir.join(format!(".xattr-probe-{}", std::process::id()));
     let _ = fs::File::create(&probe).ctx(|| format!("create {}", probe.display()))?;
