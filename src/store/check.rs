@@ -652,7 +652,7 @@ impl Store {
         }
 
         // 5. Revisions: revisions/<uuid>/<nanos>.
-        let rdir = self.layout.root.join("revisions");
+        let rdir = self.layout.revisions();
         for d in read_dir_sorted(&rdir)? {
             let name = d.file_name().to_string_lossy().into_owned();
             let id = match Uuid::parse_str(&name) {
@@ -841,12 +841,7 @@ impl Store {
                 .get(&r.node)
                 .cloned()
                 .unwrap_or_else(|| r.node.to_string());
-            let path = self
-                .layout
-                .root
-                .join("revisions")
-                .join(r.node.to_string())
-                .join(&r.stamp);
+            let path = self.layout.revisions_of(r.node).join(&r.stamp);
             add(
                 &r.rec,
                 r.spill,

@@ -1384,7 +1384,7 @@ impl Store {
         if base.size == 0 && base.content == Content::Empty {
             return Ok(false);
         }
-        let dir = self.layout.root.join("revisions").join(id.to_string());
+        let dir = self.layout.revisions_of(id);
         fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
         let now = Time::now();
         let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
@@ -1415,7 +1415,7 @@ impl Store {
     /// The directory of a node's revisions and their times (file names), oldest first;
     /// no revision file is read.
     pub(crate) fn revision_stamps(&self, id: NodeId) -> Result<(std::path::PathBuf, Vec<i128>)> {
-        let dir = self.layout.root.join("revisions").join(id.to_string());
+        let dir = self.layout.revisions_of(id);
         let it = match fs::read_dir(&dir) {
             Ok(it) => it,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((dir, Vec::new())),
@@ -1614,7 +1614,7 @@ mod tests {
         s.write(id, 0, &vec![1u8; 100_000]).unwrap();
         s.write(id, 0, &vec![2u8; 100_000]).unwrap(); // version 1 is now a revision
         let old = Store::record_hashes(&s.revisions(id).unwrap()[0].1);
-        let dir = s.layout.root.join("revisions").join(id.to_string());
+        let dir = s.layout.revisions_of(id);
         fs::write(dir.join("1"), b"").unwrap();
         assert_eq!(
             s.revisions(id).unwrap().len(),

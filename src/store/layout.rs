@@ -101,6 +101,13 @@ impl Layout {
     pub fn sessions(&self) -> PathBuf {
         self.root.join("sessions")
     }
+    pub fn revisions(&self) -> PathBuf {
+        self.root.join("revisions")
+    }
+    /// `revisions/<uuid>`: the earlier records of one node, one file per revision.
+    pub fn revisions_of(&self, id: NodeId) -> PathBuf {
+        self.revisions().join(id.to_string())
+    }
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
     }
@@ -173,7 +180,7 @@ impl Layout {
             self.blobs(),
             self.trash(),
             self.sessions(),
-            self.root.join("revisions"),
+            self.revisions(),
         ] {
             fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
         }

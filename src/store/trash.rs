@@ -433,7 +433,7 @@ impl Store {
             log::warn!("purge {id}: {err}");
             return Ok(None);
         }
-        let _ = fs::remove_dir_all(self.layout.root.join("revisions").join(id.to_string()));
+        let _ = fs::remove_dir_all(self.layout.revisions_of(id));
         Ok(Some(revs.len() as u64))
     }
 
@@ -532,7 +532,7 @@ impl Store {
 
     /// The nodes that have revisions.
     pub fn revision_owners(&self) -> Vec<NodeId> {
-        fs::read_dir(self.layout.root.join("revisions"))
+        fs::read_dir(self.layout.revisions())
             .map(|it| {
                 it.flatten()
                     .filter_map(|e| NodeId::from_name(&e.file_name()))
