@@ -249,6 +249,7 @@ pub fn status_value(store: &Store, info: Option<&DaemonInfo>) -> Result<Value> {
         v["uptime_secs"] = json!(info.started.elapsed().as_secs());
         v["open_sessions"] = json!(store.open_sessions());
         v["spare_nodes"] = json!(store.spare_nodes());
+        v["close_orders_blobs"] = json!(store.close_orders_blobs());
         v["my_epoch"] = json!(store.epoch());
     }
     Ok(v)

@@ -17,6 +17,19 @@
 //! Which blobs are not durable yet is known (`is_unsynced`): the fsync log copies
 //! those a logged record names.
 //!
+//! Ordering (invariant 1 across a power cut, for files closed but not fsynced): a
+//! record must not reach the device before the bytes of the blobs it names. `put`
+//! starts writing a new blob at once (`sync_file_range`), and [`BlobStore::settle`],
+//! called before a record naming it is written, waits until those writes completed.
+//! A journal commits metadata in order, and ext4 marks the new extents written
+//! (dioread_nolock's conversion) before the pages leave writeback, so the record's
+//! change commits in the same transaction as the blob's or a later one: a power cut
+//! leaves the old record, or the new one with its bytes (tests/durability.rs; without
+//! this every file closed in the 30 s before the cut read EIO there). The device's
+//! cache is not flushed (fsync's job: a journal commit flushes it before its commit
+//! block). Without a journal nothing orders the record's block behind the bytes;
+//! fsck finds and repairs what a cut leaves (README).
+//!
 //! Recycling: the file of a swept blob of at most 1 MiB is emptied and kept (up to 256)
 //! for the next `put`, which writes and renames it instead of creating a new inode. On
 //! ext4 without a journal a new inode costs ~1 ms once many were deleted recently
@@ -67,6 +80,9 @@ pub trait BlobStore: Send + Sync {
     fn get(&self, hash: &Hash) -> Result<Arc<Chunk>>;
     /// Make every blob `put` so far durable (fsync of the staged files' directories).
     fn sync(&self) -> Result<()>;
+    /// Before a record names `hashes`: wait until the bytes of those `put` without
+    /// `durable` are written to the device (see the module doc, Ordering).
+    fn settle(&self, hashes: &[Hash]) -> Result<()>;
 }
 
 pub struct LocalBlobs {
@@ -82,6 +98,10 @@ pub struct LocalBlobs {
     /// The backing filesystem is ext4: an fsync of a file through a descriptor opened
     /// before its rename also makes its new name durable (see `sync`).
     name_rides_fsync: bool,
+    /// `settle` waits: the backing filesystem orders metadata behind completed writes
+    /// (a journal), so waiting for a blob's bytes orders the record after them. Not on
+    /// ext4 without a journal, where nothing orders them (see the module doc).
+    settle_waits: bool,
     /// Blobs being read from disk right now; later readers wait for that load.
     loading: Mutex<HashMap<Hash, Arc<Gate>>>,
     /// Background prefetches running (bounded by PREFETCH_MAX).
@@ -187,6 +207,7 @@ impl LocalBlobs {
             }),
             seq: AtomicU64::new(0),
             name_rides_fsync: is_ext4(&layout.blobs()),
+            settle_waits: !ext4_without_journal(&layout.blobs()),
             unsynced: Mutex::new(Vec::new()),
             not_durable: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
@@ -467,6 +488,11 @@ impl LocalBlobs {
         self.layout.blob_path(&hash_hex(hash))
     }
 
+    /// Does `settle` wait (see `settle_waits`)?
+    pub fn settle_waits(&self) -> bool {
+        self.settle_waits
+    }
+
     /// Forget a cached copy (used by tests that corrupt a blob on disk).
     pub fn drop_cache(&self) {
         let mut c = self.cache.lock().unwrap();
@@ -527,6 +553,8 @@ impl LocalBlobs {
             if durable {
                 f.sync_all().ctx(|| format!("sync {}", tmp.display()))?;
             } else {
+                // Its record waits for these bytes (`settle`): on their way already.
+                start_writeback(&f);
                 // Listed before it is named; if naming fails, `sync` cannot open it
                 // and drops it.
                 too_many = self.remember_unsynced(hash, path.to_path_buf(), f, fresh);
@@ -579,6 +607,31 @@ impl BlobStore for LocalBlobs {
 
     fn get(&self, hash: &Hash) -> Result<Arc<Chunk>> {
         self.load(hash)
+    }
+
+    fn settle(&self, hashes: &[Hash]) -> Result<()> {
+        if !self.settle_waits {
+            return Ok(());
+        }
+        let pending: Vec<PathBuf> = {
+            let nd = self.not_durable.lock().unwrap();
+            hashes
+                .iter()
+                .filter(|h| nd.contains_key(*h))
+                .map(|h| self.path_of(h))
+                .collect()
+        };
+        for p in pending {
+            let f = match fs::File::open(&p) {
+                Ok(f) => f,
+                // Not expected (a session just put it); there is nothing left to wait
+                // for, and whether the record may name it is `put`'s concern.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("open {}", p.display()), e)),
+            };
+            wait_written(&f).ctx(|| format!("write {}", p.display()))?;
+        }
+        Ok(())
     }
 
     /// fsync every unsynced blob, then the directories that name them. On ext4 a blob
@@ -647,6 +700,29 @@ pub fn syncfs(path: &std::path::Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Start writing a file's dirty pages to the device, without waiting. Advisory: a
+/// failure leaves the work to `wait_written`.
+fn start_writeback(f: &fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a syscall on a descriptor `f` keeps open; no memory is passed.
+    unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+/// Write a file's dirty pages and wait until every page of it is written to the device
+/// (its device cache is not flushed: that is fsync's job). A write error shows here.
+fn wait_written(f: &fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: as in `start_writeback`.
+    if unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, flags) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Read a whole blob file and hash it.
@@ -764,6 +840,32 @@ fn is_ext4(path: &std::path::Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe {
         libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as libc::c_long == EXT4_SUPER_MAGIC
+    }
+}
+
+/// Is `path` on ext4 mounted without a journal? Its options in /proc/fs/ext4 then name
+/// no `data=` mode. False where that cannot be told.
+fn ext4_without_journal(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if !is_ext4(path) {
+        return false;
+    }
+    let Ok(dev) = fs::metadata(path).map(|m| m.dev()) else {
+        return false;
+    };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let Ok(link) = fs::read_link(format!("/sys/dev/block/{major}:{minor}")) else {
+        return false;
+    };
+    let Some(name) = link.file_name() else {
+        return false;
+    };
+    let options = std::path::Path::new("/proc/fs/ext4")
+        .join(name)
+        .join("options");
+    match fs::read_to_string(options) {
+        Ok(o) => !o.lines().any(|l| l.starts_with("data=")),
+        Err(_) => false,
     }
 }
 

@@ -1256,6 +1256,13 @@ impl Store {
         let fresh = inline || s.chunks.values().all(|c| s.sealed_here.contains(&c.hash));
         if durable && !self.fsync_logged() {
             self.blobs.sync()?;
+        } else {
+            // Invariant 1 across a power cut: the record waits for the bytes it names.
+            let mut named: Vec<Hash> = s.chunks.values().map(|c| c.hash).collect();
+            if let Content::Manifest(h) = &content {
+                named.push(*h);
+            }
+            self.blobs.settle(&named)?;
         }
         if let Some(base) = s.base.take() {
             if self.save_revision(id, &base)? {
