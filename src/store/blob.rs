@@ -27,8 +27,8 @@
 //! leaves the old record, or the new one with its bytes (tests/durability.rs; without
 //! this every file closed in the 30 s before the cut read EIO there). The device's
 //! cache is not flushed (fsync's job: a journal commit flushes it before its commit
-//! block). Without a journal nothing orders the record's block behind the bytes;
-//! fsck finds and repairs what a cut leaves (README).
+//! block). Without a journal nothing orders the record's block behind the bytes, so
+//! neither is done there; fsck finds and repairs what a cut leaves (README).
 //!
 //! Recycling: the file of a swept blob of at most 1 MiB is emptied and kept (up to 256)
 //! for the next `put`, which writes and renames it instead of creating a new inode. On
@@ -553,8 +553,12 @@ impl LocalBlobs {
             if durable {
                 f.sync_all().ctx(|| format!("sync {}", tmp.display()))?;
             } else {
-                // Its record waits for these bytes (`settle`): on their way already.
-                start_writeback(&f);
+                if self.settle_waits {
+                    // Its record waits for these bytes (`settle`): on their way now.
+                    // Not otherwise: a file deleted soon (sqlite's journal) would be
+                    // written for nothing.
+                    start_writeback(&f);
+                }
                 // Listed before it is named; if naming fails, `sync` cannot open it
                 // and drops it.
                 too_many = self.remember_unsynced(hash, path.to_path_buf(), f, fresh);
