@@ -97,6 +97,9 @@ pub struct Store {
     policy: Mutex<layout::Policy>,
     /// Nodes with open handles (any mode): never purged while open.
     pins: Mutex<HashMap<NodeId, u32>>,
+    /// Nodes that lost their last name while open, with no trash link (a full disk):
+    /// freed at their last close (`unpin`).
+    unlinked_open: Mutex<std::collections::HashSet<NodeId>>,
     /// Blobs that may have lost their last reference, swept in batches.
     pending_sweep: Mutex<Vec<node::Hash>>,
     /// Called when a node's content was replaced behind the kernel's back (restore).
@@ -308,6 +311,7 @@ impl Store {
             manifests: Mutex::new(HashMap::new()),
             policy: Mutex::new(policy),
             pins: Mutex::new(HashMap::new()),
+            unlinked_open: Mutex::new(Default::default()),
             pending_sweep: Mutex::new(Vec::new()),
             read_ends: Mutex::new(HashMap::new()),
             unsynced_names: Mutex::new(Owed::default()),

@@ -116,19 +116,18 @@ impl Store {
                 None => false,
             }
         };
-        if last && !self.read_only() {
+        if !last || self.read_only() {
+            return;
+        }
+        // Not by listing the trash: that reads every trashed record, and a program whose
+        // files die young (a database's journal) would pay it at every close.
+        if self.unlinked_open.lock().unwrap().contains(&id) {
+            // Deleted on a full disk without a trash link: free it now.
+            let _ = self.free_unlinked(id);
+        } else if self.policy().trash_retention_secs == 0 {
             if let Ok(rec) = self.read_record(id) {
                 if rec.trash.is_some() && rec.nlink == 0 {
-                    let linked = self
-                        .trash_list()
-                        .map(|l| l.iter().any(|e| e.id == id))
-                        .unwrap_or(true);
-                    if !linked {
-                        // Deleted on a full disk without a trash link: free it now.
-                        let _ = self.untrashable(id);
-                    } else if self.policy().trash_retention_secs == 0 {
-                        let _ = self.purge(PurgeSel::One(id.to_string()), false);
-                    }
+                    let _ = self.purge(PurgeSel::One(id.to_string()), false);
                 }
             }
         }
@@ -441,8 +440,19 @@ impl Store {
     /// free it now (or at its last close), so deleting files can still free space.
     pub(crate) fn untrashable(&self, id: NodeId) -> Result<()> {
         log::warn!("node {id}: no space to keep it in the trash; it is deleted for good");
+        // Marked before the check: a last close racing this either finds the mark (and
+        // frees the node) or was over before the check (and this frees it).
+        self.unlinked_open.lock().unwrap().insert(id);
         if self.pinned(id) || self.has_session(id) {
             return Ok(()); // `unpin` frees it at the last close
+        }
+        self.free_unlinked(id)
+    }
+
+    /// Free a node `untrashable` marked, unless someone else did already.
+    fn free_unlinked(&self, id: NodeId) -> Result<()> {
+        if !self.unlinked_open.lock().unwrap().remove(&id) {
+            return Ok(());
         }
         let mut candidates = Vec::new();
         self.remove_node(id, &mut candidates)?;
@@ -689,6 +699,60 @@ impl Store {
 mod tests {
     use super::super::tests::{new_file, scratch};
     use super::*;
+
+    /// The last close of a file deleted while open: it stays in the trash, unless the
+    /// delete found no room for a trash link (freed then, not before) or the trash is off.
+    #[test]
+    fn last_close_of_a_deleted_file_keeps_or_frees_it_as_its_delete_left_it() {
+        let (_d, s) = scratch();
+        let root = s.root();
+        let a = new_file(&s, "a");
+        s.pin(a);
+        s.unlink(root, OsStr::new("a")).unwrap();
+        s.unpin(a);
+        assert!(s.trash_list().unwrap().iter().any(|e| e.id == a));
+        assert!(s.read_record(a).is_ok());
+
+        // As on a full disk: no trash link.
+        let b = new_file(&s, "b");
+        s.pin(b);
+        s.pin(b);
+        s.unlink(root, OsStr::new("b")).unwrap();
+        let link = s
+            .trash_list()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.id == b)
+            .unwrap()
+            .link;
+        fs::remove_file(s.layout.trash().join(link)).unwrap();
+        s.untrashable(b).unwrap();
+        s.unpin(b);
+        assert!(s.read_record(b).is_ok(), "freed while a handle is open");
+        s.unpin(b);
+        assert!(
+            matches!(s.read_record(b), Err(Error::NotFound)),
+            "not freed at the last close"
+        );
+        assert!(s.unlinked_open.lock().unwrap().is_empty());
+
+        let mut p = s.policy();
+        p.trash_retention_secs = 0;
+        s.set_policy(p);
+        let c = new_file(&s, "c");
+        s.pin(c);
+        s.unlink(root, OsStr::new("c")).unwrap();
+        assert!(s.read_record(c).is_ok(), "purged while open");
+        s.unpin(c);
+        assert!(
+            matches!(s.read_record(c), Err(Error::NotFound)),
+            "trash off: kept"
+        );
+        assert!(
+            s.read_record(a).is_ok(),
+            "a closed file's trash went with another's close"
+        );
+    }
 
     /// Retention decides from the names of trash links and revision files; what it
     /// keeps and drops must be what the records say.
