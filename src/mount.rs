@@ -709,10 +709,9 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
             if tick.is_multiple_of(60) {
                 match st.expire() {
                     Ok(r) if r.nodes + r.revisions > 0 => log::info!(
-                        "retention: purged {} trashed node(s), {} revision(s), freed {} bytes",
+                        "retention: purged {} trashed node(s), {} revision(s); the next sweep frees their space",
                         r.nodes,
-                        r.revisions,
-                        r.bytes_freed
+                        r.revisions
                     ),
                     Ok(_) => {}
                     Err(e) => log::warn!("retention: {e}"),

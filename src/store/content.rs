@@ -1512,7 +1512,8 @@ impl Store {
         }
     }
 
-    /// Hash of the blob a record spills into, if any (used by checks).
+    /// The blobs a record's content names directly: its chunks, or its manifest blob
+    /// (not the chunks the manifest lists). Used by tests that damage a file's blob.
     pub fn record_hashes(rec: &NodeRecord) -> Vec<Hash> {
         match &rec.content {
             Content::Chunks(v) => v.iter().map(|c| c.hash).collect(),
