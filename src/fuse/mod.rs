@@ -19,7 +19,9 @@ mod ops;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
@@ -88,7 +90,7 @@ impl DirAhead {
                 .spawn(move || loop {
                     let dir = {
                         let (m, cv) = &*shared;
-                        let mut st = m.lock().unwrap();
+                        let mut st = m.lock();
                         loop {
                             if st.stop {
                                 return;
@@ -96,7 +98,7 @@ impl DirAhead {
                             if let Some(d) = st.dirs.pop() {
                                 break d;
                             }
-                            st = cv.wait(st).unwrap();
+                            cv.wait(&mut st);
                         }
                     };
                     let Some(s) = store.upgrade() else { return };
@@ -118,7 +120,7 @@ impl DirAhead {
             return;
         }
         let (m, cv) = &*self.shared;
-        let mut st = m.lock().unwrap();
+        let mut st = m.lock();
         st.dirs.extend(dirs.iter().rev());
         if st.dirs.len() > DIR_AHEAD_MAX {
             let excess = st.dirs.len() - DIR_AHEAD_MAX;
@@ -129,7 +131,7 @@ impl DirAhead {
 
     fn stop(&self) {
         let (m, cv) = &*self.shared;
-        m.lock().unwrap().stop = true;
+        m.lock().stop = true;
         cv.notify_all();
     }
 }
@@ -312,7 +314,7 @@ impl DecoFs {
     /// The kernel learned about `id` (lookup, create, readdirplus): count it.
     fn remember(&self, id: NodeId) -> u64 {
         let ino = self.store.ino_of(id);
-        let mut t = self.inodes.write().unwrap();
+        let mut t = self.inodes.write();
         let e = t.entry(ino).or_insert((id, 0));
         e.0 = id;
         e.1 += 1;
@@ -323,7 +325,7 @@ impl DecoFs {
         if ino == 1 {
             return;
         }
-        let mut t = self.inodes.write().unwrap();
+        let mut t = self.inodes.write();
         if let Some(e) = t.get_mut(&ino) {
             e.1 = e.1.saturating_sub(n);
             if e.1 == 0 {
@@ -335,7 +337,6 @@ impl DecoFs {
     fn node(&self, ino: INodeNo) -> Result<NodeId, Errno> {
         self.inodes
             .read()
-            .unwrap()
             .get(&ino.0)
             .map(|e| e.0)
             .ok_or(Errno::ENOENT)
@@ -347,8 +348,23 @@ impl DecoFs {
             self.store.pin(*id);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, h);
+        self.handles.lock().insert(fh, h);
         fh
+    }
+}
+
+/// Run one request's handler. A panic in it is caught here: the reply it owned is
+/// dropped unanswered, which fuser answers EIO, and the thread goes on serving. Locks
+/// are `parking_lot`'s and do not poison, so the lock the panic held is free again and
+/// no later request inherits the failure (docs/DESIGN.md, "Panics").
+fn guard(op: &'static str, f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let why = p
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        log::error!("{op}: the request panicked ({why}); answered EIO");
     }
 }
 

@@ -113,7 +113,7 @@ impl DecoFs {
     }
 
     fn file_handle(&self, fh: FileHandle) -> Option<(NodeId, bool)> {
-        match self.handles.lock().unwrap().get(&fh.0) {
+        match self.handles.lock().get(&fh.0) {
             Some(Handle::File { id, write }) => Some((*id, *write)),
             _ => None,
         }
@@ -128,7 +128,7 @@ impl DecoFs {
         fh: FileHandle,
         offset: u64,
     ) -> Result<(NodeId, DirEntries), Errno> {
-        let id = match self.handles.lock().unwrap().get(&fh.0) {
+        let id = match self.handles.lock().get(&fh.0) {
             Some(Handle::Dir { id, entries }) => match entries {
                 Some(e) if offset != 0 => return Ok((*id, e.clone())),
                 _ => Some(*id),
@@ -148,7 +148,7 @@ impl DecoFs {
             .filter(|c| c.kind_hint() == Some(Kind::Dir))
             .collect();
         self.dirs_ahead.push(&subdirs);
-        if let Some(Handle::Dir { entries: e, .. }) = self.handles.lock().unwrap().get_mut(&fh.0) {
+        if let Some(Handle::Dir { entries: e, .. }) = self.handles.lock().get_mut(&fh.0) {
             *e = Some(entries.clone());
         }
         Ok((id, entries))
@@ -181,7 +181,7 @@ impl DecoFs {
             return;
         }
         let (entries, from) = {
-            let mut cl = self.cold_listings.lock().unwrap();
+            let mut cl = self.cold_listings.lock();
             let Some(l) = cl.get_mut(&parent) else {
                 return;
             };
@@ -203,7 +203,7 @@ impl DecoFs {
 
     /// Remember that `id` was listed with name-only entries (see `cold_listings`).
     fn listed_cold(&self, id: NodeId, entries: &DirEntries) {
-        let mut cl = self.cold_listings.lock().unwrap();
+        let mut cl = self.cold_listings.lock();
         if cl.len() >= super::COLD_LISTINGS_MAX && !cl.contains_key(&id) {
             cl.clear();
         }
@@ -252,41 +252,47 @@ impl Filesystem for DecoFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let p = match self.node(parent) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        match self.store.lookup(p, name) {
-            Ok(id) => {
-                self.lookup_after_listing(p, id);
-                self.reply_entry(id, reply)
+        super::guard("lookup", || {
+            let p = match self.node(parent) {
+                Ok(p) => p,
+                Err(e) => return reply.error(e),
+            };
+            match self.store.lookup(p, name) {
+                Ok(id) => {
+                    self.lookup_after_listing(p, id);
+                    self.reply_entry(id, reply)
+                }
+                Err(Error::NotFound) => {
+                    // "No such name", cached by the kernel like a name (nodeid 0): every
+                    // create passes through the kernel, and a restore, the one name bound
+                    // behind its back, invalidates the entry. Saves the repeated probes of
+                    // tools (sqlite's -wal and -journal, PATH and include searches).
+                    let mut attr = self.attr(p, &NodeRecord::new(Kind::File, 0, 0, 0, 0));
+                    attr.ino = INodeNo(0);
+                    reply.entry(&self.negative_ttl(), &attr, Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(Error::NotFound) => {
-                // "No such name", cached by the kernel like a name (nodeid 0): every
-                // create passes through the kernel, and a restore, the one name bound
-                // behind its back, invalidates the entry. Saves the repeated probes of
-                // tools (sqlite's -wal and -journal, PATH and include searches).
-                let mut attr = self.attr(p, &NodeRecord::new(Kind::File, 0, 0, 0, 0));
-                attr.ino = INodeNo(0);
-                reply.entry(&self.negative_ttl(), &attr, Generation(0))
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.forget_ino(ino.0, nlookup);
+        super::guard("forget", || {
+            self.forget_ino(ino.0, nlookup);
+        })
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let id = match self.node(ino) {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        match self.store.stat(id) {
-            Ok(rec) => reply.attr(&self.ttl(id), &self.attr(id, &rec)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        super::guard("getattr", || {
+            let id = match self.node(ino) {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            match self.store.stat(id) {
+                Ok(rec) => reply.attr(&self.ttl(id), &self.attr(id, &rec)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn setattr(
@@ -307,53 +313,58 @@ impl Filesystem for DecoFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let id = match self.node(ino) {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        let a = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(set_time),
-            mtime: mtime.map(set_time),
-        };
-        let rec = match self.store.setattr(id, &a) {
-            Ok(rec) => rec,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        // With HANDLE_KILLPRIV_V2 the kernel leaves dropping set-ID bits and file
-        // capabilities to us: on chown (for anyone) and on truncate (for a caller
-        // without CAP_FSETID, taken as non-root), unless the same call sets the mode.
-        let chown = uid.is_some() || gid.is_some();
-        let truncate = size.is_some() && req.uid() != 0;
-        let rec = if rec.kind != Kind::Dir && mode.is_none() && (chown || truncate) {
-            let root = req.uid() == 0;
-            let in_group = |g: u32| root || req.gid() == g || in_supplementary_groups(req.pid(), g);
-            match self
-                .store
-                .kill_privileges(id, in_group)
-                .and_then(|()| self.store.stat(id))
-            {
+        super::guard("setattr", || {
+            let id = match self.node(ino) {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            let a = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: atime.map(set_time),
+                mtime: mtime.map(set_time),
+            };
+            let rec = match self.store.setattr(id, &a) {
                 Ok(rec) => rec,
                 Err(e) => return reply.error(errno(&e)),
-            }
-        } else {
-            rec
-        };
-        reply.attr(&self.ttl(id), &self.attr(id, &rec))
+            };
+            // With HANDLE_KILLPRIV_V2 the kernel leaves dropping set-ID bits and file
+            // capabilities to us: on chown (for anyone) and on truncate (for a caller
+            // without CAP_FSETID, taken as non-root), unless the same call sets the mode.
+            let chown = uid.is_some() || gid.is_some();
+            let truncate = size.is_some() && req.uid() != 0;
+            let rec = if rec.kind != Kind::Dir && mode.is_none() && (chown || truncate) {
+                let root = req.uid() == 0;
+                let in_group =
+                    |g: u32| root || req.gid() == g || in_supplementary_groups(req.pid(), g);
+                match self
+                    .store
+                    .kill_privileges(id, in_group)
+                    .and_then(|()| self.store.stat(id))
+                {
+                    Ok(rec) => rec,
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            } else {
+                rec
+            };
+            reply.attr(&self.ttl(id), &self.attr(id, &rec))
+        })
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self
-            .node(ino)
-            .and_then(|id| self.store.read_record(id).map_err(|e| errno(&e)))
-        {
-            Ok(rec) if rec.kind == Kind::Symlink => reply.data(&rec.target),
-            Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
-        }
+        super::guard("readlink", || {
+            match self
+                .node(ino)
+                .and_then(|id| self.store.read_record(id).map_err(|e| errno(&e)))
+            {
+                Ok(rec) if rec.kind == Kind::Symlink => reply.data(&rec.target),
+                Ok(_) => reply.error(Errno::EINVAL),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn mknod(
@@ -366,29 +377,31 @@ impl Filesystem for DecoFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let Some(kind) = Kind::from_mode(mode) else {
-            return reply.error(Errno::EINVAL);
-        };
-        if kind == Kind::Dir || kind == Kind::Symlink {
-            return reply.error(Errno::EINVAL);
-        }
-        let rdev = if matches!(kind, Kind::CharDev | Kind::BlockDev) {
-            rdev
-        } else {
-            0
-        };
-        let new = NewNode {
-            kind,
-            mode: mode & !umask,
-            uid: req.uid(),
-            gid: req.gid(),
-            rdev,
-            target: vec![],
-        };
-        match self.make(req, parent, name, new) {
-            Ok(id) => self.reply_entry(id, reply),
-            Err(e) => reply.error(e),
-        }
+        super::guard("mknod", || {
+            let Some(kind) = Kind::from_mode(mode) else {
+                return reply.error(Errno::EINVAL);
+            };
+            if kind == Kind::Dir || kind == Kind::Symlink {
+                return reply.error(Errno::EINVAL);
+            }
+            let rdev = if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+                rdev
+            } else {
+                0
+            };
+            let new = NewNode {
+                kind,
+                mode: mode & !umask,
+                uid: req.uid(),
+                gid: req.gid(),
+                rdev,
+                target: vec![],
+            };
+            match self.make(req, parent, name, new) {
+                Ok(id) => self.reply_entry(id, reply),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn mkdir(
@@ -400,38 +413,44 @@ impl Filesystem for DecoFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let new = NewNode {
-            kind: Kind::Dir,
-            mode: mode & !umask,
-            uid: req.uid(),
-            gid: req.gid(),
-            rdev: 0,
-            target: vec![],
-        };
-        match self.make(req, parent, name, new) {
-            Ok(id) => self.reply_entry(id, reply),
-            Err(e) => reply.error(e),
-        }
+        super::guard("mkdir", || {
+            let new = NewNode {
+                kind: Kind::Dir,
+                mode: mode & !umask,
+                uid: req.uid(),
+                gid: req.gid(),
+                rdev: 0,
+                target: vec![],
+            };
+            match self.make(req, parent, name, new) {
+                Ok(id) => self.reply_entry(id, reply),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .node(parent)
-            .and_then(|p| self.store.unlink(p, name).map_err(|e| errno(&e)))
-        {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        super::guard("unlink", || {
+            match self
+                .node(parent)
+                .and_then(|p| self.store.unlink(p, name).map_err(|e| errno(&e)))
+            {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .node(parent)
-            .and_then(|p| self.store.rmdir(p, name).map_err(|e| errno(&e)))
-        {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        super::guard("rmdir", || {
+            match self
+                .node(parent)
+                .and_then(|p| self.store.rmdir(p, name).map_err(|e| errno(&e)))
+            {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn symlink(
@@ -442,18 +461,20 @@ impl Filesystem for DecoFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let new = NewNode {
-            kind: Kind::Symlink,
-            mode: 0o777,
-            uid: req.uid(),
-            gid: req.gid(),
-            rdev: 0,
-            target: target.as_os_str().as_bytes().to_vec(),
-        };
-        match self.make(req, parent, link_name, new) {
-            Ok(id) => self.reply_entry(id, reply),
-            Err(e) => reply.error(e),
-        }
+        super::guard("symlink", || {
+            let new = NewNode {
+                kind: Kind::Symlink,
+                mode: 0o777,
+                uid: req.uid(),
+                gid: req.gid(),
+                rdev: 0,
+                target: target.as_os_str().as_bytes().to_vec(),
+            };
+            match self.make(req, parent, link_name, new) {
+                Ok(id) => self.reply_entry(id, reply),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn rename(
@@ -466,25 +487,27 @@ impl Filesystem for DecoFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let mode = if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            return reply.error(Errno::EINVAL);
-        } else if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-            RenameMode::Exchange
-        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
-            RenameMode::NoReplace
-        } else {
-            RenameMode::Replace
-        };
-        let res = self.node(parent).and_then(|p| {
-            let np = self.node(newparent)?;
-            self.store
-                .rename(p, name, np, newname, mode)
-                .map_err(|e| errno(&e))
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        super::guard("rename", || {
+            let mode = if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+                return reply.error(Errno::EINVAL);
+            } else if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                RenameMode::Exchange
+            } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                RenameMode::NoReplace
+            } else {
+                RenameMode::Replace
+            };
+            let res = self.node(parent).and_then(|p| {
+                let np = self.node(newparent)?;
+                self.store
+                    .rename(p, name, np, newname, mode)
+                    .map_err(|e| errno(&e))
+            });
+            match res {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn link(
@@ -495,32 +518,36 @@ impl Filesystem for DecoFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let res = self.node(ino).and_then(|id| {
-            let np = self.node(newparent)?;
-            self.store
-                .link(id, np, newname)
-                .map(|_| id)
-                .map_err(|e| errno(&e))
-        });
-        match res {
-            Ok(id) => self.reply_entry(id, reply),
-            Err(e) => reply.error(e),
-        }
+        super::guard("link", || {
+            let res = self.node(ino).and_then(|id| {
+                let np = self.node(newparent)?;
+                self.store
+                    .link(id, np, newname)
+                    .map(|_| id)
+                    .map_err(|e| errno(&e))
+            });
+            match res {
+                Ok(id) => self.reply_entry(id, reply),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let id = match self.node(ino) {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        let write = writes(flags);
-        if write {
-            if let Err(e) = self.store.open_write(id) {
-                return reply.error(errno(&e));
+        super::guard("open", || {
+            let id = match self.node(ino) {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            let write = writes(flags);
+            if write {
+                if let Err(e) = self.store.open_write(id) {
+                    return reply.error(errno(&e));
+                }
             }
-        }
-        let fh = self.new_handle(Handle::File { id, write });
-        reply.opened(FileHandle(fh), self.file_open_flags());
+            let fh = self.new_handle(Handle::File { id, write });
+            reply.opened(FileHandle(fh), self.file_open_flags());
+        })
     }
 
     fn read(
@@ -534,19 +561,21 @@ impl Filesystem for DecoFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let id = match self
-            .file_handle(fh)
-            .map(|h| h.0)
-            .ok_or(Errno::EBADF)
-            .or_else(|_| self.node(ino))
-        {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        match self.store.read_shared(id, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
-        }
+        super::guard("read", || {
+            let id = match self
+                .file_handle(fh)
+                .map(|h| h.0)
+                .ok_or(Errno::EBADF)
+                .or_else(|_| self.node(ino))
+            {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            match self.store.read_shared(id, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn write(
@@ -561,25 +590,28 @@ impl Filesystem for DecoFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let id = match self
-            .file_handle(fh)
-            .map(|h| h.0)
-            .ok_or(Errno::EBADF)
-            .or_else(|_| self.node(ino))
-        {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            let in_group = |gid: u32| req.gid() == gid || in_supplementary_groups(req.pid(), gid);
-            if let Err(e) = self.store.kill_privileges(id, in_group) {
-                return reply.error(errno(&e));
+        super::guard("write", || {
+            let id = match self
+                .file_handle(fh)
+                .map(|h| h.0)
+                .ok_or(Errno::EBADF)
+                .or_else(|_| self.node(ino))
+            {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                let in_group =
+                    |gid: u32| req.gid() == gid || in_supplementary_groups(req.pid(), gid);
+                if let Err(e) = self.store.kill_privileges(id, in_group) {
+                    return reply.error(errno(&e));
+                }
             }
-        }
-        match self.store.write(id, offset, data) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
-        }
+            match self.store.write(id, offset, data) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn flush(
@@ -590,15 +622,17 @@ impl Filesystem for DecoFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close(2): commit what this file's session holds, so a closed file is on disk
-        // even if the daemon dies before the release arrives.
-        match self.file_handle(fh) {
-            Some((id, true)) => match self.store.commit(id, false) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-            _ => reply.ok(),
-        }
+        super::guard("flush", || {
+            // close(2): commit what this file's session holds, so a closed file is on disk
+            // even if the daemon dies before the release arrives.
+            match self.file_handle(fh) {
+                Some((id, true)) => match self.store.commit(id, false) {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno(&e)),
+                },
+                _ => reply.ok(),
+            }
+        })
     }
 
     fn release(
@@ -611,23 +645,25 @@ impl Filesystem for DecoFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let h = self.handles.lock().unwrap().remove(&fh.0);
-        let res = match h {
-            Some(Handle::File { id, write }) => {
-                let res = if write {
-                    self.store.close_write(id)
-                } else {
-                    Ok(())
-                };
-                self.store.unpin(id);
-                res
+        super::guard("release", || {
+            let h = self.handles.lock().remove(&fh.0);
+            let res = match h {
+                Some(Handle::File { id, write }) => {
+                    let res = if write {
+                        self.store.close_write(id)
+                    } else {
+                        Ok(())
+                    };
+                    self.store.unpin(id);
+                    res
+                }
+                _ => Ok(()),
+            };
+            match res {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
             }
-            _ => Ok(()),
-        };
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn fsync(
@@ -638,29 +674,33 @@ impl Filesystem for DecoFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let id = match self
-            .file_handle(fh)
-            .map(|h| h.0)
-            .ok_or(Errno::EBADF)
-            .or_else(|_| self.node(ino))
-        {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        match self.store.commit(id, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        super::guard("fsync", || {
+            let id = match self
+                .file_handle(fh)
+                .map(|h| h.0)
+                .ok_or(Errno::EBADF)
+                .or_else(|_| self.node(ino))
+            {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            match self.store.commit(id, true) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let id = match self.node(ino) {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        // Listed at the first readdir: a directory the kernel has cached needs none.
-        let fh = self.new_handle(Handle::Dir { id, entries: None });
-        reply.opened(FileHandle(fh), self.dir_open_flags());
+        super::guard("opendir", || {
+            let id = match self.node(ino) {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            // Listed at the first readdir: a directory the kernel has cached needs none.
+            let fh = self.new_handle(Handle::Dir { id, entries: None });
+            reply.opened(FileHandle(fh), self.dir_open_flags());
+        })
     }
 
     fn readdir(
@@ -671,46 +711,48 @@ impl Filesystem for DecoFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (id, entries) = match self.dir_entries(ino, fh, offset) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        self.prefetch(&entries, (offset as usize).saturating_sub(2));
-        let dots = [
-            (OsStr::new("."), id),
-            (OsStr::new(".."), self.parent_of(id)),
-        ];
-        let mut i = offset as usize;
-        while i < entries.len() + 2 {
-            let (name, child) = if i < 2 {
-                (dots[i].0, dots[i].1)
-            } else {
-                (entries[i - 2].0.as_os_str(), entries[i - 2].1)
+        super::guard("readdir", || {
+            let (id, entries) = match self.dir_entries(ino, fh, offset) {
+                Ok(x) => x,
+                Err(e) => return reply.error(e),
             };
-            let kind = if i < 2 {
-                Kind::Dir
-            } else if let Some(k) = child.kind_hint() {
-                k
-            } else {
-                match self.store.read_record(child) {
-                    Ok(r) => r.kind,
-                    Err(_) => {
-                        i += 1;
-                        continue;
+            self.prefetch(&entries, (offset as usize).saturating_sub(2));
+            let dots = [
+                (OsStr::new("."), id),
+                (OsStr::new(".."), self.parent_of(id)),
+            ];
+            let mut i = offset as usize;
+            while i < entries.len() + 2 {
+                let (name, child) = if i < 2 {
+                    (dots[i].0, dots[i].1)
+                } else {
+                    (entries[i - 2].0.as_os_str(), entries[i - 2].1)
+                };
+                let kind = if i < 2 {
+                    Kind::Dir
+                } else if let Some(k) = child.kind_hint() {
+                    k
+                } else {
+                    match self.store.read_record(child) {
+                        Ok(r) => r.kind,
+                        Err(_) => {
+                            i += 1;
+                            continue;
+                        }
                     }
+                };
+                if reply.add(
+                    INodeNo(self.store.ino_of(child)),
+                    (i + 1) as u64,
+                    file_type(kind),
+                    name,
+                ) {
+                    break;
                 }
-            };
-            if reply.add(
-                INodeNo(self.store.ino_of(child)),
-                (i + 1) as u64,
-                file_type(kind),
-                name,
-            ) {
-                break;
+                i += 1;
             }
-            i += 1;
-        }
-        reply.ok();
+            reply.ok();
+        })
     }
 
     fn readdirplus(
@@ -721,76 +763,78 @@ impl Filesystem for DecoFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (id, entries) = match self.dir_entries(ino, fh, offset) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        let mut cold = Vec::new();
-        self.prefetch(&entries, (offset as usize).saturating_sub(2));
-        let dots = [
-            (OsStr::new("."), id),
-            (OsStr::new(".."), self.parent_of(id)),
-        ];
-        let mut i = offset as usize;
-        while i < entries.len() + 2 {
-            let (name, child) = if i < 2 {
-                (dots[i].0, dots[i].1)
-            } else {
-                (entries[i - 2].0.as_os_str(), entries[i - 2].1)
+        super::guard("readdirplus", || {
+            let (id, entries) = match self.dir_entries(ino, fh, offset) {
+                Ok(x) => x,
+                Err(e) => return reply.error(e),
             };
-            let name_only =
-                listable_name_only(child).filter(|_| i >= 2 && !self.store.record_cached(child));
-            if let Some(kind) = name_only {
-                // A name-only entry: listing it reads nothing.
-                if reply.add_name_only(
-                    INodeNo(self.store.ino_of(child)),
-                    (i + 1) as u64,
-                    name,
-                    file_type(kind),
-                ) {
-                    break;
-                }
-                cold.push(child);
-                i += 1;
-                continue;
-            }
-            let rec = match self.store.stat(child) {
-                Ok(r) => r,
-                Err(_) => {
-                    // A damaged record does not hide a name whose id tells its type:
-                    // lookup reports the error, as stat of a damaged inode does.
-                    if let Some(k) = child.kind_hint().filter(|_| i >= 2) {
-                        let ino = INodeNo(self.store.ino_of(child));
-                        if reply.add_name_only(ino, (i + 1) as u64, name, file_type(k)) {
-                            break;
-                        }
+            let mut cold = Vec::new();
+            self.prefetch(&entries, (offset as usize).saturating_sub(2));
+            let dots = [
+                (OsStr::new("."), id),
+                (OsStr::new(".."), self.parent_of(id)),
+            ];
+            let mut i = offset as usize;
+            while i < entries.len() + 2 {
+                let (name, child) = if i < 2 {
+                    (dots[i].0, dots[i].1)
+                } else {
+                    (entries[i - 2].0.as_os_str(), entries[i - 2].1)
+                };
+                let name_only = listable_name_only(child)
+                    .filter(|_| i >= 2 && !self.store.record_cached(child));
+                if let Some(kind) = name_only {
+                    // A name-only entry: listing it reads nothing.
+                    if reply.add_name_only(
+                        INodeNo(self.store.ino_of(child)),
+                        (i + 1) as u64,
+                        name,
+                        file_type(kind),
+                    ) {
+                        break;
                     }
+                    cold.push(child);
                     i += 1;
                     continue;
                 }
-            };
-            let attr = self.attr(child, &rec);
-            if reply.add(
-                INodeNo(self.store.ino_of(child)),
-                (i + 1) as u64,
-                name,
-                &self.ttl(child),
-                &attr,
-                Generation(0),
-            ) {
-                break;
+                let rec = match self.store.stat(child) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // A damaged record does not hide a name whose id tells its type:
+                        // lookup reports the error, as stat of a damaged inode does.
+                        if let Some(k) = child.kind_hint().filter(|_| i >= 2) {
+                            let ino = INodeNo(self.store.ino_of(child));
+                            if reply.add_name_only(ino, (i + 1) as u64, name, file_type(k)) {
+                                break;
+                            }
+                        }
+                        i += 1;
+                        continue;
+                    }
+                };
+                let attr = self.attr(child, &rec);
+                if reply.add(
+                    INodeNo(self.store.ino_of(child)),
+                    (i + 1) as u64,
+                    name,
+                    &self.ttl(child),
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                if i >= 2 {
+                    // readdirplus entries (but not . and ..) count as lookups.
+                    self.remember(child);
+                }
+                i += 1;
             }
-            if i >= 2 {
-                // readdirplus entries (but not . and ..) count as lookups.
-                self.remember(child);
+            reply.ok();
+            if !cold.is_empty() {
+                self.listed_cold(id, &entries);
+                self.ahead.push(&cold);
             }
-            i += 1;
-        }
-        reply.ok();
-        if !cold.is_empty() {
-            self.listed_cold(id, &entries);
-            self.ahead.push(&cold);
-        }
+        })
     }
 
     fn releasedir(
@@ -801,8 +845,10 @@ impl Filesystem for DecoFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().unwrap().remove(&fh.0);
-        reply.ok();
+        super::guard("releasedir", || {
+            self.handles.lock().remove(&fh.0);
+            reply.ok();
+        })
     }
 
     fn fsyncdir(
@@ -813,17 +859,19 @@ impl Filesystem for DecoFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let res = self
-            .node(ino)
-            .and_then(|id| self.store.sync_dir_node(id).map_err(|e| errno(&e)));
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        super::guard("fsyncdir", || {
+            let res = self
+                .node(ino)
+                .and_then(|id| self.store.sync_dir_node(id).map_err(|e| errno(&e)));
+            match res {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.store.statfs() {
+        super::guard("statfs", || match self.store.statfs() {
             Ok(st) => reply.statfs(
                 st.f_blocks,
                 st.f_bfree,
@@ -835,7 +883,7 @@ impl Filesystem for DecoFs {
                 st.f_frsize as u32,
             ),
             Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn setxattr(
@@ -848,81 +896,91 @@ impl Filesystem for DecoFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let mode = if flags & libc::XATTR_CREATE != 0 {
-            XattrMode::CreateOnly
-        } else if flags & libc::XATTR_REPLACE != 0 {
-            XattrMode::ReplaceOnly
-        } else {
-            XattrMode::Any
-        };
-        match self.node(ino).and_then(|id| {
-            self.store
-                .set_xattr(id, name, value, mode)
-                .map_err(|e| errno(&e))
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        super::guard("setxattr", || {
+            let mode = if flags & libc::XATTR_CREATE != 0 {
+                XattrMode::CreateOnly
+            } else if flags & libc::XATTR_REPLACE != 0 {
+                XattrMode::ReplaceOnly
+            } else {
+                XattrMode::Any
+            };
+            match self.node(ino).and_then(|id| {
+                self.store
+                    .set_xattr(id, name, value, mode)
+                    .map_err(|e| errno(&e))
+            }) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self
-            .node(ino)
-            .and_then(|id| self.store.get_xattr(id, name).map_err(|e| errno(&e)))
-        {
-            Ok(v) => reply_xattr(reply, &v, size),
-            Err(e) => reply.error(e),
-        }
+        super::guard("getxattr", || {
+            match self
+                .node(ino)
+                .and_then(|id| self.store.get_xattr(id, name).map_err(|e| errno(&e)))
+            {
+                Ok(v) => reply_xattr(reply, &v, size),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self
-            .node(ino)
-            .and_then(|id| self.store.list_xattr(id).map_err(|e| errno(&e)))
-        {
-            Ok(v) => reply_xattr(reply, &v, size),
-            Err(e) => reply.error(e),
-        }
+        super::guard("listxattr", || {
+            match self
+                .node(ino)
+                .and_then(|id| self.store.list_xattr(id).map_err(|e| errno(&e)))
+            {
+                Ok(v) => reply_xattr(reply, &v, size),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .node(ino)
-            .and_then(|id| self.store.remove_xattr(id, name).map_err(|e| errno(&e)))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        super::guard("removexattr", || {
+            match self
+                .node(ino)
+                .and_then(|id| self.store.remove_xattr(id, name).map_err(|e| errno(&e)))
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        // With default_permissions the kernel checks access itself; this answers the
-        // same question for kernels that still ask.
-        let rec = match self
-            .node(ino)
-            .and_then(|id| self.store.read_record(id).map_err(|e| errno(&e)))
-        {
-            Ok(r) => r,
-            Err(e) => return reply.error(e),
-        };
-        let want = mask.bits() as u32 & 7;
-        let ok = if req.uid() == 0 {
-            want & 1 == 0 || rec.mode & 0o111 != 0 || rec.kind == Kind::Dir
-        } else {
-            let bits = if req.uid() == rec.uid {
-                (rec.mode >> 6) & 7
-            } else if req.gid() == rec.gid {
-                (rec.mode >> 3) & 7
-            } else {
-                rec.mode & 7
+        super::guard("access", || {
+            // With default_permissions the kernel checks access itself; this answers the
+            // same question for kernels that still ask.
+            let rec = match self
+                .node(ino)
+                .and_then(|id| self.store.read_record(id).map_err(|e| errno(&e)))
+            {
+                Ok(r) => r,
+                Err(e) => return reply.error(e),
             };
-            bits & want == want
-        };
-        if ok {
-            reply.ok()
-        } else {
-            reply.error(Errno::EACCES)
-        }
+            let want = mask.bits() as u32 & 7;
+            let ok = if req.uid() == 0 {
+                want & 1 == 0 || rec.mode & 0o111 != 0 || rec.kind == Kind::Dir
+            } else {
+                let bits = if req.uid() == rec.uid {
+                    (rec.mode >> 6) & 7
+                } else if req.gid() == rec.gid {
+                    (rec.mode >> 3) & 7
+                } else {
+                    rec.mode & 7
+                };
+                bits & want == want
+            };
+            if ok {
+                reply.ok()
+            } else {
+                reply.error(Errno::EACCES)
+            }
+        })
     }
 
     fn create(
@@ -935,38 +993,40 @@ impl Filesystem for DecoFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let new = NewNode {
-            kind: Kind::File,
-            mode: mode & !umask,
-            uid: req.uid(),
-            gid: req.gid(),
-            rdev: 0,
-            target: vec![],
-        };
-        let id = match self.make(req, parent, name, new) {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        let write = writes(OpenFlags(flags));
-        if write {
-            if let Err(e) = self.store.open_write(id) {
-                return reply.error(errno(&e));
+        super::guard("create", || {
+            let new = NewNode {
+                kind: Kind::File,
+                mode: mode & !umask,
+                uid: req.uid(),
+                gid: req.gid(),
+                rdev: 0,
+                target: vec![],
+            };
+            let id = match self.make(req, parent, name, new) {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            let write = writes(OpenFlags(flags));
+            if write {
+                if let Err(e) = self.store.open_write(id) {
+                    return reply.error(errno(&e));
+                }
             }
-        }
-        match self.store.stat(id) {
-            Ok(rec) => {
-                self.remember(id);
-                let fh = self.new_handle(Handle::File { id, write });
-                reply.created(
-                    &self.ttl(id),
-                    &self.attr(id, &rec),
-                    Generation(0),
-                    FileHandle(fh),
-                    self.file_open_flags(),
-                );
+            match self.store.stat(id) {
+                Ok(rec) => {
+                    self.remember(id);
+                    let fh = self.new_handle(Handle::File { id, write });
+                    reply.created(
+                        &self.ttl(id),
+                        &self.attr(id, &rec),
+                        Generation(0),
+                        FileHandle(fh),
+                        self.file_open_flags(),
+                    );
+                }
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn fallocate(
@@ -979,25 +1039,27 @@ impl Filesystem for DecoFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let id = match self.node(ino) {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        let res = match mode {
-            0 | libc::FALLOC_FL_KEEP_SIZE => {
-                let end = offset.saturating_add(length);
-                self.store
-                    .fallocate(id, end, mode == libc::FALLOC_FL_KEEP_SIZE)
+        super::guard("fallocate", || {
+            let id = match self.node(ino) {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            let res = match mode {
+                0 | libc::FALLOC_FL_KEEP_SIZE => {
+                    let end = offset.saturating_add(length);
+                    self.store
+                        .fallocate(id, end, mode == libc::FALLOC_FL_KEEP_SIZE)
+                }
+                m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
+                    self.store.punch_hole(id, offset, length)
+                }
+                _ => Err(Error::NotSupported),
+            };
+            match res {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
             }
-            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
-                self.store.punch_hole(id, offset, length)
-            }
-            _ => Err(Error::NotSupported),
-        };
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn lseek(
@@ -1009,23 +1071,25 @@ impl Filesystem for DecoFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let id = match self.node(ino) {
-            Ok(id) => id,
-            Err(e) => return reply.error(e),
-        };
-        if offset < 0 {
-            return reply.error(Errno::ENXIO);
-        }
-        let data = match whence {
-            libc::SEEK_DATA => true,
-            libc::SEEK_HOLE => false,
-            _ => return reply.error(Errno::EINVAL),
-        };
-        match self.store.seek_data_hole(id, offset as u64, data) {
-            Ok(Some(o)) => reply.offset(o as i64),
-            Ok(None) => reply.error(Errno::ENXIO),
-            Err(e) => reply.error(errno(&e)),
-        }
+        super::guard("lseek", || {
+            let id = match self.node(ino) {
+                Ok(id) => id,
+                Err(e) => return reply.error(e),
+            };
+            if offset < 0 {
+                return reply.error(Errno::ENXIO);
+            }
+            let data = match whence {
+                libc::SEEK_DATA => true,
+                libc::SEEK_HOLE => false,
+                _ => return reply.error(Errno::EINVAL),
+            };
+            match self.store.seek_data_hole(id, offset as u64, data) {
+                Ok(Some(o)) => reply.offset(o as i64),
+                Ok(None) => reply.error(Errno::ENXIO),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn copy_file_range(
@@ -1041,16 +1105,18 @@ impl Filesystem for DecoFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let res = self.node(ino_in).and_then(|a| {
-            let b = self.node(ino_out)?;
-            self.store
-                .copy_range(a, offset_in, b, offset_out, len)
-                .map_err(|e| errno(&e))
-        });
-        match res {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(e),
-        }
+        super::guard("copy_file_range", || {
+            let res = self.node(ino_in).and_then(|a| {
+                let b = self.node(ino_out)?;
+                self.store
+                    .copy_range(a, offset_in, b, offset_out, len)
+                    .map_err(|e| errno(&e))
+            });
+            match res {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     /// No ioctls: ENOTTY, as a disk file answers isatty() (Python's open() asks that of
@@ -1067,7 +1133,9 @@ impl Filesystem for DecoFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY);
+        super::guard("ioctl", || {
+            reply.error(Errno::ENOTTY);
+        })
     }
 }
 

@@ -23,7 +23,9 @@ pub mod tables;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -79,7 +81,7 @@ impl Queue {
     fn mark_dirty(&self, why: &str) {
         if !self.dirty.swap(true, Ordering::SeqCst) {
             self.dirty_since_ns.store(now_ns(), Ordering::SeqCst);
-            *self.dirty_why.lock().unwrap() = why.to_string();
+            *self.dirty_why.lock() = why.to_string();
         }
         self.bell.ring();
     }
@@ -94,7 +96,7 @@ impl Queue {
 struct Bell {
     sleeping: AtomicBool,
     m: Mutex<()>,
-    cv: std::sync::Condvar,
+    cv: parking_lot::Condvar,
 }
 
 impl Bell {
@@ -103,18 +105,18 @@ impl Bell {
         // worker's `ready` sees what the sender did before ringing.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::SeqCst) {
-            let _g = self.m.lock().unwrap();
+            let _g = self.m.lock();
             self.cv.notify_one();
         }
     }
 
     /// Sleep until rung or `timeout`, unless `ready` already holds.
     fn sleep(&self, timeout: Duration, ready: impl Fn() -> bool) {
-        let g = self.m.lock().unwrap();
+        let mut g = self.m.lock();
         self.sleeping.store(true, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
         if !ready() {
-            let _ = self.cv.wait_timeout(g, timeout).unwrap();
+            self.cv.wait_for(&mut g, timeout);
         }
         self.sleeping.store(false, Ordering::SeqCst);
     }
@@ -292,7 +294,7 @@ impl Index {
             live,
         });
         if fast {
-            *ix.last_reconcile.lock().unwrap() = json!({
+            *ix.last_reconcile.lock() = json!({
                 "at": now_ns() / 1_000_000_000,
                 "kind": "fast",
                 "reason": format!("closed cleanly at epoch {}", epoch - 1),
@@ -319,10 +321,10 @@ impl Index {
                     w.work()
                 })
                 .map_err(|e| Error::io("spawn the index worker", e))?;
-            *ix.worker.lock().unwrap() = Some(h);
+            *ix.worker.lock() = Some(h);
         } else if !fast {
             ix.q.dirty.store(false, Ordering::SeqCst);
-            let why = ix.q.dirty_why.lock().unwrap().clone();
+            let why = ix.q.dirty_why.lock().clone();
             ix.reconcile(&why)?;
         }
         Ok(ix)
@@ -336,10 +338,10 @@ impl Index {
         }
         self.q.stop.store(true, Ordering::SeqCst);
         self.q.bell.ring();
-        if let Some(h) = self.worker.lock().unwrap().take() {
+        if let Some(h) = self.worker.lock().take() {
             let _ = h.join();
         }
-        let _w = self.writer.lock().unwrap();
+        let _w = self.writer.lock();
         let current = !self.q.dirty.load(Ordering::SeqCst) && self.store.still_writer();
         let _ = self.meta.insert(
             "next_seq",
@@ -371,7 +373,7 @@ impl Index {
                     }
                 }
                 self.q.dirty.store(false, Ordering::SeqCst);
-                let why = self.q.dirty_why.lock().unwrap().clone();
+                let why = self.q.dirty_why.lock().clone();
                 if let Err(e) = self.reconcile(&why) {
                     log::error!("index: reconcile failed: {e}; retrying in 5 s");
                     self.q
@@ -415,8 +417,8 @@ impl Index {
     }
 
     fn apply_batch(&self, batch: &[Event]) -> Result<()> {
-        let _w = self.writer.lock().unwrap();
-        let gen = self.gen.write().unwrap();
+        let _w = self.writer.lock();
+        let gen = self.gen.write();
         let mut a = Applier::new(&gen, &self.store);
         let mut log = Vec::with_capacity(batch.len());
         // Every event of the batch happened before the batch was taken off the queue,
@@ -510,25 +512,25 @@ impl Index {
     /// Build a new generation from the tree, count what differs from the current one
     /// (logging those paths as changes), and switch to it.
     pub fn reconcile(&self, why: &str) -> Result<Value> {
-        let _w = self.writer.lock().unwrap();
+        let _w = self.writer.lock();
         self.q.reconciling.store(true, Ordering::SeqCst);
         let r = self.reconcile_locked(why);
         self.q.reconciling.store(false, Ordering::SeqCst);
         let v = r?;
-        *self.last_reconcile.lock().unwrap() = v.clone();
+        *self.last_reconcile.lock() = v.clone();
         Ok(v)
     }
 
     fn reconcile_locked(&self, why: &str) -> Result<Value> {
         let t0 = Instant::now();
-        let cur = self.gen.read().unwrap().clone();
+        let cur = self.gen.read().clone();
         let new_id = cur.id + 1;
         Gen::drop_trees(&self.db, new_id);
         let ng = Gen::open(&self.db, new_id)?;
         let indexed = self.build(&ng)?;
         let diff = query::compare(&cur, &ng, self.store.root(), RECONCILE_LOG_MAX)?;
         {
-            let mut g = self.gen.write().unwrap();
+            let mut g = self.gen.write();
             self.meta.insert("gen", &new_id.to_be_bytes()).ix()?;
             *g = Arc::new(ng);
         }
@@ -637,10 +639,7 @@ impl Index {
             if since > 0 {
                 ms = ms.max(now.saturating_sub(since) / 1_000_000);
             }
-            why = format!(
-                " ({}: reconciling with the tree)",
-                q.dirty_why.lock().unwrap()
-            );
+            why = format!(" ({}: reconciling with the tree)", q.dirty_why.lock());
         }
         (events, ms, why)
     }
@@ -673,9 +672,9 @@ impl Index {
             "applied": q.applied.load(Ordering::SeqCst),
             "dropped": q.dropped.load(Ordering::SeqCst),
             "dirty_reason": if q.dirty.load(Ordering::SeqCst) || q.reconciling.load(Ordering::SeqCst) {
-                json!(q.dirty_why.lock().unwrap().clone())
+                json!(q.dirty_why.lock().clone())
             } else { Value::Null },
-            "last_reconcile": self.last_reconcile.lock().unwrap().clone(),
+            "last_reconcile": self.last_reconcile.lock().clone(),
             "changes": {
                 "first_seq": first,
                 "last_seq": self.next_seq.load(Ordering::SeqCst) - 1,
@@ -695,8 +694,8 @@ impl Index {
     }
 
     /// The generation queries read, held for the query's duration.
-    fn read_gen(&self) -> std::sync::RwLockReadGuard<'_, Arc<Gen>> {
-        self.gen.read().unwrap()
+    fn read_gen(&self) -> parking_lot::RwLockReadGuard<'_, Arc<Gen>> {
+        self.gen.read()
     }
 
     pub fn root(&self) -> NodeId {

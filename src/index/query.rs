@@ -210,7 +210,7 @@ impl Index {
     /// first made current (waiting up to `wait`).
     pub fn verify(&self, wait: Duration) -> Result<Diff> {
         self.ready(Some(wait), false)?;
-        let _w = self.writer.lock().unwrap();
+        let _w = self.writer.lock();
         const VERIFY_GEN: u64 = u64::MAX - 1;
         Gen::drop_trees(&self.db, VERIFY_GEN);
         let vg = Gen::open(&self.db, VERIFY_GEN)?;

@@ -92,8 +92,8 @@ impl Store {
         self.emit(Event::new(Op::Attr, &[id]));
         if a.mtime.is_some() {
             // An explicit time wins over the time of earlier writes in an open session.
-            if let Some(s) = self.sessions.lock().unwrap().get(&id) {
-                s.lock().unwrap().mtime = None;
+            if let Some(s) = self.sessions.lock().get(&id) {
+                s.lock().mtime = None;
             }
         }
         self.overlay(id, &mut rec);

@@ -41,7 +41,9 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 
 use super::error::{Error, IoContext, Result};
 use super::layout::{sync_dir, Layout};
@@ -229,9 +231,9 @@ impl LocalBlobs {
     /// new at create, and that mark is what makes its fsync write the name; a recycled
     /// inode may have lost it.
     fn remember_unsynced(&self, hash: Hash, path: PathBuf, file: fs::File, fresh: bool) -> bool {
-        *self.not_durable.lock().unwrap().entry(hash).or_insert(0) += 1;
+        *self.not_durable.lock().entry(hash).or_insert(0) += 1;
         let n = {
-            let mut u = self.unsynced.lock().unwrap();
+            let mut u = self.unsynced.lock();
             u.push(Unsynced {
                 hash,
                 path,
@@ -250,12 +252,12 @@ impl LocalBlobs {
     /// filesystem (which writes everything else of the store too), and forget them.
     /// Blobs written while it runs stay listed.
     pub fn sync_filesystem(&self) -> Result<()> {
-        let n = self.unsynced.lock().unwrap().len();
+        let n = self.unsynced.lock().len();
         let ticket = self.tickets.load(Ordering::SeqCst);
         syncfs(&self.layout.blobs())?;
         self.synced.fetch_max(ticket, Ordering::SeqCst);
         let done: Vec<Hash> = {
-            let mut u = self.unsynced.lock().unwrap();
+            let mut u = self.unsynced.lock();
             let n = n.min(u.len());
             u.drain(..n).map(|u| u.hash).collect()
         };
@@ -274,7 +276,7 @@ impl LocalBlobs {
     }
 
     fn now_durable(&self, hashes: Vec<Hash>) {
-        let mut m = self.not_durable.lock().unwrap();
+        let mut m = self.not_durable.lock();
         for h in hashes {
             if let Some(c) = m.get_mut(&h) {
                 *c -= 1;
@@ -292,7 +294,7 @@ impl LocalBlobs {
         let len = fs::metadata(doomed).map(|m| m.len()).unwrap_or(0);
         if len <= RECYCLE_MAX
             && !self.pool_closed.load(Ordering::SeqCst)
-            && self.pool.lock().unwrap().len() < POOL_MAX
+            && self.pool.lock().len() < POOL_MAX
         {
             let p = self.layout.sessions().join(format!(
                 "blob.{}.pool{}.tmp",
@@ -306,7 +308,7 @@ impl LocalBlobs {
                     .and_then(|f| f.set_len(0))
                     .is_ok();
             if kept {
-                let mut pool = self.pool.lock().unwrap();
+                let mut pool = self.pool.lock();
                 if !self.pool_closed.load(Ordering::SeqCst) {
                     pool.push_back(Pooled {
                         path: p,
@@ -324,9 +326,9 @@ impl LocalBlobs {
     /// Delete the pooled files (a clean close leaves no staging behind).
     pub fn drain_pool(&self) {
         self.pool_closed.store(true, Ordering::SeqCst);
-        self.refill.lock().unwrap().take();
+        self.refill.lock().take();
         let pooled = {
-            let mut pool = self.pool.lock().unwrap();
+            let mut pool = self.pool.lock();
             self.premade.store(0, Ordering::SeqCst);
             std::mem::take(&mut *pool)
         };
@@ -337,7 +339,7 @@ impl LocalBlobs {
 
     /// Ask `tx` for files made ahead whenever they run low (the spares thread).
     pub(crate) fn set_refill(&self, tx: Option<crossbeam_channel::Sender<()>>) {
-        *self.refill.lock().unwrap() = tx;
+        *self.refill.lock() = tx;
     }
 
     /// How many files made ahead are missing from a full pool.
@@ -348,7 +350,7 @@ impl LocalBlobs {
     /// A new empty file for `put`, made ahead at `path` and still open as `file`.
     /// Returns false (the caller deletes it) once the pool is closed.
     pub(crate) fn offer(&self, path: PathBuf, file: fs::File) -> bool {
-        let mut pool = self.pool.lock().unwrap();
+        let mut pool = self.pool.lock();
         if self.pool_closed.load(Ordering::SeqCst) {
             return false;
         }
@@ -364,7 +366,7 @@ impl LocalBlobs {
     /// ahead run a batch short.
     fn take_pooled(&self) -> Option<Pooled> {
         let (p, left) = {
-            let mut pool = self.pool.lock().unwrap();
+            let mut pool = self.pool.lock();
             let p = pool.pop_front()?;
             // Counted under the pool's lock, as `offer` and `drain_pool` count.
             if p.file.is_some() {
@@ -373,7 +375,7 @@ impl LocalBlobs {
             (p, self.premade.load(Ordering::SeqCst))
         };
         if p.file.is_some() && left + PREMADE_BATCH <= PREMADE_DEPTH {
-            if let Some(tx) = self.refill.lock().unwrap().as_ref() {
+            if let Some(tx) = self.refill.lock().as_ref() {
                 let _ = tx.try_send(());
             }
         }
@@ -382,7 +384,7 @@ impl LocalBlobs {
 
     /// Drop blobs from the verified-chunk cache.
     pub fn forget(&self, hashes: &[Hash]) {
-        let mut c = self.cache.lock().unwrap();
+        let mut c = self.cache.lock();
         for h in hashes {
             if let Some(d) = c.map.remove(h) {
                 c.bytes -= d.len();
@@ -393,11 +395,11 @@ impl LocalBlobs {
 
     /// Was this blob written without fsync, and is it not durable yet?
     pub fn is_unsynced(&self, hash: &Hash) -> bool {
-        self.not_durable.lock().unwrap().contains_key(hash)
+        self.not_durable.lock().contains_key(hash)
     }
 
     fn cached(&self, hash: &Hash) -> Option<Arc<Chunk>> {
-        self.cache.lock().unwrap().map.get(hash).cloned()
+        self.cache.lock().map.get(hash).cloned()
     }
 
     /// Read and verify a blob from disk, once at a time per hash: a reader that finds a
@@ -407,7 +409,7 @@ impl LocalBlobs {
             return Ok(d);
         }
         let (gate, mine) = {
-            let mut l = self.loading.lock().unwrap();
+            let mut l = self.loading.lock();
             match l.get(hash) {
                 Some(g) => (g.clone(), false),
                 None => {
@@ -418,9 +420,9 @@ impl LocalBlobs {
             }
         };
         if !mine {
-            let mut done = gate.done.lock().unwrap();
+            let mut done = gate.done.lock();
             while !*done {
-                done = gate.cv.wait(done).unwrap();
+                gate.cv.wait(&mut done);
             }
             drop(done);
             if let Some(d) = self.cached(hash) {
@@ -432,10 +434,10 @@ impl LocalBlobs {
         }
         let res = self.read_verified(hash);
         if let Ok(d) = &res {
-            self.cache.lock().unwrap().insert(*hash, d.clone());
+            self.cache.lock().insert(*hash, d.clone());
         }
-        self.loading.lock().unwrap().remove(hash);
-        *gate.done.lock().unwrap() = true;
+        self.loading.lock().remove(hash);
+        *gate.done.lock() = true;
         gate.cv.notify_all();
         res
     }
@@ -465,7 +467,7 @@ impl LocalBlobs {
     /// Load a blob into the cache in the background, unless it is there, already being
     /// loaded, or enough prefetches run. Errors are left for the real read to report.
     pub fn prefetch(self: &Arc<Self>, hash: Hash) {
-        if self.cached(&hash).is_some() || self.loading.lock().unwrap().contains_key(&hash) {
+        if self.cached(&hash).is_some() || self.loading.lock().contains_key(&hash) {
             return;
         }
         if self.prefetching.fetch_add(1, Ordering::AcqRel) >= PREFETCH_MAX {
@@ -495,7 +497,7 @@ impl LocalBlobs {
 
     /// Forget a cached copy (used by tests that corrupt a blob on disk).
     pub fn drop_cache(&self) {
-        let mut c = self.cache.lock().unwrap();
+        let mut c = self.cache.lock();
         c.map.clear();
         c.order.clear();
         c.bytes = 0;
@@ -603,7 +605,6 @@ impl BlobStore for LocalBlobs {
         if !durable && data.len() <= super::fsynclog::CARRY_MAX {
             self.cache
                 .lock()
-                .unwrap()
                 .insert(hash, Arc::new(Chunk::from(data.to_vec())));
         }
         Ok(hash)
@@ -618,7 +619,7 @@ impl BlobStore for LocalBlobs {
             return Ok(());
         }
         let pending: Vec<PathBuf> = {
-            let nd = self.not_durable.lock().unwrap();
+            let nd = self.not_durable.lock();
             hashes
                 .iter()
                 .filter(|h| nd.contains_key(*h))
@@ -646,7 +647,7 @@ impl BlobStore for LocalBlobs {
     /// Checked on this machine for both modes: after the file fsync alone the entry is
     /// on the device (`debugfs`, after a journal replay of a copy of the image).
     fn sync(&self) -> Result<()> {
-        let list = std::mem::take(&mut *self.unsynced.lock().unwrap());
+        let list = std::mem::take(&mut *self.unsynced.lock());
         let mut dirs = std::collections::BTreeSet::new();
         let mut synced = Vec::with_capacity(list.len());
         let mut it = list.into_iter();
@@ -663,7 +664,7 @@ impl BlobStore for LocalBlobs {
             };
             if let Err(e) = f.sync_all() {
                 // Keep what is not synced for the next attempt (by path, dir included).
-                let mut back = self.unsynced.lock().unwrap();
+                let mut back = self.unsynced.lock();
                 back.push(Unsynced {
                     hash: u.hash,
                     path: u.path.clone(),

@@ -1391,7 +1391,7 @@ impl Store {
         gid: u32,
     ) -> Result<()> {
         self.writable()?;
-        let _g = self.stripe(id).lock().unwrap();
+        let _g = self.stripe(id).lock();
         // The kind the id carries, where it fits the node file (listings report it).
         let kind = match id.kind_hint() {
             Some(k) if (k == Kind::Dir) == is_dir => k,

@@ -37,7 +37,9 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::blob::{BlobStore, Chunk};
 use super::error::{Error, IoContext, Result};
@@ -422,11 +424,11 @@ impl Store {
             Content::Empty | Content::Inline(_) => Ok(Arc::new(Vec::new())),
             Content::Chunks(v) => Ok(Arc::new(v.clone())),
             Content::Manifest(h) => {
-                if let Some(m) = self.manifests.lock().unwrap().get(h) {
+                if let Some(m) = self.manifests.lock().get(h) {
                     return Ok(m.clone());
                 }
                 let list = Arc::new(decode_manifest(hash_hex(h), &self.blobs.get(h)?)?);
-                let mut m = self.manifests.lock().unwrap();
+                let mut m = self.manifests.lock();
                 if m.len() > 4096 {
                     m.clear();
                 }
@@ -455,7 +457,7 @@ impl Store {
     }
 
     fn session_of(&self, id: NodeId) -> Option<Arc<Mutex<Session>>> {
-        self.sessions.lock().unwrap().get(&id).cloned()
+        self.sessions.lock().get(&id).cloned()
     }
 
     pub(crate) fn session_handle(&self, id: NodeId) -> Option<Arc<Mutex<Session>>> {
@@ -473,15 +475,14 @@ impl Store {
 
     /// The sealed chunks of every open session (referenced, though not yet by a record).
     pub(crate) fn session_blobs(&self) -> Vec<Hash> {
-        let all: Vec<Arc<Mutex<Session>>> =
-            self.sessions.lock().unwrap().values().cloned().collect();
+        let all: Vec<Arc<Mutex<Session>>> = self.sessions.lock().values().cloned().collect();
         let mut out = Vec::new();
         for s in all {
-            if let Ok(g) = s.try_lock() {
+            if let Some(g) = s.try_lock() {
                 out.extend(g.chunks.values().map(|c| c.hash));
             } else {
                 // Busy: wait for it (never while holding the map lock).
-                out.extend(s.lock().unwrap().chunks.values().map(|c| c.hash));
+                out.extend(s.lock().chunks.values().map(|c| c.hash));
             }
         }
         out
@@ -489,11 +490,11 @@ impl Store {
 
     /// Does this node have an open write session (status `pending`)?
     pub fn has_session(&self, id: NodeId) -> bool {
-        self.sessions.lock().unwrap().contains_key(&id)
+        self.sessions.lock().contains_key(&id)
     }
 
     pub fn open_sessions(&self) -> usize {
-        self.sessions.lock().unwrap().len()
+        self.sessions.lock().len()
     }
 
     fn new_session(&self, rec: &NodeRecord) -> Session {
@@ -552,13 +553,13 @@ impl Store {
     /// reopened often finds its old session still there; without this, the version it
     /// closed would never become a revision, depending on that timing.
     fn session(&self, id: NodeId, handle: bool) -> Result<(Arc<Mutex<Session>>, bool)> {
-        let mut map = self.sessions.lock().unwrap();
+        let mut map = self.sessions.lock();
         if let Some(s) = map.get(&id) {
             let s = s.clone();
             if handle {
-                s.lock().unwrap().handles += 1;
+                s.lock().handles += 1;
                 drop(map);
-                let mut g = s.lock().unwrap();
+                let mut g = s.lock();
                 if !g.changed && g.base.is_none() {
                     // Unreadable now: no revision of it then, and the open still works
                     // (the handle is counted); a read reports the record's error.
@@ -597,18 +598,15 @@ impl Store {
             return Ok(());
         };
         let last = {
-            let mut g = s.lock().unwrap();
+            let mut g = s.lock();
             g.handles = g.handles.saturating_sub(1);
             g.handles == 0
         };
         if last {
             let res = self.commit(id, false);
             let dropped = {
-                let mut map = self.sessions.lock().unwrap();
-                let still_unused = map
-                    .get(&id)
-                    .map(|s| s.lock().unwrap().handles == 0)
-                    .unwrap_or(false);
+                let mut map = self.sessions.lock();
+                let still_unused = map.get(&id).map(|s| s.lock().handles == 0).unwrap_or(false);
                 if still_unused {
                     // Even if the commit failed (a full disk): the last handle is gone and
                     // the error went to close(2); a session kept now would pin the node
@@ -642,15 +640,11 @@ impl Store {
     fn with_session<T>(&self, id: NodeId, f: impl FnOnce(&mut Session) -> Result<T>) -> Result<T> {
         self.writable()?;
         let (s, fresh) = self.session(id, false)?;
-        let out = f(&mut s.lock().unwrap())?;
+        let out = f(&mut s.lock())?;
         if fresh {
             let res = self.commit(id, false);
-            let mut map = self.sessions.lock().unwrap();
-            if map
-                .get(&id)
-                .map(|s| s.lock().unwrap().handles == 0)
-                .unwrap_or(false)
-            {
+            let mut map = self.sessions.lock();
+            if map.get(&id).map(|s| s.lock().handles == 0).unwrap_or(false) {
                 map.remove(&id);
             }
             res?;
@@ -661,7 +655,7 @@ impl Store {
     /// Size and mtime as a reader sees them now (session overlay on the record).
     pub fn overlay(&self, id: NodeId, rec: &mut NodeRecord) {
         if let Some(s) = self.session_of(id) {
-            let s = s.lock().unwrap();
+            let s = s.lock();
             rec.size = s.size;
             if let Some(t) = s.mtime {
                 rec.mtime = t;
@@ -680,7 +674,7 @@ impl Store {
     pub fn read_shared(&self, id: NodeId, off: u64, len: u32) -> Result<ReadData> {
         let cs = self.chunk_size();
         if let Some(s) = self.session_of(id) {
-            let s = s.lock().unwrap();
+            let s = s.lock();
             let mut out = Vec::with_capacity(len as usize);
             self.read_session(id, &s, off, len as u64, &mut out)?;
             return Ok(ReadData::Owned(out));
@@ -757,7 +751,7 @@ impl Store {
     /// read of the file ended (kernel readahead requests arrive slightly out of order)?
     fn sequential(&self, id: NodeId, off: u64, len: u64) -> bool {
         let window = self.chunk_size();
-        let mut ends = self.read_ends.lock().unwrap();
+        let mut ends = self.read_ends.lock();
         if ends.len() >= 4096 {
             ends.clear();
         }
@@ -1157,7 +1151,7 @@ impl Store {
         }
         let present: std::collections::BTreeSet<u64> = match self.session_of(id) {
             Some(s) => {
-                let s = s.lock().unwrap();
+                let s = s.lock();
                 s.chunks.keys().chain(s.dirty.keys()).copied().collect()
             }
             None => match &rec.content {
@@ -1187,7 +1181,7 @@ impl Store {
             }
             return Ok(());
         };
-        let mut s = s.lock().unwrap();
+        let mut s = s.lock();
         self.commit_locked(id, &mut s, durable)
     }
 
@@ -1488,13 +1482,13 @@ impl Store {
 
     /// Commit every open session (shutdown, signals).
     pub fn commit_all(&self) -> Result<()> {
-        let ids: Vec<NodeId> = self.sessions.lock().unwrap().keys().copied().collect();
+        let ids: Vec<NodeId> = self.sessions.lock().keys().copied().collect();
         let mut first_err = None;
         for id in ids {
             // In full, not as a delta: a clean close leaves everything in the store.
             let res = match self.session_of(id) {
                 Some(s) => {
-                    let mut s = s.lock().unwrap();
+                    let mut s = s.lock();
                     s.chain = None;
                     s.from_empty = false;
                     self.commit_locked(id, &mut s, true)
@@ -1686,7 +1680,7 @@ mod tests {
     /// Lower a session's memory limits so spilling and sealing under pressure happen.
     fn squeeze(s: &Store, id: NodeId, dirty_limit: usize, entry_limit: usize) {
         let h = s.session_handle(id).unwrap();
-        let mut g = h.lock().unwrap();
+        let mut g = h.lock();
         g.dirty_limit = dirty_limit;
         g.entry_limit = entry_limit;
     }
@@ -1752,7 +1746,7 @@ mod tests {
                     }
                 }
                 let h = s.session_handle(id).unwrap();
-                let g = h.lock().unwrap();
+                let g = h.lock();
                 assert!(g.dirty_bytes <= g.dirty_limit + cs, "heads bounded");
                 assert_eq!(
                     g.dirty_bytes,

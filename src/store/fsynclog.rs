@@ -77,11 +77,11 @@
 //! byte vector one element at a time). Logs of the first format (`MAGIC_V1`, full
 //! entries without the kind byte, no slots) are still replayed.
 
+use parking_lot::Mutex;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -465,7 +465,7 @@ impl FsyncLog {
     /// Start a new generation now (tests: what a full log does).
     #[cfg(test)]
     pub(crate) fn checkpoint_now(&self, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
-        let mut w = self.w.lock().unwrap();
+        let mut w = self.w.lock();
         self.checkpoint(&mut w, sync_store)
     }
 
@@ -496,7 +496,7 @@ impl FsyncLog {
     /// The session of `node` committed (or ended): its chain's bytes are in the record
     /// now, so no checkpoint needs to carry them.
     pub fn end_chain(&self, node: [u8; 16]) {
-        let mut w = self.w.lock().unwrap();
+        let mut w = self.w.lock();
         if let Some(c) = w.chains.remove(&node) {
             w.chain_bytes -= c.bytes;
         }
@@ -542,7 +542,7 @@ impl FsyncLog {
             return Err(Error::Invalid("fsync log entry too large"));
         }
         let end = {
-            let mut w = self.w.lock().unwrap();
+            let mut w = self.w.lock();
             if w.closed {
                 // After close (a late fsync of a lazily unmounted store): never make
                 // the file again, it may hold chains kept for replay.
@@ -617,13 +617,13 @@ impl FsyncLog {
         if self.synced.load(Ordering::SeqCst) >= end {
             return Ok(true);
         }
-        let _g = self.sync_lock.lock().unwrap();
+        let _g = self.sync_lock.lock();
         if self.synced.load(Ordering::SeqCst) >= end {
             return Ok(true);
         }
         let target = self.lsn.load(Ordering::SeqCst);
         let f = {
-            let w = self.w.lock().unwrap();
+            let w = self.w.lock();
             w.file
                 .as_ref()
                 .expect("created above")
@@ -638,7 +638,7 @@ impl FsyncLog {
     /// Clean close: make everything durable and delete the log. A live chain (a file
     /// fsynced and never committed since: its commit failed) keeps the log for replay.
     pub fn close(&self, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
-        let mut w = self.w.lock().unwrap();
+        let mut w = self.w.lock();
         w.closed = true;
         if w.file.is_none() {
             return Ok(());
@@ -1225,7 +1225,7 @@ mod tests {
             s.write(id, 0, &last).unwrap();
             s.commit(id, true).unwrap();
             let log = s.fsync_log.as_ref().unwrap();
-            let w = log.w.lock().unwrap();
+            let w = log.w.lock();
             assert!(w.zeroed >= w.off, "entries never pass the zeroed end");
             assert!(w.zeroed % ZERO_STEP == 0 || w.zeroed == GEN_END);
             let f = w.file.as_ref().unwrap();
@@ -1338,7 +1338,7 @@ mod tests {
             s.write(other, 0, &pattern(round + 9, 2000)).unwrap();
             s.commit(other, true).unwrap();
             log.checkpoint_now(&sync).unwrap();
-            assert_eq!(log.w.lock().unwrap().slot, 1 + round as u64 % 2);
+            assert_eq!(log.w.lock().slot, 1 + round as u64 % 2);
             assert_eq!(
                 kinds(&s),
                 (0, round as usize + 1),
@@ -1371,15 +1371,7 @@ mod tests {
             .unwrap();
             write(&s, id, &mut want, 2900, &pattern(3, 200));
             s.commit(id, false).unwrap(); // a flush: not durable
-            assert!(s
-                .fsync_log
-                .as_ref()
-                .unwrap()
-                .w
-                .lock()
-                .unwrap()
-                .chains
-                .is_empty());
+            assert!(s.fsync_log.as_ref().unwrap().w.lock().chains.is_empty());
             if !reached {
                 // The cut lost the commit (and the chmod): the durable record is back.
                 xattr::set(s.layout.node_path(id), RECORD_XATTR, &durable).unwrap();

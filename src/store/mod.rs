@@ -21,6 +21,7 @@ pub mod check;
 pub mod content;
 pub mod error;
 pub mod event;
+mod fault;
 pub mod fsynclog;
 pub mod layout;
 pub mod lock;
@@ -34,7 +35,9 @@ use std::fs;
 use std::hash::{Hash as _, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 pub use error::{Error, Result};
 pub use node::{Kind, NodeId, NodeRecord, Time};
@@ -360,7 +363,7 @@ impl Store {
 
     /// Send change events to `sink` from now on (None: stop).
     pub fn set_sink(&self, sink: Option<Arc<dyn event::EventSink>>) {
-        *self.sink.write().unwrap() = sink;
+        *self.sink.write() = sink;
     }
 
     /// Tell the follower about a change that has happened.
@@ -370,7 +373,7 @@ impl Store {
             // name and changes the node's and its parent's attributes behind the kernel's
             // back: drop what the kernel cached of them. Invalidating the entry also drops
             // the parent's cached listing (`fuse_reverse_inval_entry` marks it changed).
-            if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
+            if let Some(f) = self.invalidate.lock().as_ref() {
                 for id in &ev.nodes {
                     f(Stale::Content(*id));
                 }
@@ -379,7 +382,7 @@ impl Store {
                 }
             }
         }
-        if let Some(s) = self.sink.read().unwrap().as_ref() {
+        if let Some(s) = self.sink.read().as_ref() {
             s.emit(ev);
         }
     }
@@ -445,11 +448,11 @@ impl Store {
     /// other means than `write_record`).
     pub fn forget_record(&self, id: NodeId) {
         if let Some(sh) = self.cache_shard(id) {
-            let mut g = sh.lock().unwrap();
+            let mut g = sh.lock();
             g.writes += 1;
             g.map.remove(&id);
         }
-        self.deferred.lock().unwrap().remove(&id);
+        self.deferred.lock().remove(&id);
     }
 
     /// Bring the records of `ids` into the cache, several reads in flight at once (a
@@ -486,7 +489,7 @@ impl Store {
     /// Is this node's record in the cache (or is there no cache to fill)?
     pub fn record_cached(&self, id: NodeId) -> bool {
         match self.cache_shard(id) {
-            Some(sh) => sh.lock().unwrap().map.contains_key(&id),
+            Some(sh) => sh.lock().map.contains_key(&id),
             None => true,
         }
     }
@@ -497,18 +500,18 @@ impl Store {
             return self.read_record_disk(id);
         };
         let seen = {
-            let g = sh.lock().unwrap();
+            let g = sh.lock();
             if let Some(r) = g.map.get(&id) {
                 return Ok(r.clone());
             }
             g.writes
         };
         // A deferred record is newer than the disk's (and may have left the cache).
-        if let Some(r) = self.deferred.lock().unwrap().get(&id) {
+        if let Some(r) = self.deferred.lock().get(&id) {
             return Ok(r.clone());
         }
         let rec = self.read_record_disk(id)?;
-        let mut g = sh.lock().unwrap();
+        let mut g = sh.lock();
         if g.writes == seen {
             g.put(id, &rec);
         }
@@ -553,7 +556,7 @@ impl Store {
         let path = self.layout.node_path(id);
         let res = xattr::set(&path, RECORD_XATTR, &value);
         if let Some(sh) = self.cache_shard(id) {
-            let mut g = sh.lock().unwrap();
+            let mut g = sh.lock();
             g.writes += 1;
             match &res {
                 Ok(()) => g.put(id, rec),
@@ -571,7 +574,7 @@ impl Store {
         })?;
         // Whatever was deferred for it is in what was just written (it was read under
         // the same stripe lock), or was replaced by it.
-        self.deferred.lock().unwrap().remove(&id);
+        self.deferred.lock().remove(&id);
         if durable {
             let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;
             f.sync_all().ctx(|| format!("sync {}", path.display()))?;
@@ -587,8 +590,9 @@ impl Store {
         F: FnOnce(&mut NodeRecord) -> Result<()>,
     {
         self.writable()?;
-        let _g = self.stripe(id).lock().unwrap();
+        let _g = self.stripe(id).lock();
         let mut rec = self.read_record(id)?;
+        fault::update_point(&rec);
         f(&mut rec)?;
         rec.version += 1;
         self.write_record(id, &rec, false)?;
@@ -598,7 +602,7 @@ impl Store {
     /// Compare-and-swap: write `rec` only if the stored version is still `expected`.
     pub fn cas(&self, id: NodeId, expected: u64, mut rec: NodeRecord) -> Result<NodeRecord> {
         self.writable()?;
-        let _g = self.stripe(id).lock().unwrap();
+        let _g = self.stripe(id).lock();
         let cur = self.read_record(id)?;
         if cur.version != expected {
             return Err(Error::Conflict(id.to_string()));
@@ -624,33 +628,33 @@ impl Store {
             });
         };
         self.writable()?;
-        let _g = self.stripe(dir).lock().unwrap();
+        let _g = self.stripe(dir).lock();
         let mut rec = self.read_record(dir)?;
         rec.mtime = now;
         rec.ctime = now;
         rec.version += 1;
         {
-            let mut g = sh.lock().unwrap();
+            let mut g = sh.lock();
             g.writes += 1;
             g.put(dir, &rec);
         }
-        self.deferred.lock().unwrap().insert(dir, rec.clone());
+        self.deferred.lock().insert(dir, rec.clone());
         Ok(rec)
     }
 
     /// Write the deferred record of `id`, if any.
     fn flush_deferred_one(&self, id: NodeId) -> Result<()> {
-        let _g = self.stripe(id).lock().unwrap();
-        let Some(rec) = self.deferred.lock().unwrap().get(&id).cloned() else {
+        let _g = self.stripe(id).lock();
+        let Some(rec) = self.deferred.lock().get(&id).cloned() else {
             return Ok(());
         };
         if let Err(e) = self.writable() {
-            self.deferred.lock().unwrap().clear();
+            self.deferred.lock().clear();
             return Err(e);
         }
         match self.write_record(id, &rec, false) {
             Err(Error::NotFound) => {
-                self.deferred.lock().unwrap().remove(&id);
+                self.deferred.lock().remove(&id);
                 Ok(())
             }
             other => other,
@@ -659,7 +663,7 @@ impl Store {
 
     /// Write every deferred directory record (see `touch_dir_times`).
     pub fn flush_deferred(&self) -> Result<()> {
-        let ids: Vec<NodeId> = self.deferred.lock().unwrap().keys().copied().collect();
+        let ids: Vec<NodeId> = self.deferred.lock().keys().copied().collect();
         let mut first_err = None;
         for id in ids {
             if let Err(e) = self.flush_deferred_one(id) {
@@ -677,13 +681,13 @@ impl Store {
     pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
         // Its times, if a create or unlink deferred them (a syncfs below covers them).
         self.flush_deferred_one(id)?;
-        let Some(u) = self.unsynced_names.lock().unwrap().take(id) else {
+        let Some(u) = self.unsynced_names.lock().take(id) else {
             return self.sync_node(id);
         };
         let res = self.sync_unsynced(id, &u);
         if res.is_err() {
             // Keep what is still owed for the next attempt.
-            self.unsynced_names.lock().unwrap().with(id, |e| e.merge(u));
+            self.unsynced_names.lock().with(id, |e| e.merge(u));
         }
         res
     }
@@ -757,7 +761,7 @@ impl Store {
         }
         let mut owed = None;
         {
-            let mut m = self.unsynced_names.lock().unwrap();
+            let mut m = self.unsynced_names.lock();
             if m.by_dir.contains_key(&from) {
                 m.with(from, |u| owed = u.children.remove(&child));
             }
@@ -780,7 +784,6 @@ impl Store {
         if let Some(NewChild::FromSpare { logged }) = self
             .unsynced_names
             .lock()
-            .unwrap()
             .by_dir
             .get_mut(&p)
             .and_then(|u| u.children.get_mut(&id))
@@ -794,7 +797,7 @@ impl Store {
     /// entries in all the whole store is synced at once and everything owed forgotten.
     fn owe(&self, parent: NodeId, f: impl FnOnce(&mut UnsyncedDir)) {
         let full = {
-            let mut m = self.unsynced_names.lock().unwrap();
+            let mut m = self.unsynced_names.lock();
             m.with(parent, |u| {
                 f(u);
                 if u.children.len() > CHILDREN_MAX {
@@ -811,7 +814,7 @@ impl Store {
         if let Err(e) = self.blobs.sync_filesystem() {
             log::warn!("sync the store: {e}");
             // Still owed.
-            let mut m = self.unsynced_names.lock().unwrap();
+            let mut m = self.unsynced_names.lock();
             for (k, v) in full.by_dir {
                 m.with(k, |u| u.merge(v));
             }
@@ -1119,7 +1122,7 @@ mod tests {
         let f = s.create(a, OsStr::new("f"), file_node()).unwrap().0;
         let g = s.create(a, OsStr::new("g"), file_node()).unwrap().0;
         let owes = |d: NodeId, c: NodeId| {
-            let m = s.unsynced_names.lock().unwrap();
+            let m = s.unsynced_names.lock();
             m.by_dir
                 .get(&d)
                 .is_some_and(|u| u.children.contains_key(&c))
@@ -1141,7 +1144,7 @@ mod tests {
         assert!(!owes(a, g));
         s.sync_dir_node(root).unwrap();
         {
-            let m = s.unsynced_names.lock().unwrap();
+            let m = s.unsynced_names.lock();
             assert_eq!(m.entries, 0, "everything paid");
             assert!(m.by_dir.is_empty());
         }
@@ -1153,7 +1156,7 @@ mod tests {
                 d
             })
             .unwrap();
-        let t = match s.unsynced_names.lock().unwrap().by_dir[&root].children[&b] {
+        let t = match s.unsynced_names.lock().by_dir[&root].children[&b] {
             NewChild::InPlace(t) => t,
             NewChild::FromSpare { .. } => panic!("a directory is made in place"),
         };
@@ -1166,7 +1169,7 @@ mod tests {
                 .unwrap();
         }
         {
-            let m = s.unsynced_names.lock().unwrap();
+            let m = s.unsynced_names.lock();
             let u = &m.by_dir[&b];
             assert!(u.children.len() < CHILDREN_MAX && u.all_before.is_some());
             assert_eq!(
@@ -1175,7 +1178,7 @@ mod tests {
             );
         }
         s.sync_dir_node(b).unwrap();
-        assert!(!s.unsynced_names.lock().unwrap().by_dir.contains_key(&b));
+        assert!(!s.unsynced_names.lock().by_dir.contains_key(&b));
     }
 
     /// An entry owed twice owes the stricter: a syncfs after the later ticket beats a
@@ -1313,9 +1316,9 @@ mod tests {
         })
         .unwrap();
         let sh = s.cache_shard(root).unwrap();
-        assert!(!sh.lock().unwrap().map.contains_key(&root));
+        assert!(!sh.lock().map.contains_key(&root));
         s.read_record(root).unwrap();
-        assert!(!sh.lock().unwrap().map.contains_key(&root));
+        assert!(!sh.lock().map.contains_key(&root));
     }
 
     #[test]

@@ -47,7 +47,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -147,7 +149,7 @@ impl Spares {
                 self.started.store(true, Ordering::SeqCst);
                 let _ = tx.try_send(());
                 self.inner.blobs.set_refill(Some(tx.clone()));
-                *self.wake.lock().unwrap() = Some(tx);
+                *self.wake.lock() = Some(tx);
             }
             Err(e) => log::warn!("spares: no thread ({e}); creates allocate inodes inline"),
         }
@@ -160,21 +162,21 @@ impl Spares {
             return None;
         }
         let (mut s, left) = {
-            let mut ready = self.inner.ready.lock().unwrap();
+            let mut ready = self.inner.ready.lock();
             (ready.pop_front(), ready.len())
         };
         // The thread refills only a whole BATCH at a time: wake it only when one is
         // missing (a wake per create cost the thread a wakeup and its channel's spin
         // with sched_yield calls, on the cores serving requests).
         if left + BATCH <= DEPTH {
-            if let Some(tx) = self.wake.lock().unwrap().as_ref() {
+            if let Some(tx) = self.wake.lock().as_ref() {
                 // Full: a nudge is pending already; disconnected: the thread is gone.
                 let _ = tx.try_send(());
             }
         }
         if let Some(sp) = s.as_mut() {
             let outlived = {
-                let mut y = self.inner.young.lock().unwrap();
+                let mut y = self.inner.young.lock();
                 y.trash.insert(sp.id, sp.trash.take());
                 y.order.push_back(sp.id);
                 if y.order.len() > YOUNG {
@@ -199,13 +201,13 @@ impl Spares {
 
     /// How many spares are ready.
     pub fn ready(&self) -> usize {
-        self.inner.ready.lock().unwrap().len()
+        self.inner.ready.lock().len()
     }
 
     /// A new path in the staging directory, to make an inode at and then rename into
     /// place (see `Store::make_staged`); None while there is no staging directory.
     pub fn staged_path(&self) -> Option<PathBuf> {
-        let dir = self.inner.staging.read().unwrap().clone()?;
+        let dir = self.inner.staging.read().clone()?;
         let n = self.inner.staged.fetch_add(1, Ordering::Relaxed);
         Some(dir.join(format!("s{n}")))
     }
@@ -213,7 +215,7 @@ impl Spares {
     /// `id` is about to go to the trash: its trash link made ahead, if it has one. A
     /// young file's delete raises `churn`.
     pub fn take_trash(&self, id: NodeId) -> Option<PathBuf> {
-        let link = self.inner.young.lock().unwrap().trash.remove(&id)?;
+        let link = self.inner.young.lock().trash.remove(&id)?;
         let _ = self
             .inner
             .churn
@@ -227,12 +229,12 @@ impl Spares {
     /// filesystem cannot rename them into place).
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.wake.lock().unwrap().take();
+        self.wake.lock().take();
         self.inner.blobs.set_refill(None);
-        for s in std::mem::take(&mut *self.inner.ready.lock().unwrap()) {
+        for s in std::mem::take(&mut *self.inner.ready.lock()) {
             s.discard();
         }
-        let young = std::mem::take(&mut *self.inner.young.lock().unwrap());
+        let young = std::mem::take(&mut *self.inner.young.lock());
         for link in young.trash.into_values().flatten() {
             let _ = fs::remove_file(link);
         }
@@ -261,7 +263,7 @@ impl Inner {
     /// (`make_blob_files`) exist before they are offered, and a directory that holds
     /// one is not empty, so it is not removed under them.
     fn publish(&self, dir: Option<PathBuf>) {
-        *self.staging.write().unwrap() = dir;
+        *self.staging.write() = dir;
     }
 
     fn run(self: Arc<Self>, rx: Receiver<()>) {
@@ -271,7 +273,7 @@ impl Inner {
             self.make_spares(&mut staging, &mut shard);
             self.make_blob_files(&mut staging);
         }
-        for s in std::mem::take(&mut *self.ready.lock().unwrap()) {
+        for s in std::mem::take(&mut *self.ready.lock()) {
             s.discard();
         }
         staging.close();
@@ -279,7 +281,7 @@ impl Inner {
 
     /// Refill the spares in batches of at least BATCH: one syncfs makes a batch durable.
     fn make_spares(&self, staging: &mut Staging, shard: &mut Option<(NodeId, u32)>) {
-        let missing = DEPTH.saturating_sub(self.ready.lock().unwrap().len());
+        let missing = DEPTH.saturating_sub(self.ready.lock().len());
         if missing < BATCH {
             return;
         }
@@ -319,7 +321,7 @@ impl Inner {
             return;
         }
         let synced = self.blobs.sync_filesystem();
-        let mut ready = self.ready.lock().unwrap();
+        let mut ready = self.ready.lock();
         if synced.is_err() || self.closed.load(Ordering::SeqCst) {
             if let Err(e) = synced {
                 log::debug!("spares: {e}");

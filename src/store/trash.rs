@@ -69,41 +69,41 @@ fn nanos(t: Time) -> i128 {
 
 impl Store {
     pub fn policy(&self) -> Policy {
-        *self.policy.lock().unwrap()
+        *self.policy.lock()
     }
 
     pub fn set_policy(&self, p: Policy) {
-        *self.policy.lock().unwrap() = p;
+        *self.policy.lock() = p;
     }
 
     /// Register the callback that tells the kernel a node's content changed.
     pub fn set_invalidate(&self, f: super::InvalidateFn) {
-        *self.invalidate.lock().unwrap() = Some(f);
+        *self.invalidate.lock() = Some(f);
     }
 
     /// The kernel's cached content and attributes of `id` are stale.
     pub(crate) fn invalidated(&self, id: NodeId) {
-        if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
+        if let Some(f) = self.invalidate.lock().as_ref() {
             f(super::Stale::Content(id));
         }
     }
 
     /// The kernel's cached attributes of `id` are stale (changed by the store itself).
     pub(crate) fn attrs_invalidated(&self, id: NodeId) {
-        if let Some(f) = self.invalidate.lock().unwrap().as_ref() {
+        if let Some(f) = self.invalidate.lock().as_ref() {
             f(super::Stale::Attrs(id));
         }
     }
 
     /// A handle opened `id`.
     pub fn pin(&self, id: NodeId) {
-        *self.pins.lock().unwrap().entry(id).or_insert(0) += 1;
+        *self.pins.lock().entry(id).or_insert(0) += 1;
     }
 
     /// A handle of `id` closed. With trash off, the last close of an unlinked file frees it.
     pub fn unpin(&self, id: NodeId) {
         let last = {
-            let mut p = self.pins.lock().unwrap();
+            let mut p = self.pins.lock();
             match p.get_mut(&id) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
@@ -121,7 +121,7 @@ impl Store {
         }
         // Not by listing the trash: that reads every trashed record, and a program whose
         // files die young (a database's journal) would pay it at every close.
-        if self.unlinked_open.lock().unwrap().contains(&id) {
+        if self.unlinked_open.lock().contains(&id) {
             // Deleted on a full disk without a trash link: free it now.
             let _ = self.free_unlinked(id);
         } else if self.policy().trash_retention_secs == 0 {
@@ -134,7 +134,7 @@ impl Store {
     }
 
     fn pinned(&self, id: NodeId) -> bool {
-        self.pins.lock().unwrap().contains_key(&id)
+        self.pins.lock().contains_key(&id)
     }
 
     /// Called by `tree` once a node went to trash: with trash off, free it now.
@@ -442,7 +442,7 @@ impl Store {
         log::warn!("node {id}: no space to keep it in the trash; it is deleted for good");
         // Marked before the check: a last close racing this either finds the mark (and
         // frees the node) or was over before the check (and this frees it).
-        self.unlinked_open.lock().unwrap().insert(id);
+        self.unlinked_open.lock().insert(id);
         if self.pinned(id) || self.has_session(id) {
             return Ok(()); // `unpin` frees it at the last close
         }
@@ -451,7 +451,7 @@ impl Store {
 
     /// Free a node `untrashable` marked, unless someone else did already.
     fn free_unlinked(&self, id: NodeId) -> Result<()> {
-        if !self.unlinked_open.lock().unwrap().remove(&id) {
+        if !self.unlinked_open.lock().remove(&id) {
             return Ok(());
         }
         let mut candidates = Vec::new();
@@ -598,13 +598,13 @@ impl Store {
 
     /// Queue blobs for the next batched sweep (the daemon runs it in the background).
     pub fn schedule_sweep(&self, hashes: Vec<Hash>) {
-        self.pending_sweep.lock().unwrap().extend(hashes);
+        self.pending_sweep.lock().extend(hashes);
     }
 
     /// Run the queued sweep; returns bytes freed.
     pub fn run_pending_sweep(&self) -> Result<u64> {
         let since = SystemTime::now();
-        let pending = std::mem::take(&mut *self.pending_sweep.lock().unwrap());
+        let pending = std::mem::take(&mut *self.pending_sweep.lock());
         self.sweep(pending, since)
     }
 
@@ -667,7 +667,7 @@ impl Store {
             return Err(Error::NoSuchRevision(stamp.to_string()));
         };
         let session = self.session_handle(id);
-        let mut guard = session.as_ref().map(|s| s.lock().unwrap());
+        let mut guard = session.as_ref().map(|s| s.lock());
         if let Some(s) = guard.as_mut() {
             self.commit_locked(id, s, false)?;
         }
@@ -738,7 +738,7 @@ mod tests {
             matches!(s.read_record(b), Err(Error::NotFound)),
             "not freed at the last close"
         );
-        assert!(s.unlinked_open.lock().unwrap().is_empty());
+        assert!(s.unlinked_open.lock().is_empty());
 
         let mut p = s.policy();
         p.trash_retention_secs = 0;
