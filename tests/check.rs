@@ -86,7 +86,7 @@ fn chunk_blobs(store: &Path, rel: &str) -> Vec<PathBuf> {
     let rec = s.read_record(decofs::store::NodeId(id)).unwrap();
     decofs::store::Store::record_hashes(&rec)
         .iter()
-        .map(|h| s.blobs.path_of(h))
+        .map(|h| s.layout.blob_path(&decofs::store::node::hash_hex(h)))
         .collect()
 }
 

@@ -49,14 +49,14 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::blob::{hash_of, BlobStore, LocalBlobs};
+use super::blobs::{BlobStore, Listed, LocalBlobs};
 use super::content::{chunks_content, decode_manifest};
 use super::error::{Error, IoContext, Result};
 use super::layout::Layout;
 use super::lock::StoreLock;
 use super::node::{
-    decode_body, hash_hex, unframe, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status,
-    Stored, RECORD_XATTR,
+    decode_body, hash_hex, is_hex, unframe, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord,
+    Status, Stored, RECORD_XATTR,
 };
 use super::tree::NewNode;
 use super::Store;
@@ -283,23 +283,6 @@ fn age_of(md: &fs::Metadata, now: SystemTime) -> Duration {
     now.duration_since(m.max(c)).unwrap_or(Duration::ZERO)
 }
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn parse_hash(s: &str) -> Option<Hash> {
-    if !is_hex(s, 64) {
-        return None;
-    }
-    let mut h = [0u8; 32];
-    for (i, b) in h.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(h)
-}
-
 fn lossy(p: &OsStr) -> String {
     String::from_utf8_lossy(p.as_bytes()).into_owned()
 }
@@ -324,19 +307,9 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<fs::DirEntry>> {
     Ok(v)
 }
 
-/// Read a blob file and check it against its name.
-pub(super) fn read_verified(layout: &Layout, h: &Hash) -> std::result::Result<Vec<u8>, String> {
-    match fs::read(layout.blob_path(&hash_hex(h))) {
-        Ok(d) if &hash_of(&d) == h => Ok(d),
-        Ok(_) => Err("content does not match its hash".into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("missing".into()),
-        Err(e) => Err(format!("unreadable: {e}")),
-    }
-}
-
 /// The chunk list of manifest blob `h`, read and verified from the disk (no cache).
-fn manifest_on_disk(layout: &Layout, h: &Hash) -> std::result::Result<Vec<ChunkRef>, String> {
-    let d = read_verified(layout, h)?;
+fn manifest_on_disk(blobs: &dyn BlobStore, h: &Hash) -> std::result::Result<Vec<ChunkRef>, String> {
+    let d = blobs.read_verified(h).map_err(|f| f.to_string())?;
     decode_manifest(hash_hex(h), &d).map_err(|e| match e {
         Error::Integrity { detail, .. } => format!("undecodable: {detail}"),
         other => format!("undecodable: {other}"),
@@ -367,8 +340,8 @@ impl Store {
         } else {
             Some(StoreLock::acquire(&layout)?)
         };
-        super::replay_fsync_logs(&layout, lock.is_some())?;
         let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
+        super::replay_fsync_logs(&layout, &blobs, lock.is_some())?;
         Ok(Store::assemble(layout, format, blobs, read_only, lock))
     }
 
@@ -399,7 +372,7 @@ impl Store {
     ) {
         match unframe(id, value) {
             Ok(Stored::Inline(r)) => (Ok(r), None),
-            Ok(Stored::InBlob(h)) => match read_verified(&self.layout, &h) {
+            Ok(Stored::InBlob(h)) => match self.blobs.read_verified(&h) {
                 Ok(body) => (
                     decode_body(id, &body).map_err(|e| Some(e.to_string())),
                     Some(h),
@@ -703,32 +676,14 @@ impl Store {
             }
         }
 
-        // 6. Blob files: blobs/ab/<hash>.
+        // 6. Blobs, and what is in their area that is not a blob.
         let mut nblobs = 0u64;
-        for a in read_dir_sorted(&self.layout.blobs())? {
-            let an = a.file_name().to_string_lossy().into_owned();
-            if !is_hex(&an, 2) || !a.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stray(&mut s, &a.path(), "not a blob shard directory");
-                continue;
-            }
-            for b in read_dir_sorted(&a.path())? {
-                let bn = b.file_name().to_string_lossy().into_owned();
-                let md = match fs::symlink_metadata(b.path()) {
-                    Ok(md) => md,
-                    Err(_) => continue,
-                };
-                match parse_hash(&bn) {
-                    Some(h) if bn.starts_with(&an) && md.is_file() => {
-                        // A blob's age is its mtime: the time its bytes were written.
-                        let m = md.modified().unwrap_or(now);
-                        let age = now.duration_since(m).unwrap_or(Duration::ZERO);
-                        s.blobs.insert(h, (md.len(), age));
-                    }
-                    _ => {
-                        stray(&mut s, &b.path(), "not a blob (name is not a hash)");
-                        continue;
-                    }
-                }
+        let mut strays = Vec::new();
+        self.blobs.list(&mut |item| match item {
+            Listed::Blob { hash, len, written } => {
+                // A blob's age is its mtime: the time its bytes were written.
+                let age = now.duration_since(written).unwrap_or(Duration::ZERO);
+                s.blobs.insert(hash, (len, age));
                 nblobs += 1;
                 if nblobs.is_multiple_of(PROGRESS_EVERY) {
                     progress(&Progress {
@@ -737,6 +692,11 @@ impl Store {
                     });
                 }
             }
+            Listed::Stray { path, why } => strays.push((path, why)),
+        })?;
+        strays.sort();
+        for (path, why) in strays {
+            stray(&mut s, &path, why);
         }
 
         // 7. Staging: blob and revision files and spare directories of sessions that no
@@ -805,7 +765,7 @@ impl Store {
                         .push((who.clone(), owner.clone()));
                     let list = manifests
                         .entry(*h)
-                        .or_insert_with(|| manifest_on_disk(&self.layout, h));
+                        .or_insert_with(|| manifest_on_disk(&*self.blobs, h));
                     match list {
                         Ok(v) => {
                             for c in v.iter() {
@@ -1167,10 +1127,12 @@ impl Store {
         let chunks = |content: &Content| match content {
             Content::Empty | Content::Inline(_) => Some(Vec::new()),
             Content::Chunks(v) => Some(v.clone()),
-            Content::Manifest(h) => manifest_on_disk(&self.layout, h).ok(),
+            Content::Manifest(h) => manifest_on_disk(&*self.blobs, h).ok(),
         };
         let chunk_whole = |c: &ChunkRef| {
-            read_verified(&self.layout, &c.hash).is_ok_and(|d| d.len() == c.len as usize)
+            self.blobs
+                .read_verified(&c.hash)
+                .is_ok_and(|d| d.len() == c.len as usize)
         };
         let whole =
             |rec: &NodeRecord| chunks(&rec.content).is_some_and(|l| l.iter().all(chunk_whole));
@@ -1449,7 +1411,7 @@ impl Store {
                     done: rep.blobs_checked,
                 });
             }
-            let res = read_verified(&self.layout, h);
+            let res = self.blobs.read_verified(h);
             let why = match res {
                 Ok(d) => {
                     rep.bytes_checked += d.len() as u64;
@@ -1458,7 +1420,7 @@ impl Store {
                     }
                     "an undecodable manifest".to_string()
                 }
-                Err(why) => why,
+                Err(why) => why.to_string(),
             };
             let mut used_by = Vec::new();
             for (who, owner) in &need[h] {
@@ -1538,33 +1500,22 @@ impl Store {
         };
         let mut cands = Vec::new();
         let mut sizes = HashMap::new();
-        for a in fs::read_dir(self.layout.blobs())
-            .ctx(|| "read blobs".into())?
-            .flatten()
-        {
-            for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
-                let Some(h) = b.file_name().to_str().and_then(parse_hash) else {
-                    continue;
-                };
-                rep.blobs += 1;
-                if referenced.contains(&h) {
-                    rep.referenced += 1;
-                    continue;
-                }
-                let Ok(m) = b.metadata() else { continue };
-                let age = m
-                    .modified()
-                    .ok()
-                    .and_then(|t| since.duration_since(t).ok())
-                    .unwrap_or_default();
-                if age < grace {
-                    rep.kept_young += 1;
-                    continue;
-                }
-                sizes.insert(h, m.len());
-                cands.push(h);
+        self.blobs.list(&mut |item| {
+            let Listed::Blob { hash, len, written } = item else {
+                return;
+            };
+            rep.blobs += 1;
+            if referenced.contains(&hash) {
+                rep.referenced += 1;
+                return;
             }
-        }
+            if since.duration_since(written).unwrap_or_default() < grace {
+                rep.kept_young += 1;
+                return;
+            }
+            sizes.insert(hash, len);
+            cands.push(hash);
+        })?;
         cands.sort();
         if dry_run {
             rep.deleted = cands.len() as u64;
@@ -1574,7 +1525,7 @@ impl Store {
         }
         rep.bytes_freed = self.sweep(cands.clone(), since)?;
         for h in cands {
-            if !self.blobs.path_of(&h).exists() {
+            if !self.blobs.exists(&h) {
                 rep.deleted += 1;
                 rep.deleted_hashes.push(hash_hex(&h));
             }
@@ -1727,7 +1678,7 @@ mod tests {
         let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
         s.write(id, 0, &vec![5u8; 100_000]).unwrap();
         let h = Store::record_hashes(&s.read_record(id).unwrap())[0];
-        fs::remove_file(s.blobs.path_of(&h)).unwrap();
+        fs::remove_file(s.local.path_of(&h)).unwrap();
         let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
         assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT);
         assert!(r
@@ -1774,7 +1725,7 @@ mod tests {
         let revs = s.revisions(id).unwrap();
         assert_eq!(revs.len(), 2);
         let h = Store::record_hashes(&revs[1].1)[0];
-        fs::remove_file(s.blobs.path_of(&h)).unwrap();
+        fs::remove_file(s.local.path_of(&h)).unwrap();
         s.blobs.drop_cache();
         let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
         assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT, "{:?}", r.problems);
@@ -1810,7 +1761,7 @@ mod tests {
         let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
         assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
         let h = Store::record_hashes(&s.read_record(id).unwrap())[0];
-        fs::File::create(s.blobs.path_of(&h)).unwrap(); // the first 64 KiB chunk, now empty
+        fs::File::create(s.local.path_of(&h)).unwrap(); // the first 64 KiB chunk, now empty
         s.blobs.drop_cache();
         let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
         assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT, "{:?}", r.problems);

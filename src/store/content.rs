@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::blob::{BlobStore, Chunk};
+use super::blobs::Chunk;
 use super::error::{Error, IoContext, Result};
 use super::event::{Event, Op};
 use super::node::{
@@ -700,7 +700,7 @@ impl Store {
             let next = (off + (len as u64).max(1) - 1) / cs + 1;
             for idx in next..next + READ_AHEAD_CHUNKS {
                 if let Ok(i) = list.binary_search_by_key(&idx, |c| c.index) {
-                    self.blobs.prefetch(list[i].hash);
+                    self.blobs.clone().prefetch(list[i].hash);
                 }
             }
         }
@@ -1308,7 +1308,7 @@ impl Store {
         let Some(d) = self.delta_of(id, s, base)? else {
             return Ok(false);
         };
-        let logged = appended(log.append_delta(&d, &|| self.blobs.sync_filesystem()));
+        let logged = appended(log.append_delta(&d, &|| self.local.sync_filesystem()));
         if logged == Some(true) {
             s.unlogged.clear();
         }
@@ -1337,7 +1337,7 @@ impl Store {
             return Ok(false);
         };
         let entry = self.log_entry(id, value, &rec, rec_blob)?;
-        let sync = || self.blobs.sync_filesystem();
+        let sync = || self.local.sync_filesystem();
         if appended(log.append_with_delta(&entry, &d, &sync)) != Some(true) {
             return Ok(false);
         }
@@ -1560,7 +1560,7 @@ mod tests {
             assert!(s.blobs.get(&h).is_ok());
         }
         for c in s.chunk_list(&rec.content).unwrap().iter() {
-            assert!(s.blobs.path_of(&c.hash).exists());
+            assert!(s.local.path_of(&c.hash).exists());
         }
     }
 
@@ -1632,7 +1632,7 @@ mod tests {
         assert!(s.sweep(old.clone(), std::time::SystemTime::now()).is_err());
         for h in &old {
             assert!(
-                s.blobs.path_of(h).exists(),
+                s.local.path_of(h).exists(),
                 "a blob a revision names was freed"
             );
         }
@@ -1646,7 +1646,7 @@ mod tests {
         s.write(id, 0, &vec![1u8; 100_000]).unwrap();
         let rec = s.read_record(id).unwrap();
         let h = Store::record_hashes(&rec)[0];
-        let p = s.blobs.path_of(&h);
+        let p = s.local.path_of(&h);
         let mut d = fs::read(&p).unwrap();
         d[5] ^= 0xff;
         fs::write(&p, d).unwrap();
@@ -1785,7 +1785,7 @@ mod tests {
         s.write(id, cs as u64, &vec![5u8; cs]).unwrap();
         let rec = s.read_record(id).unwrap();
         for h in Store::record_hashes(&rec) {
-            let p = s.blobs.path_of(&h);
+            let p = s.local.path_of(&h);
             let mut d = fs::read(&p).unwrap();
             d[7] ^= 0xff;
             fs::write(&p, d).unwrap();

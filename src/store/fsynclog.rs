@@ -85,10 +85,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::blob::{hash_of, syncfs};
-use super::check::read_verified;
+use super::blobs::hash_of;
+use super::blobs::BlobStore;
 use super::content::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
 use super::error::{Error, IoContext, Result};
+use super::layout::syncfs;
 use super::layout::{sync_dir, Layout};
 use super::node::{
     decode_body, encode_body, frame, hash_hex, unframe, ChunkRef, Content, Kind, NodeId,
@@ -753,21 +754,28 @@ pub fn pending(layout: &Layout) -> Result<bool> {
     Ok(!log_files(layout)?.is_empty())
 }
 
+/// What a replay works on: the store's paths and its blobs.
+pub(crate) struct Target<'a> {
+    pub layout: &'a Layout,
+    pub blobs: &'a dyn BlobStore,
+}
+
 /// Version of the record stored in `value` (None: unreadable).
-fn stored_version(layout: &Layout, id: NodeId, value: &[u8]) -> Option<u64> {
+fn stored_version(t: &Target<'_>, id: NodeId, value: &[u8]) -> Option<u64> {
     match unframe(id, value).ok()? {
         Stored::Inline(r) => Some(r.version),
         Stored::InBlob(h) => {
-            let body = read_verified(layout, &h).ok()?;
+            let body = t.blobs.read_verified(&h).ok()?;
             decode_body(id, &body).ok().map(|r| r.version)
         }
     }
 }
 
 /// Does an entry of the directory `parent` still name `id` as `name`?
-fn named_by(layout: &Layout, parent: NodeId, name: &[u8], id: NodeId) -> bool {
+fn named_by(t: &Target<'_>, parent: NodeId, name: &[u8], id: NodeId) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let entry = layout
+    let entry = t
+        .layout
         .node_path(parent)
         .join(std::ffi::OsStr::from_bytes(name));
     fs::read_link(entry)
@@ -776,31 +784,14 @@ fn named_by(layout: &Layout, parent: NodeId, name: &[u8], id: NodeId) -> bool {
         == Some(id)
 }
 
-/// Write a carried blob unless a good copy is in place.
-fn restore_blob(layout: &Layout, data: &[u8]) -> Result<bool> {
-    let h = hash_of(data);
-    let path = layout.blob_path(&hash_hex(&h));
-    if read_verified(layout, &h).is_ok() {
-        return Ok(false);
-    }
-    let dir = path.parent().expect("blob paths have a parent");
-    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    let tmp = layout
-        .sessions()
-        .join(format!("blob.{}.replay.tmp", std::process::id()));
-    fs::write(&tmp, data).ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
-    Ok(true)
-}
-
 /// Apply one entry; returns whether it changed anything.
-fn apply(layout: &Layout, e: &Entry) -> Result<bool> {
+fn apply(t: &Target<'_>, e: &Entry) -> Result<bool> {
     let id = NodeId(uuid::Uuid::from_bytes(e.node));
     let mut changed = false;
     for b in &e.blobs {
-        changed |= restore_blob(layout, b)?;
+        changed |= t.blobs.restore(b)?;
     }
-    let path = layout.node_path(id);
+    let path = t.layout.node_path(id);
     let current = match xattr::get(&path, RECORD_XATTR) {
         Ok(v) => v,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -809,13 +800,15 @@ fn apply(layout: &Layout, e: &Entry) -> Result<bool> {
             // not resurrected.
             let rec = match unframe(id, &e.value) {
                 Ok(Stored::Inline(r)) => Some(r),
-                Ok(Stored::InBlob(h)) => read_verified(layout, &h)
+                Ok(Stored::InBlob(h)) => t
+                    .blobs
+                    .read_verified(&h)
                     .ok()
                     .and_then(|b| decode_body(id, &b).ok()),
                 Err(_) => None,
             };
             let named = rec.as_ref().is_some_and(|r| {
-                r.trash.is_none() && r.parent.is_some_and(|p| named_by(layout, p, &r.name, id))
+                r.trash.is_none() && r.parent.is_some_and(|p| named_by(t, p, &r.name, id))
             });
             if !named {
                 return Ok(changed);
@@ -830,7 +823,7 @@ fn apply(layout: &Layout, e: &Entry) -> Result<bool> {
     };
     let older = match &current {
         None => true,
-        Some(v) => stored_version(layout, id, v).is_none_or(|have| have < e.version),
+        Some(v) => stored_version(t, id, v).is_none_or(|have| have < e.version),
     };
     if older {
         if !path.is_file() {
@@ -844,36 +837,36 @@ fn apply(layout: &Layout, e: &Entry) -> Result<bool> {
 }
 
 /// Are all the blobs `rec` names present and whole?
-fn record_whole(layout: &Layout, id: NodeId, rec: &NodeRecord) -> bool {
+fn record_whole(t: &Target<'_>, id: NodeId, rec: &NodeRecord) -> bool {
     let list: Vec<ChunkRef> = match &rec.content {
         Content::Empty | Content::Inline(_) => return true,
         Content::Chunks(v) => v.clone(),
-        Content::Manifest(h) => match manifest(layout, id, h) {
+        Content::Manifest(h) => match manifest(t, id, h) {
             Ok(v) => v,
             Err(_) => return false,
         },
     };
-    list.iter().all(|c| read_verified(layout, &c.hash).is_ok())
+    list.iter().all(|c| t.blobs.read_verified(&c.hash).is_ok())
 }
 
 /// A blob a chain builds on, verified.
-fn verified(layout: &Layout, id: NodeId, h: &super::node::Hash) -> Result<Vec<u8>> {
-    read_verified(layout, h).map_err(|detail| Error::Integrity {
+fn verified(t: &Target<'_>, id: NodeId, h: &super::node::Hash) -> Result<Vec<u8>> {
+    t.blobs.read_verified(h).map_err(|fault| Error::Integrity {
         what: format!("blob {} of {id}", hash_hex(h)),
-        detail,
+        detail: fault.to_string(),
     })
 }
 
 /// The chunk list of `id`'s manifest blob `h`, verified.
-fn manifest(layout: &Layout, id: NodeId, h: &super::node::Hash) -> Result<Vec<ChunkRef>> {
-    decode_manifest(id, &verified(layout, id, h)?)
+fn manifest(t: &Target<'_>, id: NodeId, h: &super::node::Hash) -> Result<Vec<ChunkRef>> {
+    decode_manifest(id, &verified(t, id, h)?)
 }
 
 /// Apply a chain of deltas to node `node` if its record still has the chain's base
 /// content; returns whether it did.
-fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Result<bool> {
+fn apply_chain(t: &Target<'_>, cs: u64, node: [u8; 16], chain: &[Delta]) -> Result<bool> {
     let id = NodeId(uuid::Uuid::from_bytes(node));
-    let path = layout.node_path(id);
+    let path = t.layout.node_path(id);
     let value = match xattr::get(&path, RECORD_XATTR) {
         Ok(Some(v)) => v,
         Ok(None) => return Ok(false),
@@ -882,7 +875,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
     };
     let mut rec: NodeRecord = match unframe(id, &value)? {
         Stored::Inline(r) => r,
-        Stored::InBlob(h) => decode_body(id, &verified(layout, id, &h)?)?,
+        Stored::InBlob(h) => decode_body(id, &verified(t, id, &h)?)?,
     };
     let Some(first) = chain.first() else {
         return Ok(false);
@@ -895,7 +888,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
         // commit at close is not synced, so its record can reach the disk before its
         // blobs (ext4 with a journal commits the xattr and the blob's rename before
         // delayed data): then it never happened, and the chain rebuilds the file.
-        if record_whole(layout, id, &rec) {
+        if record_whole(t, id, &rec) {
             return Ok(false);
         }
         let Ok((content, size)) = postcard::from_bytes::<(Content, u64)>(&first.base) else {
@@ -917,7 +910,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
         }
         Content::Chunks(v) => list.extend(v.iter().map(|c| (c.index, c.clone()))),
         Content::Manifest(h) => {
-            list.extend(manifest(layout, id, h)?.into_iter().map(|c| (c.index, c)));
+            list.extend(manifest(t, id, h)?.into_iter().map(|c| (c.index, c)));
         }
     }
     let mut size = rec.size;
@@ -934,7 +927,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(e) => {
                         e.insert(match list.get(&idx) {
-                            Some(c) => verified(layout, id, &c.hash)?,
+                            Some(c) => verified(t, id, &c.hash)?,
                             None => Vec::new(),
                         })
                     }
@@ -955,7 +948,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
     if size <= INLINE_DATA_MAX && only_first {
         let mut d = match (bytes.remove(&0), list.get(&0)) {
             (Some(b), _) => b,
-            (None, Some(c)) => verified(layout, id, &c.hash)?,
+            (None, Some(c)) => verified(t, id, &c.hash)?,
             (None, None) => Vec::new(),
         };
         d.resize(size as usize, 0);
@@ -968,7 +961,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
                 list.remove(&idx);
                 continue;
             }
-            restore_blob(layout, &d)?;
+            t.blobs.restore(&d)?;
             list.insert(
                 idx,
                 ChunkRef {
@@ -981,7 +974,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
         let v: Vec<ChunkRef> = list.into_values().collect();
         rec.stored = v.iter().map(|c| c.len as u64).sum();
         rec.content = chunks_content(v, |m| {
-            restore_blob(layout, m)?;
+            t.blobs.restore(m)?;
             Ok(hash_of(m))
         })?;
     }
@@ -993,7 +986,7 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
     rec.version += 1;
     let body = encode_body(&rec);
     let value = if body.len() > INLINE_RECORD_LIMIT {
-        restore_blob(layout, &body)?;
+        t.blobs.restore(&body)?;
         frame(true, &hash_of(&body))
     } else {
         frame(false, &body)
@@ -1005,8 +998,8 @@ fn apply_chain(layout: &Layout, cs: u64, node: [u8; 16], chain: &[Delta]) -> Res
 
 /// Replay every log of the store (the caller holds the writer lock), make the result
 /// durable and delete the logs. Returns how many entries changed something.
-pub fn recover(layout: &Layout) -> Result<usize> {
-    let files = log_files(layout)?;
+pub(crate) fn recover(t: &Target<'_>) -> Result<usize> {
+    let files = log_files(t.layout)?;
     if files.is_empty() {
         return Ok(0);
     }
@@ -1025,7 +1018,7 @@ pub fn recover(layout: &Layout) -> Result<usize> {
                     if ends {
                         chains.remove(&e.node);
                     }
-                    if apply(layout, &e)? {
+                    if apply(t, &e)? {
                         applied += 1;
                     }
                 }
@@ -1043,13 +1036,13 @@ pub fn recover(layout: &Layout) -> Result<usize> {
         }
     }
     if !chains.is_empty() {
-        let cs = layout.read_format()?.chunk_size as u64;
+        let cs = t.layout.read_format()?.chunk_size as u64;
         for node in &order {
             // A node listed twice (its chain ended and another began) is done once.
             let Some(chain) = chains.remove(node) else {
                 continue;
             };
-            match apply_chain(layout, cs, *node, &chain) {
+            match apply_chain(t, cs, *node, &chain) {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
                 // The content the fsyncs wrote over cannot be read: the file keeps
@@ -1064,11 +1057,11 @@ pub fn recover(layout: &Layout) -> Result<usize> {
             }
         }
     }
-    syncfs(&layout.root)?;
+    syncfs(&t.layout.root)?;
     for f in &files {
         fs::remove_file(f).ctx(|| format!("remove {}", f.display()))?;
     }
-    sync_dir(&journal_dir(layout))?;
+    sync_dir(&journal_dir(t.layout))?;
     if total > 0 {
         log::info!("fsync log: replayed {total} entries ({applied} changed the store)");
     }
@@ -1134,7 +1127,7 @@ mod tests {
         assert!(!hashes.is_empty());
         xattr::set(s.layout.node_path(id), RECORD_XATTR, &before).unwrap();
         for h in &hashes {
-            fs::remove_file(s.blobs.path_of(h)).unwrap();
+            fs::remove_file(s.local.path_of(h)).unwrap();
         }
         crash(s);
         let s = reopen_and_check(&p, id, &data);
@@ -1238,7 +1231,7 @@ mod tests {
         let rec = s.read_record(id).unwrap();
         let hashes = Store::record_hashes(&rec);
         for h in &hashes {
-            fs::remove_file(s.blobs.path_of(h)).unwrap();
+            fs::remove_file(s.local.path_of(h)).unwrap();
         }
         crash(s);
         let s = Store::open(&p, OpenOptions::default()).unwrap();
@@ -1325,7 +1318,7 @@ mod tests {
         s.commit(id, false).unwrap();
         s.commit(id, true).unwrap();
         let log = s.fsync_log.as_ref().unwrap();
-        let sync = || s.blobs.sync_filesystem();
+        let sync = || s.local.sync_filesystem();
         for round in 0..3u32 {
             write(
                 &s,
@@ -1535,7 +1528,7 @@ mod tests {
                     }
                     _ => {
                         let log = s.fsync_log.as_ref().unwrap();
-                        log.checkpoint_now(&|| s.blobs.sync_filesystem()).unwrap();
+                        log.checkpoint_now(&|| s.local.sync_filesystem()).unwrap();
                     }
                 }
                 let _ = step;
@@ -1684,10 +1677,10 @@ mod tests {
         s.commit(id, false).unwrap();
         let rec = s.read_record(id).unwrap();
         for h in Store::record_hashes(&rec) {
-            if !s.blobs.path_of(&h).exists() {
+            if !s.local.path_of(&h).exists() {
                 continue;
             }
-            fs::write(s.blobs.path_of(&h), b"").unwrap(); // as the cut left them
+            fs::write(s.local.path_of(&h), b"").unwrap(); // as the cut left them
         }
         crash(s);
         reopen_and_check(&p, id, &want);

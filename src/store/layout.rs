@@ -286,6 +286,19 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     f.sync_all().ctx(|| format!("sync {}", dir.display()))
 }
 
+/// syncfs(2) of the filesystem holding `path`.
+pub fn syncfs(path: &std::path::Path) -> Result<()> {
+    let dir = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(Error::io(
+            "sync the store's filesystem",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Does a record of typical size (256 bytes) fit inside an inode of the filesystem
 /// holding `dir`? Probed: an empty file given such an xattr has no block allocated if
 /// it does. None if the probe could not run. ext4's default 256-byte inodes do not fit

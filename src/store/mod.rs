@@ -16,7 +16,7 @@
 //! Trashed nodes are never cached (purging removes their files behind the cache).
 
 pub mod attr;
-pub mod blob;
+pub mod blobs;
 pub mod check;
 pub mod content;
 pub mod error;
@@ -42,7 +42,7 @@ use parking_lot::{Mutex, RwLock};
 pub use error::{Error, Result};
 pub use node::{Kind, NodeId, NodeRecord, Time};
 
-use blob::{BlobStore, LocalBlobs};
+use blobs::{BlobStore, LocalBlobs};
 use content::Session;
 use error::IoContext;
 use layout::{Format, Layout};
@@ -90,7 +90,10 @@ pub struct OpenOptions {
 pub struct Store {
     pub layout: Layout,
     pub format: Format,
-    pub blobs: Arc<LocalBlobs>,
+    /// Blobs, through the seam: what content, the fsync log and the checks use.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The same blobs' local disk: its staging pool and filesystem sync tickets.
+    local: Arc<LocalBlobs>,
     read_only: bool,
     stripes: Vec<Mutex<()>>,
     sessions: Mutex<HashMap<NodeId, Arc<Mutex<Session>>>>,
@@ -278,13 +281,13 @@ impl Store {
         } else {
             Some(StoreLock::acquire(&layout)?)
         };
-        replay_fsync_logs(&layout, lock.is_some())?;
         let cache = if opts.cache_bytes == 0 {
             256 << 20
         } else {
             opts.cache_bytes
         };
         let blobs = LocalBlobs::new(layout.clone(), cache);
+        replay_fsync_logs(&layout, &blobs, lock.is_some())?;
         let mut store = Store::assemble(layout, format, blobs, opts.read_only, lock);
         if let Some(epoch) = store.epoch() {
             store.fsync_log = Some(fsynclog::FsyncLog::new(&store.layout, epoch));
@@ -302,12 +305,13 @@ impl Store {
         lock: Option<StoreLock>,
     ) -> Store {
         let policy = format.policy;
-        let blobs = Arc::new(blobs);
-        let spares = spare::Spares::new(layout.clone(), blobs.clone());
+        let local = Arc::new(blobs);
+        let spares = spare::Spares::new(layout.clone(), local.clone());
         Store {
             layout,
             format,
-            blobs,
+            blobs: local.clone(),
+            local,
             read_only,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             sessions: Mutex::new(HashMap::new()),
@@ -358,7 +362,7 @@ impl Store {
     /// Does a close wait until its new blobs are written before their record (so a
     /// power cut leaves a closed file old or new)? Not on ext4 without a journal.
     pub fn close_orders_blobs(&self) -> bool {
-        self.blobs.settle_waits()
+        self.local.settle_waits()
     }
 
     /// Send change events to `sink` from now on (None: stop).
@@ -693,7 +697,7 @@ impl Store {
     }
 
     fn sync_unsynced(&self, id: NodeId, u: &UnsyncedDir) -> Result<()> {
-        let covered = |t: u64| self.blobs.synced_since(t);
+        let covered = |t: u64| self.local.synced_since(t);
         let mut whole = u.all_before.is_some_and(|t| !covered(t));
         let mut to_log = Vec::new();
         for (c, n) in &u.children {
@@ -713,7 +717,7 @@ impl Store {
         }
         if whole || to_log.len() > LOG_CHILDREN_MAX {
             // Writes every inode, name and record of the store.
-            return self.blobs.sync_filesystem();
+            return self.local.sync_filesystem();
         }
         // A new file's node in the fsync log needs no sync of its `nodes/` directory:
         // should the power cut lose that name, replay recreates the node file, as the
@@ -743,7 +747,7 @@ impl Store {
         node_dirs: impl IntoIterator<Item = &'a Path>,
     ) {
         let n = if in_place {
-            NewChild::InPlace(self.blobs.ticket())
+            NewChild::InPlace(self.local.ticket())
         } else {
             NewChild::FromSpare { logged: None }
         };
@@ -802,7 +806,7 @@ impl Store {
                 f(u);
                 if u.children.len() > CHILDREN_MAX {
                     u.children.clear();
-                    u.all_before = Some(self.blobs.ticket());
+                    u.all_before = Some(self.local.ticket());
                 }
             });
             if m.entries > OWED_MAX {
@@ -811,7 +815,7 @@ impl Store {
                 return;
             }
         };
-        if let Err(e) = self.blobs.sync_filesystem() {
+        if let Err(e) = self.local.sync_filesystem() {
             log::warn!("sync the store: {e}");
             // Still owed.
             let mut m = self.unsynced_names.lock();
@@ -874,7 +878,7 @@ impl Store {
         };
         self.writable()?;
         let entry = self.log_entry(id, value, &rec, rec_blob)?;
-        if appended(log.append(&entry, &|| self.blobs.sync_filesystem())).is_none() {
+        if appended(log.append(&entry, &|| self.local.sync_filesystem())).is_none() {
             return Ok(LogSync::NoLog);
         }
         self.child_logged(rec.parent, id, rec.version);
@@ -945,10 +949,10 @@ impl Store {
         if let Err(e) = self.flush_deferred() {
             log::warn!("closing: directory times not all written: {e}");
         }
-        self.blobs.drain_pool();
+        self.local.drain_pool();
         self.spares.close();
         match &self.fsync_log {
-            Some(l) => l.close(&|| self.blobs.sync_filesystem()),
+            Some(l) => l.close(&|| self.local.sync_filesystem()),
             None => Ok(()),
         }
     }
@@ -974,7 +978,7 @@ impl Drop for Store {
         if let Err(e) = self.close_fsync_log() {
             log::warn!("fsync log kept for replay at the next open: {e}");
         }
-        self.blobs.drain_pool();
+        self.local.drain_pool();
         self.spares.close();
     }
 }
@@ -986,17 +990,18 @@ type StoredRecord = (Vec<u8>, NodeRecord, Option<node::Hash>);
 /// Replay the fsync logs a writer left behind (it crashed, or the power failed). A
 /// writer does it under its own lock; any other open does it only if it can take the
 /// lock for a moment (if a writer holds it, that writer has replayed them already).
-fn replay_fsync_logs(layout: &Layout, locked: bool) -> Result<()> {
+fn replay_fsync_logs(layout: &Layout, blobs: &dyn BlobStore, locked: bool) -> Result<()> {
+    let t = fsynclog::Target { layout, blobs };
     if !fsynclog::pending(layout)? {
         return Ok(());
     }
     if locked {
-        fsynclog::recover(layout)?;
+        fsynclog::recover(&t)?;
         return Ok(());
     }
     match StoreLock::acquire(layout) {
         Ok(l) => {
-            fsynclog::recover(layout)?;
+            fsynclog::recover(&t)?;
             drop(l);
             Ok(())
         }
@@ -1160,9 +1165,9 @@ mod tests {
             NewChild::InPlace(t) => t,
             NewChild::FromSpare { .. } => panic!("a directory is made in place"),
         };
-        assert!(!s.blobs.synced_since(t));
+        assert!(!s.local.synced_since(t));
         s.sync_dir_node(root).unwrap();
-        assert!(s.blobs.synced_since(t), "fsyncdir synced the filesystem");
+        assert!(s.local.synced_since(t), "fsyncdir synced the filesystem");
         // Past CHILDREN_MAX: the list gives way to one ticket.
         for i in 0..=CHILDREN_MAX {
             s.create(b, OsStr::new(&format!("n{i}")), file_node())

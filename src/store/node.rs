@@ -230,6 +230,25 @@ impl Time {
 /// A BLAKE3 hash naming a blob.
 pub type Hash = [u8; 32];
 
+/// Is `s` exactly `len` lowercase hex digits?
+pub fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The hash a blob's name (`hash_hex`) spells, if it spells one.
+pub fn parse_hash(s: &str) -> Option<Hash> {
+    if !is_hex(s, 64) {
+        return None;
+    }
+    let mut h = [0u8; 32];
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(h)
+}
+
 pub fn hash_hex(h: &Hash) -> String {
     let mut s = String::with_capacity(64);
     for b in h {

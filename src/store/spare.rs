@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::blob::{LocalBlobs, PREMADE_BATCH};
+use super::blobs::{LocalBlobs, PREMADE_BATCH};
 use super::layout::{self, Layout};
 use super::node::{Kind, NodeId};
 

@@ -22,11 +22,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::blobs::Deleted;
 use super::error::{Error, IoContext, Result};
 use super::event::{Event, Op};
 use super::layout::{Layout, Policy};
 use super::node::{
-    hash_hex, unframe, Content, Hash, Kind, NodeId, NodeRecord, Status, Stored, Time, RECORD_XATTR,
+    unframe, Content, Hash, Kind, NodeId, NodeRecord, Status, Stored, Time, RECORD_XATTR,
 };
 use super::Store;
 
@@ -562,36 +563,19 @@ impl Store {
         let referenced = self.referenced_blobs()?;
         let (n, mut kept_ref, mut kept_touched) = (candidates.len(), 0, 0);
         let mut freed = 0;
-        let mut gone = Vec::new();
         for h in candidates {
             if referenced.contains(&h) {
                 kept_ref += 1;
                 continue;
             }
-            let path = self.blobs.path_of(&h);
-            let doomed = self
-                .layout
-                .sessions()
-                .join(format!("doomed.{}", hash_hex(&h)));
-            if fs::rename(&path, &doomed).is_err() {
-                continue;
+            match self.blobs.delete(&h, since) {
+                Ok(Deleted::Freed(n)) => freed += n,
+                Ok(Deleted::Reused) => kept_touched += 1,
+                Ok(Deleted::Absent) => {}
+                // One blob that cannot be moved is left for the next sweep or gc.
+                Err(e) => log::warn!("sweep: {e}"),
             }
-            let meta = fs::metadata(&doomed).ok();
-            let touched = meta
-                .as_ref()
-                .and_then(|m| m.modified().ok())
-                .map(|t| t >= since)
-                .unwrap_or(true);
-            if touched {
-                kept_touched += 1;
-                // A writer reused this blob while we were looking: keep it.
-                let _ = fs::rename(&doomed, &path);
-                continue;
-            }
-            freed += self.blobs.recycle(&doomed);
-            gone.push(h);
         }
-        self.blobs.forget(&gone);
         log::debug!("sweep: {n} candidate(s), {kept_ref} still referenced, {kept_touched} reused meanwhile, {freed} bytes freed");
         Ok(freed)
     }
@@ -775,7 +759,7 @@ mod tests {
         s.unlink(s.root(), OsStr::new("f")).unwrap();
         s.run_pending_sweep().unwrap();
         assert!(
-            blobs.iter().all(|h| s.blobs.path_of(h).exists()),
+            blobs.iter().all(|h| s.local.path_of(h).exists()),
             "in the trash"
         );
 
@@ -786,11 +770,11 @@ mod tests {
         assert_eq!(r.nodes, 1);
         assert!(matches!(s.read_record(f), Err(Error::NotFound)));
         assert!(
-            blobs.iter().all(|h| s.blobs.path_of(h).exists()),
+            blobs.iter().all(|h| s.local.path_of(h).exists()),
             "swept by retention itself"
         );
         assert!(s.run_pending_sweep().unwrap() >= 100_000);
-        assert!(blobs.iter().all(|h| !s.blobs.path_of(h).exists()));
+        assert!(blobs.iter().all(|h| !s.local.path_of(h).exists()));
     }
 
     /// Retention decides from the names of trash links and revision files; what it

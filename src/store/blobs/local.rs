@@ -45,47 +45,12 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::error::{Error, IoContext, Result};
-use super::layout::{sync_dir, Layout};
-use super::node::{hash_hex, Hash};
+use std::time::SystemTime;
 
-pub fn hash_of(data: &[u8]) -> Hash {
-    *blake3::hash(data).as_bytes()
-}
-
-/// A blob's bytes as read: a buffer that may start a little way in, so a direct read can
-/// land on a page-aligned address without a copy.
-pub struct Chunk {
-    buf: Vec<u8>,
-    start: usize,
-}
-
-impl From<Vec<u8>> for Chunk {
-    fn from(buf: Vec<u8>) -> Chunk {
-        Chunk { buf, start: 0 }
-    }
-}
-
-impl std::ops::Deref for Chunk {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-/// Where blobs live. Local disk today; the trait keeps the rest of the store ignorant
-/// of that.
-pub trait BlobStore: Send + Sync {
-    /// Store `data`, return its hash. Idempotent: an existing blob is reused.
-    fn put(&self, data: &[u8], durable: bool) -> Result<Hash>;
-    /// Read and verify a blob.
-    fn get(&self, hash: &Hash) -> Result<Arc<Chunk>>;
-    /// Make every blob `put` so far durable (fsync of the staged files' directories).
-    fn sync(&self) -> Result<()>;
-    /// Before a record names `hashes`: wait until the bytes of those `put` without
-    /// `durable` are written to the device (see the module doc, Ordering).
-    fn settle(&self, hashes: &[Hash]) -> Result<()>;
-}
+use super::{hash_of, BlobStore, Chunk, Deleted, Fault, Listed, CARRY_MAX};
+use crate::store::error::{Error, IoContext, Result};
+use crate::store::layout::{sync_dir, syncfs, Layout};
+use crate::store::node::{hash_hex, is_hex, parse_hash, Hash};
 
 pub struct LocalBlobs {
     layout: Layout,
@@ -393,11 +358,6 @@ impl LocalBlobs {
         }
     }
 
-    /// Was this blob written without fsync, and is it not durable yet?
-    pub fn is_unsynced(&self, hash: &Hash) -> bool {
-        self.not_durable.lock().contains_key(hash)
-    }
-
     fn cached(&self, hash: &Hash) -> Option<Arc<Chunk>> {
         self.cache.lock().map.get(hash).cloned()
     }
@@ -430,9 +390,9 @@ impl LocalBlobs {
             }
             // The load failed or its blob was too big to cache: read it ourselves, so
             // an error is reported to this reader too.
-            return self.read_verified(hash);
+            return self.read_checked(hash);
         }
-        let res = self.read_verified(hash);
+        let res = self.read_checked(hash);
         if let Ok(d) = &res {
             self.cache.lock().insert(*hash, d.clone());
         }
@@ -442,7 +402,7 @@ impl LocalBlobs {
         res
     }
 
-    fn read_verified(&self, hash: &Hash) -> Result<Arc<Chunk>> {
+    fn read_checked(&self, hash: &Hash) -> Result<Arc<Chunk>> {
         let path = self.path_of(hash);
         let (data, actual) = match read_hashing(&path) {
             Ok(d) => d,
@@ -464,28 +424,6 @@ impl LocalBlobs {
         Ok(Arc::new(data))
     }
 
-    /// Load a blob into the cache in the background, unless it is there, already being
-    /// loaded, or enough prefetches run. Errors are left for the real read to report.
-    pub fn prefetch(self: &Arc<Self>, hash: Hash) {
-        if self.cached(&hash).is_some() || self.loading.lock().contains_key(&hash) {
-            return;
-        }
-        if self.prefetching.fetch_add(1, Ordering::AcqRel) >= PREFETCH_MAX {
-            self.prefetching.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("decofs-prefetch".into())
-            .spawn(move || {
-                let _ = me.load(&hash);
-                me.prefetching.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            self.prefetching.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
     pub fn path_of(&self, hash: &Hash) -> PathBuf {
         self.layout.blob_path(&hash_hex(hash))
     }
@@ -495,13 +433,6 @@ impl LocalBlobs {
         self.settle_waits
     }
 
-    /// Forget a cached copy (used by tests that corrupt a blob on disk).
-    pub fn drop_cache(&self) {
-        let mut c = self.cache.lock();
-        c.map.clear();
-        c.order.clear();
-        c.bytes = 0;
-    }
     /// Write a blob that is not on disk yet: into a file from the pool if there is one,
     /// else into a new file in `sessions/`.
     fn write_new(
@@ -589,6 +520,144 @@ impl LocalBlobs {
 }
 
 impl BlobStore for LocalBlobs {
+    fn read_verified(&self, hash: &Hash) -> std::result::Result<Vec<u8>, Fault> {
+        match fs::read(self.path_of(hash)) {
+            Ok(d) if &hash_of(&d) == hash => Ok(d),
+            Ok(_) => Err(Fault::Damaged),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Fault::Missing),
+            Err(e) => Err(Fault::Unreadable(e.to_string())),
+        }
+    }
+
+    fn exists(&self, hash: &Hash) -> bool {
+        self.path_of(hash).exists()
+    }
+
+    fn restore(&self, data: &[u8]) -> Result<bool> {
+        let h = hash_of(data);
+        if self.read_verified(&h).is_ok() {
+            return Ok(false);
+        }
+        let path = self.path_of(&h);
+        let dir = path.parent().expect("blob paths have a parent");
+        fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+        let tmp = self.layout.sessions().join(format!(
+            "blob.{}.{}.tmp",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let res = (|| {
+            let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+            f.write_all(data)
+                .and_then(|()| f.sync_all())
+                .ctx(|| format!("write {}", tmp.display()))?;
+            fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
+            sync_dir(dir)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        self.forget(&[h]);
+        res.map(|()| true)
+    }
+
+    /// The rename-aside protocol: `put` refreshes the mtime of a blob it reuses, so a
+    /// blob is first renamed out of `blobs/`, then kept (renamed back) if it was touched
+    /// at or after `since`, else freed (its file recycled for a later `put`).
+    fn delete(&self, hash: &Hash, since: SystemTime) -> Result<Deleted> {
+        let path = self.path_of(hash);
+        let doomed = self
+            .layout
+            .sessions()
+            .join(format!("doomed.{}", hash_hex(hash)));
+        match fs::rename(&path, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Deleted::Absent),
+            Err(e) => return Err(Error::io(format!("move aside {}", path.display()), e)),
+        }
+        let touched = fs::metadata(&doomed)
+            .and_then(|m| m.modified())
+            .map(|t| t >= since)
+            .unwrap_or(true);
+        if touched {
+            // A writer reused this blob while we were looking: keep it.
+            fs::rename(&doomed, &path).ctx(|| format!("move back {}", path.display()))?;
+            return Ok(Deleted::Reused);
+        }
+        let freed = self.recycle(&doomed);
+        self.forget(&[*hash]);
+        Ok(Deleted::Freed(freed))
+    }
+
+    fn list(&self, visit: &mut dyn FnMut(Listed)) -> Result<()> {
+        let shards = fs::read_dir(self.layout.blobs()).ctx(|| "read blobs".into())?;
+        for a in shards {
+            let a = a.ctx(|| "read blobs".into())?;
+            let an = a.file_name().to_string_lossy().into_owned();
+            if !is_hex(&an, 2) || !a.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                visit(Listed::Stray {
+                    path: a.path(),
+                    why: "not a blob shard directory",
+                });
+                continue;
+            }
+            let what = || format!("read {}", a.path().display());
+            for b in fs::read_dir(a.path()).ctx(what)? {
+                let b = b.ctx(what)?;
+                let bn = b.file_name().to_string_lossy().into_owned();
+                let md = match fs::symlink_metadata(b.path()) {
+                    Ok(md) => md,
+                    Err(_) => continue, // deleted meanwhile
+                };
+                match parse_hash(&bn) {
+                    Some(hash) if bn.starts_with(&an) && md.is_file() => visit(Listed::Blob {
+                        hash,
+                        len: md.len(),
+                        written: md.modified().unwrap_or_else(|_| SystemTime::now()),
+                    }),
+                    _ => visit(Listed::Stray {
+                        path: b.path(),
+                        why: "not a blob (name is not a hash)",
+                    }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Load a blob into the cache in the background, unless it is there, already being
+    /// loaded, or enough prefetches run. Errors are left for the real read to report.
+    fn prefetch(self: Arc<Self>, hash: Hash) {
+        if self.cached(&hash).is_some() || self.loading.lock().contains_key(&hash) {
+            return;
+        }
+        if self.prefetching.fetch_add(1, Ordering::AcqRel) >= PREFETCH_MAX {
+            self.prefetching.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("decofs-prefetch".into())
+            .spawn(move || {
+                let _ = me.load(&hash);
+                me.prefetching.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.prefetching.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Forget a cached copy (used by tests that corrupt a blob on disk).
+    fn drop_cache(&self) {
+        let mut c = self.cache.lock();
+        c.map.clear();
+        c.order.clear();
+        c.bytes = 0;
+    }
+    fn is_unsynced(&self, hash: &Hash) -> bool {
+        self.not_durable.lock().contains_key(hash)
+    }
+
     fn put(&self, data: &[u8], durable: bool) -> Result<Hash> {
         let hash = hash_of(data);
         let path = self.path_of(&hash);
@@ -602,7 +671,7 @@ impl BlobStore for LocalBlobs {
         self.write_new(hash, data, &path, durable)?;
         // A blob an fsync may soon copy into the fsync log (one it can carry) is kept
         // verified in memory: the copy then reads no file and hashes nothing again.
-        if !durable && data.len() <= super::fsynclog::CARRY_MAX {
+        if !durable && data.len() <= CARRY_MAX {
             self.cache
                 .lock()
                 .insert(hash, Arc::new(Chunk::from(data.to_vec())));
@@ -692,19 +761,6 @@ impl BlobStore for LocalBlobs {
         self.now_durable(synced);
         Ok(())
     }
-}
-
-/// syncfs(2) of the filesystem holding `path`.
-pub fn syncfs(path: &std::path::Path) -> Result<()> {
-    let dir = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
-    // SAFETY: syncfs on a descriptor we own.
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-        return Err(Error::io(
-            "sync the store's filesystem",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }
 
 /// Start writing a file's dirty pages to the device, without waiting. Advisory: a
