@@ -1,7 +1,7 @@
 //! decofs: a FUSE filesystem on a decomposed store.
 //!
 //! - [`store`]: the truth on disk (nodes, entries, blobs, sessions); enforces the
-//!   invariants of DESIGN.md.
+//!   invariants of docs/DESIGN.md.
 //! - [`fuse`]: the fuser adapter; replies only.
 //! - [`index`]: the sled index that follows the store's events (find, du, changes).
 //! - [`mount`]: mounting, daemonizing, signals, unmounting.
