@@ -9,7 +9,7 @@
 //!
 //! - the node, its record's version and the record's stored value (the xattr bytes);
 //! - the bytes of every blob the record names that is not durable yet (at most
-//!   [`CARRY_MAX`]; beyond that those blobs are fsynced first, as before).
+//!   [`CARRY_MAX`](super::blobs::CARRY_MAX); beyond that those blobs are fsynced first, as before).
 //!
 //! One `fdatasync` of the log then makes the fsync durable. Concurrent fsyncs share
 //! one: whoever syncs covers every entry appended before it started (group commit).
@@ -99,8 +99,6 @@ use super::node::{
 /// Size of a log file (preallocated). Entries carry small files' blobs whole, so a
 /// busy sqlite database fills it every few hundred commits; then one syncfs.
 pub const LOG_BYTES: u64 = 64 << 20;
-/// An entry carries at most this many bytes of blobs; a bigger fsync syncs its blobs.
-pub const CARRY_MAX: usize = 1 << 20;
 /// Live chains' entries kept for carrying across a checkpoint, in all and per chain.
 pub const CHAINS_MAX: usize = 8 << 20;
 pub const CHAIN_MAX: usize = 4 << 20;

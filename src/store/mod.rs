@@ -926,7 +926,7 @@ impl Store {
             if self.blobs.is_unsynced(&h) {
                 let d = self.blobs.get(&h)?;
                 bytes += d.len();
-                if bytes > fsynclog::CARRY_MAX {
+                if bytes > blobs::CARRY_MAX {
                     // Too much to copy into the log: sync the blobs themselves.
                     carried.clear();
                     self.blobs.sync()?;

@@ -1,0 +1,90 @@
+//! Revisions: the record from before a session's first commit, kept under
+//! `revisions/<uuid>/<unix-nanos>` (invariant 6), listed and read back.
+
+use super::*;
+
+impl Store {
+    /// Keep the record from before a session as a revision (only if it had content).
+    /// Returns whether a revision was written.
+    pub(crate) fn save_revision(&self, id: NodeId, base: &NodeRecord) -> Result<bool> {
+        if base.size == 0 && base.content == Content::Empty {
+            return Ok(false);
+        }
+        let dir = self.layout.revisions_of(id);
+        fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let now = Time::now();
+        let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
+        let path = dir.join(nanos.to_string());
+        // Written aside and renamed in, so a crash never leaves a torn revision.
+        let tmp = self
+            .layout
+            .sessions()
+            .join(format!("rev.{}.{id}.{nanos}.tmp", std::process::id()));
+        fs::write(&tmp, frame(false, &encode_body(base)))
+            .ctx(|| format!("write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
+        Ok(true)
+    }
+
+    /// Revisions of a node, oldest first: (unix-nanos, record).
+    pub fn revisions(&self, id: NodeId) -> Result<Vec<(i128, NodeRecord)>> {
+        let (dir, stamps) = self.revision_stamps(id)?;
+        let mut out = Vec::new();
+        for stamp in stamps {
+            if let Some(r) = self.read_revision(id, stamp, &dir.join(stamp.to_string()))? {
+                out.push((stamp, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The directory of a node's revisions and their times (file names), oldest first;
+    /// no revision file is read.
+    pub(crate) fn revision_stamps(&self, id: NodeId) -> Result<(std::path::PathBuf, Vec<i128>)> {
+        let dir = self.layout.revisions_of(id);
+        let it = match fs::read_dir(&dir) {
+            Ok(it) => it,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((dir, Vec::new())),
+            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+        };
+        let mut stamps = Vec::new();
+        for ent in it {
+            let ent = ent.ctx(|| "read revisions".into())?;
+            if let Some(stamp) = ent
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i128>().ok())
+            {
+                stamps.push(stamp);
+            }
+        }
+        stamps.sort_unstable();
+        Ok((dir, stamps))
+    }
+
+    /// One revision file: None if it is gone (pruned or purged meanwhile) or empty.
+    pub(crate) fn read_revision(
+        &self,
+        id: NodeId,
+        stamp: i128,
+        path: &std::path::Path,
+    ) -> Result<Option<NodeRecord>> {
+        let raw = match fs::read(path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        if raw.is_empty() {
+            // Written without fsync and cut off by a power loss before its data (a
+            // journal committed the name): it names nothing. fsck removes it.
+            log::warn!("node {id}: revision {stamp} is empty, skipped");
+            return Ok(None);
+        }
+        Ok(Some(match crate::store::node::unframe(id, &raw)? {
+            crate::store::node::Stored::Inline(r) => r,
+            crate::store::node::Stored::InBlob(h) => {
+                crate::store::node::decode_body(id, &self.blobs.get(&h)?)?
+            }
+        }))
+    }
+}

@@ -1,0 +1,493 @@
+//! Write sessions: one per open-for-write node, shared by its handles (invariant 4);
+//! dirty chunks as overlays on their stored base, the staging file, memory bounds.
+
+use super::*;
+
+/// A session holding more head bytes in memory than this moves them to its staging file.
+pub(super) const DIRTY_LIMIT: usize = 64 << 20;
+
+/// A session whose dirty chunks and staged ranges together exceed this many entries
+/// seals its most fragmented chunks (bounds the memory of the range maps).
+pub(super) const ENTRY_LIMIT: usize = 1 << 17;
+
+/// Disjoint, non-adjacent byte ranges `start -> end` within one chunk.
+pub(super) type Ranges = BTreeMap<usize, usize>;
+
+/// Add `a..b`, merging with what it overlaps or touches.
+pub(super) fn ranges_insert(r: &mut Ranges, mut a: usize, mut b: usize) {
+    if a >= b {
+        return;
+    }
+    loop {
+        let hit = r.range(..=b).next_back().map(|(s, e)| (*s, *e));
+        match hit {
+            Some((s, e)) if e >= a => {
+                r.remove(&s);
+                a = a.min(s);
+                b = b.max(e);
+            }
+            _ => break,
+        }
+    }
+    r.insert(a, b);
+}
+
+/// Remove `a..b`, splitting what straddles its ends.
+pub(super) fn ranges_remove(r: &mut Ranges, a: usize, b: usize) {
+    if a >= b {
+        return;
+    }
+    let hits: Vec<(usize, usize)> = r
+        .range(..b)
+        .rev()
+        .take_while(|(_, e)| **e > a)
+        .map(|(s, e)| (*s, *e))
+        .collect();
+    for (s, e) in hits {
+        r.remove(&s);
+        if s < a {
+            r.insert(s, a);
+        }
+        if e > b {
+            r.insert(b, e);
+        }
+    }
+}
+
+/// A chunk modified in this session. Its byte at in-chunk offset `x` is: `head[x]` if
+/// `x < head.len()`; else the staging file's byte if a range of `staged` holds `x`; else
+/// the base chunk's byte (the session's sealed chunk of this index) if `x < base_len`;
+/// else zero. Bytes at or past `len` are zero (up to the file size).
+pub(super) struct Dirty {
+    /// Stored length of the chunk (what sealing writes).
+    pub(super) len: usize,
+    /// How much of the base is still visible (a truncate cuts it).
+    pub(super) base_len: usize,
+    /// Bytes from the chunk's start, in memory.
+    pub(super) head: Vec<u8>,
+    /// Ranges whose bytes are in the staging file (all at or past `head.len()`).
+    pub(super) staged: Ranges,
+    /// Slot of this chunk in the staging file, once something was staged.
+    pub(super) slot: Option<u64>,
+}
+
+/// The session's staging file and its slot allocation.
+#[derive(Default)]
+pub(super) struct Staging {
+    pub(super) file: Option<fs::File>,
+    pub(super) free: Vec<u64>,
+    pub(super) next: u64,
+}
+
+/// The shared write state of one open file.
+pub struct Session {
+    pub size: u64,
+    /// Stored chunks: sealed in this session (not yet all named by the record) or from
+    /// before it; a dirty chunk's entry here is its base.
+    pub(super) chunks: BTreeMap<u64, ChunkRef>,
+    /// Modified chunks, overlays on their base.
+    pub(super) dirty: BTreeMap<u64, Dirty>,
+    /// Bytes held in memory by heads.
+    pub(super) dirty_bytes: usize,
+    /// Staged ranges over all dirty chunks.
+    pub(super) staged_ranges: usize,
+    pub(super) staging: Staging,
+    /// Limits (constants; lowered by tests).
+    pub(super) dirty_limit: usize,
+    pub(super) entry_limit: usize,
+    /// Open handles sharing this session.
+    pub handles: u32,
+    /// Content differs from the record.
+    pub changed: bool,
+    /// Time of the last write not yet in the record (cleared by an explicit utimens).
+    pub mtime: Option<Time>,
+    /// The record this session started from (saved as a revision on first commit).
+    pub(super) base: Option<NodeRecord>,
+    /// Blobs this session sealed; if one is replaced before the session ends it may be
+    /// garbage (nothing but an intermediate commit named it) and is offered to a sweep.
+    pub(super) sealed_here: std::collections::HashSet<Hash>,
+    pub(super) superseded: Vec<Hash>,
+    /// The manifest blob of this session's last commit (replaced by the next one).
+    pub(super) last_manifest: Option<Hash>,
+    /// The durable content this session's writes since then overlay, as the fsync log
+    /// names it (`fsynclog::chain_base`): set by a durable commit, cleared by any other
+    /// commit and by what is not a plain write (truncate, punched hole). While set, an
+    /// fsync logs only `unlogged` (a delta) instead of committing. With it, the record
+    /// version made durable then: a record changed since (chmod, utimens, a rename)
+    /// makes the next fsync commit in full, so that it logs the attributes too.
+    pub(super) chain: Option<(Vec<u8>, u64)>,
+    /// The session began on an empty file (a new one) and has only written since: its
+    /// first fsync can log the empty record and a delta on it (`log_first_delta`).
+    pub(super) from_empty: bool,
+    /// File byte ranges written since the last commit or logged delta (tracked while
+    /// `chain` is set or `from_empty` holds).
+    pub(super) unlogged: Ranges,
+}
+
+impl Session {
+    /// Chunk `idx` leaves the sealed set (rewritten, truncated or punched).
+    pub(super) fn unseal(&mut self, idx: u64) {
+        if let Some(c) = self.chunks.remove(&idx) {
+            if self.sealed_here.contains(&c.hash) {
+                self.superseded.push(c.hash);
+            }
+        }
+    }
+
+    /// The dirty overlay of chunk `idx`, made (with nothing written yet) if needed.
+    pub(super) fn dirty_mut(&mut self, idx: u64) -> &mut Dirty {
+        let base = self.chunks.get(&idx).map(|c| c.len as usize).unwrap_or(0);
+        self.dirty.entry(idx).or_insert_with(|| Dirty {
+            len: base,
+            base_len: base,
+            head: Vec::new(),
+            staged: Ranges::new(),
+            slot: None,
+        })
+    }
+
+    /// Forget the overlay of chunk `idx` (its base stays in `chunks`).
+    pub(super) fn drop_dirty(&mut self, idx: u64, cs: u64) -> Result<()> {
+        let Some(d) = self.dirty.remove(&idx) else {
+            return Ok(());
+        };
+        self.dirty_bytes -= d.head.len();
+        self.staged_ranges -= d.staged.len();
+        if let Some(slot) = d.slot {
+            if self.staging.free.len() as u64 + 1 == self.staging.next {
+                // Nothing staged any more: give all the space back at once.
+                if let Some(f) = &self.staging.file {
+                    f.set_len(0).ctx(|| "truncate the staging file".into())?;
+                }
+                self.staging.free.clear();
+                self.staging.next = 0;
+            } else {
+                if let Some(f) = &self.staging.file {
+                    zero_range(f, slot * cs, cs)?;
+                }
+                self.staging.free.push(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot of dirty chunk `idx` in the staging file, allocated (and the file made)
+    /// if needed.
+    pub(super) fn slot_of(
+        &mut self,
+        layout: &crate::store::layout::Layout,
+        idx: u64,
+    ) -> Result<u64> {
+        if self.staging.file.is_none() {
+            self.staging.file = Some(staging_file(&layout.sessions())?);
+        }
+        let d = self.dirty.get_mut(&idx).expect("dirty chunk");
+        let slot = match d.slot {
+            Some(s) => s,
+            None => {
+                let s = match self.staging.free.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.staging.next += 1;
+                        self.staging.next - 1
+                    }
+                };
+                d.slot = Some(s);
+                s
+            }
+        };
+        Ok(slot)
+    }
+}
+
+/// An unnamed file in `dir` (O_TMPFILE), or a named one unlinked at once where the
+/// backing filesystem lacks O_TMPFILE. Either way nothing is left behind by a crash
+/// (the `blob.<pid>.…tmp` name is what fsck collects should we die in between).
+pub(super) fn staging_file(dir: &std::path::Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(f) => return Ok(f),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)
+            ) => {}
+        Err(e) => {
+            return Err(Error::io(
+                format!("create a staging file in {}", dir.display()),
+                e,
+            ))
+        }
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let p = dir.join(format!(
+        "blob.{}.stage.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .ctx(|| format!("create {}", p.display()))?;
+    fs::remove_file(&p).ctx(|| format!("unlink {}", p.display()))?;
+    Ok(f)
+}
+
+/// Make `off..off+len` of `f` read as zeros (freeing its blocks where possible).
+pub(super) fn zero_range(f: &fs::File, off: u64, len: u64) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let end = off + len;
+    // SAFETY: a plain syscall on a descriptor we own.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(Error::io("punch the staging file", e));
+        }
+        let zeros = vec![0u8; 64 << 10];
+        let mut pos = off;
+        while pos < end {
+            let n = (end - pos).min(zeros.len() as u64) as usize;
+            f.write_all_at(&zeros[..n], pos)
+                .ctx(|| "zero the staging file".into())?;
+            pos += n as u64;
+        }
+        return Ok(());
+    }
+    // A punch keeps the size: make sure the range exists so reads of it succeed.
+    let have = f.metadata().ctx(|| "stat the staging file".into())?.len();
+    if have < end {
+        f.set_len(end).ctx(|| "extend the staging file".into())?;
+    }
+    Ok(())
+}
+
+impl Store {
+    pub(super) fn session_of(&self, id: NodeId) -> Option<Arc<Mutex<Session>>> {
+        self.sessions.lock().get(&id).cloned()
+    }
+
+    pub(crate) fn session_handle(&self, id: NodeId) -> Option<Arc<Mutex<Session>>> {
+        self.session_of(id)
+    }
+
+    /// Point a session at a record that replaced its content (a restore), keeping its
+    /// handles.
+    pub(crate) fn reset_session(&self, s: &mut Session, rec: &NodeRecord) {
+        let fresh = self.new_session(rec);
+        let handles = s.handles;
+        *s = fresh;
+        s.handles = handles;
+    }
+
+    /// The sealed chunks of every open session (referenced, though not yet by a record).
+    pub(crate) fn session_blobs(&self) -> Vec<Hash> {
+        let all: Vec<Arc<Mutex<Session>>> = self.sessions.lock().values().cloned().collect();
+        let mut out = Vec::new();
+        for s in all {
+            if let Some(g) = s.try_lock() {
+                out.extend(g.chunks.values().map(|c| c.hash));
+            } else {
+                // Busy: wait for it (never while holding the map lock).
+                out.extend(s.lock().chunks.values().map(|c| c.hash));
+            }
+        }
+        out
+    }
+
+    /// Does this node have an open write session (status `pending`)?
+    pub fn has_session(&self, id: NodeId) -> bool {
+        self.sessions.lock().contains_key(&id)
+    }
+
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub(super) fn new_session(&self, rec: &NodeRecord) -> Session {
+        let mut s = Session {
+            size: rec.size,
+            chunks: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+            staged_ranges: 0,
+            staging: Staging::default(),
+            dirty_limit: DIRTY_LIMIT,
+            entry_limit: ENTRY_LIMIT,
+            handles: 0,
+            changed: false,
+            mtime: None,
+            base: Some(rec.clone()),
+            sealed_here: Default::default(),
+            superseded: Vec::new(),
+            last_manifest: None,
+            chain: None,
+            from_empty: rec.size == 0 && rec.content == Content::Empty,
+            unlogged: Ranges::new(),
+        };
+        match &rec.content {
+            Content::Inline(d) => {
+                s.dirty_bytes = d.len();
+                s.dirty.insert(
+                    0,
+                    Dirty {
+                        len: d.len(),
+                        base_len: 0,
+                        head: d.clone(),
+                        staged: Ranges::new(),
+                        slot: None,
+                    },
+                );
+            }
+            other => {
+                // Errors surface on read; a session over an unreadable manifest starts empty
+                // only if the manifest is missing entirely, which load below reports.
+                if let Ok(list) = self.chunk_list(other) {
+                    for c in list.iter() {
+                        s.chunks.insert(c.index, c.clone());
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Get the session of `id`, creating it; `handle` counts an open handle.
+    ///
+    /// A handle that opens a session holding nothing uncommitted starts a new version:
+    /// what is committed now becomes a revision once this session changes it again. The
+    /// kernel sends RELEASE after close(2) returns, so a file written, closed and at once
+    /// reopened often finds its old session still there; without this, the version it
+    /// closed would never become a revision, depending on that timing.
+    pub(super) fn session(&self, id: NodeId, handle: bool) -> Result<(Arc<Mutex<Session>>, bool)> {
+        let mut map = self.sessions.lock();
+        if let Some(s) = map.get(&id) {
+            let s = s.clone();
+            if handle {
+                s.lock().handles += 1;
+                drop(map);
+                let mut g = s.lock();
+                if !g.changed && g.base.is_none() {
+                    // Unreadable now: no revision of it then, and the open still works
+                    // (the handle is counted); a read reports the record's error.
+                    g.base = self.read_record(id).ok();
+                }
+            }
+            return Ok((s, false));
+        }
+        let rec = self.read_record(id)?;
+        match rec.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(Error::IsDir),
+            _ => return Err(Error::Invalid("not a regular file")),
+        }
+        if let Content::Manifest(_) = rec.content {
+            self.chunk_list(&rec.content)?; // surface a missing or corrupt manifest now
+        }
+        let mut s = self.new_session(&rec);
+        if handle {
+            s.handles = 1;
+        }
+        let s = Arc::new(Mutex::new(s));
+        map.insert(id, s.clone());
+        Ok((s, true))
+    }
+
+    /// A handle opened `id` for writing.
+    pub fn open_write(&self, id: NodeId) -> Result<()> {
+        self.writable()?;
+        self.session(id, true).map(|_| ())
+    }
+
+    /// A writing handle of `id` closed: the last one commits and ends the session.
+    pub fn close_write(&self, id: NodeId) -> Result<()> {
+        let Some(s) = self.session_of(id) else {
+            return Ok(());
+        };
+        let last = {
+            let mut g = s.lock();
+            g.handles = g.handles.saturating_sub(1);
+            g.handles == 0
+        };
+        if last {
+            let res = self.commit(id, false);
+            let dropped = {
+                let mut map = self.sessions.lock();
+                let still_unused = map.get(&id).map(|s| s.lock().handles == 0).unwrap_or(false);
+                if still_unused {
+                    // Even if the commit failed (a full disk): the last handle is gone and
+                    // the error went to close(2); a session kept now would pin the node
+                    // forever.
+                    if let Err(e) = &res {
+                        log::error!(
+                            "node {id}: last close could not commit, unsaved writes dropped: {e}"
+                        );
+                        // Dropped here, so not brought back by a replay either (unless the
+                        // power fails before the file's next durable state is logged).
+                        if let Some(l) = &self.fsync_log {
+                            l.end_chain(id.0.into_bytes());
+                        }
+                    }
+                    map.remove(&id);
+                }
+                still_unused && res.is_err()
+            };
+            if dropped {
+                // The kernel still caches the dropped writes (pages and size): the file
+                // went back to its record behind its back. Told outside the sessions
+                // lock: the kernel waits for page locks a write in flight may hold.
+                self.invalidated(id);
+            }
+            return res;
+        }
+        Ok(())
+    }
+
+    /// Run `f` on the session of `id`; a session made just for `f` is committed and ended.
+    pub(super) fn with_session<T>(
+        &self,
+        id: NodeId,
+        f: impl FnOnce(&mut Session) -> Result<T>,
+    ) -> Result<T> {
+        self.writable()?;
+        let (s, fresh) = self.session(id, false)?;
+        let out = f(&mut s.lock())?;
+        if fresh {
+            let res = self.commit(id, false);
+            let mut map = self.sessions.lock();
+            if map.get(&id).map(|s| s.lock().handles == 0).unwrap_or(false) {
+                map.remove(&id);
+            }
+            res?;
+        }
+        Ok(out)
+    }
+
+    /// Size and mtime as a reader sees them now (session overlay on the record).
+    pub fn overlay(&self, id: NodeId, rec: &mut NodeRecord) {
+        if let Some(s) = self.session_of(id) {
+            let s = s.lock();
+            rec.size = s.size;
+            if let Some(t) = s.mtime {
+                rec.mtime = t;
+                rec.ctime = rec.ctime.max(t);
+            }
+        }
+    }
+}
