@@ -213,9 +213,9 @@ def du(b, t, info):
     caches; the figures must agree with each other and with what the burst created."""
     c = b.cfg
     N, D = c.index_files, c.index_dirs
-    dt, out, _ = run([t.bin, "du", t.mnt], timeout=c.timeout)
+    dt, first, _ = run([t.bin, "du", t.mnt], timeout=c.timeout)
     b.record("idx_du_index", t, dt)
-    fields = out.split("\t")
+    fields = first.split("\t")
     ib, ifiles, idirs = int(fields[0]), int(fields[1]), int(fields[2])
     dt, out, _ = run(["du", "-s", "-b", t.mnt], timeout=c.timeout)
     b.record("idx_du_walk", t, dt)
@@ -235,7 +235,7 @@ def du(b, t, info):
                    f"expected {N} and {D}")
     if out2.split("\t")[:3] != fields[:3]:
         bad.append(f"decofs du after the remount says {out2.strip()!r}, before "
-                   f"{out.strip()!r}")
+                   f"{first.strip()!r}")
     info["du_ok"] = not bad
     if bad:
         info["du_problems"] = bad
