@@ -1,7 +1,7 @@
 //! Tests of the fsync log: replay after a crash, torn tails, deltas and chains.
 
-use super::*;
 use super::format::{checksum, framed, read_entries, Logged, ENTRY_HEAD, MAGIC_V1};
+use super::*;
 use crate::store::tests::new_file;
 use crate::store::{OpenOptions, Store};
 
