@@ -25,6 +25,7 @@ mod fault;
 pub mod fsynclog;
 pub mod layout;
 pub mod lock;
+pub mod manifest;
 pub mod node;
 mod spare;
 pub mod trash;

@@ -57,10 +57,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::blobs::{BlobStore, Listed, LocalBlobs};
-use super::content::{chunks_content, decode_manifest};
 use super::error::{Error, IoContext, Result};
 use super::layout::Layout;
 use super::lock::StoreLock;
+use super::manifest::{chunks_content, decode_manifest};
 use super::node::{
     decode_body, hash_hex, is_hex, unframe, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord,
     Status, Stored, RECORD_XATTR,

@@ -93,10 +93,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::blobs::hash_of;
 use super::blobs::BlobStore;
-use super::content::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
 use super::error::{Error, IoContext, Result};
 use super::layout::syncfs;
 use super::layout::{sync_dir, Layout};
+use super::manifest::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
 use super::node::{
     decode_body, encode_body, frame, hash_hex, unframe, ChunkRef, Content, Kind, NodeId,
     NodeRecord, Stored, Time, INLINE_RECORD_LIMIT, RECORD_XATTR,
