@@ -203,7 +203,7 @@ fn held_space(store: &Store) -> ((u64, u64), (u64, u64)) {
             else {
                 continue;
             };
-            if let Ok(r) = store.read_record(id) {
+            if let Ok(r) = store.records.read(id) {
                 trash.0 += 1;
                 if r.kind == Kind::File {
                     trash.1 += r.stored;

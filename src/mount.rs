@@ -693,7 +693,7 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
             std::thread::sleep(Duration::from_secs(1));
             let Some(st) = store.upgrade() else { return };
             // Directory times deferred by creates and unlinks (Store::touch_dir_times).
-            if let Err(e) = st.flush_deferred() {
+            if let Err(e) = st.records.flush_deferred() {
                 log::warn!("directory times: {e}");
             }
             // Each sweep scans every record for references: sweep at most every 2 s,

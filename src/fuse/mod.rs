@@ -104,7 +104,7 @@ impl DirAhead {
                     let Some(s) = store.upgrade() else { return };
                     // Only warms caches: errors are left for the listing to report.
                     if let Ok(entries) = s.readdir(dir) {
-                        s.prefetch_records(&ops::records_a_listing_reads(&entries));
+                        s.records.prefetch(&ops::records_a_listing_reads(&entries));
                     }
                 });
             if let Err(e) = spawned {
@@ -175,8 +175,8 @@ impl ReadAhead {
                             return;
                         }
                         let Some(s) = store.upgrade() else { return };
-                        if !s.record_cached(id) {
-                            let _ = s.read_record(id); // errors show when read for real
+                        if !s.records.cached(id) {
+                            let _ = s.records.read(id); // errors show when read for real
                         }
                     }
                 });
@@ -253,7 +253,7 @@ fn file_type(k: Kind) -> FileType {
 impl DecoFs {
     pub fn new(store: Arc<Store>) -> DecoFs {
         // This mount is the store's only writer: its records can be served from memory.
-        store.enable_record_cache();
+        store.records.enable_cache();
         let mut inodes = HashMap::new();
         inodes.insert(1, (store.root(), u64::MAX / 2));
         DecoFs {

@@ -167,7 +167,7 @@ impl DecoFs {
         };
         let ids = records_a_listing_reads(window);
         match ids.first() {
-            Some(first) if !self.store.record_cached(*first) => self.store.prefetch_records(&ids),
+            Some(first) if !self.store.records.cached(*first) => self.store.records.prefetch(&ids),
             _ => {}
         }
     }
@@ -177,7 +177,7 @@ impl DecoFs {
     /// one child of a listing is followed by the others: `ls -l`, `du`, `rm -r`).
     fn lookup_after_listing(&self, parent: NodeId, id: NodeId) {
         const WINDOW: usize = 4096;
-        if self.store.record_cached(id) {
+        if self.store.records.cached(id) {
             return;
         }
         let (entries, from) = {
@@ -198,7 +198,7 @@ impl DecoFs {
             .map(|e| e.1)
             .chain(std::iter::once(id))
             .collect();
-        self.store.prefetch_records(&ids);
+        self.store.records.prefetch(&ids);
     }
 
     /// Remember that `id` was listed with name-only entries (see `cold_listings`).
@@ -221,7 +221,8 @@ impl DecoFs {
             return id;
         }
         self.store
-            .read_record(id)
+            .records
+            .read(id)
             .ok()
             .and_then(|r| r.parent)
             .unwrap_or(self.store.root())
@@ -358,7 +359,7 @@ impl Filesystem for DecoFs {
         super::guard("readlink", || {
             match self
                 .node(ino)
-                .and_then(|id| self.store.read_record(id).map_err(|e| errno(&e)))
+                .and_then(|id| self.store.records.read(id).map_err(|e| errno(&e)))
             {
                 Ok(rec) if rec.kind == Kind::Symlink => reply.data(&rec.target),
                 Ok(_) => reply.error(Errno::EINVAL),
@@ -733,7 +734,7 @@ impl Filesystem for DecoFs {
                 } else if let Some(k) = child.kind_hint() {
                     k
                 } else {
-                    match self.store.read_record(child) {
+                    match self.store.records.read(child) {
                         Ok(r) => r.kind,
                         Err(_) => {
                             i += 1;
@@ -782,7 +783,7 @@ impl Filesystem for DecoFs {
                     (entries[i - 2].0.as_os_str(), entries[i - 2].1)
                 };
                 let name_only = listable_name_only(child)
-                    .filter(|_| i >= 2 && !self.store.record_cached(child));
+                    .filter(|_| i >= 2 && !self.store.records.cached(child));
                 if let Some(kind) = name_only {
                     // A name-only entry: listing it reads nothing.
                     if reply.add_name_only(
@@ -957,7 +958,7 @@ impl Filesystem for DecoFs {
             // same question for kernels that still ask.
             let rec = match self
                 .node(ino)
-                .and_then(|id| self.store.read_record(id).map_err(|e| errno(&e)))
+                .and_then(|id| self.store.records.read(id).map_err(|e| errno(&e)))
             {
                 Ok(r) => r,
                 Err(e) => return reply.error(e),

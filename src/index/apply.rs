@@ -142,7 +142,7 @@ impl<'a> Applier<'a> {
         let Some(old) = self.g.node(id)? else {
             return Ok(()); // not reachable: indexed when an entry names it
         };
-        let rec = match self.store.read_record(id) {
+        let rec = match self.store.records.read(id) {
             Ok(r) => r,
             Err(Error::NotFound) => return Ok(()), // its entries' events remove it
             Err(e) => {
@@ -304,7 +304,7 @@ impl<'a> Applier<'a> {
     }
 
     fn read_sum(&mut self, id: NodeId) -> Option<NodeSum> {
-        match self.store.read_record(id) {
+        match self.store.records.read(id) {
             Ok(r) => Some(NodeSum::of(&r)),
             Err(Error::NotFound) => None,
             Err(e) => {

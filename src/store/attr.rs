@@ -53,7 +53,7 @@ pub enum XattrMode {
 impl Store {
     /// A node's record as a reader sees it now (open sessions included).
     pub fn stat(&self, id: NodeId) -> Result<NodeRecord> {
-        let mut rec = self.read_record(id)?;
+        let mut rec = self.records.read(id)?;
         self.overlay(id, &mut rec);
         Ok(rec)
     }
@@ -61,14 +61,14 @@ impl Store {
     pub fn setattr(&self, id: NodeId, a: &SetAttr) -> Result<NodeRecord> {
         self.writable()?;
         if let Some(size) = a.size {
-            match self.read_record(id)?.kind {
+            match self.records.read(id)?.kind {
                 Kind::File => self.truncate(id, size)?,
                 Kind::Dir => return Err(Error::IsDir),
                 _ => return Err(Error::Invalid("cannot truncate this kind of file")),
             }
         }
         let now = Time::now();
-        let mut rec = self.update(id, |r| {
+        let mut rec = self.records.update(id, |r| {
             if let Some(m) = a.mode {
                 r.mode = m & 0o7777;
             }
@@ -114,7 +114,7 @@ impl Store {
     pub fn get_xattr(&self, id: NodeId, name: &OsStr) -> Result<Vec<u8>> {
         let name = name.as_bytes();
         Self::supported_xattr(name)?;
-        let rec = self.read_record(id)?;
+        let rec = self.records.read(id)?;
         if name == STATUS_XATTR {
             return Ok(self.status_of(id, &rec).as_bytes().to_vec());
         }
@@ -123,7 +123,7 @@ impl Store {
 
     /// Client xattr names, each NUL-terminated (the listxattr wire format).
     pub fn list_xattr(&self, id: NodeId) -> Result<Vec<u8>> {
-        let rec = self.read_record(id)?;
+        let rec = self.records.read(id)?;
         let mut out = Vec::new();
         for k in rec.xattrs.keys() {
             // Stored before the name was refused (an older decofs kept security.selinux).
@@ -178,7 +178,7 @@ impl Store {
         if value.len() > XATTR_SIZE_MAX {
             return Err(Error::Range);
         }
-        self.update(id, |r| {
+        self.records.update(id, |r| {
             let exists = r.xattrs.contains_key(name);
             match mode {
                 XattrMode::CreateOnly if exists => return Err(Error::Exists),
@@ -208,7 +208,7 @@ impl Store {
         if !kill {
             return Ok(());
         }
-        self.update(id, |r| {
+        self.records.update(id, |r| {
             r.mode &= !libc::S_ISUID;
             if drop_sgid(r) {
                 r.mode &= !libc::S_ISGID;
@@ -230,7 +230,7 @@ impl Store {
             return Err(Error::NotPermitted);
         }
         Self::supported_xattr(name)?;
-        self.update(id, |r| {
+        self.records.update(id, |r| {
             r.xattrs.remove(name).ok_or(Error::NoAttr)?;
             r.ctime = Time::now();
             Ok(())

@@ -30,6 +30,39 @@ pub struct StoreLock {
     fenced: AtomicBool,
 }
 
+/// Whether this process may change the store (invariant 7): it is not read-only, and
+/// the lock it took (if any) has not been broken since. Checked before every change.
+pub struct Fence {
+    read_only: bool,
+    lock: Option<StoreLock>,
+}
+
+impl Fence {
+    pub fn new(read_only: bool, lock: Option<StoreLock>) -> Fence {
+        Fence { read_only, lock }
+    }
+
+    /// `Err(ReadOnly)` when this process may not change the store.
+    pub fn check(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        match &self.lock {
+            Some(l) if !l.valid() => Err(Error::ReadOnly),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The fencing epoch held (None for read-only opens).
+    pub fn epoch(&self) -> Option<u64> {
+        self.lock.as_ref().map(|l| l.epoch)
+    }
+}
+
 /// Read the current epoch (0 for a store that was never mounted read-write).
 pub fn read_epoch(layout: &Layout) -> Result<u64> {
     match fs::read_to_string(layout.epoch_file()) {

@@ -27,15 +27,14 @@ pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod node;
+pub mod records;
 mod spare;
 pub mod trash;
 pub mod tree;
 
 use std::collections::HashMap;
 use std::fs;
-use std::hash::{Hash as _, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -47,39 +46,9 @@ use blobs::{BlobStore, LocalBlobs};
 use content::Session;
 use error::IoContext;
 use layout::{Format, Layout};
-use lock::StoreLock;
-use node::{decode_body, encode_body, frame, unframe, Stored, INLINE_RECORD_LIMIT, RECORD_XATTR};
-
-const STRIPES: usize = 64;
-/// Record cache: shards (by the same hash as the stripes) and records kept per shard.
-const CACHE_SHARDS: usize = 64;
-const CACHE_PER_SHARD: usize = 4096;
-
-/// One shard of the record cache. `writes` counts record writes of its nodes: a reader
-/// installs what it read from disk only if no write happened meanwhile, so a stale read
-/// never replaces a newer record.
-#[derive(Default)]
-struct CacheShard {
-    map: HashMap<NodeId, NodeRecord>,
-    writes: u64,
-}
-
-impl CacheShard {
-    fn put(&mut self, id: NodeId, rec: &NodeRecord) {
-        if rec.trash.is_some() {
-            self.map.remove(&id);
-            return;
-        }
-        if self.map.len() >= CACHE_PER_SHARD && !self.map.contains_key(&id) {
-            // Drop an arbitrary eighth: cheap, and the disk still has everything.
-            let victims: Vec<NodeId> = self.map.keys().take(CACHE_PER_SHARD / 8).copied().collect();
-            for v in victims {
-                self.map.remove(&v);
-            }
-        }
-        self.map.insert(id, rec.clone());
-    }
-}
+use lock::{Fence, StoreLock};
+use node::{decode_body, encode_body, frame, unframe, Stored, INLINE_RECORD_LIMIT};
+use records::Records;
 
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
@@ -95,11 +64,12 @@ pub struct Store {
     pub blobs: Arc<dyn BlobStore>,
     /// The same blobs' local disk: its staging pool and filesystem sync tickets.
     local: Arc<LocalBlobs>,
-    read_only: bool,
-    stripes: Vec<Mutex<()>>,
+    /// May this process change the store (invariant 7)?
+    fence: Arc<Fence>,
+    /// Node records: read, written whole, cached (invariant 2).
+    pub records: Records,
     sessions: Mutex<HashMap<NodeId, Arc<Mutex<Session>>>>,
     manifests: Mutex<HashMap<node::Hash, Arc<Vec<node::ChunkRef>>>>,
-    lock: Option<StoreLock>,
     /// Retention in force (the format's defaults, possibly overridden at mount).
     policy: Mutex<layout::Policy>,
     /// Nodes with open handles (any mode): never purged while open.
@@ -113,20 +83,12 @@ pub struct Store {
     invalidate: Mutex<Option<InvalidateFn>>,
     /// Who follows the store's changes (the index), if anyone.
     sink: RwLock<Option<Arc<dyn event::EventSink>>>,
-    /// Records of live nodes, written through; only used once enabled (a mount).
-    cache_on: AtomicBool,
-    cache: Vec<Mutex<CacheShard>>,
     /// Where the last read of each recently read file ended: a read that starts near
     /// there is sequential and prefetches the next chunk.
     read_ends: Mutex<HashMap<NodeId, u64>>,
     /// Per directory, what its next fsyncdir must make durable besides its own entries
     /// (see `UnsyncedDir`).
     unsynced_names: Mutex<Owed>,
-    /// Directories whose times changed (an entry made or removed in them) since their
-    /// record was last written: the newer record, written within a second by the
-    /// maintenance thread, by the directory's fsync, by any other change of the
-    /// directory, and at a clean close (see `touch_dir_times`).
-    deferred: Mutex<HashMap<NodeId, NodeRecord>>,
     /// A writer's fsync log (see `fsynclog`): one fdatasync per file fsync.
     fsync_log: Option<fsynclog::FsyncLog>,
     /// Node files and entries made ahead for creates (see `spare`).
@@ -266,7 +228,7 @@ impl Store {
         let rec = NodeRecord::new(Kind::Dir, 0o755, uid, gid, 1);
         let p = store.layout.node_path(format.root);
         fs::create_dir_all(&p).ctx(|| format!("create {}", p.display()))?;
-        store.write_record(format.root, &rec, true)?;
+        store.records.write(format.root, &rec, true)?;
         layout::sync_dir(p.parent().unwrap())?;
         store.layout.write_format(&format)?;
         Ok(format)
@@ -294,7 +256,7 @@ impl Store {
             store.fsync_log = Some(fsynclog::FsyncLog::new(&store.layout, epoch));
         }
         // A root without a record means this is not a store we can serve.
-        store.read_record(store.root())?;
+        store.records.read(store.root())?;
         Ok(store)
     }
 
@@ -308,13 +270,15 @@ impl Store {
         let policy = format.policy;
         let local = Arc::new(blobs);
         let spares = spare::Spares::new(layout.clone(), local.clone());
+        let blobs: Arc<dyn BlobStore> = local.clone();
+        let fence = Arc::new(Fence::new(read_only, lock));
         Store {
+            records: Records::new(layout.clone(), blobs.clone(), fence.clone()),
             layout,
             format,
-            blobs: local.clone(),
+            blobs,
             local,
-            read_only,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            fence,
             sessions: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             policy: Mutex::new(policy),
@@ -323,16 +287,10 @@ impl Store {
             pending_sweep: Mutex::new(Vec::new()),
             read_ends: Mutex::new(HashMap::new()),
             unsynced_names: Mutex::new(Owed::default()),
-            deferred: Mutex::new(HashMap::new()),
             fsync_log: None,
             spares,
             invalidate: Mutex::new(None),
             sink: RwLock::new(None),
-            cache_on: AtomicBool::new(false),
-            cache: (0..CACHE_SHARDS)
-                .map(|_| Mutex::new(CacheShard::default()))
-                .collect(),
-            lock,
         }
     }
 
@@ -341,7 +299,7 @@ impl Store {
     }
 
     pub fn read_only(&self) -> bool {
-        self.read_only
+        self.fence.read_only()
     }
 
     pub fn chunk_size(&self) -> u64 {
@@ -350,7 +308,7 @@ impl Store {
 
     /// Make node files for creates ahead of need, in the background (a writer's mount).
     pub fn start_spares(&self) {
-        if !self.read_only {
+        if !self.read_only() {
             self.spares.start();
         }
     }
@@ -395,13 +353,7 @@ impl Store {
     /// May this process change the store? Not when read-only, and not once its lock
     /// has been broken (fencing: the stale holder's writes are refused, never applied).
     fn writable(&self) -> Result<()> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
-        match &self.lock {
-            Some(l) if !l.valid() => Err(Error::ReadOnly),
-            _ => Ok(()),
-        }
+        self.fence.check()
     }
 
     /// Does this process still hold the store's write lock (not read-only, not fenced)?
@@ -411,7 +363,7 @@ impl Store {
 
     /// The fencing epoch this writer holds (None for read-only opens).
     pub fn epoch(&self) -> Option<u64> {
-        self.lock.as_ref().map(|l| l.epoch)
+        self.fence.epoch()
     }
 
     /// The inode number of a node (stable across remounts).
@@ -423,269 +375,13 @@ impl Store {
         }
     }
 
-    fn id_hash(id: NodeId) -> usize {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut h);
-        h.finish() as usize
-    }
-
-    fn stripe(&self, id: NodeId) -> &Mutex<()> {
-        &self.stripes[Self::id_hash(id) % STRIPES]
-    }
-
-    fn cache_shard(&self, id: NodeId) -> Option<&Mutex<CacheShard>> {
-        if self.cache_on.load(Ordering::Relaxed) {
-            Some(&self.cache[Self::id_hash(id) % CACHE_SHARDS])
-        } else {
-            None
-        }
-    }
-
-    /// Keep the records of live nodes in memory from now on. Only for the one writer of
-    /// the store (a read-write mount): every change must pass through this process.
-    pub fn enable_record_cache(&self) {
-        if !self.read_only {
-            self.cache_on.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Forget the cached record of `id` (its files were removed, or changed on disk by
-    /// other means than `write_record`).
-    pub fn forget_record(&self, id: NodeId) {
-        if let Some(sh) = self.cache_shard(id) {
-            let mut g = sh.lock();
-            g.writes += 1;
-            g.map.remove(&id);
-        }
-        self.deferred.lock().remove(&id);
-    }
-
-    /// Bring the records of `ids` into the cache, several reads in flight at once (a
-    /// directory about to be listed: on a cold disk its records are what a listing waits
-    /// for, and one thread reading them one by one keeps a single request in flight).
-    pub fn prefetch_records(&self, ids: &[NodeId]) {
-        // Small batches too: a source tree's directories hold a handful of entries
-        // each, and reading their records one after another is what a cold walk waits
-        // on. A thread costs ~15 µs, a cold record (inode + xattr block) ~100-200 µs.
-        const MIN_BATCH: usize = 2;
-        const THREADS: usize = 8;
-        let missing: Vec<NodeId> = ids
-            .iter()
-            .copied()
-            .filter(|id| !self.record_cached(*id))
-            .collect();
-        if missing.len() < MIN_BATCH {
-            return;
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let threads = THREADS.min(missing.len());
-        std::thread::scope(|sc| {
-            for _ in 0..threads {
-                sc.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(id) = missing.get(i) else { break };
-                    // Errors show up when the record is read for real.
-                    let _ = self.read_record(*id);
-                });
-            }
-        });
-    }
-
-    /// Is this node's record in the cache (or is there no cache to fill)?
-    pub fn record_cached(&self, id: NodeId) -> bool {
-        match self.cache_shard(id) {
-            Some(sh) => sh.lock().map.contains_key(&id),
-            None => true,
-        }
-    }
-
-    /// Read a node's record (from the cache when it is on, else from its xattr).
-    pub fn read_record(&self, id: NodeId) -> Result<NodeRecord> {
-        let Some(sh) = self.cache_shard(id) else {
-            return self.read_record_disk(id);
-        };
-        let seen = {
-            let g = sh.lock();
-            if let Some(r) = g.map.get(&id) {
-                return Ok(r.clone());
-            }
-            g.writes
-        };
-        // A deferred record is newer than the disk's (and may have left the cache).
-        if let Some(r) = self.deferred.lock().get(&id) {
-            return Ok(r.clone());
-        }
-        let rec = self.read_record_disk(id)?;
-        let mut g = sh.lock();
-        if g.writes == seen {
-            g.put(id, &rec);
-        }
-        Ok(rec)
-    }
-
-    /// A node's record as stored: the raw value of its xattr.
-    fn record_value(&self, id: NodeId) -> Result<Vec<u8>> {
-        match xattr::get(self.layout.node_path(id), RECORD_XATTR) {
-            Ok(Some(v)) => Ok(v),
-            Ok(None) => Err(Error::CorruptRecord {
-                node: id.to_string(),
-                detail: "node has no record".into(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound),
-            Err(e) => Err(Error::io(format!("read record of {id}"), e)),
-        }
-    }
-
-    /// Read a node's record from its xattr (following it into a blob if it was large).
-    pub fn read_record_disk(&self, id: NodeId) -> Result<NodeRecord> {
-        let value = self.record_value(id)?;
-        match unframe(id, &value)? {
-            Stored::Inline(r) => Ok(r),
-            Stored::InBlob(h) => decode_body(id, &self.blobs.get(&h)?),
-        }
-    }
-
-    /// Replace a node's record with one setxattr. Large records go to a blob first.
-    fn write_record(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
-        let body = encode_body(rec);
-        let value = if body.len() > INLINE_RECORD_LIMIT {
-            let h = self.blobs.put(&body, durable)?;
-            if !durable {
-                // Invariant 1 across a power cut (see `BlobStore::settle`).
-                self.blobs.settle(&[h])?;
-            }
-            frame(true, &h)
-        } else {
-            frame(false, &body)
-        };
-        let path = self.layout.node_path(id);
-        let res = xattr::set(&path, RECORD_XATTR, &value);
-        if let Some(sh) = self.cache_shard(id) {
-            let mut g = sh.lock();
-            g.writes += 1;
-            match &res {
-                Ok(()) => g.put(id, rec),
-                Err(_) => {
-                    g.map.remove(&id);
-                }
-            }
-        }
-        res.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound
-            } else {
-                Error::io(format!("write record of {id}"), e)
-            }
-        })?;
-        // Whatever was deferred for it is in what was just written (it was read under
-        // the same stripe lock), or was replaced by it.
-        self.deferred.lock().remove(&id);
-        if durable {
-            let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;
-            f.sync_all().ctx(|| format!("sync {}", path.display()))?;
-        }
-        Ok(())
-    }
-
-    /// Read-modify-write of a whole record under the node's stripe lock. `f` sees one
-    /// version and the result is written once with the version incremented; if `f`
-    /// fails nothing is written.
-    pub fn update<F>(&self, id: NodeId, f: F) -> Result<NodeRecord>
-    where
-        F: FnOnce(&mut NodeRecord) -> Result<()>,
-    {
-        self.writable()?;
-        let _g = self.stripe(id).lock();
-        let mut rec = self.read_record(id)?;
-        fault::update_point(&rec);
-        f(&mut rec)?;
-        rec.version += 1;
-        self.write_record(id, &rec, false)?;
-        Ok(rec)
-    }
-
-    /// Compare-and-swap: write `rec` only if the stored version is still `expected`.
-    pub fn cas(&self, id: NodeId, expected: u64, mut rec: NodeRecord) -> Result<NodeRecord> {
-        self.writable()?;
-        let _g = self.stripe(id).lock();
-        let cur = self.read_record(id)?;
-        if cur.version != expected {
-            return Err(Error::Conflict(id.to_string()));
-        }
-        rec.version = expected + 1;
-        self.write_record(id, &rec, false)?;
-        Ok(rec)
-    }
-
-    /// Set a directory's mtime and ctime to `now` (an entry was made or removed in it)
-    /// without writing its record now: a create or an unlink then writes one record
-    /// (the new node's, or the removed one's) instead of two. The record is kept here
-    /// and in the cache, and written within a second (`flush_deferred`), by fsync of
-    /// the directory, by its next change of anything else, or at a clean close. Only
-    /// the times wait: a crash loses at most their last second, as it loses
-    /// unsynced data. Without the record cache (no mount) the record is written now.
-    pub(crate) fn touch_dir_times(&self, dir: NodeId, now: Time) -> Result<NodeRecord> {
-        let Some(sh) = self.cache_shard(dir) else {
-            return self.update(dir, |r| {
-                r.mtime = now;
-                r.ctime = now;
-                Ok(())
-            });
-        };
-        self.writable()?;
-        let _g = self.stripe(dir).lock();
-        let mut rec = self.read_record(dir)?;
-        rec.mtime = now;
-        rec.ctime = now;
-        rec.version += 1;
-        {
-            let mut g = sh.lock();
-            g.writes += 1;
-            g.put(dir, &rec);
-        }
-        self.deferred.lock().insert(dir, rec.clone());
-        Ok(rec)
-    }
-
-    /// Write the deferred record of `id`, if any.
-    fn flush_deferred_one(&self, id: NodeId) -> Result<()> {
-        let _g = self.stripe(id).lock();
-        let Some(rec) = self.deferred.lock().get(&id).cloned() else {
-            return Ok(());
-        };
-        if let Err(e) = self.writable() {
-            self.deferred.lock().clear();
-            return Err(e);
-        }
-        match self.write_record(id, &rec, false) {
-            Err(Error::NotFound) => {
-                self.deferred.lock().remove(&id);
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    /// Write every deferred directory record (see `touch_dir_times`).
-    pub fn flush_deferred(&self) -> Result<()> {
-        let ids: Vec<NodeId> = self.deferred.lock().keys().copied().collect();
-        let mut first_err = None;
-        for id in ids {
-            if let Err(e) = self.flush_deferred_one(id) {
-                log::warn!("directory {id}: record not written yet: {e}");
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-
     /// fsyncdir: make a directory's entries durable, with what they name: the `nodes/`
     /// directories holding node files of new entries, the inodes made for them (a
     /// syncfs, when any was made on the spot), and the records of new files from
     /// spares (through the fsync log, unless it holds them already).
     pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
         // Its times, if a create or unlink deferred them (a syncfs below covers them).
-        self.flush_deferred_one(id)?;
+        self.records.flush_deferred_one(id)?;
         let Some(u) = self.unsynced_names.lock().take(id) else {
             return self.sync_node(id);
         };
@@ -704,7 +400,7 @@ impl Store {
         for (c, n) in &u.children {
             match n {
                 NewChild::InPlace(t) => whole |= !covered(*t),
-                NewChild::FromSpare { logged } => match self.read_record(*c) {
+                NewChild::FromSpare { logged } => match self.records.read(*c) {
                     Ok(r)
                         if Some(r.version) != *logged
                             && r.kind == Kind::File
@@ -837,7 +533,7 @@ impl Store {
     fn sync_node_logged(&self, id: NodeId) -> Result<bool> {
         match self.log_sync(id)? {
             LogSync::Logged => return Ok(true),
-            LogSync::NotAFile => self.flush_deferred_one(id)?,
+            LogSync::NotAFile => self.records.flush_deferred_one(id)?,
             LogSync::NoLog => self.blobs.sync()?,
         }
         self.fsync_node_file(id)?;
@@ -891,12 +587,12 @@ impl Store {
     fn stored_file_record(&self, id: NodeId) -> Result<Option<StoredRecord>> {
         // A small record is its cached copy framed again (what `write_record` stored,
         // byte for byte), a large one is read for its blob.
-        let cached = self.read_record(id)?;
+        let cached = self.records.read(id)?;
         let body = encode_body(&cached);
         let (value, rec, rec_blob) = if body.len() <= INLINE_RECORD_LIMIT {
             (frame(false, &body), cached, None)
         } else {
-            let value = self.record_value(id)?;
+            let value = self.records.value(id)?;
             match unframe(id, &value)? {
                 Stored::Inline(r) => (value, r, None),
                 Stored::InBlob(h) => (value, decode_body(id, &self.blobs.get(&h)?)?, Some(h)),
@@ -947,7 +643,7 @@ impl Store {
     /// Clean close of a writer: make everything durable and delete the fsync log, so a
     /// cleanly closed store has nothing to replay.
     pub fn close_fsync_log(&self) -> Result<()> {
-        if let Err(e) = self.flush_deferred() {
+        if let Err(e) = self.records.flush_deferred() {
             log::warn!("closing: directory times not all written: {e}");
         }
         self.local.drain_pool();
@@ -1059,34 +755,35 @@ mod tests {
     #[test]
     fn directory_times_are_written_later_but_seen_at_once() {
         let (d, s) = scratch();
-        s.enable_record_cache();
+        s.records.enable_cache();
         let root = s.root();
-        let disk0 = s.read_record_disk(root).unwrap();
+        let disk0 = s.records.read_disk(root).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
         new_file(&s, "a");
-        let seen = s.read_record(root).unwrap();
+        let seen = s.records.read(root).unwrap();
         assert!(seen.mtime > disk0.mtime && seen.ctime > disk0.ctime);
-        assert_eq!(s.read_record_disk(root).unwrap(), disk0, "not written yet");
-        s.flush_deferred().unwrap();
-        assert_eq!(s.read_record_disk(root).unwrap(), seen);
+        assert_eq!(s.records.read_disk(root).unwrap(), disk0, "not written yet");
+        s.records.flush_deferred().unwrap();
+        assert_eq!(s.records.read_disk(root).unwrap(), seen);
 
         new_file(&s, "b");
-        let seen = s.read_record(root).unwrap();
+        let seen = s.records.read(root).unwrap();
         s.sync_dir_node(root).unwrap();
         assert_eq!(
-            s.read_record_disk(root).unwrap(),
+            s.records.read_disk(root).unwrap(),
             seen,
             "fsyncdir writes them"
         );
 
         s.unlink(root, std::ffi::OsStr::new("a")).unwrap();
-        let t = s.read_record(root).unwrap().mtime;
-        s.update(root, |r| {
-            r.mode = 0o40700;
-            Ok(())
-        })
-        .unwrap();
-        let disk = s.read_record_disk(root).unwrap();
+        let t = s.records.read(root).unwrap().mtime;
+        s.records
+            .update(root, |r| {
+                r.mode = 0o40700;
+                Ok(())
+            })
+            .unwrap();
+        let disk = s.records.read_disk(root).unwrap();
         assert_eq!(
             (disk.mtime, disk.mode),
             (t, 0o40700),
@@ -1094,12 +791,12 @@ mod tests {
         );
 
         new_file(&s, "c");
-        let seen = s.read_record(root).unwrap();
+        let seen = s.records.read(root).unwrap();
         let p = s.layout.root.clone();
         drop(s);
         let s = Store::open(&p, OpenOptions::default()).unwrap();
         assert_eq!(
-            s.read_record_disk(root).unwrap(),
+            s.records.read_disk(root).unwrap(),
             seen,
             "a clean close writes them"
         );
@@ -1204,129 +901,6 @@ mod tests {
         assert_eq!(kind(spare(Some(4)).join(spare(Some(6)))), (false, Some(4)));
     }
 
-    /// Invariant 2: a CAS against a stale version fails and writes nothing.
-    #[test]
-    fn cas_refuses_stale_version() {
-        let (_d, s) = scratch();
-        let root = s.root();
-        let r0 = s.read_record(root).unwrap();
-        let mut a = r0.clone();
-        a.mode = 0o700;
-        let written = s.cas(root, r0.version, a).unwrap();
-        assert_eq!(written.version, r0.version + 1);
-        let mut b = r0.clone();
-        b.uid = 4242;
-        assert!(matches!(
-            s.cas(root, r0.version, b),
-            Err(Error::Conflict(_))
-        ));
-        let now = s.read_record(root).unwrap();
-        assert_eq!(now.mode, 0o700);
-        assert_ne!(
-            now.uid, 4242,
-            "a lost CAS must not mix attributes into the record"
-        );
-    }
-
-    /// Invariant 2: concurrent read-modify-write updates are serialized, none is lost.
-    #[test]
-    fn concurrent_updates_lose_nothing() {
-        let (_d, s) = scratch();
-        let s = Arc::new(s);
-        let root = s.root();
-        let start = s.read_record(root).unwrap().version;
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..50 {
-                        s.update(root, |r| {
-                            r.rdev += 1;
-                            Ok(())
-                        })
-                        .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let r = s.read_record(root).unwrap();
-        assert_eq!(r.rdev, 400);
-        assert_eq!(r.version, start + 400);
-    }
-
-    /// A record too large for an xattr goes to a blob and reads back whole.
-    #[test]
-    fn large_record_spills_to_blob() {
-        let (_d, s) = scratch();
-        let root = s.root();
-        s.update(root, |r| {
-            r.xattrs.insert(b"user.big".to_vec(), vec![7u8; 60_000]);
-            Ok(())
-        })
-        .unwrap();
-        let r = s.read_record(root).unwrap();
-        assert_eq!(r.xattrs[&b"user.big".to_vec()].len(), 60_000);
-        let raw = xattr::get(s.layout.node_path(root), RECORD_XATTR)
-            .unwrap()
-            .unwrap();
-        assert!(raw.len() < 100, "the xattr holds only the blob reference");
-    }
-
-    /// The record cache serves what was last written, never a record of a trashed node,
-    /// and concurrent readers never install a stale record over a newer one.
-    #[test]
-    fn record_cache_is_written_through() {
-        let (_d, s) = scratch();
-        s.enable_record_cache();
-        let s = Arc::new(s);
-        let root = s.root();
-        let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<_> = (0..3)
-            .map(|_| {
-                let (s, stop) = (s.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        s.forget_record(root);
-                        s.read_record(root).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for i in 0..300 {
-            let w = s
-                .update(root, |r| {
-                    r.rdev = i;
-                    Ok(())
-                })
-                .unwrap();
-            assert_eq!(s.read_record(root).unwrap(), w);
-        }
-        stop.store(true, Ordering::Relaxed);
-        for t in readers {
-            t.join().unwrap();
-        }
-        let cached = s.read_record(root).unwrap();
-        assert_eq!(cached, s.read_record_disk(root).unwrap());
-        assert_eq!(cached.rdev, 299);
-        // A trashed record is read from the disk every time.
-        s.update(root, |r| {
-            r.trash = Some(node::TrashOrigin {
-                parent: root,
-                name: b"x".to_vec(),
-                at: Time::now(),
-            });
-            Ok(())
-        })
-        .unwrap();
-        let sh = s.cache_shard(root).unwrap();
-        assert!(!sh.lock().map.contains_key(&root));
-        s.read_record(root).unwrap();
-        assert!(!sh.lock().map.contains_key(&root));
-    }
-
     #[test]
     fn read_only_store_refuses_writes() {
         let (d, s) = scratch();
@@ -1340,7 +914,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            ro.update(ro.root(), |_| Ok(())),
+            ro.records.update(ro.root(), |_| Ok(())),
             Err(Error::ReadOnly)
         ));
     }

@@ -126,7 +126,7 @@ impl Store {
             // Deleted on a full disk without a trash link: free it now.
             let _ = self.free_unlinked(id);
         } else if self.policy().trash_retention_secs == 0 {
-            if let Ok(rec) = self.read_record(id) {
+            if let Ok(rec) = self.records.read(id) {
                 if rec.trash.is_some() && rec.nlink == 0 {
                     let _ = self.purge(PurgeSel::One(id.to_string()), false);
                 }
@@ -156,7 +156,7 @@ impl Store {
                 parts.reverse();
                 return Some(parts.iter().collect());
             }
-            let rec = self.read_record(cur).ok()?;
+            let rec = self.records.read(cur).ok()?;
             if rec.trash.is_some() {
                 return None;
             }
@@ -216,7 +216,7 @@ impl Store {
             else {
                 continue;
             };
-            let Ok(rec) = self.read_record(id) else {
+            let Ok(rec) = self.records.read(id) else {
                 continue;
             };
             let Some(origin) = rec.trash.clone() else {
@@ -292,7 +292,8 @@ impl Store {
             ),
         };
         let prec = self
-            .read_record(parent)
+            .records
+            .read(parent)
             .map_err(|_| Error::RestoreParentGone(e.origin_path.clone().unwrap_or_default()))?;
         if prec.kind != Kind::Dir || prec.nlink == 0 || prec.trash.is_some() {
             let shown = e
@@ -321,7 +322,7 @@ impl Store {
         self.child_unsynced(parent, e.id, true, []);
         let now = Time::now();
         let r = (|| {
-            self.update(e.id, |r| {
+            self.records.update(e.id, |r| {
                 r.trash = None;
                 r.parent = Some(parent);
                 r.name = name.as_bytes().to_vec();
@@ -330,7 +331,7 @@ impl Store {
                 Ok(())
             })?;
             let _ = fs::remove_file(self.layout.trash().join(&e.link));
-            self.update(parent, |r| {
+            self.records.update(parent, |r| {
                 r.mtime = now;
                 r.ctime = now;
                 if e.kind == Kind::Dir {
@@ -414,7 +415,7 @@ impl Store {
     /// added to `candidates` for a sweep. Returns the number of revisions dropped (None
     /// if the node could not be removed).
     fn remove_node(&self, id: NodeId, candidates: &mut Vec<Hash>) -> Result<Option<u64>> {
-        let rec = match self.read_record(id) {
+        let rec = match self.records.read(id) {
             Ok(r) => r,
             Err(_) => return Ok(None),
         };
@@ -504,13 +505,13 @@ impl Store {
     /// none (created a moment ago and without a record yet, or removed while we look),
     /// an error for a record that cannot be read, since the blobs it names are unknown.
     pub(crate) fn record_naming_blobs(&self, id: NodeId) -> Result<Option<NodeRecord>> {
-        let mut rec = self.read_record(id);
+        let mut rec = self.records.read(id);
         if let Err(Error::CorruptRecord { .. }) = rec {
             match xattr::get(self.layout.node_path(id), super::node::RECORD_XATTR) {
                 Ok(None) => return Ok(None),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 // Read again once, in case the record landed meanwhile.
-                _ => rec = self.read_record(id),
+                _ => rec = self.records.read(id),
             }
         }
         match rec {
@@ -656,7 +657,7 @@ impl Store {
             self.commit_locked(id, s, false)?;
         }
         let now = Time::now();
-        let new = self.update(id, |r| {
+        let new = self.records.update(id, |r| {
             if r.kind != Kind::File {
                 return Err(Error::Invalid("only regular files have revisions"));
             }
@@ -699,7 +700,7 @@ mod tests {
         s.unlink(root, OsStr::new("a")).unwrap();
         s.unpin(a);
         assert!(s.trash_list().unwrap().iter().any(|e| e.id == a));
-        assert!(s.read_record(a).is_ok());
+        assert!(s.records.read(a).is_ok());
 
         // As on a full disk: no trash link.
         let b = new_file(&s, "b");
@@ -716,10 +717,10 @@ mod tests {
         fs::remove_file(s.layout.trash().join(link)).unwrap();
         s.untrashable(b).unwrap();
         s.unpin(b);
-        assert!(s.read_record(b).is_ok(), "freed while a handle is open");
+        assert!(s.records.read(b).is_ok(), "freed while a handle is open");
         s.unpin(b);
         assert!(
-            matches!(s.read_record(b), Err(Error::NotFound)),
+            matches!(s.records.read(b), Err(Error::NotFound)),
             "not freed at the last close"
         );
         assert!(s.unlinked_open.lock().is_empty());
@@ -730,14 +731,14 @@ mod tests {
         let c = new_file(&s, "c");
         s.pin(c);
         s.unlink(root, OsStr::new("c")).unwrap();
-        assert!(s.read_record(c).is_ok(), "purged while open");
+        assert!(s.records.read(c).is_ok(), "purged while open");
         s.unpin(c);
         assert!(
-            matches!(s.read_record(c), Err(Error::NotFound)),
+            matches!(s.records.read(c), Err(Error::NotFound)),
             "trash off: kept"
         );
         assert!(
-            s.read_record(a).is_ok(),
+            s.records.read(a).is_ok(),
             "a closed file's trash went with another's close"
         );
     }
@@ -754,7 +755,7 @@ mod tests {
         s.open_write(f).unwrap();
         s.write(f, 0, &vec![7u8; 100_000]).unwrap();
         s.close_write(f).unwrap();
-        let blobs = Store::record_hashes(&s.read_record(f).unwrap());
+        let blobs = Store::record_hashes(&s.records.read(f).unwrap());
         assert!(!blobs.is_empty());
         s.unlink(s.root(), OsStr::new("f")).unwrap();
         s.run_pending_sweep().unwrap();
@@ -768,7 +769,7 @@ mod tests {
         s.set_policy(p);
         let r = s.expire().unwrap();
         assert_eq!(r.nodes, 1);
-        assert!(matches!(s.read_record(f), Err(Error::NotFound)));
+        assert!(matches!(s.records.read(f), Err(Error::NotFound)));
         assert!(
             blobs.iter().all(|h| s.local.path_of(h).exists()),
             "swept by retention itself"
@@ -816,6 +817,6 @@ mod tests {
         assert_eq!((r.nodes, r.revisions), (2, 2));
         assert!(s.trash_list().unwrap().is_empty());
         assert!(s.revisions(id).unwrap().is_empty());
-        assert!(matches!(s.read_record(g), Err(Error::NotFound)));
+        assert!(matches!(s.records.read(g), Err(Error::NotFound)));
     }
 }

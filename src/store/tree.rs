@@ -133,7 +133,7 @@ impl Store {
 
     /// The directory record of `id`, or NotDir / NotFound (a removed directory).
     fn dir_record(&self, id: NodeId) -> Result<NodeRecord> {
-        let rec = self.read_record(id)?;
+        let rec = self.records.read(id)?;
         if rec.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
@@ -226,7 +226,7 @@ impl Store {
             make(&npath).ctx(|| format!("create node {id}"))?;
             new_shard = true;
         }
-        if let Err(e) = self.write_record(id, &rec, false) {
+        if let Err(e) = self.records.write(id, &rec, false) {
             self.remove_node_files(id, new.kind);
             if let Some(sp) = &spare {
                 sp.discard();
@@ -309,16 +309,16 @@ impl Store {
         } else {
             fs::remove_file(&p)
         };
-        self.forget_record(id);
+        self.records.forget(id);
     }
 
     /// Update a directory's mtime/ctime and adjust its link count.
     fn touch_dir(&self, dir: NodeId, nlink_delta: i64) -> Result<NodeRecord> {
         let now = Time::now();
         if nlink_delta == 0 {
-            return self.touch_dir_times(dir, now);
+            return self.records.touch_dir_times(dir, now);
         }
-        self.update(dir, |r| {
+        self.records.update(dir, |r| {
             r.mtime = now;
             r.ctime = now;
             r.nlink = (r.nlink as i64 + nlink_delta).max(0) as u32;
@@ -331,7 +331,7 @@ impl Store {
         self.writable()?;
         validate_name(newname)?;
         self.dir_record(newparent)?;
-        let rec = self.read_record(id)?;
+        let rec = self.records.read(id)?;
         if rec.kind == Kind::Dir {
             return Err(Error::NotPermitted);
         }
@@ -351,7 +351,7 @@ impl Store {
         })?;
         self.child_unsynced(newparent, id, true, []);
         let ev = Event::new(Op::Link, &[id, newparent]).entry(newparent, newname);
-        let rec = self.update(id, |r| {
+        let rec = self.records.update(id, |r| {
             r.nlink += 1;
             r.ctime = Time::now();
             Ok(())
@@ -369,7 +369,7 @@ impl Store {
     /// fails (a full disk needs a new block in `trash/`), nothing has changed yet; the
     /// other order could leave a node that neither a directory nor the trash reaches.
     fn pre_trash(&self, id: NodeId) -> Result<PreTrash> {
-        let rec = self.read_record(id)?;
+        let rec = self.records.read(id)?;
         if rec.kind != Kind::Dir && rec.nlink > 1 {
             return Ok(PreTrash::NotLast);
         }
@@ -404,7 +404,7 @@ impl Store {
         prepared: PreTrash,
     ) -> Result<()> {
         let now = Time::now();
-        let rec = self.update(id, |r| {
+        let rec = self.records.update(id, |r| {
             r.nlink = if r.kind == Kind::Dir {
                 0
             } else {
@@ -443,7 +443,7 @@ impl Store {
     pub fn unlink(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
         self.writable()?;
         let id = self.lookup(parent, name)?;
-        if self.read_record(id)?.kind == Kind::Dir {
+        if self.records.read(id)?.kind == Kind::Dir {
             return Err(Error::IsDir);
         }
         let prepared = self.pre_trash(id)?;
@@ -473,7 +473,7 @@ impl Store {
     pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
         self.writable()?;
         let id = self.lookup(parent, name)?;
-        if self.read_record(id)?.kind != Kind::Dir {
+        if self.records.read(id)?.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
         if !self.is_empty_dir(id)? {
@@ -503,7 +503,7 @@ impl Store {
             if node == self.root() {
                 return Ok(false);
             }
-            match self.read_record(node)?.parent {
+            match self.records.read(node)?.parent {
                 Some(p) => node = p,
                 None => return Ok(false),
             }
@@ -523,7 +523,7 @@ impl Store {
         self.writable()?;
         validate_name(newname)?;
         let src = self.lookup(parent, name)?;
-        let srec = self.read_record(src)?;
+        let srec = self.records.read(src)?;
         self.dir_record(newparent)?;
         let dst = match self.lookup(newparent, newname) {
             Ok(id) => Some(id),
@@ -531,7 +531,7 @@ impl Store {
             Err(e) => return Err(e),
         };
         let drec = match dst {
-            Some(d) => Some(self.read_record(d)?),
+            Some(d) => Some(self.records.read(d)?),
             None => None,
         };
         let from = self.entry_path(parent, name);
@@ -646,13 +646,14 @@ impl Store {
 
     /// A node got a new name: update its hints and ctime.
     fn rehome(&self, id: NodeId, parent: NodeId, name: &OsStr, now: Time) -> Result<()> {
-        self.update(id, |r| {
-            r.parent = Some(parent);
-            r.name = name.as_bytes().to_vec();
-            r.ctime = now;
-            Ok(())
-        })
-        .map(|_| ())
+        self.records
+            .update(id, |r| {
+                r.parent = Some(parent);
+                r.name = name.as_bytes().to_vec();
+                r.ctime = now;
+                Ok(())
+            })
+            .map(|_| ())
     }
 
     /// The entries of a directory, in on-disk order.
@@ -784,19 +785,20 @@ mod tests {
         ));
         r("f", "a", RenameMode::Exchange).unwrap();
         assert_eq!(
-            s.read_record(s.lookup(root, OsStr::new("f")).unwrap())
+            s.records
+                .read(s.lookup(root, OsStr::new("f")).unwrap())
                 .unwrap()
                 .kind,
             Kind::Dir
         );
         // root: 2 + a + b
-        assert_eq!(s.read_record(root).unwrap().nlink, 4);
+        assert_eq!(s.records.read(root).unwrap().nlink, 4);
         r("b", "f", RenameMode::NoReplace).unwrap_err();
         s.rmdir(a, OsStr::new("nothing")).unwrap_err();
         s.unlink(root, OsStr::new("a")).unwrap();
         r("b", "a", RenameMode::Replace).unwrap();
         assert_eq!(
-            s.read_record(root).unwrap().nlink,
+            s.records.read(root).unwrap().nlink,
             4,
             "b moved over nothing: a(dir f), a"
         );

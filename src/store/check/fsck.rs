@@ -326,7 +326,7 @@ impl Store {
         };
         let whole =
             |rec: &NodeRecord| chunks(&rec.content).is_some_and(|l| l.iter().all(chunk_whole));
-        let cur = self.read_record(id)?;
+        let cur = self.records.read(id)?;
         // The current chunks that are whole, each read once.
         let list = chunks(&cur.content);
         let kept: Vec<ChunkRef> = list
@@ -338,7 +338,7 @@ impl Store {
         if list.as_ref().is_some_and(|l| l.len() == kept.len()) {
             if cur.status == Status::IntegrityError {
                 // Marked by a verification that failed then; every blob verifies now.
-                self.update(id, |r| {
+                self.records.update(id, |r| {
                     r.status = Status::Consistent;
                     Ok(())
                 })?;
@@ -372,7 +372,7 @@ impl Store {
                 )
             }
         };
-        self.update(id, |r| {
+        self.records.update(id, |r| {
             r.content = content;
             r.size = size;
             r.stored = stored;
@@ -422,6 +422,7 @@ impl Store {
                     self.write_fresh(id, is_dir, nlink, hint, n.uid, n.gid)
                 }
                 Action::SetNlink(id, nl) => self
+                    .records
                     .update(id, |r| {
                         r.nlink = nl;
                         Ok(())
@@ -431,6 +432,7 @@ impl Store {
                     .roll_back(id)
                     .map(|what| problems[i].detail.push_str(&format!("; {what}"))),
                 Action::SetHints(id, p, name) => self
+                    .records
                     .update(id, |r| {
                         r.parent = Some(p);
                         r.name = name;
@@ -480,7 +482,7 @@ impl Store {
                         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(Error::io(format!("bind {name} in lost+found"), e)),
                     }
-                    self.update(id, |r| {
+                    self.records.update(id, |r| {
                         r.nlink = nlink;
                         r.parent = Some(lf);
                         r.name = name.as_bytes().to_vec();
@@ -488,7 +490,7 @@ impl Store {
                         Ok(())
                     })?;
                     if is_dir {
-                        self.update(lf, |r| {
+                        self.records.update(lf, |r| {
                             r.nlink += 1;
                             Ok(())
                         })?;
@@ -510,7 +512,7 @@ impl Store {
         let root = self.root();
         match self.lookup(root, OsStr::new(LOST_FOUND)) {
             Ok(id) => {
-                if self.read_record(id)?.kind != Kind::Dir {
+                if self.records.read(id)?.kind != Kind::Dir {
                     return Err(Error::NotDir);
                 }
                 Ok(id)
@@ -543,7 +545,7 @@ impl Store {
         gid: u32,
     ) -> Result<()> {
         self.writable()?;
-        let _g = self.stripe(id).lock();
+        let _g = self.records.stripe(id).lock();
         // The kind the id carries, where it fits the node file (listings report it).
         let kind = match id.kind_hint() {
             Some(k) if (k == Kind::Dir) == is_dir => k,
@@ -566,6 +568,6 @@ impl Store {
         // Versions only need to increase from here on; a fresh record starts high so a
         // stale reader's CAS cannot match it.
         rec.version = 1 << 32;
-        self.write_record(id, &rec, true)
+        self.records.write(id, &rec, true)
     }
 }

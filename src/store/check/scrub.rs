@@ -64,7 +64,7 @@ impl Store {
         }
         if !self.read_only() {
             for id in to_mark {
-                let marked = self.update(id, |r| {
+                let marked = self.records.update(id, |r| {
                     if r.status == Status::IntegrityError {
                         return Err(Error::Exists); // nothing to change
                     }

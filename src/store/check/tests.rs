@@ -53,9 +53,9 @@ fn record_kind_must_match_the_id() {
     assert_eq!(id.kind_hint(), Some(Kind::Fifo));
     let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, 0, "{:?}", r.problems);
-    let mut rec = s.read_record(id).unwrap();
+    let mut rec = s.records.read(id).unwrap();
     rec.kind = Kind::File;
-    s.write_record(id, &rec, true).unwrap();
+    s.records.write(id, &rec, true).unwrap();
     let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, 4, "{:?}", r.problems);
     assert!(r
@@ -66,7 +66,7 @@ fn record_kind_must_match_the_id() {
     xattr::remove(s.layout.node_path(id), RECORD_XATTR).unwrap();
     let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, 1, "{:?}", r.problems);
-    assert_eq!(s.read_record(id).unwrap().kind, Kind::Fifo);
+    assert_eq!(s.records.read(id).unwrap().kind, Kind::Fifo);
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_referenc
     let (_d, s) = scratch();
     let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
     s.write(id, 0, &vec![5u8; 100_000]).unwrap();
-    let h = Store::record_hashes(&s.read_record(id).unwrap())[0];
+    let h = Store::record_hashes(&s.records.read(id).unwrap())[0];
     fs::remove_file(s.local.path_of(&h)).unwrap();
     let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT);
@@ -173,7 +173,7 @@ fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
     s.write(id, 0, &vec![6u8; 120_000]).unwrap(); // the first kept as a revision
     let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
-    let h = Store::record_hashes(&s.read_record(id).unwrap())[0];
+    let h = Store::record_hashes(&s.records.read(id).unwrap())[0];
     fs::File::create(s.local.path_of(&h)).unwrap(); // the first 64 KiB chunk, now empty
     s.blobs.drop_cache();
     let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
@@ -223,5 +223,5 @@ fn interrupted_trashing_goes_back_to_the_trash() {
     assert!(s.lookup(s.root(), OsStr::new(LOST_FOUND)).is_err());
     let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
-    assert_eq!(s.read_record(id).unwrap().nlink, 0);
+    assert_eq!(s.records.read(id).unwrap().nlink, 0);
 }

@@ -30,7 +30,7 @@ impl Store {
                 self.sync_node(id)?;
                 if s.chain.is_none() {
                     // The record is durable now and the session holds nothing else.
-                    let rec = self.read_record(id)?;
+                    let rec = self.records.read(id)?;
                     s.chain = Some((
                         crate::store::fsynclog::chain_base(&rec.content, rec.size),
                         rec.version,
@@ -42,7 +42,7 @@ impl Store {
         }
         if durable {
             if let Some((base, version)) = s.chain.clone() {
-                if self.read_record(id)?.version == version && self.log_delta(id, s, base)? {
+                if self.records.read(id)?.version == version && self.log_delta(id, s, base)? {
                     return Ok(());
                 }
             } else if s.from_empty && self.log_first_delta(id, s)? {
@@ -102,7 +102,7 @@ impl Store {
         }
         let (size, mtime) = (s.size, s.mtime);
         let base = durable.then(|| crate::store::fsynclog::chain_base(&content, size));
-        let new = self.update(id, |r| {
+        let new = self.records.update(id, |r| {
             r.content = content;
             r.size = size;
             r.stored = stored;

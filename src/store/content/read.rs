@@ -88,7 +88,7 @@ impl Store {
             Err(e @ Error::Integrity { .. }) => {
                 log::error!("node {id}: chunk {} failed verification: {e}", c.index);
                 if !self.read_only() {
-                    let _ = self.update(id, |r| {
+                    let _ = self.records.update(id, |r| {
                         r.status = Status::IntegrityError;
                         Ok(())
                     });
@@ -114,7 +114,7 @@ impl Store {
             self.read_session(id, &s, off, len as u64, &mut out)?;
             return Ok(ReadData::Owned(out));
         }
-        let rec = self.read_record(id)?;
+        let rec = self.records.read(id)?;
         if rec.kind == Kind::Dir {
             return Err(Error::IsDir);
         }
@@ -267,7 +267,7 @@ impl Store {
     /// after `off`, next hole at or after `off`), each None past the end.
     pub fn seek_data_hole(&self, id: NodeId, off: u64, data: bool) -> Result<Option<u64>> {
         let cs = self.chunk_size();
-        let mut rec = self.read_record(id)?;
+        let mut rec = self.records.read(id)?;
         self.overlay(id, &mut rec);
         if off >= rec.size {
             return Ok(None);

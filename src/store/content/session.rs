@@ -386,12 +386,12 @@ impl Store {
                 if !g.changed && g.base.is_none() {
                     // Unreadable now: no revision of it then, and the open still works
                     // (the handle is counted); a read reports the record's error.
-                    g.base = self.read_record(id).ok();
+                    g.base = self.records.read(id).ok();
                 }
             }
             return Ok((s, false));
         }
-        let rec = self.read_record(id)?;
+        let rec = self.records.read(id)?;
         match rec.kind {
             Kind::File => {}
             Kind::Dir => return Err(Error::IsDir),

@@ -35,7 +35,7 @@ fn committed_records_name_existing_blobs() {
     s.open_write(id).unwrap();
     s.write(id, 0, &vec![9u8; 64 * 1024 * 30]).unwrap(); // 30 chunks: a manifest blob
     s.close_write(id).unwrap();
-    let rec = s.read_record(id).unwrap();
+    let rec = s.records.read(id).unwrap();
     assert!(matches!(rec.content, Content::Manifest(_)));
     for h in Store::record_hashes(&rec) {
         assert!(s.blobs.get(&h).is_ok());
@@ -125,7 +125,7 @@ fn corrupted_chunk_gives_integrity_error() {
     let (_d, s) = scratch();
     let id = new_file(&s, "f");
     s.write(id, 0, &vec![1u8; 100_000]).unwrap();
-    let rec = s.read_record(id).unwrap();
+    let rec = s.records.read(id).unwrap();
     let h = Store::record_hashes(&rec)[0];
     let p = s.local.path_of(&h);
     let mut d = fs::read(&p).unwrap();
@@ -134,14 +134,14 @@ fn corrupted_chunk_gives_integrity_error() {
     s.blobs.drop_cache();
     let err = s.read(id, 0, 10).unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
-    assert_eq!(s.read_record(id).unwrap().status, Status::IntegrityError);
+    assert_eq!(s.records.read(id).unwrap().status, Status::IntegrityError);
     // Overwriting only part of the file keeps the mark (the bad chunk is still there)...
     s.write(id, 200_000, b"tail").unwrap();
-    assert_eq!(s.read_record(id).unwrap().status, Status::IntegrityError);
+    assert_eq!(s.records.read(id).unwrap().status, Status::IntegrityError);
     // ...rewriting it from scratch clears it.
     s.truncate(id, 0).unwrap();
     s.write(id, 0, &vec![2u8; 100_000]).unwrap();
-    assert_eq!(s.read_record(id).unwrap().status, Status::Consistent);
+    assert_eq!(s.records.read(id).unwrap().status, Status::Consistent);
     assert_eq!(s.read(id, 0, 10).unwrap(), vec![2u8; 10]);
 }
 
@@ -150,7 +150,7 @@ fn sparse_terabyte_costs_nothing() {
     let (_d, s) = scratch();
     let id = new_file(&s, "f");
     s.truncate(id, 1 << 40).unwrap();
-    let rec = s.read_record(id).unwrap();
+    let rec = s.records.read(id).unwrap();
     assert_eq!(rec.size, 1 << 40);
     assert_eq!(rec.content, Content::Empty);
     assert_eq!(s.read(id, (1 << 40) - 10, 100).unwrap(), vec![0u8; 10]);
@@ -249,7 +249,7 @@ fn random_ops_match_a_byte_array() {
             model,
             "seed {seed}"
         );
-        let rec = s.read_record(id).unwrap();
+        let rec = s.records.read(id).unwrap();
         assert_eq!(s.read_content(id, &rec).unwrap(), model);
     }
 }
@@ -264,7 +264,7 @@ fn writes_do_not_read_the_chunk_they_modify() {
     let id = new_file(&s, "f");
     s.write(id, 0, &vec![1u8; cs]).unwrap();
     s.write(id, cs as u64, &vec![5u8; cs]).unwrap();
-    let rec = s.read_record(id).unwrap();
+    let rec = s.records.read(id).unwrap();
     for h in Store::record_hashes(&rec) {
         let p = s.local.path_of(&h);
         let mut d = fs::read(&p).unwrap();
@@ -283,7 +283,7 @@ fn writes_do_not_read_the_chunk_they_modify() {
     assert_eq!(s.read(id, cs as u64, 10).unwrap(), vec![3u8; 10]);
     assert_eq!(s.read(id, 0, 10).unwrap_err().errno(), libc::EIO);
     assert_eq!(s.commit(id, true).unwrap_err().errno(), libc::EIO);
-    assert_eq!(s.read_record(id).unwrap().status, Status::IntegrityError);
+    assert_eq!(s.records.read(id).unwrap().status, Status::IntegrityError);
     // Overwriting the rest of chunk 0 makes the base irrelevant: the commit works.
     s.write(id, 0, &[2u8; 4096]).unwrap();
     s.write(id, 8192, &vec![2u8; cs - 8192]).unwrap();
@@ -291,5 +291,5 @@ fn writes_do_not_read_the_chunk_they_modify() {
     let mut want = vec![2u8; cs];
     want.extend(vec![3u8; cs]);
     assert_eq!(s.read(id, 0, (3 * cs) as u32).unwrap(), want);
-    assert_eq!(s.read_record(id).unwrap().status, Status::Consistent);
+    assert_eq!(s.records.read(id).unwrap().status, Status::Consistent);
 }

@@ -230,7 +230,7 @@ impl Store {
     /// Reserve space up to `end` (posix_fallocate). Content is stored on write, so this
     /// only checks the disk has room and, unless `keep_size`, extends the file.
     pub fn fallocate(&self, id: NodeId, end: u64, keep_size: bool) -> Result<()> {
-        let mut rec = self.read_record(id)?;
+        let mut rec = self.records.read(id)?;
         self.overlay(id, &mut rec);
         if rec.kind != Kind::File {
             return Err(Error::Invalid("fallocate on a non-regular file"));

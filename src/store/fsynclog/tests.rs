@@ -53,7 +53,7 @@ fn replay_restores_what_fsync_logged() {
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
     assert_eq!(read_entries(&log).unwrap().len(), 1, "one fsync, one entry");
     // The cut: the record as before, the new blobs gone.
-    let rec = s.read_record(id).unwrap();
+    let rec = s.records.read(id).unwrap();
     let hashes = Store::record_hashes(&rec);
     assert!(!hashes.is_empty());
     xattr::set(s.layout.node_path(id), RECORD_XATTR, &before).unwrap();
@@ -159,7 +159,7 @@ fn zeroed_ahead_in_steps_and_entries_cross_steps() {
     }
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
     assert_eq!(read_entries(&log).unwrap().len(), 12, "past two zero steps");
-    let rec = s.read_record(id).unwrap();
+    let rec = s.records.read(id).unwrap();
     let hashes = Store::record_hashes(&rec);
     for h in &hashes {
         fs::remove_file(s.local.path_of(h)).unwrap();
@@ -208,7 +208,7 @@ fn open_db(s: &Store, first: &[u8]) -> (NodeId, Vec<u8>) {
 fn reopen_and_check(p: &Path, id: NodeId, want: &[u8]) -> Store {
     let s = Store::open(p, OpenOptions::default()).unwrap();
     same(&read_all(&s, id), want, "the fsynced bytes, no others");
-    assert_eq!(s.read_record(id).unwrap().size, want.len() as u64);
+    assert_eq!(s.records.read(id).unwrap().size, want.len() as u64);
     let rep = s.fsck(false, std::time::Duration::ZERO, |_| {}).unwrap();
     assert!(rep.problems.is_empty(), "{:?}", rep.problems);
     s
@@ -288,11 +288,12 @@ fn a_commit_ends_a_chain_and_chmod_does_not() {
         write(&s, id, &mut want, 500, &pattern(2, 100));
         s.commit(id, true).unwrap();
         let fsynced = want.clone();
-        s.update(id, |r| {
-            r.mode = (r.mode & !0o7777) | 0o600;
-            Ok(())
-        })
-        .unwrap();
+        s.records
+            .update(id, |r| {
+                r.mode = (r.mode & !0o7777) | 0o600;
+                Ok(())
+            })
+            .unwrap();
         write(&s, id, &mut want, 2900, &pattern(3, 200));
         s.commit(id, false).unwrap(); // a flush: not durable
         assert!(s.fsync_log.as_ref().unwrap().w.lock().chains.is_empty());
@@ -303,7 +304,7 @@ fn a_commit_ends_a_chain_and_chmod_does_not() {
         crash(s);
         let s = reopen_and_check(&p, id, if reached { &want } else { &fsynced });
         if reached {
-            assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o600);
+            assert_eq!(s.records.read(id).unwrap().mode & 0o7777, 0o600);
         }
     }
     // The chmod reached the disk, the chain's writes did not: they still apply.
@@ -311,15 +312,16 @@ fn a_commit_ends_a_chain_and_chmod_does_not() {
     let (id, mut want) = open_db(&s, &pattern(1, 3000));
     write(&s, id, &mut want, 10, &pattern(2, 100));
     s.commit(id, true).unwrap();
-    s.update(id, |r| {
-        r.mode = (r.mode & !0o7777) | 0o600;
-        Ok(())
-    })
-    .unwrap();
+    s.records
+        .update(id, |r| {
+            r.mode = (r.mode & !0o7777) | 0o600;
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(kinds(&s), (1, 1));
     crash(s);
     let s = reopen_and_check(&p, id, &want);
-    assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o600);
+    assert_eq!(s.records.read(id).unwrap().mode & 0o7777, 0o600);
 }
 
 /// A new file's first fsync logs its record as stored (empty content, its mode) and
@@ -331,11 +333,12 @@ fn a_commit_ends_a_chain_and_chmod_does_not() {
 fn a_new_files_first_fsync_logs_its_record_and_a_delta() {
     let (_d, p, s) = scratch();
     let id = new_file(&s, "journal");
-    s.update(id, |r| {
-        r.mode = (r.mode & !0o7777) | 0o640;
-        Ok(())
-    })
-    .unwrap();
+    s.records
+        .update(id, |r| {
+            r.mode = (r.mode & !0o7777) | 0o640;
+            Ok(())
+        })
+        .unwrap();
     s.open_write(id).unwrap();
     let empty = record_value(&s, id);
     let mut want = Vec::new();
@@ -352,7 +355,7 @@ fn a_new_files_first_fsync_logs_its_record_and_a_delta() {
     fs::remove_file(s.layout.node_path(id)).unwrap();
     crash(s);
     let s = reopen_and_check(&p, id, &want);
-    assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o640);
+    assert_eq!(s.records.read(id).unwrap().mode & 0o7777, 0o640);
 
     drop(s);
 
@@ -373,7 +376,7 @@ fn deltas_grow_an_inline_file_into_a_manifest_and_keep_the_log() {
     let (_d, p, s) = scratch();
     let (id, mut want) = open_db(&s, b"small");
     assert!(matches!(
-        s.read_record(id).unwrap().content,
+        s.records.read(id).unwrap().content,
         Content::Inline(_)
     ));
     write(&s, id, &mut want, 3, &pattern(4, 800_000));
@@ -385,7 +388,7 @@ fn deltas_grow_an_inline_file_into_a_manifest_and_keep_the_log() {
     assert!(pending(&Layout::new(&p)).unwrap());
     let s = reopen_and_check(&p, id, &want);
     assert!(matches!(
-        s.read_record(id).unwrap().content,
+        s.records.read(id).unwrap().content,
         Content::Manifest(_)
     ));
 }
@@ -451,11 +454,12 @@ fn random_streams_replay_to_the_last_commit_or_fsync() {
                     now.resize(n, 0);
                 }
                 93..=96 => {
-                    s.update(id, |rec| {
-                        rec.mode ^= 0o4;
-                        Ok(())
-                    })
-                    .unwrap();
+                    s.records
+                        .update(id, |rec| {
+                            rec.mode ^= 0o4;
+                            Ok(())
+                        })
+                        .unwrap();
                 }
                 _ => {
                     let log = s.fsync_log.as_ref().unwrap();
@@ -502,11 +506,12 @@ fn attribute_changes_are_logged_and_do_not_end_a_live_chain() {
     let (id, mut want) = open_db(&s, &pattern(1, 3000));
     write(&s, id, &mut want, 100, &pattern(2, 50));
     s.commit(id, true).unwrap();
-    s.update(id, |r| {
-        r.mode = (r.mode & !0o7777) | 0o600;
-        Ok(())
-    })
-    .unwrap();
+    s.records
+        .update(id, |r| {
+            r.mode = (r.mode & !0o7777) | 0o600;
+            Ok(())
+        })
+        .unwrap();
     s.sync_node(id).unwrap(); // what fsyncdir does for a child whose record changed
     assert_eq!(kinds(&s), (2, 1));
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
@@ -516,15 +521,16 @@ fn attribute_changes_are_logged_and_do_not_end_a_live_chain() {
     ));
     crash(s);
     let s = reopen_and_check(&p, id, &want);
-    assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o600);
+    assert_eq!(s.records.read(id).unwrap().mode & 0o7777, 0o600);
     s.open_write(id).unwrap();
     write(&s, id, &mut want, 10, b"x");
     s.commit(id, true).unwrap();
-    s.update(id, |r| {
-        r.mode = (r.mode & !0o7777) | 0o640;
-        Ok(())
-    })
-    .unwrap();
+    s.records
+        .update(id, |r| {
+            r.mode = (r.mode & !0o7777) | 0o640;
+            Ok(())
+        })
+        .unwrap();
     write(&s, id, &mut want, 20, b"y");
     s.commit(id, true).unwrap();
     assert_eq!(
@@ -534,7 +540,7 @@ fn attribute_changes_are_logged_and_do_not_end_a_live_chain() {
     );
     crash(s);
     let s = reopen_and_check(&p, id, &want);
-    assert_eq!(s.read_record(id).unwrap().mode & 0o7777, 0o640);
+    assert_eq!(s.records.read(id).unwrap().mode & 0o7777, 0o640);
 }
 
 /// A clean close commits open sessions in full: no log is left. A log kept by a
@@ -606,7 +612,7 @@ fn a_newer_record_without_its_blobs_does_not_hide_the_chain() {
     s.commit(id, true).unwrap();
     s.write(id, 0, b"closed, never fsynced").unwrap();
     s.commit(id, false).unwrap();
-    let rec = s.read_record(id).unwrap();
+    let rec = s.records.read(id).unwrap();
     for h in Store::record_hashes(&rec) {
         if !s.local.path_of(&h).exists() {
             continue;
