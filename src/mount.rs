@@ -330,7 +330,7 @@ pub fn run_foreground(
     // page lock (a write in flight holds some).
     let notifier = session.notifier();
     let inval_store = Arc::downgrade(&store);
-    store.set_invalidate(Box::new(move |what| {
+    store.followers.set_invalidate(Box::new(move |what| {
         let Some(st) = inval_store.upgrade() else {
             return;
         };

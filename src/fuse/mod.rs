@@ -345,7 +345,7 @@ impl DecoFs {
     /// A new open handle; an open file is pinned so purging never frees it under a reader.
     fn new_handle(&self, h: Handle) -> u64 {
         if let Handle::File { id, .. } = &h {
-            self.store.pin(*id);
+            self.store.pins.pin(*id);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, h);

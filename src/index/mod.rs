@@ -307,7 +307,9 @@ impl Index {
             q.mark_dirty(&why);
         }
         if live {
-            store.set_sink(Some(q.clone() as Arc<dyn EventSink>));
+            store
+                .followers
+                .set_sink(Some(q.clone() as Arc<dyn EventSink>));
             let w = ix.clone();
             let h = std::thread::Builder::new()
                 .name("index".into())
@@ -334,7 +336,7 @@ impl Index {
     /// is current (the next open at the next epoch then skips the walk).
     pub fn close(&self) {
         if self.live {
-            self.store.set_sink(None);
+            self.store.followers.set_sink(None);
         }
         self.q.stop.store(true, Ordering::SeqCst);
         self.q.bell.ring();

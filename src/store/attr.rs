@@ -89,7 +89,7 @@ impl Store {
             r.ctime = now;
             Ok(())
         })?;
-        self.emit(Event::new(Op::Attr, &[id]));
+        self.followers.emit(Event::new(Op::Attr, &[id]));
         if a.mtime.is_some() {
             // An explicit time wins over the time of earlier writes in an open session.
             if let Some(s) = self.sessions.lock().get(&id) {
@@ -189,7 +189,7 @@ impl Store {
             r.ctime = Time::now();
             Ok(())
         })?;
-        self.emit(Event::new(Op::Xattr, &[id]));
+        self.followers.emit(Event::new(Op::Xattr, &[id]));
         Ok(())
     }
 
@@ -218,8 +218,8 @@ impl Store {
             Ok(())
         })?;
         // The kernel still holds the old mode; it asks again after this.
-        self.attrs_invalidated(id);
-        self.emit(Event::new(Op::Attr, &[id]));
+        self.followers.attrs_invalidated(id);
+        self.followers.emit(Event::new(Op::Attr, &[id]));
         Ok(())
     }
 
@@ -235,7 +235,7 @@ impl Store {
             r.ctime = Time::now();
             Ok(())
         })?;
-        self.emit(Event::new(Op::Xattr, &[id]));
+        self.followers.emit(Event::new(Op::Xattr, &[id]));
         Ok(())
     }
 }

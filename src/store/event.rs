@@ -8,6 +8,9 @@
 //! of the follower beyond the [`EventSink`] trait; emitting must never block.
 
 use std::ffi::OsString;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,4 +79,73 @@ impl Event {
 /// Where events go. `emit` is called on filesystem threads and must not block.
 pub trait EventSink: Send + Sync {
     fn emit(&self, ev: Event);
+}
+
+/// Tells the kernel to drop what it cached that a change outside its requests made stale.
+pub type InvalidateFn = Box<dyn Fn(Stale) + Send + Sync>;
+
+/// What the kernel may hold that a change made outside its requests made stale.
+#[derive(Clone, Copy, Debug)]
+pub enum Stale<'a> {
+    /// A node's content (and attributes).
+    Content(NodeId),
+    /// A node's attributes only.
+    Attrs(NodeId),
+    /// What the kernel knows about a name in a directory (a cached "no such name").
+    Entry(NodeId, &'a std::ffi::OsStr),
+}
+
+/// Who follows the store: the index, through change events, and the kernel, told what
+/// a change made outside its requests (a restore) made stale.
+#[derive(Default)]
+pub struct Followers {
+    invalidate: Mutex<Option<InvalidateFn>>,
+    sink: RwLock<Option<Arc<dyn EventSink>>>,
+}
+
+impl Followers {
+    /// Send change events to `sink` from now on (None: stop).
+    pub fn set_sink(&self, sink: Option<Arc<dyn EventSink>>) {
+        *self.sink.write() = sink;
+    }
+
+    /// Register the callback that tells the kernel a node's content changed.
+    pub fn set_invalidate(&self, f: InvalidateFn) {
+        *self.invalidate.lock() = Some(f);
+    }
+
+    /// Tell the followers about a change that has happened.
+    pub fn emit(&self, ev: Event) {
+        if ev.op == Op::Restore {
+            // A restore (asked through the control socket, never by the kernel) binds a
+            // name and changes the node's and its parent's attributes behind the kernel's
+            // back: drop what the kernel cached of them. Invalidating the entry also drops
+            // the parent's cached listing (`fuse_reverse_inval_entry` marks it changed).
+            if let Some(f) = self.invalidate.lock().as_ref() {
+                for id in &ev.nodes {
+                    f(Stale::Content(*id));
+                }
+                for (parent, name) in &ev.entries {
+                    f(Stale::Entry(*parent, name));
+                }
+            }
+        }
+        if let Some(s) = self.sink.read().as_ref() {
+            s.emit(ev);
+        }
+    }
+
+    /// The kernel's cached content and attributes of `id` are stale.
+    pub fn invalidated(&self, id: NodeId) {
+        if let Some(f) = self.invalidate.lock().as_ref() {
+            f(Stale::Content(id));
+        }
+    }
+
+    /// The kernel's cached attributes of `id` are stale (changed by the store itself).
+    pub fn attrs_invalidated(&self, id: NodeId) {
+        if let Some(f) = self.invalidate.lock().as_ref() {
+            f(Stale::Attrs(id));
+        }
+    }
 }

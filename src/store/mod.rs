@@ -27,8 +27,10 @@ pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod node;
+pub mod pins;
 pub mod records;
 mod spare;
+mod sweep;
 pub mod trash;
 pub mod tree;
 
@@ -37,9 +39,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 pub use error::{Error, Result};
+pub use event::{InvalidateFn, Stale};
 pub use node::{Kind, NodeId, NodeRecord, Time};
 
 use blobs::{BlobStore, LocalBlobs};
@@ -72,17 +75,12 @@ pub struct Store {
     manifests: Mutex<HashMap<node::Hash, Arc<Vec<node::ChunkRef>>>>,
     /// Retention in force (the format's defaults, possibly overridden at mount).
     policy: Mutex<layout::Policy>,
-    /// Nodes with open handles (any mode): never purged while open.
-    pins: Mutex<HashMap<NodeId, u32>>,
-    /// Nodes that lost their last name while open, with no trash link (a full disk):
-    /// freed at their last close (`unpin`).
-    unlinked_open: Mutex<std::collections::HashSet<NodeId>>,
+    /// Open nodes: never purged while open.
+    pub pins: pins::Pins,
     /// Blobs that may have lost their last reference, swept in batches.
     pending_sweep: Mutex<Vec<node::Hash>>,
-    /// Called when a node's content was replaced behind the kernel's back (restore).
-    invalidate: Mutex<Option<InvalidateFn>>,
-    /// Who follows the store's changes (the index), if anyone.
-    sink: RwLock<Option<Arc<dyn event::EventSink>>>,
+    /// Who follows the store's changes: the index (events), the kernel (staleness).
+    pub followers: event::Followers,
     /// Where the last read of each recently read file ended: a read that starts near
     /// there is sequential and prefetches the next chunk.
     read_ends: Mutex<HashMap<NodeId, u64>>,
@@ -196,20 +194,6 @@ enum LogSync {
     NoLog,
 }
 
-/// Tells the kernel to drop what it cached that a change outside its requests made stale.
-pub type InvalidateFn = Box<dyn Fn(Stale) + Send + Sync>;
-
-/// What the kernel may hold that a change made outside its requests made stale.
-#[derive(Clone, Copy, Debug)]
-pub enum Stale<'a> {
-    /// A node's content (and attributes).
-    Content(NodeId),
-    /// A node's attributes only.
-    Attrs(NodeId),
-    /// What the kernel knows about a name in a directory (a cached "no such name").
-    Entry(NodeId, &'a std::ffi::OsStr),
-}
-
 impl Store {
     /// Create a new store at `path` with an empty root directory owned by the caller.
     pub fn init(path: &Path, chunk_size: u32) -> Result<Format> {
@@ -282,15 +266,13 @@ impl Store {
             sessions: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             policy: Mutex::new(policy),
-            pins: Mutex::new(HashMap::new()),
-            unlinked_open: Mutex::new(Default::default()),
+            pins: pins::Pins::default(),
             pending_sweep: Mutex::new(Vec::new()),
             read_ends: Mutex::new(HashMap::new()),
             unsynced_names: Mutex::new(Owed::default()),
             fsync_log: None,
             spares,
-            invalidate: Mutex::new(None),
-            sink: RwLock::new(None),
+            followers: event::Followers::default(),
         }
     }
 
@@ -322,32 +304,6 @@ impl Store {
     /// power cut leaves a closed file old or new)? Not on ext4 without a journal.
     pub fn close_orders_blobs(&self) -> bool {
         self.local.settle_waits()
-    }
-
-    /// Send change events to `sink` from now on (None: stop).
-    pub fn set_sink(&self, sink: Option<Arc<dyn event::EventSink>>) {
-        *self.sink.write() = sink;
-    }
-
-    /// Tell the follower about a change that has happened.
-    pub(crate) fn emit(&self, ev: event::Event) {
-        if ev.op == event::Op::Restore {
-            // A restore (asked through the control socket, never by the kernel) binds a
-            // name and changes the node's and its parent's attributes behind the kernel's
-            // back: drop what the kernel cached of them. Invalidating the entry also drops
-            // the parent's cached listing (`fuse_reverse_inval_entry` marks it changed).
-            if let Some(f) = self.invalidate.lock().as_ref() {
-                for id in &ev.nodes {
-                    f(Stale::Content(*id));
-                }
-                for (parent, name) in &ev.entries {
-                    f(Stale::Entry(*parent, name));
-                }
-            }
-        }
-        if let Some(s) = self.sink.read().as_ref() {
-            s.emit(ev);
-        }
     }
 
     /// May this process change the store? Not when read-only, and not once its lock

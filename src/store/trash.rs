@@ -11,24 +11,19 @@
 //! immutable chunks. Restoring one is a single record swap: the current record becomes a
 //! revision, and the restored content, size, times and xattrs appear together.
 //!
-//! Sweeping a blob (freeing it) is safe against a writer that dedups onto it at the same
-//! moment: `put` refreshes the mtime of a blob it reuses, and a sweep first renames the
-//! blob away, then keeps it (renames it back) if it was touched after the sweep began.
+//! Purged nodes' blobs are freed by the sweep (`sweep`), open nodes are known to `pins`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::blobs::Deleted;
-use super::error::{Error, IoContext, Result};
+use super::error::{Error, Result};
 use super::event::{Event, Op};
 use super::layout::{Layout, Policy};
-use super::node::{
-    unframe, Content, Hash, Kind, NodeId, NodeRecord, Status, Stored, Time, RECORD_XATTR,
-};
+use super::node::{Hash, Kind, NodeId, Status, Time};
 use super::Store;
 
 /// One trashed node.
@@ -77,52 +72,14 @@ impl Store {
         *self.policy.lock() = p;
     }
 
-    /// Register the callback that tells the kernel a node's content changed.
-    pub fn set_invalidate(&self, f: super::InvalidateFn) {
-        *self.invalidate.lock() = Some(f);
-    }
-
-    /// The kernel's cached content and attributes of `id` are stale.
-    pub(crate) fn invalidated(&self, id: NodeId) {
-        if let Some(f) = self.invalidate.lock().as_ref() {
-            f(super::Stale::Content(id));
-        }
-    }
-
-    /// The kernel's cached attributes of `id` are stale (changed by the store itself).
-    pub(crate) fn attrs_invalidated(&self, id: NodeId) {
-        if let Some(f) = self.invalidate.lock().as_ref() {
-            f(super::Stale::Attrs(id));
-        }
-    }
-
-    /// A handle opened `id`.
-    pub fn pin(&self, id: NodeId) {
-        *self.pins.lock().entry(id).or_insert(0) += 1;
-    }
-
     /// A handle of `id` closed. With trash off, the last close of an unlinked file frees it.
     pub fn unpin(&self, id: NodeId) {
-        let last = {
-            let mut p = self.pins.lock();
-            match p.get_mut(&id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    p.remove(&id);
-                    true
-                }
-                None => false,
-            }
-        };
-        if !last || self.read_only() {
+        if !self.pins.unpin(id) || self.read_only() {
             return;
         }
         // Not by listing the trash: that reads every trashed record, and a program whose
         // files die young (a database's journal) would pay it at every close.
-        if self.unlinked_open.lock().contains(&id) {
+        if self.pins.is_unlinked(id) {
             // Deleted on a full disk without a trash link: free it now.
             let _ = self.free_unlinked(id);
         } else if self.policy().trash_retention_secs == 0 {
@@ -134,13 +91,10 @@ impl Store {
         }
     }
 
-    fn pinned(&self, id: NodeId) -> bool {
-        self.pins.lock().contains_key(&id)
-    }
-
     /// Called by `tree` once a node went to trash: with trash off, free it now.
     pub(crate) fn trashed(&self, id: NodeId) -> Result<()> {
-        if self.policy().trash_retention_secs == 0 && !self.pinned(id) && !self.has_session(id) {
+        if self.policy().trash_retention_secs == 0 && !self.pins.pinned(id) && !self.has_session(id)
+        {
             self.purge(PurgeSel::One(id.to_string()), false)?;
         }
         Ok(())
@@ -340,7 +294,8 @@ impl Store {
                 Ok(())
             })
         })();
-        self.emit(Event::new(Op::Restore, &[e.id, parent]).entry(parent, name));
+        self.followers
+            .emit(Event::new(Op::Restore, &[e.id, parent]).entry(parent, name));
         r?;
         if e.kind == Kind::Dir {
             // The directory's former contents: the latest trashed entry per name.
@@ -386,7 +341,7 @@ impl Store {
         let mut report = PurgeReport::default();
         let mut candidates = Vec::new();
         for e in chosen {
-            if self.pinned(e.id) || self.has_session(e.id) {
+            if self.pins.pinned(e.id) || self.has_session(e.id) {
                 report.skipped_open += 1;
                 continue;
             }
@@ -444,8 +399,8 @@ impl Store {
         log::warn!("node {id}: no space to keep it in the trash; it is deleted for good");
         // Marked before the check: a last close racing this either finds the mark (and
         // frees the node) or was over before the check (and this frees it).
-        self.unlinked_open.lock().insert(id);
-        if self.pinned(id) || self.has_session(id) {
+        self.pins.mark_unlinked(id);
+        if self.pins.pinned(id) || self.has_session(id) {
             return Ok(()); // `unpin` frees it at the last close
         }
         self.free_unlinked(id)
@@ -453,144 +408,13 @@ impl Store {
 
     /// Free a node `untrashable` marked, unless someone else did already.
     fn free_unlinked(&self, id: NodeId) -> Result<()> {
-        if !self.unlinked_open.lock().remove(&id) {
+        if !self.pins.take_unlinked(id) {
             return Ok(());
         }
         let mut candidates = Vec::new();
         self.remove_node(id, &mut candidates)?;
         self.schedule_sweep(candidates);
         Ok(())
-    }
-
-    /// The blobs a record names: chunks, its manifest, and the blob it spills into.
-    pub fn blob_refs(&self, id: NodeId, rec: &NodeRecord) -> Vec<Hash> {
-        let mut out = Vec::new();
-        if let Content::Manifest(h) = &rec.content {
-            out.push(*h);
-        }
-        if let Ok(list) = self.chunk_list(&rec.content) {
-            out.extend(list.iter().map(|c| c.hash));
-        }
-        if let Ok(Some(raw)) = xattr::get(self.layout.node_path(id), RECORD_XATTR) {
-            if let Ok(Stored::InBlob(h)) = unframe(id, &raw) {
-                out.push(h);
-            }
-        }
-        out
-    }
-
-    /// Every blob referenced by any record: live and trashed nodes, revisions, and the
-    /// sealed chunks of open sessions.
-    pub fn referenced_blobs(&self) -> Result<HashSet<Hash>> {
-        let mut set = HashSet::new();
-        for id in self.node_ids()? {
-            if let Some(rec) = self.record_naming_blobs(id)? {
-                set.extend(self.blob_refs(id, &rec));
-            }
-        }
-        // Revisions after records, listed once: a commit saves the revision before it
-        // replaces the record, so a record read above with new content has its
-        // revision listed here. One that cannot be read stops the sweep (the error):
-        // skipping it would free the blobs it names.
-        for id in self.revision_owners() {
-            for (_, r) in self.revisions(id)? {
-                set.extend(self.blob_refs(id, &r));
-            }
-        }
-        set.extend(self.session_blobs());
-        Ok(set)
-    }
-
-    /// A node's record for counting the blobs it names: `None` for a node that names
-    /// none (created a moment ago and without a record yet, or removed while we look),
-    /// an error for a record that cannot be read, since the blobs it names are unknown.
-    pub(crate) fn record_naming_blobs(&self, id: NodeId) -> Result<Option<NodeRecord>> {
-        let mut rec = self.records.read(id);
-        if let Err(Error::CorruptRecord { .. }) = rec {
-            match xattr::get(self.layout.node_path(id), super::node::RECORD_XATTR) {
-                Ok(None) => return Ok(None),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                // Read again once, in case the record landed meanwhile.
-                _ => rec = self.records.read(id),
-            }
-        }
-        match rec {
-            Ok(r) => Ok(Some(r)),
-            Err(Error::NotFound) => Ok(None),
-            Err(e) => Err(Error::Integrity {
-                what: "the store's records".into(),
-                detail: format!(
-                    "record of {id} cannot be read ({e}), so which blobs are in use is unknown; nothing is deleted until `decofs fsck --repair` fixed it"
-                ),
-            }),
-        }
-    }
-
-    /// Every node in `nodes/` (live, trashed, or not yet named).
-    pub fn node_ids(&self) -> Result<Vec<NodeId>> {
-        let mut out = Vec::new();
-        for a in fs::read_dir(self.layout.nodes())
-            .ctx(|| "read nodes".into())?
-            .flatten()
-        {
-            for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
-                for n in fs::read_dir(b.path()).into_iter().flatten().flatten() {
-                    out.extend(NodeId::from_name(&n.file_name()));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The nodes that have revisions.
-    pub fn revision_owners(&self) -> Vec<NodeId> {
-        fs::read_dir(self.layout.revisions())
-            .map(|it| {
-                it.flatten()
-                    .filter_map(|e| NodeId::from_name(&e.file_name()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Free the `candidates` no record references. Returns bytes freed.
-    pub fn sweep(&self, candidates: Vec<Hash>, since: SystemTime) -> Result<u64> {
-        let mut candidates: Vec<Hash> = candidates;
-        candidates.sort();
-        candidates.dedup();
-        if candidates.is_empty() {
-            return Ok(0);
-        }
-        let referenced = self.referenced_blobs()?;
-        let (n, mut kept_ref, mut kept_touched) = (candidates.len(), 0, 0);
-        let mut freed = 0;
-        for h in candidates {
-            if referenced.contains(&h) {
-                kept_ref += 1;
-                continue;
-            }
-            match self.blobs.delete(&h, since) {
-                Ok(Deleted::Freed(n)) => freed += n,
-                Ok(Deleted::Reused) => kept_touched += 1,
-                Ok(Deleted::Absent) => {}
-                // One blob that cannot be moved is left for the next sweep or gc.
-                Err(e) => log::warn!("sweep: {e}"),
-            }
-        }
-        log::debug!("sweep: {n} candidate(s), {kept_ref} still referenced, {kept_touched} reused meanwhile, {freed} bytes freed");
-        Ok(freed)
-    }
-
-    /// Queue blobs for the next batched sweep (the daemon runs it in the background).
-    pub fn schedule_sweep(&self, hashes: Vec<Hash>) {
-        self.pending_sweep.lock().extend(hashes);
-    }
-
-    /// Run the queued sweep; returns bytes freed.
-    pub fn run_pending_sweep(&self) -> Result<u64> {
-        let since = SystemTime::now();
-        let pending = std::mem::take(&mut *self.pending_sweep.lock());
-        self.sweep(pending, since)
     }
 
     /// Apply the retention policy: purge old trash, drop old revisions. The blobs they
@@ -672,14 +496,14 @@ impl Store {
             r.ctime = now;
             Ok(())
         })?;
-        self.emit(Event::new(Op::Revert, &[id]));
+        self.followers.emit(Event::new(Op::Revert, &[id]));
         if let Some(s) = guard.as_mut() {
             self.reset_session(s, &new);
         }
         drop(guard);
         let (_, blobs) = self.prune_revisions(id)?;
         self.schedule_sweep(blobs);
-        self.invalidated(id);
+        self.followers.invalidated(id);
         Ok(())
     }
 }
@@ -696,7 +520,7 @@ mod tests {
         let (_d, s) = scratch();
         let root = s.root();
         let a = new_file(&s, "a");
-        s.pin(a);
+        s.pins.pin(a);
         s.unlink(root, OsStr::new("a")).unwrap();
         s.unpin(a);
         assert!(s.trash_list().unwrap().iter().any(|e| e.id == a));
@@ -704,8 +528,8 @@ mod tests {
 
         // As on a full disk: no trash link.
         let b = new_file(&s, "b");
-        s.pin(b);
-        s.pin(b);
+        s.pins.pin(b);
+        s.pins.pin(b);
         s.unlink(root, OsStr::new("b")).unwrap();
         let link = s
             .trash_list()
@@ -723,13 +547,13 @@ mod tests {
             matches!(s.records.read(b), Err(Error::NotFound)),
             "not freed at the last close"
         );
-        assert!(s.unlinked_open.lock().is_empty());
+        assert!(!s.pins.is_unlinked(b), "still marked after it was freed");
 
         let mut p = s.policy();
         p.trash_retention_secs = 0;
         s.set_policy(p);
         let c = new_file(&s, "c");
-        s.pin(c);
+        s.pins.pin(c);
         s.unlink(root, OsStr::new("c")).unwrap();
         assert!(s.records.read(c).is_ok(), "purged while open");
         s.unpin(c);

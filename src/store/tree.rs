@@ -267,7 +267,8 @@ impl Store {
         self.child_unsynced(parent, id, in_place, shard.ancestors().take(1 + new_levels));
         // 3. the parent's times (and link count for a subdirectory)
         let r = self.touch_dir(parent, if new.kind == Kind::Dir { 1 } else { 0 });
-        self.emit(Event::new(Op::Create, &[id, parent]).entry(parent, name));
+        self.followers
+            .emit(Event::new(Op::Create, &[id, parent]).entry(parent, name));
         r?;
         Ok((id, rec))
     }
@@ -357,7 +358,7 @@ impl Store {
             Ok(())
         });
         let t = rec.is_ok().then(|| self.touch_dir(newparent, 0));
-        self.emit(ev);
+        self.followers.emit(ev);
         let rec = rec?;
         if let Some(t) = t {
             t?;
@@ -459,7 +460,8 @@ impl Store {
         let r = self
             .drop_link(id, parent, name, prepared)
             .and_then(|_| self.touch_dir(parent, 0));
-        self.emit(Event::new(Op::Unlink, &[id, parent]).entry(parent, name));
+        self.followers
+            .emit(Event::new(Op::Unlink, &[id, parent]).entry(parent, name));
         r?;
         Ok(id)
     }
@@ -489,7 +491,8 @@ impl Store {
         let r = self
             .drop_link(id, parent, name, prepared)
             .and_then(|_| self.touch_dir(parent, -1));
-        self.emit(Event::new(Op::Rmdir, &[id, parent]).entry(parent, name));
+        self.followers
+            .emit(Event::new(Op::Rmdir, &[id, parent]).entry(parent, name));
         r?;
         Ok(id)
     }
@@ -569,7 +572,7 @@ impl Store {
                 }
                 Ok(())
             })();
-            self.emit(
+            self.followers.emit(
                 Event::new(Op::Exchange, &[src, dst, parent, newparent])
                     .entry(parent, name)
                     .entry(newparent, newname),
@@ -636,7 +639,7 @@ impl Store {
         })();
         let mut nodes = vec![src, parent, newparent];
         nodes.extend(dst);
-        self.emit(
+        self.followers.emit(
             Event::new(Op::Rename, &nodes)
                 .entry(parent, name)
                 .entry(newparent, newname),

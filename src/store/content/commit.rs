@@ -115,7 +115,7 @@ impl Store {
             }
             Ok(())
         })?;
-        self.emit(Event::new(Op::Write, &[id]));
+        self.followers.emit(Event::new(Op::Write, &[id]));
         s.changed = false;
         s.mtime = None;
         // The record holds every byte the session's deltas logged.

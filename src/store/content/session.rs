@@ -452,7 +452,7 @@ impl Store {
                 // The kernel still caches the dropped writes (pages and size): the file
                 // went back to its record behind its back. Told outside the sessions
                 // lock: the kernel waits for page locks a write in flight may hold.
-                self.invalidated(id);
+                self.followers.invalidated(id);
             }
             return res;
         }

@@ -1,0 +1,149 @@
+//! Freeing blobs (invariant 1, "reference before delete"): which blobs any record,
+//! revision or open session still names, and the sweep that deletes the candidates none
+//! names, through the blob store's rename-aside delete (safe against a writer reusing a
+//! blob at the same moment: `put` refreshes the write time of a blob it reuses).
+//! Unlinks and retention queue candidates (`schedule_sweep`); the daemon sweeps them in
+//! batches, because a sweep reads every record of the store (docs/DESIGN.md, "Batched
+//! sweep and gc").
+
+use std::collections::HashSet;
+use std::fs;
+use std::time::SystemTime;
+
+use super::blobs::Deleted;
+use super::error::{Error, IoContext, Result};
+use super::node::{unframe, Content, Hash, NodeId, NodeRecord, Stored, RECORD_XATTR};
+use super::Store;
+
+impl Store {
+    /// The blobs a record names: chunks, its manifest, and the blob it spills into.
+    pub fn blob_refs(&self, id: NodeId, rec: &NodeRecord) -> Vec<Hash> {
+        let mut out = Vec::new();
+        if let Content::Manifest(h) = &rec.content {
+            out.push(*h);
+        }
+        if let Ok(list) = self.chunk_list(&rec.content) {
+            out.extend(list.iter().map(|c| c.hash));
+        }
+        if let Ok(Some(raw)) = xattr::get(self.layout.node_path(id), RECORD_XATTR) {
+            if let Ok(Stored::InBlob(h)) = unframe(id, &raw) {
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    /// Every blob referenced by any record: live and trashed nodes, revisions, and the
+    /// sealed chunks of open sessions.
+    pub fn referenced_blobs(&self) -> Result<HashSet<Hash>> {
+        let mut set = HashSet::new();
+        for id in self.node_ids()? {
+            if let Some(rec) = self.record_naming_blobs(id)? {
+                set.extend(self.blob_refs(id, &rec));
+            }
+        }
+        // Revisions after records, listed once: a commit saves the revision before it
+        // replaces the record, so a record read above with new content has its
+        // revision listed here. One that cannot be read stops the sweep (the error):
+        // skipping it would free the blobs it names.
+        for id in self.revision_owners() {
+            for (_, r) in self.revisions(id)? {
+                set.extend(self.blob_refs(id, &r));
+            }
+        }
+        set.extend(self.session_blobs());
+        Ok(set)
+    }
+
+    /// A node's record for counting the blobs it names: `None` for a node that names
+    /// none (created a moment ago and without a record yet, or removed while we look),
+    /// an error for a record that cannot be read, since the blobs it names are unknown.
+    pub(crate) fn record_naming_blobs(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        let mut rec = self.records.read(id);
+        if let Err(Error::CorruptRecord { .. }) = rec {
+            match xattr::get(self.layout.node_path(id), super::node::RECORD_XATTR) {
+                Ok(None) => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                // Read again once, in case the record landed meanwhile.
+                _ => rec = self.records.read(id),
+            }
+        }
+        match rec {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(Error::Integrity {
+                what: "the store's records".into(),
+                detail: format!(
+                    "record of {id} cannot be read ({e}), so which blobs are in use is unknown; nothing is deleted until `decofs fsck --repair` fixed it"
+                ),
+            }),
+        }
+    }
+
+    /// Every node in `nodes/` (live, trashed, or not yet named).
+    pub fn node_ids(&self) -> Result<Vec<NodeId>> {
+        let mut out = Vec::new();
+        for a in fs::read_dir(self.layout.nodes())
+            .ctx(|| "read nodes".into())?
+            .flatten()
+        {
+            for b in fs::read_dir(a.path()).into_iter().flatten().flatten() {
+                for n in fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                    out.extend(NodeId::from_name(&n.file_name()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The nodes that have revisions.
+    pub fn revision_owners(&self) -> Vec<NodeId> {
+        fs::read_dir(self.layout.revisions())
+            .map(|it| {
+                it.flatten()
+                    .filter_map(|e| NodeId::from_name(&e.file_name()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Free the `candidates` no record references. Returns bytes freed.
+    pub fn sweep(&self, candidates: Vec<Hash>, since: SystemTime) -> Result<u64> {
+        let mut candidates: Vec<Hash> = candidates;
+        candidates.sort();
+        candidates.dedup();
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let referenced = self.referenced_blobs()?;
+        let (n, mut kept_ref, mut kept_touched) = (candidates.len(), 0, 0);
+        let mut freed = 0;
+        for h in candidates {
+            if referenced.contains(&h) {
+                kept_ref += 1;
+                continue;
+            }
+            match self.blobs.delete(&h, since) {
+                Ok(Deleted::Freed(n)) => freed += n,
+                Ok(Deleted::Reused) => kept_touched += 1,
+                Ok(Deleted::Absent) => {}
+                // One blob that cannot be moved is left for the next sweep or gc.
+                Err(e) => log::warn!("sweep: {e}"),
+            }
+        }
+        log::debug!("sweep: {n} candidate(s), {kept_ref} still referenced, {kept_touched} reused meanwhile, {freed} bytes freed");
+        Ok(freed)
+    }
+
+    /// Queue blobs for the next batched sweep (the daemon runs it in the background).
+    pub fn schedule_sweep(&self, hashes: Vec<Hash>) {
+        self.pending_sweep.lock().extend(hashes);
+    }
+
+    /// Run the queued sweep; returns bytes freed.
+    pub fn run_pending_sweep(&self) -> Result<u64> {
+        let since = SystemTime::now();
+        let pending = std::mem::take(&mut *self.pending_sweep.lock());
+        self.sweep(pending, since)
+    }
+}
