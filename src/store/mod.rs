@@ -11,6 +11,7 @@
 //! - `trash`, `sweep`, `pins`: undo, freeing blobs, open nodes (invariants 6 and 1);
 //! - `event`: the followers (the index's change events, the kernel's invalidation);
 //! - `check`: fsck, scrub, gc.
+//!
 //! The operations that span components (create, unlink, rename, commit, restore) are
 //! `Store` methods in the component files that lead them.
 
@@ -250,6 +251,7 @@ impl Store {
             .map_err(|_| Error::Invalid("path"))?;
         // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c outlives the call, st is ours to fill.
         let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
         if rc != 0 {
             return Err(Error::io("statfs", std::io::Error::last_os_error()));

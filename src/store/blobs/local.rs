@@ -899,6 +899,7 @@ fn is_ext4(path: &std::path::Path) -> bool {
     };
     // SAFETY: c is NUL-terminated and st is a plain out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: c outlives the call, st is ours to fill.
     unsafe {
         libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as libc::c_long == EXT4_SUPER_MAGIC
     }
