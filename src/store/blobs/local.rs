@@ -663,8 +663,11 @@ impl BlobStore for LocalBlobs {
         let path = self.path_of(&hash);
         // Reusing an existing blob refreshes its mtime, so a concurrent sweep keeps it
         // (see store::trash); if it vanished meanwhile, write it again.
-        match touch(&path) {
-            Ok(()) => return Ok(hash),
+        // A copy of the wrong length (a power cut on ext4 without a journal leaves a
+        // new blob empty) is written again rather than named once more.
+        match touch(&path).and_then(|()| fs::metadata(&path)) {
+            Ok(m) if m.len() == data.len() as u64 => return Ok(hash),
+            Ok(_) => log::warn!("blob {}: damaged copy written again", hash_hex(&hash)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("touch {}", path.display()), e)),
         }
@@ -965,6 +968,21 @@ mod tests {
         // No staging files are left behind.
         let staged: Vec<_> = fs::read_dir(b.layout.sessions()).unwrap().collect();
         assert!(staged.is_empty());
+    }
+
+    /// A blob whose file a power cut left empty is written again by the next `put` of
+    /// the same bytes, not named as it is (which would read EIO until fsck repaired it).
+    #[test]
+    fn put_rewrites_a_damaged_copy() {
+        let (_d, b) = blobs();
+        let h = b.put(b"hello", true).unwrap();
+        fs::File::create(b.path_of(&h)).unwrap(); // emptied, as the cut leaves it
+        b.drop_cache();
+        assert!(b.get(&h).is_err());
+        assert_eq!(b.put(b"hello", false).unwrap(), h);
+        assert_eq!(fs::read(b.path_of(&h)).unwrap(), b"hello");
+        b.drop_cache();
+        assert_eq!(&**b.get(&h).unwrap(), b"hello");
     }
 
     /// Files made ahead are written and named by `put` (no file is left where they
