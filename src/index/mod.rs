@@ -682,7 +682,7 @@ impl Index {
                 "last_seq": self.next_seq.load(Ordering::SeqCst) - 1,
                 "log_id": self.log_id(),
             },
-            "path": crate::control::path_to_json(&self.path),
+            "path": crate::jsonpath::path_to_json(&self.path),
         })
     }
 

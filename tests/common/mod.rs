@@ -205,7 +205,7 @@ pub fn daemon_pid(store: &Path, mnt: &Path) -> i32 {
 
 /// No thread of `pid` is still running (all gone or zombies), so it holds no files.
 pub fn process_gone(pid: i32) -> bool {
-    decofs::mount::process_gone(pid)
+    decofs::daemon::process_gone(pid)
 }
 
 /// Deterministic bytes: the byte at absolute offset `i` of a stream named by `seed`.

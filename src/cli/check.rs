@@ -1,0 +1,145 @@
+//! `fsck`, `scrub`, `gc`: open the store (or ask its writer daemon, for gc), run the
+//! check, print its report. fsck and scrub exit with e2fsck-like codes: 0 clean, 1
+//! repaired, 4 problems left, 8 the check could not run.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use decofs::control::{self, protocol};
+use decofs::store::check::{self, Progress, EXIT_NOT_RUN};
+use decofs::store::{Error, Store};
+
+use super::output::{self, errln, outln, Context, Failure, Outcome};
+
+/// A check that could not run exits 8.
+fn not_run(f: Failure) -> Failure {
+    f.exit(EXIT_NOT_RUN)
+}
+
+fn progress(p: &Progress) {
+    errln!("decofs: {}: {} done", p.phase, p.done);
+}
+
+pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Outcome {
+    let what = format!("cannot check {}", store.display());
+    let s = Store::open_for_check(store, !repair)
+        .or_fail(&what)
+        .map_err(not_run)?;
+    let rep = s
+        .fsck(repair, Duration::from_secs(grace), progress)
+        .or_fail(&what)
+        .map_err(not_run)?;
+    let exit = ExitCode::from(rep.exit_code);
+    if json {
+        output::json_pretty(&rep);
+        return Ok(exit);
+    }
+    outln!(
+        "{}: {} nodes ({} directories, {} files, {} other), {} entries, {} in trash, {} revisions, {} blobs",
+        store.display(), rep.nodes, rep.dirs, rep.files, rep.other, rep.entries, rep.trash,
+        rep.revisions, rep.blobs
+    );
+    for p in &rep.problems {
+        let state = if p.repaired { "repaired" } else { "found" };
+        outln!("  {state:8} {} {}: {}", p.code, p.path, p.detail);
+    }
+    if rep.young_orphans > 0 {
+        outln!(
+            "  {} unnamed nodes younger than {grace}s left alone (a create may be in progress)",
+            rep.young_orphans
+        );
+    }
+    if rep.stale_staging > 0 {
+        outln!(
+            "  {} stale staging files in sessions/ ({} removed)",
+            rep.stale_staging,
+            rep.stale_staging_removed
+        );
+    }
+    let left = rep.problems.iter().filter(|p| !p.repaired).count();
+    match rep.exit_code {
+        check::EXIT_CLEAN => outln!("clean"),
+        check::EXIT_REPAIRED => outln!("{} errors repaired", rep.problems.len()),
+        _ if repair => outln!("{left} problems left that fsck cannot repair"),
+        _ => outln!("{left} problems found; `decofs fsck --repair` repairs what it can"),
+    }
+    Ok(exit)
+}
+
+pub fn scrub(store: &Path, json: bool) -> Outcome {
+    let what = format!("cannot scrub {}", store.display());
+    // Mark damaged files only when no read-write mount is running.
+    let s = match Store::open_for_check(store, false) {
+        Err(Error::StoreLocked { .. }) => Store::open_for_check(store, true),
+        other => other,
+    }
+    .or_fail(&what)
+    .map_err(not_run)?;
+    let rep = s.scrub(progress).or_fail(&what).map_err(not_run)?;
+    let exit = ExitCode::from(rep.exit_code);
+    if json {
+        output::json_pretty(&rep);
+        return Ok(exit);
+    }
+    outln!(
+        "{}: {} blobs checked ({} bytes)",
+        store.display(),
+        rep.blobs_checked,
+        rep.bytes_checked
+    );
+    for d in &rep.damaged {
+        outln!("  damaged blob {} ({}), used by:", d.hash, d.detail);
+        for u in &d.used_by {
+            outln!("    {u}");
+        }
+    }
+    for r in &rep.unreadable_records {
+        outln!("  unreadable record: {r} (run `decofs fsck`)");
+    }
+    if rep.marked > 0 {
+        outln!("  {} files marked integrity_error", rep.marked);
+    }
+    if rep.exit_code == check::EXIT_CLEAN {
+        outln!("clean");
+    } else {
+        outln!("{} files have damaged content", rep.damaged_paths.len());
+    }
+    Ok(exit)
+}
+
+pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Outcome {
+    let what = format!("cannot collect garbage in {}", store.display());
+    // Mounted read-write: the daemon collects, with the filesystem running.
+    let (store_path, _) = control::resolve(store).or_fail(&what)?;
+    let rep: check::GcReport = if control::daemons(&store_path).iter().any(|d| d.writer) {
+        let v = control::run(&store_path, protocol::Gc { dry_run, grace }, true).or_fail(&what)?;
+        check::GcReport {
+            dry_run: v.dry_run,
+            blobs: v.blobs,
+            referenced: v.referenced,
+            deleted: v.deleted,
+            bytes_freed: v.bytes_freed,
+            kept_young: v.kept_young,
+            deleted_hashes: v.deleted_hashes,
+        }
+    } else {
+        let s = Store::open_for_check(&store_path, dry_run).or_fail(&what)?;
+        s.gc(dry_run, Duration::from_secs(grace)).or_fail(&what)?
+    };
+    if json {
+        output::json_pretty(&rep);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "{}: {} blobs, {} referenced; {} {} unreferenced blobs ({} bytes); {} younger than {grace}s kept",
+        store.display(),
+        rep.blobs,
+        rep.referenced,
+        if dry_run { "would delete" } else { "deleted" },
+        rep.deleted,
+        rep.bytes_freed,
+        rep.kept_young
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,60 @@
+//! `decofs lock`: show and break a store's single-writer lock.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use decofs::store::{layout::Layout, lock};
+
+use super::output::{self, errln, outln, Context, Outcome};
+
+#[derive(Subcommand)]
+pub enum LockCmd {
+    /// Break the lock of a holder that died where this host cannot see it (another
+    /// host). The epoch increases: the old holder's writes are refused from now on.
+    Break { store: PathBuf },
+    /// Show who holds the lock and the current epoch.
+    Show { store: PathBuf },
+}
+
+pub fn run(cmd: LockCmd, json: bool) -> Outcome {
+    match cmd {
+        LockCmd::Break { store } => {
+            let what = format!("cannot break the lock of {}", store.display());
+            let layout = Layout::new(&store);
+            layout.read_format().or_fail(&what)?;
+            let live = lock::is_locked(&layout);
+            let (holder, epoch) = lock::break_lock(&store).or_fail(&what)?;
+            if json {
+                output::json(
+                    &json!({"broken_holder": holder, "epoch": epoch, "holder_was_alive_here": live}),
+                );
+            } else {
+                if live {
+                    errln!("decofs: warning: the holder is alive on this host; its writes are refused from now on");
+                }
+                outln!(
+                    "lock broken (was: {}); new epoch {epoch}",
+                    if holder.is_empty() { "free" } else { &holder }
+                );
+            }
+        }
+        LockCmd::Show { store } => {
+            let what = format!("cannot read the lock of {}", store.display());
+            let layout = Layout::new(&store);
+            layout.read_format().or_fail(&what)?;
+            let epoch = lock::read_epoch(&layout).or_fail(&what)?;
+            let (locked, holder) = (lock::is_locked(&layout), lock::holder(&layout));
+            if json {
+                output::json(&json!({"locked": locked, "holder": holder, "epoch": epoch}));
+            } else if locked {
+                outln!("held by {holder}; epoch {epoch}");
+            } else {
+                outln!("free; epoch {epoch}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,182 @@
+//! What the CLI prints: results on stdout (text or `--json`), warnings and the error
+//! report on stderr, and the exit status.
+//!
+//! Every write to stdout goes through [`Out`] (or `outln!`): a reader that went away
+//! (`decofs trash ls | head -1`) ends the command quietly with exit 0, as it would end
+//! a `grep`, instead of the panic `println!` gives on EPIPE. Other write errors (a full
+//! disk) end it with the report and exit 1. SIGPIPE stays ignored (the Rust runtime's
+//! default), so the daemon, started by the same binary, never dies of it.
+
+use std::io::{self, BufWriter, StdoutLock, Write};
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use decofs::control::Report;
+use decofs::store::Error;
+
+/// A command that failed: the report, and the exit status (1 unless a check says
+/// otherwise).
+pub struct Failure {
+    pub report: Report,
+    pub exit: u8,
+}
+
+impl Failure {
+    pub fn new(report: Report) -> Failure {
+        Failure { report, exit: 1 }
+    }
+
+    /// The same failure with another exit status.
+    pub fn exit(mut self, code: u8) -> Failure {
+        self.exit = code;
+        self
+    }
+}
+
+impl From<Report> for Failure {
+    fn from(r: Report) -> Failure {
+        Failure::new(r)
+    }
+}
+
+/// What a command returns: its exit status, or why it failed.
+pub type Outcome = Result<ExitCode, Failure>;
+
+/// Say what could not be done, whatever the error's origin.
+pub trait Context<T> {
+    fn or_fail(self, what: &str) -> Result<T, Failure>;
+}
+
+impl<T> Context<T> for Result<T, Error> {
+    fn or_fail(self, what: &str) -> Result<T, Failure> {
+        self.map_err(|e| Failure::new(Report::of(what, &e)))
+    }
+}
+
+impl<T> Context<T> for Result<T, Report> {
+    fn or_fail(self, what: &str) -> Result<T, Failure> {
+        self.map_err(|r| Failure::new(r.with_what(what)))
+    }
+}
+
+/// An argument that cannot be used.
+pub fn invalid(what: &str, reason: String, suggestion: &str) -> Failure {
+    Failure::new(Report::invalid(what, reason, suggestion))
+}
+
+/// The end of a command: print the failure (as text or JSON) and give the exit code.
+pub fn finish(r: Outcome, json: bool) -> ExitCode {
+    match r {
+        Ok(code) => code,
+        Err(f) => {
+            print_report(&f.report, json);
+            ExitCode::from(f.exit)
+        }
+    }
+}
+
+/// The report on stderr: `decofs: WHAT: REASON [code: CODE] SUGGESTION`, or with
+/// `--json` one object `{"error", "code", "reason", "suggestion"}`.
+pub fn print_report(r: &Report, json: bool) {
+    if json {
+        err_line(&json_line(r));
+    } else {
+        err_line(&format!("decofs: {r}"));
+    }
+}
+
+/// A line on stderr; a closed stderr is not worth a panic.
+pub fn err_line(s: &str) {
+    let _ = writeln!(io::stderr(), "{s}");
+}
+
+/// A value as one JSON line, keys sorted (as `serde_json::Value` orders them; the
+/// order `--json` has always printed).
+pub fn json_line<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .expect("replies serialize")
+        .to_string()
+}
+
+/// Buffered stdout that treats a closed pipe as the end of the command.
+pub struct Out(BufWriter<StdoutLock<'static>>);
+
+impl Out {
+    pub fn new() -> Out {
+        Out(BufWriter::new(io::stdout().lock()))
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Out {
+        if let Err(e) = self.0.write_all(b) {
+            stdout_failed(e);
+        }
+        self
+    }
+
+    pub fn str(&mut self, s: &str) -> &mut Out {
+        self.bytes(s.as_bytes())
+    }
+
+    /// Write everything buffered (call before the command goes on to wait or ends).
+    pub fn flush(&mut self) {
+        if let Err(e) = self.0.flush() {
+            stdout_failed(e);
+        }
+    }
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// One line on stdout.
+pub fn line(s: &str) {
+    let mut o = Out::new();
+    o.str(s).str("\n");
+    o.flush();
+}
+
+/// A value as one JSON line on stdout (see `json_line`).
+pub fn json<T: Serialize>(v: &T) {
+    line(&json_line(v));
+}
+
+/// A report as pretty JSON on stdout, fields in their declared order.
+pub fn json_pretty<T: Serialize>(v: &T) {
+    line(&serde_json::to_string_pretty(v).expect("reports serialize"));
+}
+
+/// stdout failed: a reader that hung up ends the command (exit 0); anything else is
+/// reported (exit 1).
+fn stdout_failed(e: io::Error) -> ! {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    print_report(
+        &Report::of(
+            "cannot write the output",
+            &Error::io("write to standard output", e),
+        ),
+        false,
+    );
+    std::process::exit(1);
+}
+
+/// `println!` through [`line`]: a closed stdout ends the command instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::line(&format!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::err_line(&format!($($arg)*))
+    };
+}
+pub(crate) use errln;

@@ -1,0 +1,192 @@
+//! `init`, `mount`, `umount`, `status`: a store's life.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use decofs::control::protocol::StatusReply;
+use decofs::daemon;
+use decofs::store::layout::{self, Layout, Policy};
+use decofs::store::Store;
+
+use super::output::{self, invalid, outln, Context, Outcome};
+
+pub fn init(
+    store: &Path,
+    chunk_size: u32,
+    trash_retention: &str,
+    revisions_keep: u32,
+    revisions_max_age: &str,
+) -> Outcome {
+    let what = format!("cannot create a store at {}", store.display());
+    let dur = |s: &str| {
+        layout::parse_duration(s).ok_or_else(|| {
+            invalid(
+                &what,
+                format!("'{s}' is not a duration"),
+                "use seconds or a number with s, m, h, d or w, e.g. 1d",
+            )
+        })
+    };
+    let policy = Policy {
+        trash_retention_secs: dur(trash_retention)?,
+        revisions_keep,
+        revisions_max_age_secs: dur(revisions_max_age)?,
+    };
+    let f = Store::init_with(store, chunk_size, policy).or_fail(&what)?;
+    outln!(
+        "created store {} (id {}, chunk size {})",
+        store.display(),
+        f.store_id,
+        f.chunk_size
+    );
+    let staging = Layout::new(store).sessions();
+    if layout::records_fit_in_inode(&staging) == Some(false) {
+        outln!(
+            "note: this filesystem's inodes are too small to hold a node's record, so each \
+             record takes a block of its own: a cold walk (find, ls -l, git status) \
+             reads one more block per file; ext4 made with `mkfs.ext4 -I 1024` keeps \
+             records inside the inodes"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn mount(
+    store: &Path,
+    mountpoint: &Path,
+    options: String,
+    foreground: bool,
+    threads: usize,
+) -> Outcome {
+    let what = format!(
+        "cannot mount {} on {}",
+        store.display(),
+        mountpoint.display()
+    );
+    let opts = daemon::parse_opts(&options).or_fail(&what)?;
+    if foreground {
+        daemon::run_foreground(store, mountpoint, &opts, threads).or_fail(&what)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Check what can be checked here, so the common mistakes answer at once and
+    // nothing is started.
+    daemon::check_mountpoint(mountpoint).or_fail(&what)?;
+    Layout::new(store).read_format().or_fail(&what)?;
+    let store_abs = std::fs::canonicalize(store).unwrap_or(store.to_path_buf());
+    let mnt_abs = std::fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf());
+    let args: Vec<OsString> = vec![
+        "mount".into(),
+        store_abs.clone().into(),
+        mnt_abs.into(),
+        "-o".into(),
+        options.into(),
+        "--threads".into(),
+        threads.to_string().into(),
+    ];
+    daemon::spawn_background(&store_abs, &args).or_fail(&what)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn umount(mountpoint: &Path, lazy: bool) -> Outcome {
+    daemon::umount(mountpoint, lazy)
+        .or_fail(&format!("cannot unmount {}", mountpoint.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(path: &Path, json: bool) -> Outcome {
+    let v = decofs::control::status(path)
+        .or_fail(&format!("cannot get the status of {}", path.display()))?;
+    if json {
+        output::json(&v);
+    } else {
+        let mut o = output::Out::new();
+        o.str(&render_status(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A path of the reply for people: as it is when UTF-8, else `or`.
+fn utf8_or<'a>(p: &'a decofs::jsonpath::WirePath, or: &'a str) -> &'a str {
+    p.0.to_str().unwrap_or(or)
+}
+
+/// Human-readable status.
+pub fn render_status(v: &StatusReply) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("store:      {}\n", utf8_or(&v.store, "")));
+    match &v.daemon {
+        Some(d) if v.mounted => {
+            s.push_str(&format!(
+                "mounted:    yes, on {} by pid {} ({}), up {} s\n",
+                utf8_or(&d.mountpoint, "?"),
+                d.pid,
+                if d.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
+                d.uptime_secs
+            ));
+            s.push_str(&format!(
+                "sessions:   {} open write session(s)\n",
+                d.open_sessions
+            ));
+        }
+        _ => s.push_str("mounted:    no\n"),
+    }
+    s.push_str(&format!(
+        "lock:       {} (epoch {})\n",
+        if v.locked {
+            format!("held by {}", v.holder)
+        } else {
+            "free".to_string()
+        },
+        v.epoch
+    ));
+    s.push_str(&format!(
+        "trash:      {} node(s), {} bytes\n",
+        v.trash.nodes, v.trash.bytes
+    ));
+    s.push_str(&format!(
+        "revisions:  {} revision(s), {} bytes\n",
+        v.revisions.count, v.revisions.bytes
+    ));
+    let ix = &v.index;
+    match ix["state"].as_str().unwrap_or("") {
+        "off" | "closed" => s.push_str(&format!(
+            "index:      {}\n",
+            ix["note"].as_str().unwrap_or("")
+        )),
+        state => {
+            s.push_str(&format!(
+                "index:      {state}; queue {} event(s), lag {} event(s) / {} ms, {} applied, {} dropped\n",
+                ix["queue_depth"], ix["lag_events"], ix["lag_ms"], ix["applied"], ix["dropped"]
+            ));
+            if let Some(r) = ix["dirty_reason"].as_str() {
+                s.push_str(&format!("            catching up: {r}\n"));
+            }
+            let lr = &ix["last_reconcile"];
+            if !lr.is_null() {
+                s.push_str(&format!(
+                    "reconcile:  {} at {} ({}): repaired {}{}\n",
+                    lr["kind"].as_str().unwrap_or("?"),
+                    lr["at"],
+                    lr["reason"].as_str().unwrap_or(""),
+                    lr["repaired"],
+                    match lr["duration_ms"].as_u64() {
+                        Some(ms) => format!(", {} node(s) in {ms} ms", lr["nodes"]),
+                        None => String::new(),
+                    }
+                ));
+            }
+            s.push_str(&format!(
+                "changes:    {} .. {} (log {})\n",
+                ix["changes"]["first_seq"],
+                ix["changes"]["last_seq"],
+                ix["changes"]["log_id"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    s
+}

@@ -1,0 +1,341 @@
+//! The daemon: mounting a store and serving it until it is unmounted.
+//!
+//! - [`opts`]: `-o` options. [`spawn`]: the background start and its readiness
+//!   handshake. [`umount`]: unmounting and waiting for the daemon.
+//! - Here: the foreground daemon (`run_foreground`): mountpoint checks, the FUSE
+//!   session, the control server (`control::serve`), the index, signals and the
+//!   background upkeep of a writer.
+//!
+//! `decofs mount` (background) re-executes itself with `--foreground` in a new session
+//! and returns only once the mount answers, so its exit code is honest. The daemon
+//! registers in `STORE/sessions/mount.<pid>` (`crate::control::registry`) so
+//! `decofs umount` can wait for it to exit. SIGINT/SIGTERM/SIGHUP commit every open
+//! write session, then unmount. The daemon ignores SIGPIPE (the Rust runtime's
+//! default): a client that hangs up on the control socket costs it nothing.
+
+pub mod opts;
+pub mod spawn;
+pub mod umount;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::control::{self, Report};
+use crate::fuse::DecoFs;
+use crate::host::mount_at;
+use crate::store::error::IoContext;
+use crate::store::{Error, OpenOptions, Result, Stale, Store};
+
+pub use crate::store::lock::process_gone;
+pub use opts::{parse_opts, MountOpts, READAHEAD_KIB};
+pub use spawn::spawn_background;
+pub use umount::umount;
+
+/// Widen the kernel's readahead for the mount at `mnt` (through its bdi in sysfs; needs
+/// root). A failure only costs speed, so it is logged, not returned.
+fn set_readahead(mnt: &Path, kib: u32) {
+    if kib == 0 {
+        return;
+    }
+    let Some(m) = mount_at(mnt) else {
+        return;
+    };
+    let knob = PathBuf::from(format!("/sys/class/bdi/{}/read_ahead_kb", m.dev));
+    match fs::write(&knob, format!("{kib}\n")) {
+        Ok(()) => log::debug!("readahead {kib} KiB ({})", knob.display()),
+        Err(e) => log::info!("cannot set readahead through {}: {e}", knob.display()),
+    }
+}
+
+/// The mountpoint must exist, be a directory, and have nothing mounted on it.
+pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
+    let meta = match fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::MountpointNotFound(p.to_path_buf()))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(Error::MountpointBusy(p.to_path_buf()))
+        }
+        Err(e) => return Err(Error::io(format!("stat {}", p.display()), e)),
+    };
+    if !meta.is_dir() {
+        return Err(Error::MountpointNotDir(p.to_path_buf()));
+    }
+    let canon = fs::canonicalize(p).ctx(|| format!("resolve {}", p.display()))?;
+    if mount_at(&canon).is_some() {
+        return Err(Error::MountpointBusy(canon));
+    }
+    Ok(canon)
+}
+
+/// Block the termination signals in this thread (and so in every thread spawned after)
+/// and handle them in one thread with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // A daemon started from a non-interactive shell inherits SIGINT ignored;
+            // restore the default so the signal is delivered to sigwait.
+            libc::signal(s, libc::SIG_DFL);
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Mount in this process and serve until unmounted.
+pub fn run_foreground(
+    store_path: &Path,
+    mountpoint: &Path,
+    opts: &MountOpts,
+    threads: usize,
+) -> Result<()> {
+    // Before any thread exists, so every thread inherits the mask and only the sigwait
+    // thread below ever receives these signals.
+    let set = block_signals();
+    let res = prepare(store_path, mountpoint, opts, threads);
+    let (store, session, mnt) = match res {
+        Ok(x) => x,
+        Err(e) => {
+            spawn::report_ready(Err(Report::reply(&e)));
+            return Err(e);
+        }
+    };
+    let store_root = store.layout.root.clone();
+    let pidf = control::registry::register(&store_root, &mnt, opts.read_only);
+    // The index follows the store's events; if it cannot be opened the filesystem
+    // still works, and queries say why they cannot be answered.
+    let index = if opts.read_only {
+        Err("this mount is read-only; the read-write mount keeps the index".to_string())
+    } else if opts.no_index {
+        Err("this mount was mounted with index=off".to_string())
+    } else {
+        crate::index::Index::open(store.clone(), true, opts.index).map_err(|e| {
+            log::error!("index: cannot open it ({e}); serving without it");
+            format!("it could not be opened: {e}")
+        })
+    };
+    let info = control::DaemonInfo {
+        mountpoint: mnt.clone(),
+        started: Instant::now(),
+        index: index.clone(),
+    };
+    let sock = match control::serve(store.clone(), info) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::warn!(
+                "no control socket ({e}); status and other commands will read the store directly"
+            );
+            None
+        }
+    };
+    // A restore replaces content and binds a name behind the kernel's caches (which may
+    // hold "no such name"), and a write that drops set-ID bits changes the mode behind
+    // them: tell it. An offset of -1 invalidates the attributes only, which takes no
+    // page lock (a write in flight holds some).
+    let notifier = session.notifier();
+    let inval_store = Arc::downgrade(&store);
+    store.followers.set_invalidate(Box::new(move |what| {
+        let Some(st) = inval_store.upgrade() else {
+            return;
+        };
+        let ino = |id| fuser::INodeNo(st.ino_of(id));
+        let _ = match what {
+            Stale::Content(id) => notifier.inval_inode(ino(id), 0, 0),
+            Stale::Attrs(id) => notifier.inval_inode(ino(id), -1, 0),
+            Stale::Entry(parent, name) => notifier.inval_entry(ino(parent), name),
+        };
+    }));
+    if !opts.read_only {
+        spawn_maintenance(Arc::downgrade(&store));
+        store.start_spares();
+    }
+    log::info!("mounted {} on {}", store_root.display(), mnt.display());
+    spawn::report_ready(Ok(()));
+    sd_notify("READY=1");
+    let sig_mnt = mnt.clone();
+    let sig_store = store.clone();
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: waiting on a valid signal set.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        log::info!("signal {sig}: committing open files and unmounting");
+        sd_notify("STOPPING=1");
+        if let Err(e) = sig_store.commit_all() {
+            log::error!("commit on signal failed: {e}");
+        }
+        if let Err(e) = unmount_now(&sig_mnt) {
+            log::error!("unmount on signal failed: {e}");
+        }
+        // Open files can keep a lazily detached mount alive; everything is committed,
+        // so do not wait forever.
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = sig_store.commit_all();
+        if let Err(e) = sig_store.close_fsync_log() {
+            log::error!("closing the fsync log failed (it is replayed at the next mount): {e}");
+        }
+        std::process::exit(0);
+    });
+    let res = session.run().ctx(|| "serve the mount".into());
+    sd_notify("STOPPING=1");
+    let commit = store.commit_all();
+    let commit = commit.and_then(|()| store.close_fsync_log());
+    if let Ok(ix) = &index {
+        ix.close();
+    }
+    let _ = fs::remove_file(&pidf);
+    if let Some(p) = sock {
+        let _ = fs::remove_file(p);
+    }
+    log::info!("unmounted {}", mnt.display());
+    res.and(commit)
+}
+
+type Prepared = (Arc<Store>, fuser::Session<DecoFs>, PathBuf);
+
+fn prepare(
+    store_path: &Path,
+    mountpoint: &Path,
+    opts: &MountOpts,
+    threads: usize,
+) -> Result<Prepared> {
+    let store_root = fs::canonicalize(store_path).unwrap_or_else(|_| store_path.to_path_buf());
+    // The mountpoint is checked before the store is opened so a bad mountpoint never
+    // touches the store (not even its lock).
+    let mnt = check_mountpoint(mountpoint)?;
+    crate::store::layout::Layout::new(&store_root).read_format()?;
+    let store = Arc::new(Store::open(
+        &store_root,
+        OpenOptions {
+            read_only: opts.read_only,
+            cache_bytes: 0,
+        },
+    )?);
+    let mut mo = vec![
+        MountOption::FSName(store_root.to_string_lossy().into_owned()),
+        MountOption::CUSTOM("subtype=decofs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if opts.read_only {
+        mo.push(MountOption::RO);
+    }
+    mo.extend(opts.flags.iter().cloned());
+    let mut config = Config::default();
+    config.mount_options = mo;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads.max(1));
+    let mut policy = store.policy();
+    if let Some(v) = opts.trash_retention {
+        policy.trash_retention_secs = v;
+    }
+    if let Some(v) = opts.revisions_keep {
+        policy.revisions_keep = v;
+    }
+    if let Some(v) = opts.revisions_max_age {
+        policy.revisions_max_age_secs = v;
+    }
+    store.set_policy(policy);
+    let fs_ = DecoFs::new(store.clone());
+    let session = fuser::Session::new(fs_, &mnt, &config).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => Error::MountpointBusy(mnt.clone()),
+        _ => Error::io(format!("mount on {}", mnt.display()), e),
+    })?;
+    set_readahead(&mnt, opts.readahead_kib.unwrap_or(READAHEAD_KIB));
+    Ok((store, session, mnt))
+}
+
+/// Tell systemd (Type=notify) about our state, if it is listening.
+pub fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let res = if let Some(name) = path.as_bytes().strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = res {
+        log::warn!("sd_notify {msg}: {e}");
+    }
+}
+
+/// Unmount; if files are still open there, detach lazily (the kernel finishes once they
+/// close). Used on SIGTERM/SIGINT, where waiting for every user is not an option.
+fn unmount_now(mnt: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_bytes())?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EBUSY) {
+        return Err(e);
+    }
+    log::warn!("{} is busy: detaching it lazily", mnt.display());
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Background upkeep of a writer: deferred directory times written every second,
+/// batched blob sweeps (space of purged nodes, dropped revisions, chunks replaced within
+/// a session) every 2 s, retention every minute.
+fn spawn_maintenance(store: std::sync::Weak<Store>) {
+    std::thread::spawn(move || {
+        let mut tick = 0u64;
+        let mut next_sweep = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let Some(st) = store.upgrade() else { return };
+            // Directory times deferred by creates and unlinks (Store::touch_dir_times).
+            if let Err(e) = st.records.flush_deferred() {
+                log::warn!("directory times: {e}");
+            }
+            // Each sweep scans every record for references: sweep at most every 2 s,
+            // and on a store big enough for a scan to take long, wait ten times the
+            // last scan, so sweeping takes at most a tenth of one core.
+            if Instant::now() >= next_sweep {
+                let t = Instant::now();
+                if let Err(e) = st.run_pending_sweep() {
+                    log::warn!("sweep: {e}");
+                }
+                next_sweep = Instant::now() + Duration::from_secs(2).max(t.elapsed() * 10);
+            }
+            if tick.is_multiple_of(60) {
+                match st.expire() {
+                    Ok(r) if r.nodes + r.revisions > 0 => log::info!(
+                        "retention: purged {} trashed node(s), {} revision(s); the next sweep frees their space",
+                        r.nodes,
+                        r.revisions
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("retention: {e}"),
+                }
+            }
+            tick += 1;
+        }
+    });
+}

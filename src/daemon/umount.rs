@@ -1,0 +1,93 @@
+//! `decofs umount`: unmount, then wait until the daemon has committed and let go of the
+//! store.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::control::daemons;
+use crate::host::mount_at;
+use crate::store::{Error, Result};
+
+/// Unmount a decofs mount and wait for its daemon to exit.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let canon = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let entry = mount_at(&canon).ok_or_else(|| Error::NotMounted(canon.clone()))?;
+    if !(entry.fstype == "fuse.decofs" || entry.fstype == "fuse") {
+        return Err(Error::NotMounted(canon));
+    }
+    // The daemon serving this mountpoint, to wait for after the unmount.
+    let store = PathBuf::from(&entry.source);
+    let daemon = daemons(&store)
+        .into_iter()
+        .find(|d| d.mountpoint == canon)
+        .map(|d| (d.pid, d.writer));
+    let c =
+        std::ffi::CString::new(canon.as_os_str().as_bytes()).map_err(|_| Error::Invalid("path"))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // A mount is busy while anything holds a file or directory in it. Some holders are
+    // gone within milliseconds: a process forked while a file here was open keeps a copy
+    // of the descriptor until it execs (close-on-exec then closes it, after a FLUSH to
+    // the daemon). Retry for UMOUNT_BUSY_GRACE before calling the mount busy.
+    let start = Instant::now();
+    // SAFETY: c is a valid NUL-terminated path.
+    while unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EBUSY) if start.elapsed() < UMOUNT_BUSY_GRACE => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Some(libc::EBUSY) => return Err(Error::MountInUse(canon)),
+            _ => return Err(Error::io(format!("unmount {}", canon.display()), e)),
+        }
+    }
+    // Return only once the daemon has committed and let go of the store, so the next
+    // mount of it succeeds: every thread gone and, for a writer, the lock free. That can
+    // take a while after a burst of changes (the index applies what it has queued before
+    // it closes): say so, and never report success while the store is still held.
+    if let Some((pid, writer)) = daemon {
+        let start = Instant::now();
+        let mut told = false;
+        while !(process_gone(pid) && (!writer || lock_free(&store))) {
+            if !told && start.elapsed() >= UMOUNT_NOTICE {
+                eprintln!(
+                    "decofs: unmounted; waiting for the daemon (pid {pid}) to finish: it \
+                     commits open files and brings the index up to date before it lets go \
+                     of the store"
+                );
+                told = true;
+            }
+            if start.elapsed() >= UMOUNT_WAIT {
+                return Err(Error::Daemon(format!(
+                    "{} is unmounted, but its daemon (pid {pid}) still holds the store {} \
+                     after {} s; the next read-write mount will be refused until it exits",
+                    canon.display(),
+                    store.display(),
+                    UMOUNT_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// How long `umount` waits for the daemon to exit before it says it is waiting, and
+/// before it gives up with an error.
+const UMOUNT_NOTICE: Duration = Duration::from_secs(5);
+const UMOUNT_WAIT: Duration = Duration::from_secs(900);
+/// How long a busy mountpoint is retried before `umount` reports it busy.
+const UMOUNT_BUSY_GRACE: Duration = Duration::from_secs(1);
+
+use crate::store::lock::process_gone;
+
+/// Could a writer take the store's lock right now?
+fn lock_free(store: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(f) = fs::File::open(store.join("lock")) else {
+        return true;
+    };
+    // SAFETY: flock on an owned descriptor; a shared probe lock is dropped with `f`.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
+}

@@ -1,0 +1,118 @@
+//! Every command survives a reader that goes away: `decofs trash ls | head -1` and the
+//! like end quietly with exit 0, as `grep` would, instead of panicking on EPIPE
+//! (exit 101). The outputs here are far larger than a pipe's buffer, so the write after
+//! `head` exits fails for certain. The daemon is untouched by a client hanging up.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::{decofs, decofs_bin, Mount};
+
+/// Run `decofs ARGS | READER`: (decofs's exit status, its stderr, what the reader
+/// printed first).
+fn piped(reader: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"reader=$1; bin=$2; err=$3; shift 3; "$bin" "$@" 2>"$err" | $reader; echo; echo "status ${PIPESTATUS[0]}""#)
+        .arg("bash")
+        .arg(reader)
+        .arg(decofs_bin())
+        .arg(&err)
+        .args(args)
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("status "))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1);
+    let first: String = stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    (status, fs::read_to_string(&err).unwrap_or_default(), first)
+}
+
+fn assert_survives(args: &[&str]) {
+    assert_survives_reader("head -1", args);
+}
+
+fn assert_survives_reader(reader: &str, args: &[&str]) {
+    let (status, stderr, first) = piped(reader, args);
+    assert!(
+        !stderr.contains("panicked"),
+        "decofs {args:?} | {reader} panicked: {stderr}"
+    );
+    assert_eq!(
+        status, 0,
+        "decofs {args:?} | {reader} exited {status} (stderr: {stderr}; first line: {first})"
+    );
+    assert!(!first.is_empty(), "decofs {args:?} printed nothing");
+}
+
+/// Enough files, with long names, that every listing below is hundreds of KiB.
+fn populate(root: &Path, n: usize) {
+    let dir = root.join("d");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..n {
+        fs::write(
+            dir.join(format!(
+                "a-rather-long-file-name-so-the-listings-fill-a-pipe-{i:06}"
+            )),
+            b"x",
+        )
+        .unwrap();
+    }
+}
+
+fn trash_all(root: &Path, n: usize) {
+    for i in (0..n).step_by(2) {
+        fs::remove_file(root.join(format!(
+            "d/a-rather-long-file-name-so-the-listings-fill-a-pipe-{i:06}"
+        )))
+        .unwrap();
+    }
+}
+
+#[test]
+fn commands_piped_into_head_exit_quietly() {
+    let m = Mount::new();
+    let n = 4000;
+    populate(&m.mnt, n);
+    trash_all(&m.mnt, n);
+    let mnt = m.mnt.to_str().unwrap();
+    let store = m.store.to_str().unwrap();
+
+    assert_survives(&["--help"]);
+    assert_survives(&["trash", "ls", mnt]);
+    assert_survives(&["find", mnt, "--wait"]);
+    assert_survives_reader("head -c 100", &["find", mnt, "--wait", "-0"]);
+    assert_survives(&["du", mnt, "-d", "1", "--wait"]);
+    assert_survives(&["changes", mnt, "--wait"]);
+    assert_survives(&["--json", "changes", mnt, "--wait"]);
+    assert_survives(&["status", mnt]);
+    // The daemon never saw any of it: it still answers.
+    let out = decofs(&["status", mnt]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Unmounted, the CLI answers from the store itself.
+    m.unmount();
+    assert_survives(&["trash", "ls", store]);
+    assert_survives(&["find", store]);
+    assert_survives(&["changes", store]);
+    assert_survives(&["fsck", store]);
+}
