@@ -1,6 +1,9 @@
 //! fsck, scrub and gc on real stores: after a real workload, after injected faults,
 //! after a flipped byte in a chunk, with unreferenced blobs, against a locked store, and
 //! after the daemon was killed with SIGKILL in the middle of a workload.
+// Tests call libc directly on descriptors and buffers they own; the SAFETY comments
+// the lint asks for are kept for the daemon's code.
+#![allow(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

@@ -11,6 +11,9 @@
 //! Both mounts are undone by a guard in every outcome (decofs first, then the image).
 //! A watchdog aborts the FUSE connection if a call hangs, so a hang fails the test with
 //! ENOTCONN instead of blocking it forever.
+// Tests call libc directly on descriptors and buffers they own; the SAFETY comments
+// the lint asks for are kept for the daemon's code.
+#![allow(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

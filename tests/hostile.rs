@@ -6,6 +6,9 @@
 //! Where the right answer is not obvious, the expectation is what ext4 on the same
 //! machine does: the same calls are made in a plain directory next to the target dir
 //! (ext4 with user xattrs) and the results compared. No test asserts on timing.
+// Tests call libc directly on descriptors and buffers they own; the SAFETY comments
+// the lint asks for are kept for the daemon's code.
+#![allow(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

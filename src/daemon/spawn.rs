@@ -94,8 +94,9 @@ pub fn spawn_background(store_path: &Path, args: &[OsString]) -> Result<(), Repo
     let mut child = cmd
         .spawn()
         .map_err(|e| daemon_err(format!("start daemon: {e}")))?;
-    // SAFETY: closing our copy of the write end; reading the read end we own.
+    // SAFETY: closing our copy of the write end, which nothing else uses.
     unsafe { libc::close(wfd) };
+    // SAFETY: the read end is ours alone; the File now owns it.
     let mut r = unsafe { fs::File::from_raw_fd(rfd) };
     let mut line = String::new();
     let _ = r.read_to_string(&mut line);
