@@ -33,14 +33,9 @@ pub struct Report {
 impl Report {
     /// The report of an error of the library.
     pub fn of(what: impl Into<String>, e: &Error) -> Report {
-        // An error relayed from a daemon keeps the daemon's code.
-        let code = match e {
-            Error::Remote { code, .. } => code.clone(),
-            _ => e.code().into(),
-        };
         Report {
             what: what.into(),
-            code,
+            code: e.code().into(),
             reason: e.to_string(),
             suggestion: e.suggestion(),
         }

@@ -70,13 +70,6 @@ pub enum Error {
     MountInUse(PathBuf),
     #[error("{0} is not a decofs mount")]
     NotMounted(PathBuf),
-    /// An error a daemon reported over the control socket.
-    #[error("{reason}")]
-    Remote {
-        code: String,
-        reason: String,
-        suggestion: String,
-    },
     #[error("{0} is not in the trash")]
     NotInTrash(String),
     #[error("cannot restore to {0}: its directory no longer exists")]
@@ -140,7 +133,6 @@ impl Error {
             Error::NotMounted(_) => "not_mounted",
             Error::BadOption(_) => "invalid_option",
             Error::NotInTrash(_) => "not_in_trash",
-            Error::Remote { .. } => "remote",
             Error::RestoreParentGone(_) => "restore_parent_gone",
             Error::RestoreNameTaken(_) => "restore_name_taken",
             Error::NoSuchRevision(_) => "no_such_revision",
@@ -186,7 +178,6 @@ impl Error {
             Error::NotMounted(_) => "check the mountpoint with `findmnt -t fuse.decofs`".into(),
             Error::BadOption(_) => "see the mount options in `decofs mount --help`".into(),
             Error::NotInTrash(_) => "list the trash with `decofs trash ls`".into(),
-            Error::Remote { suggestion, .. } => suggestion.clone(),
             Error::RestoreParentGone(_) | Error::RestoreNameTaken(_) => {
                 "restore elsewhere with --to PATH (a path inside the mount)".into()
             }
@@ -231,7 +222,6 @@ impl Error {
             Error::IndexUnavailable(_) => libc::ENOTSUP,
             Error::ChangesTruncated { .. } => libc::ERANGE,
             Error::NotInTrash(_) | Error::NoSuchRevision(_) => libc::ENOENT,
-            Error::Remote { .. } => libc::EIO,
             Error::RestoreParentGone(_) => libc::ENOENT,
             Error::RestoreNameTaken(_) => libc::EEXIST,
             Error::InitNotEmpty(_) => libc::ENOTEMPTY,
