@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use decofs::control::{self, protocol};
-use decofs::store::check::{self, Progress, EXIT_NOT_RUN};
-use decofs::store::{Error, Store};
+use decofs::store::check::{self, Checker, Progress, EXIT_NOT_RUN};
+
+use decofs::store::Error;
 
 use super::output::{self, errln, outln, Context, Failure, Outcome};
 
@@ -23,10 +24,10 @@ fn progress(p: &Progress) {
 
 pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Outcome {
     let what = format!("cannot check {}", store.display());
-    let s = Store::open_for_check(store, !repair)
+    let s = check::open(store, !repair)
         .or_fail(&what)
         .map_err(not_run)?;
-    let rep = s
+    let rep = Checker::new(&s)
         .fsck(repair, Duration::from_secs(grace), progress)
         .or_fail(&what)
         .map_err(not_run)?;
@@ -70,13 +71,16 @@ pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Outcome {
 pub fn scrub(store: &Path, json: bool) -> Outcome {
     let what = format!("cannot scrub {}", store.display());
     // Mark damaged files only when no read-write mount is running.
-    let s = match Store::open_for_check(store, false) {
-        Err(Error::StoreLocked { .. }) => Store::open_for_check(store, true),
+    let s = match check::open(store, false) {
+        Err(Error::StoreLocked { .. }) => check::open(store, true),
         other => other,
     }
     .or_fail(&what)
     .map_err(not_run)?;
-    let rep = s.scrub(progress).or_fail(&what).map_err(not_run)?;
+    let rep = Checker::new(&s)
+        .scrub(progress)
+        .or_fail(&what)
+        .map_err(not_run)?;
     let exit = ExitCode::from(rep.exit_code);
     if json {
         output::json_pretty(&rep);
@@ -124,8 +128,10 @@ pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Outcome {
             deleted_hashes: v.deleted_hashes,
         }
     } else {
-        let s = Store::open_for_check(&store_path, dry_run).or_fail(&what)?;
-        s.gc(dry_run, Duration::from_secs(grace)).or_fail(&what)?
+        let s = check::open(&store_path, dry_run).or_fail(&what)?;
+        Checker::new(&s)
+            .gc(dry_run, Duration::from_secs(grace))
+            .or_fail(&what)?
     };
     if json {
         output::json_pretty(&rep);

@@ -108,7 +108,8 @@ pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
 
 impl StoreAnswer for Gc {
     fn answer(&self, store: &Store) -> Result<GcReply> {
-        let r = store.gc_online(self.dry_run, Duration::from_secs(self.grace))?;
+        let r = crate::store::check::Checker::new(store)
+            .gc_online(self.dry_run, Duration::from_secs(self.grace))?;
         Ok(GcReply {
             dry_run: r.dry_run,
             blobs: r.blobs,

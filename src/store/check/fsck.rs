@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Store {
+impl Checker<'_> {
     /// Check the store; with `repair`, fix what can be fixed (needs a writable store).
     pub fn fsck(
         &self,
@@ -11,10 +11,10 @@ impl Store {
         mut progress: impl FnMut(&Progress),
     ) -> Result<FsckReport> {
         if repair {
-            self.writable()?;
+            self.s.writable()?;
         }
         let mut s = self.scan(&mut progress)?;
-        let root = self.root();
+        let root = self.s.root();
         let mut rep = FsckReport {
             nodes: s.nodes.len() as u64,
             trash: s.trash.len() as u64,
@@ -317,16 +317,17 @@ impl Store {
         let chunks = |content: &Content| match content {
             Content::Empty | Content::Inline(_) => Some(Vec::new()),
             Content::Chunks(v) => Some(v.clone()),
-            Content::Manifest(h) => manifest_on_disk(&*self.blobs, h).ok(),
+            Content::Manifest(h) => manifest_on_disk(&*self.s.blobs, h).ok(),
         };
         let chunk_whole = |c: &ChunkRef| {
-            self.blobs
+            self.s
+                .blobs
                 .read_verified(&c.hash)
                 .is_ok_and(|d| d.len() == c.len as usize)
         };
         let whole =
             |rec: &NodeRecord| chunks(&rec.content).is_some_and(|l| l.iter().all(chunk_whole));
-        let cur = self.records.read(id)?;
+        let cur = self.s.records.read(id)?;
         // The current chunks that are whole, each read once.
         let list = chunks(&cur.content);
         let kept: Vec<ChunkRef> = list
@@ -338,7 +339,7 @@ impl Store {
         if list.as_ref().is_some_and(|l| l.len() == kept.len()) {
             if cur.status == Status::IntegrityError {
                 // Marked by a verification that failed then; every blob verifies now.
-                self.records.update(id, |r| {
+                self.s.records.update(id, |r| {
                     r.status = Status::Consistent;
                     Ok(())
                 })?;
@@ -346,7 +347,7 @@ impl Store {
             }
             return Ok("whole again (repaired with another problem of this file)".into());
         }
-        let revisions = self.revisions(id)?;
+        let revisions = self.s.revisions(id)?;
         let newest_whole = revisions.iter().rev().find(|(_, r)| whole(r));
         let (content, size, stored, mtime, what) = match newest_whole {
             Some((stamp, r)) => (
@@ -362,7 +363,7 @@ impl Store {
                 let all = list.map_or(0, |l| l.len());
                 let lost = all - kept.len();
                 let stored = kept.iter().map(|c| c.len as u64).sum();
-                let content = chunks_content(kept, |b| self.blobs.put(b, true))?;
+                let content = chunks_content(kept, |b| self.s.blobs.put(b, true))?;
                 (
                     content,
                     cur.size,
@@ -372,7 +373,7 @@ impl Store {
                 )
             }
         };
-        self.records.update(id, |r| {
+        self.s.records.update(id, |r| {
             r.content = content;
             r.size = size;
             r.stored = stored;
@@ -404,7 +405,7 @@ impl Store {
                 Action::None => continue,
                 Action::RemovePath(p) => remove_any(&p).ctx(|| format!("remove {}", p.display())),
                 Action::RemoveNode(id, is_dir) => {
-                    let p = self.layout.node_path(id);
+                    let p = self.s.layout.node_path(id);
                     if is_dir {
                         fs::remove_dir(&p)
                     } else {
@@ -422,6 +423,7 @@ impl Store {
                     self.write_fresh(id, is_dir, nlink, hint, n.uid, n.gid)
                 }
                 Action::SetNlink(id, nl) => self
+                    .s
                     .records
                     .update(id, |r| {
                         r.nlink = nl;
@@ -432,6 +434,7 @@ impl Store {
                     .roll_back(id)
                     .map(|what| problems[i].detail.push_str(&format!("; {what}"))),
                 Action::SetHints(id, p, name) => self
+                    .s
                     .records
                     .update(id, |r| {
                         r.parent = Some(p);
@@ -440,7 +443,7 @@ impl Store {
                     })
                     .map(|_| ()),
                 Action::Retrash(id, nanos) => {
-                    let link = self.layout.trash().join(format!("{nanos}.{id}"));
+                    let link = self.s.layout.trash().join(format!("{nanos}.{id}"));
                     let target = Layout::trash_target(id);
                     // A link that points wrong is replaced.
                     if fs::symlink_metadata(&link).is_ok() {
@@ -476,13 +479,13 @@ impl Store {
                     }
                     match std::os::unix::fs::symlink(
                         Layout::entry_target(id),
-                        self.entry_path(lf, OsStr::new(&name)),
+                        self.s.entry_path(lf, OsStr::new(&name)),
                     ) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(Error::io(format!("bind {name} in lost+found"), e)),
                     }
-                    self.records.update(id, |r| {
+                    self.s.records.update(id, |r| {
                         r.nlink = nlink;
                         r.parent = Some(lf);
                         r.name = name.as_bytes().to_vec();
@@ -490,7 +493,7 @@ impl Store {
                         Ok(())
                     })?;
                     if is_dir {
-                        self.records.update(lf, |r| {
+                        self.s.records.update(lf, |r| {
                             r.nlink += 1;
                             Ok(())
                         })?;
@@ -509,10 +512,10 @@ impl Store {
 
     /// Find or create `/lost+found`.
     pub(super) fn lost_found(&self) -> Result<NodeId> {
-        let root = self.root();
-        match self.lookup(root, OsStr::new(LOST_FOUND)) {
+        let root = self.s.root();
+        match self.s.lookup(root, OsStr::new(LOST_FOUND)) {
             Ok(id) => {
-                if self.records.read(id)?.kind != Kind::Dir {
+                if self.s.records.read(id)?.kind != Kind::Dir {
                     return Err(Error::NotDir);
                 }
                 Ok(id)
@@ -526,7 +529,7 @@ impl Store {
                     rdev: 0,
                     target: vec![],
                 };
-                Ok(self.create(root, OsStr::new(LOST_FOUND), new)?.0)
+                Ok(self.s.create(root, OsStr::new(LOST_FOUND), new)?.0)
             }
             Err(e) => Err(e),
         }
@@ -544,22 +547,22 @@ impl Store {
         uid: u32,
         gid: u32,
     ) -> Result<()> {
-        self.writable()?;
-        let _g = self.records.stripe(id).lock();
+        self.s.writable()?;
+        let _g = self.s.records.stripe(id).lock();
         // The kind the id carries, where it fits the node file (listings report it).
         let kind = match id.kind_hint() {
             Some(k) if (k == Kind::Dir) == is_dir => k,
             _ if is_dir => Kind::Dir,
             _ => Kind::File,
         };
-        let mode = if id == self.root() {
+        let mode = if id == self.s.root() {
             0o755
         } else if is_dir {
             0o700
         } else {
             0o600
         };
-        let mut rec = NodeRecord::new(kind, mode, uid, gid, self.ino_of(id));
+        let mut rec = NodeRecord::new(kind, mode, uid, gid, self.s.ino_of(id));
         rec.nlink = nlink;
         if let Some((p, n)) = hint {
             rec.parent = Some(p);
@@ -568,6 +571,6 @@ impl Store {
         // Versions only need to increase from here on; a fresh record starts high so a
         // stale reader's CAS cannot match it.
         rec.version = 1 << 32;
-        self.records.write(id, &rec, true)
+        self.s.records.write(id, &rec, true)
     }
 }

@@ -3,21 +3,21 @@
 
 use super::*;
 
-impl Store {
+impl Checker<'_> {
     /// `gc` on a store this process serves (through the daemon): the filesystem keeps
     /// running, so blobs are freed with the sweep's protocol (a blob a writer reuses
     /// while we look is kept) and blobs of open write sessions count as referenced.
     /// Refuses, like `gc`, while any record cannot be read.
     pub fn gc_online(&self, dry_run: bool, grace: Duration) -> Result<GcReport> {
         if !dry_run {
-            self.writable()?;
+            self.s.writable()?;
         }
         let since = std::time::SystemTime::now();
         let mut referenced: HashSet<Hash> = HashSet::new();
-        for id in self.node_ids()? {
+        for id in self.s.node_ids()? {
             // A manifest that cannot be read hides which chunks are in use.
             let strict = |rec: &NodeRecord| -> Result<()> {
-                self.chunk_list(&rec.content).map(|_| ()).map_err(|e| {
+                self.s.chunk_list(&rec.content).map(|_| ()).map_err(|e| {
                 Error::Integrity {
                     what: "the store's manifests".into(),
                     detail: format!(
@@ -26,23 +26,23 @@ impl Store {
                 }
             })
             };
-            if let Some(rec) = self.record_naming_blobs(id)? {
+            if let Some(rec) = self.s.record_naming_blobs(id)? {
                 strict(&rec)?;
-                referenced.extend(self.blob_refs(id, &rec));
+                referenced.extend(self.s.blob_refs(id, &rec));
             }
-            for (_, r) in self.revisions(id)? {
+            for (_, r) in self.s.revisions(id)? {
                 strict(&r)?;
-                referenced.extend(self.blob_refs(id, &r));
+                referenced.extend(self.s.blob_refs(id, &r));
             }
         }
-        referenced.extend(self.session_blobs());
+        referenced.extend(self.s.session_blobs());
         let mut rep = GcReport {
             dry_run,
             ..Default::default()
         };
         let mut cands = Vec::new();
         let mut sizes = HashMap::new();
-        self.blobs.list(&mut |item| {
+        self.s.blobs.list(&mut |item| {
             let Listed::Blob { hash, len, written } = item else {
                 return;
             };
@@ -65,9 +65,9 @@ impl Store {
             rep.deleted_hashes = cands.iter().map(hash_hex).collect();
             return Ok(rep);
         }
-        rep.bytes_freed = self.sweep(cands.clone(), since)?;
+        rep.bytes_freed = self.s.sweep(cands.clone(), since)?;
         for h in cands {
-            if !self.blobs.exists(&h) {
+            if !self.s.blobs.exists(&h) {
                 rep.deleted += 1;
                 rep.deleted_hashes.push(hash_hex(&h));
             }
@@ -78,7 +78,7 @@ impl Store {
     /// Delete blobs no record names and older than `grace`.
     pub fn gc(&self, dry_run: bool, grace: Duration) -> Result<GcReport> {
         if !dry_run {
-            self.writable()?;
+            self.s.writable()?;
         }
         let s = self.scan(&mut |_| {})?;
         let (need, bad, _) = self.needed_blobs(&s);
@@ -108,7 +108,7 @@ impl Store {
                 rep.kept_young += 1;
                 continue;
             }
-            let p = self.layout.blob_path(&hash_hex(h));
+            let p = self.s.layout.blob_path(&hash_hex(h));
             if !dry_run {
                 match fs::remove_file(&p) {
                     Ok(()) => {}
@@ -121,7 +121,7 @@ impl Store {
             rep.deleted_hashes.push(hash_hex(h));
         }
         if !dry_run {
-            self.blobs.drop_cache();
+            self.s.blobs.drop_cache();
         }
         Ok(rep)
     }

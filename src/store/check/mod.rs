@@ -297,19 +297,28 @@ fn pid_alive(pid: i32) -> bool {
     !super::lock::process_gone(pid)
 }
 
-impl Store {
-    /// Open a store for checking: like [`Store::open`], but a root with an unreadable
-    /// record does not prevent it (fsck is what repairs that).
-    pub fn open_for_check(path: &Path, read_only: bool) -> Result<Store> {
-        let layout = Layout::new(path);
-        let format = layout.read_format()?;
-        let lock = if read_only {
-            None
-        } else {
-            Some(StoreLock::acquire(&layout)?)
-        };
-        let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
-        super::replay_fsync_logs(&layout, &blobs, lock.is_some())?;
-        Ok(Store::assemble(layout, format, blobs, read_only, lock))
+/// The checks of one store: fsck, scrub and gc, each from one read-only scan.
+pub struct Checker<'a> {
+    s: &'a Store,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(s: &'a Store) -> Checker<'a> {
+        Checker { s }
     }
+}
+
+/// Open a store for checking: like [`Store::open`], but a root with an unreadable
+/// record does not prevent it (fsck is what repairs that).
+pub fn open(path: &Path, read_only: bool) -> Result<Store> {
+    let layout = Layout::new(path);
+    let format = layout.read_format()?;
+    let lock = if read_only {
+        None
+    } else {
+        Some(StoreLock::acquire(&layout)?)
+    };
+    let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
+    super::replay_fsync_logs(&layout, &blobs, lock.is_some())?;
+    Ok(Store::assemble(layout, format, blobs, read_only, lock))
 }

@@ -50,7 +50,7 @@ pub(super) struct Scan {
     pub(super) unknown_refs: bool,
 }
 
-impl Store {
+impl Checker<'_> {
     /// Read a node's record straight from its file: the record and its spill blob.
     pub(super) fn check_read_record(
         &self,
@@ -78,7 +78,7 @@ impl Store {
     ) {
         match unframe(id, value) {
             Ok(Stored::Inline(r)) => (Ok(r), None),
-            Ok(Stored::InBlob(h)) => match self.blobs.read_verified(&h) {
+            Ok(Stored::InBlob(h)) => match self.s.blobs.read_verified(&h) {
                 Ok(body) => (
                     decode_body(id, &body).map_err(|e| Some(e.to_string())),
                     Some(h),
@@ -98,7 +98,7 @@ impl Store {
         let now = SystemTime::now();
         let mut s = Scan::default();
         let rel = |p: &Path| -> String {
-            p.strip_prefix(&self.layout.root)
+            p.strip_prefix(&self.s.layout.root)
                 .unwrap_or(p)
                 .display()
                 .to_string()
@@ -115,7 +115,7 @@ impl Store {
 
         // 1. Every node file: nodes/ab/cd/<uuid>.
         let mut done = 0u64;
-        for a in read_dir_sorted(&self.layout.nodes())? {
+        for a in read_dir_sorted(&self.s.layout.nodes())? {
             let an = a.file_name().to_string_lossy().into_owned();
             if !is_hex(&an, 2) || !a.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 stray(&mut s, &a.path(), "not a node shard directory");
@@ -187,7 +187,7 @@ impl Store {
                     done: i as u64 + 1,
                 });
             }
-            let dpath = self.layout.node_path(*dir);
+            let dpath = self.s.layout.node_path(*dir);
             let mut list = Vec::new();
             for e in read_dir_sorted(&dpath)? {
                 let p = e.path();
@@ -233,7 +233,7 @@ impl Store {
         }
 
         // 3. The trash.
-        for t in read_dir_sorted(&self.layout.trash())? {
+        for t in read_dir_sorted(&self.s.layout.trash())? {
             let name = t.file_name().to_string_lossy().into_owned();
             let parsed = name.split_once('.').and_then(|(nanos, u)| {
                 nanos.parse::<i128>().ok()?;
@@ -275,7 +275,7 @@ impl Store {
         }
 
         // 4. Paths: from the root, then from trashed nodes, then from orphans.
-        let root = self.root();
+        let root = self.s.root();
         if !s.nodes.contains_key(&root) {
             return Err(Error::CorruptRecord {
                 node: root.to_string(),
@@ -331,7 +331,7 @@ impl Store {
         }
 
         // 5. Revisions: revisions/<uuid>/<nanos>.
-        let rdir = self.layout.revisions();
+        let rdir = self.s.layout.revisions();
         for d in read_dir_sorted(&rdir)? {
             let name = d.file_name().to_string_lossy().into_owned();
             let id = match Uuid::parse_str(&name) {
@@ -385,7 +385,7 @@ impl Store {
         // 6. Blobs, and what is in their area that is not a blob.
         let mut nblobs = 0u64;
         let mut strays = Vec::new();
-        self.blobs.list(&mut |item| match item {
+        self.s.blobs.list(&mut |item| match item {
             Listed::Blob { hash, len, written } => {
                 // A blob's age is its mtime: the time its bytes were written.
                 let age = now.duration_since(written).unwrap_or(Duration::ZERO);
@@ -407,7 +407,7 @@ impl Store {
 
         // 7. Staging: blob and revision files and spare directories of sessions that no
         // longer run, pid files of dead mounts.
-        for e in read_dir_sorted(&self.layout.sessions())? {
+        for e in read_dir_sorted(&self.s.layout.sessions())? {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(rest) = name
                 .strip_prefix("blob.")
@@ -418,7 +418,7 @@ impl Store {
                 let mine = pid == Some(std::process::id() as i32);
                 if name.ends_with(".tmp")
                     && !mine
-                    && (!self.read_only() || !pid.map(pid_alive).unwrap_or(false))
+                    && (!self.s.read_only() || !pid.map(pid_alive).unwrap_or(false))
                 {
                     s.stale_staging.push(e.path());
                 }
@@ -474,7 +474,7 @@ impl Store {
                         .push((who.clone(), owner.clone()));
                     let list = manifests
                         .entry(*h)
-                        .or_insert_with(|| manifest_on_disk(&*self.blobs, h));
+                        .or_insert_with(|| manifest_on_disk(&*self.s.blobs, h));
                     match list {
                         Ok(v) => {
                             for c in v.iter() {
@@ -510,7 +510,7 @@ impl Store {
                 .get(&r.node)
                 .cloned()
                 .unwrap_or_else(|| r.node.to_string());
-            let path = self.layout.revisions_of(r.node).join(&r.stamp);
+            let path = self.s.layout.revisions_of(r.node).join(&r.stamp);
             add(
                 &r.rec,
                 r.spill,

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Store {
+impl Checker<'_> {
     /// Read and verify every blob any record names.
     pub fn scrub(&self, mut progress: impl FnMut(&Progress)) -> Result<ScrubReport> {
         let s = self.scan(&mut progress)?;
@@ -35,7 +35,7 @@ impl Store {
                     done: rep.blobs_checked,
                 });
             }
-            let res = self.blobs.read_verified(h);
+            let res = self.s.blobs.read_verified(h);
             let why = match res {
                 Ok(d) => {
                     rep.bytes_checked += d.len() as u64;
@@ -62,9 +62,9 @@ impl Store {
                 used_by,
             });
         }
-        if !self.read_only() {
+        if !self.s.read_only() {
             for id in to_mark {
-                let marked = self.records.update(id, |r| {
+                let marked = self.s.records.update(id, |r| {
                     if r.status == Status::IntegrityError {
                         return Err(Error::Exists); // nothing to change
                     }
@@ -76,7 +76,7 @@ impl Store {
                 }
             }
         }
-        self.blobs.drop_cache();
+        self.s.blobs.drop_cache();
         rep.damaged_paths = paths.into_iter().collect();
         rep.exit_code = if rep.damaged.is_empty() && rep.unreadable_records.is_empty() {
             EXIT_CLEAN

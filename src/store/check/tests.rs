@@ -14,9 +14,11 @@ fn fresh_store_is_clean_and_gc_keeps_referenced() {
     let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
     s.write(id, 0, &vec![3u8; 200_000]).unwrap();
     s.write(id, 0, &vec![4u8; 200_000]).unwrap(); // old content kept as a revision
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, 0, "{:?}", r.problems);
-    let g = s.gc(false, Duration::ZERO).unwrap();
+    let g = Checker::new(&s).gc(false, Duration::ZERO).unwrap();
     assert_eq!(g.deleted, 0);
     assert!(g.referenced >= 2);
 }
@@ -29,13 +31,13 @@ fn online_gc_passes_nodes_without_record() {
     // A node the instant after create: its file exists, its record not yet.
     let young = NodeId::new_near(s.root(), Kind::File);
     fs::write(s.layout.node_path(young), b"").unwrap();
-    let g = s.gc_online(false, Duration::ZERO).unwrap();
+    let g = Checker::new(&s).gc_online(false, Duration::ZERO).unwrap();
     assert_eq!(g.deleted, 0, "{g:?}");
     assert!(g.referenced >= 1);
     // A record that is there but garbage still stops gc.
     xattr::set(s.layout.node_path(young), RECORD_XATTR, b"garbage").unwrap();
     assert!(matches!(
-        s.gc_online(false, Duration::ZERO),
+        Checker::new(&s).gc_online(false, Duration::ZERO),
         Err(Error::Integrity { .. })
     ));
 }
@@ -51,12 +53,16 @@ fn record_kind_must_match_the_id() {
     };
     let id = s.create(s.root(), OsStr::new("p"), fifo).unwrap().0;
     assert_eq!(id.kind_hint(), Some(Kind::Fifo));
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, 0, "{:?}", r.problems);
     let mut rec = s.records.read(id).unwrap();
     rec.kind = Kind::File;
     s.records.write(id, &rec, true).unwrap();
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, 4, "{:?}", r.problems);
     assert!(r
         .problems
@@ -64,7 +70,7 @@ fn record_kind_must_match_the_id() {
         .any(|p| p.code == "kind_mismatch" && p.path == "/p"));
     // A lost record comes back as a fifo.
     xattr::remove(s.layout.node_path(id), RECORD_XATTR).unwrap();
-    let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, 1, "{:?}", r.problems);
     assert_eq!(s.records.read(id).unwrap().kind, Kind::Fifo);
 }
@@ -74,14 +80,18 @@ fn orphan_is_adopted_and_nlink_fixed() {
     let (_d, s) = scratch();
     let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
     fs::remove_file(s.entry_path(s.root(), OsStr::new("f"))).unwrap();
-    let r = s.fsck(false, Duration::from_secs(3600), |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::from_secs(3600), |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, 0);
     assert_eq!(r.young_orphans, 1);
-    let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, 1, "{:?}", r.problems);
     let lf = s.lookup(s.root(), OsStr::new(LOST_FOUND)).unwrap();
     assert_eq!(s.lookup(lf, OsStr::new(&id.to_string())).unwrap(), id);
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, 0, "{:?}", r.problems);
 }
 
@@ -92,7 +102,9 @@ fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_referenc
     s.write(id, 0, &vec![5u8; 100_000]).unwrap();
     let h = Store::record_hashes(&s.records.read(id).unwrap())[0];
     fs::remove_file(s.local.path_of(&h)).unwrap();
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT);
     assert!(r
         .problems
@@ -100,7 +112,7 @@ fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_referenc
         .any(|p| p.code == "missing_blob" && p.path == "/f" && !p.repaired));
     // Repaired: no earlier content to go back to, so the lost chunk reads as zeros
     // (as ext4 shows data a power cut lost) and the whole one is kept.
-    let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
     assert!(
         r.problems.iter().any(|p| p.code == "missing_blob"
@@ -114,13 +126,15 @@ fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_referenc
     want.resize(100_000, 5);
     assert_eq!(s.read(id, 0, 200_000).unwrap(), want);
     assert_eq!(s.stat(id).unwrap().size, 100_000);
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
     // A garbage record: which blobs it names is unknown, so gc deletes nothing.
     let g = s.create(s.root(), OsStr::new("g"), file()).unwrap().0;
     xattr::set(s.layout.node_path(g), RECORD_XATTR, b"garbage!!").unwrap();
     assert!(matches!(
-        s.gc(false, Duration::ZERO),
+        Checker::new(&s).gc(false, Duration::ZERO),
         Err(Error::Integrity { .. })
     ));
 }
@@ -140,7 +154,9 @@ fn a_revision_with_a_lost_blob_is_dropped() {
     let h = Store::record_hashes(&revs[1].1)[0];
     fs::remove_file(s.local.path_of(&h)).unwrap();
     s.blobs.drop_cache();
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT, "{:?}", r.problems);
     let at = format!("revision {} of /f", revs[1].0);
     assert!(
@@ -150,7 +166,7 @@ fn a_revision_with_a_lost_blob_is_dropped() {
         "{:?}",
         r.problems
     );
-    let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
     assert!(r.problems.iter().all(|p| p.repaired), "{:?}", r.problems);
     let left = s.revisions(id).unwrap();
@@ -158,7 +174,9 @@ fn a_revision_with_a_lost_blob_is_dropped() {
     assert_eq!(left[0].0, revs[0].0, "the whole revision is kept");
     assert_eq!(s.read_content(id, &left[0].1).unwrap(), vec![4u8; 90_000]);
     assert_eq!(s.read(id, 0, 200_000).unwrap(), vec![6u8; 110_000]);
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
 }
 
@@ -171,12 +189,16 @@ fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
     let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
     s.write(id, 0, &vec![5u8; 100_000]).unwrap();
     s.write(id, 0, &vec![6u8; 120_000]).unwrap(); // the first kept as a revision
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
     let h = Store::record_hashes(&s.records.read(id).unwrap())[0];
     fs::File::create(s.local.path_of(&h)).unwrap(); // the first 64 KiB chunk, now empty
     s.blobs.drop_cache();
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, EXIT_PROBLEMS_LEFT, "{:?}", r.problems);
     assert!(
         r.problems.iter().any(|p| p.code == "damaged_blob"
@@ -186,9 +208,9 @@ fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
         "{:?}",
         r.problems
     );
-    let sc = s.scrub(|_| {}).unwrap();
+    let sc = Checker::new(&s).scrub(|_| {}).unwrap();
     assert_eq!(sc.damaged_paths, vec!["/f".to_string()]);
-    let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
     // The blob's problem and the mark scrub set: one roll back repairs both.
     assert!(r.problems.iter().all(|p| p.repaired), "{:?}", r.problems);
@@ -203,7 +225,9 @@ fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
         r.problems
     );
     assert_eq!(s.read(id, 0, 200_000).unwrap(), vec![5u8; 100_000]);
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
 }
 
@@ -216,12 +240,14 @@ fn interrupted_trashing_goes_back_to_the_trash() {
     for e in fs::read_dir(s.layout.trash()).unwrap() {
         fs::remove_file(e.unwrap().path()).unwrap();
     }
-    let r = s.fsck(true, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
     let links: Vec<_> = fs::read_dir(s.layout.trash()).unwrap().collect();
     assert_eq!(links.len(), 1);
     assert!(s.lookup(s.root(), OsStr::new(LOST_FOUND)).is_err());
-    let r = s.fsck(false, Duration::ZERO, |_| {}).unwrap();
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
     assert_eq!(s.records.read(id).unwrap().nlink, 0);
 }

@@ -209,7 +209,9 @@ fn reopen_and_check(p: &Path, id: NodeId, want: &[u8]) -> Store {
     let s = Store::open(p, OpenOptions::default()).unwrap();
     same(&read_all(&s, id), want, "the fsynced bytes, no others");
     assert_eq!(s.records.read(id).unwrap().size, want.len() as u64);
-    let rep = s.fsck(false, std::time::Duration::ZERO, |_| {}).unwrap();
+    let rep = crate::store::check::Checker::new(&s)
+        .fsck(false, std::time::Duration::ZERO, |_| {})
+        .unwrap();
     assert!(rep.problems.is_empty(), "{:?}", rep.problems);
     s
 }
@@ -471,7 +473,9 @@ fn random_streams_replay_to_the_last_commit_or_fsync() {
         crash(s);
         let s = Store::open(&p, OpenOptions::default()).unwrap();
         same(&read_all(&s, id), &expect, &format!("seed {seed}"));
-        let rep = s.fsck(false, std::time::Duration::ZERO, |_| {}).unwrap();
+        let rep = crate::store::check::Checker::new(&s)
+            .fsck(false, std::time::Duration::ZERO, |_| {})
+            .unwrap();
         assert!(rep.problems.is_empty(), "seed {seed}: {:?}", rep.problems);
     }
 }
