@@ -149,11 +149,17 @@ pub fn json_pretty<T: Serialize>(v: &T) {
     line(&serde_json::to_string_pretty(v).expect("reports serialize"));
 }
 
-/// stdout failed: a reader that hung up ends the command (exit 0); anything else is
-/// reported (exit 1).
+/// What a command exits with when its reader hung up: what a shell reports for a
+/// process that SIGPIPE killed (128 + 13), as `cat` or `ls` would end in `| head`. Not 0:
+/// the command did not finish its output, and `fsck | head` must not look clean to a
+/// script with `pipefail`. SIGPIPE itself stays ignored (the daemon is this binary).
+pub const EXIT_PIPE_CLOSED: i32 = 128 + libc::SIGPIPE;
+
+/// stdout failed: a reader that hung up ends the command quietly (`EXIT_PIPE_CLOSED`);
+/// anything else is reported (exit 1).
 fn stdout_failed(e: io::Error) -> ! {
     if e.kind() == io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+        std::process::exit(EXIT_PIPE_CLOSED);
     }
     print_report(
         &Report::of(

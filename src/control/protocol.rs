@@ -527,7 +527,13 @@ pub fn decode_reply<T: DeserializeOwned>(line: &str) -> Result<T, Report> {
     let bad = |e: serde_json::Error| Report::reply(&Error::Daemon(format!("bad reply: {e}")));
     let v: Value = serde_json::from_str(line).map_err(bad)?;
     if v.get("code").is_some_and(Value::is_string) {
-        return Err(serde_json::from_value::<Report>(v).map_err(bad)?);
+        let mut rep = serde_json::from_value::<Report>(v).map_err(bad)?;
+        // Earlier builds' daemons replied {error, code, suggestion}: their error is the
+        // reason, which the CLI's own `what` would otherwise replace.
+        if rep.reason.is_empty() {
+            rep.reason = rep.what.clone();
+        }
+        return Err(rep);
     }
     serde_json::from_value(v).map_err(bad)
 }
@@ -536,6 +542,20 @@ pub fn decode_reply<T: DeserializeOwned>(line: &str) -> Result<T, Report> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An earlier build's daemon replied `{error, code, suggestion}`: the CLI's line
+    /// still says why, not `cannot ...:  [code: ...]`.
+    #[test]
+    fn an_earlier_daemons_error_keeps_its_reason() {
+        let line = r#"{"error":"no space left on the store's disk","code":"no_space","suggestion":"free space"}"#;
+        let rep = decode_reply::<Value>(line)
+            .unwrap_err()
+            .with_what("cannot list the trash");
+        assert_eq!(
+            rep.to_string(),
+            "cannot list the trash: no space left on the store's disk [code: no_space] free space"
+        );
+    }
 
     #[test]
     fn requests_keep_the_wire_of_earlier_builds() {
