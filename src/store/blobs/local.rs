@@ -547,12 +547,8 @@ impl BlobStore for LocalBlobs {
             self.seq.fetch_add(1, Ordering::Relaxed)
         ));
         let res = (|| {
-            let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-            f.write_all(data)
-                .and_then(|()| f.sync_all())
-                .ctx(|| format!("write {}", tmp.display()))?;
-            fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
-            sync_dir(dir)
+            fs::write(&tmp, data).ctx(|| format!("write {}", tmp.display()))?;
+            fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))
         })();
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -566,10 +562,15 @@ impl BlobStore for LocalBlobs {
     /// at or after `since`, else freed (its file recycled for a later `put`).
     fn delete(&self, hash: &Hash, since: SystemTime) -> Result<Deleted> {
         let path = self.path_of(hash);
-        let doomed = self
-            .layout
-            .sessions()
-            .join(format!("doomed.{}", hash_hex(hash)));
+        // A name of its own: two sweeps (the daemon's and an online gc) may delete the
+        // same hash at once, and one must never move aside, then free, the copy a writer
+        // put again after the other moved the old one aside.
+        let doomed = self.layout.sessions().join(format!(
+            "doomed.{}.{}.{}.tmp",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            hash_hex(hash)
+        ));
         match fs::rename(&path, &doomed) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Deleted::Absent),
@@ -590,7 +591,11 @@ impl BlobStore for LocalBlobs {
     }
 
     fn list(&self, visit: &mut dyn FnMut(Listed)) -> Result<()> {
-        let shards = fs::read_dir(self.layout.blobs()).ctx(|| "read blobs".into())?;
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let shards = match fs::read_dir(self.layout.blobs()) {
+            Err(e) if gone(&e) => return Ok(()), // no blob yet
+            r => r.ctx(|| "read blobs".into())?,
+        };
         for a in shards {
             let a = a.ctx(|| "read blobs".into())?;
             let an = a.file_name().to_string_lossy().into_owned();
@@ -602,12 +607,17 @@ impl BlobStore for LocalBlobs {
                 continue;
             }
             let what = || format!("read {}", a.path().display());
-            for b in fs::read_dir(a.path()).ctx(what)? {
+            let entries = match fs::read_dir(a.path()) {
+                Err(e) if gone(&e) => continue, // removed meanwhile
+                r => r.ctx(what)?,
+            };
+            for b in entries {
                 let b = b.ctx(what)?;
                 let bn = b.file_name().to_string_lossy().into_owned();
                 let md = match fs::symlink_metadata(b.path()) {
                     Ok(md) => md,
-                    Err(_) => continue, // deleted meanwhile
+                    Err(e) if gone(&e) => continue, // deleted meanwhile
+                    Err(e) => return Err(Error::io(format!("stat {}", b.path().display()), e)),
                 };
                 match parse_hash(&bn) {
                     Some(hash) if bn.starts_with(&an) && md.is_file() => visit(Listed::Blob {

@@ -104,8 +104,9 @@ pub trait BlobStore: Send + Sync {
     fn read_verified(&self, hash: &Hash) -> std::result::Result<Vec<u8>, Fault>;
     /// Is the blob there (not verified)?
     fn exists(&self, hash: &Hash) -> bool;
-    /// Write `data` unless a good copy is in place (repairs a missing or damaged one);
-    /// durable on return. Returns whether it wrote.
+    /// Write `data` unless a good copy is in place (repairs a missing or damaged one).
+    /// Not durable on return: the caller syncs once after many (replay ends with a
+    /// syncfs). Returns whether it wrote.
     fn restore(&self, data: &[u8]) -> Result<bool>;
     /// Delete a blob no record names, unless it was written or reused at or after
     /// `since` (a writer deduplicated onto it meanwhile): moved aside first, then

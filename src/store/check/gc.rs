@@ -2,6 +2,7 @@
 //! through the batched sweep's rename-aside delete.
 
 use super::*;
+use crate::store::blobs::Deleted;
 
 impl Checker<'_> {
     /// `gc` on a store this process serves (through the daemon): the filesystem keeps
@@ -80,6 +81,7 @@ impl Checker<'_> {
         if !dry_run {
             self.s.writable()?;
         }
+        let since = std::time::SystemTime::now();
         let s = self.scan(&mut |_| {})?;
         let (need, bad, _) = self.needed_blobs(&s);
         let unreadable = s.nodes.values().any(|n| matches!(n.rec, Err(Some(_))));
@@ -108,16 +110,16 @@ impl Checker<'_> {
                 rep.kept_young += 1;
                 continue;
             }
-            let p = self.s.layout.blob_path(&hash_hex(h));
-            if !dry_run {
-                match fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io(format!("remove {}", p.display()), e)),
+            let freed = if dry_run {
+                *size
+            } else {
+                match self.s.blobs.delete(h, since)? {
+                    Deleted::Freed(n) => n,
+                    Deleted::Reused | Deleted::Absent => continue,
                 }
-            }
+            };
             rep.deleted += 1;
-            rep.bytes_freed += size;
+            rep.bytes_freed += freed;
             rep.deleted_hashes.push(hash_hex(h));
         }
         if !dry_run {
