@@ -11,7 +11,7 @@
 //!   changes).
 //! - [`store`]: the truth on disk (nodes, entries, blobs, sessions); enforces the
 //!   invariants of docs/DESIGN.md.
-//! - [`host`], [`jsonpath`]: small helpers with no dependencies in the crate.
+//! - [`host`], [`jsonpath`], [`panics`]: small helpers with no dependencies in the crate.
 
 pub mod control;
 pub mod daemon;
@@ -19,4 +19,5 @@ pub mod fuse;
 pub mod host;
 pub mod index;
 pub mod jsonpath;
+pub mod panics;
 pub mod store;

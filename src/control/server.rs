@@ -7,7 +7,6 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -69,15 +68,10 @@ pub fn reply_to(line: &str, handler: &Handler) -> String {
         Err(rep) => return encode_reply::<()>(&Err(rep)),
     };
     let cmd = req.name();
-    match catch_unwind(AssertUnwindSafe(|| handler(req))) {
+    match crate::panics::catch(|| handler(req)) {
         Ok(Ok(reply)) => reply,
         Ok(Err(rep)) => encode_reply::<()>(&Err(rep)),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
+        Err(msg) => {
             log::error!("control: request {cmd} panicked: {msg}; answered internal_error");
             encode_reply::<()>(&Err(Report::internal(format!(
                 "the daemon failed answering {cmd}: {msg}"

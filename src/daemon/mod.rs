@@ -28,6 +28,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::control::{self, Report};
 use crate::fuse::DecoFs;
 use crate::host::mount_at;
+use crate::panics;
 use crate::store::error::IoContext;
 use crate::store::{Error, OpenOptions, Result, Stale, Store};
 
@@ -310,32 +311,53 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
         loop {
             std::thread::sleep(Duration::from_secs(1));
             let Some(st) = store.upgrade() else { return };
+            // A panic in one step is logged and the next round tries again.
+            let contained = |what: &str, r: std::result::Result<(), String>| {
+                if let Err(why) = r {
+                    log::error!("maintenance: {what} panicked ({why}); the next round tries again");
+                }
+            };
             // Directory times deferred by creates and unlinks (Store::touch_dir_times).
-            if let Err(e) = st.records.flush_deferred() {
-                log::warn!("directory times: {e}");
-            }
+            contained(
+                "directory times",
+                panics::catch(|| {
+                    if let Err(e) = st.records.flush_deferred() {
+                        log::warn!("directory times: {e}");
+                    }
+                }),
+            );
             // Each sweep scans every record for references: sweep at most every 2 s,
             // and on a store big enough for a scan to take long, wait ten times the
             // last scan, so sweeping takes at most a tenth of one core.
             if Instant::now() >= next_sweep {
                 let t = Instant::now();
-                if let Err(e) = st.run_pending_sweep() {
-                    log::warn!("sweep: {e}");
-                }
+                contained(
+                    "sweep",
+                    panics::catch(|| {
+                        if let Err(e) = st.run_pending_sweep() {
+                            log::warn!("sweep: {e}");
+                        }
+                    }),
+                );
                 next_sweep = Instant::now() + Duration::from_secs(2).max(t.elapsed() * 10);
             }
             if tick.is_multiple_of(60) {
-                match st.expire() {
-                    Ok(r) if r.nodes + r.revisions > 0 => log::info!(
-                        "retention: purged {} trashed node(s), {} revision(s); the next sweep frees their space",
-                        r.nodes,
-                        r.revisions
-                    ),
-                    Ok(_) => {}
-                    Err(e) => log::warn!("retention: {e}"),
-                }
+                contained("retention", panics::catch(|| expire(&st)));
             }
             tick += 1;
         }
     });
+}
+
+/// Apply the retention policy, saying what it purged.
+fn expire(st: &Store) {
+    match st.expire() {
+        Ok(r) if r.nodes + r.revisions > 0 => log::info!(
+            "retention: purged {} trashed node(s), {} revision(s); the next sweep frees their space",
+            r.nodes,
+            r.revisions
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("retention: {e}"),
+    }
 }

@@ -358,12 +358,7 @@ impl DecoFs {
 /// are `parking_lot`'s and do not poison, so the lock the panic held is free again and
 /// no later request inherits the failure (docs/DESIGN.md, "Panics").
 fn guard(op: &'static str, f: impl FnOnce()) {
-    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        let why = p
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
+    if let Err(why) = crate::panics::catch(f) {
         log::error!("{op}: the request panicked ({why}); answered EIO");
     }
 }
