@@ -115,7 +115,7 @@ impl Followers {
     }
 
     /// Tell the followers about a change that has happened.
-    pub fn emit(&self, ev: Event) {
+    pub(crate) fn emit(&self, ev: Event) {
         if ev.op == Op::Restore {
             // A restore (asked through the control socket, never by the kernel) binds a
             // name and changes the node's and its parent's attributes behind the kernel's
@@ -136,14 +136,14 @@ impl Followers {
     }
 
     /// The kernel's cached content and attributes of `id` are stale.
-    pub fn invalidated(&self, id: NodeId) {
+    pub(crate) fn invalidated(&self, id: NodeId) {
         if let Some(f) = self.invalidate.lock().as_ref() {
             f(Stale::Content(id));
         }
     }
 
     /// The kernel's cached attributes of `id` are stale (changed by the store itself).
-    pub fn attrs_invalidated(&self, id: NodeId) {
+    pub(crate) fn attrs_invalidated(&self, id: NodeId) {
         if let Some(f) = self.invalidate.lock().as_ref() {
             f(Stale::Attrs(id));
         }

@@ -25,7 +25,7 @@ impl Pins {
     }
 
     /// A handle of `id` closed; true if it was the last.
-    pub fn unpin(&self, id: NodeId) -> bool {
+    pub(crate) fn unpin(&self, id: NodeId) -> bool {
         let mut p = self.counts.lock();
         match p.get_mut(&id) {
             Some(n) if *n > 1 => {
@@ -45,16 +45,16 @@ impl Pins {
     }
 
     /// `id` lost its last name with no trash link: free it at its last close.
-    pub fn mark_unlinked(&self, id: NodeId) {
+    pub(crate) fn mark_unlinked(&self, id: NodeId) {
         self.unlinked_open.lock().insert(id);
     }
 
-    pub fn is_unlinked(&self, id: NodeId) -> bool {
+    pub(crate) fn is_unlinked(&self, id: NodeId) -> bool {
         self.unlinked_open.lock().contains(&id)
     }
 
     /// Take the mark of `id`: true for the one caller that is to free it.
-    pub fn take_unlinked(&self, id: NodeId) -> bool {
+    pub(crate) fn take_unlinked(&self, id: NodeId) -> bool {
         self.unlinked_open.lock().remove(&id)
     }
 }

@@ -68,7 +68,7 @@ pub struct Records {
 }
 
 impl Records {
-    pub fn new(layout: Layout, blobs: Arc<dyn BlobStore>, fence: Arc<Fence>) -> Records {
+    pub(crate) fn new(layout: Layout, blobs: Arc<dyn BlobStore>, fence: Arc<Fence>) -> Records {
         Records {
             layout,
             blobs,
@@ -88,7 +88,7 @@ impl Records {
         h.finish() as usize
     }
 
-    pub fn stripe(&self, id: NodeId) -> &Mutex<()> {
+    pub(crate) fn stripe(&self, id: NodeId) -> &Mutex<()> {
         &self.stripes[Self::id_hash(id) % STRIPES]
     }
 
@@ -179,7 +179,7 @@ impl Records {
     }
 
     /// A node's record as stored: the raw value of its xattr.
-    pub fn value(&self, id: NodeId) -> Result<Vec<u8>> {
+    pub(crate) fn value(&self, id: NodeId) -> Result<Vec<u8>> {
         match xattr::get(self.layout.node_path(id), RECORD_XATTR) {
             Ok(Some(v)) => Ok(v),
             Ok(None) => Err(Error::CorruptRecord {
@@ -201,7 +201,7 @@ impl Records {
     }
 
     /// Replace a node's record with one setxattr. Large records go to a blob first.
-    pub fn write(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
+    pub(crate) fn write(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
         let body = encode_body(rec);
         let value = if body.len() > INLINE_RECORD_LIMIT {
             let h = self.blobs.put(&body, durable)?;
@@ -279,7 +279,7 @@ impl Records {
     /// the directory, by its next change of anything else, or at a clean close. Only
     /// the times wait: a crash loses at most their last second, as it loses
     /// unsynced data. Without the record cache (no mount) the record is written now.
-    pub fn touch_dir_times(&self, dir: NodeId, now: Time) -> Result<NodeRecord> {
+    pub(crate) fn touch_dir_times(&self, dir: NodeId, now: Time) -> Result<NodeRecord> {
         let Some(sh) = self.cache_shard(dir) else {
             return self.update(dir, |r| {
                 r.mtime = now;
@@ -303,7 +303,7 @@ impl Records {
     }
 
     /// Write the deferred record of `id`, if any.
-    pub fn flush_deferred_one(&self, id: NodeId) -> Result<()> {
+    pub(crate) fn flush_deferred_one(&self, id: NodeId) -> Result<()> {
         let _g = self.stripe(id).lock();
         let Some(rec) = self.deferred.lock().get(&id).cloned() else {
             return Ok(());
