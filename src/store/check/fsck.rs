@@ -390,7 +390,7 @@ impl Checker<'_> {
     pub(super) fn apply_repairs(&self, problems: &mut [Problem], s: &Scan) {
         let rank = |a: &Action| match a {
             Action::None => 9,
-            Action::RemovePath(_) | Action::RemoveNode(..) => 0,
+            Action::RemovePath(_) | Action::RemoveNode(..) | Action::MoveBack { .. } => 0,
             Action::FreshRecord { .. } | Action::RollBack(_) => 1,
             Action::SetNlink(..) | Action::SetHints(..) => 2,
             Action::Retrash(..) => 3,
@@ -404,6 +404,12 @@ impl Checker<'_> {
             let res: Result<()> = match action {
                 Action::None => continue,
                 Action::RemovePath(p) => remove_any(&p).ctx(|| format!("remove {}", p.display())),
+                Action::MoveBack { from, to } => {
+                    let dir = to.parent().expect("blob paths have a parent");
+                    fs::create_dir_all(dir)
+                        .and_then(|()| fs::rename(&from, &to))
+                        .ctx(|| format!("move {} back", to.display()))
+                }
                 Action::RemoveNode(id, is_dir) => {
                     let p = self.s.layout.node_path(id);
                     if is_dir {

@@ -128,7 +128,8 @@ pub struct Problem {
     /// nlink_mismatch, hint_mismatch, multiply_linked_dir, orphan, unbound_node,
     /// missing_blob, damaged_blob (a blob of another length than its record says),
     /// corrupt_manifest, corrupt_revision, revision_without_node,
-    /// dangling_trash, integrity_error (a live file marked by a failed verification).
+    /// dangling_trash, integrity_error (a live file marked by a failed verification),
+    /// interrupted_sweep (a blob a sweep that died moved aside, put back).
     /// A live file whose content is lost, damaged or marked is repaired by giving it
     /// its newest whole revision's content, or none.
     pub code: &'static str,
@@ -170,6 +171,11 @@ enum Action {
     /// Give a live file whose content names a lost or damaged blob (or failed a
     /// scrub) its newest whole revision's content, or none (`Store::roll_back`).
     RollBack(NodeId),
+    /// Move a blob an interrupted sweep left aside back into place.
+    MoveBack {
+        from: PathBuf,
+        to: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

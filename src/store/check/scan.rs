@@ -2,6 +2,7 @@
 //! the disk (no cache), and which blobs the records need.
 
 use super::*;
+use crate::store::node::parse_hash;
 
 /// What the scan knows about one node file.
 pub(super) struct NodeInfo {
@@ -422,6 +423,40 @@ impl Checker<'_> {
                 {
                     s.stale_staging.push(e.path());
                 }
+            } else if let Some(rest) = name.strip_prefix("doomed.") {
+                // doomed.<pid>.<seq>.<hash>.tmp: a blob a sweep moved aside. If that
+                // sweep died, whether it was to be freed or kept is unknown: kept is
+                // safe (gc frees it later if nothing names it).
+                let mut parts = rest.split('.');
+                let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
+                let hash = parts.nth(1).and_then(parse_hash);
+                let (Some(pid), Some(hash)) = (pid, hash) else {
+                    continue;
+                };
+                if pid == std::process::id() as i32 || pid_alive(pid) {
+                    continue; // a sweep under way
+                }
+                if s.blobs.contains_key(&hash) {
+                    s.stale_staging.push(e.path()); // back in place already
+                    continue;
+                }
+                let md = e
+                    .metadata()
+                    .ctx(|| format!("stat {}", e.path().display()))?;
+                s.blobs.insert(hash, (md.len(), age_of(&md, now)));
+                s.problems.push(Problem {
+                    code: "interrupted_sweep",
+                    path: rel(&e.path()),
+                    detail: format!(
+                        "blob {} was moved aside by a sweep that did not finish",
+                        hash_hex(&hash)
+                    ),
+                    repaired: false,
+                    action: Action::MoveBack {
+                        from: e.path(),
+                        to: self.s.layout.blob_path(&hash_hex(&hash)),
+                    },
+                });
             } else if let Some(pid) = name
                 .strip_prefix("mount.")
                 .and_then(|p| p.parse::<i32>().ok())
