@@ -117,16 +117,7 @@ pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Outcome {
     // Mounted read-write: the daemon collects, with the filesystem running.
     let (store_path, _) = control::resolve(store).or_fail(&what)?;
     let rep: check::GcReport = if control::daemons(&store_path).iter().any(|d| d.writer) {
-        let v = control::run(&store_path, protocol::Gc { dry_run, grace }, true).or_fail(&what)?;
-        check::GcReport {
-            dry_run: v.dry_run,
-            blobs: v.blobs,
-            referenced: v.referenced,
-            deleted: v.deleted,
-            bytes_freed: v.bytes_freed,
-            kept_young: v.kept_young,
-            deleted_hashes: v.deleted_hashes,
-        }
+        control::run(&store_path, protocol::Gc { dry_run, grace }, true).or_fail(&what)?
     } else {
         let s = check::open(&store_path, dry_run).or_fail(&what)?;
         Checker::new(&s)

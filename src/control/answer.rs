@@ -107,18 +107,9 @@ pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
 }
 
 impl StoreAnswer for Gc {
-    fn answer(&self, store: &Store) -> Result<GcReply> {
-        let r = crate::store::check::Checker::new(store)
-            .gc_online(self.dry_run, Duration::from_secs(self.grace))?;
-        Ok(GcReply {
-            dry_run: r.dry_run,
-            blobs: r.blobs,
-            referenced: r.referenced,
-            deleted: r.deleted,
-            bytes_freed: r.bytes_freed,
-            kept_young: r.kept_young,
-            deleted_hashes: r.deleted_hashes,
-        })
+    fn answer(&self, store: &Store) -> Result<crate::store::check::GcReport> {
+        crate::store::check::Checker::new(store)
+            .gc_online(self.dry_run, Duration::from_secs(self.grace))
     }
 }
 

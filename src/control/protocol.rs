@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::jsonpath::WirePath;
+use crate::store::check::GcReport;
 use crate::store::Error;
 
 /// The one error report: what could not be done, a stable code, why, and what to do.
@@ -172,7 +173,7 @@ macro_rules! asks {
 
 asks! {
     Status => StatusReply,
-    Gc => GcReply,
+    Gc => GcReport,
     TrashLs => TrashList,
     TrashRestore => Restored,
     TrashPurge => Purged,
@@ -361,18 +362,6 @@ pub struct MountRef {
     pub pid: i32,
     pub mountpoint: WirePath,
     pub writer: bool,
-}
-
-/// `store::check::GcReport`, as it travels.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct GcReply {
-    pub dry_run: bool,
-    pub blobs: u64,
-    pub referenced: u64,
-    pub deleted: u64,
-    pub bytes_freed: u64,
-    pub kept_young: u64,
-    pub deleted_hashes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

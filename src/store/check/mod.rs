@@ -53,7 +53,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::blobs::{BlobStore, Listed, LocalBlobs};
@@ -234,7 +234,7 @@ pub struct ScrubReport {
     pub exit_code: u8,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct GcReport {
     pub dry_run: bool,
     pub blobs: u64,
