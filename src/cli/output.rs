@@ -2,8 +2,8 @@
 //! report on stderr, and the exit status.
 //!
 //! Every write to stdout goes through [`Out`] (or `outln!`): a reader that went away
-//! (`decofs trash ls | head -1`) ends the command quietly with exit 0, as it would end
-//! a `grep`, instead of the panic `println!` gives on EPIPE. Other write errors (a full
+//! (`decofs trash ls | head -1`) ends the command quietly with exit 141, as a `cat` that
+//! SIGPIPE killed ends, instead of the panic `println!` gives on EPIPE. Other write errors (a full
 //! disk) end it with the report and exit 1. SIGPIPE stays ignored (the Rust runtime's
 //! default), so the daemon, started by the same binary, never dies of it.
 
