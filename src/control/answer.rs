@@ -97,7 +97,7 @@ pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
             mountpoint: WirePath::new(&info.mountpoint),
             read_only: store.read_only(),
             uptime_secs: info.started.elapsed().as_secs(),
-            open_sessions: store.open_sessions() as u64,
+            open_sessions: store.sessions.len() as u64,
             spare_nodes: store.spare_nodes() as u64,
             close_orders_blobs: store.close_orders_blobs(),
             my_epoch: store.epoch(),

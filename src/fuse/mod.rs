@@ -295,7 +295,7 @@ impl DecoFs {
 
     /// How long the kernel may cache the name and attributes of `id`.
     fn ttl(&self, id: NodeId) -> Duration {
-        if self.store.read_only() || self.store.has_session(id) {
+        if self.store.read_only() || self.store.sessions.contains(id) {
             SHORT_TTL
         } else {
             LONG_TTL

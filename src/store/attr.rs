@@ -92,7 +92,7 @@ impl Store {
         self.followers.emit(Event::new(Op::Attr, &[id]));
         if a.mtime.is_some() {
             // An explicit time wins over the time of earlier writes in an open session.
-            if let Some(s) = self.sessions.lock().get(&id) {
+            if let Some(s) = self.sessions.get(id) {
                 s.lock().mtime = None;
             }
         }
@@ -104,7 +104,7 @@ impl Store {
     pub fn status_of(&self, id: NodeId, rec: &NodeRecord) -> &'static str {
         if rec.status == Status::IntegrityError {
             "integrity_error"
-        } else if self.has_session(id) {
+        } else if self.sessions.contains(id) {
             "pending"
         } else {
             "consistent"

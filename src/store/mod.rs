@@ -47,7 +47,6 @@ pub use event::{InvalidateFn, Stale};
 pub use node::{Kind, NodeId, NodeRecord, Time};
 
 use blobs::{BlobStore, LocalBlobs};
-use content::Session;
 use error::IoContext;
 use layout::{Format, Layout};
 use lock::{Fence, StoreLock};
@@ -71,7 +70,8 @@ pub struct Store {
     fence: Arc<Fence>,
     /// Node records: read, written whole, cached (invariant 2).
     pub records: Records,
-    sessions: Mutex<HashMap<NodeId, Arc<Mutex<Session>>>>,
+    /// Open write sessions (invariant 4).
+    pub sessions: content::Sessions,
     manifests: Mutex<HashMap<node::Hash, Arc<Vec<node::ChunkRef>>>>,
     /// Retention in force (the format's defaults, possibly overridden at mount).
     policy: Mutex<layout::Policy>,
@@ -162,7 +162,7 @@ impl Store {
             blobs,
             local,
             fence,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: content::Sessions::default(),
             manifests: Mutex::new(HashMap::new()),
             policy: Mutex::new(policy),
             pins: pins::Pins::default(),

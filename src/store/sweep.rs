@@ -51,7 +51,7 @@ impl Store {
                 set.extend(self.blob_refs(id, &r));
             }
         }
-        set.extend(self.session_blobs());
+        set.extend(self.sessions.sealed_blobs());
         Ok(set)
     }
 

@@ -93,7 +93,9 @@ impl Store {
 
     /// Called by `tree` once a node went to trash: with trash off, free it now.
     pub(crate) fn trashed(&self, id: NodeId) -> Result<()> {
-        if self.policy().trash_retention_secs == 0 && !self.pins.pinned(id) && !self.has_session(id)
+        if self.policy().trash_retention_secs == 0
+            && !self.pins.pinned(id)
+            && !self.sessions.contains(id)
         {
             self.purge(PurgeSel::One(id.to_string()), false)?;
         }
@@ -341,7 +343,7 @@ impl Store {
         let mut report = PurgeReport::default();
         let mut candidates = Vec::new();
         for e in chosen {
-            if self.pins.pinned(e.id) || self.has_session(e.id) {
+            if self.pins.pinned(e.id) || self.sessions.contains(e.id) {
                 report.skipped_open += 1;
                 continue;
             }
@@ -400,7 +402,7 @@ impl Store {
         // Marked before the check: a last close racing this either finds the mark (and
         // frees the node) or was over before the check (and this frees it).
         self.pins.mark_unlinked(id);
-        if self.pins.pinned(id) || self.has_session(id) {
+        if self.pins.pinned(id) || self.sessions.contains(id) {
             return Ok(()); // `unpin` frees it at the last close
         }
         self.free_unlinked(id)
@@ -475,7 +477,7 @@ impl Store {
         let Some((_, rev)) = revs.into_iter().find(|(t, _)| *t == stamp) else {
             return Err(Error::NoSuchRevision(stamp.to_string()));
         };
-        let session = self.session_handle(id);
+        let session = self.sessions.get(id);
         let mut guard = session.as_ref().map(|s| s.lock());
         if let Some(s) = guard.as_mut() {
             self.commit_locked(id, s, false)?;

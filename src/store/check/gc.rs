@@ -36,7 +36,7 @@ impl Checker<'_> {
                 referenced.extend(self.s.blob_refs(id, &r));
             }
         }
-        referenced.extend(self.s.session_blobs());
+        referenced.extend(self.s.sessions.sealed_blobs());
         let mut rep = GcReport {
             dry_run,
             ..Default::default()

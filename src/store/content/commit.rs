@@ -11,7 +11,7 @@ impl Store {
     /// Make the session's content the record's content. `durable` (fsync) also makes
     /// the blobs and the record reach the disk before returning.
     pub fn commit(&self, id: NodeId, durable: bool) -> Result<()> {
-        let Some(s) = self.session_of(id) else {
+        let Some(s) = self.sessions.get(id) else {
             if durable {
                 self.sync_node(id)?;
             }
@@ -217,11 +217,11 @@ impl Store {
 
     /// Commit every open session (shutdown, signals).
     pub fn commit_all(&self) -> Result<()> {
-        let ids: Vec<NodeId> = self.sessions.lock().keys().copied().collect();
+        let ids: Vec<NodeId> = self.sessions.ids();
         let mut first_err = None;
         for id in ids {
             // In full, not as a delta: a clean close leaves everything in the store.
-            let res = match self.session_of(id) {
+            let res = match self.sessions.get(id) {
                 Some(s) => {
                     let mut s = s.lock();
                     s.chain = None;

@@ -59,7 +59,7 @@ use super::{appended, Store};
 
 use super::manifest::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
 pub use read::ReadData;
-pub use session::Session;
+pub use session::{Session, Sessions};
 
 impl Store {
     /// The blobs a record's content names directly: its chunks, or its manifest blob

@@ -108,7 +108,7 @@ impl Store {
     /// chunk instead of copying it (the FUSE reply copies it once, to the kernel).
     pub fn read_shared(&self, id: NodeId, off: u64, len: u32) -> Result<ReadData> {
         let cs = self.chunk_size();
-        if let Some(s) = self.session_of(id) {
+        if let Some(s) = self.sessions.get(id) {
             let s = s.lock();
             let mut out = Vec::with_capacity(len as usize);
             self.read_session(id, &s, off, len as u64, &mut out)?;
@@ -272,7 +272,7 @@ impl Store {
         if off >= rec.size {
             return Ok(None);
         }
-        let present: std::collections::BTreeSet<u64> = match self.session_of(id) {
+        let present: std::collections::BTreeSet<u64> = match self.sessions.get(id) {
             Some(s) => {
                 let s = s.lock();
                 s.chunks.keys().chain(s.dirty.keys()).copied().collect()

@@ -1,6 +1,8 @@
 //! Write sessions: one per open-for-write node, shared by its handles (invariant 4);
 //! dirty chunks as overlays on their stored base, the staging file, memory bounds.
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// A session holding more head bytes in memory than this moves them to its staging file.
@@ -278,27 +280,39 @@ pub(super) fn zero_range(f: &fs::File, off: u64, len: u64) -> Result<()> {
     Ok(())
 }
 
-impl Store {
-    pub(super) fn session_of(&self, id: NodeId) -> Option<Arc<Mutex<Session>>> {
-        self.sessions.lock().get(&id).cloned()
+/// The open write sessions, one per node (invariant 4).
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<NodeId, Arc<Mutex<Session>>>>,
+}
+
+impl Sessions {
+    /// The session of `id`, if it has one.
+    pub fn get(&self, id: NodeId) -> Option<Arc<Mutex<Session>>> {
+        self.map.lock().get(&id).cloned()
     }
 
-    pub(crate) fn session_handle(&self, id: NodeId) -> Option<Arc<Mutex<Session>>> {
-        self.session_of(id)
+    /// Does this node have an open write session (status `pending`)?
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.map.lock().contains_key(&id)
     }
 
-    /// Point a session at a record that replaced its content (a restore), keeping its
-    /// handles.
-    pub(crate) fn reset_session(&self, s: &mut Session, rec: &NodeRecord) {
-        let fresh = self.new_session(rec);
-        let handles = s.handles;
-        *s = fresh;
-        s.handles = handles;
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The nodes with a session now.
+    pub(crate) fn ids(&self) -> Vec<NodeId> {
+        self.map.lock().keys().copied().collect()
     }
 
     /// The sealed chunks of every open session (referenced, though not yet by a record).
-    pub(crate) fn session_blobs(&self) -> Vec<Hash> {
-        let all: Vec<Arc<Mutex<Session>>> = self.sessions.lock().values().cloned().collect();
+    pub(crate) fn sealed_blobs(&self) -> Vec<Hash> {
+        let all: Vec<Arc<Mutex<Session>>> = self.map.lock().values().cloned().collect();
         let mut out = Vec::new();
         for s in all {
             if let Some(g) = s.try_lock() {
@@ -310,14 +324,16 @@ impl Store {
         }
         out
     }
+}
 
-    /// Does this node have an open write session (status `pending`)?
-    pub fn has_session(&self, id: NodeId) -> bool {
-        self.sessions.lock().contains_key(&id)
-    }
-
-    pub fn open_sessions(&self) -> usize {
-        self.sessions.lock().len()
+impl Store {
+    /// Point a session at a record that replaced its content (a restore), keeping its
+    /// handles.
+    pub(crate) fn reset_session(&self, s: &mut Session, rec: &NodeRecord) {
+        let fresh = self.new_session(rec);
+        let handles = s.handles;
+        *s = fresh;
+        s.handles = handles;
     }
 
     pub(super) fn new_session(&self, rec: &NodeRecord) -> Session {
@@ -376,7 +392,7 @@ impl Store {
     /// reopened often finds its old session still there; without this, the version it
     /// closed would never become a revision, depending on that timing.
     pub(super) fn session(&self, id: NodeId, handle: bool) -> Result<(Arc<Mutex<Session>>, bool)> {
-        let mut map = self.sessions.lock();
+        let mut map = self.sessions.map.lock();
         if let Some(s) = map.get(&id) {
             let s = s.clone();
             if handle {
@@ -417,7 +433,7 @@ impl Store {
 
     /// A writing handle of `id` closed: the last one commits and ends the session.
     pub fn close_write(&self, id: NodeId) -> Result<()> {
-        let Some(s) = self.session_of(id) else {
+        let Some(s) = self.sessions.get(id) else {
             return Ok(());
         };
         let last = {
@@ -428,7 +444,7 @@ impl Store {
         if last {
             let res = self.commit(id, false);
             let dropped = {
-                let mut map = self.sessions.lock();
+                let mut map = self.sessions.map.lock();
                 let still_unused = map.get(&id).map(|s| s.lock().handles == 0).unwrap_or(false);
                 if still_unused {
                     // Even if the commit failed (a full disk): the last handle is gone and
@@ -470,7 +486,7 @@ impl Store {
         let out = f(&mut s.lock())?;
         if fresh {
             let res = self.commit(id, false);
-            let mut map = self.sessions.lock();
+            let mut map = self.sessions.map.lock();
             if map.get(&id).map(|s| s.lock().handles == 0).unwrap_or(false) {
                 map.remove(&id);
             }
@@ -481,7 +497,7 @@ impl Store {
 
     /// Size and mtime as a reader sees them now (session overlay on the record).
     pub fn overlay(&self, id: NodeId, rec: &mut NodeRecord) {
-        if let Some(s) = self.session_of(id) {
+        if let Some(s) = self.sessions.get(id) {
             let s = s.lock();
             rec.size = s.size;
             if let Some(t) = s.mtime {

@@ -13,7 +13,7 @@ fn write_read_across_chunks_and_holes() {
     s.write(id, 1_000_000, b"tail").unwrap();
     assert_eq!(s.read(id, 10, 200_000).unwrap(), data);
     s.close_write(id).unwrap();
-    assert!(!s.has_session(id));
+    assert!(!s.sessions.contains(id));
     let back = s.read(id, 0, 2_000_000).unwrap();
     assert_eq!(back.len(), 1_000_004);
     assert_eq!(&back[10..200_010], &data[..]);
@@ -57,7 +57,7 @@ fn handles_share_a_session_and_predecessor_is_a_revision() {
     s.write(id, 0, b"VERSION").unwrap();
     s.write(id, 8, b"TWO").unwrap();
     s.close_write(id).unwrap();
-    assert!(s.has_session(id), "one handle is still open");
+    assert!(s.sessions.contains(id), "one handle is still open");
     s.close_write(id).unwrap();
     assert_eq!(s.read(id, 0, 100).unwrap(), b"VERSION TWO");
     let revs = s.revisions(id).unwrap();
@@ -160,7 +160,7 @@ fn sparse_terabyte_costs_nothing() {
 
 /// Lower a session's memory limits so spilling and sealing under pressure happen.
 fn squeeze(s: &Store, id: NodeId, dirty_limit: usize, entry_limit: usize) {
-    let h = s.session_handle(id).unwrap();
+    let h = s.sessions.get(id).unwrap();
     let mut g = h.lock();
     g.dirty_limit = dirty_limit;
     g.entry_limit = entry_limit;
@@ -221,12 +221,12 @@ fn random_ops_match_a_byte_array() {
                 90..=94 => s.commit(id, rng.bool()).unwrap(),
                 _ => {
                     s.close_write(id).unwrap();
-                    assert!(!s.has_session(id));
+                    assert!(!s.sessions.contains(id));
                     s.open_write(id).unwrap();
                     squeeze(&s, id, 3 * cs / 2, 12);
                 }
             }
-            let h = s.session_handle(id).unwrap();
+            let h = s.sessions.get(id).unwrap();
             let g = h.lock();
             assert!(g.dirty_bytes <= g.dirty_limit + cs, "heads bounded");
             assert_eq!(
