@@ -8,10 +8,15 @@
 //! (`Owed`), follow renames, and are bounded (docs/DESIGN.md, "Fsyncdir debts").
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::blobs::LocalBlobs;
 use super::error::{Error, IoContext, Result};
+use super::layout::Layout;
 use super::node::{
     self, decode_body, encode_body, frame, unframe, Kind, NodeId, NodeRecord, Stored,
     INLINE_RECORD_LIMIT,
@@ -132,6 +137,124 @@ fn deepest_first(dirs: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
     v
 }
 
+/// What each directory's next fsyncdir owes (see `UnsyncedDir`), kept as entries are
+/// made, moved and logged.
+pub struct DirDebts {
+    owed: Mutex<Owed>,
+    layout: Layout,
+    /// The store's local disk: its sync tickets and syncfs.
+    local: Arc<LocalBlobs>,
+}
+
+impl DirDebts {
+    pub(crate) fn new(layout: Layout, local: Arc<LocalBlobs>) -> DirDebts {
+        DirDebts {
+            owed: Mutex::new(Owed::default()),
+            layout,
+            local,
+        }
+    }
+
+    /// Take what `dir` owes, to pay it.
+    fn take(&self, dir: NodeId) -> Option<UnsyncedDir> {
+        self.owed.lock().take(dir)
+    }
+
+    /// Owe again what a failed fsyncdir of `dir` did not pay.
+    fn give_back(&self, dir: NodeId, u: UnsyncedDir) {
+        self.owed.lock().with(dir, |e| e.merge(u));
+    }
+
+    /// Remember that `parent` gained an entry for `child`, made on the spot
+    /// (`in_place`) or from a spare, whose node file's name is new in `node_dirs`; its
+    /// next fsyncdir makes them durable.
+    pub(crate) fn child_unsynced<'a>(
+        &self,
+        parent: NodeId,
+        child: NodeId,
+        in_place: bool,
+        node_dirs: impl IntoIterator<Item = &'a Path>,
+    ) {
+        let n = if in_place {
+            NewChild::InPlace(self.local.ticket())
+        } else {
+            NewChild::FromSpare { logged: None }
+        };
+        self.owe(parent, |u| {
+            u.dirs.extend(node_dirs.into_iter().map(Path::to_path_buf));
+            owe_child(&mut u.children, child, n);
+        });
+    }
+
+    /// A rename moved `child`'s entry from `from` to `to`: what `from` owed for it, `to`
+    /// owes now (the node's `nodes/` directories too).
+    pub(crate) fn child_moved(&self, from: NodeId, to: NodeId, child: NodeId) {
+        if from == to {
+            return;
+        }
+        let mut owed = None;
+        {
+            let mut m = self.owed.lock();
+            if m.by_dir.contains_key(&from) {
+                m.with(from, |u| owed = u.children.remove(&child));
+            }
+        }
+        if let Some(n) = owed {
+            let shard = self.layout.node_path(child);
+            self.owe(to, |u| {
+                owe_child(&mut u.children, child, n);
+                // The node's directory and the one above it, in case either was new.
+                for d in shard.ancestors().skip(1).take(2) {
+                    u.dirs.insert(d.to_path_buf());
+                }
+            });
+        }
+    }
+
+    /// The fsync log now holds `version` of file `id`'s record.
+    pub(crate) fn child_logged(&self, parent: Option<NodeId>, id: NodeId, version: u64) {
+        let Some(p) = parent else { return };
+        if let Some(NewChild::FromSpare { logged }) = self
+            .owed
+            .lock()
+            .by_dir
+            .get_mut(&p)
+            .and_then(|u| u.children.get_mut(&id))
+        {
+            *logged = Some(logged.map_or(version, |l| l.max(version)));
+        }
+    }
+
+    /// Add to what `parent`'s next fsyncdir owes. Bounded: a directory with more than
+    /// CHILDREN_MAX new children owes one syncfs instead of the list, and past OWED_MAX
+    /// entries in all the whole store is synced at once and everything owed forgotten.
+    fn owe(&self, parent: NodeId, f: impl FnOnce(&mut UnsyncedDir)) {
+        let full = {
+            let mut m = self.owed.lock();
+            m.with(parent, |u| {
+                f(u);
+                if u.children.len() > CHILDREN_MAX {
+                    u.children.clear();
+                    u.all_before = Some(self.local.ticket());
+                }
+            });
+            if m.entries > OWED_MAX {
+                std::mem::take(&mut *m)
+            } else {
+                return;
+            }
+        };
+        if let Err(e) = self.local.sync_filesystem() {
+            log::warn!("sync the store: {e}");
+            // Still owed.
+            let mut m = self.owed.lock();
+            for (k, v) in full.by_dir {
+                m.with(k, |u| u.merge(v));
+            }
+        }
+    }
+}
+
 impl Store {
     /// fsyncdir: make a directory's entries durable, with what they name: the `nodes/`
     /// directories holding node files of new entries, the inodes made for them (a
@@ -140,13 +263,13 @@ impl Store {
     pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
         // Its times, if a create or unlink deferred them (a syncfs below covers them).
         self.records.flush_deferred_one(id)?;
-        let Some(u) = self.unsynced_names.lock().take(id) else {
+        let Some(u) = self.debts.take(id) else {
             return self.sync_node(id);
         };
         let res = self.sync_unsynced(id, &u);
         if res.is_err() {
             // Keep what is still owed for the next attempt.
-            self.unsynced_names.lock().with(id, |e| e.merge(u));
+            self.debts.give_back(id, u);
         }
         res
     }
@@ -189,95 +312,6 @@ impl Store {
             }
         }
         self.sync_node(id)
-    }
-
-    /// Remember that `parent` gained an entry for `child`, made on the spot
-    /// (`in_place`) or from a spare, whose node file's name is new in `node_dirs`; its
-    /// next fsyncdir makes them durable.
-    pub(crate) fn child_unsynced<'a>(
-        &self,
-        parent: NodeId,
-        child: NodeId,
-        in_place: bool,
-        node_dirs: impl IntoIterator<Item = &'a Path>,
-    ) {
-        let n = if in_place {
-            NewChild::InPlace(self.local.ticket())
-        } else {
-            NewChild::FromSpare { logged: None }
-        };
-        self.owe(parent, |u| {
-            u.dirs.extend(node_dirs.into_iter().map(Path::to_path_buf));
-            owe_child(&mut u.children, child, n);
-        });
-    }
-
-    /// A rename moved `child`'s entry from `from` to `to`: what `from` owed for it, `to`
-    /// owes now (the node's `nodes/` directories too).
-    pub(crate) fn child_moved(&self, from: NodeId, to: NodeId, child: NodeId) {
-        if from == to {
-            return;
-        }
-        let mut owed = None;
-        {
-            let mut m = self.unsynced_names.lock();
-            if m.by_dir.contains_key(&from) {
-                m.with(from, |u| owed = u.children.remove(&child));
-            }
-        }
-        if let Some(n) = owed {
-            let shard = self.layout.node_path(child);
-            self.owe(to, |u| {
-                owe_child(&mut u.children, child, n);
-                // The node's directory and the one above it, in case either was new.
-                for d in shard.ancestors().skip(1).take(2) {
-                    u.dirs.insert(d.to_path_buf());
-                }
-            });
-        }
-    }
-
-    /// The fsync log now holds `version` of file `id`'s record.
-    pub(super) fn child_logged(&self, parent: Option<NodeId>, id: NodeId, version: u64) {
-        let Some(p) = parent else { return };
-        if let Some(NewChild::FromSpare { logged }) = self
-            .unsynced_names
-            .lock()
-            .by_dir
-            .get_mut(&p)
-            .and_then(|u| u.children.get_mut(&id))
-        {
-            *logged = Some(logged.map_or(version, |l| l.max(version)));
-        }
-    }
-
-    /// Add to what `parent`'s next fsyncdir owes. Bounded: a directory with more than
-    /// CHILDREN_MAX new children owes one syncfs instead of the list, and past OWED_MAX
-    /// entries in all the whole store is synced at once and everything owed forgotten.
-    pub(super) fn owe(&self, parent: NodeId, f: impl FnOnce(&mut UnsyncedDir)) {
-        let full = {
-            let mut m = self.unsynced_names.lock();
-            m.with(parent, |u| {
-                f(u);
-                if u.children.len() > CHILDREN_MAX {
-                    u.children.clear();
-                    u.all_before = Some(self.local.ticket());
-                }
-            });
-            if m.entries > OWED_MAX {
-                std::mem::take(&mut *m)
-            } else {
-                return;
-            }
-        };
-        if let Err(e) = self.local.sync_filesystem() {
-            log::warn!("sync the store: {e}");
-            // Still owed.
-            let mut m = self.unsynced_names.lock();
-            for (k, v) in full.by_dir {
-                m.with(k, |u| u.merge(v));
-            }
-        }
     }
 
     /// fsync of a node. A file's record, with the blobs it names, goes through the fsync
@@ -336,7 +370,7 @@ impl Store {
         if appended(log.append(&entry, &|| self.local.sync_filesystem())).is_none() {
             return Ok(LogSync::NoLog);
         }
-        self.child_logged(rec.parent, id, rec.version);
+        self.debts.child_logged(rec.parent, id, rec.version);
         Ok(LogSync::Logged)
     }
 
@@ -419,7 +453,7 @@ mod tests {
         let f = s.create(a, OsStr::new("f"), file_node()).unwrap().0;
         let g = s.create(a, OsStr::new("g"), file_node()).unwrap().0;
         let owes = |d: NodeId, c: NodeId| {
-            let m = s.unsynced_names.lock();
+            let m = s.debts.owed.lock();
             m.by_dir
                 .get(&d)
                 .is_some_and(|u| u.children.contains_key(&c))
@@ -441,7 +475,7 @@ mod tests {
         assert!(!owes(a, g));
         s.sync_dir_node(root).unwrap();
         {
-            let m = s.unsynced_names.lock();
+            let m = s.debts.owed.lock();
             assert_eq!(m.entries, 0, "everything paid");
             assert!(m.by_dir.is_empty());
         }
@@ -453,7 +487,7 @@ mod tests {
                 d
             })
             .unwrap();
-        let t = match s.unsynced_names.lock().by_dir[&root].children[&b] {
+        let t = match s.debts.owed.lock().by_dir[&root].children[&b] {
             NewChild::InPlace(t) => t,
             NewChild::FromSpare { .. } => panic!("a directory is made in place"),
         };
@@ -466,7 +500,7 @@ mod tests {
                 .unwrap();
         }
         {
-            let m = s.unsynced_names.lock();
+            let m = s.debts.owed.lock();
             let u = &m.by_dir[&b];
             assert!(u.children.len() < CHILDREN_MAX && u.all_before.is_some());
             assert_eq!(
@@ -475,7 +509,7 @@ mod tests {
             );
         }
         s.sync_dir_node(b).unwrap();
-        assert!(!s.unsynced_names.lock().by_dir.contains_key(&b));
+        assert!(!s.debts.owed.lock().by_dir.contains_key(&b));
     }
 
     /// An entry owed twice owes the stricter: a syncfs after the later ticket beats a

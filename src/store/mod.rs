@@ -84,9 +84,8 @@ pub struct Store {
     /// Where the last read of each recently read file ended: a read that starts near
     /// there is sequential and prefetches the next chunk.
     read_ends: Mutex<HashMap<NodeId, u64>>,
-    /// Per directory, what its next fsyncdir must make durable besides its own entries
-    /// (see `UnsyncedDir`).
-    unsynced_names: Mutex<dirsync::Owed>,
+    /// Per directory, what its next fsyncdir must make durable besides its own entries.
+    debts: dirsync::DirDebts,
     /// A writer's fsync log (see `fsynclog`): one fdatasync per file fsync.
     fsync_log: Option<fsynclog::FsyncLog>,
     /// Node files and entries made ahead for creates (see `spare`).
@@ -157,6 +156,7 @@ impl Store {
         let fence = Arc::new(Fence::new(read_only, lock));
         Store {
             records: Records::new(layout.clone(), blobs.clone(), fence.clone()),
+            debts: dirsync::DirDebts::new(layout.clone(), local.clone()),
             layout,
             format,
             blobs,
@@ -168,7 +168,6 @@ impl Store {
             pins: pins::Pins::default(),
             pending_sweep: Mutex::new(Vec::new()),
             read_ends: Mutex::new(HashMap::new()),
-            unsynced_names: Mutex::new(dirsync::Owed::default()),
             fsync_log: None,
             spares,
             followers: event::Followers::default(),

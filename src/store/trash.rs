@@ -275,7 +275,7 @@ impl Store {
                 std::io::ErrorKind::AlreadyExists => Error::Exists,
                 _ => Error::io("restore", err),
             })?;
-        self.child_unsynced(parent, e.id, true, []);
+        self.debts.child_unsynced(parent, e.id, true, []);
         let now = Time::now();
         let r = (|| {
             self.records.update(e.id, |r| {

@@ -264,7 +264,8 @@ impl Store {
         // level up, become durable with the parent's next fsyncdir.
         let shard = npath.parent().unwrap();
         let new_levels = if new_shard { 2 } else { 0 };
-        self.child_unsynced(parent, id, in_place, shard.ancestors().take(1 + new_levels));
+        self.debts
+            .child_unsynced(parent, id, in_place, shard.ancestors().take(1 + new_levels));
         // 3. the parent's times (and link count for a subdirectory)
         let r = self.touch_dir(parent, if new.kind == Kind::Dir { 1 } else { 0 });
         self.followers
@@ -350,7 +351,7 @@ impl Store {
             ErrorKind::AlreadyExists => Error::Exists,
             _ => Error::io(format!("link {:?}", newname), e),
         })?;
-        self.child_unsynced(newparent, id, true, []);
+        self.debts.child_unsynced(newparent, id, true, []);
         let ev = Event::new(Op::Link, &[id, newparent]).entry(newparent, newname);
         let rec = self.records.update(id, |r| {
             r.nlink += 1;
@@ -555,8 +556,8 @@ impl Store {
                 }
             }
             renameat2(&from, &to, libc::RENAME_EXCHANGE).ctx(|| "rename exchange".into())?;
-            self.child_moved(parent, newparent, src);
-            self.child_moved(newparent, parent, dst);
+            self.debts.child_moved(parent, newparent, src);
+            self.debts.child_moved(newparent, parent, dst);
             let r = (|| {
                 self.rehome(src, newparent, newname, now)?;
                 self.rehome(dst, parent, name, now)?;
@@ -618,7 +619,7 @@ impl Store {
                 _ => Error::io("rename", e),
             });
         }
-        self.child_moved(parent, newparent, src);
+        self.debts.child_moved(parent, newparent, src);
         let r = (|| {
             self.rehome(src, newparent, newname, now)?;
             let src_dir = (srec.kind == Kind::Dir) as i64;

@@ -177,7 +177,7 @@ impl Store {
         if appended(log.append_with_delta(&entry, &d, &sync)) != Some(true) {
             return Ok(false);
         }
-        self.child_logged(rec.parent, id, rec.version);
+        self.debts.child_logged(rec.parent, id, rec.version);
         s.unlogged.clear();
         s.from_empty = false;
         s.chain = Some((base, rec.version));
