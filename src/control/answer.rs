@@ -57,7 +57,7 @@ fn held_space(store: &Store) -> ((u64, u64), (u64, u64)) {
     }
     let mut revs = (0, 0);
     for id in store.revision_owners() {
-        for (_, r) in store.revisions(id).unwrap_or_default() {
+        for (_, r) in store.revisions.list(id).unwrap_or_default() {
             revs.0 += 1;
             revs.1 += r.stored;
         }
@@ -165,7 +165,8 @@ impl StoreAnswer for VersionsLs {
     fn answer(&self, store: &Store) -> Result<VersionList> {
         let id = store.resolve_path(&self.path.0)?;
         let versions = store
-            .revisions(id)?
+            .revisions
+            .list(id)?
             .iter()
             .map(|(t, r)| Version {
                 rev: t.to_string(),

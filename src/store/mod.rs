@@ -72,6 +72,8 @@ pub struct Store {
     pub records: Records,
     /// Open write sessions (invariant 4).
     pub sessions: content::Sessions,
+    /// Earlier records of files (invariant 6).
+    pub revisions: content::Revisions,
     manifests: Mutex<HashMap<node::Hash, Arc<Vec<node::ChunkRef>>>>,
     /// Retention in force (the format's defaults, possibly overridden at mount).
     policy: Mutex<layout::Policy>,
@@ -157,6 +159,7 @@ impl Store {
         Store {
             records: Records::new(layout.clone(), blobs.clone(), fence.clone()),
             debts: dirsync::DirDebts::new(layout.clone(), local.clone()),
+            revisions: content::Revisions::new(layout.clone(), blobs.clone()),
             layout,
             format,
             blobs,

@@ -47,7 +47,7 @@ impl Store {
         // revision listed here. One that cannot be read stops the sweep (the error):
         // skipping it would free the blobs it names.
         for id in self.revision_owners() {
-            for (_, r) in self.revisions(id)? {
+            for (_, r) in self.revisions.list(id)? {
                 set.extend(self.blob_refs(id, &r));
             }
         }

@@ -377,7 +377,7 @@ impl Store {
             Err(_) => return Ok(None),
         };
         candidates.extend(self.blob_refs(id, &rec));
-        let revs = self.revisions(id)?;
+        let revs = self.revisions.list(id)?;
         for (_, r) in &revs {
             candidates.extend(self.blob_refs(id, r));
         }
@@ -449,14 +449,14 @@ impl Store {
         // Asked after every commit that keeps a revision, and of every file with
         // revisions every minute: which to drop follows from the names (stamps), so only
         // the dropped ones are read (for the blobs they name).
-        let (dir, stamps) = self.revision_stamps(id)?;
+        let (dir, stamps) = self.revisions.stamps(id)?;
         let keep_from = stamps.len().saturating_sub(p.revisions_keep as usize);
         let mut dropped = 0;
         let mut blobs = Vec::new();
         for (i, stamp) in stamps.iter().enumerate() {
             if i < keep_from || now - stamp > max_age {
                 let path = dir.join(stamp.to_string());
-                if let Some(r) = self.read_revision(id, *stamp, &path)? {
+                if let Some(r) = self.revisions.read(id, *stamp, &path)? {
                     blobs.extend(self.blob_refs(id, &r));
                 }
                 let _ = fs::remove_file(path);
@@ -473,7 +473,7 @@ impl Store {
     /// becomes a revision; open handles see the restored content from now on.
     pub fn version_restore(&self, id: NodeId, stamp: i128) -> Result<()> {
         self.writable()?;
-        let revs = self.revisions(id)?;
+        let revs = self.revisions.list(id)?;
         let Some((_, rev)) = revs.into_iter().find(|(t, _)| *t == stamp) else {
             return Err(Error::NoSuchRevision(stamp.to_string()));
         };
@@ -487,7 +487,7 @@ impl Store {
             if r.kind != Kind::File {
                 return Err(Error::Invalid("only regular files have revisions"));
             }
-            self.save_revision(id, r)?;
+            self.revisions.save(id, r)?;
             r.content = rev.content.clone();
             r.size = rev.size;
             r.stored = rev.stored;
@@ -620,7 +620,7 @@ mod tests {
             s.close_write(id).unwrap();
         }
         // Each commit pruned to the newest two: "ccc" and "ddd".
-        let revs = s.revisions(id).unwrap();
+        let revs = s.revisions.list(id).unwrap();
         let kept: Vec<Vec<u8>> = revs
             .iter()
             .map(|(_, r)| s.read_content(id, r).unwrap())
@@ -642,7 +642,7 @@ mod tests {
         let r = s.expire().unwrap();
         assert_eq!((r.nodes, r.revisions), (2, 2));
         assert!(s.trash_list().unwrap().is_empty());
-        assert!(s.revisions(id).unwrap().is_empty());
+        assert!(s.revisions.list(id).unwrap().is_empty());
         assert!(matches!(s.records.read(g), Err(Error::NotFound)));
     }
 }

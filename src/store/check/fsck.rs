@@ -347,7 +347,7 @@ impl Checker<'_> {
             }
             return Ok("whole again (repaired with another problem of this file)".into());
         }
-        let revisions = self.s.revisions(id)?;
+        let revisions = self.s.revisions.list(id)?;
         let newest_whole = revisions.iter().rev().find(|(_, r)| whole(r));
         let (content, size, stored, mtime, what) = match newest_whole {
             Some((stamp, r)) => (

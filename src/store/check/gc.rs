@@ -31,7 +31,7 @@ impl Checker<'_> {
                 strict(&rec)?;
                 referenced.extend(self.s.blob_refs(id, &rec));
             }
-            for (_, r) in self.s.revisions(id)? {
+            for (_, r) in self.s.revisions.list(id)? {
                 strict(&r)?;
                 referenced.extend(self.s.blob_refs(id, &r));
             }

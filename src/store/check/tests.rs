@@ -149,7 +149,7 @@ fn a_revision_with_a_lost_blob_is_dropped() {
     s.write(id, 0, &vec![4u8; 90_000]).unwrap();
     s.write(id, 0, &vec![5u8; 100_000]).unwrap();
     s.write(id, 0, &vec![6u8; 110_000]).unwrap(); // revisions: the 4s, the 5s
-    let revs = s.revisions(id).unwrap();
+    let revs = s.revisions.list(id).unwrap();
     assert_eq!(revs.len(), 2);
     let h = Store::record_hashes(&revs[1].1)[0];
     fs::remove_file(s.local.path_of(&h)).unwrap();
@@ -169,7 +169,7 @@ fn a_revision_with_a_lost_blob_is_dropped() {
     let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
     assert!(r.problems.iter().all(|p| p.repaired), "{:?}", r.problems);
-    let left = s.revisions(id).unwrap();
+    let left = s.revisions.list(id).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, revs[0].0, "the whole revision is kept");
     assert_eq!(s.read_content(id, &left[0].1).unwrap(), vec![4u8; 90_000]);

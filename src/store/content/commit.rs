@@ -95,7 +95,7 @@ impl Store {
             self.blobs.settle(&named)?;
         }
         if let Some(base) = s.base.take() {
-            if self.save_revision(id, &base)? {
+            if self.revisions.save(id, &base)? {
                 let (_, blobs) = self.prune_revisions(id)?;
                 self.schedule_sweep(blobs);
             }

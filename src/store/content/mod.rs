@@ -59,6 +59,7 @@ use super::{appended, Store};
 
 use super::manifest::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
 pub use read::ReadData;
+pub use revisions::Revisions;
 pub use session::{Session, Sessions};
 
 impl Store {

@@ -2,11 +2,23 @@
 //! `revisions/<uuid>/<unix-nanos>` (invariant 6), listed and read back.
 
 use super::*;
+use crate::store::blobs::BlobStore;
+use crate::store::layout::Layout;
 
-impl Store {
+/// The revisions of every node: files of whole earlier records, named by their time.
+pub struct Revisions {
+    layout: Layout,
+    blobs: Arc<dyn BlobStore>,
+}
+
+impl Revisions {
+    pub(crate) fn new(layout: Layout, blobs: Arc<dyn BlobStore>) -> Revisions {
+        Revisions { layout, blobs }
+    }
+
     /// Keep the record from before a session as a revision (only if it had content).
     /// Returns whether a revision was written.
-    pub(crate) fn save_revision(&self, id: NodeId, base: &NodeRecord) -> Result<bool> {
+    pub(crate) fn save(&self, id: NodeId, base: &NodeRecord) -> Result<bool> {
         if base.size == 0 && base.content == Content::Empty {
             return Ok(false);
         }
@@ -27,11 +39,11 @@ impl Store {
     }
 
     /// Revisions of a node, oldest first: (unix-nanos, record).
-    pub fn revisions(&self, id: NodeId) -> Result<Vec<(i128, NodeRecord)>> {
-        let (dir, stamps) = self.revision_stamps(id)?;
+    pub fn list(&self, id: NodeId) -> Result<Vec<(i128, NodeRecord)>> {
+        let (dir, stamps) = self.stamps(id)?;
         let mut out = Vec::new();
         for stamp in stamps {
-            if let Some(r) = self.read_revision(id, stamp, &dir.join(stamp.to_string()))? {
+            if let Some(r) = self.read(id, stamp, &dir.join(stamp.to_string()))? {
                 out.push((stamp, r));
             }
         }
@@ -40,7 +52,7 @@ impl Store {
 
     /// The directory of a node's revisions and their times (file names), oldest first;
     /// no revision file is read.
-    pub(crate) fn revision_stamps(&self, id: NodeId) -> Result<(std::path::PathBuf, Vec<i128>)> {
+    pub(crate) fn stamps(&self, id: NodeId) -> Result<(std::path::PathBuf, Vec<i128>)> {
         let dir = self.layout.revisions_of(id);
         let it = match fs::read_dir(&dir) {
             Ok(it) => it,
@@ -63,7 +75,7 @@ impl Store {
     }
 
     /// One revision file: None if it is gone (pruned or purged meanwhile) or empty.
-    pub(crate) fn read_revision(
+    pub(crate) fn read(
         &self,
         id: NodeId,
         stamp: i128,

@@ -60,7 +60,7 @@ fn handles_share_a_session_and_predecessor_is_a_revision() {
     assert!(s.sessions.contains(id), "one handle is still open");
     s.close_write(id).unwrap();
     assert_eq!(s.read(id, 0, 100).unwrap(), b"VERSION TWO");
-    let revs = s.revisions(id).unwrap();
+    let revs = s.revisions.list(id).unwrap();
     assert_eq!(revs.len(), 1);
     assert_eq!(s.read_content(id, &revs[0].1).unwrap(), b"version one");
 }
@@ -82,7 +82,7 @@ fn reopen_before_release_keeps_the_closed_version() {
     s.commit(id, false).unwrap();
     s.close_write(id).unwrap(); // the two releases
     s.close_write(id).unwrap();
-    let revs = s.revisions(id).unwrap();
+    let revs = s.revisions.list(id).unwrap();
     assert_eq!(revs.len(), 1, "the closed version is a revision");
     assert_eq!(s.read_content(id, &revs[0].1).unwrap(), old);
     assert_eq!(s.read(id, 0, 300_000).unwrap(), vec![9u8; 200_000]);
@@ -96,11 +96,11 @@ fn empty_revision_is_skipped_and_garbage_one_stops_the_sweep() {
     let id = new_file(&s, "f");
     s.write(id, 0, &vec![1u8; 100_000]).unwrap();
     s.write(id, 0, &vec![2u8; 100_000]).unwrap(); // version 1 is now a revision
-    let old = Store::record_hashes(&s.revisions(id).unwrap()[0].1);
+    let old = Store::record_hashes(&s.revisions.list(id).unwrap()[0].1);
     let dir = s.layout.revisions_of(id);
     fs::write(dir.join("1"), b"").unwrap();
     assert_eq!(
-        s.revisions(id).unwrap().len(),
+        s.revisions.list(id).unwrap().len(),
         1,
         "the empty one is skipped"
     );
@@ -109,7 +109,7 @@ fn empty_revision_is_skipped_and_garbage_one_stops_the_sweep() {
         0
     );
     fs::write(dir.join("2"), b"not a record").unwrap();
-    assert!(s.revisions(id).is_err());
+    assert!(s.revisions.list(id).is_err());
     assert!(s.sweep(old.clone(), std::time::SystemTime::now()).is_err());
     for h in &old {
         assert!(
