@@ -406,7 +406,7 @@ impl Store {
         if let node::Content::Manifest(h) = &rec.content {
             hashes.push(*h);
         }
-        hashes.extend(self.chunk_list(&rec.content)?.iter().map(|c| c.hash));
+        hashes.extend(self.chunk_lists.get(&rec.content)?.iter().map(|c| c.hash));
         hashes.sort_unstable();
         hashes.dedup();
         let mut carried = Vec::new();

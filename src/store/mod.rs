@@ -74,13 +74,14 @@ pub struct Store {
     pub sessions: content::Sessions,
     /// Earlier records of files (invariant 6).
     pub revisions: content::Revisions,
-    manifests: Mutex<HashMap<node::Hash, Arc<Vec<node::ChunkRef>>>>,
+    /// Files' chunk lists, manifest blobs' cached.
+    pub(crate) chunk_lists: content::ChunkLists,
     /// Retention in force (the format's defaults, possibly overridden at mount).
     policy: Mutex<layout::Policy>,
     /// Open nodes: never purged while open.
     pub pins: pins::Pins,
     /// Blobs that may have lost their last reference, swept in batches.
-    pending_sweep: Mutex<Vec<node::Hash>>,
+    sweep_queue: sweep::SweepQueue,
     /// Who follows the store's changes: the index (events), the kernel (staleness).
     pub followers: event::Followers,
     /// Where the last read of each recently read file ended: a read that starts near
@@ -160,16 +161,16 @@ impl Store {
             records: Records::new(layout.clone(), blobs.clone(), fence.clone()),
             debts: dirsync::DirDebts::new(layout.clone(), local.clone()),
             revisions: content::Revisions::new(layout.clone(), blobs.clone()),
+            chunk_lists: content::ChunkLists::new(blobs.clone()),
             layout,
             format,
             blobs,
             local,
             fence,
             sessions: content::Sessions::default(),
-            manifests: Mutex::new(HashMap::new()),
             policy: Mutex::new(policy),
             pins: pins::Pins::default(),
-            pending_sweep: Mutex::new(Vec::new()),
+            sweep_queue: sweep::SweepQueue::default(),
             read_ends: Mutex::new(HashMap::new()),
             fsync_log: None,
             spares,

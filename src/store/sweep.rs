@@ -2,7 +2,7 @@
 //! revision or open session still names, and the sweep that deletes the candidates none
 //! names, through the blob store's rename-aside delete (safe against a writer reusing a
 //! blob at the same moment: `put` refreshes the write time of a blob it reuses).
-//! Unlinks and retention queue candidates (`schedule_sweep`); the daemon sweeps them in
+//! Unlinks and retention queue candidates (`SweepQueue`); the daemon sweeps them in
 //! batches, because a sweep reads every record of the store (docs/DESIGN.md, "Batched
 //! sweep and gc").
 
@@ -10,10 +10,29 @@ use std::collections::HashSet;
 use std::fs;
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
+
 use super::blobs::Deleted;
 use super::error::{Error, IoContext, Result};
 use super::node::{unframe, Content, Hash, NodeId, NodeRecord, Stored, RECORD_XATTR};
 use super::Store;
+
+/// Blobs that may have lost their last reference, queued for the next batched sweep.
+#[derive(Default)]
+pub struct SweepQueue {
+    pending: Mutex<Vec<Hash>>,
+}
+
+impl SweepQueue {
+    /// Queue blobs for the next batched sweep (the daemon runs it in the background).
+    pub(crate) fn push(&self, hashes: Vec<Hash>) {
+        self.pending.lock().extend(hashes);
+    }
+
+    fn take(&self) -> Vec<Hash> {
+        std::mem::take(&mut *self.pending.lock())
+    }
+}
 
 impl Store {
     /// The blobs a record names: chunks, its manifest, and the blob it spills into.
@@ -22,7 +41,7 @@ impl Store {
         if let Content::Manifest(h) = &rec.content {
             out.push(*h);
         }
-        if let Ok(list) = self.chunk_list(&rec.content) {
+        if let Ok(list) = self.chunk_lists.get(&rec.content) {
             out.extend(list.iter().map(|c| c.hash));
         }
         if let Ok(Some(raw)) = xattr::get(self.layout.node_path(id), RECORD_XATTR) {
@@ -135,15 +154,10 @@ impl Store {
         Ok(freed)
     }
 
-    /// Queue blobs for the next batched sweep (the daemon runs it in the background).
-    pub fn schedule_sweep(&self, hashes: Vec<Hash>) {
-        self.pending_sweep.lock().extend(hashes);
-    }
-
     /// Run the queued sweep; returns bytes freed.
     pub fn run_pending_sweep(&self) -> Result<u64> {
         let since = SystemTime::now();
-        let pending = std::mem::take(&mut *self.pending_sweep.lock());
+        let pending = self.sweep_queue.take();
         self.sweep(pending, since)
     }
 }

@@ -363,7 +363,7 @@ impl Store {
         if sweep_now {
             report.bytes_freed = self.sweep(candidates, since)?;
         } else {
-            self.schedule_sweep(candidates);
+            self.sweep_queue.push(candidates);
         }
         Ok(report)
     }
@@ -415,7 +415,7 @@ impl Store {
         }
         let mut candidates = Vec::new();
         self.remove_node(id, &mut candidates)?;
-        self.schedule_sweep(candidates);
+        self.sweep_queue.push(candidates);
         Ok(())
     }
 
@@ -436,7 +436,7 @@ impl Store {
             report.revisions += n;
             candidates.extend(c);
         }
-        self.schedule_sweep(candidates);
+        self.sweep_queue.push(candidates);
         Ok(report)
     }
 
@@ -504,7 +504,7 @@ impl Store {
         }
         drop(guard);
         let (_, blobs) = self.prune_revisions(id)?;
-        self.schedule_sweep(blobs);
+        self.sweep_queue.push(blobs);
         self.followers.invalidated(id);
         Ok(())
     }

@@ -18,7 +18,7 @@ impl Checker<'_> {
         for id in self.s.node_ids()? {
             // A manifest that cannot be read hides which chunks are in use.
             let strict = |rec: &NodeRecord| -> Result<()> {
-                self.s.chunk_list(&rec.content).map(|_| ()).map_err(|e| {
+                self.s.chunk_lists.get(&rec.content).map(|_| ()).map_err(|e| {
                 Error::Integrity {
                     what: "the store's manifests".into(),
                     detail: format!(

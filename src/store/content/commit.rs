@@ -97,7 +97,7 @@ impl Store {
         if let Some(base) = s.base.take() {
             if self.revisions.save(id, &base)? {
                 let (_, blobs) = self.prune_revisions(id)?;
-                self.schedule_sweep(blobs);
+                self.sweep_queue.push(blobs);
             }
         }
         let (size, mtime) = (s.size, s.mtime);
@@ -127,7 +127,7 @@ impl Store {
         }
         // The record no longer names what this session sealed and then replaced.
         let superseded = std::mem::take(&mut s.superseded);
-        self.schedule_sweep(superseded);
+        self.sweep_queue.push(superseded);
         if durable {
             self.sync_node(id)?;
             s.chain = base.map(|b| (b, new.version));

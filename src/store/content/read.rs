@@ -1,7 +1,10 @@
 //! Reading content: chunk lists, verified chunk loads (invariant 5), reads through an
 //! open session's dirty chunks, sequential read-ahead, SEEK_DATA/SEEK_HOLE.
 
+use std::collections::HashMap;
+
 use super::*;
+use crate::store::blobs::BlobStore;
 
 /// A sequential reader has this many chunks after the one it reads loaded ahead.
 pub(super) const READ_AHEAD_CHUNKS: u64 = 3;
@@ -60,18 +63,32 @@ pub(super) fn for_each_piece(
     Ok(())
 }
 
-impl Store {
+/// The chunk lists of files, with the lists of recently read manifest blobs kept in
+/// memory (a manifest blob is immutable, so a cached list never goes stale).
+pub struct ChunkLists {
+    cache: Mutex<HashMap<Hash, Arc<Vec<ChunkRef>>>>,
+    blobs: Arc<dyn BlobStore>,
+}
+
+impl ChunkLists {
+    pub(crate) fn new(blobs: Arc<dyn BlobStore>) -> ChunkLists {
+        ChunkLists {
+            cache: Mutex::new(HashMap::new()),
+            blobs,
+        }
+    }
+
     /// The chunk list a content value names.
-    pub(crate) fn chunk_list(&self, content: &Content) -> Result<Arc<Vec<ChunkRef>>> {
+    pub(crate) fn get(&self, content: &Content) -> Result<Arc<Vec<ChunkRef>>> {
         match content {
             Content::Empty | Content::Inline(_) => Ok(Arc::new(Vec::new())),
             Content::Chunks(v) => Ok(Arc::new(v.clone())),
             Content::Manifest(h) => {
-                if let Some(m) = self.manifests.lock().get(h) {
+                if let Some(m) = self.cache.lock().get(h) {
                     return Ok(m.clone());
                 }
                 let list = Arc::new(decode_manifest(hash_hex(h), &self.blobs.get(h)?)?);
-                let mut m = self.manifests.lock();
+                let mut m = self.cache.lock();
                 if m.len() > 4096 {
                     m.clear();
                 }
@@ -80,7 +97,9 @@ impl Store {
             }
         }
     }
+}
 
+impl Store {
     /// Read a verified chunk; on a mismatch mark the node and report EIO.
     pub(crate) fn load_chunk(&self, id: NodeId, c: &ChunkRef) -> Result<Arc<Chunk>> {
         match self.blobs.get(&c.hash) {
@@ -126,7 +145,7 @@ impl Store {
             })?;
             return Ok(ReadData::Owned(out));
         }
-        let list = self.chunk_list(&rec.content)?;
+        let list = self.chunk_lists.get(&rec.content)?;
         if self.sequential(id, off, len as u64) {
             // The kernel's readahead keeps a window of requests in flight; loading and
             // verifying the next chunks meanwhile keeps the disk and a core busy.
@@ -279,7 +298,7 @@ impl Store {
             }
             None => match &rec.content {
                 Content::Inline(_) => [0].into_iter().collect(),
-                c => self.chunk_list(c)?.iter().map(|c| c.index).collect(),
+                c => self.chunk_lists.get(c)?.iter().map(|c| c.index).collect(),
             },
         };
         let mut idx = off / cs;
@@ -303,7 +322,7 @@ impl Store {
             append_padded(&mut out, d, 0, rec.size as usize);
             return Ok(out);
         }
-        let list = self.chunk_list(&rec.content)?;
+        let list = self.chunk_lists.get(&rec.content)?;
         for_each_piece(rec.size, cs, 0, rec.size, |idx, in_off, n| {
             match list.binary_search_by_key(&idx, |c| c.index) {
                 Ok(i) => append_padded(&mut out, &self.load_chunk(id, &list[i])?, in_off, n),

@@ -374,7 +374,7 @@ impl Store {
             other => {
                 // Errors surface on read; a session over an unreadable manifest starts empty
                 // only if the manifest is missing entirely, which load below reports.
-                if let Ok(list) = self.chunk_list(other) {
+                if let Ok(list) = self.chunk_lists.get(other) {
                     for c in list.iter() {
                         s.chunks.insert(c.index, c.clone());
                     }
@@ -414,7 +414,7 @@ impl Store {
             _ => return Err(Error::Invalid("not a regular file")),
         }
         if let Content::Manifest(_) = rec.content {
-            self.chunk_list(&rec.content)?; // surface a missing or corrupt manifest now
+            self.chunk_lists.get(&rec.content)?; // surface a missing or corrupt manifest now
         }
         let mut s = self.new_session(&rec);
         if handle {

@@ -40,7 +40,7 @@ fn committed_records_name_existing_blobs() {
     for h in Store::record_hashes(&rec) {
         assert!(s.blobs.get(&h).is_ok());
     }
-    for c in s.chunk_list(&rec.content).unwrap().iter() {
+    for c in s.chunk_lists.get(&rec.content).unwrap().iter() {
         assert!(s.local.path_of(&c.hash).exists());
     }
 }
