@@ -35,7 +35,6 @@ mod sweep;
 pub mod trash;
 pub mod tree;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -84,9 +83,8 @@ pub struct Store {
     sweep_queue: sweep::SweepQueue,
     /// Who follows the store's changes: the index (events), the kernel (staleness).
     pub followers: event::Followers,
-    /// Where the last read of each recently read file ended: a read that starts near
-    /// there is sequential and prefetches the next chunk.
-    read_ends: Mutex<HashMap<NodeId, u64>>,
+    /// Sequential readers, whose next chunks are loaded ahead.
+    read_pattern: content::ReadPattern,
     /// Per directory, what its next fsyncdir must make durable besides its own entries.
     debts: dirsync::DirDebts,
     /// A writer's fsync log (see `fsynclog`): one fdatasync per file fsync.
@@ -171,7 +169,7 @@ impl Store {
             policy: Mutex::new(policy),
             pins: pins::Pins::default(),
             sweep_queue: sweep::SweepQueue::default(),
-            read_ends: Mutex::new(HashMap::new()),
+            read_pattern: content::ReadPattern::default(),
             fsync_log: None,
             spares,
             followers: event::Followers::default(),

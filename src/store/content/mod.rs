@@ -58,7 +58,7 @@ use super::node::{
 use super::{appended, Store};
 
 use super::manifest::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
-pub use read::{ChunkLists, ReadData};
+pub use read::{ChunkLists, ReadData, ReadPattern};
 pub use revisions::Revisions;
 pub use session::{Session, Sessions};
 
