@@ -87,7 +87,7 @@ fn chunk_blobs(store: &Path, rel: &str) -> Vec<PathBuf> {
     let n = node_of(store, rel);
     let id = uuid::Uuid::parse_str(n.file_name().unwrap().to_str().unwrap()).unwrap();
     let rec = s.records.read(decofs::store::NodeId(id)).unwrap();
-    decofs::store::Store::record_hashes(&rec)
+    decofs::store::content::record_hashes(&rec)
         .iter()
         .map(|h| s.layout.blob_path(&decofs::store::node::hash_hex(h)))
         .collect()

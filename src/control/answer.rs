@@ -56,7 +56,7 @@ fn held_space(store: &Store) -> ((u64, u64), (u64, u64)) {
         }
     }
     let mut revs = (0, 0);
-    for id in store.revision_owners() {
+    for id in store.sweeper().revision_owners() {
         for (_, r) in store.revisions.list(id).unwrap_or_default() {
             revs.0 += 1;
             revs.1 += r.stored;
@@ -116,7 +116,8 @@ impl StoreAnswer for Gc {
 impl StoreAnswer for TrashLs {
     fn answer(&self, store: &Store) -> Result<TrashList> {
         let entries = store
-            .trash_list()?
+            .trash()
+            .list()?
             .iter()
             .map(|e| TrashItem {
                 id: e.id.to_string(),
@@ -135,7 +136,7 @@ impl StoreAnswer for TrashLs {
 impl StoreAnswer for TrashRestore {
     fn answer(&self, store: &Store) -> Result<Restored> {
         let to = self.to.as_ref().map(|t| t.0.as_path());
-        let at = store.trash_restore(self.sel.0.as_os_str(), to)?;
+        let at = store.trash().restore(self.sel.0.as_os_str(), to)?;
         Ok(Restored {
             restored_to: WirePath(at),
         })
@@ -151,7 +152,7 @@ impl StoreAnswer for TrashPurge {
         } else {
             PurgeSel::All
         };
-        let r = store.trash_purge(sel)?;
+        let r = store.trash().purge(sel)?;
         Ok(Purged {
             nodes: r.nodes,
             revisions: r.revisions,
@@ -163,7 +164,7 @@ impl StoreAnswer for TrashPurge {
 
 impl StoreAnswer for VersionsLs {
     fn answer(&self, store: &Store) -> Result<VersionList> {
-        let id = store.resolve_path(&self.path.0)?;
+        let id = store.names().resolve_path(&self.path.0)?;
         let versions = store
             .revisions
             .list(id)?
@@ -182,12 +183,12 @@ impl StoreAnswer for VersionsLs {
 
 impl StoreAnswer for VersionsRestore {
     fn answer(&self, store: &Store) -> Result<VersionRestored> {
-        let id = store.resolve_path(&self.path.0)?;
+        let id = store.names().resolve_path(&self.path.0)?;
         let rev: i128 = self
             .rev
             .parse()
             .map_err(|_| Error::Invalid("bad revision id"))?;
-        store.version_restore(id, rev)?;
+        store.trash().version_restore(id, rev)?;
         Ok(VersionRestored {
             restored: rev.to_string(),
         })

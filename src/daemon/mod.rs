@@ -171,7 +171,7 @@ pub fn run_foreground(
         unsafe { libc::sigwait(&set, &mut sig) };
         log::info!("signal {sig}: committing open files and unmounting");
         sd_notify("STOPPING=1");
-        if let Err(e) = sig_store.commit_all() {
+        if let Err(e) = sig_store.data().commit_all() {
             log::error!("commit on signal failed: {e}");
         }
         if let Err(e) = unmount_now(&sig_mnt) {
@@ -180,7 +180,7 @@ pub fn run_foreground(
         // Open files can keep a lazily detached mount alive; everything is committed,
         // so do not wait forever.
         std::thread::sleep(Duration::from_secs(10));
-        let _ = sig_store.commit_all();
+        let _ = sig_store.data().commit_all();
         if let Err(e) = sig_store.close_fsync_log() {
             log::error!("closing the fsync log failed (it is replayed at the next mount): {e}");
         }
@@ -188,7 +188,7 @@ pub fn run_foreground(
     });
     let res = session.run().ctx(|| "serve the mount".into());
     sd_notify("STOPPING=1");
-    let commit = store.commit_all();
+    let commit = store.data().commit_all();
     let commit = commit.and_then(|()| store.close_fsync_log());
     if let Ok(ix) = &index {
         ix.close();
@@ -317,7 +317,7 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
                     log::error!("maintenance: {what} panicked ({why}); the next round tries again");
                 }
             };
-            // Directory times deferred by creates and unlinks (Store::touch_dir_times).
+            // Directory times deferred by creates and unlinks (Records::touch_dir_times).
             contained(
                 "directory times",
                 panics::catch(|| {
@@ -334,7 +334,7 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
                 contained(
                     "sweep",
                     panics::catch(|| {
-                        if let Err(e) = st.run_pending_sweep() {
+                        if let Err(e) = st.sweeper().run_pending_sweep() {
                             log::warn!("sweep: {e}");
                         }
                     }),
@@ -351,7 +351,7 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
 
 /// Apply the retention policy, saying what it purged.
 fn expire(st: &Store) {
-    match st.expire() {
+    match st.trash().expire() {
         Ok(r) if r.nodes + r.revisions > 0 => log::info!(
             "retention: purged {} trashed node(s), {} revision(s); the next sweep frees their space",
             r.nodes,

@@ -103,7 +103,7 @@ impl DirAhead {
                     };
                     let Some(s) = store.upgrade() else { return };
                     // Only warms caches: errors are left for the listing to report.
-                    if let Ok(entries) = s.readdir(dir) {
+                    if let Ok(entries) = s.names().readdir(dir) {
                         s.records.prefetch(&ops::records_a_listing_reads(&entries));
                     }
                 });

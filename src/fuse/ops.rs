@@ -88,7 +88,7 @@ impl DecoFs {
     }
 
     fn reply_entry(&self, id: NodeId, reply: ReplyEntry) {
-        match self.store.stat(id) {
+        match self.store.attrs().stat(id) {
             Ok(rec) => {
                 self.remember(id);
                 reply.entry(&self.ttl(id), &self.attr(id, &rec), Generation(0));
@@ -107,6 +107,7 @@ impl DecoFs {
         let p = self.node(parent)?;
         let _ = req;
         self.store
+            .tree()
             .create(p, name, new)
             .map(|(id, _)| id)
             .map_err(|e| errno(&e))
@@ -140,7 +141,7 @@ impl DecoFs {
             None => self.node(ino)?,
         };
         // A listing from the start (the first, or a rewind, which sees changes since).
-        let entries = Arc::new(self.store.readdir(id).map_err(|e| errno(&e))?);
+        let entries = Arc::new(self.store.names().readdir(id).map_err(|e| errno(&e))?);
         self.prefetch(&entries, 0);
         let subdirs: Vec<NodeId> = entries
             .iter()
@@ -247,7 +248,7 @@ impl Filesystem for DecoFs {
     fn destroy(&mut self) {
         self.ahead.stop();
         self.dirs_ahead.stop();
-        if let Err(e) = self.store.commit_all() {
+        if let Err(e) = self.store.data().commit_all() {
             log::error!("committing open files at unmount failed: {e}");
         }
     }
@@ -258,7 +259,7 @@ impl Filesystem for DecoFs {
                 Ok(p) => p,
                 Err(e) => return reply.error(e),
             };
-            match self.store.lookup(p, name) {
+            match self.store.names().lookup(p, name) {
                 Ok(id) => {
                     self.lookup_after_listing(p, id);
                     self.reply_entry(id, reply)
@@ -289,7 +290,7 @@ impl Filesystem for DecoFs {
                 Ok(id) => id,
                 Err(e) => return reply.error(e),
             };
-            match self.store.stat(id) {
+            match self.store.attrs().stat(id) {
                 Ok(rec) => reply.attr(&self.ttl(id), &self.attr(id, &rec)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -327,7 +328,7 @@ impl Filesystem for DecoFs {
                 atime: atime.map(set_time),
                 mtime: mtime.map(set_time),
             };
-            let rec = match self.store.setattr(id, &a) {
+            let rec = match self.store.attrs().setattr(id, &a) {
                 Ok(rec) => rec,
                 Err(e) => return reply.error(errno(&e)),
             };
@@ -342,8 +343,9 @@ impl Filesystem for DecoFs {
                     |g: u32| root || req.gid() == g || in_supplementary_groups(req.pid(), g);
                 match self
                     .store
+                    .attrs()
                     .kill_privileges(id, in_group)
-                    .and_then(|()| self.store.stat(id))
+                    .and_then(|()| self.store.attrs().stat(id))
                 {
                     Ok(rec) => rec,
                     Err(e) => return reply.error(errno(&e)),
@@ -434,7 +436,7 @@ impl Filesystem for DecoFs {
         super::guard("unlink", || {
             match self
                 .node(parent)
-                .and_then(|p| self.store.unlink(p, name).map_err(|e| errno(&e)))
+                .and_then(|p| self.store.tree().unlink(p, name).map_err(|e| errno(&e)))
             {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -446,7 +448,7 @@ impl Filesystem for DecoFs {
         super::guard("rmdir", || {
             match self
                 .node(parent)
-                .and_then(|p| self.store.rmdir(p, name).map_err(|e| errno(&e)))
+                .and_then(|p| self.store.tree().rmdir(p, name).map_err(|e| errno(&e)))
             {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -501,6 +503,7 @@ impl Filesystem for DecoFs {
             let res = self.node(parent).and_then(|p| {
                 let np = self.node(newparent)?;
                 self.store
+                    .tree()
                     .rename(p, name, np, newname, mode)
                     .map_err(|e| errno(&e))
             });
@@ -523,6 +526,7 @@ impl Filesystem for DecoFs {
             let res = self.node(ino).and_then(|id| {
                 let np = self.node(newparent)?;
                 self.store
+                    .tree()
                     .link(id, np, newname)
                     .map(|_| id)
                     .map_err(|e| errno(&e))
@@ -542,7 +546,7 @@ impl Filesystem for DecoFs {
             };
             let write = writes(flags);
             if write {
-                if let Err(e) = self.store.open_write(id) {
+                if let Err(e) = self.store.data().open_write(id) {
                     return reply.error(errno(&e));
                 }
             }
@@ -572,7 +576,7 @@ impl Filesystem for DecoFs {
                 Ok(id) => id,
                 Err(e) => return reply.error(e),
             };
-            match self.store.read_shared(id, offset, size) {
+            match self.store.data().read_shared(id, offset, size) {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -604,11 +608,11 @@ impl Filesystem for DecoFs {
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
                 let in_group =
                     |gid: u32| req.gid() == gid || in_supplementary_groups(req.pid(), gid);
-                if let Err(e) = self.store.kill_privileges(id, in_group) {
+                if let Err(e) = self.store.attrs().kill_privileges(id, in_group) {
                     return reply.error(errno(&e));
                 }
             }
-            match self.store.write(id, offset, data) {
+            match self.store.data().write(id, offset, data) {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -627,7 +631,7 @@ impl Filesystem for DecoFs {
             // close(2): commit what this file's session holds, so a closed file is on disk
             // even if the daemon dies before the release arrives.
             match self.file_handle(fh) {
-                Some((id, true)) => match self.store.commit(id, false) {
+                Some((id, true)) => match self.store.data().commit(id, false) {
                     Ok(()) => reply.ok(),
                     Err(e) => reply.error(errno(&e)),
                 },
@@ -651,11 +655,11 @@ impl Filesystem for DecoFs {
             let res = match h {
                 Some(Handle::File { id, write }) => {
                     let res = if write {
-                        self.store.close_write(id)
+                        self.store.data().close_write(id)
                     } else {
                         Ok(())
                     };
-                    self.store.unpin(id);
+                    self.store.trash().unpin(id);
                     res
                 }
                 _ => Ok(()),
@@ -685,7 +689,7 @@ impl Filesystem for DecoFs {
                 Ok(id) => id,
                 Err(e) => return reply.error(e),
             };
-            match self.store.commit(id, true) {
+            match self.store.data().commit(id, true) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -798,7 +802,7 @@ impl Filesystem for DecoFs {
                     i += 1;
                     continue;
                 }
-                let rec = match self.store.stat(child) {
+                let rec = match self.store.attrs().stat(child) {
                     Ok(r) => r,
                     Err(_) => {
                         // A damaged record does not hide a name whose id tells its type:
@@ -863,7 +867,7 @@ impl Filesystem for DecoFs {
         super::guard("fsyncdir", || {
             let res = self
                 .node(ino)
-                .and_then(|id| self.store.sync_dir_node(id).map_err(|e| errno(&e)));
+                .and_then(|id| self.store.fsync().sync_dir_node(id).map_err(|e| errno(&e)));
             match res {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -907,6 +911,7 @@ impl Filesystem for DecoFs {
             };
             match self.node(ino).and_then(|id| {
                 self.store
+                    .attrs()
                     .set_xattr(id, name, value, mode)
                     .map_err(|e| errno(&e))
             }) {
@@ -918,10 +923,12 @@ impl Filesystem for DecoFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         super::guard("getxattr", || {
-            match self
-                .node(ino)
-                .and_then(|id| self.store.get_xattr(id, name).map_err(|e| errno(&e)))
-            {
+            match self.node(ino).and_then(|id| {
+                self.store
+                    .attrs()
+                    .get_xattr(id, name)
+                    .map_err(|e| errno(&e))
+            }) {
                 Ok(v) => reply_xattr(reply, &v, size),
                 Err(e) => reply.error(e),
             }
@@ -932,7 +939,7 @@ impl Filesystem for DecoFs {
         super::guard("listxattr", || {
             match self
                 .node(ino)
-                .and_then(|id| self.store.list_xattr(id).map_err(|e| errno(&e)))
+                .and_then(|id| self.store.attrs().list_xattr(id).map_err(|e| errno(&e)))
             {
                 Ok(v) => reply_xattr(reply, &v, size),
                 Err(e) => reply.error(e),
@@ -942,10 +949,12 @@ impl Filesystem for DecoFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         super::guard("removexattr", || {
-            match self
-                .node(ino)
-                .and_then(|id| self.store.remove_xattr(id, name).map_err(|e| errno(&e)))
-            {
+            match self.node(ino).and_then(|id| {
+                self.store
+                    .attrs()
+                    .remove_xattr(id, name)
+                    .map_err(|e| errno(&e))
+            }) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }
@@ -1009,11 +1018,11 @@ impl Filesystem for DecoFs {
             };
             let write = writes(OpenFlags(flags));
             if write {
-                if let Err(e) = self.store.open_write(id) {
+                if let Err(e) = self.store.data().open_write(id) {
                     return reply.error(errno(&e));
                 }
             }
-            match self.store.stat(id) {
+            match self.store.attrs().stat(id) {
                 Ok(rec) => {
                     self.remember(id);
                     let fh = self.new_handle(Handle::File { id, write });
@@ -1049,10 +1058,11 @@ impl Filesystem for DecoFs {
                 0 | libc::FALLOC_FL_KEEP_SIZE => {
                     let end = offset.saturating_add(length);
                     self.store
+                        .data()
                         .fallocate(id, end, mode == libc::FALLOC_FL_KEEP_SIZE)
                 }
                 m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
-                    self.store.punch_hole(id, offset, length)
+                    self.store.data().punch_hole(id, offset, length)
                 }
                 _ => Err(Error::NotSupported),
             };
@@ -1085,7 +1095,7 @@ impl Filesystem for DecoFs {
                 libc::SEEK_HOLE => false,
                 _ => return reply.error(Errno::EINVAL),
             };
-            match self.store.seek_data_hole(id, offset as u64, data) {
+            match self.store.data().seek_data_hole(id, offset as u64, data) {
                 Ok(Some(o)) => reply.offset(o as i64),
                 Ok(None) => reply.error(Errno::ENXIO),
                 Err(e) => reply.error(errno(&e)),
@@ -1110,6 +1120,7 @@ impl Filesystem for DecoFs {
             let res = self.node(ino_in).and_then(|a| {
                 let b = self.node(ino_out)?;
                 self.store
+                    .data()
                     .copy_range(a, offset_in, b, offset_out, len)
                     .map_err(|e| errno(&e))
             });

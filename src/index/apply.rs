@@ -175,7 +175,7 @@ impl<'a> Applier<'a> {
             Some(s) if s.kind == Kind::Dir => {}
             _ => return Ok(()), // its directory is not reachable (yet)
         }
-        let on_disk = match self.store.lookup(parent, name) {
+        let on_disk = match self.store.names().lookup(parent, name) {
             Ok(c) => Some(c),
             Err(Error::NotFound) | Err(Error::NotDir) => None,
             Err(e) => {
@@ -315,7 +315,7 @@ impl<'a> Applier<'a> {
     }
 
     fn entries_of(&mut self, dir: NodeId) -> Vec<(OsString, NodeId)> {
-        match self.store.readdir(dir) {
+        match self.store.names().readdir(dir) {
             Ok(v) => v,
             Err(Error::NotFound) => Vec::new(),
             Err(e) => {

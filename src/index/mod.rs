@@ -747,25 +747,38 @@ mod tests {
         let s = Arc::new(Store::open(&p, OpenOptions::default()).unwrap());
         let ix = Index::open(s.clone(), true, IndexOpts::default()).unwrap();
         let root = s.root();
-        let (a, _) = s.create(root, OsStr::new("a"), node(Kind::Dir)).unwrap();
-        let (f, _) = s.create(a, OsStr::new("f"), node(Kind::File)).unwrap();
-        s.open_write(f).unwrap();
-        s.write(f, 0, &[7u8; 100_000]).unwrap();
-        s.close_write(f).unwrap();
-        s.link(f, root, OsStr::new("hard")).unwrap();
-        let (sub, _) = s.create(a, OsStr::new("sub"), node(Kind::Dir)).unwrap();
-        s.create(sub, OsStr::new("g"), node(Kind::File)).unwrap();
-        s.rename(
-            root,
-            OsStr::new("a"),
-            root,
-            OsStr::new("b"),
-            RenameMode::Replace,
-        )
-        .unwrap();
-        s.create(root, OsStr::new("gone"), node(Kind::File))
+        let (a, _) = s
+            .tree()
+            .create(root, OsStr::new("a"), node(Kind::Dir))
             .unwrap();
-        s.unlink(root, OsStr::new("gone")).unwrap();
+        let (f, _) = s
+            .tree()
+            .create(a, OsStr::new("f"), node(Kind::File))
+            .unwrap();
+        s.data().open_write(f).unwrap();
+        s.data().write(f, 0, &[7u8; 100_000]).unwrap();
+        s.data().close_write(f).unwrap();
+        s.tree().link(f, root, OsStr::new("hard")).unwrap();
+        let (sub, _) = s
+            .tree()
+            .create(a, OsStr::new("sub"), node(Kind::Dir))
+            .unwrap();
+        s.tree()
+            .create(sub, OsStr::new("g"), node(Kind::File))
+            .unwrap();
+        s.tree()
+            .rename(
+                root,
+                OsStr::new("a"),
+                root,
+                OsStr::new("b"),
+                RenameMode::Replace,
+            )
+            .unwrap();
+        s.tree()
+            .create(root, OsStr::new("gone"), node(Kind::File))
+            .unwrap();
+        s.tree().unlink(root, OsStr::new("gone")).unwrap();
         let fresh = Fresh {
             wait: Some(Duration::from_secs(30)),
             stale: false,

@@ -3,10 +3,13 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
+use super::content::{Data, Sessions};
 use super::error::{Error, Result};
+use super::event::Followers;
 use super::event::{Event, Op};
+use super::lock::Fence;
 use super::node::{Kind, NodeId, NodeRecord, Status, Time};
-use super::Store;
+use super::records::Records;
 
 /// The virtual xattr reporting a node's state (invariant 9).
 pub const STATUS_XATTR: &[u8] = b"user.decofs.status";
@@ -50,19 +53,29 @@ pub enum XattrMode {
     ReplaceOnly,
 }
 
-impl Store {
+/// Attributes and extended attributes of nodes.
+#[derive(Clone, Copy)]
+pub struct Attrs<'a> {
+    pub(super) records: &'a Records,
+    pub(super) fence: &'a Fence,
+    pub(super) sessions: &'a Sessions,
+    pub(super) followers: &'a Followers,
+    pub(super) data: Data<'a>,
+}
+
+impl Attrs<'_> {
     /// A node's record as a reader sees it now (open sessions included).
     pub fn stat(&self, id: NodeId) -> Result<NodeRecord> {
         let mut rec = self.records.read(id)?;
-        self.overlay(id, &mut rec);
+        self.data.overlay(id, &mut rec);
         Ok(rec)
     }
 
     pub fn setattr(&self, id: NodeId, a: &SetAttr) -> Result<NodeRecord> {
-        self.writable()?;
+        self.fence.check()?;
         if let Some(size) = a.size {
             match self.records.read(id)?.kind {
-                Kind::File => self.truncate(id, size)?,
+                Kind::File => self.data.truncate(id, size)?,
                 Kind::Dir => return Err(Error::IsDir),
                 _ => return Err(Error::Invalid("cannot truncate this kind of file")),
             }
@@ -96,7 +109,7 @@ impl Store {
                 s.lock().mtime = None;
             }
         }
-        self.overlay(id, &mut rec);
+        self.data.overlay(id, &mut rec);
         Ok(rec)
     }
 
@@ -172,7 +185,7 @@ impl Store {
     }
 
     pub fn set_xattr(&self, id: NodeId, name: &OsStr, value: &[u8], mode: XattrMode) -> Result<()> {
-        self.writable()?;
+        self.fence.check()?;
         let name = name.as_bytes();
         Self::check_xattr_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
@@ -224,7 +237,7 @@ impl Store {
     }
 
     pub fn remove_xattr(&self, id: NodeId, name: &OsStr) -> Result<()> {
-        self.writable()?;
+        self.fence.check()?;
         let name = name.as_bytes();
         if name.starts_with(RESERVED_PREFIX) {
             return Err(Error::NotPermitted);

@@ -14,14 +14,18 @@ use parking_lot::Mutex;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::blobs::LocalBlobs;
+use super::blobs::{BlobStore, LocalBlobs};
+use super::content::ChunkLists;
 use super::error::{Error, IoContext, Result};
+use super::fsynclog::FsyncLog;
 use super::layout::Layout;
+use super::lock::Fence;
 use super::node::{
     self, decode_body, encode_body, frame, unframe, Kind, NodeId, NodeRecord, Stored,
     INLINE_RECORD_LIMIT,
 };
-use super::{appended, blobs, fsynclog, layout, Store};
+use super::records::Records;
+use super::{appended, blobs, fsynclog, layout};
 
 /// What a directory's fsyncdir owes beyond the directory itself, for the entries made
 /// in it (or moved into it) since it was last synced. fsyncdir writes names, not the
@@ -255,7 +259,20 @@ impl DirDebts {
     }
 }
 
-impl Store {
+/// fsync and fsyncdir of nodes, through the fsync log when there is one.
+#[derive(Clone, Copy)]
+pub struct Fsync<'a> {
+    pub(super) layout: &'a Layout,
+    pub(super) records: &'a Records,
+    pub(super) blobs: &'a dyn BlobStore,
+    pub(super) local: &'a LocalBlobs,
+    pub(super) fence: &'a Fence,
+    pub(super) chunk_lists: &'a ChunkLists,
+    pub(super) debts: &'a DirDebts,
+    pub(super) fsync_log: &'a Option<FsyncLog>,
+}
+
+impl Fsync<'_> {
     /// fsyncdir: make a directory's entries durable, with what they name: the `nodes/`
     /// directories holding node files of new entries, the inodes made for them (a
     /// syncfs, when any was made on the spot), and the records of new files from
@@ -274,7 +291,7 @@ impl Store {
         res
     }
 
-    pub(super) fn sync_unsynced(&self, id: NodeId, u: &UnsyncedDir) -> Result<()> {
+    fn sync_unsynced(&self, id: NodeId, u: &UnsyncedDir) -> Result<()> {
         let covered = |t: u64| self.local.synced_since(t);
         let mut whole = u.all_before.is_some_and(|t| !covered(t));
         let mut to_log = Vec::new();
@@ -358,14 +375,14 @@ impl Store {
         }
     }
 
-    pub(super) fn try_log_sync(&self, id: NodeId) -> Result<LogSync> {
+    fn try_log_sync(&self, id: NodeId) -> Result<LogSync> {
         let Some((value, rec, rec_blob)) = self.stored_file_record(id)? else {
             return Ok(LogSync::NotAFile);
         };
         let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
             return Ok(LogSync::NoLog);
         };
-        self.writable()?;
+        self.fence.check()?;
         let entry = self.log_entry(id, value, &rec, rec_blob)?;
         if appended(log.append(&entry, &|| self.local.sync_filesystem())).is_none() {
             return Ok(LogSync::NoLog);
@@ -449,9 +466,9 @@ mod tests {
         let mut dir = file_node();
         dir.kind = Kind::Dir;
         dir.mode = 0o755;
-        let (a, _) = s.create(root, OsStr::new("a"), dir).unwrap();
-        let f = s.create(a, OsStr::new("f"), file_node()).unwrap().0;
-        let g = s.create(a, OsStr::new("g"), file_node()).unwrap().0;
+        let (a, _) = s.tree().create(root, OsStr::new("a"), dir).unwrap();
+        let f = s.tree().create(a, OsStr::new("f"), file_node()).unwrap().0;
+        let g = s.tree().create(a, OsStr::new("g"), file_node()).unwrap().0;
         let owes = |d: NodeId, c: NodeId| {
             let m = s.debts.owed.lock();
             m.by_dir
@@ -459,21 +476,22 @@ mod tests {
                 .is_some_and(|u| u.children.contains_key(&c))
         };
         assert!(owes(root, a) && owes(a, f) && owes(a, g));
-        s.rename(
-            a,
-            OsStr::new("f"),
-            root,
-            OsStr::new("f"),
-            tree::RenameMode::Replace,
-        )
-        .unwrap();
+        s.tree()
+            .rename(
+                a,
+                OsStr::new("f"),
+                root,
+                OsStr::new("f"),
+                tree::RenameMode::Replace,
+            )
+            .unwrap();
         assert!(
             !owes(a, f) && owes(root, f),
             "the debt moves with the entry"
         );
-        s.sync_dir_node(a).unwrap();
+        s.fsync().sync_dir_node(a).unwrap();
         assert!(!owes(a, g));
-        s.sync_dir_node(root).unwrap();
+        s.fsync().sync_dir_node(root).unwrap();
         {
             let m = s.debts.owed.lock();
             assert_eq!(m.entries, 0, "everything paid");
@@ -481,6 +499,7 @@ mod tests {
         }
         // Made in place (a directory): a syncfs covers it; a later one is owed again.
         let (b, _) = s
+            .tree()
             .create(root, OsStr::new("b"), {
                 let mut d = file_node();
                 d.kind = Kind::Dir;
@@ -492,11 +511,12 @@ mod tests {
             NewChild::FromSpare { .. } => panic!("a directory is made in place"),
         };
         assert!(!s.local.synced_since(t));
-        s.sync_dir_node(root).unwrap();
+        s.fsync().sync_dir_node(root).unwrap();
         assert!(s.local.synced_since(t), "fsyncdir synced the filesystem");
         // Past CHILDREN_MAX: the list gives way to one ticket.
         for i in 0..=CHILDREN_MAX {
-            s.create(b, OsStr::new(&format!("n{i}")), file_node())
+            s.tree()
+                .create(b, OsStr::new(&format!("n{i}")), file_node())
                 .unwrap();
         }
         {
@@ -508,7 +528,7 @@ mod tests {
                 m.by_dir.values().map(UnsyncedDir::len).sum::<usize>()
             );
         }
-        s.sync_dir_node(b).unwrap();
+        s.fsync().sync_dir_node(b).unwrap();
         assert!(!s.debts.owed.lock().by_dir.contains_key(&b));
     }
 

@@ -81,6 +81,21 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Free and total space of the disk under the store: (blocks, bfree, bavail, files,
+    /// ffree, bsize).
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Invalid("path"))?;
+        // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c outlives the call, st is ours to fill.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(Error::io("statfs", std::io::Error::last_os_error()));
+        }
+        Ok(st)
+    }
+
     pub fn new(root: &Path) -> Layout {
         Layout {
             root: root.to_path_buf(),

@@ -1,19 +1,27 @@
 //! The store: the truth on disk. It knows nothing of FUSE or of the index.
 //!
-//! `Store` is the facade over the components that each own one job, in the files that
-//! name it (docs/DESIGN.md, "Module map"):
+//! `Store` opens a store, owns its components and hands out views; it holds no
+//! operation of its own (docs/DESIGN.md, "Module map"). Components own state:
 //! - `records`: node records, written whole under a stripe lock, cached by the one
 //!   writer (invariant 2), behind the `lock::Fence` (invariant 7);
 //! - `blobs`: the blob-store seam and its local implementation (invariants 1 and 5);
-//! - `tree`: names, bound by creating the entry symlink (invariant 3);
-//! - `content`: write sessions, reads, commits, revisions (invariants 4 and 5);
-//! - `dirsync` and `fsynclog`: what fsync and fsyncdir make durable (11, 12);
-//! - `trash`, `sweep`, `pins`: undo, freeing blobs, open nodes (invariants 6 and 1);
-//! - `event`: the followers (the index's change events, the kernel's invalidation);
-//! - `check`: fsck, scrub, gc.
+//! - `content::{Sessions, Revisions, ChunkLists, ReadPattern}`, `pins`, `sweep::SweepQueue`,
+//!   `dirsync::DirDebts`, `fsynclog::FsyncLog`, `spare::Spares`, `event::Followers`.
 //!
-//! The operations that span components (create, unlink, rename, commit, restore) are
-//! `Store` methods in the component files that lead them.
+//! Views are the operations, each a struct of references to exactly the components
+//! (and lower views) it uses, made per call by `Store::{names, tree, data, attrs, trash,
+//! sweeper, fsync}`:
+//! - `names::Names`: lookup, readdir, paths (invariant 3), read only;
+//! - `tree::Tree`: create, link, unlink, rmdir, rename (invariant 3);
+//! - `content::Data`: write sessions, reads, commits, revisions (invariants 4 and 5);
+//! - `attr::Attrs`: attributes and xattrs;
+//! - `trash::Trash`: the trash and restoring revisions (invariant 6);
+//! - `sweep::Sweeper`: blob references, sweeps, revision retention (invariant 1);
+//! - `dirsync::Fsync`: what fsync and fsyncdir make durable (invariants 11 and 12).
+//!
+//! They stand in layers: `Names`, `Fsync` and `Sweeper` use components only; `Data`
+//! uses `Fsync` and `Sweeper`; `Trash` uses `Data`; `Tree` uses `Trash`; `Attrs` uses
+//! `Data`. `check` (fsck, scrub, gc) reads the store from the side.
 
 pub mod attr;
 pub mod blobs;
@@ -27,11 +35,12 @@ pub mod fsynclog;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod names;
 pub mod node;
 pub mod pins;
 pub mod records;
 mod spare;
-mod sweep;
+pub mod sweep;
 pub mod trash;
 pub mod tree;
 
@@ -176,6 +185,117 @@ impl Store {
         }
     }
 
+    /// Names, read only: lookup, readdir, paths.
+    pub fn names(&self) -> names::Names<'_> {
+        names::Names {
+            layout: &self.layout,
+            records: &self.records,
+            root: self.format.root,
+        }
+    }
+
+    /// Changes of names: create, link, unlink, rmdir, rename.
+    pub fn tree(&self) -> tree::Tree<'_> {
+        tree::Tree {
+            layout: &self.layout,
+            records: &self.records,
+            fence: &self.fence,
+            spares: &self.spares,
+            debts: &self.debts,
+            followers: &self.followers,
+            names: self.names(),
+            trash: self.trash(),
+        }
+    }
+
+    /// Files' bytes: sessions, reads, writes, commits.
+    pub fn data(&self) -> content::Data<'_> {
+        content::Data {
+            layout: &self.layout,
+            records: &self.records,
+            blobs: &self.blobs,
+            local: &self.local,
+            fence: &self.fence,
+            sessions: &self.sessions,
+            revisions: &self.revisions,
+            chunk_lists: &self.chunk_lists,
+            followers: &self.followers,
+            read_pattern: &self.read_pattern,
+            debts: &self.debts,
+            fsync_log: &self.fsync_log,
+            chunk_size: self.chunk_size(),
+            fsync: self.fsync(),
+            sweeper: self.sweeper(),
+        }
+    }
+
+    /// Attributes and xattrs.
+    pub fn attrs(&self) -> attr::Attrs<'_> {
+        attr::Attrs {
+            records: &self.records,
+            fence: &self.fence,
+            sessions: &self.sessions,
+            followers: &self.followers,
+            data: self.data(),
+        }
+    }
+
+    /// Undo: the trash and restoring revisions.
+    pub fn trash(&self) -> trash::Trash<'_> {
+        trash::Trash {
+            layout: &self.layout,
+            records: &self.records,
+            fence: &self.fence,
+            pins: &self.pins,
+            sessions: &self.sessions,
+            revisions: &self.revisions,
+            policy: &self.policy,
+            followers: &self.followers,
+            debts: &self.debts,
+            spares: &self.spares,
+            names: self.names(),
+            sweeper: self.sweeper(),
+            data: self.data(),
+        }
+    }
+
+    /// Freeing: blob references, sweeps, revision retention.
+    pub fn sweeper(&self) -> sweep::Sweeper<'_> {
+        sweep::Sweeper {
+            layout: &self.layout,
+            records: &self.records,
+            blobs: &*self.blobs,
+            sessions: &self.sessions,
+            revisions: &self.revisions,
+            chunk_lists: &self.chunk_lists,
+            sweep_queue: &self.sweep_queue,
+            policy: &self.policy,
+        }
+    }
+
+    /// fsync and fsyncdir.
+    pub fn fsync(&self) -> dirsync::Fsync<'_> {
+        dirsync::Fsync {
+            layout: &self.layout,
+            records: &self.records,
+            blobs: &*self.blobs,
+            local: &self.local,
+            fence: &self.fence,
+            chunk_lists: &self.chunk_lists,
+            debts: &self.debts,
+            fsync_log: &self.fsync_log,
+        }
+    }
+
+    /// Retention in force.
+    pub fn policy(&self) -> layout::Policy {
+        *self.policy.lock()
+    }
+
+    pub fn set_policy(&self, p: layout::Policy) {
+        *self.policy.lock() = p;
+    }
+
     pub fn root(&self) -> NodeId {
         self.format.root
     }
@@ -224,11 +344,7 @@ impl Store {
 
     /// The inode number of a node (stable across remounts).
     pub fn ino_of(&self, id: NodeId) -> u64 {
-        if id == self.root() {
-            1
-        } else {
-            id.derived_ino()
-        }
+        node::ino_of(self.root(), id)
     }
 
     /// Clean close of a writer: make everything durable and delete the fsync log, so a
@@ -245,19 +361,9 @@ impl Store {
         }
     }
 
-    /// Free and total space of the disk under the store: (blocks, bfree, bavail, files,
-    /// ffree, bsize).
+    /// Free and total space of the disk under the store.
     pub fn statfs(&self) -> Result<libc::statvfs> {
-        let c = std::ffi::CString::new(self.layout.root.as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::Invalid("path"))?;
-        // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: c outlives the call, st is ours to fill.
-        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-        if rc != 0 {
-            return Err(Error::io("statfs", std::io::Error::last_os_error()));
-        }
-        Ok(st)
+        self.layout.statfs()
     }
 }
 
@@ -323,7 +429,8 @@ mod tests {
 
     /// A new empty file `name` in the root.
     pub fn new_file(s: &Store, name: &str) -> NodeId {
-        s.create(s.root(), std::ffi::OsStr::new(name), file_node())
+        s.tree()
+            .create(s.root(), std::ffi::OsStr::new(name), file_node())
             .unwrap()
             .0
     }
@@ -347,14 +454,14 @@ mod tests {
 
         new_file(&s, "b");
         let seen = s.records.read(root).unwrap();
-        s.sync_dir_node(root).unwrap();
+        s.fsync().sync_dir_node(root).unwrap();
         assert_eq!(
             s.records.read_disk(root).unwrap(),
             seen,
             "fsyncdir writes them"
         );
 
-        s.unlink(root, std::ffi::OsStr::new("a")).unwrap();
+        s.tree().unlink(root, std::ffi::OsStr::new("a")).unwrap();
         let t = s.records.read(root).unwrap().mtime;
         s.records
             .update(root, |r| {

@@ -32,6 +32,15 @@ pub const DIR_SIZE: u64 = 4096;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId(pub Uuid);
 
+/// The inode number of `id` in a store whose root is `root` (stable across remounts).
+pub fn ino_of(root: NodeId, id: NodeId) -> u64 {
+    if id == root {
+        1
+    } else {
+        id.derived_ino()
+    }
+}
+
 impl NodeId {
     pub fn new() -> NodeId {
         NodeId(Uuid::new_v4())
@@ -197,6 +206,11 @@ pub struct Time {
 impl Time {
     pub fn now() -> Time {
         Time::from_system(SystemTime::now())
+    }
+
+    /// Nanoseconds since the epoch: the stamps in trash link and revision names.
+    pub fn unix_nanos(&self) -> i128 {
+        self.secs as i128 * 1_000_000_000 + self.nanos as i128
     }
 
     pub fn from_system(t: SystemTime) -> Time {

@@ -205,7 +205,7 @@ impl Spares {
     }
 
     /// A new path in the staging directory, to make an inode at and then rename into
-    /// place (see `Store::make_staged`); None while there is no staging directory.
+    /// place (see `Trash::make_staged`); None while there is no staging directory.
     pub fn staged_path(&self) -> Option<PathBuf> {
         let dir = self.inner.staging.read().clone()?;
         let n = self.inner.staged.fetch_add(1, Ordering::Relaxed);
@@ -503,7 +503,7 @@ impl Staging {
             }
         };
         // Old directories go once the new one is published (a staged inode made in one
-        // meanwhile falls back to its place: see `Store::make_staged`). One that still
+        // meanwhile falls back to its place: see `Trash::make_staged`). One that still
         // holds a trash link made ahead is tried again a batch later, not per spare.
         if self.seq.is_multiple_of(BATCH as u64) {
             self.old.retain(|d| fs::remove_dir(d).is_err());

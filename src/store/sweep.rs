@@ -12,10 +12,14 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
+use super::blobs::BlobStore;
 use super::blobs::Deleted;
+use super::content::{ChunkLists, Revisions, Sessions};
 use super::error::{Error, IoContext, Result};
+use super::layout::{Layout, Policy};
+use super::node::Time;
 use super::node::{unframe, Content, Hash, NodeId, NodeRecord, Stored, RECORD_XATTR};
-use super::Store;
+use super::records::Records;
 
 /// Blobs that may have lost their last reference, queued for the next batched sweep.
 #[derive(Default)]
@@ -34,7 +38,26 @@ impl SweepQueue {
     }
 }
 
-impl Store {
+/// Freeing: which blobs are still named, the sweep of the candidates none names, and
+/// revision retention (whose dropped revisions become candidates).
+#[derive(Clone, Copy)]
+pub struct Sweeper<'a> {
+    pub(super) layout: &'a Layout,
+    pub(super) records: &'a Records,
+    pub(super) blobs: &'a dyn BlobStore,
+    pub(super) sessions: &'a Sessions,
+    pub(super) revisions: &'a Revisions,
+    pub(super) chunk_lists: &'a ChunkLists,
+    pub(super) sweep_queue: &'a SweepQueue,
+    pub(super) policy: &'a Mutex<Policy>,
+}
+
+impl Sweeper<'_> {
+    /// Queue blobs that may have lost their last reference for the next batched sweep.
+    pub(crate) fn queue(&self, hashes: Vec<Hash>) {
+        self.sweep_queue.push(hashes);
+    }
+
     /// The blobs a record names: chunks, its manifest, and the blob it spills into.
     pub fn blob_refs(&self, id: NodeId, rec: &NodeRecord) -> Vec<Hash> {
         let mut out = Vec::new();
@@ -159,5 +182,34 @@ impl Store {
         let since = SystemTime::now();
         let pending = self.sweep_queue.take();
         self.sweep(pending, since)
+    }
+
+    /// Drop revisions of `id` beyond the count or age limits. Returns (dropped, blobs
+    /// they referenced).
+    pub(crate) fn prune_revisions(&self, id: NodeId) -> Result<(u64, Vec<Hash>)> {
+        let p = *self.policy.lock();
+        let now = Time::now().unix_nanos();
+        let max_age = p.revisions_max_age_secs as i128 * 1_000_000_000;
+        // Asked after every commit that keeps a revision, and of every file with
+        // revisions every minute: which to drop follows from the names (stamps), so only
+        // the dropped ones are read (for the blobs they name).
+        let (dir, stamps) = self.revisions.stamps(id)?;
+        let keep_from = stamps.len().saturating_sub(p.revisions_keep as usize);
+        let mut dropped = 0;
+        let mut blobs = Vec::new();
+        for (i, stamp) in stamps.iter().enumerate() {
+            if i < keep_from || now - stamp > max_age {
+                let path = dir.join(stamp.to_string());
+                if let Some(r) = self.revisions.read(id, *stamp, &path)? {
+                    blobs.extend(self.blob_refs(id, &r));
+                }
+                let _ = fs::remove_file(path);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 && dropped as usize == stamps.len() {
+            let _ = fs::remove_dir(&dir);
+        }
+        Ok((dropped, blobs))
     }
 }

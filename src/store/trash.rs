@@ -17,14 +17,24 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
-use super::error::{Error, Result};
+use super::content::{Data, Revisions, Sessions};
+use super::dirsync::DirDebts;
+use super::error::{Error, IoContext, Result};
+use super::event::Followers;
 use super::event::{Event, Op};
 use super::layout::{Layout, Policy};
+use super::lock::Fence;
+use super::names::Names;
 use super::node::{Hash, Kind, NodeId, Status, Time};
-use super::Store;
+use super::pins::Pins;
+use super::records::Records;
+use super::spare::Spares;
+use super::sweep::Sweeper;
 
 /// One trashed node.
 #[derive(Clone, Debug)]
@@ -59,22 +69,42 @@ pub enum PurgeSel {
     One(String),
 }
 
-fn nanos(t: Time) -> i128 {
-    t.secs as i128 * 1_000_000_000 + t.nanos as i128
+/// What `pre_trash` did before a name goes away.
+pub(super) enum PreTrash {
+    /// The node keeps other names: nothing to do.
+    NotLast,
+    /// The node is linked from the trash already.
+    Linked(PathBuf),
+    /// No space for the trash link: the node is deleted for good.
+    Full,
 }
 
-impl Store {
-    pub fn policy(&self) -> Policy {
-        *self.policy.lock()
-    }
+/// Undo: the trash (what deleting keeps, restoring, purging) and restoring revisions.
+#[derive(Clone, Copy)]
+pub struct Trash<'a> {
+    pub(super) layout: &'a Layout,
+    pub(super) records: &'a Records,
+    pub(super) fence: &'a Fence,
+    pub(super) pins: &'a Pins,
+    pub(super) sessions: &'a Sessions,
+    pub(super) revisions: &'a Revisions,
+    pub(super) policy: &'a Mutex<Policy>,
+    pub(super) followers: &'a Followers,
+    pub(super) debts: &'a DirDebts,
+    pub(super) spares: &'a Spares,
+    pub(super) names: Names<'a>,
+    pub(super) sweeper: Sweeper<'a>,
+    pub(super) data: Data<'a>,
+}
 
-    pub fn set_policy(&self, p: Policy) {
-        *self.policy.lock() = p;
+impl Trash<'_> {
+    fn policy(&self) -> Policy {
+        *self.policy.lock()
     }
 
     /// A handle of `id` closed. With trash off, the last close of an unlinked file frees it.
     pub fn unpin(&self, id: NodeId) {
-        if !self.pins.unpin(id) || self.read_only() {
+        if !self.pins.unpin(id) || self.fence.read_only() {
             return;
         }
         // Not by listing the trash: that reads every trashed record, and a program whose
@@ -85,7 +115,7 @@ impl Store {
         } else if self.policy().trash_retention_secs == 0 {
             if let Ok(rec) = self.records.read(id) {
                 if rec.trash.is_some() && rec.nlink == 0 {
-                    let _ = self.purge(PurgeSel::One(id.to_string()), false);
+                    let _ = self.purge_with(PurgeSel::One(id.to_string()), false);
                 }
             }
         }
@@ -97,61 +127,73 @@ impl Store {
             && !self.pins.pinned(id)
             && !self.sessions.contains(id)
         {
-            self.purge(PurgeSel::One(id.to_string()), false)?;
+            self.purge_with(PurgeSel::One(id.to_string()), false)?;
         }
         Ok(())
     }
 
-    /// The live path of a node relative to the root, if every step of its parent hints
-    /// is a real entry (None for trashed nodes and their contents).
-    pub fn path_of(&self, id: NodeId) -> Option<PathBuf> {
-        let mut parts = Vec::new();
-        let mut cur = id;
-        for _ in 0..4096 {
-            if cur == self.root() {
-                parts.reverse();
-                return Some(parts.iter().collect());
-            }
-            let rec = self.records.read(cur).ok()?;
-            if rec.trash.is_some() {
-                return None;
-            }
-            let parent = rec.parent?;
-            let name = OsStr::from_bytes(&rec.name).to_os_string();
-            if self.lookup(parent, &name).ok()? != cur {
-                return None;
-            }
-            parts.push(name);
-            cur = parent;
+    /// Before removing what may be the last name of `id`, link it from the trash. If that
+    /// fails (a full disk needs a new block in `trash/`), nothing has changed yet; the
+    /// other order could leave a node that neither a directory nor the trash reaches.
+    pub(super) fn pre_trash(&self, id: NodeId) -> Result<PreTrash> {
+        let rec = self.records.read(id)?;
+        if rec.kind != Kind::Dir && rec.nlink > 1 {
+            return Ok(PreTrash::NotLast);
         }
-        None
+        let now = Time::now();
+        let nanos = now.unix_nanos();
+        let link = self.layout.trash().join(format!("{nanos}.{id}"));
+        // A link made ahead (see `spare`) if the node has one, else a new one.
+        if let Some(ahead) = self.spares.take_trash(id) {
+            if fs::rename(&ahead, &link).is_ok() {
+                return Ok(PreTrash::Linked(link));
+            }
+            let _ = fs::remove_file(&ahead);
+        }
+        let target = Layout::trash_target(id);
+        let made = self.make_staged(&link, |p| std::os::unix::fs::symlink(&target, p));
+        match made.ctx(|| format!("trash {id}")) {
+            Ok(()) => Ok(PreTrash::Linked(link)),
+            // A full disk must not stop a delete (that is how space is freed): the node
+            // is then deleted for good instead of kept in the trash.
+            Err(Error::NoSpace) => Ok(PreTrash::Full),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Resolve a path relative to the root (no symlinks are followed).
-    pub fn resolve_path(&self, rel: &Path) -> Result<NodeId> {
-        let mut cur = self.root();
-        for c in rel.components() {
-            match c {
-                Component::Normal(n) => cur = self.lookup(cur, n)?,
-                Component::RootDir | Component::CurDir => {}
-                Component::ParentDir | Component::Prefix(_) => {
-                    return Err(Error::Invalid("'..' is not allowed here"))
+    /// Make a new inode at `dest` (whose name is unique) by way of the staging
+    /// directory (see `spare`): `make` makes it at a fresh path there, whose block
+    /// group allocates inodes fast, and it is renamed to `dest`. Only for inodes whose
+    /// durability no fsync promises (trash links): nothing syncs the staging directory's
+    /// block group. Without a staging directory, or if making it there fails, `make`
+    /// runs at `dest` itself.
+    fn make_staged(
+        &self,
+        dest: &Path,
+        make: impl Fn(&Path) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        if let Some(tmp) = self.spares.staged_path() {
+            if make(&tmp).is_ok() {
+                let moved = fs::rename(&tmp, dest);
+                if moved.is_err() {
+                    let _ = fs::remove_file(&tmp);
                 }
+                return moved;
             }
         }
-        Ok(cur)
+        make(dest)
     }
 
     /// Everything in the trash, oldest first.
-    pub fn trash_list(&self) -> Result<Vec<TrashEntry>> {
-        self.trash_list_from(|_| true)
+    pub fn list(&self) -> Result<Vec<TrashEntry>> {
+        self.list_from(|_| true)
     }
 
     /// The trash entries whose link passes `wanted`, which sees the time in the link's
     /// name (`<nanos>.<id>`, taken just before the node was trashed, so never after its
     /// record's `trash.at`), or None for a name without one. Entries it turns away cost
     /// a directory entry, not a readlink and record reads.
-    fn trash_list_from(&self, wanted: impl Fn(Option<i128>) -> bool) -> Result<Vec<TrashEntry>> {
+    fn list_from(&self, wanted: impl Fn(Option<i128>) -> bool) -> Result<Vec<TrashEntry>> {
         let mut out = Vec::new();
         let it = match fs::read_dir(self.layout.trash()) {
             Ok(it) => it,
@@ -178,10 +220,11 @@ impl Store {
             let Some(origin) = rec.trash.clone() else {
                 continue;
             };
-            let origin_path = if origin.parent == self.root() {
+            let origin_path = if origin.parent == self.names.root {
                 Some(PathBuf::from(OsStr::from_bytes(&origin.name)))
             } else {
-                self.path_of(origin.parent)
+                self.names
+                    .path_of(origin.parent)
                     .map(|p| p.join(OsStr::from_bytes(&origin.name)))
             };
             out.push(TrashEntry {
@@ -196,14 +239,14 @@ impl Store {
                 stored: rec.stored,
             });
         }
-        out.sort_by_key(|e| nanos(e.at));
+        out.sort_by_key(|e| e.at.unix_nanos());
         Ok(out)
     }
 
     /// Find a trash entry by node id (or a unique prefix of it) or by original path
     /// (the most recent one deleted from there).
-    fn trash_find(&self, sel: &OsStr) -> Result<TrashEntry> {
-        let list = self.trash_list()?;
+    fn find(&self, sel: &OsStr) -> Result<TrashEntry> {
+        let list = self.list()?;
         let as_id = sel.to_str().unwrap_or("");
         let by_id: Vec<&TrashEntry> = list
             .iter()
@@ -227,9 +270,9 @@ impl Store {
 
     /// Bring a trashed node back, at its origin or at `to` (a path relative to the root).
     /// Returns where it was restored.
-    pub fn trash_restore(&self, sel: &OsStr, to: Option<&Path>) -> Result<PathBuf> {
-        self.writable()?;
-        let e = self.trash_find(sel)?;
+    pub fn restore(&self, sel: &OsStr, to: Option<&Path>) -> Result<PathBuf> {
+        self.fence.check()?;
+        let e = self.find(sel)?;
         let (parent, name) = match to {
             Some(p) => {
                 let name = p
@@ -238,6 +281,7 @@ impl Store {
                     .to_os_string();
                 let dir = p.parent().unwrap_or(Path::new(""));
                 let parent = self
+                    .names
                     .resolve_path(dir)
                     .map_err(|_| Error::RestoreParentGone(dir.to_path_buf()))?;
                 (parent, name)
@@ -258,7 +302,7 @@ impl Store {
                 .unwrap_or_else(|| PathBuf::from(OsStr::from_bytes(&e.origin_name)));
             return Err(Error::RestoreParentGone(shown));
         }
-        let where_ = self.path_of(parent).unwrap_or_default().join(&name);
+        let where_ = self.names.path_of(parent).unwrap_or_default().join(&name);
         self.restore_into(&e, parent, &name)
             .map_err(|err| match err {
                 Error::Exists => Error::RestoreNameTaken(where_.clone()),
@@ -270,11 +314,14 @@ impl Store {
     /// Bind `e` as `name` in `parent`, clear its origin, and bring back what was deleted
     /// out of it if it is a directory.
     fn restore_into(&self, e: &TrashEntry, parent: NodeId, name: &OsStr) -> Result<()> {
-        std::os::unix::fs::symlink(Layout::entry_target(e.id), self.entry_path(parent, name))
-            .map_err(|err| match err.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::Exists,
-                _ => Error::io("restore", err),
-            })?;
+        std::os::unix::fs::symlink(
+            Layout::entry_target(e.id),
+            self.names.entry_path(parent, name),
+        )
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Exists,
+            _ => Error::io("restore", err),
+        })?;
         self.debts.child_unsynced(parent, e.id, true, []);
         let now = Time::now();
         let r = (|| {
@@ -302,7 +349,7 @@ impl Store {
         if e.kind == Kind::Dir {
             // The directory's former contents: the latest trashed entry per name.
             let mut latest: BTreeMap<Vec<u8>, TrashEntry> = BTreeMap::new();
-            for c in self.trash_list()? {
+            for c in self.list()? {
                 if c.origin_parent == e.id {
                     latest.insert(c.origin_name.clone(), c);
                 }
@@ -317,28 +364,28 @@ impl Store {
     }
 
     /// Purge trash entries; their space is freed (blobs no one else references).
-    pub fn trash_purge(&self, sel: PurgeSel) -> Result<PurgeReport> {
-        self.purge(sel, true)
+    pub fn purge(&self, sel: PurgeSel) -> Result<PurgeReport> {
+        self.purge_with(sel, true)
     }
 
     /// Purge; `sweep_now` frees blobs before returning, otherwise they are queued for the
     /// daemon's batched sweep (one reference scan for many unlinks).
-    fn purge(&self, sel: PurgeSel, sweep_now: bool) -> Result<PurgeReport> {
-        self.writable()?;
+    fn purge_with(&self, sel: PurgeSel, sweep_now: bool) -> Result<PurgeReport> {
+        self.fence.check()?;
         let since = SystemTime::now();
-        let now = nanos(Time::now());
+        let now = Time::now().unix_nanos();
         let chosen: Vec<TrashEntry> = match sel {
-            PurgeSel::All => self.trash_list()?,
+            PurgeSel::All => self.list()?,
             // Retention runs every minute: a link younger than `d` by its name is not
             // read at all (its node was trashed after the link was made).
             PurgeSel::OlderThan(d) => {
                 let d = d.as_nanos() as i128;
-                self.trash_list_from(|stamp| stamp.is_none_or(|t| now - t >= d))?
+                self.list_from(|stamp| stamp.is_none_or(|t| now - t >= d))?
                     .into_iter()
-                    .filter(|e| now - nanos(e.at) >= d)
+                    .filter(|e| now - e.at.unix_nanos() >= d)
                     .collect()
             }
-            PurgeSel::One(s) => vec![self.trash_find(OsStr::new(&s))?],
+            PurgeSel::One(s) => vec![self.find(OsStr::new(&s))?],
         };
         let mut report = PurgeReport::default();
         let mut candidates = Vec::new();
@@ -361,9 +408,9 @@ impl Store {
             candidates.len()
         );
         if sweep_now {
-            report.bytes_freed = self.sweep(candidates, since)?;
+            report.bytes_freed = self.sweeper.sweep(candidates, since)?;
         } else {
-            self.sweep_queue.push(candidates);
+            self.sweeper.queue(candidates);
         }
         Ok(report)
     }
@@ -376,10 +423,10 @@ impl Store {
             Ok(r) => r,
             Err(_) => return Ok(None),
         };
-        candidates.extend(self.blob_refs(id, &rec));
+        candidates.extend(self.sweeper.blob_refs(id, &rec));
         let revs = self.revisions.list(id)?;
         for (_, r) in &revs {
-            candidates.extend(self.blob_refs(id, r));
+            candidates.extend(self.sweeper.blob_refs(id, r));
         }
         let p = self.layout.node_path(id);
         let gone = if rec.kind == Kind::Dir {
@@ -415,7 +462,7 @@ impl Store {
         }
         let mut candidates = Vec::new();
         self.remove_node(id, &mut candidates)?;
-        self.sweep_queue.push(candidates);
+        self.sweeper.queue(candidates);
         Ok(())
     }
 
@@ -426,53 +473,24 @@ impl Store {
     /// batched sweep keeps (see `spawn_maintenance`). `bytes_freed` is therefore 0.
     pub fn expire(&self) -> Result<PurgeReport> {
         let p = self.policy();
-        let mut report = self.purge(
+        let mut report = self.purge_with(
             PurgeSel::OlderThan(Duration::from_secs(p.trash_retention_secs)),
             false,
         )?;
         let mut candidates = Vec::new();
-        for id in self.revision_owners() {
-            let (n, c) = self.prune_revisions(id)?;
+        for id in self.sweeper.revision_owners() {
+            let (n, c) = self.sweeper.prune_revisions(id)?;
             report.revisions += n;
             candidates.extend(c);
         }
-        self.sweep_queue.push(candidates);
+        self.sweeper.queue(candidates);
         Ok(report)
-    }
-
-    /// Drop revisions of `id` beyond the count or age limits. Returns (dropped, blobs
-    /// they referenced).
-    pub(crate) fn prune_revisions(&self, id: NodeId) -> Result<(u64, Vec<Hash>)> {
-        let p = self.policy();
-        let now = nanos(Time::now());
-        let max_age = p.revisions_max_age_secs as i128 * 1_000_000_000;
-        // Asked after every commit that keeps a revision, and of every file with
-        // revisions every minute: which to drop follows from the names (stamps), so only
-        // the dropped ones are read (for the blobs they name).
-        let (dir, stamps) = self.revisions.stamps(id)?;
-        let keep_from = stamps.len().saturating_sub(p.revisions_keep as usize);
-        let mut dropped = 0;
-        let mut blobs = Vec::new();
-        for (i, stamp) in stamps.iter().enumerate() {
-            if i < keep_from || now - stamp > max_age {
-                let path = dir.join(stamp.to_string());
-                if let Some(r) = self.revisions.read(id, *stamp, &path)? {
-                    blobs.extend(self.blob_refs(id, &r));
-                }
-                let _ = fs::remove_file(path);
-                dropped += 1;
-            }
-        }
-        if dropped > 0 && dropped as usize == stamps.len() {
-            let _ = fs::remove_dir(&dir);
-        }
-        Ok((dropped, blobs))
     }
 
     /// Restore revision `stamp` of file `id`: one record swap. The current content
     /// becomes a revision; open handles see the restored content from now on.
     pub fn version_restore(&self, id: NodeId, stamp: i128) -> Result<()> {
-        self.writable()?;
+        self.fence.check()?;
         let revs = self.revisions.list(id)?;
         let Some((_, rev)) = revs.into_iter().find(|(t, _)| *t == stamp) else {
             return Err(Error::NoSuchRevision(stamp.to_string()));
@@ -480,7 +498,7 @@ impl Store {
         let session = self.sessions.get(id);
         let mut guard = session.as_ref().map(|s| s.lock());
         if let Some(s) = guard.as_mut() {
-            self.commit_locked(id, s, false)?;
+            self.data.commit_locked(id, s, false)?;
         }
         let now = Time::now();
         let new = self.records.update(id, |r| {
@@ -500,11 +518,11 @@ impl Store {
         })?;
         self.followers.emit(Event::new(Op::Revert, &[id]));
         if let Some(s) = guard.as_mut() {
-            self.reset_session(s, &new);
+            self.data.reset_session(s, &new);
         }
         drop(guard);
-        let (_, blobs) = self.prune_revisions(id)?;
-        self.sweep_queue.push(blobs);
+        let (_, blobs) = self.sweeper.prune_revisions(id)?;
+        self.sweeper.queue(blobs);
         self.followers.invalidated(id);
         Ok(())
     }
@@ -523,28 +541,29 @@ mod tests {
         let root = s.root();
         let a = new_file(&s, "a");
         s.pins.pin(a);
-        s.unlink(root, OsStr::new("a")).unwrap();
-        s.unpin(a);
-        assert!(s.trash_list().unwrap().iter().any(|e| e.id == a));
+        s.tree().unlink(root, OsStr::new("a")).unwrap();
+        s.trash().unpin(a);
+        assert!(s.trash().list().unwrap().iter().any(|e| e.id == a));
         assert!(s.records.read(a).is_ok());
 
         // As on a full disk: no trash link.
         let b = new_file(&s, "b");
         s.pins.pin(b);
         s.pins.pin(b);
-        s.unlink(root, OsStr::new("b")).unwrap();
+        s.tree().unlink(root, OsStr::new("b")).unwrap();
         let link = s
-            .trash_list()
+            .trash()
+            .list()
             .unwrap()
             .into_iter()
             .find(|e| e.id == b)
             .unwrap()
             .link;
         fs::remove_file(s.layout.trash().join(link)).unwrap();
-        s.untrashable(b).unwrap();
-        s.unpin(b);
+        s.trash().untrashable(b).unwrap();
+        s.trash().unpin(b);
         assert!(s.records.read(b).is_ok(), "freed while a handle is open");
-        s.unpin(b);
+        s.trash().unpin(b);
         assert!(
             matches!(s.records.read(b), Err(Error::NotFound)),
             "not freed at the last close"
@@ -556,9 +575,9 @@ mod tests {
         s.set_policy(p);
         let c = new_file(&s, "c");
         s.pins.pin(c);
-        s.unlink(root, OsStr::new("c")).unwrap();
+        s.tree().unlink(root, OsStr::new("c")).unwrap();
         assert!(s.records.read(c).is_ok(), "purged while open");
-        s.unpin(c);
+        s.trash().unpin(c);
         assert!(
             matches!(s.records.read(c), Err(Error::NotFound)),
             "trash off: kept"
@@ -578,13 +597,13 @@ mod tests {
         p.trash_retention_secs = 3600;
         s.set_policy(p);
         let f = new_file(&s, "f");
-        s.open_write(f).unwrap();
-        s.write(f, 0, &vec![7u8; 100_000]).unwrap();
-        s.close_write(f).unwrap();
-        let blobs = Store::record_hashes(&s.records.read(f).unwrap());
+        s.data().open_write(f).unwrap();
+        s.data().write(f, 0, &vec![7u8; 100_000]).unwrap();
+        s.data().close_write(f).unwrap();
+        let blobs = crate::store::content::record_hashes(&s.records.read(f).unwrap());
         assert!(!blobs.is_empty());
-        s.unlink(s.root(), OsStr::new("f")).unwrap();
-        s.run_pending_sweep().unwrap();
+        s.tree().unlink(s.root(), OsStr::new("f")).unwrap();
+        s.sweeper().run_pending_sweep().unwrap();
         assert!(
             blobs.iter().all(|h| s.local.path_of(h).exists()),
             "in the trash"
@@ -593,14 +612,14 @@ mod tests {
         let mut p = s.policy();
         p.trash_retention_secs = 0;
         s.set_policy(p);
-        let r = s.expire().unwrap();
+        let r = s.trash().expire().unwrap();
         assert_eq!(r.nodes, 1);
         assert!(matches!(s.records.read(f), Err(Error::NotFound)));
         assert!(
             blobs.iter().all(|h| s.local.path_of(h).exists()),
             "swept by retention itself"
         );
-        assert!(s.run_pending_sweep().unwrap() >= 100_000);
+        assert!(s.sweeper().run_pending_sweep().unwrap() >= 100_000);
         assert!(blobs.iter().all(|h| !s.local.path_of(h).exists()));
     }
 
@@ -615,33 +634,33 @@ mod tests {
         s.set_policy(p);
         let id = new_file(&s, "f");
         for v in 0..5u8 {
-            s.open_write(id).unwrap();
-            s.write(id, 0, &[b'a' + v; 3]).unwrap();
-            s.close_write(id).unwrap();
+            s.data().open_write(id).unwrap();
+            s.data().write(id, 0, &[b'a' + v; 3]).unwrap();
+            s.data().close_write(id).unwrap();
         }
         // Each commit pruned to the newest two: "ccc" and "ddd".
         let revs = s.revisions.list(id).unwrap();
         let kept: Vec<Vec<u8>> = revs
             .iter()
-            .map(|(_, r)| s.read_content(id, r).unwrap())
+            .map(|(_, r)| s.data().read_content(id, r).unwrap())
             .collect();
         assert_eq!(kept, vec![b"ccc".to_vec(), b"ddd".to_vec()]);
 
         // Trash younger than the retention stays; an hour of retention keeps both.
         let g = new_file(&s, "g");
-        s.unlink(s.root(), OsStr::new("g")).unwrap();
-        s.unlink(s.root(), OsStr::new("f")).unwrap();
-        let r = s.expire().unwrap();
+        s.tree().unlink(s.root(), OsStr::new("g")).unwrap();
+        s.tree().unlink(s.root(), OsStr::new("f")).unwrap();
+        let r = s.trash().expire().unwrap();
         assert_eq!((r.nodes, r.revisions), (0, 0));
-        assert_eq!(s.trash_list().unwrap().len(), 2);
+        assert_eq!(s.trash().list().unwrap().len(), 2);
 
         // No retention: both go, with f's revisions.
         let mut p = s.policy();
         p.trash_retention_secs = 0;
         s.set_policy(p);
-        let r = s.expire().unwrap();
+        let r = s.trash().expire().unwrap();
         assert_eq!((r.nodes, r.revisions), (2, 2));
-        assert!(s.trash_list().unwrap().is_empty());
+        assert!(s.trash().list().unwrap().is_empty());
         assert!(s.revisions.list(id).unwrap().is_empty());
         assert!(matches!(s.records.read(g), Err(Error::NotFound)));
     }

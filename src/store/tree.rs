@@ -1,4 +1,4 @@
-//! Names: lookup, create, link, unlink, rmdir, rename, readdir (invariant 3).
+//! Changes of names: create, link, unlink, rmdir, rename (invariant 3); `names` reads them.
 //!
 //! A directory node is a directory holding only entries; an entry is a symlink named
 //! exactly like the client's name whose target names the child node. A create makes
@@ -10,32 +10,37 @@
 //! which also keeps an open-but-unlinked file readable and writable.
 //!
 //! Every new entry (and every entry a rename moves) is owed to its directory's next
-//! fsyncdir (`Store::sync_dir_node`): either a syncfs (inodes made on the spot) or the
+//! fsyncdir (`Fsync::sync_dir_node`): either a syncfs (inodes made on the spot) or the
 //! file's record in the fsync log (a file from a spare), and the `nodes/` directories
 //! that gained its node file only if some file could not go through the log.
 //!
 //! A change of a directory's entries that leaves its link count alone writes its times
-//! later (`Store::touch_dir_times`): reads see them at once, the record follows within
+//! later (`Records::touch_dir_times`): reads see them at once, the record follows within
 //! a second, at the directory's fsync, with its next other change or at a clean close.
 //!
 //! Namespace consistency between a check and the rename(2) that follows (empty target
 //! directory, no cycles) relies on the kernel's VFS locks, which serialize conflicting
 //! namespace operations on one mount; the store is only ever written by one mount.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
+use super::dirsync::DirDebts;
 use super::error::{Error, IoContext, Result};
+use super::event::Followers;
 use super::event::{Event, Op};
 use super::layout::Layout;
+use super::lock::Fence;
+use super::names::{validate_name, Names};
+use super::node::ino_of;
 use super::node::{Kind, NodeId, NodeRecord, Time, TrashOrigin};
-use super::Store;
+use super::records::Records;
+use super::spare::Spares;
+use super::trash::{PreTrash, Trash};
 
-/// The longest name a directory entry may have (as on ext4).
-pub const NAME_MAX: usize = 255;
 /// Most links a node may have (ext4's limit).
 pub const LINK_MAX: u32 = 65_000;
 
@@ -50,33 +55,12 @@ pub struct NewNode {
     pub target: Vec<u8>,
 }
 
-/// What `pre_trash` did before a name goes away.
-enum PreTrash {
-    /// The node keeps other names: nothing to do.
-    NotLast,
-    /// The node is linked from the trash already.
-    Linked(PathBuf),
-    /// No space for the trash link: the node is deleted for good.
-    Full,
-}
-
 /// How a rename treats an existing target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenameMode {
     Replace,
     NoReplace,
     Exchange,
-}
-
-pub fn validate_name(name: &OsStr) -> Result<()> {
-    let b = name.as_bytes();
-    if b.len() > NAME_MAX {
-        return Err(Error::NameTooLong);
-    }
-    if b.is_empty() || b.contains(&b'/') || b.contains(&0) || b == b"." || b == b".." {
-        return Err(Error::Invalid("bad file name"));
-    }
-    Ok(())
 }
 
 fn cpath(p: &Path) -> Result<CString> {
@@ -105,58 +89,20 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
     }
 }
 
-/// readlink(2) of `name` in the directory open as `dir`.
-fn readlink_at(dir: &fs::File, name: &OsStr) -> std::io::Result<PathBuf> {
-    use std::os::unix::io::AsRawFd;
-    let c = CString::new(name.as_bytes()).map_err(|_| ErrorKind::InvalidInput)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: valid fd, NUL-terminated name, and a buffer of the length given.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_char,
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(PathBuf::from(OsString::from_vec(buf)))
+/// Changes of names: create, link, unlink, rmdir, rename.
+#[derive(Clone, Copy)]
+pub struct Tree<'a> {
+    pub(super) layout: &'a Layout,
+    pub(super) records: &'a Records,
+    pub(super) fence: &'a Fence,
+    pub(super) spares: &'a Spares,
+    pub(super) debts: &'a DirDebts,
+    pub(super) followers: &'a Followers,
+    pub(super) names: Names<'a>,
+    pub(super) trash: Trash<'a>,
 }
 
-impl Store {
-    pub(crate) fn entry_path(&self, parent: NodeId, name: &OsStr) -> PathBuf {
-        self.layout.node_path(parent).join(name)
-    }
-
-    /// The directory record of `id`, or NotDir / NotFound (a removed directory).
-    fn dir_record(&self, id: NodeId) -> Result<NodeRecord> {
-        let rec = self.records.read(id)?;
-        if rec.kind != Kind::Dir {
-            return Err(Error::NotDir);
-        }
-        if rec.nlink == 0 {
-            return Err(Error::NotFound);
-        }
-        Ok(rec)
-    }
-
-    /// Resolve a name in a directory to a node id.
-    pub fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
-        validate_name(name)?;
-        match fs::read_link(self.entry_path(parent, name)) {
-            Ok(t) => Layout::parse_entry_target(&t).ok_or_else(|| Error::CorruptRecord {
-                node: parent.to_string(),
-                detail: format!("entry {:?} has a bad target", name),
-            }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::NotFound),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(Error::NotDir),
-            Err(e) => Err(Error::io(format!("lookup {:?}", name), e)),
-        }
-    }
-
+impl Tree<'_> {
     /// Create a node and bind it to `name` in `parent`.
     pub fn create(
         &self,
@@ -164,9 +110,9 @@ impl Store {
         name: &OsStr,
         new: NewNode,
     ) -> Result<(NodeId, NodeRecord)> {
-        self.writable()?;
+        self.fence.check()?;
         validate_name(name)?;
-        let prec = self.dir_record(parent)?;
+        let prec = self.names.dir_record(parent)?;
         // A regular file takes a spare node file and entry if one is ready (see
         // `spare`). Otherwise directories spread over `nodes/` at random, and everything
         // else lives beside its directory (see NodeId::new_near).
@@ -180,7 +126,13 @@ impl Store {
             None if new.kind == Kind::Dir => NodeId::new_spread(Kind::Dir),
             None => NodeId::new_near(parent, new.kind),
         };
-        let mut rec = NodeRecord::new(new.kind, new.mode, new.uid, new.gid, self.ino_of(id));
+        let mut rec = NodeRecord::new(
+            new.kind,
+            new.mode,
+            new.uid,
+            new.gid,
+            ino_of(self.names.root, id),
+        );
         rec.rdev = new.rdev;
         rec.target = new.target;
         if new.kind == Kind::Symlink {
@@ -234,7 +186,7 @@ impl Store {
             return Err(e);
         }
         // 2. bind the name; EEXIST means another create won
-        let entry = self.entry_path(parent, name);
+        let entry = self.names.entry_path(parent, name);
         let bind = |p: &Path| std::os::unix::fs::symlink(Layout::entry_target(id), p);
         let mut in_place = spare.is_none();
         let bound = match &spare {
@@ -274,29 +226,6 @@ impl Store {
         Ok((id, rec))
     }
 
-    /// Make a new inode at `dest` (whose name is unique) by way of the staging
-    /// directory (see `spare`): `make` makes it at a fresh path there, whose block
-    /// group allocates inodes fast, and it is renamed to `dest`. Only for inodes whose
-    /// durability no fsync promises (trash links): nothing syncs the staging directory's
-    /// block group. Without a staging directory, or if making it there fails, `make`
-    /// runs at `dest` itself.
-    fn make_staged(
-        &self,
-        dest: &Path,
-        make: impl Fn(&Path) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        if let Some(tmp) = self.spares.staged_path() {
-            if make(&tmp).is_ok() {
-                let moved = fs::rename(&tmp, dest);
-                if moved.is_err() {
-                    let _ = fs::remove_file(&tmp);
-                }
-                return moved;
-            }
-        }
-        make(dest)
-    }
-
     /// The backing filesystem refuses RENAME_NOREPLACE: stop staging (and making
     /// spares), so names are bound by symlink(2) itself.
     fn no_noreplace(&self, e: &std::io::Error) {
@@ -330,9 +259,9 @@ impl Store {
 
     /// Add a hard link to a non-directory node.
     pub fn link(&self, id: NodeId, newparent: NodeId, newname: &OsStr) -> Result<NodeRecord> {
-        self.writable()?;
+        self.fence.check()?;
         validate_name(newname)?;
-        self.dir_record(newparent)?;
+        self.names.dir_record(newparent)?;
         let rec = self.records.read(id)?;
         if rec.kind == Kind::Dir {
             return Err(Error::NotPermitted);
@@ -345,7 +274,7 @@ impl Store {
         }
         std::os::unix::fs::symlink(
             Layout::entry_target(id),
-            self.entry_path(newparent, newname),
+            self.names.entry_path(newparent, newname),
         )
         .map_err(|e| match e.kind() {
             ErrorKind::AlreadyExists => Error::Exists,
@@ -365,35 +294,6 @@ impl Store {
             t?;
         }
         Ok(rec)
-    }
-
-    /// Before removing what may be the last name of `id`, link it from the trash. If that
-    /// fails (a full disk needs a new block in `trash/`), nothing has changed yet; the
-    /// other order could leave a node that neither a directory nor the trash reaches.
-    fn pre_trash(&self, id: NodeId) -> Result<PreTrash> {
-        let rec = self.records.read(id)?;
-        if rec.kind != Kind::Dir && rec.nlink > 1 {
-            return Ok(PreTrash::NotLast);
-        }
-        let now = Time::now();
-        let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
-        let link = self.layout.trash().join(format!("{nanos}.{id}"));
-        // A link made ahead (see `spare`) if the node has one, else a new one.
-        if let Some(ahead) = self.spares.take_trash(id) {
-            if fs::rename(&ahead, &link).is_ok() {
-                return Ok(PreTrash::Linked(link));
-            }
-            let _ = fs::remove_file(&ahead);
-        }
-        let target = Layout::trash_target(id);
-        let made = self.make_staged(&link, |p| std::os::unix::fs::symlink(&target, p));
-        match made.ctx(|| format!("trash {id}")) {
-            Ok(()) => Ok(PreTrash::Linked(link)),
-            // A full disk must not stop a delete (that is how space is freed): the node
-            // is then deleted for good instead of kept in the trash.
-            Err(Error::NoSpace) => Ok(PreTrash::Full),
-            Err(e) => Err(e),
-        }
     }
 
     /// One link of `id` went away: drop the count, and trash the node at zero.
@@ -423,13 +323,13 @@ impl Store {
             Ok(())
         })?;
         match (rec.nlink == 0, prepared) {
-            (true, PreTrash::Linked(_)) => self.trashed(id)?,
-            (true, PreTrash::Full) => self.untrashable(id)?,
+            (true, PreTrash::Linked(_)) => self.trash.trashed(id)?,
+            (true, PreTrash::Full) => self.trash.untrashable(id)?,
             (true, PreTrash::NotLast) => {
                 // It lost its other links meanwhile: trash it now.
-                match self.pre_trash(id)? {
-                    PreTrash::Full => self.untrashable(id)?,
-                    _ => self.trashed(id)?,
+                match self.trash.pre_trash(id)? {
+                    PreTrash::Full => self.trash.untrashable(id)?,
+                    _ => self.trash.trashed(id)?,
                 }
             }
             (false, PreTrash::Linked(link)) => {
@@ -443,13 +343,13 @@ impl Store {
 
     /// Remove a non-directory name.
     pub fn unlink(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
-        self.writable()?;
-        let id = self.lookup(parent, name)?;
+        self.fence.check()?;
+        let id = self.names.lookup(parent, name)?;
         if self.records.read(id)?.kind == Kind::Dir {
             return Err(Error::IsDir);
         }
-        let prepared = self.pre_trash(id)?;
-        if let Err(e) = fs::remove_file(self.entry_path(parent, name)) {
+        let prepared = self.trash.pre_trash(id)?;
+        if let Err(e) = fs::remove_file(self.names.entry_path(parent, name)) {
             if let PreTrash::Linked(link) = prepared {
                 let _ = fs::remove_file(link);
             }
@@ -467,23 +367,18 @@ impl Store {
         Ok(id)
     }
 
-    fn is_empty_dir(&self, id: NodeId) -> Result<bool> {
-        let mut it = fs::read_dir(self.layout.node_path(id)).ctx(|| format!("read dir {id}"))?;
-        Ok(it.next().is_none())
-    }
-
     /// Remove an empty directory.
     pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
-        self.writable()?;
-        let id = self.lookup(parent, name)?;
+        self.fence.check()?;
+        let id = self.names.lookup(parent, name)?;
         if self.records.read(id)?.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
-        if !self.is_empty_dir(id)? {
+        if !self.names.is_empty_dir(id)? {
             return Err(Error::NotEmpty);
         }
-        let prepared = self.pre_trash(id)?;
-        if let Err(e) = fs::remove_file(self.entry_path(parent, name)) {
+        let prepared = self.trash.pre_trash(id)?;
+        if let Err(e) = fs::remove_file(self.names.entry_path(parent, name)) {
             if let PreTrash::Linked(link) = prepared {
                 let _ = fs::remove_file(link);
             }
@@ -498,23 +393,6 @@ impl Store {
         Ok(id)
     }
 
-    /// Is `node` `ancestor` itself or below it? Walks the parent hints of directories.
-    fn is_within(&self, mut node: NodeId, ancestor: NodeId) -> Result<bool> {
-        for _ in 0..4096 {
-            if node == ancestor {
-                return Ok(true);
-            }
-            if node == self.root() {
-                return Ok(false);
-            }
-            match self.records.read(node)?.parent {
-                Some(p) => node = p,
-                None => return Ok(false),
-            }
-        }
-        Ok(false)
-    }
-
     /// Rename `name` in `parent` to `newname` in `newparent`.
     pub fn rename(
         &self,
@@ -524,12 +402,12 @@ impl Store {
         newname: &OsStr,
         mode: RenameMode,
     ) -> Result<()> {
-        self.writable()?;
+        self.fence.check()?;
         validate_name(newname)?;
-        let src = self.lookup(parent, name)?;
+        let src = self.names.lookup(parent, name)?;
         let srec = self.records.read(src)?;
-        self.dir_record(newparent)?;
-        let dst = match self.lookup(newparent, newname) {
+        self.names.dir_record(newparent)?;
+        let dst = match self.names.lookup(newparent, newname) {
             Ok(id) => Some(id),
             Err(Error::NotFound) => None,
             Err(e) => return Err(e),
@@ -538,8 +416,8 @@ impl Store {
             Some(d) => Some(self.records.read(d)?),
             None => None,
         };
-        let from = self.entry_path(parent, name);
-        let to = self.entry_path(newparent, newname);
+        let from = self.names.entry_path(parent, name);
+        let to = self.names.entry_path(newparent, newname);
         let now = Time::now();
 
         if mode == RenameMode::Exchange {
@@ -548,10 +426,10 @@ impl Store {
                 _ => return Err(Error::NotFound),
             };
             if parent != newparent {
-                if srec.kind == Kind::Dir && self.is_within(newparent, src)? {
+                if srec.kind == Kind::Dir && self.names.is_within(newparent, src)? {
                     return Err(Error::Invalid("cannot move a directory into itself"));
                 }
-                if drec.kind == Kind::Dir && self.is_within(parent, dst)? {
+                if drec.kind == Kind::Dir && self.names.is_within(parent, dst)? {
                     return Err(Error::Invalid("cannot move a directory into itself"));
                 }
             }
@@ -592,11 +470,11 @@ impl Store {
             match (srec.kind == Kind::Dir, drec.kind == Kind::Dir) {
                 (true, false) => return Err(Error::NotDir),
                 (false, true) => return Err(Error::IsDir),
-                (true, true) if !self.is_empty_dir(dst)? => return Err(Error::NotEmpty),
+                (true, true) if !self.names.is_empty_dir(dst)? => return Err(Error::NotEmpty),
                 _ => {}
             }
         }
-        if srec.kind == Kind::Dir && parent != newparent && self.is_within(newparent, src)? {
+        if srec.kind == Kind::Dir && parent != newparent && self.names.is_within(newparent, src)? {
             return Err(Error::Invalid("cannot move a directory into itself"));
         }
         let flags = if mode == RenameMode::NoReplace {
@@ -606,7 +484,7 @@ impl Store {
         };
         // The node this rename displaces is linked from the trash before it loses its name.
         let prepared = match dst {
-            Some(d) if mode == RenameMode::Replace => self.pre_trash(d)?,
+            Some(d) if mode == RenameMode::Replace => self.trash.pre_trash(d)?,
             _ => PreTrash::NotLast,
         };
         if let Err(e) = renameat2(&from, &to, flags) {
@@ -659,36 +537,6 @@ impl Store {
             })
             .map(|_| ())
     }
-
-    /// The entries of a directory, in on-disk order.
-    pub fn readdir(&self, id: NodeId) -> Result<Vec<(OsString, NodeId)>> {
-        let dir = self.layout.node_path(id);
-        let open_err = |e: std::io::Error| match e.raw_os_error() {
-            Some(libc::ENOENT) => Error::NotFound,
-            Some(libc::ENOTDIR) => Error::NotDir,
-            _ => Error::io(format!("read dir {id}"), e),
-        };
-        // Entries are read relative to the directory: no path walk per entry.
-        let dirfd = fs::File::open(&dir).map_err(open_err)?;
-        let it = fs::read_dir(&dir).map_err(open_err)?;
-        let mut out = Vec::new();
-        for ent in it {
-            let ent = ent.ctx(|| format!("read dir {id}"))?;
-            let target = match readlink_at(&dirfd, &ent.file_name()) {
-                Ok(t) => t,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue, // removed meanwhile
-                Err(e) => return Err(Error::io(format!("read entry in {id}"), e)),
-            };
-            match Layout::parse_entry_target(&target) {
-                Some(child) => out.push((ent.file_name(), child)),
-                None => log::warn!(
-                    "directory {id}: entry {:?} has a bad target, skipped",
-                    ent.file_name()
-                ),
-            }
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
@@ -717,7 +565,9 @@ mod tests {
         let handles: Vec<_> = (0..16)
             .map(|i| {
                 let s = s.clone();
-                std::thread::spawn(move || s.create(root, OsStr::new("same"), file(i)).is_ok())
+                std::thread::spawn(move || {
+                    s.tree().create(root, OsStr::new("same"), file(i)).is_ok()
+                })
             })
             .collect();
         let wins = handles
@@ -741,26 +591,27 @@ mod tests {
         let (_d, s) = scratch();
         let root = s.root();
         let dir = |n: &str| {
-            s.create(
-                root,
-                OsStr::new(n),
-                NewNode {
-                    kind: Kind::Dir,
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    target: vec![],
-                },
-            )
-            .unwrap()
-            .0
+            s.tree()
+                .create(
+                    root,
+                    OsStr::new(n),
+                    NewNode {
+                        kind: Kind::Dir,
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                        rdev: 0,
+                        target: vec![],
+                    },
+                )
+                .unwrap()
+                .0
         };
         let a = dir("a");
         dir("b");
-        s.create(root, OsStr::new("f"), file(0)).unwrap();
-        s.create(a, OsStr::new("inner"), file(0)).unwrap();
-        let r = |x: &str, y: &str, m| s.rename(root, OsStr::new(x), root, OsStr::new(y), m);
+        s.tree().create(root, OsStr::new("f"), file(0)).unwrap();
+        s.tree().create(a, OsStr::new("inner"), file(0)).unwrap();
+        let r = |x: &str, y: &str, m| s.tree().rename(root, OsStr::new(x), root, OsStr::new(y), m);
         assert!(matches!(
             r("b", "a", RenameMode::Replace),
             Err(Error::NotEmpty)
@@ -778,7 +629,7 @@ mod tests {
             Err(Error::Exists)
         ));
         assert!(matches!(
-            s.rename(
+            s.tree().rename(
                 root,
                 OsStr::new("a"),
                 a,
@@ -790,7 +641,7 @@ mod tests {
         r("f", "a", RenameMode::Exchange).unwrap();
         assert_eq!(
             s.records
-                .read(s.lookup(root, OsStr::new("f")).unwrap())
+                .read(s.names().lookup(root, OsStr::new("f")).unwrap())
                 .unwrap()
                 .kind,
             Kind::Dir
@@ -798,8 +649,8 @@ mod tests {
         // root: 2 + a + b
         assert_eq!(s.records.read(root).unwrap().nlink, 4);
         r("b", "f", RenameMode::NoReplace).unwrap_err();
-        s.rmdir(a, OsStr::new("nothing")).unwrap_err();
-        s.unlink(root, OsStr::new("a")).unwrap();
+        s.tree().rmdir(a, OsStr::new("nothing")).unwrap_err();
+        s.tree().unlink(root, OsStr::new("a")).unwrap();
         r("b", "a", RenameMode::Replace).unwrap();
         assert_eq!(
             s.records.read(root).unwrap().nlink,
@@ -813,10 +664,11 @@ mod tests {
         let (_d, s) = scratch();
         let long = "x".repeat(256);
         assert!(matches!(
-            s.create(s.root(), OsStr::new(&long), file(0)),
+            s.tree().create(s.root(), OsStr::new(&long), file(0)),
             Err(Error::NameTooLong)
         ));
-        s.create(s.root(), OsStr::new(&long[..255]), file(0))
+        s.tree()
+            .create(s.root(), OsStr::new(&long[..255]), file(0))
             .unwrap();
     }
 }

@@ -93,10 +93,7 @@ impl Checker<'_> {
                             path,
                             detail: "removed, but its trash link is missing".into(),
                             repaired: false,
-                            action: Action::Retrash(
-                                id,
-                                at.secs as i128 * 1_000_000_000 + at.nanos as i128,
-                            ),
+                            action: Action::Retrash(id, at.unix_nanos()),
                         })
                     }
                     rec => problems.push(Problem {
@@ -485,7 +482,7 @@ impl Checker<'_> {
                     }
                     match std::os::unix::fs::symlink(
                         Layout::entry_target(id),
-                        self.s.entry_path(lf, OsStr::new(&name)),
+                        self.s.names().entry_path(lf, OsStr::new(&name)),
                     ) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -519,7 +516,7 @@ impl Checker<'_> {
     /// Find or create `/lost+found`.
     pub(super) fn lost_found(&self) -> Result<NodeId> {
         let root = self.s.root();
-        match self.s.lookup(root, OsStr::new(LOST_FOUND)) {
+        match self.s.names().lookup(root, OsStr::new(LOST_FOUND)) {
             Ok(id) => {
                 if self.s.records.read(id)?.kind != Kind::Dir {
                     return Err(Error::NotDir);
@@ -535,7 +532,7 @@ impl Checker<'_> {
                     rdev: 0,
                     target: vec![],
                 };
-                Ok(self.s.create(root, OsStr::new(LOST_FOUND), new)?.0)
+                Ok(self.s.tree().create(root, OsStr::new(LOST_FOUND), new)?.0)
             }
             Err(e) => Err(e),
         }

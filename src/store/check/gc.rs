@@ -15,7 +15,7 @@ impl Checker<'_> {
         }
         let since = std::time::SystemTime::now();
         let mut referenced: HashSet<Hash> = HashSet::new();
-        for id in self.s.node_ids()? {
+        for id in self.s.sweeper().node_ids()? {
             // A manifest that cannot be read hides which chunks are in use.
             let strict = |rec: &NodeRecord| -> Result<()> {
                 self.s.chunk_lists.get(&rec.content).map(|_| ()).map_err(|e| {
@@ -27,13 +27,13 @@ impl Checker<'_> {
                 }
             })
             };
-            if let Some(rec) = self.s.record_naming_blobs(id)? {
+            if let Some(rec) = self.s.sweeper().record_naming_blobs(id)? {
                 strict(&rec)?;
-                referenced.extend(self.s.blob_refs(id, &rec));
+                referenced.extend(self.s.sweeper().blob_refs(id, &rec));
             }
             for (_, r) in self.s.revisions.list(id)? {
                 strict(&r)?;
-                referenced.extend(self.s.blob_refs(id, &r));
+                referenced.extend(self.s.sweeper().blob_refs(id, &r));
             }
         }
         referenced.extend(self.s.sessions.sealed_blobs());
@@ -66,7 +66,7 @@ impl Checker<'_> {
             rep.deleted_hashes = cands.iter().map(hash_hex).collect();
             return Ok(rep);
         }
-        rep.bytes_freed = self.s.sweep(cands.clone(), since)?;
+        rep.bytes_freed = self.s.sweeper().sweep(cands.clone(), since)?;
         for h in cands {
             if !self.s.blobs.exists(&h) {
                 rep.deleted += 1;

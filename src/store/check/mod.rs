@@ -169,7 +169,7 @@ enum Action {
     /// Remove a node file that holds no record and no entries.
     RemoveNode(NodeId, bool),
     /// Give a live file whose content names a lost or damaged blob (or failed a
-    /// scrub) its newest whole revision's content, or none (`Store::roll_back`).
+    /// scrub) its newest whole revision's content, or none (`Checker::roll_back`).
     RollBack(NodeId),
     /// Move a blob an interrupted sweep left aside back into place.
     MoveBack {

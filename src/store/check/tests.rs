@@ -11,9 +11,13 @@ fn file() -> NewNode {
 #[test]
 fn fresh_store_is_clean_and_gc_keeps_referenced() {
     let (_d, s) = scratch();
-    let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
-    s.write(id, 0, &vec![3u8; 200_000]).unwrap();
-    s.write(id, 0, &vec![4u8; 200_000]).unwrap(); // old content kept as a revision
+    let id = s
+        .tree()
+        .create(s.root(), OsStr::new("f"), file())
+        .unwrap()
+        .0;
+    s.data().write(id, 0, &vec![3u8; 200_000]).unwrap();
+    s.data().write(id, 0, &vec![4u8; 200_000]).unwrap(); // old content kept as a revision
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();
@@ -26,8 +30,12 @@ fn fresh_store_is_clean_and_gc_keeps_referenced() {
 #[test]
 fn online_gc_passes_nodes_without_record() {
     let (_d, s) = scratch();
-    let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
-    s.write(id, 0, &vec![5u8; 100_000]).unwrap();
+    let id = s
+        .tree()
+        .create(s.root(), OsStr::new("f"), file())
+        .unwrap()
+        .0;
+    s.data().write(id, 0, &vec![5u8; 100_000]).unwrap();
     // A node the instant after create: its file exists, its record not yet.
     let young = NodeId::new_near(s.root(), Kind::File);
     fs::write(s.layout.node_path(young), b"").unwrap();
@@ -51,7 +59,7 @@ fn record_kind_must_match_the_id() {
         kind: Kind::Fifo,
         ..file()
     };
-    let id = s.create(s.root(), OsStr::new("p"), fifo).unwrap().0;
+    let id = s.tree().create(s.root(), OsStr::new("p"), fifo).unwrap().0;
     assert_eq!(id.kind_hint(), Some(Kind::Fifo));
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
@@ -78,8 +86,12 @@ fn record_kind_must_match_the_id() {
 #[test]
 fn orphan_is_adopted_and_nlink_fixed() {
     let (_d, s) = scratch();
-    let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
-    fs::remove_file(s.entry_path(s.root(), OsStr::new("f"))).unwrap();
+    let id = s
+        .tree()
+        .create(s.root(), OsStr::new("f"), file())
+        .unwrap()
+        .0;
+    fs::remove_file(s.names().entry_path(s.root(), OsStr::new("f"))).unwrap();
     let r = Checker::new(&s)
         .fsck(false, Duration::from_secs(3600), |_| {})
         .unwrap();
@@ -87,8 +99,11 @@ fn orphan_is_adopted_and_nlink_fixed() {
     assert_eq!(r.young_orphans, 1);
     let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, 1, "{:?}", r.problems);
-    let lf = s.lookup(s.root(), OsStr::new(LOST_FOUND)).unwrap();
-    assert_eq!(s.lookup(lf, OsStr::new(&id.to_string())).unwrap(), id);
+    let lf = s.names().lookup(s.root(), OsStr::new(LOST_FOUND)).unwrap();
+    assert_eq!(
+        s.names().lookup(lf, OsStr::new(&id.to_string())).unwrap(),
+        id
+    );
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();
@@ -98,9 +113,13 @@ fn orphan_is_adopted_and_nlink_fixed() {
 #[test]
 fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_references() {
     let (_d, s) = scratch();
-    let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
-    s.write(id, 0, &vec![5u8; 100_000]).unwrap();
-    let h = Store::record_hashes(&s.records.read(id).unwrap())[0];
+    let id = s
+        .tree()
+        .create(s.root(), OsStr::new("f"), file())
+        .unwrap()
+        .0;
+    s.data().write(id, 0, &vec![5u8; 100_000]).unwrap();
+    let h = crate::store::content::record_hashes(&s.records.read(id).unwrap())[0];
     fs::remove_file(s.local.path_of(&h)).unwrap();
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
@@ -124,14 +143,18 @@ fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_referenc
     );
     let mut want = vec![0u8; 65_536];
     want.resize(100_000, 5);
-    assert_eq!(s.read(id, 0, 200_000).unwrap(), want);
-    assert_eq!(s.stat(id).unwrap().size, 100_000);
+    assert_eq!(s.data().read(id, 0, 200_000).unwrap(), want);
+    assert_eq!(s.attrs().stat(id).unwrap().size, 100_000);
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
     // A garbage record: which blobs it names is unknown, so gc deletes nothing.
-    let g = s.create(s.root(), OsStr::new("g"), file()).unwrap().0;
+    let g = s
+        .tree()
+        .create(s.root(), OsStr::new("g"), file())
+        .unwrap()
+        .0;
     xattr::set(s.layout.node_path(g), RECORD_XATTR, b"garbage!!").unwrap();
     assert!(matches!(
         Checker::new(&s).gc(false, Duration::ZERO),
@@ -145,13 +168,17 @@ fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_referenc
 #[test]
 fn a_revision_with_a_lost_blob_is_dropped() {
     let (_d, s) = scratch();
-    let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
-    s.write(id, 0, &vec![4u8; 90_000]).unwrap();
-    s.write(id, 0, &vec![5u8; 100_000]).unwrap();
-    s.write(id, 0, &vec![6u8; 110_000]).unwrap(); // revisions: the 4s, the 5s
+    let id = s
+        .tree()
+        .create(s.root(), OsStr::new("f"), file())
+        .unwrap()
+        .0;
+    s.data().write(id, 0, &vec![4u8; 90_000]).unwrap();
+    s.data().write(id, 0, &vec![5u8; 100_000]).unwrap();
+    s.data().write(id, 0, &vec![6u8; 110_000]).unwrap(); // revisions: the 4s, the 5s
     let revs = s.revisions.list(id).unwrap();
     assert_eq!(revs.len(), 2);
-    let h = Store::record_hashes(&revs[1].1)[0];
+    let h = crate::store::content::record_hashes(&revs[1].1)[0];
     fs::remove_file(s.local.path_of(&h)).unwrap();
     s.blobs.drop_cache();
     let r = Checker::new(&s)
@@ -172,8 +199,11 @@ fn a_revision_with_a_lost_blob_is_dropped() {
     let left = s.revisions.list(id).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, revs[0].0, "the whole revision is kept");
-    assert_eq!(s.read_content(id, &left[0].1).unwrap(), vec![4u8; 90_000]);
-    assert_eq!(s.read(id, 0, 200_000).unwrap(), vec![6u8; 110_000]);
+    assert_eq!(
+        s.data().read_content(id, &left[0].1).unwrap(),
+        vec![4u8; 90_000]
+    );
+    assert_eq!(s.data().read(id, 0, 200_000).unwrap(), vec![6u8; 110_000]);
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();
@@ -186,14 +216,18 @@ fn a_revision_with_a_lost_blob_is_dropped() {
 #[test]
 fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
     let (_d, s) = scratch();
-    let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
-    s.write(id, 0, &vec![5u8; 100_000]).unwrap();
-    s.write(id, 0, &vec![6u8; 120_000]).unwrap(); // the first kept as a revision
+    let id = s
+        .tree()
+        .create(s.root(), OsStr::new("f"), file())
+        .unwrap()
+        .0;
+    s.data().write(id, 0, &vec![5u8; 100_000]).unwrap();
+    s.data().write(id, 0, &vec![6u8; 120_000]).unwrap(); // the first kept as a revision
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
-    let h = Store::record_hashes(&s.records.read(id).unwrap())[0];
+    let h = crate::store::content::record_hashes(&s.records.read(id).unwrap())[0];
     fs::File::create(s.local.path_of(&h)).unwrap(); // the first 64 KiB chunk, now empty
     s.blobs.drop_cache();
     let r = Checker::new(&s)
@@ -224,7 +258,7 @@ fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
         "{:?}",
         r.problems
     );
-    assert_eq!(s.read(id, 0, 200_000).unwrap(), vec![5u8; 100_000]);
+    assert_eq!(s.data().read(id, 0, 200_000).unwrap(), vec![5u8; 100_000]);
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();
@@ -234,8 +268,8 @@ fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
 #[test]
 fn interrupted_trashing_goes_back_to_the_trash() {
     let (_d, s) = scratch();
-    s.create(s.root(), OsStr::new("f"), file()).unwrap();
-    let id = s.unlink(s.root(), OsStr::new("f")).unwrap();
+    s.tree().create(s.root(), OsStr::new("f"), file()).unwrap();
+    let id = s.tree().unlink(s.root(), OsStr::new("f")).unwrap();
     // The crash window: record says trashed, the trash link is not there yet.
     for e in fs::read_dir(s.layout.trash()).unwrap() {
         fs::remove_file(e.unwrap().path()).unwrap();
@@ -244,7 +278,7 @@ fn interrupted_trashing_goes_back_to_the_trash() {
     assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
     let links: Vec<_> = fs::read_dir(s.layout.trash()).unwrap().collect();
     assert_eq!(links.len(), 1);
-    assert!(s.lookup(s.root(), OsStr::new(LOST_FOUND)).is_err());
+    assert!(s.names().lookup(s.root(), OsStr::new(LOST_FOUND)).is_err());
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();
@@ -258,9 +292,13 @@ fn interrupted_trashing_goes_back_to_the_trash() {
 #[test]
 fn a_blob_an_interrupted_sweep_moved_aside_is_put_back() {
     let (_d, s) = scratch();
-    let id = s.create(s.root(), OsStr::new("f"), file()).unwrap().0;
-    s.write(id, 0, &vec![7u8; 100_000]).unwrap();
-    let h = Store::record_hashes(&s.records.read(id).unwrap())[0];
+    let id = s
+        .tree()
+        .create(s.root(), OsStr::new("f"), file())
+        .unwrap()
+        .0;
+    s.data().write(id, 0, &vec![7u8; 100_000]).unwrap();
+    let h = crate::store::content::record_hashes(&s.records.read(id).unwrap())[0];
     // As a sweep of a process that no longer runs (no pid is i32::MAX).
     let aside = s
         .layout
@@ -280,7 +318,7 @@ fn a_blob_an_interrupted_sweep_moved_aside_is_put_back() {
     let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
     assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
     assert!(s.local.path_of(&h).exists() && !aside.exists());
-    assert_eq!(s.read(id, 0, 200_000).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(s.data().read(id, 0, 200_000).unwrap(), vec![7u8; 100_000]);
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();

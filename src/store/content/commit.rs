@@ -7,13 +7,13 @@ use super::*;
 /// An fsync logs a delta of at most this many written ranges (else it commits).
 pub(super) const DELTA_RANGES_MAX: usize = 4096;
 
-impl Store {
+impl Data<'_> {
     /// Make the session's content the record's content. `durable` (fsync) also makes
     /// the blobs and the record reach the disk before returning.
     pub fn commit(&self, id: NodeId, durable: bool) -> Result<()> {
         let Some(s) = self.sessions.get(id) else {
             if durable {
-                self.sync_node(id)?;
+                self.fsync.sync_node(id)?;
             }
             return Ok(());
         };
@@ -27,7 +27,7 @@ impl Store {
     pub(crate) fn commit_locked(&self, id: NodeId, s: &mut Session, durable: bool) -> Result<()> {
         if !s.changed {
             if durable {
-                self.sync_node(id)?;
+                self.fsync.sync_node(id)?;
                 if s.chain.is_none() {
                     // The record is durable now and the session holds nothing else.
                     let rec = self.records.read(id)?;
@@ -84,7 +84,7 @@ impl Store {
         // Every byte of the new content was written or verified in this session (no
         // chunk is left unread from before): an earlier integrity error no longer applies.
         let fresh = inline || s.chunks.values().all(|c| s.sealed_here.contains(&c.hash));
-        if durable && !self.fsync_logged() {
+        if durable && !self.fsync.fsync_logged() {
             self.blobs.sync()?;
         } else {
             // Invariant 1 across a power cut: the record waits for the bytes it names.
@@ -96,8 +96,8 @@ impl Store {
         }
         if let Some(base) = s.base.take() {
             if self.revisions.save(id, &base)? {
-                let (_, blobs) = self.prune_revisions(id)?;
-                self.sweep_queue.push(blobs);
+                let (_, blobs) = self.sweeper.prune_revisions(id)?;
+                self.sweeper.queue(blobs);
             }
         }
         let (size, mtime) = (s.size, s.mtime);
@@ -127,9 +127,9 @@ impl Store {
         }
         // The record no longer names what this session sealed and then replaced.
         let superseded = std::mem::take(&mut s.superseded);
-        self.sweep_queue.push(superseded);
+        self.sweeper.queue(superseded);
         if durable {
-            self.sync_node(id)?;
+            self.fsync.sync_node(id)?;
             s.chain = base.map(|b| (b, new.version));
         }
         Ok(())
@@ -162,7 +162,7 @@ impl Store {
         let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
             return Ok(false);
         };
-        let Some((value, rec, rec_blob)) = self.stored_file_record(id)? else {
+        let Some((value, rec, rec_blob)) = self.fsync.stored_file_record(id)? else {
             return Ok(false);
         };
         if rec.size != 0 || rec.content != Content::Empty {
@@ -172,7 +172,7 @@ impl Store {
         let Some(d) = self.delta_of(id, s, base.clone())? else {
             return Ok(false);
         };
-        let entry = self.log_entry(id, value, &rec, rec_blob)?;
+        let entry = self.fsync.log_entry(id, value, &rec, rec_blob)?;
         let sync = || self.local.sync_filesystem();
         if appended(log.append_with_delta(&entry, &d, &sync)) != Some(true) {
             return Ok(false);
@@ -196,7 +196,7 @@ impl Store {
         if total > crate::store::blobs::CARRY_MAX || s.unlogged.len() > DELTA_RANGES_MAX {
             return Ok(None);
         }
-        self.writable()?;
+        self.fence.check()?;
         let mut writes = Vec::with_capacity(s.unlogged.len());
         for (&a, &b) in &s.unlogged {
             let (a, b) = (a as u64, (b as u64).min(s.size));

@@ -49,27 +49,53 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::appended;
 use super::blobs::Chunk;
+use super::blobs::{BlobStore, LocalBlobs};
+use super::dirsync::{DirDebts, Fsync};
 use super::error::{Error, IoContext, Result};
+use super::event::Followers;
 use super::event::{Event, Op};
+use super::fsynclog::FsyncLog;
+use super::layout::Layout;
+use super::lock::Fence;
 use super::node::{
     encode_body, frame, hash_hex, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
 };
-use super::{appended, Store};
+use super::records::Records;
+use super::sweep::Sweeper;
 
 use super::manifest::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
 pub use read::{ChunkLists, ReadData, ReadPattern};
 pub use revisions::Revisions;
 pub use session::{Session, Sessions};
 
-impl Store {
-    /// The blobs a record's content names directly: its chunks, or its manifest blob
-    /// (not the chunks the manifest lists). Used by tests that damage a file's blob.
-    pub fn record_hashes(rec: &NodeRecord) -> Vec<Hash> {
-        match &rec.content {
-            Content::Chunks(v) => v.iter().map(|c| c.hash).collect(),
-            Content::Manifest(h) => vec![*h],
-            _ => vec![],
-        }
+/// Files' bytes: write sessions, reads, commits, and the revisions commits keep.
+#[derive(Clone, Copy)]
+pub struct Data<'a> {
+    pub(in crate::store) layout: &'a Layout,
+    pub(in crate::store) records: &'a Records,
+    pub(in crate::store) blobs: &'a Arc<dyn BlobStore>,
+    pub(in crate::store) local: &'a LocalBlobs,
+    pub(in crate::store) fence: &'a Fence,
+    pub(in crate::store) sessions: &'a Sessions,
+    pub(in crate::store) revisions: &'a Revisions,
+    pub(in crate::store) chunk_lists: &'a ChunkLists,
+    pub(in crate::store) followers: &'a Followers,
+    pub(in crate::store) read_pattern: &'a ReadPattern,
+    pub(in crate::store) debts: &'a DirDebts,
+    pub(in crate::store) fsync_log: &'a Option<FsyncLog>,
+    pub(in crate::store) chunk_size: u64,
+    pub(in crate::store) fsync: Fsync<'a>,
+    pub(in crate::store) sweeper: Sweeper<'a>,
+}
+
+/// The blobs a record's content names directly: its chunks, or its manifest blob
+/// (not the chunks the manifest lists). Used by tests that damage a file's blob.
+pub fn record_hashes(rec: &NodeRecord) -> Vec<Hash> {
+    match &rec.content {
+        Content::Chunks(v) => v.iter().map(|c| c.hash).collect(),
+        Content::Manifest(h) => vec![*h],
+        _ => vec![],
     }
 }

@@ -123,14 +123,14 @@ impl ReadPattern {
     }
 }
 
-impl Store {
+impl Data<'_> {
     /// Read a verified chunk; on a mismatch mark the node and report EIO.
     pub(crate) fn load_chunk(&self, id: NodeId, c: &ChunkRef) -> Result<Arc<Chunk>> {
         match self.blobs.get(&c.hash) {
             Ok(d) => Ok(d),
             Err(e @ Error::Integrity { .. }) => {
                 log::error!("node {id}: chunk {} failed verification: {e}", c.index);
-                if !self.read_only() {
+                if !self.fence.read_only() {
                     let _ = self.records.update(id, |r| {
                         r.status = Status::IntegrityError;
                         Ok(())
@@ -150,7 +150,7 @@ impl Store {
     /// Read up to `len` bytes at `off`; a read inside one stored chunk borrows the cached
     /// chunk instead of copying it (the FUSE reply copies it once, to the kernel).
     pub fn read_shared(&self, id: NodeId, off: u64, len: u32) -> Result<ReadData> {
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         if let Some(s) = self.sessions.get(id) {
             let s = s.lock();
             let mut out = Vec::with_capacity(len as usize);
@@ -172,7 +172,7 @@ impl Store {
         let list = self.chunk_lists.get(&rec.content)?;
         if self
             .read_pattern
-            .sequential(id, off, len as u64, self.chunk_size())
+            .sequential(id, off, len as u64, self.chunk_size)
         {
             // The kernel's readahead keeps a window of requests in flight; loading and
             // verifying the next chunks meanwhile keeps the disk and a core busy.
@@ -216,7 +216,7 @@ impl Store {
         len: u64,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        for_each_piece(s.size, self.chunk_size(), off, len, |idx, in_off, n| {
+        for_each_piece(s.size, self.chunk_size, off, len, |idx, in_off, n| {
             if s.dirty.contains_key(&idx) {
                 self.read_dirty(id, s, idx, in_off, n, out)?;
             } else if let Some(c) = s.chunks.get(&idx) {
@@ -240,7 +240,7 @@ impl Store {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let d = &s.dirty[&idx];
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         let end = off + n;
         let mut pos = off;
         let mut base: Option<Arc<Chunk>> = None;
@@ -297,7 +297,7 @@ impl Store {
     /// Offsets of data for SEEK_DATA / SEEK_HOLE, at chunk granularity: (next data at or
     /// after `off`, next hole at or after `off`), each None past the end.
     pub fn seek_data_hole(&self, id: NodeId, off: u64, data: bool) -> Result<Option<u64>> {
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         let mut rec = self.records.read(id)?;
         self.overlay(id, &mut rec);
         if off >= rec.size {
@@ -328,7 +328,7 @@ impl Store {
 
     /// Read the content of a record (for revisions and checks), verified.
     pub fn read_content(&self, id: NodeId, rec: &NodeRecord) -> Result<Vec<u8>> {
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         let mut out = Vec::with_capacity(rec.size as usize);
         if let Content::Inline(d) = &rec.content {
             append_padded(&mut out, d, 0, rec.size as usize);

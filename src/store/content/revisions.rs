@@ -25,7 +25,7 @@ impl Revisions {
         let dir = self.layout.revisions_of(id);
         fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
         let now = Time::now();
-        let nanos = now.secs as i128 * 1_000_000_000 + now.nanos as i128;
+        let nanos = now.unix_nanos();
         let path = dir.join(nanos.to_string());
         // Written aside and renamed in, so a crash never leaves a torn revision.
         let tmp = self

@@ -326,7 +326,7 @@ impl Sessions {
     }
 }
 
-impl Store {
+impl Data<'_> {
     /// Point a session at a record that replaced its content (a restore), keeping its
     /// handles.
     pub(crate) fn reset_session(&self, s: &mut Session, rec: &NodeRecord) {
@@ -427,7 +427,7 @@ impl Store {
 
     /// A handle opened `id` for writing.
     pub fn open_write(&self, id: NodeId) -> Result<()> {
-        self.writable()?;
+        self.fence.check()?;
         self.session(id, true).map(|_| ())
     }
 
@@ -481,7 +481,7 @@ impl Store {
         id: NodeId,
         f: impl FnOnce(&mut Session) -> Result<T>,
     ) -> Result<T> {
-        self.writable()?;
+        self.fence.check()?;
         let (s, fresh) = self.session(id, false)?;
         let out = f(&mut s.lock())?;
         if fresh {

@@ -2,27 +2,28 @@
 
 use super::*;
 use crate::store::tests::{new_file, scratch};
+use crate::store::Store;
 
 #[test]
 fn write_read_across_chunks_and_holes() {
     let (_d, s) = scratch(); // 64 KiB chunks
     let id = new_file(&s, "f");
-    s.open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 + 1).collect();
-    s.write(id, 10, &data).unwrap();
-    s.write(id, 1_000_000, b"tail").unwrap();
-    assert_eq!(s.read(id, 10, 200_000).unwrap(), data);
-    s.close_write(id).unwrap();
+    s.data().write(id, 10, &data).unwrap();
+    s.data().write(id, 1_000_000, b"tail").unwrap();
+    assert_eq!(s.data().read(id, 10, 200_000).unwrap(), data);
+    s.data().close_write(id).unwrap();
     assert!(!s.sessions.contains(id));
-    let back = s.read(id, 0, 2_000_000).unwrap();
+    let back = s.data().read(id, 0, 2_000_000).unwrap();
     assert_eq!(back.len(), 1_000_004);
     assert_eq!(&back[10..200_010], &data[..]);
     assert!(back[200_010..1_000_000].iter().all(|b| *b == 0));
     assert_eq!(&back[1_000_000..], b"tail");
     // Shrink into a chunk and grow again: the cut part reads as zeros.
-    s.truncate(id, 15).unwrap();
-    s.truncate(id, 100_000).unwrap();
-    let back = s.read(id, 0, 200_000).unwrap();
+    s.data().truncate(id, 15).unwrap();
+    s.data().truncate(id, 100_000).unwrap();
+    let back = s.data().read(id, 0, 200_000).unwrap();
     assert_eq!(&back[10..15], &data[..5]);
     assert!(back[15..].iter().all(|b| *b == 0));
 }
@@ -32,12 +33,12 @@ fn write_read_across_chunks_and_holes() {
 fn committed_records_name_existing_blobs() {
     let (_d, s) = scratch();
     let id = new_file(&s, "f");
-    s.open_write(id).unwrap();
-    s.write(id, 0, &vec![9u8; 64 * 1024 * 30]).unwrap(); // 30 chunks: a manifest blob
-    s.close_write(id).unwrap();
+    s.data().open_write(id).unwrap();
+    s.data().write(id, 0, &vec![9u8; 64 * 1024 * 30]).unwrap(); // 30 chunks: a manifest blob
+    s.data().close_write(id).unwrap();
     let rec = s.records.read(id).unwrap();
     assert!(matches!(rec.content, Content::Manifest(_)));
-    for h in Store::record_hashes(&rec) {
+    for h in crate::store::content::record_hashes(&rec) {
         assert!(s.blobs.get(&h).is_ok());
     }
     for c in s.chunk_lists.get(&rec.content).unwrap().iter() {
@@ -51,18 +52,21 @@ fn committed_records_name_existing_blobs() {
 fn handles_share_a_session_and_predecessor_is_a_revision() {
     let (_d, s) = scratch();
     let id = new_file(&s, "f");
-    s.write(id, 0, b"version one").unwrap();
-    s.open_write(id).unwrap();
-    s.open_write(id).unwrap();
-    s.write(id, 0, b"VERSION").unwrap();
-    s.write(id, 8, b"TWO").unwrap();
-    s.close_write(id).unwrap();
+    s.data().write(id, 0, b"version one").unwrap();
+    s.data().open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
+    s.data().write(id, 0, b"VERSION").unwrap();
+    s.data().write(id, 8, b"TWO").unwrap();
+    s.data().close_write(id).unwrap();
     assert!(s.sessions.contains(id), "one handle is still open");
-    s.close_write(id).unwrap();
-    assert_eq!(s.read(id, 0, 100).unwrap(), b"VERSION TWO");
+    s.data().close_write(id).unwrap();
+    assert_eq!(s.data().read(id, 0, 100).unwrap(), b"VERSION TWO");
     let revs = s.revisions.list(id).unwrap();
     assert_eq!(revs.len(), 1);
-    assert_eq!(s.read_content(id, &revs[0].1).unwrap(), b"version one");
+    assert_eq!(
+        s.data().read_content(id, &revs[0].1).unwrap(),
+        b"version one"
+    );
 }
 
 /// A file written, closed and reopened before the kernel's RELEASE of the first
@@ -73,19 +77,19 @@ fn reopen_before_release_keeps_the_closed_version() {
     let (_d, s) = scratch();
     let id = new_file(&s, "f");
     let old = vec![7u8; 300_000];
-    s.open_write(id).unwrap();
-    s.write(id, 0, &old).unwrap();
-    s.commit(id, false).unwrap(); // flush of close(2)
-    s.open_write(id).unwrap(); // the next open, before the first release
-    s.truncate(id, 0).unwrap();
-    s.write(id, 0, &[9u8; 200_000]).unwrap();
-    s.commit(id, false).unwrap();
-    s.close_write(id).unwrap(); // the two releases
-    s.close_write(id).unwrap();
+    s.data().open_write(id).unwrap();
+    s.data().write(id, 0, &old).unwrap();
+    s.data().commit(id, false).unwrap(); // flush of close(2)
+    s.data().open_write(id).unwrap(); // the next open, before the first release
+    s.data().truncate(id, 0).unwrap();
+    s.data().write(id, 0, &[9u8; 200_000]).unwrap();
+    s.data().commit(id, false).unwrap();
+    s.data().close_write(id).unwrap(); // the two releases
+    s.data().close_write(id).unwrap();
     let revs = s.revisions.list(id).unwrap();
     assert_eq!(revs.len(), 1, "the closed version is a revision");
-    assert_eq!(s.read_content(id, &revs[0].1).unwrap(), old);
-    assert_eq!(s.read(id, 0, 300_000).unwrap(), vec![9u8; 200_000]);
+    assert_eq!(s.data().read_content(id, &revs[0].1).unwrap(), old);
+    assert_eq!(s.data().read(id, 0, 300_000).unwrap(), vec![9u8; 200_000]);
 }
 
 /// A revision left empty by a power cut names nothing and is skipped; one holding
@@ -94,9 +98,9 @@ fn reopen_before_release_keeps_the_closed_version() {
 fn empty_revision_is_skipped_and_garbage_one_stops_the_sweep() {
     let (_d, s) = scratch();
     let id = new_file(&s, "f");
-    s.write(id, 0, &vec![1u8; 100_000]).unwrap();
-    s.write(id, 0, &vec![2u8; 100_000]).unwrap(); // version 1 is now a revision
-    let old = Store::record_hashes(&s.revisions.list(id).unwrap()[0].1);
+    s.data().write(id, 0, &vec![1u8; 100_000]).unwrap();
+    s.data().write(id, 0, &vec![2u8; 100_000]).unwrap(); // version 1 is now a revision
+    let old = crate::store::content::record_hashes(&s.revisions.list(id).unwrap()[0].1);
     let dir = s.layout.revisions_of(id);
     fs::write(dir.join("1"), b"").unwrap();
     assert_eq!(
@@ -105,12 +109,17 @@ fn empty_revision_is_skipped_and_garbage_one_stops_the_sweep() {
         "the empty one is skipped"
     );
     assert_eq!(
-        s.sweep(old.clone(), std::time::SystemTime::now()).unwrap(),
+        s.sweeper()
+            .sweep(old.clone(), std::time::SystemTime::now())
+            .unwrap(),
         0
     );
     fs::write(dir.join("2"), b"not a record").unwrap();
     assert!(s.revisions.list(id).is_err());
-    assert!(s.sweep(old.clone(), std::time::SystemTime::now()).is_err());
+    assert!(s
+        .sweeper()
+        .sweep(old.clone(), std::time::SystemTime::now())
+        .is_err());
     for h in &old {
         assert!(
             s.local.path_of(h).exists(),
@@ -124,38 +133,41 @@ fn empty_revision_is_skipped_and_garbage_one_stops_the_sweep() {
 fn corrupted_chunk_gives_integrity_error() {
     let (_d, s) = scratch();
     let id = new_file(&s, "f");
-    s.write(id, 0, &vec![1u8; 100_000]).unwrap();
+    s.data().write(id, 0, &vec![1u8; 100_000]).unwrap();
     let rec = s.records.read(id).unwrap();
-    let h = Store::record_hashes(&rec)[0];
+    let h = crate::store::content::record_hashes(&rec)[0];
     let p = s.local.path_of(&h);
     let mut d = fs::read(&p).unwrap();
     d[5] ^= 0xff;
     fs::write(&p, d).unwrap();
     s.blobs.drop_cache();
-    let err = s.read(id, 0, 10).unwrap_err();
+    let err = s.data().read(id, 0, 10).unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
     assert_eq!(s.records.read(id).unwrap().status, Status::IntegrityError);
     // Overwriting only part of the file keeps the mark (the bad chunk is still there)...
-    s.write(id, 200_000, b"tail").unwrap();
+    s.data().write(id, 200_000, b"tail").unwrap();
     assert_eq!(s.records.read(id).unwrap().status, Status::IntegrityError);
     // ...rewriting it from scratch clears it.
-    s.truncate(id, 0).unwrap();
-    s.write(id, 0, &vec![2u8; 100_000]).unwrap();
+    s.data().truncate(id, 0).unwrap();
+    s.data().write(id, 0, &vec![2u8; 100_000]).unwrap();
     assert_eq!(s.records.read(id).unwrap().status, Status::Consistent);
-    assert_eq!(s.read(id, 0, 10).unwrap(), vec![2u8; 10]);
+    assert_eq!(s.data().read(id, 0, 10).unwrap(), vec![2u8; 10]);
 }
 
 #[test]
 fn sparse_terabyte_costs_nothing() {
     let (_d, s) = scratch();
     let id = new_file(&s, "f");
-    s.truncate(id, 1 << 40).unwrap();
+    s.data().truncate(id, 1 << 40).unwrap();
     let rec = s.records.read(id).unwrap();
     assert_eq!(rec.size, 1 << 40);
     assert_eq!(rec.content, Content::Empty);
-    assert_eq!(s.read(id, (1 << 40) - 10, 100).unwrap(), vec![0u8; 10]);
-    assert_eq!(s.seek_data_hole(id, 0, true).unwrap(), None);
-    assert_eq!(s.seek_data_hole(id, 5, false).unwrap(), Some(5));
+    assert_eq!(
+        s.data().read(id, (1 << 40) - 10, 100).unwrap(),
+        vec![0u8; 10]
+    );
+    assert_eq!(s.data().seek_data_hole(id, 0, true).unwrap(), None);
+    assert_eq!(s.data().seek_data_hole(id, 5, false).unwrap(), Some(5));
 }
 
 /// Lower a session's memory limits so spilling and sealing under pressure happen.
@@ -177,7 +189,7 @@ fn random_ops_match_a_byte_array() {
         let id = new_file(&s, "f");
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut model: Vec<u8> = Vec::new();
-        s.open_write(id).unwrap();
+        s.data().open_write(id).unwrap();
         squeeze(&s, id, 3 * cs / 2, 12);
         let max = 6 * cs;
         for step in 0..600 {
@@ -190,7 +202,7 @@ fn random_ops_match_a_byte_array() {
                         (rng.usize(0..max), rng.usize(1..cs + 100))
                     };
                     let data: Vec<u8> = (0..len).map(|_| rng.u8(1..=255)).collect();
-                    s.write(id, off as u64, &data).unwrap();
+                    s.data().write(id, off as u64, &data).unwrap();
                     if model.len() < off + len {
                         model.resize(off + len, 0);
                     }
@@ -198,13 +210,13 @@ fn random_ops_match_a_byte_array() {
                 }
                 60..=69 => {
                     let size = rng.usize(0..max);
-                    s.truncate(id, size as u64).unwrap();
+                    s.data().truncate(id, size as u64).unwrap();
                     model.resize(size, 0);
                 }
                 70..=79 => {
                     let off = rng.usize(0..max);
                     let len = rng.usize(1..2 * cs);
-                    s.punch_hole(id, off as u64, len as u64).unwrap();
+                    s.data().punch_hole(id, off as u64, len as u64).unwrap();
                     let end = (off + len).min(model.len());
                     if off < end {
                         model[off..end].fill(0);
@@ -213,16 +225,16 @@ fn random_ops_match_a_byte_array() {
                 80..=89 => {
                     let off = rng.usize(0..max);
                     let len = rng.usize(1..3 * cs);
-                    let got = s.read(id, off as u64, len as u32).unwrap();
+                    let got = s.data().read(id, off as u64, len as u32).unwrap();
                     let end = (off + len).min(model.len()).max(off);
                     let want = model.get(off..end).unwrap_or(&[]);
                     assert_eq!(got, want, "seed {seed} step {step}: read {off}+{len}");
                 }
-                90..=94 => s.commit(id, rng.bool()).unwrap(),
+                90..=94 => s.data().commit(id, rng.bool()).unwrap(),
                 _ => {
-                    s.close_write(id).unwrap();
+                    s.data().close_write(id).unwrap();
                     assert!(!s.sessions.contains(id));
-                    s.open_write(id).unwrap();
+                    s.data().open_write(id).unwrap();
                     squeeze(&s, id, 3 * cs / 2, 12);
                 }
             }
@@ -243,14 +255,14 @@ fn random_ops_match_a_byte_array() {
                 assert!(d.base_len == 0 || g.chunks.contains_key(i), "chunk {i}");
             }
         }
-        s.close_write(id).unwrap();
+        s.data().close_write(id).unwrap();
         assert_eq!(
-            s.read(id, 0, (max * 2) as u32).unwrap(),
+            s.data().read(id, 0, (max * 2) as u32).unwrap(),
             model,
             "seed {seed}"
         );
         let rec = s.records.read(id).unwrap();
-        assert_eq!(s.read_content(id, &rec).unwrap(), model);
+        assert_eq!(s.data().read_content(id, &rec).unwrap(), model);
     }
 }
 
@@ -262,34 +274,35 @@ fn writes_do_not_read_the_chunk_they_modify() {
     let (_d, s) = scratch();
     let cs = s.chunk_size() as usize;
     let id = new_file(&s, "f");
-    s.write(id, 0, &vec![1u8; cs]).unwrap();
-    s.write(id, cs as u64, &vec![5u8; cs]).unwrap();
+    s.data().write(id, 0, &vec![1u8; cs]).unwrap();
+    s.data().write(id, cs as u64, &vec![5u8; cs]).unwrap();
     let rec = s.records.read(id).unwrap();
-    for h in Store::record_hashes(&rec) {
+    for h in crate::store::content::record_hashes(&rec) {
         let p = s.local.path_of(&h);
         let mut d = fs::read(&p).unwrap();
         d[7] ^= 0xff;
         fs::write(&p, d).unwrap();
     }
     s.blobs.drop_cache();
-    s.open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
     // Chunk 1 rewritten whole (out of order): sealed without its base.
-    s.write(id, (cs + 4096) as u64, &vec![3u8; cs - 4096])
+    s.data()
+        .write(id, (cs + 4096) as u64, &vec![3u8; cs - 4096])
         .unwrap();
-    s.write(id, cs as u64, &vec![3u8; 4096]).unwrap();
+    s.data().write(id, cs as u64, &vec![3u8; 4096]).unwrap();
     // Chunk 0: one page; the write succeeds, the seal needs the bad base.
-    s.write(id, 4096, &[2u8; 4096]).unwrap();
-    assert_eq!(s.read(id, 4096, 4096).unwrap(), vec![2u8; 4096]);
-    assert_eq!(s.read(id, cs as u64, 10).unwrap(), vec![3u8; 10]);
-    assert_eq!(s.read(id, 0, 10).unwrap_err().errno(), libc::EIO);
-    assert_eq!(s.commit(id, true).unwrap_err().errno(), libc::EIO);
+    s.data().write(id, 4096, &[2u8; 4096]).unwrap();
+    assert_eq!(s.data().read(id, 4096, 4096).unwrap(), vec![2u8; 4096]);
+    assert_eq!(s.data().read(id, cs as u64, 10).unwrap(), vec![3u8; 10]);
+    assert_eq!(s.data().read(id, 0, 10).unwrap_err().errno(), libc::EIO);
+    assert_eq!(s.data().commit(id, true).unwrap_err().errno(), libc::EIO);
     assert_eq!(s.records.read(id).unwrap().status, Status::IntegrityError);
     // Overwriting the rest of chunk 0 makes the base irrelevant: the commit works.
-    s.write(id, 0, &[2u8; 4096]).unwrap();
-    s.write(id, 8192, &vec![2u8; cs - 8192]).unwrap();
-    s.close_write(id).unwrap();
+    s.data().write(id, 0, &[2u8; 4096]).unwrap();
+    s.data().write(id, 8192, &vec![2u8; cs - 8192]).unwrap();
+    s.data().close_write(id).unwrap();
     let mut want = vec![2u8; cs];
     want.extend(vec![3u8; cs]);
-    assert_eq!(s.read(id, 0, (3 * cs) as u32).unwrap(), want);
+    assert_eq!(s.data().read(id, 0, (3 * cs) as u32).unwrap(), want);
     assert_eq!(s.records.read(id).unwrap().status, Status::Consistent);
 }

@@ -5,10 +5,10 @@ use super::commit::DELTA_RANGES_MAX;
 use super::session::{ranges_insert, ranges_remove, zero_range};
 use super::*;
 
-impl Store {
+impl Data<'_> {
     /// Write `data` at `off`.
     pub fn write(&self, id: NodeId, off: u64, data: &[u8]) -> Result<usize> {
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         off.checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or(Error::Invalid("offset too large"))?;
@@ -51,7 +51,7 @@ impl Store {
         a: usize,
         data: &[u8],
     ) -> Result<()> {
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         let b = a + data.len();
         if a <= s.dirty_mut(idx).head.len() {
             // Continues (or rewrites) the bytes held from the chunk's start: memory.
@@ -77,7 +77,7 @@ impl Store {
             s.staged_ranges = s.staged_ranges + d.staged.len() - n0;
             s.dirty_bytes = s.dirty_bytes + d.head.len() - before;
         } else {
-            let slot = s.slot_of(&self.layout, idx)?;
+            let slot = s.slot_of(self.layout, idx)?;
             let f = s.staging.file.as_ref().expect("slot_of made it");
             f.write_all_at(data, slot * cs + a as u64)
                 .ctx(|| "write the staging file".into())?;
@@ -103,7 +103,7 @@ impl Store {
     /// chunk `current`) to the staging file; past `entry_limit` seal the chunks with the
     /// most staged ranges.
     pub(super) fn relieve(&self, id: NodeId, s: &mut Session, current: u64) -> Result<()> {
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         if s.dirty_bytes > s.dirty_limit {
             let mut order: Vec<(usize, u64)> = s
                 .dirty
@@ -116,7 +116,7 @@ impl Store {
                 if s.dirty_bytes <= s.dirty_limit / 2 {
                     break;
                 }
-                let slot = s.slot_of(&self.layout, idx)?;
+                let slot = s.slot_of(self.layout, idx)?;
                 let f = s.staging.file.as_ref().expect("slot_of made it");
                 let d = s.dirty.get_mut(&idx).expect("listed above");
                 f.write_all_at(&d.head, slot * cs)
@@ -172,7 +172,7 @@ impl Store {
             s.sealed_here.insert(c.hash);
             s.chunks.insert(idx, c);
         }
-        s.drop_dirty(idx, self.chunk_size())
+        s.drop_dirty(idx, self.chunk_size)
     }
 
     pub(super) fn seal_all(&self, id: NodeId, s: &mut Session) -> Result<()> {
@@ -188,7 +188,7 @@ impl Store {
         if size > i64::MAX as u64 {
             return Err(Error::Invalid("size too large"));
         }
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         self.with_session(id, |s| {
             if size < s.size {
                 let keep = size.div_ceil(cs);
@@ -238,7 +238,7 @@ impl Store {
         if end <= rec.size {
             return Ok(());
         }
-        let st = self.statfs()?;
+        let st = self.layout.statfs()?;
         if end - rec.size > st.f_bavail.saturating_mul(st.f_frsize) {
             return Err(Error::NoSpace);
         }
@@ -277,7 +277,7 @@ impl Store {
 
     /// Punch a hole: zero `off..off+len` without changing the size.
     pub fn punch_hole(&self, id: NodeId, off: u64, len: u64) -> Result<()> {
-        let cs = self.chunk_size();
+        let cs = self.chunk_size;
         self.with_session(id, |s| {
             let end = off.saturating_add(len).min(s.size);
             let mut pos = off;
@@ -299,7 +299,7 @@ impl Store {
                     // The rest becomes a staged range that reads as zeros.
                     let a = a.max(h);
                     if a < b {
-                        let slot = s.slot_of(&self.layout, idx)?;
+                        let slot = s.slot_of(self.layout, idx)?;
                         let f = s.staging.file.as_ref().expect("slot_of made it");
                         zero_range(f, slot * cs + a as u64, (b - a) as u64)?;
                         let d = s.dirty.get_mut(&idx).expect("made above");

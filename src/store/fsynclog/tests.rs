@@ -26,7 +26,7 @@ fn record_value(s: &Store, id: NodeId) -> Vec<u8> {
 }
 
 fn read_all(s: &Store, id: NodeId) -> Vec<u8> {
-    s.read(id, 0, 4 << 20).unwrap()
+    s.data().read(id, 0, 4 << 20).unwrap()
 }
 
 /// Equal bytes, or where they first differ (not megabytes of both).
@@ -48,13 +48,13 @@ fn replay_restores_what_fsync_logged() {
     let id = new_file(&s, "f");
     let before = record_value(&s, id);
     let data: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
-    s.write(id, 0, &data).unwrap();
-    s.commit(id, true).unwrap();
+    s.data().write(id, 0, &data).unwrap();
+    s.data().commit(id, true).unwrap();
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
     assert_eq!(read_entries(&log).unwrap().len(), 1, "one fsync, one entry");
     // The cut: the record as before, the new blobs gone.
     let rec = s.records.read(id).unwrap();
-    let hashes = Store::record_hashes(&rec);
+    let hashes = crate::store::content::record_hashes(&rec);
     assert!(!hashes.is_empty());
     xattr::set(s.layout.node_path(id), RECORD_XATTR, &before).unwrap();
     for h in &hashes {
@@ -71,15 +71,15 @@ fn replay_restores_what_fsync_logged() {
 fn replay_keeps_a_newer_record_and_clean_close_leaves_no_log() {
     let (_d, p, s) = scratch();
     let id = new_file(&s, "f");
-    s.write(id, 0, b"first, fsynced").unwrap();
-    s.commit(id, true).unwrap();
-    s.write(id, 0, b"second, written").unwrap();
-    s.commit(id, false).unwrap();
+    s.data().write(id, 0, b"first, fsynced").unwrap();
+    s.data().commit(id, true).unwrap();
+    s.data().write(id, 0, b"second, written").unwrap();
+    s.data().commit(id, false).unwrap();
     crash(s);
     let s = Store::open(&p, OpenOptions::default()).unwrap();
     assert_eq!(read_all(&s, id), b"second, written");
-    s.write(id, 0, b"third, fsynced!").unwrap();
-    s.commit(id, true).unwrap();
+    s.data().write(id, 0, b"third, fsynced!").unwrap();
+    s.data().commit(id, true).unwrap();
     assert!(pending(&s.layout).unwrap());
     drop(s);
     let layout = Layout::new(&p);
@@ -94,8 +94,8 @@ fn replay_recreates_a_lost_node_only_if_named() {
     let kept = new_file(&s, "kept");
     let gone = new_file(&s, "gone");
     for id in [kept, gone] {
-        s.write(id, 0, b"content").unwrap();
-        s.commit(id, true).unwrap();
+        s.data().write(id, 0, b"content").unwrap();
+        s.data().commit(id, true).unwrap();
     }
     let entry = s.layout.node_path(s.root()).join("gone");
     fs::remove_file(entry).unwrap();
@@ -114,8 +114,8 @@ fn torn_tail_is_ignored() {
     let (_d, _p, s) = scratch();
     let id = new_file(&s, "f");
     for i in 0..3u8 {
-        s.write(id, 0, &[i; 10]).unwrap();
-        s.commit(id, true).unwrap();
+        s.data().write(id, 0, &[i; 10]).unwrap();
+        s.data().commit(id, true).unwrap();
     }
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
     let all = read_entries(&log).unwrap();
@@ -146,8 +146,8 @@ fn zeroed_ahead_in_steps_and_entries_cross_steps() {
         last = (0..600_000u32)
             .map(|j| (j.wrapping_mul(i + 7) % 253) as u8)
             .collect();
-        s.write(id, 0, &last).unwrap();
-        s.commit(id, true).unwrap();
+        s.data().write(id, 0, &last).unwrap();
+        s.data().commit(id, true).unwrap();
         let log = s.fsync_log.as_ref().unwrap();
         let w = log.w.lock();
         assert!(w.zeroed >= w.off, "entries never pass the zeroed end");
@@ -160,7 +160,7 @@ fn zeroed_ahead_in_steps_and_entries_cross_steps() {
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
     assert_eq!(read_entries(&log).unwrap().len(), 12, "past two zero steps");
     let rec = s.records.read(id).unwrap();
-    let hashes = Store::record_hashes(&rec);
+    let hashes = crate::store::content::record_hashes(&rec);
     for h in &hashes {
         fs::remove_file(s.local.path_of(h)).unwrap();
     }
@@ -184,7 +184,7 @@ fn pattern(seed: u32, len: usize) -> Vec<u8> {
 
 /// Write `data` at `off` into `want` too (what the file must hold).
 fn write(s: &Store, id: NodeId, want: &mut Vec<u8>, off: usize, data: &[u8]) {
-    s.write(id, off as u64, data).unwrap();
+    s.data().write(id, off as u64, data).unwrap();
     if want.len() < off + data.len() {
         want.resize(off + data.len(), 0);
     }
@@ -197,11 +197,11 @@ fn write(s: &Store, id: NodeId, want: &mut Vec<u8>, off: usize, data: &[u8]) {
 /// would log a delta on its empty record instead: `a_new_files_first_fsync_…`.)
 fn open_db(s: &Store, first: &[u8]) -> (NodeId, Vec<u8>) {
     let id = new_file(s, "db");
-    s.open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
     let mut want = Vec::new();
     write(s, id, &mut want, 0, first);
-    s.commit(id, false).unwrap();
-    s.commit(id, true).unwrap();
+    s.data().commit(id, false).unwrap();
+    s.data().commit(id, true).unwrap();
     (id, want)
 }
 
@@ -225,13 +225,13 @@ fn deltas_replay_what_was_fsynced() {
     let (id, mut want) = open_db(&s, &pattern(1, 150_000));
     let committed = record_value(&s, id);
     write(&s, id, &mut want, 130_000, &pattern(2, 5_000)); // crosses 131,072
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     write(&s, id, &mut want, 149_000, &pattern(3, 20_000)); // past the end
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(kinds(&s), (1, 2), "one full entry, then deltas");
     assert_eq!(record_value(&s, id), committed, "a delta leaves the record");
     same(&read_all(&s, id), &want, "the session serves its bytes");
-    s.write(id, 0, b"never fsynced").unwrap();
+    s.data().write(id, 0, b"never fsynced").unwrap();
     crash(s);
     let s = reopen_and_check(&p, id, &want);
     assert!(!pending(&s.layout).unwrap());
@@ -244,12 +244,12 @@ fn a_checkpoint_carries_live_chains() {
     let (_d, p, s) = scratch();
     let id = new_file(&s, "db");
     let other = new_file(&s, "other");
-    s.open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
     let mut want = Vec::new();
     write(&s, id, &mut want, 0, &pattern(1, 100_000));
     // Committed, then fsynced: the chain starts on this content (one full entry).
-    s.commit(id, false).unwrap();
-    s.commit(id, true).unwrap();
+    s.data().commit(id, false).unwrap();
+    s.data().commit(id, true).unwrap();
     let log = s.fsync_log.as_ref().unwrap();
     let sync = || s.local.sync_filesystem();
     for round in 0..3u32 {
@@ -260,9 +260,9 @@ fn a_checkpoint_carries_live_chains() {
             1000 * round as usize,
             &pattern(round + 5, 3000),
         );
-        s.commit(id, true).unwrap();
-        s.write(other, 0, &pattern(round + 9, 2000)).unwrap();
-        s.commit(other, true).unwrap();
+        s.data().commit(id, true).unwrap();
+        s.data().write(other, 0, &pattern(round + 9, 2000)).unwrap();
+        s.data().commit(other, true).unwrap();
         log.checkpoint_now(&sync).unwrap();
         assert_eq!(log.w.lock().slot, 1 + round as u64 % 2);
         assert_eq!(
@@ -272,7 +272,7 @@ fn a_checkpoint_carries_live_chains() {
         );
     }
     write(&s, id, &mut want, 99_000, &pattern(8, 4000));
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(kinds(&s), (0, 4));
     crash(s);
     reopen_and_check(&p, id, &want);
@@ -288,7 +288,7 @@ fn a_commit_ends_a_chain_and_chmod_does_not() {
         let (id, mut want) = open_db(&s, &pattern(1, 3000));
         let durable = record_value(&s, id);
         write(&s, id, &mut want, 500, &pattern(2, 100));
-        s.commit(id, true).unwrap();
+        s.data().commit(id, true).unwrap();
         let fsynced = want.clone();
         s.records
             .update(id, |r| {
@@ -297,7 +297,7 @@ fn a_commit_ends_a_chain_and_chmod_does_not() {
             })
             .unwrap();
         write(&s, id, &mut want, 2900, &pattern(3, 200));
-        s.commit(id, false).unwrap(); // a flush: not durable
+        s.data().commit(id, false).unwrap(); // a flush: not durable
         assert!(s.fsync_log.as_ref().unwrap().w.lock().chains.is_empty());
         if !reached {
             // The cut lost the commit (and the chmod): the durable record is back.
@@ -313,7 +313,7 @@ fn a_commit_ends_a_chain_and_chmod_does_not() {
     let (_d, p, s) = scratch();
     let (id, mut want) = open_db(&s, &pattern(1, 3000));
     write(&s, id, &mut want, 10, &pattern(2, 100));
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     s.records
         .update(id, |r| {
             r.mode = (r.mode & !0o7777) | 0o600;
@@ -341,16 +341,16 @@ fn a_new_files_first_fsync_logs_its_record_and_a_delta() {
             Ok(())
         })
         .unwrap();
-    s.open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
     let empty = record_value(&s, id);
     let mut want = Vec::new();
     write(&s, id, &mut want, 0, &pattern(1, 9000));
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(kinds(&s), (1, 1), "the record, then a delta");
     assert_eq!(record_value(&s, id), empty, "the record is not touched");
     write(&s, id, &mut want, 0, &pattern(2, 512));
     write(&s, id, &mut want, 9000, &pattern(3, 4096));
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(kinds(&s), (1, 2), "the same chain");
     same(&read_all(&s, id), &want, "the session serves its bytes");
     // The cut: the node's file never reached the disk.
@@ -364,10 +364,10 @@ fn a_new_files_first_fsync_logs_its_record_and_a_delta() {
     // Truncated (not a plain write) before its first fsync: committed in full.
     let (_d, _p, s) = scratch();
     let id = new_file(&s, "truncated");
-    s.open_write(id).unwrap();
-    s.truncate(id, 100).unwrap();
-    s.write(id, 10, b"x").unwrap();
-    s.commit(id, true).unwrap();
+    s.data().open_write(id).unwrap();
+    s.data().truncate(id, 100).unwrap();
+    s.data().write(id, 10, b"x").unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(kinds(&s), (1, 0));
 }
 
@@ -382,9 +382,9 @@ fn deltas_grow_an_inline_file_into_a_manifest_and_keep_the_log() {
         Content::Inline(_)
     ));
     write(&s, id, &mut want, 3, &pattern(4, 800_000));
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     write(&s, id, &mut want, 800_003, &pattern(5, 850_000));
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(kinds(&s), (1, 2));
     drop(s); // Drop closes the log, but the chain is live: it stays
     assert!(pending(&Layout::new(&p)).unwrap());
@@ -400,15 +400,15 @@ fn deltas_grow_an_inline_file_into_a_manifest_and_keep_the_log() {
 fn a_truncate_makes_the_next_fsync_full() {
     let (_d, p, s) = scratch();
     let id = new_file(&s, "db");
-    s.open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
     let mut want = pattern(1, 10_000);
-    s.write(id, 0, &want).unwrap();
-    s.commit(id, true).unwrap();
-    s.truncate(id, 4000).unwrap();
+    s.data().write(id, 0, &want).unwrap();
+    s.data().commit(id, true).unwrap();
+    s.data().truncate(id, 4000).unwrap();
     want.truncate(4000);
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     write(&s, id, &mut want, 3990, b"tail");
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     // The new file's first fsync: its empty record and a delta; the truncate's: in
     // full; the tail: a delta on that.
     assert_eq!(kinds(&s), (2, 2));
@@ -426,7 +426,7 @@ fn random_streams_replay_to_the_last_commit_or_fsync() {
         let mut r = fastrand::Rng::with_seed(seed);
         let (_d, p, s) = scratch();
         let id = new_file(&s, "db");
-        s.open_write(id).unwrap();
+        s.data().open_write(id).unwrap();
         let mut now: Vec<u8> = Vec::new();
         let mut expect = Vec::new();
         for step in 0..40 {
@@ -443,16 +443,16 @@ fn random_streams_replay_to_the_last_commit_or_fsync() {
                     write(&s, id, &mut now, off, &d);
                 }
                 55..=79 => {
-                    s.commit(id, true).unwrap();
+                    s.data().commit(id, true).unwrap();
                     expect = now.clone();
                 }
                 80..=87 => {
-                    s.commit(id, false).unwrap();
+                    s.data().commit(id, false).unwrap();
                     expect = now.clone();
                 }
                 88..=92 => {
                     let n = r.usize(0..now.len() + 1000);
-                    s.truncate(id, n as u64).unwrap();
+                    s.data().truncate(id, n as u64).unwrap();
                     now.resize(n, 0);
                 }
                 93..=96 => {
@@ -486,17 +486,17 @@ fn random_streams_replay_to_the_last_commit_or_fsync() {
 fn a_later_durable_state_equal_to_the_base_ends_the_chain() {
     let (_d, p, s) = scratch();
     let id = new_file(&s, "db");
-    s.open_write(id).unwrap();
-    s.commit(id, true).unwrap(); // nothing written: the empty content is durable
-    s.write(id, 0, b"secret").unwrap();
-    s.commit(id, true).unwrap();
+    s.data().open_write(id).unwrap();
+    s.data().commit(id, true).unwrap(); // nothing written: the empty content is durable
+    s.data().write(id, 0, b"secret").unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(
         kinds(&s),
         (1, 1),
         "the write went as a delta on the empty base"
     );
-    s.truncate(id, 0).unwrap();
-    s.commit(id, true).unwrap();
+    s.data().truncate(id, 0).unwrap();
+    s.data().commit(id, true).unwrap();
     crash(s);
     reopen_and_check(&p, id, b"");
 }
@@ -509,14 +509,14 @@ fn attribute_changes_are_logged_and_do_not_end_a_live_chain() {
     let (_d, p, s) = scratch();
     let (id, mut want) = open_db(&s, &pattern(1, 3000));
     write(&s, id, &mut want, 100, &pattern(2, 50));
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     s.records
         .update(id, |r| {
             r.mode = (r.mode & !0o7777) | 0o600;
             Ok(())
         })
         .unwrap();
-    s.sync_node(id).unwrap(); // what fsyncdir does for a child whose record changed
+    s.fsync().sync_node(id).unwrap(); // what fsyncdir does for a child whose record changed
     assert_eq!(kinds(&s), (2, 1));
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
     assert!(matches!(
@@ -526,9 +526,9 @@ fn attribute_changes_are_logged_and_do_not_end_a_live_chain() {
     crash(s);
     let s = reopen_and_check(&p, id, &want);
     assert_eq!(s.records.read(id).unwrap().mode & 0o7777, 0o600);
-    s.open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
     write(&s, id, &mut want, 10, b"x");
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     s.records
         .update(id, |r| {
             r.mode = (r.mode & !0o7777) | 0o640;
@@ -536,7 +536,7 @@ fn attribute_changes_are_logged_and_do_not_end_a_live_chain() {
         })
         .unwrap();
     write(&s, id, &mut want, 20, b"y");
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(
         kinds(&s),
         (2, 0),
@@ -554,9 +554,9 @@ fn clean_close_commits_in_full_and_a_kept_log_stays_as_kept() {
     let (_d, p, s) = scratch();
     let (id, mut want) = open_db(&s, &pattern(1, 3000));
     write(&s, id, &mut want, 7, b"delta");
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     assert_eq!(kinds(&s), (1, 1));
-    s.commit_all().unwrap();
+    s.data().commit_all().unwrap();
     s.close_fsync_log().unwrap();
     assert!(
         !pending(&s.layout).unwrap(),
@@ -566,16 +566,16 @@ fn clean_close_commits_in_full_and_a_kept_log_stays_as_kept() {
     let s = reopen_and_check(&p, id, &want);
     // A live chain at close keeps the log; a later fsync leaves it alone.
     let other = new_file(&s, "other");
-    s.open_write(id).unwrap();
+    s.data().open_write(id).unwrap();
     write(&s, id, &mut want, 0, b"first");
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     write(&s, id, &mut want, 2000, b"second");
-    s.commit(id, true).unwrap();
+    s.data().commit(id, true).unwrap();
     s.close_fsync_log().unwrap();
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
     let kept = fs::read(&log).unwrap();
-    s.write(other, 0, b"late").unwrap();
-    s.commit(other, true).unwrap();
+    s.data().write(other, 0, b"late").unwrap();
+    s.data().commit(other, true).unwrap();
     assert!(fs::read(&log).unwrap() == kept, "the kept log is untouched");
     crash(s);
     reopen_and_check(&p, id, &want);
@@ -588,8 +588,10 @@ fn a_first_format_log_replays() {
     let (_d, p, s) = scratch();
     let id = new_file(&s, "f");
     let before = record_value(&s, id);
-    s.write(id, 0, b"fsynced by an older decofs").unwrap();
-    s.commit(id, true).unwrap();
+    s.data()
+        .write(id, 0, b"fsynced by an older decofs")
+        .unwrap();
+    s.data().commit(id, true).unwrap();
     let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
     let Logged::Full(e, _) = read_entries(&log).unwrap().remove(0) else {
         panic!("a full entry")
@@ -613,11 +615,11 @@ fn a_newer_record_without_its_blobs_does_not_hide_the_chain() {
     let (_d, p, s) = scratch();
     let (id, mut want) = open_db(&s, &pattern(1, 150_000));
     write(&s, id, &mut want, 70_000, &pattern(2, 3000));
-    s.commit(id, true).unwrap();
-    s.write(id, 0, b"closed, never fsynced").unwrap();
-    s.commit(id, false).unwrap();
+    s.data().commit(id, true).unwrap();
+    s.data().write(id, 0, b"closed, never fsynced").unwrap();
+    s.data().commit(id, false).unwrap();
     let rec = s.records.read(id).unwrap();
-    for h in Store::record_hashes(&rec) {
+    for h in crate::store::content::record_hashes(&rec) {
         if !s.local.path_of(&h).exists() {
             continue;
         }
