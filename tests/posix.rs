@@ -462,7 +462,7 @@ fn as_user(uid: u32, gid: u32, op: impl FnOnce() -> i32) -> i32 {
     }
 }
 
-/// Writing, truncating or chowning a file drops its set-user-ID bit, its set-group-ID
+/// Writing, truncating, fallocating (or punching a hole) or chowning a file drops its set-user-ID bit, its set-group-ID
 /// bit (when group-executable, or when the writer is not in the file's group) and its
 /// file capabilities, exactly as on ext4. decofs does this itself (the kernel leaves it
 /// to the filesystem with FUSE_HANDLE_KILLPRIV_V2); the same steps run on the backing
@@ -476,7 +476,7 @@ fn set_id_bits_are_dropped_as_on_ext4() {
     let mut checked = 0;
     for mode in [0o6777u32, 0o2777, 0o2767, 0o4777, 0o6767] {
         for group in [0, nobody] {
-            for op in ["write", "truncate", "chown"] {
+            for op in ["write", "truncate", "fallocate", "punch", "chown"] {
                 let mut got = Vec::new();
                 for dir in [m.path(""), ext4.path().to_path_buf()] {
                     let p = dir.join(format!("f-{mode:o}-{group}-{op}"));
@@ -495,6 +495,19 @@ fn set_id_bits_are_dropped_as_on_ext4() {
                         "truncate" => {
                             as_user(nobody, nobody, || unsafe { libc::truncate(c.as_ptr(), 3) })
                         }
+                        "fallocate" | "punch" => as_user(nobody, nobody, || unsafe {
+                            let (mode, len) = match op {
+                                "punch" => {
+                                    (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 4)
+                                }
+                                _ => (0, 8192),
+                            };
+                            let fd = libc::open(c.as_ptr(), libc::O_WRONLY);
+                            if fd < 0 || libc::fallocate(fd, mode, 0, len) != 0 {
+                                return 1;
+                            }
+                            libc::close(fd)
+                        }),
                         _ => unsafe { libc::chown(c.as_ptr(), nobody, u32::MAX) },
                     };
                     assert_eq!(rc, 0, "{op} of {} failed", p.display());
@@ -509,7 +522,7 @@ fn set_id_bits_are_dropped_as_on_ext4() {
             }
         }
     }
-    assert_eq!(checked, 30);
+    assert_eq!(checked, 50);
     // File capabilities go on a write too.
     let p = m.path("capped");
     fs::write(&p, b"x").unwrap();
@@ -2056,6 +2069,51 @@ fn lseek_data_and_hole() {
         // The data read back where SEEK_DATA says.
         assert_eq!(pread_exact(&f, data_off, data.len()), data);
         assert_eq!(pread_exact(&f, 0, 4096), vec![0u8; 4096]);
+    }
+}
+
+/// Inside a chunk that holds some data, SEEK_DATA and SEEK_HOLE answer at 4 KiB block
+/// granularity, as ext4 does: from a hole, SEEK_DATA finds the data's own block, not
+/// the start of its chunk; from the data, SEEK_HOLE finds the block after it.
+#[test]
+fn lseek_answers_at_block_granularity_inside_a_chunk() {
+    let m = Mount::new();
+    let p = m.path("sparse-in-chunk");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    // Data at 1 MiB + 4 KiB .. + 8 KiB, and at 2 MiB .. + 100 bytes; size 3 MiB.
+    let (a, b) = (1024 * 1024 + 4096, 2 * 1024 * 1024);
+    f.write_all_at(&pattern(5, a, 8192), a).unwrap();
+    f.write_all_at(&pattern(6, b, 100), b).unwrap();
+    f.set_len(3 * 1024 * 1024).unwrap();
+    let size = 3 * 1024 * 1024;
+    for f in [f, File::open(&p).unwrap()] {
+        assert_eq!(lseek(&f, 0, libc::SEEK_DATA), Ok(a), "SEEK_DATA from 0");
+        assert_eq!(lseek(&f, 0, libc::SEEK_HOLE), Ok(0), "SEEK_HOLE from 0");
+        assert_eq!(lseek(&f, a + 10, libc::SEEK_DATA), Ok(a + 10));
+        assert_eq!(
+            lseek(&f, a, libc::SEEK_HOLE),
+            Ok(a + 8192),
+            "the hole after the data"
+        );
+        assert_eq!(lseek(&f, a + 8192, libc::SEEK_DATA), Ok(b), "the next data");
+        assert_eq!(
+            lseek(&f, b + 50, libc::SEEK_HOLE),
+            Ok(b + 4096),
+            "the rest of b's block is data"
+        );
+        assert_eq!(
+            lseek(&f, b + 4096, libc::SEEK_DATA),
+            Err(libc::ENXIO),
+            "no data after b"
+        );
+        assert_eq!(lseek(&f, b + 4096, libc::SEEK_HOLE), Ok(b + 4096));
+        assert_eq!(f.metadata().unwrap().len(), size);
     }
 }
 

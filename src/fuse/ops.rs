@@ -1041,7 +1041,7 @@ impl Filesystem for DecoFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1054,6 +1054,16 @@ impl Filesystem for DecoFs {
                 Ok(id) => id,
                 Err(e) => return reply.error(e),
             };
+            // fallocate changes content, as a write does, but its request carries no
+            // kill flag: a caller without CAP_FSETID (taken as non-root) drops the
+            // set-ID bits and file capabilities here, as ext4 does.
+            if req.uid() != 0 {
+                let in_group =
+                    |gid: u32| req.gid() == gid || in_supplementary_groups(req.pid(), gid);
+                if let Err(e) = self.store.attrs().kill_privileges(id, in_group) {
+                    return reply.error(errno(&e));
+                }
+            }
             let res = match mode {
                 0 | libc::FALLOC_FL_KEEP_SIZE => {
                     let end = offset.saturating_add(length);

@@ -9,6 +9,9 @@ use crate::store::blobs::BlobStore;
 /// A sequential reader has this many chunks after the one it reads loaded ahead.
 pub(super) const READ_AHEAD_CHUNKS: u64 = 3;
 
+/// The granularity SEEK_DATA and SEEK_HOLE answer at (ext4's block size).
+const SEEK_BLOCK: u64 = 4096;
+
 /// Copy `n` bytes of `data` starting at `off` into `out`, padding with zeros where the
 /// stored chunk is shorter (a hole or a tail).
 /// What a read returns: its own bytes, or a range of a cached chunk.
@@ -294,8 +297,12 @@ impl Data<'_> {
         Ok(())
     }
 
-    /// Offsets of data for SEEK_DATA / SEEK_HOLE, at chunk granularity: (next data at or
-    /// after `off`, next hole at or after `off`), each None past the end.
+    /// SEEK_DATA / SEEK_HOLE: the next data (or hole) at or after `off`, None past the
+    /// end. A chunk never written is a hole; inside a stored chunk a 4 KiB block of
+    /// zeros is a hole too, as ext4 answers for a block never written. Only the chunk
+    /// where a search starts or finds data is read, so a search costs at most one chunk
+    /// read beyond the first: a later stored chunk counts as data for SEEK_HOLE (POSIX
+    /// lets a hole be reported as data, never data as a hole).
     pub fn seek_data_hole(&self, id: NodeId, off: u64, data: bool) -> Result<Option<u64>> {
         let cs = self.chunk_size;
         let mut rec = self.records.read(id)?;
@@ -319,8 +326,25 @@ impl Data<'_> {
             if start >= rec.size {
                 return Ok(if data { None } else { Some(rec.size) });
             }
-            if present.contains(&idx) == data {
-                return Ok(Some(start));
+            if !present.contains(&idx) {
+                if !data {
+                    return Ok(Some(start));
+                }
+            } else if data || idx == off / cs {
+                // The blocks of this chunk from `start`'s block on: the first whose
+                // zeroness is what we look for.
+                let block = start - start % SEEK_BLOCK;
+                let end = ((idx + 1) * cs).min(rec.size);
+                let bytes = self.read(id, block, (end - block) as u32)?;
+                let found = bytes
+                    .chunks(SEEK_BLOCK as usize)
+                    .position(|b| b.iter().any(|&x| x != 0) == data);
+                match found {
+                    Some(i) => return Ok(Some((block + i as u64 * SEEK_BLOCK).max(off))),
+                    // The chunk ends in data: the hole at the end of the file.
+                    None if !data && end == rec.size => return Ok(Some(rec.size)),
+                    None => {}
+                }
             }
             idx += 1;
         }
