@@ -128,6 +128,89 @@ fn deleted_tree_restores_whole() {
     ));
 }
 
+/// Files under `p`, counted by walking it (0 if it does not exist).
+fn count_files(p: &Path) -> usize {
+    let Ok(it) = fs::read_dir(p) else {
+        return 0;
+    };
+    it.flatten()
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                1 + count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// A restored tree appears in one step: a reader walking it while the restore runs
+/// finds nothing or all of it, never part. The trash lists it as one entry with its
+/// totals, and nested entries with their whole paths.
+#[test]
+fn a_restored_tree_appears_whole_at_once() {
+    let m = Mount::new();
+    let tree = m.path("tree");
+    for d in 0..30 {
+        let dir = tree.join(format!("d{d}")).join("inner");
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..40 {
+            fs::write(dir.join(format!("f{f}")), format!("{d} {f}")).unwrap();
+        }
+    }
+    let total = count_files(&tree);
+    assert_eq!(total, 30 * 42);
+    sh(&format!("rm -rf '{}'", tree.display()));
+
+    let listed = ok_json(&["trash", "ls", m.mnt.to_str().unwrap()]);
+    let entries = listed["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), total + 1);
+    let tops: Vec<&Value> = entries.iter().filter(|e| e["within"].is_null()).collect();
+    assert_eq!(tops.len(), 1, "one top entry: {tops:?}");
+    assert_eq!(tops[0]["origin"], "tree");
+    assert_eq!(tops[0]["nodes"], (total + 1) as u64);
+    assert!(entries.iter().any(|e| e["origin"] == "tree/d7/inner/f3"));
+    assert!(
+        entries.iter().all(|e| !e["origin"].is_null()),
+        "every entry has its whole path"
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (done, tree) = (done.clone(), tree.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                if tree.exists() {
+                    seen.push(count_files(&tree));
+                }
+            }
+            seen
+        })
+    };
+    let r = ok_json(&["trash", "restore", m.mnt.to_str().unwrap(), "tree"]);
+    done.store(true, Ordering::SeqCst);
+    let seen = watcher.join().unwrap();
+    assert_eq!(r["restored_to"], "tree");
+    assert!(
+        seen.iter().all(|&n| n == total),
+        "a reader saw part of the tree: {:?}",
+        seen.iter()
+            .filter(|&&n| n != total)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(count_files(&tree), total);
+    assert_eq!(
+        fs::read_to_string(tree.join("d29/inner/f39")).unwrap(),
+        "29 39"
+    );
+    assert_eq!(fs::metadata(tree.join("d3")).unwrap().nlink(), 3);
+    assert_eq!(fs::metadata(&tree).unwrap().nlink(), 32);
+    let after = ok_json(&["trash", "ls", m.mnt.to_str().unwrap()]);
+    assert!(after["entries"].as_array().unwrap().is_empty());
+}
+
 /// Files deleted right after they were made (sqlite's `-journal` lives for one
 /// transaction) take the trash links made ahead for them (`store/spare.rs`): every one
 /// is in the trash under its own name, restores whole, and fsck finds the links sound.

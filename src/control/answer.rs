@@ -127,6 +127,9 @@ impl StoreAnswer for TrashLs {
                 kind: format!("{:?}", e.kind).to_lowercase(),
                 size: e.size,
                 stored: e.stored,
+                within: e.within.map(|w| w.to_string()),
+                nodes: e.nodes,
+                bytes: e.bytes,
             })
             .collect();
         Ok(TrashList { entries })

@@ -374,13 +374,24 @@ pub struct TrashItem {
     pub id: String,
     /// Unix seconds.
     pub deleted_at: i64,
-    /// The original path, if its directory still exists.
+    /// The original path (through the trashed directories it was deleted with), if
+    /// its directory is not gone for good.
     pub origin: Option<WirePath>,
     pub origin_name: WirePath,
     /// file, dir, symlink, ... (lowercase).
     pub kind: String,
     pub size: u64,
     pub stored: u64,
+    /// The id of the trashed directory it was deleted out of; null for a top entry
+    /// (what the user deleted).
+    #[serde(default)]
+    pub within: Option<String>,
+    /// Nodes deleted with it, itself included (its tree, for a directory).
+    #[serde(default)]
+    pub nodes: u64,
+    /// Bytes those nodes hold.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -13,7 +13,7 @@
 //!
 //! Purged nodes' blobs are freed by the sweep (`sweep`), open nodes are known to `pins`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -45,11 +45,19 @@ pub struct TrashEntry {
     pub at: Time,
     pub origin_parent: NodeId,
     pub origin_name: Vec<u8>,
-    /// The original path (relative to the root) if its directory still exists.
+    /// The original path (relative to the root), through the trashed directories it
+    /// was deleted with; None if its directory is gone for good.
     pub origin_path: Option<PathBuf>,
     pub kind: Kind,
     pub size: u64,
     pub stored: u64,
+    /// The trashed directory it was deleted out of; None for a top entry (deleted
+    /// from a live directory, or from one since purged).
+    pub within: Option<NodeId>,
+    /// This node and everything deleted with it (its tree, for a directory).
+    pub nodes: u64,
+    /// The bytes those hold (`stored`).
+    pub bytes: u64,
 }
 
 /// What a purge did.
@@ -66,7 +74,10 @@ pub struct PurgeReport {
 pub enum PurgeSel {
     All,
     OlderThan(Duration),
+    /// An id (or unique prefix) or an original path, with everything deleted with it.
     One(String),
+    /// One trashed node by id, alone (the trash-off frees at unlink and last close).
+    Node(NodeId),
 }
 
 /// What `pre_trash` did before a name goes away.
@@ -115,7 +126,7 @@ impl Trash<'_> {
         } else if self.policy().trash_retention_secs == 0 {
             if let Ok(rec) = self.records.read(id) {
                 if rec.trash.is_some() && rec.nlink == 0 {
-                    let _ = self.purge_with(PurgeSel::One(id.to_string()), false);
+                    let _ = self.purge_with(PurgeSel::Node(id), false);
                 }
             }
         }
@@ -127,7 +138,7 @@ impl Trash<'_> {
             && !self.pins.pinned(id)
             && !self.sessions.contains(id)
         {
-            self.purge_with(PurgeSel::One(id.to_string()), false)?;
+            self.purge_with(PurgeSel::Node(id), false)?;
         }
         Ok(())
     }
@@ -184,15 +195,20 @@ impl Trash<'_> {
         make(dest)
     }
 
-    /// Everything in the trash, oldest first.
+    /// Everything in the trash, oldest first, connected: each entry knows the trashed
+    /// directory it was deleted out of (`within`), its whole original path (through
+    /// those directories), and the nodes and bytes of everything deleted with it.
+    /// Reads each trashed record once: linear in the size of the trash.
     pub fn list(&self) -> Result<Vec<TrashEntry>> {
-        self.list_from(|_| true)
+        let mut all = self.list_from(|_| true)?;
+        self.connect(&mut all);
+        Ok(all)
     }
 
     /// The trash entries whose link passes `wanted`, which sees the time in the link's
     /// name (`<nanos>.<id>`, taken just before the node was trashed, so never after its
     /// record's `trash.at`), or None for a name without one. Entries it turns away cost
-    /// a directory entry, not a readlink and record reads.
+    /// a directory entry, not a readlink and record reads. Not connected (`list`).
     fn list_from(&self, wanted: impl Fn(Option<i128>) -> bool) -> Result<Vec<TrashEntry>> {
         let mut out = Vec::new();
         let it = match fs::read_dir(self.layout.trash()) {
@@ -220,40 +236,98 @@ impl Trash<'_> {
             let Some(origin) = rec.trash.clone() else {
                 continue;
             };
-            let origin_path = if origin.parent == self.names.root {
-                Some(PathBuf::from(OsStr::from_bytes(&origin.name)))
-            } else {
-                self.names
-                    .path_of(origin.parent)
-                    .map(|p| p.join(OsStr::from_bytes(&origin.name)))
-            };
             out.push(TrashEntry {
                 id,
                 link,
                 at: origin.at,
                 origin_parent: origin.parent,
                 origin_name: origin.name,
-                origin_path,
+                origin_path: None,
                 kind: rec.kind,
                 size: rec.size,
                 stored: rec.stored,
+                within: None,
+                nodes: 1,
+                bytes: rec.stored,
             });
         }
         out.sort_by_key(|e| e.at.unix_nanos());
         Ok(out)
     }
 
+    /// Fill in `within`, `origin_path`, `nodes` and `bytes` (see `list`).
+    fn connect(&self, all: &mut [TrashEntry]) {
+        let at: HashMap<NodeId, usize> = all.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
+        let up: Vec<Option<usize>> = all
+            .iter()
+            .map(|e| {
+                at.get(&e.origin_parent)
+                    .copied()
+                    .filter(|&p| all[p].id != e.id)
+            })
+            .collect();
+        let ids: Vec<NodeId> = all.iter().map(|e| e.id).collect();
+        for (e, u) in all.iter_mut().zip(&up) {
+            e.within = u.map(|p| ids[p]);
+        }
+        // Paths and depths, each entry's from its directory's: walk up to an entry
+        // already done (or a top), then fill in on the way down. Live directories'
+        // paths are asked once each.
+        let mut live: HashMap<NodeId, Option<PathBuf>> = HashMap::new();
+        let mut depth: Vec<Option<usize>> = vec![None; all.len()];
+        for start in 0..all.len() {
+            let mut chain = vec![];
+            let mut i = start;
+            while depth[i].is_none() && !chain.contains(&i) {
+                chain.push(i);
+                match up[i] {
+                    Some(p) => i = p,
+                    None => break,
+                }
+            }
+            for &i in chain.iter().rev() {
+                let name = PathBuf::from(OsStr::from_bytes(&all[i].origin_name));
+                let (path, d) = match up[i] {
+                    Some(p) if depth[p].is_some() => (
+                        all[p].origin_path.as_ref().map(|d| d.join(&name)),
+                        depth[p].unwrap() + 1,
+                    ),
+                    // A cycle cannot be made by deleting; if records say so, stop.
+                    Some(_) => (None, 0),
+                    None if all[i].origin_parent == self.names.root => (Some(name), 0),
+                    None => {
+                        let dir = live
+                            .entry(all[i].origin_parent)
+                            .or_insert_with_key(|d| self.names.path_of(*d));
+                        (dir.as_ref().map(|d| d.join(&name)), 0)
+                    }
+                };
+                all[i].origin_path = path;
+                depth[i] = Some(d);
+            }
+        }
+        // Totals, deepest first, each added to its directory's.
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(depth[i]));
+        for i in order {
+            if let Some(p) = up[i] {
+                let (n, b) = (all[i].nodes, all[i].bytes);
+                all[p].nodes += n;
+                all[p].bytes += b;
+            }
+        }
+    }
+
     /// Find a trash entry by node id (or a unique prefix of it) or by original path
     /// (the most recent one deleted from there).
-    fn find(&self, sel: &OsStr) -> Result<TrashEntry> {
-        let list = self.list()?;
+    fn find<'e>(all: &'e [TrashEntry], sel: &OsStr) -> Result<&'e TrashEntry> {
         let as_id = sel.to_str().unwrap_or("");
-        let by_id: Vec<&TrashEntry> = list
+        let by_id: Vec<&TrashEntry> = all
             .iter()
             .filter(|e| as_id.len() >= 4 && e.id.to_string().starts_with(as_id))
             .collect();
         if by_id.len() == 1 {
-            return Ok(by_id[0].clone());
+            return Ok(by_id[0]);
         }
         if by_id.len() > 1 {
             return Err(Error::Invalid("ambiguous trash id prefix"));
@@ -261,18 +335,33 @@ impl Trash<'_> {
         let b = sel.as_bytes();
         let start = b.iter().position(|c| *c != b'/').unwrap_or(b.len());
         let want = Path::new(OsStr::from_bytes(&b[start..]));
-        list.iter()
+        all.iter()
             .rev()
             .find(|e| e.origin_path.as_deref() == Some(want))
-            .cloned()
             .ok_or_else(|| Error::NotInTrash(sel.to_string_lossy().into_owned()))
     }
 
+    /// Per trashed directory, the entries deleted out of it by name, the latest of each.
+    fn latest_within(all: &[TrashEntry]) -> HashMap<NodeId, BTreeMap<&[u8], usize>> {
+        let mut by_dir: HashMap<NodeId, BTreeMap<&[u8], usize>> = HashMap::new();
+        for (i, e) in all.iter().enumerate() {
+            if let Some(d) = e.within {
+                // Oldest first: a later deletion of the same name replaces an earlier one.
+                by_dir.entry(d).or_default().insert(&e.origin_name, i);
+            }
+        }
+        by_dir
+    }
+
     /// Bring a trashed node back, at its origin or at `to` (a path relative to the root).
-    /// Returns where it was restored.
+    /// Returns where it was restored. A directory comes back whole, with what was
+    /// deleted out of it (the latest of each name), and appears in one step: its
+    /// contents are bound inside it while it is still in the trash, and binding it in
+    /// its parent comes last. Linear in the size of the trash.
     pub fn restore(&self, sel: &OsStr, to: Option<&Path>) -> Result<PathBuf> {
         self.fence.check()?;
-        let e = self.find(sel)?;
+        let all = self.list()?;
+        let e = Self::find(&all, sel)?;
         let (parent, name) = match to {
             Some(p) => {
                 let name = p
@@ -291,29 +380,103 @@ impl Trash<'_> {
                 OsStr::from_bytes(&e.origin_name).to_os_string(),
             ),
         };
+        let shown = || {
+            e.origin_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(OsStr::from_bytes(&e.origin_name)))
+        };
         let prec = self
             .records
             .read(parent)
-            .map_err(|_| Error::RestoreParentGone(e.origin_path.clone().unwrap_or_default()))?;
+            .map_err(|_| Error::RestoreParentGone(shown()))?;
         if prec.kind != Kind::Dir || prec.nlink == 0 || prec.trash.is_some() {
-            let shown = e
-                .origin_path
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(OsStr::from_bytes(&e.origin_name)));
-            return Err(Error::RestoreParentGone(shown));
+            return Err(Error::RestoreParentGone(shown()));
         }
         let where_ = self.names.path_of(parent).unwrap_or_default().join(&name);
-        self.restore_into(&e, parent, &name)
+        // The name is checked before anything moves, so the usual refusal changes nothing.
+        match self.names.lookup(parent, &name) {
+            Err(Error::NotFound) => {}
+            Ok(_) => return Err(Error::RestoreNameTaken(where_)),
+            Err(err) => return Err(err),
+        }
+        let subdirs = if e.kind == Kind::Dir {
+            self.restore_contents(&all, e)
+        } else {
+            0
+        };
+        self.bind(e, parent, &name, subdirs, Time::now())
             .map_err(|err| match err {
                 Error::Exists => Error::RestoreNameTaken(where_.clone()),
                 other => other,
             })?;
+        self.records.update(parent, |r| {
+            let now = Time::now();
+            r.mtime = now;
+            r.ctime = now;
+            if e.kind == Kind::Dir {
+                r.nlink += 1;
+            }
+            Ok(())
+        })?;
         Ok(where_)
     }
 
-    /// Bind `e` as `name` in `parent`, clear its origin, and bring back what was deleted
-    /// out of it if it is a directory.
-    fn restore_into(&self, e: &TrashEntry, parent: NodeId, name: &OsStr) -> Result<()> {
+    /// Bind what was deleted out of trashed directory `top` (and out of those, down the
+    /// tree) back into it, while `top` is still unreachable. A directory that cannot be
+    /// bound keeps its contents in the trash; each failure is logged. Returns the
+    /// directories bound in `top` itself (its record is the caller's to write).
+    fn restore_contents(&self, all: &[TrashEntry], top: &TrashEntry) -> u32 {
+        let within = Self::latest_within(all);
+        let now = Time::now();
+        let mut top_subdirs = 0;
+        let mut dirs = vec![top.id];
+        while let Some(dir) = dirs.pop() {
+            let Some(children) = within.get(&dir) else {
+                continue;
+            };
+            let mut subdirs = 0;
+            for (name, &i) in children {
+                let c = &all[i];
+                match self.bind(c, dir, OsStr::from_bytes(name), 0, now) {
+                    Ok(()) if c.kind == Kind::Dir => {
+                        subdirs += 1;
+                        dirs.push(c.id);
+                    }
+                    Ok(()) => {}
+                    Err(err) => log::warn!(
+                        "restoring {:?} into {dir}: {err}; it stays in the trash",
+                        OsStr::from_bytes(name)
+                    ),
+                }
+            }
+            if dir == top.id {
+                top_subdirs = subdirs;
+                continue;
+            }
+            // One update of the directory for all its restored entries.
+            let r = self.records.update(dir, |r| {
+                r.mtime = now;
+                r.ctime = now;
+                r.nlink += subdirs;
+                Ok(())
+            });
+            if let Err(err) = r {
+                log::warn!("restoring into {dir}: {err}");
+            }
+        }
+        top_subdirs
+    }
+
+    /// Bind trashed node `e` as `name` in `parent` and clear its origin; a directory
+    /// gets 2 + `subdirs` links. The parent's record is the caller's to update.
+    fn bind(
+        &self,
+        e: &TrashEntry,
+        parent: NodeId,
+        name: &OsStr,
+        subdirs: u32,
+        now: Time,
+    ) -> Result<()> {
         std::os::unix::fs::symlink(
             Layout::entry_target(e.id),
             self.names.entry_path(parent, name),
@@ -323,47 +486,24 @@ impl Trash<'_> {
             _ => Error::io("restore", err),
         })?;
         self.debts.child_unsynced(parent, e.id, true, []);
-        let now = Time::now();
-        let r = (|| {
-            self.records.update(e.id, |r| {
-                r.trash = None;
-                r.parent = Some(parent);
-                r.name = name.as_bytes().to_vec();
-                r.nlink = if r.kind == Kind::Dir { 2 } else { 1 };
-                r.ctime = now;
-                Ok(())
-            })?;
+        let r = self.records.update(e.id, |r| {
+            r.trash = None;
+            r.parent = Some(parent);
+            r.name = name.as_bytes().to_vec();
+            r.nlink = if r.kind == Kind::Dir { 2 + subdirs } else { 1 };
+            r.ctime = now;
+            Ok(())
+        });
+        if r.is_ok() {
             let _ = fs::remove_file(self.layout.trash().join(&e.link));
-            self.records.update(parent, |r| {
-                r.mtime = now;
-                r.ctime = now;
-                if e.kind == Kind::Dir {
-                    r.nlink += 1;
-                }
-                Ok(())
-            })
-        })();
+        }
         self.followers
             .emit(Event::new(Op::Restore, &[e.id, parent]).entry(parent, name));
-        r?;
-        if e.kind == Kind::Dir {
-            // The directory's former contents: the latest trashed entry per name.
-            let mut latest: BTreeMap<Vec<u8>, TrashEntry> = BTreeMap::new();
-            for c in self.list()? {
-                if c.origin_parent == e.id {
-                    latest.insert(c.origin_name.clone(), c);
-                }
-            }
-            for (n, c) in latest {
-                if let Err(err) = self.restore_into(&c, e.id, OsStr::from_bytes(&n)) {
-                    log::warn!("restoring {:?} into {}: {err}", OsStr::from_bytes(&n), e.id);
-                }
-            }
-        }
-        Ok(())
+        r.map(|_| ())
     }
 
-    /// Purge trash entries; their space is freed (blobs no one else references).
+    /// Purge trash entries; their space is freed (blobs no one else references). One
+    /// entry goes with everything deleted with it (a directory's whole tree).
     pub fn purge(&self, sel: PurgeSel) -> Result<PurgeReport> {
         self.purge_with(sel, true)
     }
@@ -375,7 +515,7 @@ impl Trash<'_> {
         let since = SystemTime::now();
         let now = Time::now().unix_nanos();
         let chosen: Vec<TrashEntry> = match sel {
-            PurgeSel::All => self.list()?,
+            PurgeSel::All => self.list_from(|_| true)?,
             // Retention runs every minute: a link younger than `d` by its name is not
             // read at all (its node was trashed after the link was made).
             PurgeSel::OlderThan(d) => {
@@ -385,7 +525,31 @@ impl Trash<'_> {
                     .filter(|e| now - e.at.unix_nanos() >= d)
                     .collect()
             }
-            PurgeSel::One(s) => vec![self.find(OsStr::new(&s))?],
+            PurgeSel::One(s) => {
+                let all = self.list()?;
+                let top = Self::find(&all, OsStr::new(&s))?.id;
+                // The entry and every entry deleted out of it, down the tree; removed
+                // deepest first, so each directory is empty when its turn comes.
+                let mut inside: HashMap<NodeId, Vec<usize>> = HashMap::new();
+                for (i, e) in all.iter().enumerate() {
+                    if let Some(d) = e.within {
+                        inside.entry(d).or_default().push(i);
+                    }
+                }
+                let mut tree = vec![];
+                let mut dirs = vec![top];
+                while let Some(d) = dirs.pop() {
+                    for &i in inside.get(&d).into_iter().flatten() {
+                        tree.push(i);
+                        dirs.push(all[i].id);
+                    }
+                }
+                let mut chosen: Vec<TrashEntry> =
+                    tree.iter().rev().map(|&i| all[i].clone()).collect();
+                chosen.extend(all.iter().find(|e| e.id == top).cloned());
+                chosen
+            }
+            PurgeSel::Node(id) => self.link_of(id)?.into_iter().collect(),
         };
         let mut report = PurgeReport::default();
         let mut candidates = Vec::new();
@@ -413,6 +577,42 @@ impl Trash<'_> {
             self.sweeper.queue(candidates);
         }
         Ok(report)
+    }
+
+    /// The trash entry of node `id`, found by its link's name (`<nanos>.<id>`): one
+    /// directory listing and one record read, whatever the size of the trash.
+    fn link_of(&self, id: NodeId) -> Result<Option<TrashEntry>> {
+        let suffix = format!(".{id}");
+        let it = match fs::read_dir(self.layout.trash()) {
+            Ok(it) => it,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read trash", e)),
+        };
+        for e in it.flatten() {
+            let link = e.file_name().to_string_lossy().into_owned();
+            if !link.ends_with(&suffix) {
+                continue;
+            }
+            let rec = self.records.read(id)?;
+            let Some(origin) = rec.trash else {
+                return Ok(None);
+            };
+            return Ok(Some(TrashEntry {
+                id,
+                link,
+                at: origin.at,
+                origin_parent: origin.parent,
+                origin_name: origin.name,
+                origin_path: None,
+                kind: rec.kind,
+                size: rec.size,
+                stored: rec.stored,
+                within: None,
+                nodes: 1,
+                bytes: rec.stored,
+            }));
+        }
+        Ok(None)
     }
 
     /// Delete a node that no name reaches, and its revisions; the blobs they named are
@@ -586,6 +786,107 @@ mod tests {
             s.records.read(a).is_ok(),
             "a closed file's trash went with another's close"
         );
+    }
+
+    /// A deleted tree, as `rm -rf` leaves it: one top entry with its totals, nested
+    /// entries with whole original paths; restoring the top brings the tree back with
+    /// its link counts, in one step; purging it frees every node of it.
+    #[test]
+    fn a_deleted_tree_is_one_entry_restored_and_purged_whole() {
+        use crate::store::tests::file_node;
+        use crate::store::tree::NewNode;
+        let (_d, s) = scratch();
+        let root = s.root();
+        let dir = |p: NodeId, n: &str| {
+            let new = NewNode {
+                kind: Kind::Dir,
+                mode: 0o755,
+                ..file_node()
+            };
+            s.tree().create(p, OsStr::new(n), new).unwrap().0
+        };
+        let file = |p: NodeId, n: &str, bytes: &[u8]| {
+            let id = s.tree().create(p, OsStr::new(n), file_node()).unwrap().0;
+            s.data().write(id, 0, bytes).unwrap();
+            s.data().commit(id, false).unwrap();
+            id
+        };
+        let d = dir(root, "d");
+        let sub = dir(d, "sub");
+        let deeper = dir(sub, "deeper");
+        file(d, "a", b"aaaa");
+        file(sub, "b", b"bb");
+        file(deeper, "c", b"c");
+        let keep = file(root, "keep", b"k");
+        // rm -rf d: contents first, then each directory once empty.
+        let t = s.tree();
+        t.unlink(deeper, OsStr::new("c")).unwrap();
+        t.rmdir(sub, OsStr::new("deeper")).unwrap();
+        t.unlink(sub, OsStr::new("b")).unwrap();
+        t.rmdir(d, OsStr::new("sub")).unwrap();
+        t.unlink(d, OsStr::new("a")).unwrap();
+        t.rmdir(root, OsStr::new("d")).unwrap();
+
+        let all = s.trash().list().unwrap();
+        assert_eq!(all.len(), 6);
+        let tops: Vec<&TrashEntry> = all.iter().filter(|e| e.within.is_none()).collect();
+        assert_eq!(tops.len(), 1, "one line for the deleted tree");
+        assert_eq!(tops[0].id, d);
+        assert_eq!((tops[0].nodes, tops[0].bytes), (6, 7));
+        let mut paths: Vec<String> = all
+            .iter()
+            .map(|e| e.origin_path.as_ref().unwrap().display().to_string())
+            .collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "d",
+                "d/a",
+                "d/sub",
+                "d/sub/b",
+                "d/sub/deeper",
+                "d/sub/deeper/c"
+            ]
+        );
+        // A nested entry's directory is in the trash: it cannot come back alone there.
+        assert!(matches!(
+            s.trash().restore(OsStr::new("d/sub/b"), None),
+            Err(Error::RestoreParentGone(_))
+        ));
+
+        s.trash().restore(OsStr::new("d"), None).unwrap();
+        assert!(s.trash().list().unwrap().is_empty());
+        let n = s.names();
+        let path = |p: &str| n.resolve_path(Path::new(p)).unwrap();
+        assert_eq!(path("d"), d);
+        assert_eq!(s.records.read(d).unwrap().nlink, 3, "d: 2 + sub");
+        assert_eq!(s.records.read(sub).unwrap().nlink, 3, "sub: 2 + deeper");
+        assert_eq!(s.records.read(deeper).unwrap().nlink, 2);
+        assert_eq!(s.records.read(root).unwrap().nlink, 3, "root: 2 + d");
+        let c = path("d/sub/deeper/c");
+        assert_eq!(s.data().read(c, 0, 10).unwrap(), b"c");
+        assert_eq!(s.records.read(c).unwrap().nlink, 1);
+        assert!(s.records.read(c).unwrap().trash.is_none());
+
+        // Deleted again and purged by its path: every node of it goes.
+        let t = s.tree();
+        t.unlink(deeper, OsStr::new("c")).unwrap();
+        t.rmdir(sub, OsStr::new("deeper")).unwrap();
+        t.unlink(sub, OsStr::new("b")).unwrap();
+        t.rmdir(d, OsStr::new("sub")).unwrap();
+        t.unlink(d, OsStr::new("a")).unwrap();
+        t.rmdir(root, OsStr::new("d")).unwrap();
+        let r = s.trash().purge(PurgeSel::One("d".into())).unwrap();
+        assert_eq!(r.nodes, 6);
+        assert!(s.trash().list().unwrap().is_empty());
+        for id in [d, sub, deeper, c] {
+            assert!(
+                matches!(s.records.read(id), Err(Error::NotFound)),
+                "{id} kept"
+            );
+        }
+        assert!(s.records.read(keep).is_ok());
     }
 
     /// Retention frees nodes and revisions at once and leaves their blobs to the batched
