@@ -65,12 +65,9 @@ pub enum Cmd {
     Mount {
         store: PathBuf,
         mountpoint: PathBuf,
-        /// Comma-separated options: ro, rw, allow_other, allow_root, nosuid, nodev,
-        /// noexec, noatime, sync, dirsync, log=LEVEL, trash_retention=DURATION,
-        /// revisions_keep=N, revisions_max_age=DURATION, index=off, index_queue=N,
-        /// index_delay=MS (fstab's defaults, auto, noauto, _netdev, nofail are accepted
-        /// and ignored).
-        #[arg(short = 'o', default_value = "")]
+        /// Comma-separated options (ro, allow_other, nonempty, log=LEVEL, ...; --help
+        /// lists them all).
+        #[arg(short = 'o', default_value = "", long_help = decofs::daemon::opts::HELP)]
         options: String,
         /// Stay in the foreground (for systemd); otherwise run as a background daemon
         /// logging to STORE/decofs.log.
@@ -341,6 +338,7 @@ pub fn main() -> ExitCode {
         if let Some(level) = options
             .split(',')
             .find_map(|o| o.trim().strip_prefix("log="))
+            .filter(|l| decofs::daemon::opts::valid_log_filter(l))
         {
             if std::env::var_os("RUST_LOG").is_none() {
                 std::env::set_var("RUST_LOG", level);

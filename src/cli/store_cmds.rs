@@ -71,7 +71,8 @@ pub fn mount(
     }
     // Check what can be checked here, so the common mistakes answer at once and
     // nothing is started.
-    daemon::check_mountpoint(mountpoint).or_fail(&what)?;
+    let mnt = daemon::check_mountpoint(mountpoint).or_fail(&what)?;
+    daemon::check_mountpoint_empty(&mnt, &opts).or_fail(&what)?;
     Layout::new(store).read_format().or_fail(&what)?;
     let store_abs = std::fs::canonicalize(store).unwrap_or(store.to_path_buf());
     let mnt_abs = std::fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf());
