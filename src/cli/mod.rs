@@ -27,11 +27,16 @@ use decofs::store::layout::DEFAULT_CHUNK_SIZE;
 use output::Outcome;
 
 const EXIT_HELP: &str = "EXIT CODES:
-  0  success
-  1  the operation failed (the message names a code, e.g. store_not_found,
-     not_a_store, format_unsupported, store_locked, mountpoint_not_found,
-     mountpoint_busy, resource_not_consistent; see README)
-  2  the command line was invalid";
+  0    success
+  1    the operation failed (the message names a code, e.g. store_not_found,
+       not_a_store, format_unsupported, store_locked, mountpoint_not_found,
+       mountpoint_busy, mountpoint_not_empty, invalid_option,
+       confirmation_required, resource_not_consistent; see README)
+  2    the command line was invalid
+  141  the reader of the output went away (`decofs trash ls | head`)
+  fsck, scrub and gc: 0 clean (gc: done), 1 errors were repaired (fsck),
+       4 problems are left, 8 the check could not run (e.g. store_not_found,
+       store_locked)";
 
 #[derive(Parser)]
 #[command(name = "decofs", version, about = "A FUSE filesystem on a decomposed store", after_help = EXIT_HELP)]
@@ -167,9 +172,10 @@ pub enum Cmd {
         cmd: lock::LockCmd,
     },
     /// Check a store that is not mounted read-write: records, entries, link counts,
-    /// hints, needed blobs, orphans, stray files. Exit codes (as e2fsck): 0 clean,
-    /// 1 errors were repaired, 4 problems are left, 8 the check could not run (e.g.
-    /// store_locked: --repair needs the store unmounted).
+    /// hints, needed blobs, orphans, stray files. STORE is a store or its mountpoint.
+    /// Exit codes (as e2fsck): 0 clean, 1 errors were repaired, 4 problems are left,
+    /// 8 the check could not run (e.g. store_locked: --repair needs the store
+    /// unmounted).
     Fsck {
         store: PathBuf,
         /// Repair what can be repaired (takes the store's writer lock).
@@ -181,11 +187,13 @@ pub enum Cmd {
     },
     /// Read every blob any record names and verify its hash; name the files that use a
     /// damaged one (and mark them integrity_error unless the store is mounted
-    /// read-write). Exit codes: 0 clean, 4 damage found, 8 could not run.
+    /// read-write). STORE is a store or its mountpoint. Exit codes: 0 clean, 4 damage
+    /// found, 8 could not run.
     Scrub { store: PathBuf },
     /// Delete blobs no record names (live, trash, revisions) that are older than the
     /// grace period. STORE may be a mountpoint or a store; when it is mounted
-    /// read-write, the daemon collects while the filesystem keeps running.
+    /// read-write, the daemon collects while the filesystem keeps running. Exit codes:
+    /// 0 done, 8 could not run (as fsck and scrub).
     Gc {
         store: PathBuf,
         /// Only report what would be deleted.
