@@ -288,6 +288,27 @@ pub fn changes(
             since = Some(v.last_seq);
         }
         if !follow {
+            // Stopped at the limit with more in the log: say so (and where to go on),
+            // instead of looking like the end of the log.
+            let next = v.changes.last().map(|c| c.seq);
+            if v.changes.len() as u64 >= limit && next.is_some_and(|n| n < v.last_seq) {
+                let next = next.unwrap_or_default();
+                if json {
+                    let mut out = output::Out::new();
+                    out.str(&output::json_line(&serde_json::json!({
+                        "limit_reached": true,
+                        "limit": limit,
+                        "next_since": next,
+                        "last_seq": v.last_seq,
+                    })))
+                    .str("\n");
+                } else {
+                    errln!(
+                        "decofs: stopped at the limit of {limit} changes; the log goes on to {}: continue with --since {next} (or raise --limit)",
+                        v.last_seq
+                    );
+                }
+            }
             return Ok(ExitCode::SUCCESS);
         }
         if (v.changes.len() as u64) < limit {

@@ -154,7 +154,9 @@ pub enum Cmd {
         /// Keep printing new changes as they happen (until interrupted).
         #[arg(long)]
         follow: bool,
-        /// At most this many changes per request.
+        /// At most this many changes per request. When more are left, a line on stderr
+        /// says so (with --json, a last object {"limit_reached": true, "next_since":
+        /// SEQ, "limit", "last_seq"}).
         #[arg(long, default_value_t = 10_000)]
         limit: u64,
         /// First wait (up to 60 s) until the index has applied every change made so far.
