@@ -235,9 +235,10 @@ pub fn du(path: &Path, depth: u32, fresh: FreshArgs, json: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One change as `changes` prints it: SEQ, UNIXTIME, OP, PATH [-> PATH] (tab-separated).
+/// One change as `changes` prints it: SEQ, TIME (local), OP, PATH [-> PATH]
+/// (tab-separated; `--json` gives the unix time).
 fn change_line(c: &protocol::ChangeItem) -> Vec<u8> {
-    let mut line = format!("{}\t{}\t{}\t", c.seq, c.at, c.op).into_bytes();
+    let mut line = format!("{}\t{}\t{}\t", c.seq, output::local_time(c.at), c.op).into_bytes();
     match &c.path {
         Some(p) => line.extend_from_slice(p.as_bytes()),
         None => line

@@ -37,7 +37,11 @@ pub fn run(cmd: LockCmd, json: bool) -> Outcome {
                 }
                 outln!(
                     "lock broken (was: {}); new epoch {epoch}",
-                    if holder.is_empty() { "free" } else { &holder }
+                    if holder.is_empty() {
+                        "free".to_string()
+                    } else {
+                        output::show_holder(&holder)
+                    }
                 );
             }
         }
@@ -50,7 +54,7 @@ pub fn run(cmd: LockCmd, json: bool) -> Outcome {
             if json {
                 output::json(&json!({"locked": locked, "holder": holder, "epoch": epoch}));
             } else if locked {
-                outln!("held by {holder}; epoch {epoch}");
+                outln!("held by {}; epoch {epoch}", output::show_holder(&holder));
             } else {
                 outln!("free; epoch {epoch}");
             }

@@ -41,7 +41,10 @@ const EXIT_HELP: &str = "EXIT CODES:
 #[derive(Parser)]
 #[command(name = "decofs", version, about = "A FUSE filesystem on a decomposed store", after_help = EXIT_HELP)]
 pub struct Cli {
-    /// Print errors as one JSON object: {"error", "code", "reason", "suggestion"}.
+    /// Machine-readable output: results as JSON on stdout (times as unix seconds,
+    /// listings and changes one object per line) and errors as one JSON object on
+    /// stderr, {"error", "code", "reason", "suggestion"}, instead of text for people
+    /// (local times, aligned columns).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -144,8 +147,8 @@ pub enum Cmd {
         fresh: index::FreshArgs,
     },
     /// The numbered change log of a store (for backup and sync tools). Prints
-    /// "SEQ UNIXTIME OP PATH [-> PATH]" per change; --json prints one JSON object per
-    /// line. A consumer remembers the last SEQ and asks again with --since SEQ.
+    /// "SEQ TIME OP PATH [-> PATH]" per change (TIME local); --json prints one JSON
+    /// object per line (unix times). A consumer remembers the last SEQ and asks again with --since SEQ.
     Changes {
         path: PathBuf,
         /// Only changes after sequence number SEQ (default: every change kept).

@@ -139,7 +139,7 @@ pub fn render_status(v: &StatusReply) -> String {
     s.push_str(&format!(
         "lock:       {} (epoch {})\n",
         if v.locked {
-            format!("held by {}", v.holder)
+            format!("held by {}", output::show_holder(&v.holder))
         } else {
             "free".to_string()
         },
@@ -172,7 +172,10 @@ pub fn render_status(v: &StatusReply) -> String {
                 s.push_str(&format!(
                     "reconcile:  {} at {} ({}): repaired {}{}\n",
                     lr["kind"].as_str().unwrap_or("?"),
-                    lr["at"],
+                    match lr["at"].as_i64() {
+                        Some(t) => output::local_time(t),
+                        None => lr["at"].to_string(),
+                    },
                     lr["reason"].as_str().unwrap_or(""),
                     lr["repaired"],
                     match lr["duration_ms"].as_u64() {
