@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use decofs::store::layout::DEFAULT_CHUNK_SIZE;
 
@@ -208,6 +208,15 @@ pub enum Cmd {
         #[arg(long, default_value_t = 3600)]
         grace: u64,
     },
+    /// Print a shell completion script for decofs to stdout, e.g.
+    /// `decofs completions bash > /etc/bash_completion.d/decofs`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the decofs(1) man page (roff) to stdout, e.g.
+    /// `decofs manpage > /usr/local/share/man/man1/decofs.1`.
+    Manpage,
 }
 
 fn init_logging(foreground_daemon: bool) {
@@ -291,6 +300,25 @@ fn run(cli: Cli) -> Outcome {
             dry_run,
             grace,
         } => check::gc(&store, dry_run, grace, json),
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "decofs", &mut buf);
+            output::Out::new().bytes(&buf);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Manpage => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut buf)
+                .map_err(|e| {
+                    output::Failure::new(decofs::control::Report::of(
+                        "cannot render the man page",
+                        &decofs::store::Error::io("render", e),
+                    ))
+                })?;
+            output::Out::new().bytes(&buf);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
