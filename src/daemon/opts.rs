@@ -33,27 +33,27 @@ pub struct MountOpts {
 /// that each one parses).
 pub const HELP: &str = "Comma-separated mount options (each value is checked; an unknown \
 option or a bad value is refused with invalid_option and nothing is mounted):
-  ro, rw                     read-only (beside the one read-write mount) or read-write
-  allow_other, allow_root    let other users (or root) use the mount
-  nonempty                   mount over a directory that is not empty (its files are
-                             hidden while mounted; refused with mountpoint_not_empty
-                             otherwise)
+  ro, rw                       read-only (beside the one read-write mount) or read-write
+  allow_other, allow_root      let other users (or root) use the mount
+  nonempty                     mount over a directory that is not empty (its files are
+                               hidden while mounted; refused with mountpoint_not_empty
+                               otherwise)
   dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync, async, dirsync
-                             passed to the kernel (devices and set-ID bits are off
-                             unless dev/suid)
-  log=LEVEL                  the daemon's log level: off, error, warn, info, debug,
-                             trace, or TARGET=LEVEL (RUST_LOG wins if set)
-  trash_retention=DURATION   how long deleted files stay restorable (0: no trash)
-  revisions_keep=N           earlier versions kept per file
-  revisions_max_age=DURATION how long earlier versions are kept
+                               passed to the kernel (devices and set-ID bits are off
+                               unless dev/suid)
+  log=LEVEL                    the daemon's log level: off, error, warn, info, debug,
+                               trace, or TARGET=LEVEL (RUST_LOG wins if set)
+  trash_retention=DURATION     how long deleted files stay restorable (0: no trash)
+  revisions_keep=N             earlier versions kept per file
+  revisions_max_age=DURATION   how long earlier versions are kept
   index=on, index=off, noindex
-                             keep (default) or keep no metadata index
-  index_queue=N              the index's change queue capacity (N > 0, default 65536)
-  index_delay=MS             pause the index worker after each batch (testing)
-  readahead=KIB              the kernel's readahead window (0..=1048576, default 4096;
-                             0 keeps the kernel's 128 KiB)
+                               keep (default) or keep no metadata index
+  index_queue=N                the index's change queue capacity (N > 0, default 65536)
+  index_delay=MS               pause the index worker after each batch (testing)
+  readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
+                               0 keeps the kernel's 128 KiB)
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
-                             accepted and ignored (fstab)
+                               accepted and ignored (fstab)
 DURATION: seconds, or a number with s, m, h, d or w (e.g. 1d).";
 
 /// The levels `log=` takes (as RUST_LOG).
