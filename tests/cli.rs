@@ -133,6 +133,13 @@ fn checks_take_a_mountpoint_or_a_store() {
     assert_eq!(c, 0, "{e}");
     assert_eq!(vm, vs);
     assert_eq!(vm["versions"].as_array().unwrap().len(), 1, "{vm}");
+    // lock show too (lock break resolves alike).
+    let (c, lm, e) = dj(&["lock", "show", mnt]);
+    assert_eq!(c, 0, "{e}");
+    let (c, ls, e) = dj(&["lock", "show", store]);
+    assert_eq!(c, 0, "{e}");
+    assert_eq!(lm, ls);
+    assert_eq!(lm["locked"], true, "{lm}");
     // Unmounted, the store path answers the same.
     m.unmount();
     let (c, v, e) = dj(&["fsck", store]);
