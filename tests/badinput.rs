@@ -667,6 +667,14 @@ fn versions_of_a_directory_is_an_error() {
     assert_human_error(&out, "is_a_directory", "versions ls of a directory");
     let out = decofs(&["--json", "versions", "ls", s(&dir)]);
     assert_json_error(&out, "is_a_directory", "versions ls of a directory");
+    // A path that is not there: not_found, pointing at the trash (not at --help).
+    let out = decofs(&["versions", "ls", s(&m.path("dir/nope"))]);
+    assert_human_error(&out, "not_found", "versions ls of a missing file");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("trash ls"),
+        "{}",
+        show(&out)
+    );
     // The mountpoint (the root directory) too, and unmounted through the store.
     let out = decofs(&["versions", "ls", s(&m.mnt)]);
     assert_human_error(&out, "is_a_directory", "versions ls of the root");

@@ -82,6 +82,9 @@ pub fn suggestion(e: &Error) -> String {
             p.display()
         ),
         Error::NotAStore(_) => GIVE.into(),
+        Error::NotFound => "check the path; what was deleted is listed by \
+                            `decofs trash ls MOUNTPOINT`"
+            .into(),
         Error::IsDir => "give a file: revisions are kept per file (a deleted directory \
                          comes back whole with `decofs trash restore`)"
             .into(),
