@@ -505,3 +505,244 @@ fn umount_of_something_not_mounted() {
     assert_json_error(&out, "not_mounted", "umount of a plain directory");
     assert_same_listing(&before, &listing(&dir, &[]), "umount of a plain directory");
 }
+
+// ---- issue 27: a CLI without rough edges ---------------------------------------------
+
+#[test]
+fn mount_option_values_are_checked() {
+    // Every -o value is checked before anything starts: a bad one is invalid_option,
+    // nothing is mounted and the store is not touched (not even its log).
+    let d = scratch();
+    let store = new_store(d.path(), "store");
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = Unmounter(vec![mnt.clone()]);
+    for bad in [
+        "log=banana",
+        "allow_other,log=",
+        "log=decofs=loud",
+        "index=maybe",
+        "index_queue=0",
+        "index_delay=soon",
+        "readahead=fast",
+        "readahead=99999999",
+        "trash_retention=forever",
+        "revisions_keep=-1",
+        "revisions_max_age=old",
+        "nonempty=1",
+        "frobnicate",
+    ] {
+        expect_refused(
+            &["mount", s(&store), s(&mnt), "-o", bad],
+            "invalid_option",
+            &store,
+            &[],
+            &format!("mount -o {bad}"),
+        );
+        assert!(!is_mounted(&mnt), "mount -o {bad} must mount nothing");
+    }
+    // `mount --help` lists every option the parser takes.
+    let out = decofs(&["mount", "--help"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "ro,",
+        "rw",
+        "allow_other",
+        "allow_root",
+        "nonempty",
+        "dev,",
+        "nodev",
+        "suid",
+        "nosuid",
+        "exec,",
+        "noexec",
+        "atime,",
+        "noatime",
+        "sync,",
+        "async",
+        "dirsync",
+        "log=LEVEL",
+        "trash_retention=",
+        "revisions_keep=",
+        "revisions_max_age=",
+        "index=on",
+        "index=off",
+        "noindex",
+        "index_queue=",
+        "index_delay=",
+        "readahead=",
+        "defaults",
+        "noauto",
+        "_netdev",
+        "nofail",
+        "default_permissions",
+    ] {
+        assert!(help.contains(opt), "mount --help must list {opt}:\n{help}");
+    }
+    // Good values still mount.
+    let out = decofs(&[
+        "mount",
+        s(&store),
+        s(&mnt),
+        "-o",
+        "allow_other,log=decofs=debug,readahead=0,index_queue=100",
+    ]);
+    assert!(out.status.success(), "good options: {}", show(&out));
+    assert!(is_mounted(&mnt));
+}
+
+#[test]
+fn mount_on_a_non_empty_directory_needs_nonempty() {
+    let d = scratch();
+    let store = new_store(d.path(), "store");
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    fs::write(mnt.join("precious"), b"hidden by a mount").unwrap();
+    let _g = Unmounter(vec![mnt.clone()]);
+    let before = listing(&mnt, &[]);
+    expect_refused(
+        &["mount", s(&store), s(&mnt)],
+        "mountpoint_not_empty",
+        &store,
+        &[],
+        "mount on a non-empty directory",
+    );
+    assert!(!is_mounted(&mnt));
+    assert_same_listing(&before, &listing(&mnt, &[]), "the mountpoint");
+    // The foreground daemon (systemd, mount.decofs) refuses it alike.
+    let out = decofs(&["mount", s(&store), s(&mnt), "--foreground"]);
+    assert_human_error(&out, "mountpoint_not_empty", "mount --foreground");
+    assert!(!is_mounted(&mnt));
+    // -o nonempty mounts over it; the files are back once it is unmounted.
+    let out = decofs(&["mount", s(&store), s(&mnt), "-o", "nonempty,allow_other"]);
+    assert!(out.status.success(), "mount -o nonempty: {}", show(&out));
+    assert!(is_mounted(&mnt));
+    assert!(
+        !mnt.join("precious").exists(),
+        "the mount hides the directory"
+    );
+    unmount_path(&mnt);
+    assert_eq!(
+        fs::read(mnt.join("precious")).unwrap(),
+        b"hidden by a mount"
+    );
+}
+
+#[test]
+fn trash_purge_without_a_selector_needs_all() {
+    let m = Mount::new();
+    fs::write(m.path("a"), b"deleted but wanted").unwrap();
+    fs::remove_file(m.path("a")).unwrap();
+    let mnt = s(&m.mnt);
+    let count = || {
+        let (c, v, e) = common::dj(&["trash", "ls", mnt]);
+        assert_eq!(c, 0, "trash ls: {e}");
+        v["entries"].as_array().unwrap().len()
+    };
+    assert_eq!(count(), 1);
+    // No terminal here (stdin is not one): refused, nothing purged.
+    let out = decofs(&["trash", "purge", mnt]);
+    assert_human_error(&out, "confirmation_required", "trash purge, no selector");
+    let out = decofs(&["--json", "trash", "purge", mnt]);
+    assert_json_error(&out, "confirmation_required", "trash purge, no selector");
+    assert_eq!(count(), 1, "a refused purge purges nothing");
+    // --all says it; it does not combine with a selector.
+    let out = decofs(&["trash", "purge", mnt, "--all", "--older-than", "1h"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert_eq!(count(), 1);
+    let out = decofs(&["trash", "purge", mnt, "--all"]);
+    assert!(out.status.success(), "purge --all: {}", show(&out));
+    assert_eq!(count(), 0);
+}
+
+#[test]
+fn versions_of_a_directory_is_an_error() {
+    let m = Mount::new();
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/f"), b"1").unwrap();
+    fs::write(m.path("dir/f"), b"2").unwrap();
+    let dir = m.path("dir");
+    let out = decofs(&["versions", "ls", s(&dir)]);
+    assert_human_error(&out, "is_a_directory", "versions ls of a directory");
+    let out = decofs(&["--json", "versions", "ls", s(&dir)]);
+    assert_json_error(&out, "is_a_directory", "versions ls of a directory");
+    // A path that is not there: not_found, pointing at the trash (not at --help).
+    let out = decofs(&["versions", "ls", s(&m.path("dir/nope"))]);
+    assert_human_error(&out, "not_found", "versions ls of a missing file");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("trash ls"),
+        "{}",
+        show(&out)
+    );
+    // The mountpoint (the root directory) too, and unmounted through the store.
+    let out = decofs(&["versions", "ls", s(&m.mnt)]);
+    assert_human_error(&out, "is_a_directory", "versions ls of the root");
+    m.unmount();
+    let out = decofs(&["versions", "ls", s(&m.store.join("dir"))]);
+    assert_human_error(&out, "is_a_directory", "versions ls STORE/dir");
+    // A file still lists its versions.
+    let out = decofs(&["--json", "versions", "ls", s(&m.store.join("dir/f"))]);
+    assert!(out.status.success(), "{}", show(&out));
+}
+
+#[test]
+fn suggestions_fit_the_mistake() {
+    // A path that does not exist, a file, a directory with things in it: none is a
+    // place to `decofs init`, so no suggestion says so. An empty directory is.
+    let d = scratch();
+    let missing = d.path().join("no-such-thing");
+    let file = d.path().join("a-file");
+    fs::write(&file, b"x").unwrap();
+    let full = d.path().join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("x"), b"x").unwrap();
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = Unmounter(vec![mnt.clone()]);
+    for (p, code) in [
+        (&missing, "store_not_found"),
+        (&file, "not_a_store"),
+        (&full, "not_a_store"),
+    ] {
+        for args in [
+            vec!["status", s(p)],
+            vec!["fsck", s(p)],
+            vec!["scrub", s(p)],
+            vec!["gc", s(p)],
+            vec!["mount", s(p), s(&mnt)],
+        ] {
+            let out = decofs(&args);
+            assert_human_error(&out, code, &format!("{args:?}"));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !err.contains("init"),
+                "{args:?}: suggests init\n{}",
+                show(&out)
+            );
+        }
+    }
+    // Paths in no store at all.
+    for args in [
+        vec!["du".to_string(), s(&missing).to_string()],
+        vec!["versions".into(), "ls".into(), s(&full.join("x")).into()],
+        vec!["trash".into(), "ls".into(), s(&full).into()],
+        vec!["changes".into(), s(&missing).into()],
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = decofs(&a);
+        assert_human_error(&out, "store_not_found", &format!("{a:?}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("init"),
+            "{a:?}: suggests init\n{}",
+            show(&out)
+        );
+    }
+    // An empty directory: init is the way to make it a store.
+    let out = decofs(&["fsck", s(&mnt)]);
+    assert_human_error(&out, "not_a_store", "fsck of an empty directory");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("decofs init"), "{}", show(&out));
+    assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0, "nothing was made");
+}

@@ -574,7 +574,7 @@ fn full_disk_gives_enospc_and_loses_nothing() {
     drop(watchdog);
     let gone_bytes: u64 = gone.iter().map(|c| c.2 as u64).sum();
 
-    let (c, v, e) = dj(&["trash", "purge", s.mnt.to_str().unwrap()]);
+    let (c, v, e) = dj(&["trash", "purge", s.mnt.to_str().unwrap(), "--all"]);
     assert_eq!(c, 0, "trash purge: {v} {e}");
     eprintln!("trash purge: {v}");
     let (free_purged, _) = free_space(&s.root);
@@ -641,7 +641,7 @@ fn full_disk_gives_enospc_and_loses_nothing() {
     verify("after remount", &kept);
     verify("new files after remount", &fresh);
     // Whatever the failed writes left is in the trash at most; purge it and write again.
-    let (c, v, e) = dj(&["trash", "purge", s.mnt.to_str().unwrap()]);
+    let (c, v, e) = dj(&["trash", "purge", s.mnt.to_str().unwrap(), "--all"]);
     assert_eq!(c, 0, "second purge: {v} {e}");
     tag += 1;
     let errs = write_file(&files.join("after-remount"), &content(tag, 4 << 20));
@@ -827,7 +827,7 @@ fn out_of_inodes_gives_enospc() {
     for n in names.drain(..half) {
         fs::remove_file(d.join(&n)).unwrap();
     }
-    let (c, v, e) = dj(&["trash", "purge", s.mnt.to_str().unwrap()]);
+    let (c, v, e) = dj(&["trash", "purge", s.mnt.to_str().unwrap(), "--all"]);
     assert_eq!(c, 0, "trash purge: {v} {e}");
     let (_, inodes_purged) = free_space(&s.root);
     eprintln!("after deleting {half} and purging: {inodes_purged} inodes free");

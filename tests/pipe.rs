@@ -102,6 +102,8 @@ fn commands_piped_into_head_exit_quietly() {
     let store = m.store.to_str().unwrap();
 
     assert_survives(&["--help"]);
+    assert_survives(&["manpage"]);
+    assert_survives(&["completions", "bash"]);
     assert_cut(&["trash", "ls", mnt]);
     assert_cut(&["find", mnt, "--wait"]);
     check_piped("head -c 100", &["find", mnt, "--wait", "-0"], &[141]);

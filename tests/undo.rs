@@ -467,7 +467,7 @@ fn purge_frees_space() {
     );
     let st = ok_json(&["status", m.mnt.to_str().unwrap()]);
     assert!(st["trash"]["bytes"].as_u64().unwrap() >= 24_000_000);
-    let r = ok_json(&["trash", "purge", m.mnt.to_str().unwrap()]);
+    let r = ok_json(&["trash", "purge", m.mnt.to_str().unwrap(), "--all"]);
     let after = du_bytes(&blobs);
     println!(
         "blobs before purge {before} B, after {after} B, reported freed {}",

@@ -1,6 +1,7 @@
 //! `fsck`, `scrub`, `gc`: open the store (or ask its writer daemon, for gc), run the
-//! check, print its report. fsck and scrub exit with e2fsck-like codes: 0 clean, 1
-//! repaired, 4 problems left, 8 the check could not run.
+//! check, print its report. STORE may be a store or a mountpoint (`control::resolve`).
+//! They exit with e2fsck-like codes: 0 clean (gc: done), 1 repaired, 4 problems left,
+//! 8 the check could not run (all three alike).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -24,7 +25,8 @@ fn progress(p: &Progress) {
 
 pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Outcome {
     let what = format!("cannot check {}", store.display());
-    let s = check::open(store, !repair)
+    let (store_path, _) = control::resolve(store).or_fail(&what).map_err(not_run)?;
+    let s = check::open(&store_path, !repair)
         .or_fail(&what)
         .map_err(not_run)?;
     let rep = Checker::new(&s)
@@ -70,9 +72,10 @@ pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Outcome {
 
 pub fn scrub(store: &Path, json: bool) -> Outcome {
     let what = format!("cannot scrub {}", store.display());
+    let (store_path, _) = control::resolve(store).or_fail(&what).map_err(not_run)?;
     // Mark damaged files only when no read-write mount is running.
-    let s = match check::open(store, false) {
-        Err(Error::StoreLocked { .. }) => check::open(store, true),
+    let s = match check::open(&store_path, false) {
+        Err(Error::StoreLocked { .. }) => check::open(&store_path, true),
         other => other,
     }
     .or_fail(&what)
@@ -115,14 +118,19 @@ pub fn scrub(store: &Path, json: bool) -> Outcome {
 pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Outcome {
     let what = format!("cannot collect garbage in {}", store.display());
     // Mounted read-write: the daemon collects, with the filesystem running.
-    let (store_path, _) = control::resolve(store).or_fail(&what)?;
+    let (store_path, _) = control::resolve(store).or_fail(&what).map_err(not_run)?;
     let rep: check::GcReport = if control::daemons(&store_path).iter().any(|d| d.writer) {
-        control::run(&store_path, protocol::Gc { dry_run, grace }, true).or_fail(&what)?
+        control::run(&store_path, protocol::Gc { dry_run, grace }, true)
+            .or_fail(&what)
+            .map_err(not_run)?
     } else {
-        let s = check::open(&store_path, dry_run).or_fail(&what)?;
+        let s = check::open(&store_path, dry_run)
+            .or_fail(&what)
+            .map_err(not_run)?;
         Checker::new(&s)
             .gc(dry_run, Duration::from_secs(grace))
-            .or_fail(&what)?
+            .or_fail(&what)
+            .map_err(not_run)?
     };
     if json {
         output::json_pretty(&rep);

@@ -235,9 +235,10 @@ pub fn du(path: &Path, depth: u32, fresh: FreshArgs, json: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One change as `changes` prints it: SEQ, UNIXTIME, OP, PATH [-> PATH] (tab-separated).
+/// One change as `changes` prints it: SEQ, TIME (local), OP, PATH [-> PATH]
+/// (tab-separated; `--json` gives the unix time).
 fn change_line(c: &protocol::ChangeItem) -> Vec<u8> {
-    let mut line = format!("{}\t{}\t{}\t", c.seq, c.at, c.op).into_bytes();
+    let mut line = format!("{}\t{}\t{}\t", c.seq, output::local_time(c.at), c.op).into_bytes();
     match &c.path {
         Some(p) => line.extend_from_slice(p.as_bytes()),
         None => line
@@ -288,6 +289,27 @@ pub fn changes(
             since = Some(v.last_seq);
         }
         if !follow {
+            // Stopped at the limit with more in the log: say so (and where to go on),
+            // instead of looking like the end of the log.
+            let next = v.changes.last().map(|c| c.seq);
+            if v.changes.len() as u64 >= limit && next.is_some_and(|n| n < v.last_seq) {
+                let next = next.unwrap_or_default();
+                if json {
+                    let mut out = output::Out::new();
+                    out.str(&output::json_line(&serde_json::json!({
+                        "limit_reached": true,
+                        "limit": limit,
+                        "next_since": next,
+                        "last_seq": v.last_seq,
+                    })))
+                    .str("\n");
+                } else {
+                    errln!(
+                        "decofs: stopped at the limit of {limit} changes; the log goes on to {}: continue with --since {next} (or raise --limit)",
+                        v.last_seq
+                    );
+                }
+            }
             return Ok(ExitCode::SUCCESS);
         }
         if (v.changes.len() as u64) < limit {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::json;
 
+use decofs::control;
 use decofs::store::{layout::Layout, lock};
 
 use super::output::{self, errln, outln, Context, Outcome};
@@ -14,8 +15,10 @@ use super::output::{self, errln, outln, Context, Outcome};
 pub enum LockCmd {
     /// Break the lock of a holder that died where this host cannot see it (another
     /// host). The epoch increases: the old holder's writes are refused from now on.
+    /// STORE is a store or its mountpoint.
     Break { store: PathBuf },
-    /// Show who holds the lock and the current epoch.
+    /// Show who holds the lock and the current epoch. STORE is a store or its
+    /// mountpoint.
     Show { store: PathBuf },
 }
 
@@ -23,6 +26,7 @@ pub fn run(cmd: LockCmd, json: bool) -> Outcome {
     match cmd {
         LockCmd::Break { store } => {
             let what = format!("cannot break the lock of {}", store.display());
+            let (store, _) = control::resolve(&store).or_fail(&what)?;
             let layout = Layout::new(&store);
             layout.read_format().or_fail(&what)?;
             let live = lock::is_locked(&layout);
@@ -37,12 +41,17 @@ pub fn run(cmd: LockCmd, json: bool) -> Outcome {
                 }
                 outln!(
                     "lock broken (was: {}); new epoch {epoch}",
-                    if holder.is_empty() { "free" } else { &holder }
+                    if holder.is_empty() {
+                        "free".to_string()
+                    } else {
+                        output::show_holder(&holder)
+                    }
                 );
             }
         }
         LockCmd::Show { store } => {
             let what = format!("cannot read the lock of {}", store.display());
+            let (store, _) = control::resolve(&store).or_fail(&what)?;
             let layout = Layout::new(&store);
             layout.read_format().or_fail(&what)?;
             let epoch = lock::read_epoch(&layout).or_fail(&what)?;
@@ -50,7 +59,7 @@ pub fn run(cmd: LockCmd, json: bool) -> Outcome {
             if json {
                 output::json(&json!({"locked": locked, "holder": holder, "epoch": epoch}));
             } else if locked {
-                outln!("held by {holder}; epoch {epoch}");
+                outln!("held by {}; epoch {epoch}", output::show_holder(&holder));
             } else {
                 outln!("free; epoch {epoch}");
             }

@@ -20,23 +20,31 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use decofs::store::layout::DEFAULT_CHUNK_SIZE;
 
 use output::Outcome;
 
 const EXIT_HELP: &str = "EXIT CODES:
-  0  success
-  1  the operation failed (the message names a code, e.g. store_not_found,
-     not_a_store, format_unsupported, store_locked, mountpoint_not_found,
-     mountpoint_busy, resource_not_consistent; see README)
-  2  the command line was invalid";
+  0    success
+  1    the operation failed (the message names a code, e.g. store_not_found,
+       not_a_store, format_unsupported, store_locked, mountpoint_not_found,
+       mountpoint_busy, mountpoint_not_empty, invalid_option,
+       confirmation_required, resource_not_consistent; see README)
+  2    the command line was invalid
+  141  the reader of the output went away (`decofs trash ls | head`)
+  fsck, scrub and gc: 0 clean (gc: done), 1 errors were repaired (fsck),
+       4 problems are left, 8 the check could not run (e.g. store_not_found,
+       store_locked)";
 
 #[derive(Parser)]
 #[command(name = "decofs", version, about = "A FUSE filesystem on a decomposed store", after_help = EXIT_HELP)]
 pub struct Cli {
-    /// Print errors as one JSON object: {"error", "code", "reason", "suggestion"}.
+    /// Machine-readable output: results as JSON on stdout (times as unix seconds,
+    /// listings and changes one object per line) and errors as one JSON object on
+    /// stderr, {"error", "code", "reason", "suggestion"}, instead of text for people
+    /// (local times, aligned columns).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -65,12 +73,9 @@ pub enum Cmd {
     Mount {
         store: PathBuf,
         mountpoint: PathBuf,
-        /// Comma-separated options: ro, rw, allow_other, allow_root, nosuid, nodev,
-        /// noexec, noatime, sync, dirsync, log=LEVEL, trash_retention=DURATION,
-        /// revisions_keep=N, revisions_max_age=DURATION, index=off, index_queue=N,
-        /// index_delay=MS (fstab's defaults, auto, noauto, _netdev, nofail are accepted
-        /// and ignored).
-        #[arg(short = 'o', default_value = "")]
+        /// Comma-separated options (ro, allow_other, nonempty, log=LEVEL, ...; --help
+        /// lists them all).
+        #[arg(short = 'o', default_value = "", long_help = decofs::daemon::opts::HELP)]
         options: String,
         /// Stay in the foreground (for systemd); otherwise run as a background daemon
         /// logging to STORE/decofs.log.
@@ -142,8 +147,8 @@ pub enum Cmd {
         fresh: index::FreshArgs,
     },
     /// The numbered change log of a store (for backup and sync tools). Prints
-    /// "SEQ UNIXTIME OP PATH [-> PATH]" per change; --json prints one JSON object per
-    /// line. A consumer remembers the last SEQ and asks again with --since SEQ.
+    /// "SEQ TIME OP PATH [-> PATH]" per change (TIME local); --json prints one JSON
+    /// object per line (unix times). A consumer remembers the last SEQ and asks again with --since SEQ.
     Changes {
         path: PathBuf,
         /// Only changes after sequence number SEQ (default: every change kept).
@@ -152,7 +157,9 @@ pub enum Cmd {
         /// Keep printing new changes as they happen (until interrupted).
         #[arg(long)]
         follow: bool,
-        /// At most this many changes per request.
+        /// At most this many changes per request. When more are left, a line on stderr
+        /// says so (with --json, a last object {"limit_reached": true, "next_since":
+        /// SEQ, "limit", "last_seq"}).
         #[arg(long, default_value_t = 10_000)]
         limit: u64,
         /// First wait (up to 60 s) until the index has applied every change made so far.
@@ -170,9 +177,10 @@ pub enum Cmd {
         cmd: lock::LockCmd,
     },
     /// Check a store that is not mounted read-write: records, entries, link counts,
-    /// hints, needed blobs, orphans, stray files. Exit codes (as e2fsck): 0 clean,
-    /// 1 errors were repaired, 4 problems are left, 8 the check could not run (e.g.
-    /// store_locked: --repair needs the store unmounted).
+    /// hints, needed blobs, orphans, stray files. STORE is a store or its mountpoint.
+    /// Exit codes (as e2fsck): 0 clean, 1 errors were repaired, 4 problems are left,
+    /// 8 the check could not run (e.g. store_locked: --repair needs the store
+    /// unmounted).
     Fsck {
         store: PathBuf,
         /// Repair what can be repaired (takes the store's writer lock).
@@ -184,11 +192,13 @@ pub enum Cmd {
     },
     /// Read every blob any record names and verify its hash; name the files that use a
     /// damaged one (and mark them integrity_error unless the store is mounted
-    /// read-write). Exit codes: 0 clean, 4 damage found, 8 could not run.
+    /// read-write). STORE is a store or its mountpoint. Exit codes: 0 clean, 4 damage
+    /// found, 8 could not run.
     Scrub { store: PathBuf },
     /// Delete blobs no record names (live, trash, revisions) that are older than the
     /// grace period. STORE may be a mountpoint or a store; when it is mounted
-    /// read-write, the daemon collects while the filesystem keeps running.
+    /// read-write, the daemon collects while the filesystem keeps running. Exit codes:
+    /// 0 done, 8 could not run (as fsck and scrub).
     Gc {
         store: PathBuf,
         /// Only report what would be deleted.
@@ -198,6 +208,15 @@ pub enum Cmd {
         #[arg(long, default_value_t = 3600)]
         grace: u64,
     },
+    /// Print a shell completion script for decofs to stdout, e.g.
+    /// `decofs completions bash > /etc/bash_completion.d/decofs`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the decofs(1) man page (roff) to stdout, e.g.
+    /// `decofs manpage > /usr/local/share/man/man1/decofs.1`.
+    Manpage,
 }
 
 fn init_logging(foreground_daemon: bool) {
@@ -281,6 +300,25 @@ fn run(cli: Cli) -> Outcome {
             dry_run,
             grace,
         } => check::gc(&store, dry_run, grace, json),
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "decofs", &mut buf);
+            output::Out::new().bytes(&buf);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Manpage => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut buf)
+                .map_err(|e| {
+                    output::Failure::new(decofs::control::Report::of(
+                        "cannot render the man page",
+                        &decofs::store::Error::io("render", e),
+                    ))
+                })?;
+            output::Out::new().bytes(&buf);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -341,6 +379,7 @@ pub fn main() -> ExitCode {
         if let Some(level) = options
             .split(',')
             .find_map(|o| o.trim().strip_prefix("log="))
+            .filter(|l| decofs::daemon::opts::valid_log_filter(l))
         {
             if std::env::var_os("RUST_LOG").is_none() {
                 std::env::set_var("RUST_LOG", level);

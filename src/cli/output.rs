@@ -86,6 +86,72 @@ pub fn print_report(r: &Report, json: bool) {
     }
 }
 
+/// A unix time as people read it: local ISO 8601 with the offset,
+/// `2026-12-06 23:40:12 +0000` (text output; `--json` keeps unix seconds).
+pub fn local_time(secs: i64) -> String {
+    let t: libc::time_t = secs;
+    // SAFETY: `tm` is a plain C struct for which all-zero bytes are a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to valid locals; localtime_r is the reentrant form.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return format!("@{secs}");
+    }
+    let mut buf = [0u8; 64];
+    // SAFETY: buf is writable for its length, the format is NUL-terminated and tm was
+    // filled by localtime_r; strftime writes at most buf.len() bytes.
+    let n = unsafe {
+        libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%Y-%m-%d %H:%M:%S %z".as_ptr(),
+            &tm,
+        )
+    };
+    if n == 0 {
+        return format!("@{secs}");
+    }
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A lock holder as written in the lock file ("pid P on host H since T (unix time),
+/// epoch E") for people: the time local, the epoch left to the caller (who prints it
+/// once).
+pub fn show_holder(holder: &str) -> String {
+    let h = match holder.rsplit_once(", epoch ") {
+        Some((h, e)) if e.trim().parse::<u64>().is_ok() => h,
+        _ => holder,
+    };
+    match h.split_once(" since ") {
+        Some((who, rest)) => {
+            let secs = rest.trim_end_matches(" (unix time)").trim();
+            match secs.parse::<i64>() {
+                Ok(t) => format!("{who} since {}", local_time(t)),
+                Err(_) => h.to_string(),
+            }
+        }
+        None => h.to_string(),
+    }
+}
+
+/// Is a person at a terminal to answer a question (stdin and stderr are terminals)?
+pub fn interactive() -> bool {
+    use std::io::IsTerminal;
+    io::stdin().is_terminal() && io::stderr().is_terminal()
+}
+
+/// Ask a yes/no question on stderr and read the answer from stdin: only "y" or "yes"
+/// (any case) is yes; end of input is no.
+pub fn ask(question: &str) -> bool {
+    let mut e = io::stderr();
+    let _ = e.write_all(question.as_bytes());
+    let _ = e.flush();
+    let mut answer = String::new();
+    if io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
 /// A line on stderr; a closed stderr is not worth a panic.
 pub fn err_line(s: &str) {
     let _ = writeln!(io::stderr(), "{s}");
@@ -186,3 +252,26 @@ macro_rules! errln {
     };
 }
 pub(crate) use errln;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_local_iso_8601() {
+        let t = local_time(1_796_600_554);
+        // "YYYY-MM-DD HH:MM:SS +HHMM", whatever the local zone.
+        assert_eq!(t.len(), 25, "{t}");
+        assert_eq!(&t[4..5], "-");
+        assert_eq!(&t[10..11], " ");
+        assert!(t[20..].starts_with('+') || t[20..].starts_with('-'), "{t}");
+    }
+
+    #[test]
+    fn holders_name_the_epoch_once() {
+        let h = show_holder("pid 12 on host vm since 1796600554 (unix time), epoch 3");
+        assert!(h.starts_with("pid 12 on host vm since 20"), "{h}");
+        assert!(!h.contains("epoch") && !h.contains("unix"), "{h}");
+        assert_eq!(show_holder(""), "");
+    }
+}

@@ -71,7 +71,8 @@ pub fn mount(
     }
     // Check what can be checked here, so the common mistakes answer at once and
     // nothing is started.
-    daemon::check_mountpoint(mountpoint).or_fail(&what)?;
+    let mnt = daemon::check_mountpoint(mountpoint).or_fail(&what)?;
+    daemon::check_mountpoint_empty(&mnt, &opts).or_fail(&what)?;
     Layout::new(store).read_format().or_fail(&what)?;
     let store_abs = std::fs::canonicalize(store).unwrap_or(store.to_path_buf());
     let mnt_abs = std::fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf());
@@ -138,7 +139,7 @@ pub fn render_status(v: &StatusReply) -> String {
     s.push_str(&format!(
         "lock:       {} (epoch {})\n",
         if v.locked {
-            format!("held by {}", v.holder)
+            format!("held by {}", output::show_holder(&v.holder))
         } else {
             "free".to_string()
         },
@@ -171,7 +172,10 @@ pub fn render_status(v: &StatusReply) -> String {
                 s.push_str(&format!(
                     "reconcile:  {} at {} ({}): repaired {}{}\n",
                     lr["kind"].as_str().unwrap_or("?"),
-                    lr["at"],
+                    match lr["at"].as_i64() {
+                        Some(t) => output::local_time(t),
+                        None => lr["at"].to_string(),
+                    },
                     lr["reason"].as_str().unwrap_or(""),
                     lr["repaired"],
                     match lr["duration_ms"].as_u64() {

@@ -10,7 +10,46 @@ use decofs::control::{self, protocol};
 use decofs::jsonpath::WirePath;
 use decofs::store::layout::parse_duration;
 
-use super::output::{self, invalid, outln, Context, Outcome};
+use decofs::control::Report;
+
+use super::output::{self, invalid, outln, Context, Failure, Outcome};
+
+/// `trash purge` without a selector empties the whole trash, for good: ask on a
+/// terminal; without one (a script, a pipe), refuse unless --all says so.
+fn confirm_purge_all(target: &Path, what: &str) -> Result<(), Failure> {
+    let report = |code: &str, reason: &str| {
+        Failure::new(Report {
+            what: what.into(),
+            code: code.into(),
+            reason: reason.into(),
+            suggestion: "pass --all to purge the whole trash, or select entries with \
+                         --older-than DURATION or --id ID"
+                .into(),
+        })
+    };
+    if !output::interactive() {
+        return Err(report(
+            "confirmation_required",
+            "no entries selected, and there is no terminal to confirm purging the whole trash",
+        ));
+    }
+    let (store, _, _) = control::locate(target).or_fail(what)?;
+    let v = control::run(&store, protocol::TrashLs {}, false).or_fail(what)?;
+    let bytes: u64 = v.entries.iter().map(|e| e.size).sum();
+    let question = format!(
+        "purge everything in the trash of {} ({} entries, {bytes} bytes)? This cannot be undone. [y/N] ",
+        target.display(),
+        v.entries.len()
+    );
+    if output::ask(&question) {
+        Ok(())
+    } else {
+        Err(report(
+            "not_confirmed",
+            "the purge was not confirmed; nothing was purged",
+        ))
+    }
+}
 
 #[derive(Subcommand)]
 pub enum TrashCmd {
@@ -25,14 +64,18 @@ pub enum TrashCmd {
         #[arg(long)]
         to: Option<PathBuf>,
     },
-    /// Purge (free) trash entries: all, those older than a duration (30s, 10m, 2h, 1d),
-    /// or one id.
+    /// Purge (free for good) trash entries: those older than a duration (30s, 10m, 2h,
+    /// 1d), one id, or everything with --all. Without a selector it asks on a terminal
+    /// and is refused otherwise (confirmation_required).
     Purge {
         target: PathBuf,
         #[arg(long, value_name = "DURATION")]
         older_than: Option<String>,
         #[arg(long)]
         id: Option<String>,
+        /// Purge everything in the trash, without asking.
+        #[arg(long, conflicts_with_all = ["older_than", "id"])]
+        all: bool,
     },
 }
 
@@ -57,19 +100,22 @@ pub fn run(cmd: TrashCmd, json: bool) -> Outcome {
             }
             let mut o = output::Out::new();
             o.str(&format!(
-                "{:<36}  {:<14}  {:>12}  {:<9}  ORIGIN\n",
-                "ID", "DELETED (unix)", "SIZE", "KIND"
+                "{:<36}  {:<25}  {:>12}  {:<9}  ORIGIN\n",
+                "ID", "DELETED", "SIZE", "KIND"
             ));
             for e in &v.entries {
                 let origin = match &e.origin {
                     Some(p) => p.show(),
                     None => format!("(gone)/{}", e.origin_name.show()),
                 };
-                // The numbers are not padded: earlier builds printed them as JSON
-                // values, which ignore the column widths, and scripts may rely on it.
+                // Times are local for people; `--json` keeps unix seconds.
                 o.str(&format!(
-                    "{:<36}  {}  {}  {:<9}  {}\n",
-                    e.id, e.deleted_at, e.size, e.kind, origin
+                    "{:<36}  {:<25}  {:>12}  {:<9}  {}\n",
+                    e.id,
+                    output::local_time(e.deleted_at),
+                    e.size,
+                    e.kind,
+                    origin
                 ));
             }
         }
@@ -96,8 +142,12 @@ pub fn run(cmd: TrashCmd, json: bool) -> Outcome {
             target,
             older_than,
             id,
+            all,
         } => {
             let what = "cannot purge the trash";
+            if older_than.is_none() && id.is_none() && !all {
+                confirm_purge_all(&target, what)?;
+            }
             let older_than = match older_than {
                 Some(d) => Some(parse_duration(&d).ok_or_else(|| {
                     invalid(

@@ -33,10 +33,15 @@ pub fn run(cmd: VersionsCmd, json: bool) -> Outcome {
                 return Ok(ExitCode::SUCCESS);
             }
             let mut o = output::Out::new();
-            o.str(&format!("{:<20}  {:>12}  MTIME (unix)\n", "REV", "SIZE"));
+            o.str(&format!("{:<20}  {:>12}  MTIME\n", "REV", "SIZE"));
             for r in &v.versions {
-                // The size is not padded, as earlier builds printed it (see trash ls).
-                o.str(&format!("{:<20}  {}  {}\n", r.rev, r.size, r.mtime));
+                // Times are local for people; `--json` keeps unix seconds.
+                o.str(&format!(
+                    "{:<20}  {:>12}  {}\n",
+                    r.rev,
+                    r.size,
+                    output::local_time(r.mtime)
+                ));
             }
         }
         VersionsCmd::Restore { rev, .. } => {

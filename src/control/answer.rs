@@ -168,6 +168,11 @@ impl StoreAnswer for TrashPurge {
 impl StoreAnswer for VersionsLs {
     fn answer(&self, store: &Store) -> Result<VersionList> {
         let id = store.names().resolve_path(&self.path.0)?;
+        // Revisions are kept per file: a directory has none, and an empty table would
+        // read as "this file has no earlier versions".
+        if store.records.read(id)?.kind == Kind::Dir {
+            return Err(Error::IsDir);
+        }
         let versions = store
             .revisions
             .list(id)?

@@ -65,3 +65,33 @@ pub fn locate(p: &Path) -> Result<(PathBuf, Option<PathBuf>, PathBuf)> {
     }
     Err(Error::StoreNotFound(p.to_path_buf()))
 }
+
+/// What a person should do about `e`: the store's suggestion, except where it depends
+/// on the path given. A path that does not exist or holds something else is a mistake
+/// to correct, not a place to `decofs init`; only an empty directory is.
+pub fn suggestion(e: &Error) -> String {
+    const GIVE: &str = "give a decofs mountpoint, a store, or a path inside one \
+                        (`findmnt -t fuse.decofs` lists the mounts)";
+    match e {
+        Error::StoreNotFound(p) if fs::symlink_metadata(p).is_err() => {
+            format!("check the path: {} does not exist; {GIVE}", p.display())
+        }
+        Error::StoreNotFound(_) => GIVE.into(),
+        Error::NotAStore(p) if is_empty_dir(p) => format!(
+            "{GIVE}; to make a new store in this empty directory, run `decofs init {}`",
+            p.display()
+        ),
+        Error::NotAStore(_) => GIVE.into(),
+        Error::NotFound => "check the path; what was deleted is listed by \
+                            `decofs trash ls MOUNTPOINT`"
+            .into(),
+        Error::IsDir => "give a file: revisions are kept per file (a deleted directory \
+                         comes back whole with `decofs trash restore`)"
+            .into(),
+        _ => e.suggestion(),
+    }
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
+}

@@ -38,7 +38,7 @@ impl Report {
             what: what.into(),
             code: e.code().into(),
             reason: e.to_string(),
-            suggestion: e.suggestion(),
+            suggestion: super::locate::suggestion(e),
         }
     }
 

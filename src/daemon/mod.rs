@@ -75,6 +75,32 @@ pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
     Ok(canon)
 }
 
+/// A mount hides what is in its mountpoint until it is unmounted: refuse a mountpoint
+/// that has anything in it (code `mountpoint_not_empty`) unless `-o nonempty`. A
+/// directory that cannot be listed is left to the mount to judge.
+pub fn check_mountpoint_empty(p: &Path, opts: &MountOpts) -> std::result::Result<(), Report> {
+    if opts.nonempty {
+        return Ok(());
+    }
+    let Ok(mut entries) = fs::read_dir(p) else {
+        return Ok(());
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let reason = format!(
+        "mountpoint {} is not empty (a mount would hide what is in it)",
+        p.display()
+    );
+    Err(Report {
+        what: reason.clone(),
+        code: "mountpoint_not_empty".into(),
+        reason,
+        suggestion: "mount on an empty directory, or pass -o nonempty to mount over it anyway"
+            .into(),
+    })
+}
+
 /// Block the termination signals in this thread (and so in every thread spawned after)
 /// and handle them in one thread with sigwait.
 fn block_signals() -> libc::sigset_t {
@@ -99,16 +125,21 @@ pub fn run_foreground(
     mountpoint: &Path,
     opts: &MountOpts,
     threads: usize,
-) -> Result<()> {
+) -> std::result::Result<(), Report> {
     // Before any thread exists, so every thread inherits the mask and only the sigwait
     // thread below ever receives these signals.
     let set = block_signals();
-    let res = prepare(store_path, mountpoint, opts, threads);
+    let res = check_mountpoint(mountpoint)
+        .map_err(|e| Report::reply(&e))
+        .and_then(|m| check_mountpoint_empty(&m, opts))
+        .and_then(|()| {
+            prepare(store_path, mountpoint, opts, threads).map_err(|e| Report::reply(&e))
+        });
     let (store, session, mnt) = match res {
         Ok(x) => x,
-        Err(e) => {
-            spawn::report_ready(Err(Report::reply(&e)));
-            return Err(e);
+        Err(r) => {
+            spawn::report_ready(Err(r.clone()));
+            return Err(r);
         }
     };
     let store_root = store.layout.root.clone();
@@ -198,7 +229,7 @@ pub fn run_foreground(
         let _ = fs::remove_file(p);
     }
     log::info!("unmounted {}", mnt.display());
-    res.and(commit)
+    res.and(commit).map_err(|e| Report::reply(&e))
 }
 
 type Prepared = (Arc<Store>, fuser::Session<DecoFs>, PathBuf);

@@ -25,6 +25,52 @@ pub struct MountOpts {
     /// readahead=KIB: the kernel's readahead window for this mount (None: the default,
     /// READAHEAD_KIB; 0 keeps the kernel's own, 128 KiB).
     pub readahead_kib: Option<u32>,
+    /// nonempty: mount over a directory that has files in it (hiding them meanwhile).
+    pub nonempty: bool,
+}
+
+/// Every option `-o` accepts, as `decofs mount --help` lists them (a unit test checks
+/// that each one parses).
+pub const HELP: &str = "Comma-separated mount options (each value is checked; an unknown \
+option or a bad value is refused with invalid_option and nothing is mounted):
+  ro, rw                       read-only (beside the one read-write mount) or read-write
+  allow_other, allow_root      let other users (or root) use the mount
+  nonempty                     mount over a directory that is not empty (its files are
+                               hidden while mounted; refused with mountpoint_not_empty
+                               otherwise)
+  dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync, async, dirsync
+                               passed to the kernel (devices and set-ID bits are off
+                               unless dev/suid)
+  log=LEVEL                    the daemon's log level: off, error, warn, info, debug,
+                               trace, or TARGET=LEVEL (RUST_LOG wins if set)
+  trash_retention=DURATION     how long deleted files stay restorable (0: no trash)
+  revisions_keep=N             earlier versions kept per file
+  revisions_max_age=DURATION   how long earlier versions are kept
+  index=on, index=off, noindex
+                               keep (default) or keep no metadata index
+  index_queue=N                the index's change queue capacity (N > 0, default 65536)
+  index_delay=MS               pause the index worker after each batch (testing)
+  readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
+                               0 keeps the kernel's 128 KiB)
+  defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
+                               accepted and ignored (fstab)
+DURATION: seconds, or a number with s, m, h, d or w (e.g. 1d).";
+
+/// The levels `log=` takes (as RUST_LOG).
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Is `v` a log filter `log=` accepts: LEVEL or TARGET=LEVEL (a Rust module path)?
+pub fn valid_log_filter(v: &str) -> bool {
+    let (target, level) = match v.split_once('=') {
+        Some((t, l)) => (Some(t), l),
+        None => (None, v),
+    };
+    let target_ok = target.is_none_or(|t| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    });
+    target_ok && LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str())
 }
 
 /// Default readahead window. The kernel caps a FUSE mount's readahead at 128 KiB, so a
@@ -62,7 +108,13 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
             "sync" => o.flags.push(MountOption::Sync),
             "async" => o.flags.push(MountOption::Async),
             "dirsync" => o.flags.push(MountOption::DirSync),
-            x if x.starts_with("log=") => {} // applied by main before logging starts
+            "nonempty" => o.nonempty = true,
+            // Applied by main before logging starts (only when valid).
+            x if x.starts_with("log=") => {
+                if !valid_log_filter(&x["log=".len()..]) {
+                    return Err(Error::BadOption(opt.to_string()));
+                }
+            }
             "index=off" | "noindex" => o.no_index = true,
             "index=on" => o.no_index = false,
             x if x.starts_with("index_queue=") => {
@@ -112,4 +164,62 @@ fn duration_opt(opt: &str) -> Result<u64> {
     opt.split_once('=')
         .and_then(|(_, v)| crate::store::layout::parse_duration(v))
         .ok_or_else(|| Error::BadOption(opt.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option the help lists parses (with a sample value), so the help and the
+    /// parser cannot drift apart silently.
+    #[test]
+    fn every_option_in_the_help_parses() {
+        let mut names = Vec::new();
+        for line in HELP.lines().skip(1) {
+            let Some(l) = line.strip_prefix("  ") else {
+                continue;
+            };
+            if l.starts_with(' ') {
+                continue;
+            }
+            let head = l.split("  ").next().unwrap_or("");
+            for n in head.split(", ") {
+                names.push(n.trim().to_string());
+            }
+        }
+        assert!(names.len() > 30, "{names:?}");
+        for n in &names {
+            let opt = match n.split_once('=') {
+                Some((k, "LEVEL")) => format!("{k}=debug"),
+                Some((k, "DURATION")) => format!("{k}=2h"),
+                Some((k, "N" | "MS" | "KIB")) => format!("{k}=7"),
+                _ => n.clone(),
+            };
+            assert!(parse_opts(&opt).is_ok(), "{opt} (from the help) must parse");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            "log=banana",
+            "log=",
+            "log=decofs=loud",
+            "index=maybe",
+            "index_queue=0",
+            "index_queue=x",
+            "index_delay=-1",
+            "readahead=2000000",
+            "readahead=fast",
+            "trash_retention=soon",
+            "revisions_keep=-3",
+            "revisions_max_age=",
+            "nonempty=yes",
+            "frobnicate",
+        ] {
+            assert!(parse_opts(bad).is_err(), "{bad} must be refused");
+        }
+        assert!(parse_opts("log=decofs=debug,nonempty,ro").is_ok());
+        assert!(parse_opts("nonempty").unwrap().nonempty);
+    }
 }
