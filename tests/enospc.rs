@@ -280,7 +280,7 @@ impl SmallFs {
         common::sh(&format!(
             "setfattr -n user.x -v 1 '{r}' && getfattr -n user.x '{r}' >/dev/null && setfattr -x user.x '{r}'"
         ));
-        let out = common::decofs(&["init", s.store.to_str().unwrap()]);
+        let out = common::decofs(&["init", s.store.to_str().unwrap(), "--trash-min-age", "0"]);
         assert!(
             out.status.success(),
             "init on {}: {}",

@@ -211,6 +211,87 @@ fn a_restored_tree_appears_whole_at_once() {
     assert!(after["entries"].as_array().unwrap().is_empty());
 }
 
+/// Scratch files skip the trash: names that are scratch by convention, and files
+/// deleted younger than `trash_min_age`; everything else is kept. A scratch file
+/// deleted while open lives until its last close and is freed then. Both rules are
+/// set at init and per mount.
+#[test]
+fn scratch_files_skip_the_trash() {
+    let mut m = Mount::with_init(&["--trash-min-age", "1s"], "allow_other");
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    let mnt = mnt.as_str();
+    let format = fs::read_to_string(m.store.join("decofs.format")).unwrap();
+    assert!(format.contains("trash_min_age 1\n"), "{format}");
+    assert!(format.contains("*-journal"), "{format}");
+    for old in [
+        "notes.txt",
+        "db.sqlite-journal",
+        "draft.tmp",
+        ".notes.txt.swp",
+        "x~",
+    ] {
+        fs::write(m.path(old), "old enough").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    fs::write(m.path("young.txt"), "just made").unwrap();
+    let mut open = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("open.part"))
+        .unwrap();
+    open.write_all(b"still open").unwrap();
+    for name in [
+        "notes.txt",
+        "db.sqlite-journal",
+        "draft.tmp",
+        ".notes.txt.swp",
+        "x~",
+        "young.txt",
+        "open.part",
+    ] {
+        fs::remove_file(m.path(name)).unwrap();
+    }
+    let origins = |mnt: &str| -> Vec<String> {
+        let mut v: Vec<String> = ok_json(&["trash", "ls", mnt])["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["origin"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        origins(mnt),
+        ["notes.txt"],
+        "only the file that is not scratch"
+    );
+    // The deleted scratch file is readable and writable until its last close.
+    open.write_all(b", written after the delete").unwrap();
+    let mut back = vec![0u8; 64];
+    let n = open.read_at(&mut back, 0).unwrap();
+    assert_eq!(&back[..n], b"still open, written after the delete");
+    drop(open);
+    m.unmount();
+    // Freed, not orphaned: fsck finds nothing to repair or re-trash.
+    let out = decofs(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Per mount: no patterns and no age limit, and every deleted file is kept.
+    m.opts = "allow_other,trash_skip=,trash_min_age=0".into();
+    m.mount();
+    fs::write(m.path("b.tmp"), "kept now").unwrap();
+    fs::remove_file(m.path("b.tmp")).unwrap();
+    assert_eq!(origins(mnt), ["b.tmp", "notes.txt"]);
+}
+
 /// Files deleted right after they were made (sqlite's `-journal` lives for one
 /// transaction) take the trash links made ahead for them (`store/spare.rs`): every one
 /// is in the trash under its own name, restores whole, and fsck finds the links sound.

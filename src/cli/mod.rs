@@ -68,6 +68,14 @@ pub enum Cmd {
         /// How long earlier versions are kept (e.g. 30d).
         #[arg(long, default_value = "30d")]
         revisions_max_age: String,
+        /// A file deleted younger than this (since it was made) skips the trash: a
+        /// program's scratch file. 0 keeps every deleted file.
+        #[arg(long, default_value = "5s")]
+        trash_min_age: String,
+        /// Names of files that skip the trash whatever their age: ':'-separated globs
+        /// (* and ?), empty for none.
+        #[arg(long, default_value = decofs::store::layout::SCRATCH_DEFAULT)]
+        trash_skip: String,
     },
     /// Mount STORE on MOUNTPOINT. Returns once the mount is live.
     Mount {
@@ -241,12 +249,15 @@ fn run(cli: Cli) -> Outcome {
             trash_retention,
             revisions_keep,
             revisions_max_age,
+            trash_min_age,
+            trash_skip,
         } => store_cmds::init(
             &store,
             chunk_size,
             &trash_retention,
             revisions_keep,
             &revisions_max_age,
+            (&trash_min_age, &trash_skip),
         ),
         Cmd::Mount {
             store,

@@ -17,6 +17,7 @@ pub fn init(
     trash_retention: &str,
     revisions_keep: u32,
     revisions_max_age: &str,
+    (trash_min_age, trash_skip): (&str, &str),
 ) -> Outcome {
     let what = format!("cannot create a store at {}", store.display());
     let dur = |s: &str| {
@@ -32,6 +33,14 @@ pub fn init(
         trash_retention_secs: dur(trash_retention)?,
         revisions_keep,
         revisions_max_age_secs: dur(revisions_max_age)?,
+        trash_min_age_secs: dur(trash_min_age)?,
+        trash_skip: layout::ScratchNames::parse(trash_skip).map_err(|e| {
+            invalid(
+                &what,
+                format!("--trash-skip: {e}"),
+                "give file name patterns separated by ':', e.g. '*.tmp:*~'",
+            )
+        })?,
     };
     let f = Store::init_with(store, chunk_size, policy).or_fail(&what)?;
     outln!(

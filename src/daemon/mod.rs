@@ -281,6 +281,12 @@ fn prepare(
     if let Some(v) = opts.revisions_max_age {
         policy.revisions_max_age_secs = v;
     }
+    if let Some(v) = opts.trash_min_age {
+        policy.trash_min_age_secs = v;
+    }
+    if let Some(v) = &opts.trash_skip {
+        policy.trash_skip = v.clone();
+    }
     store.set_policy(policy);
     let fs_ = DecoFs::new(store.clone());
     let session = fuser::Session::new(fs_, &mnt, &config).map_err(|e| match e.raw_os_error() {

@@ -18,6 +18,9 @@ pub struct MountOpts {
     pub trash_retention: Option<u64>,
     pub revisions_keep: Option<u32>,
     pub revisions_max_age: Option<u64>,
+    /// Scratch files: trash_min_age=DURATION, trash_skip=PATTERN:PATTERN...
+    pub trash_min_age: Option<u64>,
+    pub trash_skip: Option<crate::store::layout::ScratchNames>,
     /// index=off: keep no metadata index (find/du/changes are then unavailable).
     pub no_index: bool,
     /// index_queue=N, index_delay=MS.
@@ -46,6 +49,11 @@ option or a bad value is refused with invalid_option and nothing is mounted):
   trash_retention=DURATION     how long deleted files stay restorable (0: no trash)
   revisions_keep=N             earlier versions kept per file
   revisions_max_age=DURATION   how long earlier versions are kept
+  trash_min_age=DURATION       a file deleted younger than this skips the trash
+                               (default 5s; 0 keeps every deleted file)
+  trash_skip=PATTERNS          names that skip the trash, ':'-separated globs (* and ?);
+                               empty for none (default: *-journal, *-wal, *-shm, .*.swp,
+                               *~, *.tmp, *.part, ... see decofs init --help)
   index=on, index=off, noindex
                                keep (default) or keep no metadata index
   index_queue=N                the index's change queue capacity (N > 0, default 65536)
@@ -146,6 +154,15 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
             x if x.starts_with("revisions_max_age=") => {
                 o.revisions_max_age = Some(duration_opt(opt)?);
             }
+            x if x.starts_with("trash_min_age=") => {
+                o.trash_min_age = Some(duration_opt(opt)?);
+            }
+            x if x.starts_with("trash_skip=") => {
+                o.trash_skip = Some(
+                    crate::store::layout::ScratchNames::parse(&x["trash_skip=".len()..])
+                        .map_err(|_| Error::BadOption(opt.to_string()))?,
+                );
+            }
             x if x.starts_with("revisions_keep=") => {
                 o.revisions_keep = Some(
                     opt["revisions_keep=".len()..]
@@ -193,6 +210,7 @@ mod tests {
                 Some((k, "LEVEL")) => format!("{k}=debug"),
                 Some((k, "DURATION")) => format!("{k}=2h"),
                 Some((k, "N" | "MS" | "KIB")) => format!("{k}=7"),
+                Some((k, "PATTERNS")) => format!("{k}=*.bak:#*"),
                 _ => n.clone(),
             };
             assert!(parse_opts(&opt).is_ok(), "{opt} (from the help) must parse");
@@ -212,6 +230,8 @@ mod tests {
             "readahead=2000000",
             "readahead=fast",
             "trash_retention=soon",
+            "trash_min_age=young",
+            "trash_skip=a/b",
             "revisions_keep=-3",
             "revisions_max_age=",
             "nonempty=yes",

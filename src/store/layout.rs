@@ -40,7 +40,7 @@ pub struct Format {
 }
 
 /// How long deleted and overwritten content is kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// Trashed nodes older than this are purged; 0 turns trash off (space is freed at
     /// once, open files still live until their last close).
@@ -49,7 +49,15 @@ pub struct Policy {
     pub revisions_keep: u32,
     /// Revisions older than this are dropped.
     pub revisions_max_age_secs: u64,
+    /// A file deleted less than this long after it was made skips the trash (a
+    /// program's scratch file); 0 keeps every deleted file.
+    pub trash_min_age_secs: u64,
+    /// Names of files that skip the trash whatever their age (scratch by convention).
+    pub trash_skip: ScratchNames,
 }
+
+/// The default `trash_min_age`, in seconds (docs/DESIGN.md, "Scratch files").
+pub const TRASH_MIN_AGE_SECS: u64 = 5;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -57,8 +65,80 @@ impl Default for Policy {
             trash_retention_secs: 86_400,
             revisions_keep: 10,
             revisions_max_age_secs: 30 * 86_400,
+            trash_min_age_secs: TRASH_MIN_AGE_SECS,
+            trash_skip: ScratchNames::default(),
         }
     }
+}
+
+/// File name patterns (`*` any run of bytes, `?` one byte), `:`-separated when written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScratchNames(std::sync::Arc<Vec<String>>);
+
+/// Scratch files by convention: sqlite's journals, editors' swap, backup and lock
+/// files, git's temporary objects and packs, downloads in progress, temporary files,
+/// Office's owner files. Not `*.lock`: Cargo.lock and its kind are real files; git's
+/// lock files live for milliseconds and skip the trash by age.
+pub const SCRATCH_DEFAULT: &str = "*-journal:*-wal:*-shm:.*.swp:.*.swo:.*.swx:*~:#*#:.#*:\
+tmp_obj_*:tmp_pack_*:tmp_idx_*:*.tmp:*.part:*.crdownload:~$*";
+
+impl Default for ScratchNames {
+    fn default() -> Self {
+        ScratchNames::parse(SCRATCH_DEFAULT).expect("the default patterns parse")
+    }
+}
+
+impl ScratchNames {
+    /// Patterns separated by `:`; empty means none. A pattern holding `/` or NUL, or
+    /// longer than a name can be, is refused.
+    pub fn parse(s: &str) -> std::result::Result<ScratchNames, String> {
+        let mut v = Vec::new();
+        for p in s.split(':').filter(|p| !p.is_empty()) {
+            if p.contains('/') || p.contains('\0') || p.len() > 255 {
+                return Err(format!("'{p}' is not a file name pattern"));
+            }
+            v.push(p.to_string());
+        }
+        Ok(ScratchNames(std::sync::Arc::new(v)))
+    }
+
+    /// Does some pattern match the whole name?
+    pub fn matches(&self, name: &[u8]) -> bool {
+        self.0.iter().any(|p| glob_match(p.as_bytes(), name))
+    }
+}
+
+impl std::fmt::Display for ScratchNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(":"))
+    }
+}
+
+/// `*` and `?` glob matching, iterative (backtracking to the last `*` only).
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// Parse a duration: plain seconds or a number with s, m, h, d, w.
@@ -212,14 +292,16 @@ impl Layout {
     /// leaves nothing that could be mistaken for one.
     pub fn write_format(&self, f: &Format) -> Result<()> {
         let text = format!(
-            "decofs-format {}\nstore {}\nroot {}\nchunk_size {}\ntrash_retention {}\nrevisions_keep {}\nrevisions_max_age {}\n",
+            "decofs-format {}\nstore {}\nroot {}\nchunk_size {}\ntrash_retention {}\nrevisions_keep {}\nrevisions_max_age {}\ntrash_min_age {}\ntrash_skip {}\n",
             FORMAT_VERSION,
             f.store_id,
             f.root,
             f.chunk_size,
             f.policy.trash_retention_secs,
             f.policy.revisions_keep,
-            f.policy.revisions_max_age_secs
+            f.policy.revisions_max_age_secs,
+            f.policy.trash_min_age_secs,
+            f.policy.trash_skip
         );
         let tmp = self.sessions().join("format.tmp");
         let mut file = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
@@ -276,6 +358,15 @@ impl Layout {
                 (Some("revisions_max_age"), Some(v)) => {
                     policy.revisions_max_age_secs =
                         v.trim().parse().unwrap_or(policy.revisions_max_age_secs)
+                }
+                (Some("trash_min_age"), Some(v)) => {
+                    policy.trash_min_age_secs =
+                        v.trim().parse().unwrap_or(policy.trash_min_age_secs)
+                }
+                (Some("trash_skip"), v) => {
+                    if let Ok(n) = ScratchNames::parse(v.unwrap_or("").trim()) {
+                        policy.trash_skip = n;
+                    }
                 }
                 _ => {}
             }

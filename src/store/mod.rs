@@ -159,7 +159,7 @@ impl Store {
         read_only: bool,
         lock: Option<StoreLock>,
     ) -> Store {
-        let policy = format.policy;
+        let policy = format.policy.clone();
         let local = Arc::new(blobs);
         let spares = spare::Spares::new(layout.clone(), local.clone());
         let blobs: Arc<dyn BlobStore> = local.clone();
@@ -289,7 +289,7 @@ impl Store {
 
     /// Retention in force.
     pub fn policy(&self) -> layout::Policy {
-        *self.policy.lock()
+        self.policy.lock().clone()
     }
 
     pub fn set_policy(&self, p: layout::Policy) {

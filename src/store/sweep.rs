@@ -187,7 +187,7 @@ impl Sweeper<'_> {
     /// Drop revisions of `id` beyond the count or age limits. Returns (dropped, blobs
     /// they referenced).
     pub(crate) fn prune_revisions(&self, id: NodeId) -> Result<(u64, Vec<Hash>)> {
-        let p = *self.policy.lock();
+        let p = self.policy.lock().clone();
         let now = Time::now().unix_nanos();
         let max_age = p.revisions_max_age_secs as i128 * 1_000_000_000;
         // Asked after every commit that keeps a revision, and of every file with

@@ -30,7 +30,7 @@ use super::event::{Event, Op};
 use super::layout::{Layout, Policy};
 use super::lock::Fence;
 use super::names::Names;
-use super::node::{Hash, Kind, NodeId, Status, Time};
+use super::node::{Hash, Kind, NodeId, NodeRecord, Status, Time};
 use super::pins::Pins;
 use super::records::Records;
 use super::spare::Spares;
@@ -88,6 +88,8 @@ pub(super) enum PreTrash {
     Linked(PathBuf),
     /// No space for the trash link: the node is deleted for good.
     Full,
+    /// A scratch file: freed, not kept.
+    Scratch,
 }
 
 /// Undo: the trash (what deleting keeps, restoring, purging) and restoring revisions.
@@ -110,7 +112,7 @@ pub struct Trash<'a> {
 
 impl Trash<'_> {
     fn policy(&self) -> Policy {
-        *self.policy.lock()
+        self.policy.lock().clone()
     }
 
     /// A handle of `id` closed. With trash off, the last close of an unlinked file frees it.
@@ -132,6 +134,27 @@ impl Trash<'_> {
         }
     }
 
+    /// Does a file deleted now skip the trash? When its name is a scratch name, or it
+    /// lived less than `trash_min_age` (docs/DESIGN.md, "Scratch files"). Directories
+    /// always go to the trash (what was deleted out of them is restored with them).
+    fn scratch(&self, rec: &NodeRecord, name: &OsStr, now: Time) -> bool {
+        let p = self.policy.lock();
+        if rec.kind == Kind::Dir || p.trash_retention_secs == 0 {
+            return false;
+        }
+        let age = now.unix_nanos() - rec.crtime.unix_nanos();
+        p.trash_skip.matches(name.as_bytes()) || age < p.trash_min_age_secs as i128 * 1_000_000_000
+    }
+
+    /// A scratch file lost its last name: free it now, or at its last close if open.
+    pub(crate) fn discard(&self, id: NodeId) -> Result<()> {
+        self.pins.mark_unlinked(id);
+        if self.pins.pinned(id) || self.sessions.contains(id) {
+            return Ok(()); // `unpin` frees it at the last close
+        }
+        self.free_unlinked(id)
+    }
+
     /// Called by `tree` once a node went to trash: with trash off, free it now.
     pub(crate) fn trashed(&self, id: NodeId) -> Result<()> {
         if self.policy().trash_retention_secs == 0
@@ -143,15 +166,22 @@ impl Trash<'_> {
         Ok(())
     }
 
-    /// Before removing what may be the last name of `id`, link it from the trash. If that
-    /// fails (a full disk needs a new block in `trash/`), nothing has changed yet; the
-    /// other order could leave a node that neither a directory nor the trash reaches.
-    pub(super) fn pre_trash(&self, id: NodeId) -> Result<PreTrash> {
+    /// Before removing what may be the last name of `id` (`name`), link it from the
+    /// trash. If that fails (a full disk needs a new block in `trash/`), nothing has
+    /// changed yet; the other order could leave a node that neither a directory nor the
+    /// trash reaches. A scratch file (`scratch`) is not linked: it is freed instead.
+    pub(super) fn pre_trash(&self, id: NodeId, name: &OsStr) -> Result<PreTrash> {
         let rec = self.records.read(id)?;
         if rec.kind != Kind::Dir && rec.nlink > 1 {
             return Ok(PreTrash::NotLast);
         }
         let now = Time::now();
+        if self.scratch(&rec, name, now) {
+            if let Some(ahead) = self.spares.take_trash(id) {
+                let _ = fs::remove_file(ahead);
+            }
+            return Ok(PreTrash::Scratch);
+        }
         let nanos = now.unix_nanos();
         let link = self.layout.trash().join(format!("{nanos}.{id}"));
         // A link made ahead (see `spare`) if the node has one, else a new one.
@@ -646,13 +676,9 @@ impl Trash<'_> {
     /// free it now (or at its last close), so deleting files can still free space.
     pub(crate) fn untrashable(&self, id: NodeId) -> Result<()> {
         log::warn!("node {id}: no space to keep it in the trash; it is deleted for good");
-        // Marked before the check: a last close racing this either finds the mark (and
-        // frees the node) or was over before the check (and this frees it).
-        self.pins.mark_unlinked(id);
-        if self.pins.pinned(id) || self.sessions.contains(id) {
-            return Ok(()); // `unpin` frees it at the last close
-        }
-        self.free_unlinked(id)
+        // Marked before the check (in `discard`): a last close racing this either finds
+        // the mark (and frees the node) or was over before the check (and this frees it).
+        self.discard(id)
     }
 
     /// Free a node `untrashable` marked, unless someone else did already.

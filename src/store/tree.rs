@@ -325,10 +325,12 @@ impl Tree<'_> {
         match (rec.nlink == 0, prepared) {
             (true, PreTrash::Linked(_)) => self.trash.trashed(id)?,
             (true, PreTrash::Full) => self.trash.untrashable(id)?,
+            (true, PreTrash::Scratch) => self.trash.discard(id)?,
             (true, PreTrash::NotLast) => {
                 // It lost its other links meanwhile: trash it now.
-                match self.trash.pre_trash(id)? {
+                match self.trash.pre_trash(id, name)? {
                     PreTrash::Full => self.trash.untrashable(id)?,
+                    PreTrash::Scratch => self.trash.discard(id)?,
                     _ => self.trash.trashed(id)?,
                 }
             }
@@ -348,7 +350,7 @@ impl Tree<'_> {
         if self.records.read(id)?.kind == Kind::Dir {
             return Err(Error::IsDir);
         }
-        let prepared = self.trash.pre_trash(id)?;
+        let prepared = self.trash.pre_trash(id, name)?;
         if let Err(e) = fs::remove_file(self.names.entry_path(parent, name)) {
             if let PreTrash::Linked(link) = prepared {
                 let _ = fs::remove_file(link);
@@ -377,7 +379,7 @@ impl Tree<'_> {
         if !self.names.is_empty_dir(id)? {
             return Err(Error::NotEmpty);
         }
-        let prepared = self.trash.pre_trash(id)?;
+        let prepared = self.trash.pre_trash(id, name)?;
         if let Err(e) = fs::remove_file(self.names.entry_path(parent, name)) {
             if let PreTrash::Linked(link) = prepared {
                 let _ = fs::remove_file(link);
@@ -484,7 +486,7 @@ impl Tree<'_> {
         };
         // The node this rename displaces is linked from the trash before it loses its name.
         let prepared = match dst {
-            Some(d) if mode == RenameMode::Replace => self.trash.pre_trash(d)?,
+            Some(d) if mode == RenameMode::Replace => self.trash.pre_trash(d, newname)?,
             _ => PreTrash::NotLast,
         };
         if let Err(e) = renameat2(&from, &to, flags) {

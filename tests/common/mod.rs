@@ -52,7 +52,14 @@ impl Mount {
         Mount::with_opts("allow_other")
     }
 
+    /// A store made with `--trash-min-age 0` (the tests delete files they just made and
+    /// look for them in the trash), mounted with `opts`.
     pub fn with_opts(opts: &str) -> Mount {
+        Mount::with_init(&["--trash-min-age", "0"], opts)
+    }
+
+    /// A store made by `decofs init` with `init_args`, mounted with `opts`.
+    pub fn with_init(init_args: &[&str], opts: &str) -> Mount {
         let dir = tempfile::Builder::new()
             .prefix("decofs-test")
             .tempdir_in(test_root())
@@ -60,7 +67,9 @@ impl Mount {
         let store = dir.path().join("store");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let out = decofs(&["init", store.to_str().unwrap()]);
+        let mut args = vec!["init", store.to_str().unwrap()];
+        args.extend_from_slice(init_args);
+        let out = decofs(&args);
         assert!(
             out.status.success(),
             "init failed: {}",
