@@ -363,6 +363,11 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
                     }
                 }),
             );
+            // Closed scratch files not deleted meanwhile (Data::close_write).
+            contained(
+                "scratch files",
+                panics::catch(|| st.data().commit_lingering()),
+            );
             // Each sweep scans every record for references: sweep at most every 2 s,
             // and on a store big enough for a scan to take long, wait ten times the
             // last scan, so sweeping takes at most a tenth of one core.

@@ -205,6 +205,7 @@ impl Store {
             followers: &self.followers,
             names: self.names(),
             trash: self.trash(),
+            data: self.data(),
         }
     }
 
@@ -223,6 +224,7 @@ impl Store {
             read_pattern: &self.read_pattern,
             debts: &self.debts,
             fsync_log: &self.fsync_log,
+            policy: &self.policy,
             chunk_size: self.chunk_size(),
             fsync: self.fsync(),
             sweeper: self.sweeper(),
@@ -489,10 +491,16 @@ mod tests {
         drop(d);
     }
 
+    /// A new store with 64 KiB chunks whose trash keeps files however young (the tests
+    /// delete files they just made).
     pub fn scratch() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("store");
-        Store::init(&p, 64 * 1024).unwrap();
+        let policy = layout::Policy {
+            trash_min_age_secs: 0,
+            ..Default::default()
+        };
+        Store::init_with(&p, 64 * 1024, policy).unwrap();
         let s = Store::open(&p, OpenOptions::default()).unwrap();
         (dir, s)
     }

@@ -149,6 +149,8 @@ impl Trash<'_> {
     /// A scratch file lost its last name: free it now, or at its last close if open.
     pub(crate) fn discard(&self, id: NodeId) -> Result<()> {
         self.pins.mark_unlinked(id);
+        // Closed, but its session lingers (`Data::close_write`): nothing to store.
+        self.data.drop_lingering(id);
         if self.pins.pinned(id) || self.sessions.contains(id) {
             return Ok(()); // `unpin` frees it at the last close
         }

@@ -28,6 +28,7 @@ use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::content::Data;
 use super::dirsync::DirDebts;
 use super::error::{Error, IoContext, Result};
 use super::event::Followers;
@@ -100,6 +101,7 @@ pub struct Tree<'a> {
     pub(super) followers: &'a Followers,
     pub(super) names: Names<'a>,
     pub(super) trash: Trash<'a>,
+    pub(super) data: Data<'a>,
 }
 
 impl Tree<'_> {
@@ -272,6 +274,7 @@ impl Tree<'_> {
         if rec.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
+        self.data.end_lingering(id)?;
         std::os::unix::fs::symlink(
             Layout::entry_target(id),
             self.names.entry_path(newparent, newname),
@@ -408,6 +411,7 @@ impl Tree<'_> {
         validate_name(newname)?;
         let src = self.names.lookup(parent, name)?;
         let srec = self.records.read(src)?;
+        self.data.end_lingering(src)?;
         self.names.dir_record(newparent)?;
         let dst = match self.names.lookup(newparent, newname) {
             Ok(id) => Some(id),

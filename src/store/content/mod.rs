@@ -57,7 +57,7 @@ use super::error::{Error, IoContext, Result};
 use super::event::Followers;
 use super::event::{Event, Op};
 use super::fsynclog::FsyncLog;
-use super::layout::Layout;
+use super::layout::{Layout, Policy};
 use super::lock::Fence;
 use super::node::{
     encode_body, frame, hash_hex, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
@@ -85,6 +85,7 @@ pub struct Data<'a> {
     pub(in crate::store) read_pattern: &'a ReadPattern,
     pub(in crate::store) debts: &'a DirDebts,
     pub(in crate::store) fsync_log: &'a Option<FsyncLog>,
+    pub(in crate::store) policy: &'a Mutex<Policy>,
     pub(in crate::store) chunk_size: u64,
     pub(in crate::store) fsync: Fsync<'a>,
     pub(in crate::store) sweeper: Sweeper<'a>,

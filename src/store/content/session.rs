@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use super::*;
 
 /// A session holding more head bytes in memory than this moves them to its staging file.
+/// How long a closed scratch file's session waits for its delete before it commits.
+pub(in crate::store) const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) const DIRTY_LIMIT: usize = 64 << 20;
 
 /// A session whose dirty chunks and staged ranges together exceed this many entries
@@ -124,6 +127,9 @@ pub struct Session {
     /// File byte ranges written since the last commit or logged delta (tracked while
     /// `chain` is set or `from_empty` holds).
     pub(super) unlogged: Ranges,
+    /// Since when a scratch file's session outlives its last close, uncommitted (see
+    /// `close_write`).
+    pub(super) linger: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -356,6 +362,7 @@ impl Data<'_> {
             chain: None,
             from_empty: rec.size == 0 && rec.content == Content::Empty,
             unlogged: Ranges::new(),
+            linger: None,
         };
         match &rec.content {
             Content::Inline(d) => {
@@ -399,6 +406,7 @@ impl Data<'_> {
                 s.lock().handles += 1;
                 drop(map);
                 let mut g = s.lock();
+                g.linger = None;
                 if !g.changed && g.base.is_none() {
                     // Unreadable now: no revision of it then, and the open still works
                     // (the handle is counted); a read reports the record's error.
@@ -432,6 +440,12 @@ impl Data<'_> {
     }
 
     /// A writing handle of `id` closed: the last one commits and ends the session.
+    ///
+    /// Except for a scratch file (by name, see `Policy::trash_skip`): its session
+    /// lingers, uncommitted, for up to `LINGER` (`commit_lingering`), so one deleted at
+    /// once (sqlite's journal: written, fsynced, closed, unlinked) never has its content
+    /// stored as a blob. What it fsynced is in the fsync log meanwhile; what a close
+    /// promises (the old content or the new after a power cut) holds.
     pub fn close_write(&self, id: NodeId) -> Result<()> {
         let Some(s) = self.sessions.get(id) else {
             return Ok(());
@@ -441,38 +455,113 @@ impl Data<'_> {
             g.handles = g.handles.saturating_sub(1);
             g.handles == 0
         };
+        if last && self.lingers(id) {
+            s.lock().linger = Some(std::time::Instant::now());
+            return Ok(());
+        }
         if last {
-            let res = self.commit(id, false);
-            let dropped = {
-                let mut map = self.sessions.map.lock();
-                let still_unused = map.get(&id).map(|s| s.lock().handles == 0).unwrap_or(false);
-                if still_unused {
-                    // Even if the commit failed (a full disk): the last handle is gone and
-                    // the error went to close(2); a session kept now would pin the node
-                    // forever.
-                    if let Err(e) = &res {
-                        log::error!(
-                            "node {id}: last close could not commit, unsaved writes dropped: {e}"
-                        );
-                        // Dropped here, so not brought back by a replay either (unless the
-                        // power fails before the file's next durable state is logged).
-                        if let Some(l) = &self.fsync_log {
-                            l.end_chain(id.0.into_bytes());
-                        }
-                    }
-                    map.remove(&id);
-                }
-                still_unused && res.is_err()
-            };
-            if dropped {
-                // The kernel still caches the dropped writes (pages and size): the file
-                // went back to its record behind its back. Told outside the sessions
-                // lock: the kernel waits for page locks a write in flight may hold.
-                self.followers.invalidated(id);
-            }
-            return res;
+            return self.end_session(id);
         }
         Ok(())
+    }
+
+    /// Is `id` a live scratch file whose session should outlive its last close?
+    fn lingers(&self, id: NodeId) -> bool {
+        let Ok(rec) = self.records.read(id) else {
+            return false;
+        };
+        let p = self.policy.lock();
+        p.trash_retention_secs > 0
+            && rec.nlink > 0
+            && rec.trash.is_none()
+            && p.trash_skip.matches(&rec.name)
+    }
+
+    /// Commit and end the sessions whose files were closed `LINGER` ago or more and not
+    /// opened since (the daemon calls this every second).
+    pub fn commit_lingering(&self) {
+        for id in self.sessions.ids() {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            let due = {
+                let g = s.lock();
+                g.handles == 0 && g.linger.is_some_and(|t| t.elapsed() >= LINGER)
+            };
+            if due {
+                if let Err(e) = self.end_session(id) {
+                    log::warn!("node {id}: committing a closed scratch file: {e}");
+                }
+            }
+        }
+    }
+
+    /// A scratch file lost its last name while its session lingers after its last
+    /// close: end the session without storing anything (its blobs made so far go to
+    /// the sweep). Returns whether it did.
+    pub(crate) fn drop_lingering(&self, id: NodeId) -> bool {
+        let mut map = self.sessions.map.lock();
+        let Some(s) = map.get(&id).cloned() else {
+            return false;
+        };
+        let g = s.lock();
+        if g.handles != 0 || g.linger.is_none() {
+            return false;
+        }
+        map.remove(&id);
+        drop(map);
+        self.sweeper.queue(g.sealed_here.iter().copied().collect());
+        if let Some(l) = self.fsync_log {
+            l.end_chain(id.0.into_bytes());
+        }
+        true
+    }
+
+    /// A file whose session lingers gets a name that may outlive it (a rename, a hard
+    /// link: `x.tmp` saved as `x`): commit it now, as its last close would have.
+    pub(crate) fn end_lingering(&self, id: NodeId) -> Result<()> {
+        let lingers = self.sessions.get(id).is_some_and(|s| {
+            let g = s.lock();
+            g.handles == 0 && g.linger.is_some()
+        });
+        if lingers {
+            self.end_session(id)?;
+        }
+        Ok(())
+    }
+
+    /// The last handle of `id` is gone: commit, and end the session unless a handle
+    /// opened it again meanwhile.
+    fn end_session(&self, id: NodeId) -> Result<()> {
+        let res = self.commit(id, false);
+        let dropped = {
+            let mut map = self.sessions.map.lock();
+            let still_unused = map.get(&id).map(|s| s.lock().handles == 0).unwrap_or(false);
+            if still_unused {
+                // Even if the commit failed (a full disk): the last handle is gone and
+                // the error went to close(2); a session kept now would pin the node
+                // forever.
+                if let Err(e) = &res {
+                    log::error!(
+                        "node {id}: last close could not commit, unsaved writes dropped: {e}"
+                    );
+                    // Dropped here, so not brought back by a replay either (unless the
+                    // power fails before the file's next durable state is logged).
+                    if let Some(l) = &self.fsync_log {
+                        l.end_chain(id.0.into_bytes());
+                    }
+                }
+                map.remove(&id);
+            }
+            still_unused && res.is_err()
+        };
+        if dropped {
+            // The kernel still caches the dropped writes (pages and size): the file
+            // went back to its record behind its back. Told outside the sessions
+            // lock: the kernel waits for page locks a write in flight may hold.
+            self.followers.invalidated(id);
+        }
+        res
     }
 
     /// Run `f` on the session of `id`; a session made just for `f` is committed and ended.

@@ -3,6 +3,7 @@
 use super::*;
 use crate::store::tests::{new_file, scratch};
 use crate::store::Store;
+use std::ffi::OsStr;
 
 #[test]
 fn write_read_across_chunks_and_holes() {
@@ -305,4 +306,89 @@ fn writes_do_not_read_the_chunk_they_modify() {
     want.extend(vec![3u8; cs]);
     assert_eq!(s.data().read(id, 0, (3 * cs) as u32).unwrap(), want);
     assert_eq!(s.records.read(id).unwrap().status, Status::Consistent);
+}
+
+/// A scratch file's session outlives its last close, uncommitted: deleted at once
+/// (sqlite's journal), nothing of it is stored; renamed or hard-linked to a name that
+/// may outlive it, or left alone for `LINGER`, it is committed as a close would have.
+#[test]
+fn a_closed_scratch_file_is_committed_late_or_never() {
+    let (_d, s) = scratch(); // 64 KiB chunks
+    let root = s.root();
+    let body: Vec<u8> = (0..150_000u32).map(|i| (i % 249) as u8 + 1).collect();
+    let written = |name: &str| {
+        let id = new_file(&s, name);
+        s.data().open_write(id).unwrap();
+        s.data().write(id, 0, &body).unwrap();
+        s.data().close_write(id).unwrap();
+        id
+    };
+    let blobs = |s: &Store| {
+        let mut n = 0;
+        s.blobs
+            .list(&mut |l| {
+                if let crate::store::blobs::Listed::Blob { .. } = l {
+                    n += 1;
+                }
+            })
+            .unwrap();
+        n
+    };
+
+    // Deleted right after its last close: never committed, freed whole.
+    let before = blobs(&s);
+    let j = written("db-journal");
+    assert!(
+        s.sessions.contains(j),
+        "the session lingers after the close"
+    );
+    assert_eq!(s.records.read(j).unwrap().size, 0, "not committed at close");
+    assert_eq!(
+        s.data().read(j, 0, 10).unwrap(),
+        &body[..10],
+        "readable meanwhile"
+    );
+    s.tree().unlink(root, OsStr::new("db-journal")).unwrap();
+    assert!(!s.sessions.contains(j));
+    assert!(matches!(s.records.read(j), Err(Error::NotFound)));
+    assert!(s.trash().list().unwrap().is_empty());
+    s.sweeper().run_pending_sweep().unwrap();
+    assert_eq!(
+        blobs(&s),
+        before,
+        "the deleted scratch file left blobs behind"
+    );
+
+    // Renamed to a lasting name: committed before the rename.
+    let t = written("save.tmp");
+    s.tree()
+        .rename(
+            root,
+            OsStr::new("save.tmp"),
+            root,
+            OsStr::new("save"),
+            crate::store::tree::RenameMode::Replace,
+        )
+        .unwrap();
+    assert!(!s.sessions.contains(t));
+    assert_eq!(s.records.read(t).unwrap().size, body.len() as u64);
+    assert_eq!(s.data().read(t, 0, 200_000).unwrap(), body);
+
+    // Opened again: the lingering ends; closed again, it lingers again.
+    let w = written("x.part");
+    s.data().open_write(w).unwrap();
+    s.data().commit_lingering();
+    assert!(s.sessions.contains(w));
+    s.data().close_write(w).unwrap();
+    assert_eq!(s.records.read(w).unwrap().size, 0);
+    // Left alone: committed by the daemon's next round once LINGER has passed.
+    std::thread::sleep(session::LINGER + std::time::Duration::from_millis(100));
+    s.data().commit_lingering();
+    assert!(!s.sessions.contains(w));
+    assert_eq!(s.data().read(w, 0, 200_000).unwrap(), body);
+
+    // A file whose name is not scratch commits at its last close, as always.
+    let f = written("data.bin");
+    assert!(!s.sessions.contains(f));
+    assert_eq!(s.records.read(f).unwrap().size, body.len() as u64);
 }
