@@ -12,6 +12,7 @@ mod check;
 mod index;
 mod lock;
 pub(crate) mod output;
+mod progress;
 mod store_cmds;
 mod trash;
 mod versions;
