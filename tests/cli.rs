@@ -421,8 +421,12 @@ fn restore_and_purge_through_the_daemon_are_quiet_off_a_terminal() {
 fn checks_show_progress_only_on_a_terminal() {
     let m = Mount::new();
     fs::create_dir(m.path("d")).unwrap();
-    for i in 0..10_050 {
-        fs::File::create(m.path(&format!("d/{i}"))).unwrap();
+    // Past the inline limit (1 KiB), each file's content is a blob of its own: a
+    // scrub then verifies 10,050 blobs, a phase whose total it knows.
+    for i in 0..10_050u32 {
+        let mut body = vec![b'x'; 1100];
+        body[..4].copy_from_slice(&i.to_le_bytes());
+        fs::write(m.path(&format!("d/{i}")), body).unwrap();
     }
     let mnt = s(&m.mnt);
     for args in [&["fsck", mnt][..], &["scrub", mnt], &["gc", mnt]] {
@@ -439,6 +443,12 @@ fn checks_show_progress_only_on_a_terminal() {
     let said = on_tty(&format!("fsck {mnt}"));
     assert!(said.contains("exit 0") && said.contains("clean"), "{said}");
     assert!(said.contains("fsck: "), "no progress drawn: {said:?}");
+    let said = on_tty(&format!("scrub {mnt}"));
+    assert!(said.contains("exit 0"), "{said}");
+    assert!(
+        said.contains("/10,050") && said.contains("left"),
+        "no bar with the total and the time left: {said:?}"
+    );
     let said = on_tty(&format!("gc {mnt}"));
     assert!(said.contains("collecting unreferenced blobs"), "{said:?}");
     let said = on_tty(&format!("--json fsck {mnt}"));

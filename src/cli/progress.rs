@@ -12,6 +12,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use decofs::store::check::Progress;
 
+/// A phase of unknown size: a count, its rate, the elapsed time.
+const COUNTER: &str = "{spinner} {prefix}: {human_pos} {msg} ({per_sec}, {elapsed})";
+/// A phase whose total is known: a bar, done of total, and the time left.
+const BAR: &str = "{prefix}: {msg} [{wide_bar}] {human_pos}/{human_len} ({per_sec}, {eta} left)";
+
 /// How often a spinner redraws by itself (it also shows the elapsed time).
 const TICK: Duration = Duration::from_millis(120);
 
@@ -59,13 +64,13 @@ impl Drop for Spinner {
 }
 
 /// A check's progress: its phase, how many items of it are done, the rate and the
-/// elapsed time. The store's `Progress` reports a count without a total, so this is a
-/// counter, not a bar with an ETA. Gone when dropped.
+/// elapsed time; a bar with the total and an ETA for a phase whose total is known
+/// (a scan's entries, a scrub's blobs). Gone when dropped.
 pub struct Counter(ProgressBar);
 
 impl Counter {
     pub fn new(what: &str, json: bool) -> Counter {
-        let b = bar("{spinner} {prefix}: {human_pos} {msg} ({per_sec}, {elapsed})");
+        let b = bar(COUNTER);
         b.set_prefix(what.to_string());
         b.set_message("starting");
         start(&b, json);
@@ -75,8 +80,19 @@ impl Counter {
     /// The callback the checks call (every `check::PROGRESS_EVERY` items).
     pub fn update(&self, p: &Progress) {
         if self.0.message() != p.phase {
-            // A new phase counts from zero: its rate is its own.
+            // A new phase counts from zero: its rate and ETA are its own.
             self.0.set_message(p.phase);
+            let template = match p.total {
+                Some(_) => BAR,
+                None => COUNTER,
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                self.0.set_style(style);
+            }
+            match p.total {
+                Some(t) => self.0.set_length(t),
+                None => self.0.unset_length(),
+            }
             self.0.reset_eta();
         }
         self.0.set_position(p.done);
