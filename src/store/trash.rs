@@ -60,6 +60,28 @@ pub struct TrashEntry {
     pub bytes: u64,
 }
 
+impl TrashEntry {
+    /// The entry of trashed node `id` behind trash link `link`, not yet connected to
+    /// the others (`Trash::list`); None if its record says it is not in the trash.
+    fn of(id: NodeId, link: String, rec: NodeRecord) -> Option<TrashEntry> {
+        let origin = rec.trash?;
+        Some(TrashEntry {
+            id,
+            link,
+            at: origin.at,
+            origin_parent: origin.parent,
+            origin_name: origin.name,
+            origin_path: None,
+            kind: rec.kind,
+            size: rec.size,
+            stored: rec.stored,
+            within: None,
+            nodes: 1,
+            bytes: rec.stored,
+        })
+    }
+}
+
 /// What a purge did.
 #[derive(Clone, Debug, Default)]
 pub struct PurgeReport {
@@ -158,12 +180,25 @@ impl Trash<'_> {
     }
 
     /// Called by `tree` once a node went to trash: with trash off, free it now.
-    pub(crate) fn trashed(&self, id: NodeId) -> Result<()> {
-        if self.policy().trash_retention_secs == 0
-            && !self.pins.pinned(id)
-            && !self.sessions.contains(id)
+    /// `link` is its trash link when the caller knows it (then no listing of the trash).
+    pub(crate) fn trashed(&self, id: NodeId, link: Option<&Path>) -> Result<()> {
+        if self.policy.lock().trash_retention_secs != 0
+            || self.pins.pinned(id)
+            || self.sessions.contains(id)
         {
-            self.purge_with(PurgeSel::Node(id), false)?;
+            return Ok(());
+        }
+        match link {
+            Some(link) => {
+                let mut candidates = Vec::new();
+                if self.remove_node(id, &mut candidates)?.is_some() {
+                    let _ = fs::remove_file(link);
+                }
+                self.sweeper.queue(candidates);
+            }
+            None => {
+                self.purge_with(PurgeSel::Node(id), false)?;
+            }
         }
         Ok(())
     }
@@ -265,23 +300,7 @@ impl Trash<'_> {
             let Ok(rec) = self.records.read(id) else {
                 continue;
             };
-            let Some(origin) = rec.trash.clone() else {
-                continue;
-            };
-            out.push(TrashEntry {
-                id,
-                link,
-                at: origin.at,
-                origin_parent: origin.parent,
-                origin_name: origin.name,
-                origin_path: None,
-                kind: rec.kind,
-                size: rec.size,
-                stored: rec.stored,
-                within: None,
-                nodes: 1,
-                bytes: rec.stored,
-            });
+            out.extend(TrashEntry::of(id, link, rec));
         }
         out.sort_by_key(|e| e.at.unix_nanos());
         Ok(out)
@@ -625,24 +644,7 @@ impl Trash<'_> {
             if !link.ends_with(&suffix) {
                 continue;
             }
-            let rec = self.records.read(id)?;
-            let Some(origin) = rec.trash else {
-                return Ok(None);
-            };
-            return Ok(Some(TrashEntry {
-                id,
-                link,
-                at: origin.at,
-                origin_parent: origin.parent,
-                origin_name: origin.name,
-                origin_path: None,
-                kind: rec.kind,
-                size: rec.size,
-                stored: rec.stored,
-                within: None,
-                nodes: 1,
-                bytes: rec.stored,
-            }));
+            return Ok(TrashEntry::of(id, link, self.records.read(id)?));
         }
         Ok(None)
     }

@@ -326,7 +326,7 @@ impl Tree<'_> {
             Ok(())
         })?;
         match (rec.nlink == 0, prepared) {
-            (true, PreTrash::Linked(_)) => self.trash.trashed(id)?,
+            (true, PreTrash::Linked(link)) => self.trash.trashed(id, Some(&link))?,
             (true, PreTrash::Full) => self.trash.untrashable(id)?,
             (true, PreTrash::Scratch) => self.trash.discard(id)?,
             (true, PreTrash::NotLast) => {
@@ -334,7 +334,8 @@ impl Tree<'_> {
                 match self.trash.pre_trash(id, name)? {
                     PreTrash::Full => self.trash.untrashable(id)?,
                     PreTrash::Scratch => self.trash.discard(id)?,
-                    _ => self.trash.trashed(id)?,
+                    PreTrash::Linked(link) => self.trash.trashed(id, Some(&link))?,
+                    PreTrash::NotLast => self.trash.trashed(id, None)?,
                 }
             }
             (false, PreTrash::Linked(link)) => {
