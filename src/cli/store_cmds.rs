@@ -9,7 +9,7 @@ use decofs::daemon;
 use decofs::store::layout::{self, Layout, Policy};
 use decofs::store::Store;
 
-use super::output::{self, invalid, outln, Context, Outcome};
+use super::output::{self, errln, invalid, outln, Context, Outcome};
 
 pub fn init(
     store: &Path,
@@ -75,6 +75,12 @@ pub fn mount(
     daemon::check_mountpoint_empty(&mnt, &opts).or_fail(&what)?;
     Layout::new(store).read_format().or_fail(&what)?;
     let store_abs = std::fs::canonicalize(store).unwrap_or(store.to_path_buf());
+    // A writer whose mount is gone (`umount MNT` returns before its daemon exits) still
+    // holds the store for a moment: wait for it here, where the user sees why.
+    if !opts.read_only {
+        daemon::wait_for_departing_writer(&store_abs, &mut |m| errln!("decofs: {m}"))
+            .or_fail(&what)?;
+    }
     let mnt_abs = std::fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf());
     let args: Vec<OsString> = vec![
         "mount".into(),

@@ -117,22 +117,28 @@ pub fn task_exited(stat: &Path) -> bool {
     }
 }
 
-/// Is the holder named in a lock file ("pid N on host H …") a process of this host whose
-/// main thread has already exited, so that the whole process is on its way out?
-fn holder_exiting(holder: &str) -> bool {
+/// The pid of the holder named in a lock file ("pid N on host H …") when it is a
+/// process of this host (None for another host's or an unreadable holder).
+pub fn local_holder_pid(holder: &str) -> Option<i32> {
     let mut words = holder.split_whitespace();
     let (Some("pid"), Some(pid), Some("on"), Some("host"), Some(host)) = (
         words.next(),
-        words.next().and_then(|p| p.parse::<u32>().ok()),
+        words.next().and_then(|p| p.parse::<i32>().ok()),
         words.next(),
         words.next(),
         words.next(),
     ) else {
+        return None;
+    };
+    (host == hostname()).then_some(pid)
+}
+
+/// Is the holder named in a lock file a process of this host whose main thread has
+/// already exited, so that the whole process is on its way out?
+fn holder_exiting(holder: &str) -> bool {
+    let Some(pid) = local_holder_pid(holder) else {
         return false;
     };
-    if host != hostname() {
-        return false;
-    }
     // Gone already counts too: the kernel is releasing its files.
     task_exited(Path::new(&format!("/proc/{pid}/stat")))
 }
