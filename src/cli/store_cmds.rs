@@ -96,8 +96,15 @@ pub fn mount(
 }
 
 pub fn umount(mountpoint: &Path, lazy: bool) -> Outcome {
-    daemon::umount(mountpoint, lazy)
+    let taken = daemon::umount(mountpoint, lazy)
         .or_fail(&format!("cannot unmount {}", mountpoint.display()))?;
+    if let Some(holder) = taken {
+        errln!(
+            "decofs: unmounted {}; its daemon has exited and the store is now held by {}",
+            mountpoint.display(),
+            output::show_holder(&holder)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
