@@ -64,6 +64,9 @@ pub fn mount(
         store.display(),
         mountpoint.display()
     );
+    if options.split(',').any(|o| o.trim() == "remount") {
+        return remount(mountpoint, &options);
+    }
     let opts = daemon::parse_opts(&options).or_fail(&what)?;
     if foreground {
         daemon::run_foreground(store, mountpoint, &opts, threads).or_fail(&what)?;
@@ -105,6 +108,78 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Outcome {
             output::show_holder(&holder)
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options the kernel reports for a live FUSE mount, which mount(8) passes back at a
+/// remount: they cannot change and are ignored.
+const KERNEL_REPORTED: [&str; 12] = [
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "nolazytime",
+    "user_id=",
+    "group_id=",
+    "rootmode=",
+    "max_read=",
+    "blksize=",
+    "fd=",
+];
+
+/// Options that change the kernel's per-mount flags at a remount.
+const REMOUNT_FLAGS: [&str; 11] = [
+    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "sync", "async",
+    "dirsync",
+];
+
+/// `mount -o remount,ro|rw MNT` (through the helper): ask the daemon serving MNT to
+/// switch. Other decofs options are checked as for a mount and left as they are.
+fn remount(mountpoint: &Path, options: &str) -> Outcome {
+    let what = format!("cannot remount {}", mountpoint.display());
+    let mnt = std::fs::canonicalize(mountpoint)
+        .map_err(|_| decofs::store::Error::NotMounted(mountpoint.to_path_buf()))
+        .or_fail(&what)?;
+    let mut read_only = None;
+    let mut flags = Vec::new();
+    let mut rest = Vec::new();
+    for o in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        match o {
+            "remount" => {}
+            "ro" => read_only = Some(true),
+            "rw" => read_only = Some(false),
+            f if REMOUNT_FLAGS.contains(&f) => flags.push(f.to_string()),
+            k if KERNEL_REPORTED
+                .iter()
+                .any(|r| k == *r || (r.ends_with('=') && k.starts_with(r))) => {}
+            other => rest.push(other),
+        }
+    }
+    // Every other option must be one a mount takes (an unknown one is refused).
+    daemon::parse_opts(&rest.join(",")).or_fail(&what)?;
+    let entry = decofs::host::mount_at(&mnt)
+        .filter(|m| m.fstype == "fuse.decofs" || m.fstype == "fuse")
+        .ok_or_else(|| decofs::store::Error::NotMounted(mnt.clone()))
+        .or_fail(&what)?;
+    let store = std::path::PathBuf::from(&entry.source);
+    let d = decofs::control::daemons(&store)
+        .into_iter()
+        .find(|d| d.mountpoint == mnt)
+        .ok_or_else(|| decofs::store::Error::NotMounted(mnt.clone()))
+        .or_fail(&what)?;
+    let read_only = read_only.unwrap_or(!d.writer);
+    if !read_only && !d.writer {
+        return Err(output::Failure::new(decofs::control::Report {
+            what: format!("cannot remount {} read-write", mnt.display()),
+            code: "read_only".into(),
+            reason: "it was mounted with -o ro, which opens the store without the writer lock"
+                .into(),
+            suggestion: "unmount it and mount it without -o ro".into(),
+        }));
+    }
+    let req = decofs::control::protocol::Remount { read_only, flags };
+    decofs::control::call(&d.socket, req, std::time::Duration::from_secs(600)).or_fail(&what)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,7 +2,7 @@
 //!
 //! - [`opts`]: `-o` options. [`spawn`]: the background start and its readiness
 //!   handshake. [`umount`]: unmounting and waiting for the daemon. [`handover`]: a new
-//!   writer waits for one whose mount is gone.
+//!   writer waits for one whose mount is gone. [`remount`]: `-o remount,ro|rw`.
 //! - Here: the foreground daemon (`run_foreground`): mountpoint checks, the FUSE
 //!   session, the control server (`control::serve`), the index, signals and the
 //!   background upkeep of a writer.
@@ -16,6 +16,7 @@
 
 pub mod handover;
 pub mod opts;
+pub mod remount;
 pub mod spawn;
 pub mod umount;
 
@@ -159,10 +160,16 @@ pub fn run_foreground(
             format!("it could not be opened: {e}")
         })
     };
+    let remount_mnt = mnt.clone();
     let info = control::DaemonInfo {
         mountpoint: mnt.clone(),
         started: Instant::now(),
         index: index.clone(),
+        remount: Some(Arc::new(
+            move |st: &Store, req: &control::protocol::Remount| {
+                remount::remount(st, &remount_mnt, req)
+            },
+        )),
     };
     let sock = match control::serve(store.clone(), info) {
         Ok(p) => Some(p),
@@ -230,6 +237,11 @@ pub fn run_foreground(
         let _ = fs::remove_file(&pidf);
     } else {
         control::registry::mark_unmounted(&pidf);
+    }
+    // Remounted read-only before the unmount: nothing can write through the mount any
+    // more, so let the close finish as a writer's (a clean index close is recorded).
+    if store.fence().paused() {
+        let _ = store.fence().set_paused(false);
     }
     let commit = store.data().commit_all();
     let commit = commit.and_then(|()| store.close_fsync_log());
@@ -356,6 +368,10 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
         loop {
             std::thread::sleep(Duration::from_secs(1));
             let Some(st) = store.upgrade() else { return };
+            // Remounted read-only: nothing to write until remounted read-write.
+            if st.fence().paused() {
+                continue;
+            }
             // A panic in one step is logged and the next round tries again.
             let contained = |what: &str, r: std::result::Result<(), String>| {
                 if let Err(why) = r {
