@@ -334,6 +334,22 @@ fn run(cli: Cli) -> Outcome {
     }
 }
 
+/// Is this the command line fuse3's `mount.fuse` gives for a `fuse.decofs` mount (also a
+/// remount of a live decofs mount, whose type is `fuse.decofs`): `decofs STORE DIR -o
+/// opts`, a directory where a command would be?
+fn fuse_helper_call(args: &[OsString]) -> bool {
+    let Some(first) = args.get(1) else {
+        return false;
+    };
+    let known = Cli::command()
+        .get_subcommands()
+        .any(|c| std::ffi::OsStr::new(c.get_name()) == first.as_os_str());
+    !known
+        && args.len() >= 3
+        && !first.to_string_lossy().starts_with('-')
+        && std::path::Path::new(first).is_dir()
+}
+
 /// `mount -t decofs STORE DIR -o opts` runs `/sbin/mount.decofs STORE DIR [-sfnv] [-o
 /// opts] [-t type]`: translate that into `decofs mount` arguments (None: fake mount).
 fn mount_helper_args(args: &[OsString]) -> Option<Vec<OsString>> {
@@ -378,6 +394,7 @@ pub fn main() -> ExitCode {
     let cli = if invoked_as
         .as_deref()
         .is_some_and(|n| n.starts_with("mount."))
+        || fuse_helper_call(&argv)
     {
         match mount_helper_args(&argv) {
             Some(args) => Cli::parse_from(args),

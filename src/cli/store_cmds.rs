@@ -9,7 +9,7 @@ use decofs::daemon;
 use decofs::store::layout::{self, Layout, Policy};
 use decofs::store::Store;
 
-use super::output::{self, invalid, outln, Context, Outcome};
+use super::output::{self, errln, invalid, outln, Context, Outcome};
 
 pub fn init(
     store: &Path,
@@ -73,6 +73,9 @@ pub fn mount(
         store.display(),
         mountpoint.display()
     );
+    if options.split(',').any(|o| o.trim() == "remount") {
+        return remount(mountpoint, &options);
+    }
     let opts = daemon::parse_opts(&options).or_fail(&what)?;
     if foreground {
         daemon::run_foreground(store, mountpoint, &opts, threads).or_fail(&what)?;
@@ -84,6 +87,12 @@ pub fn mount(
     daemon::check_mountpoint_empty(&mnt, &opts).or_fail(&what)?;
     Layout::new(store).read_format().or_fail(&what)?;
     let store_abs = std::fs::canonicalize(store).unwrap_or(store.to_path_buf());
+    // A writer whose mount is gone (`umount MNT` returns before its daemon exits) still
+    // holds the store for a moment: wait for it here, where the user sees why.
+    if !opts.read_only {
+        daemon::wait_for_departing_writer(&store_abs, &mut |m| errln!("decofs: {m}"))
+            .or_fail(&what)?;
+    }
     let mnt_abs = std::fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf());
     let args: Vec<OsString> = vec![
         "mount".into(),
@@ -99,8 +108,87 @@ pub fn mount(
 }
 
 pub fn umount(mountpoint: &Path, lazy: bool) -> Outcome {
-    daemon::umount(mountpoint, lazy)
+    let taken = daemon::umount(mountpoint, lazy)
         .or_fail(&format!("cannot unmount {}", mountpoint.display()))?;
+    if let Some(holder) = taken {
+        errln!(
+            "decofs: unmounted {}; its daemon has exited and the store is now held by {}",
+            mountpoint.display(),
+            output::show_holder(&holder)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options the kernel reports for a live FUSE mount, which mount(8) passes back at a
+/// remount: they cannot change and are ignored.
+const KERNEL_REPORTED: [&str; 12] = [
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "nolazytime",
+    "user_id=",
+    "group_id=",
+    "rootmode=",
+    "max_read=",
+    "blksize=",
+    "fd=",
+];
+
+/// Options that change the kernel's per-mount flags at a remount.
+const REMOUNT_FLAGS: [&str; 11] = [
+    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "sync", "async",
+    "dirsync",
+];
+
+/// `mount -o remount,ro|rw MNT` (through the helper): ask the daemon serving MNT to
+/// switch. Other decofs options are checked as for a mount and left as they are.
+fn remount(mountpoint: &Path, options: &str) -> Outcome {
+    let what = format!("cannot remount {}", mountpoint.display());
+    let mnt = std::fs::canonicalize(mountpoint)
+        .map_err(|_| decofs::store::Error::NotMounted(mountpoint.to_path_buf()))
+        .or_fail(&what)?;
+    let mut read_only = None;
+    let mut flags = Vec::new();
+    let mut rest = Vec::new();
+    for o in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        match o {
+            "remount" => {}
+            "ro" => read_only = Some(true),
+            "rw" => read_only = Some(false),
+            f if REMOUNT_FLAGS.contains(&f) => flags.push(f.to_string()),
+            k if KERNEL_REPORTED
+                .iter()
+                .any(|r| k == *r || (r.ends_with('=') && k.starts_with(r))) => {}
+            other => rest.push(other),
+        }
+    }
+    // Every other option must be one a mount takes (an unknown one is refused).
+    daemon::parse_opts(&rest.join(",")).or_fail(&what)?;
+    let entry = decofs::host::mount_at(&mnt)
+        .filter(|m| m.fstype == "fuse.decofs" || m.fstype == "fuse")
+        .ok_or_else(|| decofs::store::Error::NotMounted(mnt.clone()))
+        .or_fail(&what)?;
+    let store = std::path::PathBuf::from(&entry.source);
+    let d = decofs::control::daemons(&store)
+        .into_iter()
+        .find(|d| d.mountpoint == mnt)
+        .ok_or_else(|| decofs::store::Error::NotMounted(mnt.clone()))
+        .or_fail(&what)?;
+    let read_only = read_only.unwrap_or(!d.writer);
+    if !read_only && !d.writer {
+        return Err(output::Failure::new(decofs::control::Report {
+            what: format!("cannot remount {} read-write", mnt.display()),
+            code: "read_only".into(),
+            reason: "it was mounted with -o ro, which opens the store without the writer lock"
+                .into(),
+            suggestion: "unmount it and mount it without -o ro".into(),
+        }));
+    }
+    let req = decofs::control::protocol::Remount { read_only, flags };
+    decofs::control::call(&d.socket, req, std::time::Duration::from_secs(600)).or_fail(&what)?;
     Ok(ExitCode::SUCCESS)
 }
 

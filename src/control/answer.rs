@@ -16,6 +16,10 @@ use crate::store::layout::{Layout, FORMAT_VERSION};
 use crate::store::trash::PurgeSel;
 use crate::store::{lock, Error, Kind, Result, Store, Time};
 
+/// Turns a daemon's mount read-only (true) or back to read-write (false), with the
+/// kernel flags of a [`Remount`] request (the daemon's, which knows its mount).
+pub type RemountFn = dyn Fn(&Store, &Remount) -> Result<()> + Send + Sync;
+
 /// What a daemon knows about itself.
 #[derive(Clone)]
 pub struct DaemonInfo {
@@ -23,6 +27,17 @@ pub struct DaemonInfo {
     pub started: Instant,
     /// The index this mount keeps, or why it keeps none.
     pub index: std::result::Result<Arc<Index>, String>,
+    /// How this daemon remounts (None: it cannot).
+    pub remount: Option<Arc<RemountFn>>,
+}
+
+/// A daemon's answer to `remount`.
+pub fn remount(store: &Store, info: &DaemonInfo, req: &Remount) -> Result<Remounted> {
+    let f = info.remount.as_ref().ok_or(Error::NotSupported)?;
+    f(store, req)?;
+    Ok(Remounted {
+        read_only: store.read_only() || store.fence().paused(),
+    })
 }
 
 /// A request the store answers.
@@ -95,7 +110,7 @@ pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
         daemon: info.map(|info| DaemonStatus {
             pid: std::process::id(),
             mountpoint: WirePath::new(&info.mountpoint),
-            read_only: store.read_only(),
+            read_only: store.read_only() || store.fence().paused(),
             uptime_secs: info.started.elapsed().as_secs(),
             open_sessions: store.sessions.len() as u64,
             spare_nodes: store.spare_nodes() as u64,

@@ -124,6 +124,7 @@ pub enum Request {
     Changes(Changes),
     IndexVerify(IndexVerify),
     IndexRebuild(IndexRebuild),
+    Remount(Remount),
 }
 
 impl Request {
@@ -142,6 +143,7 @@ impl Request {
             Request::Changes(_) => "changes",
             Request::IndexVerify(_) => "index_verify",
             Request::IndexRebuild(_) => "index_rebuild",
+            Request::Remount(_) => "remount",
         }
     }
 
@@ -184,6 +186,7 @@ asks! {
     Changes => ChangeList,
     IndexVerify => Verified,
     IndexRebuild => Rebuilt,
+    Remount => Remounted,
 }
 
 // ---- Requests ----
@@ -207,6 +210,17 @@ fn default_grace() -> u64 {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TrashLs {}
+
+/// `mount -o remount,ro|rw`: turn the mount read-only (open files committed first) or
+/// back to read-write, in the kernel and in the daemon.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Remount {
+    pub read_only: bool,
+    /// Kernel flags to change at the same time (nosuid, suid, nodev, dev, noexec, exec,
+    /// noatime, atime, sync, async, dirsync); the others are kept as they are.
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
 
 /// Restore by id, id prefix or original path; `to` another path.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -392,6 +406,11 @@ pub struct TrashItem {
     /// Bytes those nodes hold.
     #[serde(default)]
     pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Remounted {
+    pub read_only: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,11 +1,17 @@
 //! Which daemons serve a store: each writes `STORE/sessions/mount.<pid>` (mountpoint,
-//! `rw`/`ro`, process start time) and listens on `STORE/sessions/control.<pid>.sock`.
+//! `rw`/`ro`, process start time, the mount's device, and `unmounted` once its mount is
+//! gone) and listens on `STORE/sessions/control.<pid>.sock`.
+//!
+//! A writer's pid file outlives its mount: it is marked `unmounted` when the kernel ends
+//! the session and stays until the process is gone (the next `register` or `decofs
+//! umount` removes it), so a new mount that finds the lock still held can tell a writer
+//! on its way out (wait) from one whose mount is live (refuse).
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::host::proc_starttime;
+use crate::host::{mount_at, mounts, proc_starttime};
 
 /// The control socket of the daemon `pid` of a store.
 pub fn socket_path(store: &Path, pid: u32) -> PathBuf {
@@ -26,9 +32,27 @@ pub fn register(store: &Path, mountpoint: &Path, read_only: bool) -> PathBuf {
     text.extend_from_slice(if read_only { b"\nro\n" } else { b"\nrw\n" });
     // Pids are reused: the start time names this process.
     text.extend_from_slice(format!("{}\n", proc_starttime(me as i32).unwrap_or(0)).as_bytes());
+    // The mount's device tells this mount from a later one on the same mountpoint.
+    let dev = mount_at(mountpoint).map(|m| m.dev).unwrap_or_default();
+    text.extend_from_slice(format!("{dev}\n").as_bytes());
     clean_stale(store);
     let _ = fs::write(&pidf, text);
     pidf
+}
+
+/// The daemon's mount is gone (its session ended): mark its pid file so, leaving it in
+/// place until the process exits. `daemons` no longer lists it.
+pub fn mark_unmounted(pidf: &Path) {
+    let Ok(mut text) = fs::read(pidf) else {
+        return;
+    };
+    text.extend_from_slice(b"unmounted\n");
+    let mut tmp = pidf.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    if fs::write(&tmp, text).is_err() || fs::rename(&tmp, pidf).is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
 }
 
 /// A running daemon of a store: (pid, mountpoint, writer, control socket).
@@ -38,10 +62,40 @@ pub struct Daemon {
     pub mountpoint: PathBuf,
     pub writer: bool,
     pub socket: PathBuf,
+    /// "major:minor" of its mount (empty in pid files of earlier builds).
+    pub dev: String,
+    /// Its mount is gone; the process is finishing (committing, closing the index).
+    pub unmounted: bool,
+}
+
+impl Daemon {
+    /// Is this daemon's mount still in this process's view of the mounts? (A lazily
+    /// detached mount that still serves open files is not.)
+    pub fn mount_live(&self) -> bool {
+        if self.unmounted {
+            return false;
+        }
+        mounts()
+            .iter()
+            .any(|m| m.mountpoint == self.mountpoint && (self.dev.is_empty() || m.dev == self.dev))
+    }
 }
 
 /// The live daemons serving a store, from their pid files.
 pub fn daemons(store: &Path) -> Vec<Daemon> {
+    registered(store)
+        .into_iter()
+        .filter(|d| !d.unmounted)
+        .collect()
+}
+
+/// The live process `pid`, if it is a daemon of `store`, serving or on its way out.
+pub fn daemon_of(store: &Path, pid: i32) -> Option<Daemon> {
+    registered(store).into_iter().find(|d| d.pid == pid)
+}
+
+/// Every live process with a pid file in the store, serving or not.
+fn registered(store: &Path) -> Vec<Daemon> {
     let mut out = Vec::new();
     let Ok(it) = fs::read_dir(store.join("sessions")) else {
         return out;
@@ -67,11 +121,18 @@ pub fn daemons(store: &Path) -> Vec<Daemon> {
         if started.is_none() || started != proc_starttime(pid) {
             continue;
         }
+        let dev = lines
+            .next()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .unwrap_or_default();
+        let unmounted = lines.next() == Some(b"unmounted");
         out.push(Daemon {
             pid,
             mountpoint: mp,
             writer,
             socket: socket_path(store, pid as u32),
+            dev,
+            unmounted,
         });
     }
     out
@@ -79,7 +140,7 @@ pub fn daemons(store: &Path) -> Vec<Daemon> {
 
 /// Remove pid files and sockets of daemons that are gone.
 pub fn clean_stale(store: &Path) {
-    let live: Vec<i32> = daemons(store).iter().map(|d| d.pid).collect();
+    let live: Vec<i32> = registered(store).iter().map(|d| d.pid).collect();
     let Ok(it) = fs::read_dir(store.join("sessions")) else {
         return;
     };

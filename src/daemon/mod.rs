@@ -1,7 +1,8 @@
 //! The daemon: mounting a store and serving it until it is unmounted.
 //!
 //! - [`opts`]: `-o` options. [`spawn`]: the background start and its readiness
-//!   handshake. [`umount`]: unmounting and waiting for the daemon.
+//!   handshake. [`umount`]: unmounting and waiting for the daemon. [`handover`]: a new
+//!   writer waits for one whose mount is gone. [`remount`]: `-o remount,ro|rw`.
 //! - Here: the foreground daemon (`run_foreground`): mountpoint checks, the FUSE
 //!   session, the control server (`control::serve`), the index, signals and the
 //!   background upkeep of a writer.
@@ -13,7 +14,9 @@
 //! write session, then unmount. The daemon ignores SIGPIPE (the Rust runtime's
 //! default): a client that hangs up on the control socket costs it nothing.
 
+pub mod handover;
 pub mod opts;
+pub mod remount;
 pub mod spawn;
 pub mod umount;
 
@@ -33,6 +36,7 @@ use crate::store::error::IoContext;
 use crate::store::{Error, OpenOptions, Result, Stale, Store};
 
 pub use crate::store::lock::process_gone;
+pub use handover::{wait_for_departing_writer, HANDOVER_WAIT};
 pub use opts::{parse_opts, MountOpts, READAHEAD_KIB};
 pub use spawn::spawn_background;
 pub use umount::umount;
@@ -156,10 +160,16 @@ pub fn run_foreground(
             format!("it could not be opened: {e}")
         })
     };
+    let remount_mnt = mnt.clone();
     let info = control::DaemonInfo {
         mountpoint: mnt.clone(),
         started: Instant::now(),
         index: index.clone(),
+        remount: Some(Arc::new(
+            move |st: &Store, req: &control::protocol::Remount| {
+                remount::remount(st, &remount_mnt, req)
+            },
+        )),
     };
     let sock = match control::serve(store.clone(), info) {
         Ok(p) => Some(p),
@@ -219,12 +229,25 @@ pub fn run_foreground(
     });
     let res = session.run().ctx(|| "serve the mount".into());
     sd_notify("STOPPING=1");
+    // The mount is gone. A writer keeps the lock until it exits, after the commit and
+    // the index's close below: its pid file, marked, stays until then, so a new mount
+    // waits for it instead of refusing (`handover`); a later mount or `decofs umount`
+    // removes it.
+    if opts.read_only {
+        let _ = fs::remove_file(&pidf);
+    } else {
+        control::registry::mark_unmounted(&pidf);
+    }
+    // Remounted read-only before the unmount: nothing can write through the mount any
+    // more, so let the close finish as a writer's (a clean index close is recorded).
+    if store.fence().paused() {
+        let _ = store.fence().set_paused(false);
+    }
     let commit = store.data().commit_all();
     let commit = commit.and_then(|()| store.close_fsync_log());
     if let Ok(ix) = &index {
         ix.close();
     }
-    let _ = fs::remove_file(&pidf);
     if let Some(p) = sock {
         let _ = fs::remove_file(p);
     }
@@ -245,6 +268,9 @@ fn prepare(
     // touches the store (not even its lock).
     let mnt = check_mountpoint(mountpoint)?;
     crate::store::layout::Layout::new(&store_root).read_format()?;
+    if !opts.read_only {
+        wait_for_departing_writer(&store_root, &mut |m| log::warn!("{m}"))?;
+    }
     let store = Arc::new(Store::open(
         &store_root,
         OpenOptions {
@@ -348,6 +374,10 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
         loop {
             std::thread::sleep(Duration::from_secs(1));
             let Some(st) = store.upgrade() else { return };
+            // Remounted read-only: nothing to write until remounted read-write.
+            if st.fence().paused() {
+                continue;
+            }
             // A panic in one step is logged and the next round tries again.
             let contained = |what: &str, r: std::result::Result<(), String>| {
                 if let Err(why) = r {

@@ -6,12 +6,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::control::daemons;
-use crate::host::mount_at;
+use crate::control::{clean_stale, daemons};
+use crate::host::{mount_at, proc_starttime};
+use crate::store::layout::Layout;
+use crate::store::lock;
 use crate::store::{Error, Result};
 
-/// Unmount a decofs mount and wait for its daemon to exit.
-pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+/// Unmount a decofs mount and wait for its daemon to exit. Returns the store's new
+/// holder when another process took the store's lock once the daemon let go of it.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<Option<String>> {
     let canon = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     let entry = mount_at(&canon).ok_or_else(|| Error::NotMounted(canon.clone()))?;
     if !(entry.fstype == "fuse.decofs" || entry.fstype == "fuse") {
@@ -43,34 +46,61 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
         }
     }
     // Return only once the daemon has committed and let go of the store, so the next
-    // mount of it succeeds: every thread gone and, for a writer, the lock free. That can
-    // take a while after a burst of changes (the index applies what it has queued before
-    // it closes): say so, and never report success while the store is still held.
-    if let Some((pid, writer)) = daemon {
-        let start = Instant::now();
-        let mut told = false;
-        while !(process_gone(pid) && (!writer || lock_free(&store))) {
-            if !told && start.elapsed() >= UMOUNT_NOTICE {
-                eprintln!(
-                    "decofs: unmounted; waiting for the daemon (pid {pid}) to finish: it \
-                     commits open files and brings the index up to date before it lets go \
-                     of the store"
-                );
-                told = true;
-            }
-            if start.elapsed() >= UMOUNT_WAIT {
-                return Err(Error::Daemon(format!(
-                    "{} is unmounted, but its daemon (pid {pid}) still holds the store {} \
-                     after {} s; the next read-write mount will be refused until it exits",
-                    canon.display(),
-                    store.display(),
-                    UMOUNT_WAIT.as_secs()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    // mount of it succeeds: every thread gone (its lock goes with it). That can take a
+    // while after a burst of changes (the index applies what it has queued before it
+    // closes): say so, and never report success while the store is still held by it.
+    // Only the daemon's own exit is waited for: a new mount may take the store the
+    // moment it lets go, and is then its holder (named by the caller), not a reason to
+    // wait on.
+    let Some((pid, writer)) = daemon else {
+        return Ok(None);
+    };
+    let started = proc_starttime(pid);
+    // A zombie leader's other threads may still run: `process_gone` looks at them all; a
+    // pid reused by another process counts as gone too.
+    let gone = || process_gone(pid) || matches!(proc_starttime(pid), Some(t) if Some(t) != started);
+    let start = Instant::now();
+    let mut told = false;
+    while !gone() {
+        if !told && start.elapsed() >= UMOUNT_NOTICE {
+            eprintln!(
+                "decofs: unmounted; waiting for the daemon (pid {pid}) to finish: it \
+                 commits open files and brings the index up to date before it lets go \
+                 of the store"
+            );
+            told = true;
         }
+        if start.elapsed() >= UMOUNT_WAIT {
+            return Err(Error::Daemon(format!(
+                "{} is unmounted, but its daemon (pid {pid}) still holds the store {} \
+                 after {} s; the next read-write mount will be refused until it exits",
+                canon.display(),
+                store.display(),
+                UMOUNT_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
+    // Its pid file outlives its mount (see `control::registry`): remove it now.
+    clean_stale(&store);
+    if !writer || lock_free(&store) {
+        return Ok(None);
+    }
+    // Another process took the store once the daemon let go (a new mount): name it. It
+    // names itself in the lock file right after it took the lock: until then the file
+    // still names the daemon that is gone.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let holder = lock::holder(&Layout::new(&store));
+        let names_old = lock::local_holder_pid(&holder) == Some(pid);
+        if !names_old && !holder.is_empty() {
+            return Ok(Some(holder));
+        }
+        if Instant::now() >= deadline || lock_free(&store) {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// How long `umount` waits for the daemon to exit before it says it is waiting, and

@@ -30,21 +30,29 @@ pub struct StoreLock {
     fenced: AtomicBool,
 }
 
-/// Whether this process may change the store (invariant 7): it is not read-only, and
-/// the lock it took (if any) has not been broken since. Checked before every change.
+/// Whether this process may change the store (invariant 7): it is not read-only, not
+/// remounted read-only for now, and the lock it took (if any) has not been broken
+/// since. Checked before every change.
 pub struct Fence {
     read_only: bool,
     lock: Option<StoreLock>,
+    /// `mount -o remount,ro` of a writer: changes are refused, the lock is kept so that
+    /// `remount,rw` can allow them again.
+    paused: AtomicBool,
 }
 
 impl Fence {
     pub fn new(read_only: bool, lock: Option<StoreLock>) -> Fence {
-        Fence { read_only, lock }
+        Fence {
+            read_only,
+            lock,
+            paused: AtomicBool::new(false),
+        }
     }
 
     /// `Err(ReadOnly)` when this process may not change the store.
     pub fn check(&self) -> Result<()> {
-        if self.read_only {
+        if self.read_only || self.paused.load(Ordering::SeqCst) {
             return Err(Error::ReadOnly);
         }
         match &self.lock {
@@ -53,8 +61,27 @@ impl Fence {
         }
     }
 
+    /// Opened read-only (no writer lock). A writer remounted read-only is not: see
+    /// [`Fence::paused`].
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Refuse changes from now on (`paused`), or allow them again. Only a writer (it
+    /// holds the lock) may allow them again: a read-only open would need the lock, and
+    /// with it the fsync log replay, the record cache and the index a writer sets up at
+    /// open, so it stays read-only (`Err(ReadOnly)`).
+    pub fn set_paused(&self, paused: bool) -> Result<()> {
+        if !paused && (self.read_only || self.lock.is_none()) {
+            return Err(Error::ReadOnly);
+        }
+        self.paused.store(paused, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Remounted read-only: changes are refused until [`Fence::set_paused`]`(false)`.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// The fencing epoch held (None for read-only opens).
@@ -117,22 +144,28 @@ pub fn task_exited(stat: &Path) -> bool {
     }
 }
 
-/// Is the holder named in a lock file ("pid N on host H …") a process of this host whose
-/// main thread has already exited, so that the whole process is on its way out?
-fn holder_exiting(holder: &str) -> bool {
+/// The pid of the holder named in a lock file ("pid N on host H …") when it is a
+/// process of this host (None for another host's or an unreadable holder).
+pub fn local_holder_pid(holder: &str) -> Option<i32> {
     let mut words = holder.split_whitespace();
     let (Some("pid"), Some(pid), Some("on"), Some("host"), Some(host)) = (
         words.next(),
-        words.next().and_then(|p| p.parse::<u32>().ok()),
+        words.next().and_then(|p| p.parse::<i32>().ok()),
         words.next(),
         words.next(),
         words.next(),
     ) else {
+        return None;
+    };
+    (host == hostname()).then_some(pid)
+}
+
+/// Is the holder named in a lock file a process of this host whose main thread has
+/// already exited, so that the whole process is on its way out?
+fn holder_exiting(holder: &str) -> bool {
+    let Some(pid) = local_holder_pid(holder) else {
         return false;
     };
-    if host != hostname() {
-        return false;
-    }
     // Gone already counts too: the kernel is releasing its files.
     task_exited(Path::new(&format!("/proc/{pid}/stat")))
 }

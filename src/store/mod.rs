@@ -339,6 +339,11 @@ impl Store {
         self.writable().is_ok()
     }
 
+    /// Whether this process may change the store; `mount -o remount,ro` pauses it.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
     /// The fencing epoch this writer holds (None for read-only opens).
     pub fn epoch(&self) -> Option<u64> {
         self.fence.epoch()
