@@ -15,7 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::blobs::{BlobStore, LocalBlobs};
-use super::content::ChunkLists;
+use super::chunk_lists::ChunkLists;
 use super::error::{Error, IoContext, Result};
 use super::fsynclog::FsyncLog;
 use super::layout::Layout;

@@ -26,6 +26,7 @@
 pub mod attr;
 pub mod blobs;
 pub mod check;
+pub mod chunk_lists;
 pub mod content;
 pub mod dirsync;
 pub mod error;

@@ -14,7 +14,8 @@ use parking_lot::Mutex;
 
 use super::blobs::BlobStore;
 use super::blobs::Deleted;
-use super::content::{ChunkLists, Revisions, Sessions};
+use super::chunk_lists::ChunkLists;
+use super::content::{Revisions, Sessions};
 use super::error::{Error, IoContext, Result};
 use super::layout::{Layout, Policy};
 use super::node::Time;

@@ -60,13 +60,14 @@ use super::fsynclog::FsyncLog;
 use super::layout::{Layout, Policy};
 use super::lock::Fence;
 use super::node::{
-    encode_body, frame, hash_hex, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
+    encode_body, frame, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
 };
 use super::records::Records;
 use super::sweep::Sweeper;
 
-use super::manifest::{chunks_content, decode_manifest, inline_content, INLINE_DATA_MAX};
-pub use read::{ChunkLists, ReadData, ReadPattern};
+pub use super::chunk_lists::ChunkLists;
+use super::manifest::{chunks_content, inline_content, INLINE_DATA_MAX};
+pub use read::{ReadData, ReadPattern};
 pub use revisions::Revisions;
 pub use session::{Session, Sessions};
 

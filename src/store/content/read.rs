@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::store::blobs::BlobStore;
 
 /// A sequential reader has this many chunks after the one it reads loaded ahead.
 pub(super) const READ_AHEAD_CHUNKS: u64 = 3;
@@ -64,42 +63,6 @@ pub(super) fn for_each_piece(
         pos = cend;
     }
     Ok(())
-}
-
-/// The chunk lists of files, with the lists of recently read manifest blobs kept in
-/// memory (a manifest blob is immutable, so a cached list never goes stale).
-pub struct ChunkLists {
-    cache: Mutex<HashMap<Hash, Arc<Vec<ChunkRef>>>>,
-    blobs: Arc<dyn BlobStore>,
-}
-
-impl ChunkLists {
-    pub(crate) fn new(blobs: Arc<dyn BlobStore>) -> ChunkLists {
-        ChunkLists {
-            cache: Mutex::new(HashMap::new()),
-            blobs,
-        }
-    }
-
-    /// The chunk list a content value names.
-    pub(crate) fn get(&self, content: &Content) -> Result<Arc<Vec<ChunkRef>>> {
-        match content {
-            Content::Empty | Content::Inline(_) => Ok(Arc::new(Vec::new())),
-            Content::Chunks(v) => Ok(Arc::new(v.clone())),
-            Content::Manifest(h) => {
-                if let Some(m) = self.cache.lock().get(h) {
-                    return Ok(m.clone());
-                }
-                let list = Arc::new(decode_manifest(hash_hex(h), &self.blobs.get(h)?)?);
-                let mut m = self.cache.lock();
-                if m.len() > 4096 {
-                    m.clear();
-                }
-                m.insert(*h, list.clone());
-                Ok(list)
-            }
-        }
-    }
 }
 
 /// Where the last read of each recently read file ended: a read that starts near there
