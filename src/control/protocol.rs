@@ -16,6 +16,8 @@ use crate::jsonpath::WirePath;
 use crate::store::check::GcReport;
 use crate::store::Error;
 
+pub use super::stats::{Stats, StatsReply};
+
 /// The one error report: what could not be done, a stable code, why, and what to do.
 /// As JSON: `{"error": WHAT, "code", "reason", "suggestion"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +126,7 @@ pub enum Request {
     Changes(Changes),
     IndexVerify(IndexVerify),
     IndexRebuild(IndexRebuild),
+    Stats(Stats),
 }
 
 impl Request {
@@ -142,6 +145,7 @@ impl Request {
             Request::Changes(_) => "changes",
             Request::IndexVerify(_) => "index_verify",
             Request::IndexRebuild(_) => "index_rebuild",
+            Request::Stats(_) => "stats",
         }
     }
 
@@ -184,6 +188,7 @@ asks! {
     Changes => ChangeList,
     IndexVerify => Verified,
     IndexRebuild => Rebuilt,
+    Stats => StatsReply,
 }
 
 // ---- Requests ----

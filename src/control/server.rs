@@ -107,6 +107,7 @@ fn answer(store: &Store, info: &DaemonInfo, req: Request) -> std::result::Result
         Request::Changes(r) => line(index().and_then(|ix| r.answer(ix))),
         Request::IndexVerify(r) => line(index().and_then(|ix| r.answer(ix))),
         Request::IndexRebuild(r) => line(index().and_then(|ix| r.answer(ix))),
+        Request::Stats(_) => line(super::stats::answer(info, store.read_only())),
     }
 }
 
