@@ -221,6 +221,7 @@ pub enum Cmd {
     /// with operations per second (lookup+getattr, read, write, create+unlink+rename,
     /// fsync), mean latency, MiB/s read and written, verified-cache hit ratio and index
     /// lag. PATH is a mountpoint, or a store that is mounted (else `not_mounted`).
+    /// --json prints one object per interval, with the cumulative counters as "totals".
     Stats {
         path: std::path::PathBuf,
         /// Seconds between lines.

@@ -32,7 +32,9 @@ const GROUPS: &[(&str, &[&str])] = &[
 /// A header again after this many lines on a terminal (as vmstat does).
 const HEADER_EVERY: u64 = 20;
 
-const HEADER: &str = "TIME        OPS/S  LOOKUP    READ   WRITE  CREATE   FSYNC  LAT_US  READ_MiB/s  WRITE_MiB/s  HIT%  INDEX_LAG";
+/// The columns: all operations, lookup+getattr, read, write, create+unlink+rename (and
+/// the other calls that make or remove names), fsync+fsyncdir, mean latency of all.
+const HEADER: &str = "TIME        OPS/S  LOOKUP    READ   WRITE CR/RM/MV  FSYNC  LAT_US  READ_MiB/s  WRITE_MiB/s  HIT%  INDEX_LAG";
 
 pub fn stats(path: &Path, interval: f64, count: Option<u64>, json: bool) -> Outcome {
     let what = format!("cannot read the counters of {}", path.display());
@@ -208,7 +210,7 @@ fn text_line(v: &Value) -> String {
         state => format!("{} ev, {} ms ({state})", ix["lag_events"], ix["lag_ms"]),
     };
     format!(
-        "{time} {:>8.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {lat:>7} {:>11.2} {:>12.2} {hit:>5}  {lag}",
+        "{time} {:>8.0} {:>7.0} {:>7.0} {:>7.0} {:>8.0} {:>6.0} {lat:>7} {:>11.2} {:>12.2} {hit:>5}  {lag}",
         n("total"),
         n("lookup_getattr"),
         n("read"),
