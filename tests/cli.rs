@@ -275,3 +275,183 @@ fn completions_and_man_page_come_from_the_command_line() {
     let out = decofs(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
 }
+
+/// The rows of a text `trash ls` (its header checked and left out), each as
+/// (kind, files, size, origin).
+fn trash_rows(args: &[&str]) -> Vec<(String, u64, String, String)> {
+    let t = ok(args);
+    assert!(!t.contains("(gone)"), "{t}");
+    let mut lines = t.lines();
+    let head = lines.next().unwrap_or_else(|| panic!("no header: {t}"));
+    assert!(head.starts_with("ID") && head.ends_with("ORIGIN"), "{t}");
+    lines
+        .map(|l| {
+            // ID, date, time, zone, kind, files, size (number and unit), origin.
+            let w: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(w.len(), 9, "{l}");
+            let files = w[5].parse().unwrap_or_else(|_| panic!("{l}"));
+            (
+                w[4].into(),
+                files,
+                format!("{} {}", w[6], w[7]),
+                w[8].into(),
+            )
+        })
+        .collect()
+}
+
+fn origins(rows: &[(String, u64, String, String)]) -> Vec<&str> {
+    rows.iter().map(|r| r.3.as_str()).collect()
+}
+
+#[test]
+fn trash_ls_shows_one_line_per_deletion() {
+    let m = Mount::new();
+    fs::create_dir_all(m.path("tree/sub")).unwrap();
+    fs::write(m.path("tree/a"), b"aaaa").unwrap();
+    fs::write(m.path("tree/b"), b"bb").unwrap();
+    fs::write(m.path("tree/sub/c"), vec![7u8; 3000]).unwrap();
+    fs::write(m.path("one"), b"1").unwrap();
+    fs::write(m.path("two"), vec![9u8; 2 << 20]).unwrap();
+    fs::remove_dir_all(m.path("tree")).unwrap();
+    fs::remove_file(m.path("one")).unwrap();
+    fs::remove_file(m.path("two")).unwrap();
+    let mnt = s(&m.mnt);
+
+    // What the user deleted, newest last: the tree is one line with its 5 nodes.
+    let rows = trash_rows(&["trash", "ls", mnt]);
+    assert_eq!(origins(&rows), ["tree", "one", "two"], "{rows:?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1), ("dir", 5), "{rows:?}");
+    assert_eq!((rows[1].0.as_str(), rows[1].1), ("file", 1), "{rows:?}");
+    assert_eq!(rows[2].2, "2.0 MiB", "{rows:?}");
+
+    // --all: every entry, each with its whole original path.
+    let all = trash_rows(&["trash", "ls", mnt, "--all"]);
+    let mut got = origins(&all);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "one",
+            "tree",
+            "tree/a",
+            "tree/b",
+            "tree/sub",
+            "tree/sub/c",
+            "two"
+        ]
+    );
+    let sub = all.iter().find(|r| r.3 == "tree/sub").unwrap();
+    assert_eq!(sub.1, 2, "tree/sub holds itself and c: {all:?}");
+
+    // A PATH expands what was deleted at or under it, relative or under the mount.
+    let under = trash_rows(&["trash", "ls", mnt, "tree/sub"]);
+    let mut got = origins(&under);
+    got.sort();
+    assert_eq!(got, ["tree/sub", "tree/sub/c"]);
+    let abs = m.path("tree");
+    assert_eq!(trash_rows(&["trash", "ls", mnt, s(&abs)]).len(), 5);
+    assert!(trash_rows(&["trash", "ls", mnt, "tre"]).is_empty());
+
+    // Filters, on what is listed.
+    let big = trash_rows(&["trash", "ls", mnt, "--min-size", "1M"]);
+    assert_eq!(origins(&big), ["two"]);
+    assert_eq!(
+        trash_rows(&["trash", "ls", mnt, "--newer-than", "1h"]).len(),
+        3
+    );
+    assert!(trash_rows(&["trash", "ls", mnt, "--older-than", "1h"]).is_empty());
+    let all_big = trash_rows(&["trash", "ls", mnt, "--all", "--min-size", "2k"]);
+    let mut got = origins(&all_big);
+    got.sort();
+    assert_eq!(got, ["tree", "tree/sub", "tree/sub/c", "two"]);
+
+    // --json: every entry (also those deleted with a listed one), same PATH and filters.
+    let n = |args: &[&str]| {
+        let (c, v, e) = dj(args);
+        assert_eq!(c, 0, "{e}");
+        v["entries"].as_array().unwrap().len()
+    };
+    assert_eq!(n(&["trash", "ls", mnt]), 7);
+    assert_eq!(n(&["trash", "ls", mnt, "--older-than", "1h"]), 0);
+    assert_eq!(n(&["trash", "ls", mnt, "--min-size", "1M"]), 1);
+    assert_eq!(n(&["trash", "ls", mnt, "tree/sub"]), 2);
+    let (_, v, _) = dj(&["trash", "ls", mnt, "tree"]);
+    let top = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["origin"] == "tree");
+    let top = top.unwrap_or_else(|| panic!("{v}"));
+    assert!(top["within"].is_null() && top["nodes"] == 5, "{v}");
+
+    // A filter that is not one is refused with a code.
+    let out = decofs(&["trash", "ls", mnt, "--min-size", "lots"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_argument"));
+}
+
+/// A restore and a purge through the daemon (which wait as long as it lives) print
+/// their result and nothing else when stderr is not a terminal: no progress noise.
+#[test]
+fn restore_and_purge_through_the_daemon_are_quiet_off_a_terminal() {
+    let m = Mount::new();
+    fs::create_dir_all(m.path("tree/sub")).unwrap();
+    for i in 0..50 {
+        fs::write(m.path(&format!("tree/sub/f{i}")), b"x").unwrap();
+    }
+    fs::remove_dir_all(m.path("tree")).unwrap();
+    let mnt = s(&m.mnt);
+    let out = decofs(&["trash", "restore", mnt, "tree"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "restored to tree\n");
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+    assert_eq!(fs::read_dir(m.path("tree/sub")).unwrap().count(), 50);
+    fs::remove_dir_all(m.path("tree")).unwrap();
+    let out = decofs(&["trash", "purge", mnt, "--all"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("purged 52 node(s)"));
+}
+
+/// fsck reports progress every 10,000 nodes: on a terminal a counter is drawn (and
+/// cleared), with --json nothing, and off a terminal stderr stays empty (it printed a
+/// `decofs: nodes: 10000 done` line before).
+#[test]
+fn checks_show_progress_only_on_a_terminal() {
+    let m = Mount::new();
+    fs::create_dir(m.path("d")).unwrap();
+    // Past the inline limit (1 KiB), each file's content is a blob of its own: a
+    // scrub then verifies 10,050 blobs, a phase whose total it knows.
+    for i in 0..10_050u32 {
+        let mut body = vec![b'x'; 1100];
+        body[..4].copy_from_slice(&i.to_le_bytes());
+        fs::write(m.path(&format!("d/{i}")), body).unwrap();
+    }
+    let mnt = s(&m.mnt);
+    for args in [&["fsck", mnt][..], &["scrub", mnt], &["gc", mnt]] {
+        let out = decofs(args);
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", show(&out));
+    }
+    let on_tty = |args: &str| {
+        let cmd = format!("{} {args}", s(&decofs_bin()));
+        common::sh(&format!(
+            "TERM=xterm script -qec '{cmd}' /dev/null </dev/null; echo \"exit $?\""
+        ))
+    };
+    let said = on_tty(&format!("fsck {mnt}"));
+    assert!(said.contains("exit 0") && said.contains("clean"), "{said}");
+    assert!(said.contains("fsck: "), "no progress drawn: {said:?}");
+    let said = on_tty(&format!("scrub {mnt}"));
+    assert!(said.contains("exit 0"), "{said}");
+    assert!(
+        said.contains("/10,050") && said.contains("left"),
+        "no bar with the total and the time left: {said:?}"
+    );
+    let said = on_tty(&format!("gc {mnt}"));
+    assert!(said.contains("collecting unreferenced blobs"), "{said:?}");
+    let said = on_tty(&format!("--json fsck {mnt}"));
+    assert!(said.contains("exit 0"), "{said}");
+    assert!(!said.contains("fsck: "), "progress with --json: {said:?}");
+}

@@ -1934,6 +1934,56 @@ fn access_checks() {
 // ---------------------------------------------------------------------------------------
 // fallocate, lseek, copy_file_range
 
+/// Blocks reserved by fallocate count in st_blocks (as on ext4), and writing into the
+/// reserved range, then closing, does not grow it; a truncate gives them back.
+#[test]
+fn writing_into_a_reserved_range_does_not_grow_st_blocks() {
+    let m = Mount::new();
+    let p = m.path("reserved");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    assert_eq!(
+        rc(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, MIB as i64) }),
+        0
+    );
+    let reserved = fs::metadata(&p).unwrap().blocks();
+    assert!(
+        reserved >= MIB / 512,
+        "st_blocks {reserved} after reserving 1 MiB"
+    );
+    f.write_all_at(&[7u8; 65536], 4096).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let after = fs::metadata(&p).unwrap().blocks();
+    assert_eq!(
+        after, reserved,
+        "writing into the reserved range grew st_blocks"
+    );
+    assert_eq!(fs::metadata(&p).unwrap().len(), MIB);
+    // Truncated down: the reservation beyond the new end is gone.
+    let g = OpenOptions::new().write(true).open(&p).unwrap();
+    g.set_len(8192).unwrap();
+    g.sync_all().unwrap(); // commits now, not at the release after the close
+    drop(g);
+    // The kernel may show the blocks it was told while the file was open for up to
+    // its attribute timeout (1 s for a file being written): ask until it asks us.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut cut = fs::metadata(&p).unwrap().blocks();
+    while cut >= reserved / 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        cut = fs::metadata(&p).unwrap().blocks();
+    }
+    assert!(
+        cut < reserved / 4,
+        "st_blocks {cut} after truncating to 8 KiB"
+    );
+}
+
 #[test]
 fn fallocate_extends() {
     let m = Mount::new();

@@ -432,7 +432,8 @@ fn overwrite_by_mv_restored_and_clear_errors() {
     assert_eq!(fs::read(&to).unwrap(), b"the original a, precious");
     assert_eq!(fs::read(m.path("a")).unwrap(), b"b replaces it");
 
-    // Parent gone: d/x deleted, then d deleted and purged.
+    // What was deleted out of a directory before the directory itself counts as
+    // deleted with it: d/x deleted, then d; purging d purges x too.
     fs::create_dir(m.path("d")).unwrap();
     fs::write(m.path("d/x"), b"x").unwrap();
     fs::remove_file(m.path("d/x")).unwrap();
@@ -455,11 +456,24 @@ fn overwrite_by_mv_restored_and_clear_errors() {
         .as_str()
         .unwrap()
         .to_string();
-    ok_json(&["trash", "purge", mnt, "--id", &did]);
-    let err = fails_with(&["trash", "restore", mnt, &xid], "restore_parent_gone");
+    let listed = ok_json(&["trash", "ls", mnt])["entries"].clone();
+    let x = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == xid.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(x["within"], did.as_str(), "x is listed under d");
+    // Parent gone: --to a directory that does not exist.
+    let err = fails_with(
+        &["trash", "restore", mnt, &xid, "--to", "no/such/x"],
+        "restore_parent_gone",
+    );
     assert!(err.contains("--to"), "{err}");
-    ok_json(&["trash", "restore", mnt, &xid, "--to", "x-again"]);
-    assert_eq!(fs::read(m.path("x-again")).unwrap(), b"x");
+    let purged = ok_json(&["trash", "purge", mnt, "--id", &did]);
+    assert_eq!(purged["nodes"], 2, "d and what was deleted out of it");
+    fails_with(&["trash", "restore", mnt, &xid], "not_in_trash");
     fails_with(&["trash", "restore", mnt, "no/such/file"], "not_in_trash");
 }
 

@@ -8,19 +8,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use decofs::control::{self, protocol};
-use decofs::store::check::{self, Checker, Progress, EXIT_NOT_RUN};
+use decofs::store::check::{self, Checker, EXIT_NOT_RUN};
 
 use decofs::store::Error;
 
-use super::output::{self, errln, outln, Context, Failure, Outcome};
+use super::output::{self, outln, Context, Failure, Outcome};
+use super::progress::{Counter, Spinner};
 
 /// A check that could not run exits 8.
 fn not_run(f: Failure) -> Failure {
     f.exit(EXIT_NOT_RUN)
-}
-
-fn progress(p: &Progress) {
-    errln!("decofs: {}: {} done", p.phase, p.done);
 }
 
 pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Outcome {
@@ -29,10 +26,13 @@ pub fn fsck(store: &Path, repair: bool, grace: u64, json: bool) -> Outcome {
     let s = check::open(&store_path, !repair)
         .or_fail(&what)
         .map_err(not_run)?;
+    // Progress on a terminal only (not with --json, not into a pipe or a log).
+    let counter = Counter::new("fsck", json);
     let rep = Checker::new(&s)
-        .fsck(repair, Duration::from_secs(grace), progress)
+        .fsck(repair, Duration::from_secs(grace), |p| counter.update(p))
         .or_fail(&what)
         .map_err(not_run)?;
+    drop(counter);
     let exit = ExitCode::from(rep.exit_code);
     if json {
         output::json_pretty(&rep);
@@ -80,10 +80,12 @@ pub fn scrub(store: &Path, json: bool) -> Outcome {
     }
     .or_fail(&what)
     .map_err(not_run)?;
+    let counter = Counter::new("scrub", json);
     let rep = Checker::new(&s)
-        .scrub(progress)
+        .scrub(|p| counter.update(p))
         .or_fail(&what)
         .map_err(not_run)?;
+    drop(counter);
     let exit = ExitCode::from(rep.exit_code);
     if json {
         output::json_pretty(&rep);
@@ -119,6 +121,8 @@ pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Outcome {
     let what = format!("cannot collect garbage in {}", store.display());
     // Mounted read-write: the daemon collects, with the filesystem running.
     let (store_path, _) = control::resolve(store).or_fail(&what).map_err(not_run)?;
+    // gc reports no progress of its own: a spinner says it is at work.
+    let spinner = Spinner::new("collecting unreferenced blobs", json);
     let rep: check::GcReport = if control::daemons(&store_path).iter().any(|d| d.writer) {
         control::run(&store_path, protocol::Gc { dry_run, grace }, true)
             .or_fail(&what)
@@ -132,6 +136,7 @@ pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Outcome {
             .or_fail(&what)
             .map_err(not_run)?
     };
+    drop(spinner);
     if json {
         output::json_pretty(&rep);
         return Ok(ExitCode::SUCCESS);

@@ -12,6 +12,7 @@ mod check;
 mod index;
 mod lock;
 pub(crate) mod output;
+mod progress;
 mod stats;
 mod store_cmds;
 mod trash;

@@ -114,11 +114,14 @@ pub const EXIT_PROBLEMS_LEFT: u8 = 4;
 
 pub const EXIT_NOT_RUN: u8 = 8;
 
-/// Where a long check is: `phase` and how many items of it are done.
+/// Where a long check is: `phase`, how many items of it are done, and of how many when
+/// that is known before the phase runs (the entries of the directories a scan found,
+/// the blobs a scrub verifies; not the nodes and blobs a scan lists as it walks).
 #[derive(Clone, Debug)]
 pub struct Progress {
     pub phase: &'static str,
     pub done: u64,
+    pub total: Option<u64>,
 }
 
 /// One finding of fsck.

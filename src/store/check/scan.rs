@@ -168,6 +168,7 @@ impl Checker<'_> {
                         progress(&Progress {
                             phase: "nodes",
                             done,
+                            total: None,
                         });
                     }
                 }
@@ -186,6 +187,7 @@ impl Checker<'_> {
                 progress(&Progress {
                     phase: "entries",
                     done: i as u64 + 1,
+                    total: Some(dir_ids.len() as u64),
                 });
             }
             let dpath = self.s.layout.node_path(*dir);
@@ -396,6 +398,7 @@ impl Checker<'_> {
                     progress(&Progress {
                         phase: "blobs",
                         done: nblobs,
+                        total: None,
                     });
                 }
             }

@@ -27,12 +27,14 @@ impl Checker<'_> {
         for (_, h, _) in &bad {
             bad_manifest.insert(*h, ());
         }
+        let total = hashes.len() as u64;
         for h in hashes {
             rep.blobs_checked += 1;
             if rep.blobs_checked % PROGRESS_EVERY == 0 {
                 progress(&Progress {
                     phase: "scrub",
                     done: rep.blobs_checked,
+                    total: Some(total),
                 });
             }
             let res = self.s.blobs.read_verified(h);

@@ -100,12 +100,13 @@ impl Data<'_> {
                 self.sweeper.queue(blobs);
             }
         }
-        let (size, mtime) = (s.size, s.mtime);
+        let (size, mtime, shrunk) = (s.size, s.mtime, s.shrunk);
         let base = durable.then(|| crate::store::fsynclog::chain_base(&content, size));
         let new = self.records.update(id, |r| {
             r.content = content;
             r.size = size;
-            r.stored = stored;
+            // Blocks fallocate reserved stay counted until a truncate or punch (ext4).
+            r.stored = if shrunk { stored } else { stored.max(r.stored) };
             if fresh {
                 r.status = Status::Consistent;
             }
@@ -117,6 +118,7 @@ impl Data<'_> {
         })?;
         self.followers.emit(Event::new(Op::Write, &[id]));
         s.changed = false;
+        s.shrunk = false;
         s.mtime = None;
         // The record holds every byte the session's deltas logged.
         s.unlogged.clear();

@@ -130,6 +130,9 @@ pub struct Session {
     /// Since when a scratch file's session outlives its last close, uncommitted (see
     /// `close_write`).
     pub(super) linger: Option<std::time::Instant>,
+    /// Truncated down or punched since the last commit: blocks reserved by fallocate
+    /// may be gone, so the commit counts `stored` from the chunks alone.
+    pub(super) shrunk: bool,
 }
 
 impl Session {
@@ -363,6 +366,7 @@ impl Data<'_> {
             from_empty: rec.size == 0 && rec.content == Content::Empty,
             unlogged: Ranges::new(),
             linger: None,
+            shrunk: false,
         };
         match &rec.content {
             Content::Inline(d) => {

@@ -5,6 +5,9 @@ use super::commit::DELTA_RANGES_MAX;
 use super::session::{ranges_insert, ranges_remove, zero_range};
 use super::*;
 
+/// The unit reservations are counted in (ext4's block).
+const RESERVE_BLOCK: u64 = 4096;
+
 impl Data<'_> {
     /// Write `data` at `off`.
     pub fn write(&self, id: NodeId, off: u64, data: &[u8]) -> Result<usize> {
@@ -191,6 +194,7 @@ impl Data<'_> {
         let cs = self.chunk_size;
         self.with_session(id, |s| {
             if size < s.size {
+                s.shrunk = true;
                 let keep = size.div_ceil(cs);
                 let cut: Vec<u64> = s.chunks.range(keep..).map(|(i, _)| *i).collect();
                 for i in cut {
@@ -228,21 +232,29 @@ impl Data<'_> {
     }
 
     /// Reserve space up to `end` (posix_fallocate). Content is stored on write, so this
-    /// only checks the disk has room and, unless `keep_size`, extends the file.
+    /// checks the disk has room, counts the range in `stored` (st_blocks, as ext4
+    /// counts reserved blocks; writing into it later does not grow it) and, unless
+    /// `keep_size`, extends the file.
     pub fn fallocate(&self, id: NodeId, end: u64, keep_size: bool) -> Result<()> {
         let mut rec = self.records.read(id)?;
         self.overlay(id, &mut rec);
         if rec.kind != Kind::File {
             return Err(Error::Invalid("fallocate on a non-regular file"));
         }
-        if end <= rec.size {
-            return Ok(());
-        }
         let st = self.layout.statfs()?;
-        if end - rec.size > st.f_bavail.saturating_mul(st.f_frsize) {
+        if end.saturating_sub(rec.size.max(rec.stored)) > st.f_bavail.saturating_mul(st.f_frsize) {
             return Err(Error::NoSpace);
         }
-        if keep_size {
+        let reserved = end.div_ceil(RESERVE_BLOCK) * RESERVE_BLOCK;
+        if reserved > rec.stored {
+            self.fence.check()?;
+            self.records.update(id, |r| {
+                r.stored = r.stored.max(reserved);
+                Ok(())
+            })?;
+            self.followers.emit(Event::new(Op::Attr, &[id]));
+        }
+        if keep_size || end <= rec.size {
             Ok(())
         } else {
             self.truncate(id, end)
@@ -311,6 +323,7 @@ impl Data<'_> {
                 pos = cend;
             }
             s.changed = true;
+            s.shrunk = true;
             s.mtime = Some(Time::now());
             s.chain = None;
             s.from_empty = false;
