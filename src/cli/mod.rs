@@ -13,6 +13,7 @@ mod index;
 mod lock;
 pub(crate) mod output;
 mod progress;
+mod stats;
 mod store_cmds;
 mod trash;
 mod versions;
@@ -217,6 +218,20 @@ pub enum Cmd {
         #[arg(long, default_value_t = 3600)]
         grace: u64,
     },
+    /// Live counters of a running mount (like `juicefs stats`): one line per interval
+    /// with operations per second (lookup+getattr, read, write, create+unlink+rename,
+    /// fsync), mean latency, MiB/s read and written, verified-cache hit ratio and index
+    /// lag. PATH is a mountpoint, or a store that is mounted (else `not_mounted`).
+    /// --json prints one object per interval, with the cumulative counters as "totals".
+    Stats {
+        path: std::path::PathBuf,
+        /// Seconds between lines.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many lines (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Print a shell completion script for decofs to stdout, e.g.
     /// `decofs completions bash > /etc/bash_completion.d/decofs`.
     Completions {
@@ -312,6 +327,11 @@ fn run(cli: Cli) -> Outcome {
             dry_run,
             grace,
         } => check::gc(&store, dry_run, grace, json),
+        Cmd::Stats {
+            path,
+            interval,
+            count,
+        } => stats::stats(&path, interval, count, json),
         Cmd::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "decofs", &mut buf);

@@ -7,6 +7,7 @@
 //! - [`answer`]: the answers themselves, on a store or on its index.
 //! - [`registry`]: which daemons serve a store (pid files, sockets).
 //! - [`locate`]: which store a path on the command line lives in.
+//! - [`stats`]: a daemon's cumulative counters (`decofs stats`).
 //!
 //! Layering: the daemon (`crate::daemon`) starts the server; this module uses the
 //! store, the index and `crate::host`, and nothing above it.
@@ -17,6 +18,7 @@ pub mod locate;
 pub mod protocol;
 pub mod registry;
 pub mod server;
+pub mod stats;
 
 pub use crate::jsonpath::{json_to_path, path_to_json, show_path};
 pub use answer::DaemonInfo;

@@ -16,6 +16,8 @@ use crate::jsonpath::WirePath;
 use crate::store::check::GcReport;
 use crate::store::Error;
 
+pub use super::stats::{Stats, StatsReply};
+
 /// The one error report: what could not be done, a stable code, why, and what to do.
 /// As JSON: `{"error": WHAT, "code", "reason", "suggestion"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +127,7 @@ pub enum Request {
     IndexVerify(IndexVerify),
     IndexRebuild(IndexRebuild),
     Remount(Remount),
+    Stats(Stats),
 }
 
 impl Request {
@@ -144,6 +147,7 @@ impl Request {
             Request::IndexVerify(_) => "index_verify",
             Request::IndexRebuild(_) => "index_rebuild",
             Request::Remount(_) => "remount",
+            Request::Stats(_) => "stats",
         }
     }
 
@@ -187,6 +191,7 @@ asks! {
     IndexVerify => Verified,
     IndexRebuild => Rebuilt,
     Remount => Remounted,
+    Stats => StatsReply,
 }
 
 // ---- Requests ----

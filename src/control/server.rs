@@ -108,6 +108,7 @@ fn answer(store: &Store, info: &DaemonInfo, req: Request) -> std::result::Result
         Request::IndexVerify(r) => line(index().and_then(|ix| r.answer(ix))),
         Request::IndexRebuild(r) => line(index().and_then(|ix| r.answer(ix))),
         Request::Remount(r) => line(answer::remount(store, info, &r)),
+        Request::Stats(_) => line(super::stats::answer(info, store.read_only())),
     }
 }
 

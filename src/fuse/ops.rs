@@ -577,7 +577,13 @@ impl Filesystem for DecoFs {
                 Err(e) => return reply.error(e),
             };
             match self.store.data().read_shared(id, offset, size) {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    let n = data.len() as u64;
+                    super::STATS
+                        .bytes_read
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    reply.data(&data)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         })
@@ -613,7 +619,12 @@ impl Filesystem for DecoFs {
                 }
             }
             match self.store.data().write(id, offset, data) {
-                Ok(n) => reply.written(n as u32),
+                Ok(n) => {
+                    super::STATS
+                        .bytes_written
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    reply.written(n as u32)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         })

@@ -52,6 +52,12 @@ use crate::store::error::{Error, IoContext, Result};
 use crate::store::layout::{sync_dir, syncfs, Layout};
 use crate::store::node::{hash_hex, is_hex, parse_hash, Hash};
 
+/// Reads (`get`) the verified cache answered, and those it did not (a miss waits for a
+/// load: its own or a prefetch's), since the process started: for `decofs stats`.
+/// Prefetches are not counted. Per process, which serves one mount.
+static CACHE_HITS: AtomicU64 = AtomicU64::new(0);
+static CACHE_MISSES: AtomicU64 = AtomicU64::new(0);
+
 pub struct LocalBlobs {
     layout: Layout,
     cache: Mutex<Cache>,
@@ -345,6 +351,14 @@ impl LocalBlobs {
             }
         }
         Some(p)
+    }
+
+    /// (hits, misses) of the verified cache in this process (see `CACHE_HITS`).
+    pub fn cache_counts() -> (u64, u64) {
+        (
+            CACHE_HITS.load(Ordering::Relaxed),
+            CACHE_MISSES.load(Ordering::Relaxed),
+        )
     }
 
     /// Drop blobs from the verified-chunk cache.
@@ -693,6 +707,11 @@ impl BlobStore for LocalBlobs {
     }
 
     fn get(&self, hash: &Hash) -> Result<Arc<Chunk>> {
+        if let Some(d) = self.cached(hash) {
+            CACHE_HITS.fetch_add(1, Ordering::Relaxed);
+            return Ok(d);
+        }
+        CACHE_MISSES.fetch_add(1, Ordering::Relaxed);
         self.load(hash)
     }
 
