@@ -5,10 +5,10 @@ use std::collections::HashMap;
 
 use super::*;
 
-/// A session holding more head bytes in memory than this moves them to its staging file.
 /// How long a closed scratch file's session waits for its delete before it commits.
 pub(in crate::store) const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A session holding more head bytes in memory than this moves them to its staging file.
 pub(super) const DIRTY_LIMIT: usize = 64 << 20;
 
 /// A session whose dirty chunks and staged ranges together exceed this many entries
