@@ -5,8 +5,9 @@
 //! - `records`: node records, written whole under a stripe lock, cached by the one
 //!   writer (invariant 2), behind the `lock::Fence` (invariant 7);
 //! - `blobs`: the blob-store seam and its local implementation (invariants 1 and 5);
-//! - `content::{Sessions, Revisions, ChunkLists, ReadPattern}`, `pins`, `sweep::SweepQueue`,
-//!   `dirsync::DirDebts`, `fsynclog::FsyncLog`, `spare::Spares`, `event::Followers`.
+//! - `content::{Sessions, ReadPattern}`, `revisions::Revisions`, `chunk_lists::ChunkLists`,
+//!   `pins`, `sweep::SweepQueue`, `dirsync::DirDebts`, `fsynclog::FsyncLog`,
+//!   `spare::Spares`, `event::Followers`.
 //!
 //! Views are the operations, each a struct of references to exactly the components
 //! (and lower views) it uses, made per call by `Store::{names, tree, data, attrs, trash,
@@ -40,6 +41,7 @@ pub mod names;
 pub mod node;
 pub mod pins;
 pub mod records;
+pub mod revisions;
 mod spare;
 pub mod sweep;
 pub mod trash;

@@ -15,12 +15,19 @@ use parking_lot::Mutex;
 use super::blobs::BlobStore;
 use super::blobs::Deleted;
 use super::chunk_lists::ChunkLists;
-use super::content::{Revisions, Sessions};
 use super::error::{Error, IoContext, Result};
 use super::layout::{Layout, Policy};
 use super::node::Time;
 use super::node::{unframe, Content, Hash, NodeId, NodeRecord, Stored, RECORD_XATTR};
 use super::records::Records;
+use super::revisions::Revisions;
+
+/// What open write sessions hold that no record names yet: the blobs they sealed. A
+/// sweep must not free them (content's `Sessions` answers; the seam keeps this module
+/// below content).
+pub trait OpenContent {
+    fn sealed_blobs(&self) -> Vec<Hash>;
+}
 
 /// Blobs that may have lost their last reference, queued for the next batched sweep.
 #[derive(Default)]
@@ -46,7 +53,7 @@ pub struct Sweeper<'a> {
     pub(super) layout: &'a Layout,
     pub(super) records: &'a Records,
     pub(super) blobs: &'a dyn BlobStore,
-    pub(super) sessions: &'a Sessions,
+    pub(super) sessions: &'a dyn OpenContent,
     pub(super) revisions: &'a Revisions,
     pub(super) chunk_lists: &'a ChunkLists,
     pub(super) sweep_queue: &'a SweepQueue,

@@ -36,7 +36,9 @@ impl Checker<'_> {
                 referenced.extend(self.s.sweeper().blob_refs(id, &r));
             }
         }
-        referenced.extend(self.s.sessions.sealed_blobs());
+        referenced.extend(crate::store::sweep::OpenContent::sealed_blobs(
+            &self.s.sessions,
+        ));
         let mut rep = GcReport {
             dry_run,
             ..Default::default()

@@ -36,7 +36,6 @@
 
 mod commit;
 mod read;
-mod revisions;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -59,16 +58,14 @@ use super::event::{Event, Op};
 use super::fsynclog::FsyncLog;
 use super::layout::{Layout, Policy};
 use super::lock::Fence;
-use super::node::{
-    encode_body, frame, ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time,
-};
+use super::node::{ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time};
 use super::records::Records;
 use super::sweep::Sweeper;
 
 pub use super::chunk_lists::ChunkLists;
 use super::manifest::{chunks_content, inline_content, INLINE_DATA_MAX};
+pub use super::revisions::Revisions;
 pub use read::{ReadData, ReadPattern};
-pub use revisions::Revisions;
 pub use session::{Session, Sessions};
 
 /// Files' bytes: write sessions, reads, commits, and the revisions commits keep.

@@ -318,9 +318,11 @@ impl Sessions {
     pub(crate) fn ids(&self) -> Vec<NodeId> {
         self.map.lock().keys().copied().collect()
     }
+}
 
+impl crate::store::sweep::OpenContent for Sessions {
     /// The sealed chunks of every open session (referenced, though not yet by a record).
-    pub(crate) fn sealed_blobs(&self) -> Vec<Hash> {
+    fn sealed_blobs(&self) -> Vec<Hash> {
         let all: Vec<Arc<Mutex<Session>>> = self.map.lock().values().cloned().collect();
         let mut out = Vec::new();
         for s in all {

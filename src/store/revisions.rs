@@ -1,9 +1,13 @@
 //! Revisions: the record from before a session's first commit, kept under
 //! `revisions/<uuid>/<unix-nanos>` (invariant 6), listed and read back.
 
-use super::*;
-use crate::store::blobs::BlobStore;
-use crate::store::layout::Layout;
+use std::fs;
+use std::sync::Arc;
+
+use super::blobs::BlobStore;
+use super::error::{Error, IoContext, Result};
+use super::layout::Layout;
+use super::node::{encode_body, frame, Content, NodeId, NodeRecord, Time};
 
 /// The revisions of every node: files of whole earlier records, named by their time.
 pub struct Revisions {
