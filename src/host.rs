@@ -14,6 +14,8 @@ pub struct MountEntry {
     pub source: String,
     /// "major:minor" of the mounted filesystem (names its /sys/class/bdi entry).
     pub dev: String,
+    /// Mounted read-only (the kernel's per-mount `ro`).
+    pub ro: bool,
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo` (octal).
@@ -45,9 +47,11 @@ pub fn mounts() -> Vec<MountEntry> {
             let mut fields = a.split(' ');
             let dev = fields.nth(2)?.to_string();
             let mp = fields.nth(1)?;
+            let ro = fields.next()?.split(',').any(|o| o == "ro");
             let mut rest = b.split(' ');
             Some(MountEntry {
                 dev,
+                ro,
                 mountpoint: PathBuf::from(unescape(mp)),
                 fstype: rest.next()?.to_string(),
                 source: unescape(rest.next()?),

@@ -36,11 +36,17 @@ fn errno_of<T>(r: std::io::Result<T>) -> i32 {
 /// `mount.decofs` serves `-t decofs` and fstab; `mount.fuse.decofs` a live mount, whose
 /// type is `fuse.decofs` (without it mount(8) runs fuse3's `mount.fuse`, which runs
 /// `decofs` from PATH).
+/// Made under a name of its own and renamed over, so two tests installing it at once
+/// (the suite runs two threads) never see it missing or collide on EEXIST.
 fn install_helper(name: &str) {
     let helper = PathBuf::from(format!("/sbin/{name}"));
     if fs::read_link(&helper).ok().as_deref() != Some(decofs_bin().as_path()) {
-        let _ = fs::remove_file(&helper);
-        std::os::unix::fs::symlink(decofs_bin(), &helper).unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = PathBuf::from(format!("/sbin/.{name}.{}.{n}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(decofs_bin(), &tmp).unwrap();
+        fs::rename(&tmp, &helper).unwrap();
     }
 }
 
@@ -391,6 +397,22 @@ fn remount_ro_refuses_writes_and_rw_allows_them_again() {
         );
         assert_eq!(fs::read(m.path("kept")).unwrap(), b"committed before");
         assert_eq!(fs::read(m.path("open")).unwrap(), b"written while open");
+        // The store itself refuses changes that do not pass through the kernel (the
+        // control socket), not only the kernel's read-only mount.
+        let out = Command::new(decofs_bin())
+            .args(["trash", "purge", mnt, "--all"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{how}: purge while read-only: {}",
+            show(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("read_only"),
+            "{how}: {}",
+            show(&out)
+        );
         // The kernel's flags: read-only, the others kept.
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
         let line = info

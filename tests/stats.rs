@@ -138,8 +138,17 @@ fn stats_intervals_are_differences_of_the_totals() {
         })
     };
     // The workload is under way before the first sample.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !m.path("w1").exists() {
-        std::thread::yield_now();
+        assert!(
+            !worker.is_finished(),
+            "the workload stopped before it began"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload never began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let out = Command::new(decofs_bin())
         .args([

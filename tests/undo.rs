@@ -292,6 +292,49 @@ fn scratch_files_skip_the_trash() {
     assert_eq!(origins(mnt), ["b.tmp", "notes.txt"]);
 }
 
+/// Blob files in a store (`blobs/xx/<hash>`).
+fn blob_files(store: &Path) -> usize {
+    fs::read_dir(store.join("blobs"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().is_dir())
+        .map(|d| fs::read_dir(d.path()).unwrap().count())
+        .sum()
+}
+
+/// A scratch file written, fsynced, closed and deleted at once (sqlite's journal, in
+/// every transaction) never has its content stored: no blob appears for it.
+#[test]
+fn a_scratch_file_deleted_at_once_stores_no_blob() {
+    let m = Mount::new();
+    let before = blob_files(&m.store);
+    for i in 0..20u32 {
+        let p = m.path("db.sqlite-journal");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        let mut body = vec![0x5au8; 100_000]; // past the inline limit: a blob if stored
+        body[..4].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&body).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        fs::remove_file(&p).unwrap();
+    }
+    // A file that is not scratch is stored at its close, as always.
+    fs::write(m.path("kept.bin"), vec![0x33u8; 100_000]).unwrap();
+    let after = blob_files(&m.store);
+    assert_eq!(after, before + 1, "blobs before {before}, after {after}");
+    assert!(
+        ok_json(&["trash", "ls", m.mnt.to_str().unwrap()])["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Files deleted right after they were made (sqlite's `-journal` lives for one
 /// transaction) take the trash links made ahead for them (`store/spare.rs`): every one
 /// is in the trash under its own name, restores whole, and fsck finds the links sound.

@@ -177,7 +177,8 @@ fn remount(mountpoint: &Path, options: &str) -> Outcome {
         .find(|d| d.mountpoint == mnt)
         .ok_or_else(|| decofs::store::Error::NotMounted(mnt.clone()))
         .or_fail(&what)?;
-    let read_only = read_only.unwrap_or(!d.writer);
+    // Neither ro nor rw given (`remount,nosuid`): the mount stays as it is now.
+    let read_only = read_only.unwrap_or(entry.ro);
     if !read_only && !d.writer {
         return Err(output::Failure::new(decofs::control::Report {
             what: format!("cannot remount {} read-write", mnt.display()),

@@ -26,6 +26,8 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<Option<String>> {
         .into_iter()
         .find(|d| d.mountpoint == canon)
         .map(|d| (d.pid, d.writer));
+    // Named before the unmount: once it is done the daemon may exit and its pid be reused.
+    let started = daemon.and_then(|(pid, _)| proc_starttime(pid));
     let c =
         std::ffi::CString::new(canon.as_os_str().as_bytes()).map_err(|_| Error::Invalid("path"))?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
@@ -55,7 +57,6 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<Option<String>> {
     let Some((pid, writer)) = daemon else {
         return Ok(None);
     };
-    let started = proc_starttime(pid);
     // A zombie leader's other threads may still run: `process_gone` looks at them all; a
     // pid reused by another process counts as gone too.
     let gone = || process_gone(pid) || matches!(proc_starttime(pid), Some(t) if Some(t) != started);

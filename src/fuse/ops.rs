@@ -640,9 +640,9 @@ impl Filesystem for DecoFs {
     ) {
         super::guard("flush", || {
             // close(2): commit what this file's session holds, so a closed file is on disk
-            // even if the daemon dies before the release arrives.
+            // even if the daemon dies before the release arrives (a scratch file's waits).
             match self.file_handle(fh) {
-                Some((id, true)) => match self.store.data().commit(id, false) {
+                Some((id, true)) => match self.store.data().flush(id) {
                     Ok(()) => reply.ok(),
                     Err(e) => reply.error(errno(&e)),
                 },

@@ -103,6 +103,9 @@ pub struct Store {
     fsync_log: Option<fsynclog::FsyncLog>,
     /// Node files and entries made ahead for creates (see `spare`).
     spares: spare::Spares,
+    /// Held by whatever binds or removes trashed nodes (restore, purge, expiry), so
+    /// a purge never removes a node a restore is naming again.
+    trash_ops: Mutex<()>,
 }
 
 impl Store {
@@ -185,6 +188,7 @@ impl Store {
             fsync_log: None,
             spares,
             followers: event::Followers::default(),
+            trash_ops: Mutex::new(()),
         }
     }
 
@@ -228,6 +232,7 @@ impl Store {
             debts: &self.debts,
             fsync_log: &self.fsync_log,
             policy: &self.policy,
+            pins: &self.pins,
             chunk_size: self.chunk_size(),
             fsync: self.fsync(),
             sweeper: self.sweeper(),
@@ -258,6 +263,7 @@ impl Store {
             followers: &self.followers,
             debts: &self.debts,
             spares: &self.spares,
+            ops: &self.trash_ops,
             names: self.names(),
             sweeper: self.sweeper(),
             data: self.data(),

@@ -127,6 +127,8 @@ pub struct Trash<'a> {
     pub(super) followers: &'a Followers,
     pub(super) debts: &'a DirDebts,
     pub(super) spares: &'a Spares,
+    /// Restores, purges and expiry take turns (see `Store`'s `trash_ops`).
+    pub(super) ops: &'a Mutex<()>,
     pub(super) names: Names<'a>,
     pub(super) sweeper: Sweeper<'a>,
     pub(super) data: Data<'a>,
@@ -165,7 +167,9 @@ impl Trash<'_> {
             return false;
         }
         let age = now.unix_nanos() - rec.crtime.unix_nanos();
-        p.trash_skip.matches(name.as_bytes()) || age < p.trash_min_age_secs as i128 * 1_000_000_000
+        // A crtime in the future (the clock was set back) is not young.
+        p.trash_skip.matches(name.as_bytes())
+            || (0..p.trash_min_age_secs as i128 * 1_000_000_000).contains(&age)
     }
 
     /// A scratch file lost its last name: free it now, or at its last close if open.
@@ -190,6 +194,7 @@ impl Trash<'_> {
         }
         match link {
             Some(link) => {
+                let _turn = self.ops.lock();
                 let mut candidates = Vec::new();
                 if self.remove_node(id, &mut candidates)?.is_some() {
                     let _ = fs::remove_file(link);
@@ -369,27 +374,30 @@ impl Trash<'_> {
         }
     }
 
-    /// Find a trash entry by node id (or a unique prefix of it) or by original path
-    /// (the most recent one deleted from there).
+    /// Find a trash entry by original path (the most recent one deleted from there) or
+    /// by node id (or a unique prefix of it, 4 characters or more). A path comes first:
+    /// in a large trash a short name like `cafe` is often also the prefix of some id.
     fn find<'e>(all: &'e [TrashEntry], sel: &OsStr) -> Result<&'e TrashEntry> {
+        let b = sel.as_bytes();
+        let start = b.iter().position(|c| *c != b'/').unwrap_or(b.len());
+        let want = Path::new(OsStr::from_bytes(&b[start..]));
+        if let Some(e) = all
+            .iter()
+            .rev()
+            .find(|e| e.origin_path.as_deref() == Some(want))
+        {
+            return Ok(e);
+        }
         let as_id = sel.to_str().unwrap_or("");
         let by_id: Vec<&TrashEntry> = all
             .iter()
             .filter(|e| as_id.len() >= 4 && e.id.to_string().starts_with(as_id))
             .collect();
-        if by_id.len() == 1 {
-            return Ok(by_id[0]);
+        match by_id.len() {
+            1 => Ok(by_id[0]),
+            0 => Err(Error::NotInTrash(sel.to_string_lossy().into_owned())),
+            _ => Err(Error::Invalid("ambiguous trash id prefix")),
         }
-        if by_id.len() > 1 {
-            return Err(Error::Invalid("ambiguous trash id prefix"));
-        }
-        let b = sel.as_bytes();
-        let start = b.iter().position(|c| *c != b'/').unwrap_or(b.len());
-        let want = Path::new(OsStr::from_bytes(&b[start..]));
-        all.iter()
-            .rev()
-            .find(|e| e.origin_path.as_deref() == Some(want))
-            .ok_or_else(|| Error::NotInTrash(sel.to_string_lossy().into_owned()))
     }
 
     /// Per trashed directory, the entries deleted out of it by name, the latest of each.
@@ -411,6 +419,7 @@ impl Trash<'_> {
     /// its parent comes last. Linear in the size of the trash.
     pub fn restore(&self, sel: &OsStr, to: Option<&Path>) -> Result<PathBuf> {
         self.fence.check()?;
+        let _turn = self.ops.lock();
         let all = self.list()?;
         let e = Self::find(&all, sel)?;
         let (parent, name) = match to {
@@ -563,6 +572,7 @@ impl Trash<'_> {
     /// daemon's batched sweep (one reference scan for many unlinks).
     fn purge_with(&self, sel: PurgeSel, sweep_now: bool) -> Result<PurgeReport> {
         self.fence.check()?;
+        let turn = self.ops.lock();
         let since = SystemTime::now();
         let now = Time::now().unix_nanos();
         let chosen: Vec<TrashEntry> = match sel {
@@ -622,6 +632,8 @@ impl Trash<'_> {
             report.skipped_open,
             candidates.len()
         );
+        // The sweep reads every record: not while restores wait.
+        drop(turn);
         if sweep_now {
             report.bytes_freed = self.sweeper.sweep(candidates, since)?;
         } else {
@@ -687,9 +699,13 @@ impl Trash<'_> {
 
     /// Free a node `untrashable` marked, unless someone else did already.
     fn free_unlinked(&self, id: NodeId) -> Result<()> {
+        // A fenced or paused writer changes nothing; fsck finds the node later.
+        self.fence.check()?;
         if !self.pins.take_unlinked(id) {
             return Ok(());
         }
+        // Its last close may have left its session lingering after the unlink looked.
+        self.data.drop_lingering(id);
         let mut candidates = Vec::new();
         self.remove_node(id, &mut candidates)?;
         self.sweeper.queue(candidates);

@@ -59,6 +59,7 @@ use super::fsynclog::FsyncLog;
 use super::layout::{Layout, Policy};
 use super::lock::Fence;
 use super::node::{ChunkRef, Content, Hash, Kind, NodeId, NodeRecord, Status, Time};
+use super::pins::Pins;
 use super::records::Records;
 use super::sweep::Sweeper;
 
@@ -84,6 +85,7 @@ pub struct Data<'a> {
     pub(in crate::store) debts: &'a DirDebts,
     pub(in crate::store) fsync_log: &'a Option<FsyncLog>,
     pub(in crate::store) policy: &'a Mutex<Policy>,
+    pub(in crate::store) pins: &'a Pins,
     pub(in crate::store) chunk_size: u64,
     pub(in crate::store) fsync: Fsync<'a>,
     pub(in crate::store) sweeper: Sweeper<'a>,

@@ -451,24 +451,43 @@ impl Data<'_> {
     /// lingers, uncommitted, for up to `LINGER` (`commit_lingering`), so one deleted at
     /// once (sqlite's journal: written, fsynced, closed, unlinked) never has its content
     /// stored as a blob. What it fsynced is in the fsync log meanwhile; what a close
-    /// promises (the old content or the new after a power cut) holds.
+    /// promises (the old content or the new after a power cut) holds. (`flush`, at
+    /// close(2), leaves such a file's session uncommitted too.)
     pub fn close_write(&self, id: NodeId) -> Result<()> {
         let Some(s) = self.sessions.get(id) else {
             return Ok(());
         };
         let last = {
+            // Decided and marked under the session's lock, so an unlink that finds the
+            // session either sees it lingering (and drops it) or sees a handle.
             let mut g = s.lock();
             g.handles = g.handles.saturating_sub(1);
+            if g.handles == 0 && self.lingers(id) {
+                g.linger = Some(std::time::Instant::now());
+                return Ok(());
+            }
             g.handles == 0
         };
-        if last && self.lingers(id) {
-            s.lock().linger = Some(std::time::Instant::now());
+        if last && self.pins.is_unlinked(id) {
+            // Deleted for good while open (a scratch file, or no room for a trash link):
+            // it is freed right after this close, so its content is not stored.
+            self.drop_unused(id, false);
             return Ok(());
         }
         if last {
             return self.end_session(id);
         }
         Ok(())
+    }
+
+    /// close(2) of a writing handle of `id`: commit what the session holds, so a closed
+    /// file is on disk even if the daemon dies before the release; but not a scratch
+    /// file's (`close_write`), whose content a delete right after would make useless.
+    pub fn flush(&self, id: NodeId) -> Result<()> {
+        if self.lingers(id) {
+            return Ok(());
+        }
+        self.commit(id, false)
     }
 
     /// Is `id` a live scratch file whose session should outlive its last close?
@@ -506,12 +525,18 @@ impl Data<'_> {
     /// close: end the session without storing anything (its blobs made so far go to
     /// the sweep). Returns whether it did.
     pub(crate) fn drop_lingering(&self, id: NodeId) -> bool {
+        self.drop_unused(id, true)
+    }
+
+    /// End `id`'s session without storing anything, if no handle has it open (and,
+    /// with `only_lingering`, if it lingers after its last close).
+    fn drop_unused(&self, id: NodeId, only_lingering: bool) -> bool {
         let mut map = self.sessions.map.lock();
         let Some(s) = map.get(&id).cloned() else {
             return false;
         };
         let g = s.lock();
-        if g.handles != 0 || g.linger.is_none() {
+        if g.handles != 0 || (only_lingering && g.linger.is_none()) {
             return false;
         }
         map.remove(&id);
@@ -578,7 +603,16 @@ impl Data<'_> {
     ) -> Result<T> {
         self.fence.check()?;
         let (s, fresh) = self.session(id, false)?;
-        let out = f(&mut s.lock())?;
+        let out = f(&mut s.lock());
+        if fresh && out.is_err() {
+            // A session made for `f` alone must not outlive it, or the node would stay
+            // "open" (pending, never purged) for good.
+            let mut map = self.sessions.map.lock();
+            if map.get(&id).is_some_and(|s| s.lock().handles == 0) {
+                map.remove(&id);
+            }
+        }
+        let out = out?;
         if fresh {
             let res = self.commit(id, false);
             let mut map = self.sessions.map.lock();
