@@ -19,7 +19,7 @@ pub struct MountEntry {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo` (octal).
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

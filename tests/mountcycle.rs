@@ -461,3 +461,32 @@ fn remount_rw_of_a_read_only_mount_is_refused() {
         show(&out)
     );
 }
+
+/// `decofs umount --lazy` with a file still open detaches at once and returns (saying
+/// the daemon goes on serving the open file), instead of waiting for the daemon; the
+/// daemon exits once the file is closed.
+#[test]
+fn lazy_umount_with_a_file_open_returns_and_the_daemon_exits_at_the_close() {
+    let m = Mount::new();
+    fs::write(m.path("held"), b"open while detached").unwrap();
+    let pid = daemon_pid(&m.store, &m.mnt);
+    let held = fs::File::open(m.path("held")).unwrap();
+    let out = decofs(&["umount", "--lazy", s(&m.mnt)]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!is_mounted(&m.mnt), "still mounted after a lazy umount");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("detached"),
+        "{}",
+        show(&out)
+    );
+    // The open file still reads through the detached mount.
+    let mut back = String::new();
+    std::io::Read::read_to_string(&mut &held, &mut back).unwrap();
+    assert_eq!(back, "open while detached");
+    drop(held);
+    wait_until(
+        "the daemon to exit after the last close",
+        Duration::from_secs(60),
+        || process_gone(pid),
+    );
+}

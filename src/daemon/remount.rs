@@ -106,7 +106,7 @@ fn kernel_flags(mnt: &Path, changes: &[String]) -> Result<libc::c_ulong> {
         .find(|l| {
             l.split(' ')
                 .nth(4)
-                .is_some_and(|p| unescape(p).as_bytes() == mnt.as_os_str().as_bytes())
+                .is_some_and(|p| crate::host::unescape(p).as_bytes() == mnt.as_os_str().as_bytes())
         })
         .ok_or_else(|| Error::NotMounted(mnt.to_path_buf()))?;
     let (left, right) = line.split_once(" - ").unwrap_or((line, ""));
@@ -125,6 +125,7 @@ fn kernel_flags(mnt: &Path, changes: &[String]) -> Result<libc::c_ulong> {
             "sync" => libc::MS_SYNCHRONOUS,
             "dirsync" => libc::MS_DIRSYNC,
             "mand" => libc::MS_MANDLOCK,
+            "nosymfollow" => libc::MS_NOSYMFOLLOW,
             _ => 0,
         };
     }
@@ -142,34 +143,17 @@ fn kernel_flags(mnt: &Path, changes: &[String]) -> Result<libc::c_ulong> {
             "sync" => flags |= libc::MS_SYNCHRONOUS,
             "async" => flags &= !libc::MS_SYNCHRONOUS,
             "dirsync" => flags |= libc::MS_DIRSYNC,
+            "nosymfollow" => flags |= libc::MS_NOSYMFOLLOW,
+            "symfollow" => flags &= !libc::MS_NOSYMFOLLOW,
             other => return Err(Error::BadOption(other.to_string())),
         }
     }
     Ok(flags)
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.char_indices();
-    while let Some((i, ch)) = it.next() {
-        let oct = s
-            .get(i + 1..i + 4)
-            .filter(|d| d.bytes().all(|b| (b'0'..=b'7').contains(&b)));
-        match (ch, oct.and_then(|d| u8::from_str_radix(d, 8).ok())) {
-            ('\\', Some(b)) => {
-                out.push(b as char);
-                it.nth(2);
-            }
-            _ => out.push(ch),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::host::unescape;
 
     #[test]
     fn mountinfo_paths_are_unescaped() {

@@ -63,6 +63,14 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<Option<String>> {
     let start = Instant::now();
     let mut told = false;
     while !gone() {
+        if lazy && start.elapsed() >= UMOUNT_NOTICE {
+            // Files still open in the detached mount keep the daemon serving them.
+            eprintln!(
+                "decofs: detached; the daemon (pid {pid}) goes on serving the files still \
+                 open there and exits when the last one closes"
+            );
+            return Ok(None);
+        }
         if !told && start.elapsed() >= UMOUNT_NOTICE {
             eprintln!(
                 "decofs: unmounted; waiting for the daemon (pid {pid}) to finish: it \
