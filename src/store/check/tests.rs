@@ -1,7 +1,7 @@
 //! Tests of fsck, scrub and gc on scratch stores.
 
 use super::*;
-use crate::store::tests::scratch;
+use crate::store::tests::{new_file, scratch};
 use crate::store::tree::NewNode;
 
 fn file() -> NewNode {
@@ -11,11 +11,7 @@ fn file() -> NewNode {
 #[test]
 fn fresh_store_is_clean_and_gc_keeps_referenced() {
     let (_d, s) = scratch();
-    let id = s
-        .tree()
-        .create(s.root(), OsStr::new("f"), file())
-        .unwrap()
-        .0;
+    let id = new_file(&s, "f");
     s.data().write(id, 0, &vec![3u8; 200_000]).unwrap();
     s.data().write(id, 0, &vec![4u8; 200_000]).unwrap(); // old content kept as a revision
     let r = Checker::new(&s)
@@ -30,11 +26,7 @@ fn fresh_store_is_clean_and_gc_keeps_referenced() {
 #[test]
 fn online_gc_passes_nodes_without_record() {
     let (_d, s) = scratch();
-    let id = s
-        .tree()
-        .create(s.root(), OsStr::new("f"), file())
-        .unwrap()
-        .0;
+    let id = new_file(&s, "f");
     s.data().write(id, 0, &vec![5u8; 100_000]).unwrap();
     // A node the instant after create: its file exists, its record not yet.
     let young = NodeId::new_near(s.root(), Kind::File);
@@ -86,11 +78,7 @@ fn record_kind_must_match_the_id() {
 #[test]
 fn orphan_is_adopted_and_nlink_fixed() {
     let (_d, s) = scratch();
-    let id = s
-        .tree()
-        .create(s.root(), OsStr::new("f"), file())
-        .unwrap()
-        .0;
+    let id = new_file(&s, "f");
     fs::remove_file(s.names().entry_path(s.root(), OsStr::new("f"))).unwrap();
     let r = Checker::new(&s)
         .fsck(false, Duration::from_secs(3600), |_| {})
@@ -113,11 +101,7 @@ fn orphan_is_adopted_and_nlink_fixed() {
 #[test]
 fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_references() {
     let (_d, s) = scratch();
-    let id = s
-        .tree()
-        .create(s.root(), OsStr::new("f"), file())
-        .unwrap()
-        .0;
+    let id = new_file(&s, "f");
     s.data().write(id, 0, &vec![5u8; 100_000]).unwrap();
     let h = crate::store::content::record_hashes(&s.records.read(id).unwrap())[0];
     fs::remove_file(s.local.path_of(&h)).unwrap();
@@ -150,11 +134,7 @@ fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_referenc
         .unwrap();
     assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
     // A garbage record: which blobs it names is unknown, so gc deletes nothing.
-    let g = s
-        .tree()
-        .create(s.root(), OsStr::new("g"), file())
-        .unwrap()
-        .0;
+    let g = new_file(&s, "g");
     xattr::set(s.layout.node_path(g), RECORD_XATTR, b"garbage!!").unwrap();
     assert!(matches!(
         Checker::new(&s).gc(false, Duration::ZERO),
@@ -168,11 +148,7 @@ fn missing_blob_becomes_a_hole_without_revisions_and_gc_refuses_unknown_referenc
 #[test]
 fn a_revision_with_a_lost_blob_is_dropped() {
     let (_d, s) = scratch();
-    let id = s
-        .tree()
-        .create(s.root(), OsStr::new("f"), file())
-        .unwrap()
-        .0;
+    let id = new_file(&s, "f");
     s.data().write(id, 0, &vec![4u8; 90_000]).unwrap();
     s.data().write(id, 0, &vec![5u8; 100_000]).unwrap();
     s.data().write(id, 0, &vec![6u8; 110_000]).unwrap(); // revisions: the 4s, the 5s
@@ -216,11 +192,7 @@ fn a_revision_with_a_lost_blob_is_dropped() {
 #[test]
 fn an_emptied_blob_is_found_by_its_length_and_rolled_back() {
     let (_d, s) = scratch();
-    let id = s
-        .tree()
-        .create(s.root(), OsStr::new("f"), file())
-        .unwrap()
-        .0;
+    let id = new_file(&s, "f");
     s.data().write(id, 0, &vec![5u8; 100_000]).unwrap();
     s.data().write(id, 0, &vec![6u8; 120_000]).unwrap(); // the first kept as a revision
     let r = Checker::new(&s)
@@ -292,11 +264,7 @@ fn interrupted_trashing_goes_back_to_the_trash() {
 #[test]
 fn a_blob_an_interrupted_sweep_moved_aside_is_put_back() {
     let (_d, s) = scratch();
-    let id = s
-        .tree()
-        .create(s.root(), OsStr::new("f"), file())
-        .unwrap()
-        .0;
+    let id = new_file(&s, "f");
     s.data().write(id, 0, &vec![7u8; 100_000]).unwrap();
     let h = crate::store::content::record_hashes(&s.records.read(id).unwrap())[0];
     // As a sweep of a process that no longer runs (no pid is i32::MAX).
