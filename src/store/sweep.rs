@@ -195,14 +195,17 @@ impl Sweeper<'_> {
     /// Drop revisions of `id` beyond the count or age limits. Returns (dropped, blobs
     /// they referenced).
     pub(crate) fn prune_revisions(&self, id: NodeId) -> Result<(u64, Vec<Hash>)> {
-        let p = self.policy.lock().clone();
+        let (keep, max_age_secs) = {
+            let p = self.policy.lock();
+            (p.revisions_keep, p.revisions_max_age_secs)
+        };
         let now = Time::now().unix_nanos();
-        let max_age = p.revisions_max_age_secs as i128 * 1_000_000_000;
+        let max_age = max_age_secs as i128 * 1_000_000_000;
         // Asked after every commit that keeps a revision, and of every file with
         // revisions every minute: which to drop follows from the names (stamps), so only
         // the dropped ones are read (for the blobs they name).
         let (dir, stamps) = self.revisions.stamps(id)?;
-        let keep_from = stamps.len().saturating_sub(p.revisions_keep as usize);
+        let keep_from = stamps.len().saturating_sub(keep as usize);
         let mut dropped = 0;
         let mut blobs = Vec::new();
         for (i, stamp) in stamps.iter().enumerate() {

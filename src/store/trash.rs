@@ -135,8 +135,19 @@ pub struct Trash<'a> {
 }
 
 impl Trash<'_> {
-    fn policy(&self) -> Policy {
-        self.policy.lock().clone()
+    /// How long the trash keeps what it holds (0: the trash is off).
+    fn retention_secs(&self) -> u64 {
+        self.policy.lock().trash_retention_secs
+    }
+
+    /// The trash directory's links (none while it does not exist).
+    fn links(&self) -> Result<impl Iterator<Item = fs::DirEntry>> {
+        let it = match fs::read_dir(self.layout.trash()) {
+            Ok(it) => Some(it),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("read trash", e)),
+        };
+        Ok(it.into_iter().flatten().flatten())
     }
 
     /// A handle of `id` closed. With trash off, the last close of an unlinked file frees it.
@@ -149,7 +160,7 @@ impl Trash<'_> {
         if self.pins.is_unlinked(id) {
             // Deleted on a full disk without a trash link: free it now.
             let _ = self.free_unlinked(id);
-        } else if self.policy().trash_retention_secs == 0 {
+        } else if self.retention_secs() == 0 {
             if let Ok(rec) = self.records.read(id) {
                 if rec.trash.is_some() && rec.nlink == 0 {
                     let _ = self.purge_with(PurgeSel::Node(id), false);
@@ -186,10 +197,7 @@ impl Trash<'_> {
     /// Called by `tree` once a node went to trash: with trash off, free it now.
     /// `link` is its trash link when the caller knows it (then no listing of the trash).
     pub(crate) fn trashed(&self, id: NodeId, link: Option<&Path>) -> Result<()> {
-        if self.policy.lock().trash_retention_secs != 0
-            || self.pins.pinned(id)
-            || self.sessions.contains(id)
-        {
+        if self.retention_secs() != 0 || self.pins.pinned(id) || self.sessions.contains(id) {
             return Ok(());
         }
         match link {
@@ -283,12 +291,7 @@ impl Trash<'_> {
     /// a directory entry, not a readlink and record reads. Not connected (`list`).
     fn list_from(&self, wanted: impl Fn(Option<i128>) -> bool) -> Result<Vec<TrashEntry>> {
         let mut out = Vec::new();
-        let it = match fs::read_dir(self.layout.trash()) {
-            Ok(it) => it,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(Error::io("read trash", e)),
-        };
-        for e in it.flatten() {
+        for e in self.links()? {
             let link = e.file_name().to_string_lossy().into_owned();
             let stamp = link
                 .split_once('.')
@@ -646,12 +649,7 @@ impl Trash<'_> {
     /// directory listing and one record read, whatever the size of the trash.
     fn link_of(&self, id: NodeId) -> Result<Option<TrashEntry>> {
         let suffix = format!(".{id}");
-        let it = match fs::read_dir(self.layout.trash()) {
-            Ok(it) => it,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read trash", e)),
-        };
-        for e in it.flatten() {
+        for e in self.links()? {
             let link = e.file_name().to_string_lossy().into_owned();
             if !link.ends_with(&suffix) {
                 continue;
@@ -718,9 +716,8 @@ impl Trash<'_> {
     /// sweeping here cost up to two whole-store scans a minute outside the bound the
     /// batched sweep keeps (see `spawn_maintenance`). `bytes_freed` is therefore 0.
     pub fn expire(&self) -> Result<PurgeReport> {
-        let p = self.policy();
         let mut report = self.purge_with(
-            PurgeSel::OlderThan(Duration::from_secs(p.trash_retention_secs)),
+            PurgeSel::OlderThan(Duration::from_secs(self.retention_secs())),
             false,
         )?;
         let mut candidates = Vec::new();
