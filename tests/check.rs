@@ -81,6 +81,7 @@ fn chunk_blobs(store: &Path, rel: &str) -> Vec<PathBuf> {
         decofs::store::OpenOptions {
             read_only: true,
             cache_bytes: 0,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -13,6 +13,7 @@ mod index;
 mod lock;
 pub(crate) mod output;
 mod progress;
+mod snapshot;
 mod stats;
 mod store_cmds;
 mod trash;
@@ -118,6 +119,12 @@ pub enum Cmd {
     Versions {
         #[command(subcommand)]
         cmd: versions::VersionsCmd,
+    },
+    /// Snapshots of the whole tree: create, ls, rm, diff. TARGET is a mountpoint or a
+    /// store. Mount one read-only with `decofs mount STORE MNT -o snapshot=NAME`.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: snapshot::SnapshotCmd,
     },
     /// Find files by name, type, size and age from the index (no tree walk). PATH is a
     /// directory in a mount, a mountpoint, a store, or STORE/dir. Prints one path per
@@ -316,6 +323,7 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Index { cmd } => index::index(cmd, json),
         Cmd::Trash { cmd } => trash::run(cmd, json),
         Cmd::Versions { cmd } => versions::run(cmd, json),
+        Cmd::Snapshot { cmd } => snapshot::run(cmd, json),
         Cmd::Fsck {
             store,
             repair,

@@ -209,7 +209,7 @@ fn origin_shown(
 }
 
 /// Bytes for people: 512 B, 1.5 KiB, 10.0 MiB.
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");

@@ -180,6 +180,67 @@ impl StoreAnswer for TrashPurge {
     }
 }
 
+impl StoreAnswer for SnapshotCreate {
+    fn answer(&self, store: &Store) -> Result<SnapshotMade> {
+        let i = store.snapshots().create(self.name.as_deref())?;
+        Ok(SnapshotMade {
+            name: i.name,
+            created: i.created.secs,
+            generation: i.gen,
+        })
+    }
+}
+
+impl StoreAnswer for SnapshotLs {
+    fn answer(&self, store: &Store) -> Result<SnapshotList> {
+        if store.read_only() {
+            store.snapshots().reload()?;
+        }
+        let snapshots = store
+            .snapshots()
+            .list()?
+            .into_iter()
+            .map(|u| SnapshotItem {
+                name: u.info.name,
+                created: u.info.created.secs,
+                generation: u.info.gen,
+                copies: u.copies,
+                held_bytes: u.held_bytes,
+            })
+            .collect();
+        Ok(SnapshotList { snapshots })
+    }
+}
+
+impl StoreAnswer for SnapshotRm {
+    fn answer(&self, store: &Store) -> Result<SnapshotRemoved> {
+        let bytes_freed = store.snapshots().remove(&self.name)?;
+        Ok(SnapshotRemoved {
+            name: self.name.clone(),
+            bytes_freed,
+        })
+    }
+}
+
+impl StoreAnswer for SnapshotDiff {
+    fn answer(&self, store: &Store) -> Result<SnapshotChanges> {
+        if store.read_only() {
+            store.snapshots().reload()?;
+        }
+        let changes = store
+            .snapshots()
+            .diff(&self.old, self.new.as_deref())?
+            .into_iter()
+            .map(|c| SnapshotChange {
+                change: format!("{:?}", c.kind).to_lowercase(),
+                path: WirePath::new(&c.path),
+                from: c.from.as_deref().map(WirePath::new),
+            })
+            .collect();
+        Ok(SnapshotChanges { changes })
+    }
+}
+
 impl StoreAnswer for VersionsLs {
     fn answer(&self, store: &Store) -> Result<VersionList> {
         let id = store.names().resolve_path(&self.path.0)?;

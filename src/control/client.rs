@@ -174,6 +174,7 @@ pub fn run<A: StoreAnswer>(
         OpenOptions {
             read_only: !mutating,
             cache_bytes: 16 << 20,
+            ..Default::default()
         },
     ))?;
     local(req.answer(&store))
@@ -196,6 +197,7 @@ pub fn run_index<A: IndexAnswer>(
         OpenOptions {
             read_only: false,
             cache_bytes: 16 << 20,
+            ..Default::default()
         },
     ))?);
     let ix = local(Index::open(store, false, Default::default()))?;
@@ -227,6 +229,7 @@ pub fn status(path: &Path) -> std::result::Result<StatusReply, Report> {
         OpenOptions {
             read_only: true,
             cache_bytes: 1 << 20,
+            ..Default::default()
         },
     ))?;
     local(answer::status(&store, None))

@@ -128,6 +128,10 @@ pub enum Request {
     IndexRebuild(IndexRebuild),
     Remount(Remount),
     Stats(Stats),
+    SnapshotCreate(SnapshotCreate),
+    SnapshotLs(SnapshotLs),
+    SnapshotRm(SnapshotRm),
+    SnapshotDiff(SnapshotDiff),
 }
 
 impl Request {
@@ -148,6 +152,10 @@ impl Request {
             Request::IndexRebuild(_) => "index_rebuild",
             Request::Remount(_) => "remount",
             Request::Stats(_) => "stats",
+            Request::SnapshotCreate(_) => "snapshot_create",
+            Request::SnapshotLs(_) => "snapshot_ls",
+            Request::SnapshotRm(_) => "snapshot_rm",
+            Request::SnapshotDiff(_) => "snapshot_diff",
         }
     }
 
@@ -192,6 +200,10 @@ asks! {
     IndexRebuild => Rebuilt,
     Remount => Remounted,
     Stats => StatsReply,
+    SnapshotCreate => SnapshotMade,
+    SnapshotLs => SnapshotList,
+    SnapshotRm => SnapshotRemoved,
+    SnapshotDiff => SnapshotChanges,
 }
 
 // ---- Requests ----
@@ -324,6 +336,72 @@ fn default_verify_wait() -> u64 {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct IndexRebuild {}
+
+/// Take a snapshot of the whole tree (named after the time when `name` is None).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotCreate {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotLs {}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotRm {
+    pub name: String,
+}
+
+/// What changed from snapshot `old` to snapshot `new` (None: the live tree).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotDiff {
+    pub old: String,
+    #[serde(default)]
+    pub new: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotMade {
+    pub name: String,
+    pub created: i64,
+    pub generation: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotItem {
+    pub name: String,
+    pub created: i64,
+    pub generation: u64,
+    /// Records and entries copied because they changed after the snapshot.
+    pub copies: u64,
+    /// Bytes of blobs only this snapshot names (what removing it frees).
+    pub held_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotItem>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotRemoved {
+    pub name: String,
+    pub bytes_freed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotChange {
+    /// created, deleted, modified or renamed.
+    pub change: String,
+    pub path: WirePath,
+    #[serde(default)]
+    pub from: Option<WirePath>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotChanges {
+    pub changes: Vec<SnapshotChange>,
+}
 
 // ---- Replies ----
 // `--json` prints these as they are; the CLI prints them through `serde_json::Value`,

@@ -109,6 +109,10 @@ fn answer(store: &Store, info: &DaemonInfo, req: Request) -> std::result::Result
         Request::IndexRebuild(r) => line(index().and_then(|ix| r.answer(ix))),
         Request::Remount(r) => line(answer::remount(store, info, &r)),
         Request::Stats(_) => line(super::stats::answer(info, store.read_only())),
+        Request::SnapshotCreate(r) => line(r.answer(store)),
+        Request::SnapshotLs(r) => line(r.answer(store)),
+        Request::SnapshotRm(r) => line(r.answer(store)),
+        Request::SnapshotDiff(r) => line(r.answer(store)),
     }
 }
 

@@ -276,6 +276,7 @@ fn prepare(
         OpenOptions {
             read_only: opts.read_only,
             cache_bytes: 0,
+            snapshot: opts.snapshot.clone(),
         },
     )?);
     let mut mo = vec![

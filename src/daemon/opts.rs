@@ -30,6 +30,8 @@ pub struct MountOpts {
     pub readahead_kib: Option<u32>,
     /// nonempty: mount over a directory that has files in it (hiding them meanwhile).
     pub nonempty: bool,
+    /// snapshot=NAME: serve snapshot NAME, read-only.
+    pub snapshot: Option<String>,
 }
 
 /// Every option `-o` accepts, as `decofs mount --help` lists them (a unit test checks
@@ -58,6 +60,7 @@ option or a bad value is refused with invalid_option and nothing is mounted):
                                keep (default) or keep no metadata index
   index_queue=N                the index's change queue capacity (N > 0, default 65536)
   index_delay=MS               pause the index worker after each batch (testing)
+  snapshot=NAME                serve snapshot NAME (read-only; implies ro)
   readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
                                0 keeps the kernel's 128 KiB)
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
@@ -90,10 +93,20 @@ pub const READAHEAD_KIB: u32 = 4096;
 /// accepted and ignored.
 pub fn parse_opts(s: &str) -> Result<MountOpts> {
     let mut o = MountOpts::default();
+    let mut rw = false;
     for opt in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
         match opt {
             "ro" => o.read_only = true,
-            "rw" => o.read_only = false,
+            "rw" => {
+                o.read_only = false;
+                rw = true;
+            }
+            x if x.starts_with("snapshot=") => {
+                let name = &x["snapshot=".len()..];
+                crate::store::snapshot::validate_name(name)
+                    .map_err(|_| Error::BadOption(opt.to_string()))?;
+                o.snapshot = Some(name.to_string());
+            }
             "allow_other" => o.allow_other = true,
             "allow_root" => o.allow_root = true,
             "default_permissions"
@@ -173,6 +186,14 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
             other => return Err(Error::BadOption(other.to_string())),
         }
     }
+    if o.snapshot.is_some() {
+        if rw {
+            return Err(Error::BadOption(
+                "rw,snapshot=…: a snapshot is read-only".into(),
+            ));
+        }
+        o.read_only = true;
+    }
     Ok(o)
 }
 
@@ -211,6 +232,7 @@ mod tests {
                 Some((k, "DURATION")) => format!("{k}=2h"),
                 Some((k, "N" | "MS" | "KIB")) => format!("{k}=7"),
                 Some((k, "PATTERNS")) => format!("{k}=*.bak:#*"),
+                Some((k, "NAME")) => format!("{k}=daily-1"),
                 _ => n.clone(),
             };
             assert!(parse_opts(&opt).is_ok(), "{opt} (from the help) must parse");
@@ -235,6 +257,9 @@ mod tests {
             "revisions_keep=-3",
             "revisions_max_age=",
             "nonempty=yes",
+            "snapshot=.hidden",
+            "snapshot=a/b",
+            "rw,snapshot=daily",
             "frobnicate",
         ] {
             assert!(parse_opts(bad).is_err(), "{bad} must be refused");

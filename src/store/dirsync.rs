@@ -399,7 +399,7 @@ impl Fsync<'_> {
         let cached = self.records.read(id)?;
         let body = encode_body(&cached);
         let (value, rec, rec_blob) = if body.len() <= INLINE_RECORD_LIMIT {
-            (frame(false, &body), cached, None)
+            (frame(false, &body, cached.has_gens()), cached, None)
         } else {
             let value = self.records.value(id)?;
             match unframe(id, &value)? {

@@ -78,6 +78,12 @@ pub enum Error {
     RestoreNameTaken(PathBuf),
     #[error("no revision {0} of this file")]
     NoSuchRevision(String),
+    #[error("no snapshot named {0:?}")]
+    SnapshotNotFound(String),
+    #[error("a snapshot named {0:?} exists")]
+    SnapshotExists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
     #[error("unknown or invalid mount option '{0}'")]
     BadOption(String),
     #[error("the mount daemon failed: {0}")]
@@ -136,6 +142,9 @@ impl Error {
             Error::RestoreParentGone(_) => "restore_parent_gone",
             Error::RestoreNameTaken(_) => "restore_name_taken",
             Error::NoSuchRevision(_) => "no_such_revision",
+            Error::SnapshotNotFound(_) => "snapshot_not_found",
+            Error::SnapshotExists(_) => "snapshot_exists",
+            Error::InvalidArgument(_) => "invalid_argument",
             Error::Daemon(_) => "daemon_failed",
             Error::NotConsistent { .. } => "resource_not_consistent",
             Error::IndexUnavailable(_) => "index_unavailable",
@@ -182,6 +191,10 @@ impl Error {
                 "restore elsewhere with --to PATH (a path inside the mount)".into()
             }
             Error::NoSuchRevision(_) => "list revisions with `decofs versions ls FILE`".into(),
+            Error::SnapshotNotFound(_) => "list snapshots with `decofs snapshot ls`".into(),
+            Error::SnapshotExists(_) => {
+                "choose another name, or remove the old one with `decofs snapshot rm`".into()
+            }
             Error::Daemon(_) => "see the daemon log, STORE/decofs.log".into(),
             Error::NotConsistent { .. } => {
                 "retry in a moment, or pass --wait to wait until the index is current (--stale answers from the lagging index)".into()
@@ -221,7 +234,11 @@ impl Error {
             Error::NotConsistent { .. } => libc::EAGAIN,
             Error::IndexUnavailable(_) => libc::ENOTSUP,
             Error::ChangesTruncated { .. } => libc::ERANGE,
-            Error::NotInTrash(_) | Error::NoSuchRevision(_) => libc::ENOENT,
+            Error::NotInTrash(_) | Error::NoSuchRevision(_) | Error::SnapshotNotFound(_) => {
+                libc::ENOENT
+            }
+            Error::SnapshotExists(_) => libc::EEXIST,
+            Error::InvalidArgument(_) => libc::EINVAL,
             Error::RestoreParentGone(_) => libc::ENOENT,
             Error::RestoreNameTaken(_) => libc::EEXIST,
             Error::InitNotEmpty(_) => libc::ENOTEMPTY,

@@ -203,6 +203,10 @@ impl Layout {
     pub fn revisions_of(&self, id: NodeId) -> PathBuf {
         self.revisions().join(id.to_string())
     }
+    /// `snapshots/`: the generation file and one directory per snapshot.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
     }

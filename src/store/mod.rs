@@ -42,6 +42,8 @@ pub mod node;
 pub mod pins;
 pub mod records;
 pub mod revisions;
+pub mod snapshot;
+pub mod snapshot_ops;
 mod spare;
 pub mod sweep;
 pub mod trash;
@@ -68,6 +70,8 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Verified-chunk cache size in bytes.
     pub cache_bytes: usize,
+    /// Read the tree as this snapshot saw it (read-only opens only).
+    pub snapshot: Option<String>,
 }
 
 pub struct Store {
@@ -106,6 +110,9 @@ pub struct Store {
     /// Held by whatever binds or removes trashed nodes (restore, purge, expiry), so
     /// a purge never removes a node a restore is naming again.
     trash_ops: Mutex<()>,
+    /// Snapshots of the tree, and the copies of what changed since (shared with
+    /// `records`, which copies a record before it changes).
+    snapshots: Arc<snapshot::Snapshots>,
 }
 
 impl Store {
@@ -150,6 +157,15 @@ impl Store {
         let blobs = LocalBlobs::new(layout.clone(), cache);
         replay_fsync_logs(&layout, &blobs, lock.is_some())?;
         let mut store = Store::assemble(layout, format, blobs, opts.read_only, lock);
+        store.snapshots.load(!opts.read_only)?;
+        if let Some(name) = &opts.snapshot {
+            if !opts.read_only {
+                return Err(Error::InvalidArgument(
+                    "a snapshot is mounted read-only: add -o ro".into(),
+                ));
+            }
+            store.records.view_snapshot(name)?;
+        }
         if let Some(epoch) = store.epoch() {
             store.fsync_log = Some(fsynclog::FsyncLog::new(&store.layout, epoch));
         }
@@ -170,8 +186,15 @@ impl Store {
         let spares = spare::Spares::new(layout.clone(), local.clone());
         let blobs: Arc<dyn BlobStore> = local.clone();
         let fence = Arc::new(Fence::new(read_only, lock));
+        let snapshots = Arc::new(snapshot::Snapshots::new(layout.clone(), blobs.clone()));
         Store {
-            records: Records::new(layout.clone(), blobs.clone(), fence.clone()),
+            records: Records::new(
+                layout.clone(),
+                blobs.clone(),
+                fence.clone(),
+                snapshots.clone(),
+            ),
+            snapshots,
             debts: dirsync::DirDebts::new(layout.clone(), local.clone()),
             revisions: content::Revisions::new(layout.clone(), blobs.clone()),
             chunk_lists: content::ChunkLists::new(blobs.clone()),
@@ -198,6 +221,7 @@ impl Store {
             layout: &self.layout,
             records: &self.records,
             root: self.format.root,
+            at: None,
         }
     }
 
@@ -281,6 +305,16 @@ impl Store {
             chunk_lists: &self.chunk_lists,
             sweep_queue: &self.sweep_queue,
             policy: &self.policy,
+        }
+    }
+
+    /// Snapshots: create, list, remove, diff.
+    pub fn snapshots(&self) -> snapshot_ops::SnapshotOps<'_> {
+        snapshot_ops::SnapshotOps {
+            snaps: &self.snapshots,
+            fence: &self.fence,
+            names: self.names(),
+            sweeper: self.sweeper(),
         }
     }
 
@@ -528,6 +562,7 @@ mod tests {
             OpenOptions {
                 read_only: true,
                 cache_bytes: 0,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -14,6 +14,7 @@ use super::error::{Error, IoContext, Result};
 use super::layout::Layout;
 use super::node::{Kind, NodeId, NodeRecord};
 use super::records::Records;
+use super::snapshot::Lens;
 
 /// The longest name a directory entry may have (as on ext4).
 pub const NAME_MAX: usize = 255;
@@ -58,16 +59,41 @@ pub struct Names<'a> {
     pub(super) layout: &'a Layout,
     pub(super) records: &'a Records,
     pub(super) root: NodeId,
+    /// Read names and records as this snapshot saw them (else as the store is read).
+    pub(super) at: Option<&'a Lens<'a>>,
 }
 
-impl Names<'_> {
+impl<'a> Names<'a> {
+    /// The same names as snapshot `lens` saw them.
+    pub fn at(self, lens: &'a Lens<'a>) -> Names<'a> {
+        Names {
+            at: Some(lens),
+            ..self
+        }
+    }
+
+    fn lens(&self) -> Option<Lens<'_>> {
+        match self.at {
+            Some(l) => Some(l.clone()),
+            None => self.records.lens(),
+        }
+    }
+
+    /// A node's record, as these names see it.
+    pub fn record(&self, id: NodeId) -> Result<NodeRecord> {
+        match self.at {
+            Some(l) => l.record(id, || self.records.read_live_disk(id)),
+            None => self.records.read(id),
+        }
+    }
+
     pub(crate) fn entry_path(&self, parent: NodeId, name: &OsStr) -> PathBuf {
         self.layout.node_path(parent).join(name)
     }
 
     /// The directory record of `id`, or NotDir / NotFound (a removed directory).
     pub(super) fn dir_record(&self, id: NodeId) -> Result<NodeRecord> {
-        let rec = self.records.read(id)?;
+        let rec = self.record(id)?;
         if rec.kind != Kind::Dir {
             return Err(Error::NotDir);
         }
@@ -80,6 +106,13 @@ impl Names<'_> {
     /// Resolve a name in a directory to a node id.
     pub fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
         validate_name(name)?;
+        match self.lens() {
+            Some(lens) => lens.lookup(parent, name, || self.lookup_live(parent, name)),
+            None => self.lookup_live(parent, name),
+        }
+    }
+
+    fn lookup_live(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
         match fs::read_link(self.entry_path(parent, name)) {
             Ok(t) => Layout::parse_entry_target(&t).ok_or_else(|| Error::CorruptRecord {
                 node: parent.to_string(),
@@ -92,6 +125,9 @@ impl Names<'_> {
     }
 
     pub(super) fn is_empty_dir(&self, id: NodeId) -> Result<bool> {
+        if self.lens().is_some() {
+            return Ok(self.readdir(id)?.is_empty());
+        }
         let mut it = fs::read_dir(self.layout.node_path(id)).ctx(|| format!("read dir {id}"))?;
         Ok(it.next().is_none())
     }
@@ -105,7 +141,7 @@ impl Names<'_> {
             if node == self.root {
                 return Ok(false);
             }
-            match self.records.read(node)?.parent {
+            match self.record(node)?.parent {
                 Some(p) => node = p,
                 None => return Ok(false),
             }
@@ -123,7 +159,7 @@ impl Names<'_> {
                 parts.reverse();
                 return Some(parts.iter().collect());
             }
-            let rec = self.records.read(cur).ok()?;
+            let rec = self.record(cur).ok()?;
             if rec.trash.is_some() {
                 return None;
             }
@@ -155,6 +191,24 @@ impl Names<'_> {
 
     /// The entries of a directory, in on-disk order.
     pub fn readdir(&self, id: NodeId) -> Result<Vec<(OsString, NodeId)>> {
+        match self.lens() {
+            Some(lens) => lens.readdir(id, || self.readdir_live(id)),
+            None => self.readdir_live(id),
+        }
+    }
+
+    /// Before entry `name` of `dir` is made, removed or replaced: the snapshots that
+    /// hold it keep it (call inside the change's `Snapshots::op`).
+    pub(super) fn preserve_entry(&self, dir: NodeId, name: &OsStr) -> Result<()> {
+        let snaps = self.records.snapshots();
+        if snaps.newest().is_none() {
+            return Ok(());
+        }
+        let born = self.records.read(dir)?.born;
+        snaps.preserve_entry(dir, born, name)
+    }
+
+    fn readdir_live(&self, id: NodeId) -> Result<Vec<(OsString, NodeId)>> {
         let dir = self.layout.node_path(id);
         let open_err = |e: std::io::Error| match e.raw_os_error() {
             Some(libc::ENOENT) => Error::NotFound,

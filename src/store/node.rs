@@ -21,7 +21,11 @@ use super::error::{Error, Result};
 /// The xattr that holds a node's record.
 pub const RECORD_XATTR: &str = "user.decofs.node";
 const MAGIC: &[u8; 2] = b"DN";
+/// Format 1: the body alone. Format 2: the body followed by the record's snapshot
+/// generations (`gen`, `born`), written once a store has had a snapshot; a binary that
+/// knows only format 1 refuses such a record instead of dropping its generations.
 const RECORD_FORMAT: u8 = 1;
+const RECORD_FORMAT_GENS: u8 = 2;
 const FLAG_INLINE: u8 = 0;
 const FLAG_IN_BLOB: u8 = 1;
 /// Larger encoded records move into a blob (ext4 refuses ~4,000-byte values).
@@ -213,6 +217,13 @@ impl Time {
         self.secs as i128 * 1_000_000_000 + self.nanos as i128
     }
 
+    pub fn from_unix_nanos(n: i128) -> Time {
+        Time {
+            secs: n.div_euclid(1_000_000_000) as i64,
+            nanos: n.rem_euclid(1_000_000_000) as u32,
+        }
+    }
+
     pub fn from_system(t: SystemTime) -> Time {
         match t.duration_since(UNIX_EPOCH) {
             Ok(d) => Time {
@@ -337,6 +348,16 @@ pub struct NodeRecord {
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     pub trash: Option<TrashOrigin>,
     pub status: Status,
+    /// The snapshot generation in which this record was written (see
+    /// `store::snapshot`): a snapshot of generation G sees it iff `gen <= G`. Encoded
+    /// after the body, not in it (format 2), so records of stores that never had a
+    /// snapshot keep format 1.
+    #[serde(skip)]
+    pub gen: u64,
+    /// The generation in which the node was created: no snapshot older than it holds
+    /// the node, so its directory entries need no copies.
+    #[serde(skip)]
+    pub born: u64,
 }
 
 impl NodeRecord {
@@ -374,7 +395,14 @@ impl NodeRecord {
             xattrs: BTreeMap::new(),
             trash: None,
             status: Status::Consistent,
+            gen: 0,
+            born: 0,
         }
+    }
+
+    /// Does this record carry snapshot generations (format 2)?
+    pub fn has_gens(&self) -> bool {
+        self.gen != 0 || self.born != 0
     }
 }
 
@@ -386,23 +414,38 @@ pub enum Stored {
     InBlob(Hash),
 }
 
-/// Serialize a record's body (no framing).
+/// Serialize a record's body (no framing): the record, then its generations if it has
+/// any.
 pub fn encode_body(rec: &NodeRecord) -> Vec<u8> {
-    postcard::to_allocvec(rec).expect("records always serialize")
+    let mut out = postcard::to_allocvec(rec).expect("records always serialize");
+    if rec.has_gens() {
+        out.extend(postcard::to_allocvec(&(rec.gen, rec.born)).expect("integers serialize"));
+    }
+    out
 }
 
 pub fn decode_body(node: NodeId, body: &[u8]) -> Result<NodeRecord> {
-    postcard::from_bytes(body).map_err(|e| Error::CorruptRecord {
+    let corrupt = |e: postcard::Error| Error::CorruptRecord {
         node: node.to_string(),
         detail: format!("undecodable record: {e}"),
-    })
+    };
+    let (mut rec, rest): (NodeRecord, &[u8]) = postcard::take_from_bytes(body).map_err(corrupt)?;
+    if !rest.is_empty() {
+        (rec.gen, rec.born) = postcard::from_bytes(rest).map_err(corrupt)?;
+    }
+    Ok(rec)
 }
 
-/// Frame a payload: magic, format, flag, crc32, payload.
-pub fn frame(flag_in_blob: bool, payload: &[u8]) -> Vec<u8> {
+/// Frame a payload: magic, format, flag, crc32, payload. `gens`: the record framed
+/// (inline, or in the blob the payload names) carries generations (format 2).
+pub fn frame(flag_in_blob: bool, payload: &[u8], gens: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(MAGIC);
-    out.push(RECORD_FORMAT);
+    out.push(if gens {
+        RECORD_FORMAT_GENS
+    } else {
+        RECORD_FORMAT
+    });
     out.push(if flag_in_blob {
         FLAG_IN_BLOB
     } else {
@@ -422,7 +465,7 @@ pub fn unframe(node: NodeId, value: &[u8]) -> Result<Stored> {
     if value.len() < 8 || &value[0..2] != MAGIC {
         return Err(corrupt("bad magic or truncated record"));
     }
-    if value[2] != RECORD_FORMAT {
+    if value[2] != RECORD_FORMAT && value[2] != RECORD_FORMAT_GENS {
         return Err(corrupt("unknown record format"));
     }
     let crc = u32::from_le_bytes([value[4], value[5], value[6], value[7]]);
@@ -491,7 +534,7 @@ mod tests {
         let id = NodeId::new();
         let mut r = NodeRecord::new(Kind::File, 0o644, 1, 2, id.derived_ino());
         r.xattrs.insert(b"user.a".to_vec(), b"b".to_vec());
-        let framed = frame(false, &encode_body(&r));
+        let framed = frame(false, &encode_body(&r), false);
         match unframe(id, &framed).unwrap() {
             Stored::Inline(back) => assert_eq!(back, r),
             Stored::InBlob(_) => panic!("expected inline"),
@@ -514,7 +557,7 @@ mod tests {
     fn small_records_fit_an_xattr() {
         let id = NodeId::new();
         let r = NodeRecord::new(Kind::File, 0o644, 1000, 1000, id.derived_ino());
-        assert!(frame(false, &encode_body(&r)).len() < 200);
+        assert!(frame(false, &encode_body(&r), false).len() < 200);
     }
 
     #[test]

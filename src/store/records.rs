@@ -19,6 +19,7 @@ use super::node::{
     decode_body, encode_body, frame, unframe, NodeId, NodeRecord, Stored, Time,
     INLINE_RECORD_LIMIT, RECORD_XATTR,
 };
+use super::snapshot::{Lens, Snapshots};
 
 const STRIPES: usize = 64;
 /// Record cache: shards (by the same hash as the stripes) and records kept per shard.
@@ -65,14 +66,25 @@ pub struct Records {
     /// maintenance thread, by the directory's fsync, by any other change of the
     /// directory, and at a clean close (see `touch_dir_times`).
     deferred: Mutex<HashMap<NodeId, NodeRecord>>,
+    /// The store's snapshots: a record that one holds is copied before it changes.
+    snaps: Arc<Snapshots>,
+    /// Opened at a snapshot (read only): its generation and the areas to read through.
+    at: Option<(u64, Vec<std::path::PathBuf>)>,
 }
 
 impl Records {
-    pub(crate) fn new(layout: Layout, blobs: Arc<dyn BlobStore>, fence: Arc<Fence>) -> Records {
+    pub(crate) fn new(
+        layout: Layout,
+        blobs: Arc<dyn BlobStore>,
+        fence: Arc<Fence>,
+        snaps: Arc<Snapshots>,
+    ) -> Records {
         Records {
             layout,
             blobs,
             fence,
+            snaps,
+            at: None,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             cache_on: AtomicBool::new(false),
             cache: (0..CACHE_SHARDS)
@@ -80,6 +92,23 @@ impl Records {
                 .collect(),
             deferred: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Read everything as snapshot `name` saw it from now on (a read-only open).
+    pub(crate) fn view_snapshot(&mut self, name: &str) -> Result<()> {
+        self.at = Some(self.snaps.chain(name)?);
+        Ok(())
+    }
+
+    /// The snapshot this store is read at, if any.
+    pub fn lens(&self) -> Option<Lens<'_>> {
+        self.at
+            .as_ref()
+            .map(|(gen, chain)| Lens::new(&self.snaps, *gen, chain.as_slice()))
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snaps
     }
 
     fn id_hash(id: NodeId) -> usize {
@@ -191,8 +220,17 @@ impl Records {
         }
     }
 
-    /// Read a node's record from its xattr (following it into a blob if it was large).
+    /// Read a node's record from its xattr (following it into a blob if it was large),
+    /// or as the snapshot this store is read at saw it.
     pub fn read_disk(&self, id: NodeId) -> Result<NodeRecord> {
+        if let Some(lens) = self.lens() {
+            return lens.record(id, || self.read_live_disk(id));
+        }
+        self.read_live_disk(id)
+    }
+
+    /// The live record on disk, whatever snapshot the store is read at.
+    pub(crate) fn read_live_disk(&self, id: NodeId) -> Result<NodeRecord> {
         let value = self.value(id)?;
         match unframe(id, &value)? {
             Stored::Inline(r) => Ok(r),
@@ -200,19 +238,45 @@ impl Records {
         }
     }
 
-    /// Replace a node's record with one setxattr. Large records go to a blob first.
-    pub(crate) fn write(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
+    /// A record framed as its xattr value. Large records go to a blob first.
+    fn encode_value(&self, rec: &NodeRecord, durable: bool) -> Result<Vec<u8>> {
         let body = encode_body(rec);
-        let value = if body.len() > INLINE_RECORD_LIMIT {
+        Ok(if body.len() > INLINE_RECORD_LIMIT {
             let h = self.blobs.put(&body, durable)?;
             if !durable {
                 // Invariant 1 across a power cut (see `BlobStore::settle`).
                 self.blobs.settle(&[h])?;
             }
-            frame(true, &h)
+            frame(true, &h, rec.has_gens())
         } else {
-            frame(false, &body)
-        };
+            frame(false, &body, rec.has_gens())
+        })
+    }
+
+    /// Before the record `old` of `id` is replaced: keep it for the snapshots that hold
+    /// it, and return the generation the new record is written in.
+    fn preserve(&self, id: NodeId, old: &NodeRecord) -> Result<u64> {
+        self.snaps
+            .preserve_record(id, old, || self.encode_value(old, false))?;
+        Ok(self.snaps.current())
+    }
+
+    /// Write the record of a node no snapshot holds yet (a new node, a repair): stamped
+    /// with the current generation.
+    pub(crate) fn write(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
+        let _op = self.snaps.op();
+        let cur = self.snaps.current();
+        if rec.gen == cur {
+            return self.write_stamped(id, rec, durable);
+        }
+        let mut r = rec.clone();
+        r.gen = cur;
+        self.write_stamped(id, &r, durable)
+    }
+
+    /// Replace a node's record with one setxattr, as it is (generation included).
+    fn write_stamped(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
+        let value = self.encode_value(rec, durable)?;
         let path = self.layout.node_path(id);
         let res = xattr::set(&path, RECORD_XATTR, &value);
         if let Some(sh) = self.cache_shard(id) {
@@ -250,25 +314,30 @@ impl Records {
         F: FnOnce(&mut NodeRecord) -> Result<()>,
     {
         self.fence.check()?;
+        let _op = self.snaps.op();
         let _g = self.stripe(id).lock();
         let mut rec = self.read(id)?;
         super::fault::update_point(&rec);
+        let old = rec.clone();
         f(&mut rec)?;
+        rec.gen = self.preserve(id, &old)?;
         rec.version += 1;
-        self.write(id, &rec, false)?;
+        self.write_stamped(id, &rec, false)?;
         Ok(rec)
     }
 
     /// Compare-and-swap: write `rec` only if the stored version is still `expected`.
     pub fn cas(&self, id: NodeId, expected: u64, mut rec: NodeRecord) -> Result<NodeRecord> {
         self.fence.check()?;
+        let _op = self.snaps.op();
         let _g = self.stripe(id).lock();
         let cur = self.read(id)?;
         if cur.version != expected {
             return Err(Error::Conflict(id.to_string()));
         }
+        rec.gen = self.preserve(id, &cur)?;
         rec.version = expected + 1;
-        self.write(id, &rec, false)?;
+        self.write_stamped(id, &rec, false)?;
         Ok(rec)
     }
 
@@ -288,8 +357,11 @@ impl Records {
             });
         };
         self.fence.check()?;
+        let _op = self.snaps.op();
         let _g = self.stripe(dir).lock();
         let mut rec = self.read(dir)?;
+        // The times change now (readers see them): a snapshot keeps what it saw.
+        rec.gen = self.preserve(dir, &rec)?;
         rec.mtime = now;
         rec.ctime = now;
         rec.version += 1;
@@ -304,6 +376,7 @@ impl Records {
 
     /// Write the deferred record of `id`, if any.
     pub(crate) fn flush_deferred_one(&self, id: NodeId) -> Result<()> {
+        let _op = self.snaps.op();
         let _g = self.stripe(id).lock();
         let Some(rec) = self.deferred.lock().get(&id).cloned() else {
             return Ok(());
@@ -312,7 +385,7 @@ impl Records {
             self.deferred.lock().clear();
             return Err(e);
         }
-        match self.write(id, &rec, false) {
+        match self.write_stamped(id, &rec, false) {
             Err(Error::NotFound) => {
                 self.deferred.lock().remove(&id);
                 Ok(())

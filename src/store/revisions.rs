@@ -36,7 +36,7 @@ impl Revisions {
             .layout
             .sessions()
             .join(format!("rev.{}.{id}.{nanos}.tmp", std::process::id()));
-        fs::write(&tmp, frame(false, &encode_body(base)))
+        fs::write(&tmp, frame(false, &encode_body(base), base.has_gens()))
             .ctx(|| format!("write {}", tmp.display()))?;
         fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
         Ok(true)

@@ -66,8 +66,8 @@ impl Sweeper<'_> {
         self.sweep_queue.push(hashes);
     }
 
-    /// The blobs a record names: chunks, its manifest, and the blob it spills into.
-    pub fn blob_refs(&self, id: NodeId, rec: &NodeRecord) -> Vec<Hash> {
+    /// The blobs a record's content names: chunks and its manifest.
+    pub fn content_refs(&self, rec: &NodeRecord) -> Vec<Hash> {
         let mut out = Vec::new();
         if let Content::Manifest(h) = &rec.content {
             out.push(*h);
@@ -75,6 +75,12 @@ impl Sweeper<'_> {
         if let Ok(list) = self.chunk_lists.get(&rec.content) {
             out.extend(list.iter().map(|c| c.hash));
         }
+        out
+    }
+
+    /// The blobs a record names: chunks, its manifest, and the blob it spills into.
+    pub fn blob_refs(&self, id: NodeId, rec: &NodeRecord) -> Vec<Hash> {
+        let mut out = self.content_refs(rec);
         if let Ok(Some(raw)) = xattr::get(self.layout.node_path(id), RECORD_XATTR) {
             if let Ok(Stored::InBlob(h)) = unframe(id, &raw) {
                 out.push(h);
@@ -83,8 +89,8 @@ impl Sweeper<'_> {
         out
     }
 
-    /// Every blob referenced by any record: live and trashed nodes, revisions, and the
-    /// sealed chunks of open sessions.
+    /// Every blob referenced by any record: live and trashed nodes, revisions, the
+    /// records snapshots keep, and the sealed chunks of open sessions.
     pub fn referenced_blobs(&self) -> Result<HashSet<Hash>> {
         let mut set = HashSet::new();
         for id in self.node_ids()? {
@@ -101,8 +107,24 @@ impl Sweeper<'_> {
                 set.extend(self.blob_refs(id, &r));
             }
         }
+        // Copies after records, for the same reason: a record is copied into a
+        // snapshot's area before it is replaced.
+        self.snapshot_refs(&mut |_, h| {
+            set.insert(h);
+        })?;
         set.extend(self.sessions.sealed_blobs());
         Ok(set)
+    }
+
+    /// Every blob the records snapshots keep name, with the snapshot's name.
+    pub fn snapshot_refs(&self, f: &mut dyn FnMut(&str, Hash)) -> Result<()> {
+        self.records
+            .snapshots()
+            .for_each_copy(&mut |name, _, rec, spill| {
+                for h in self.content_refs(rec).into_iter().chain(spill) {
+                    f(name, h);
+                }
+            })
     }
 
     /// A node's record for counting the blobs it names: `None` for a node that names

@@ -422,6 +422,8 @@ impl Trash<'_> {
     /// its parent comes last. Linear in the size of the trash.
     pub fn restore(&self, sel: &OsStr, to: Option<&Path>) -> Result<PathBuf> {
         self.fence.check()?;
+        // A snapshot sees a restored tree whole or not at all.
+        let _op = self.records.snapshots().op();
         let _turn = self.ops.lock();
         let all = self.list()?;
         let e = Self::find(&all, sel)?;
@@ -540,6 +542,7 @@ impl Trash<'_> {
         subdirs: u32,
         now: Time,
     ) -> Result<()> {
+        self.names.preserve_entry(parent, name)?;
         std::os::unix::fs::symlink(
             Layout::entry_target(e.id),
             self.names.entry_path(parent, name),

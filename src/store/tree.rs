@@ -114,6 +114,8 @@ impl Tree<'_> {
     ) -> Result<(NodeId, NodeRecord)> {
         self.fence.check()?;
         validate_name(name)?;
+        let snaps = self.records.snapshots();
+        let _op = snaps.op();
         let prec = self.names.dir_record(parent)?;
         // A regular file takes a spare node file and entry if one is ready (see
         // `spare`). Otherwise directories spread over `nodes/` at random, and everything
@@ -150,6 +152,8 @@ impl Tree<'_> {
         }
         rec.parent = Some(parent);
         rec.name = name.as_bytes().to_vec();
+        rec.born = snaps.current();
+        rec.gen = rec.born;
 
         // 1. the node, unbound
         let npath = self.layout.node_path(id);
@@ -188,6 +192,13 @@ impl Tree<'_> {
             return Err(e);
         }
         // 2. bind the name; EEXIST means another create won
+        if let Err(e) = self.names.preserve_entry(parent, name) {
+            self.remove_node_files(id, new.kind);
+            if let Some(sp) = &spare {
+                sp.discard();
+            }
+            return Err(e);
+        }
         let entry = self.names.entry_path(parent, name);
         let bind = |p: &Path| std::os::unix::fs::symlink(Layout::entry_target(id), p);
         let mut in_place = spare.is_none();
@@ -262,6 +273,7 @@ impl Tree<'_> {
     /// Add a hard link to a non-directory node.
     pub fn link(&self, id: NodeId, newparent: NodeId, newname: &OsStr) -> Result<NodeRecord> {
         self.fence.check()?;
+        let _op = self.records.snapshots().op();
         validate_name(newname)?;
         self.names.dir_record(newparent)?;
         let rec = self.records.read(id)?;
@@ -275,6 +287,7 @@ impl Tree<'_> {
             return Err(Error::TooManyLinks);
         }
         self.data.end_lingering(id)?;
+        self.names.preserve_entry(newparent, newname)?;
         std::os::unix::fs::symlink(
             Layout::entry_target(id),
             self.names.entry_path(newparent, newname),
@@ -350,10 +363,12 @@ impl Tree<'_> {
     /// Remove a non-directory name.
     pub fn unlink(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
         self.fence.check()?;
+        let _op = self.records.snapshots().op();
         let id = self.names.lookup(parent, name)?;
         if self.records.read(id)?.kind == Kind::Dir {
             return Err(Error::IsDir);
         }
+        self.names.preserve_entry(parent, name)?;
         let prepared = self.trash.pre_trash(id, name)?;
         if let Err(e) = fs::remove_file(self.names.entry_path(parent, name)) {
             if let PreTrash::Linked(link) = prepared {
@@ -376,6 +391,7 @@ impl Tree<'_> {
     /// Remove an empty directory.
     pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
         self.fence.check()?;
+        let _op = self.records.snapshots().op();
         let id = self.names.lookup(parent, name)?;
         if self.records.read(id)?.kind != Kind::Dir {
             return Err(Error::NotDir);
@@ -383,6 +399,7 @@ impl Tree<'_> {
         if !self.names.is_empty_dir(id)? {
             return Err(Error::NotEmpty);
         }
+        self.names.preserve_entry(parent, name)?;
         let prepared = self.trash.pre_trash(id, name)?;
         if let Err(e) = fs::remove_file(self.names.entry_path(parent, name)) {
             if let PreTrash::Linked(link) = prepared {
@@ -409,6 +426,7 @@ impl Tree<'_> {
         mode: RenameMode,
     ) -> Result<()> {
         self.fence.check()?;
+        let _op = self.records.snapshots().op();
         validate_name(newname)?;
         let src = self.names.lookup(parent, name)?;
         let srec = self.records.read(src)?;
@@ -440,6 +458,8 @@ impl Tree<'_> {
                     return Err(Error::Invalid("cannot move a directory into itself"));
                 }
             }
+            self.names.preserve_entry(parent, name)?;
+            self.names.preserve_entry(newparent, newname)?;
             renameat2(&from, &to, libc::RENAME_EXCHANGE).ctx(|| "rename exchange".into())?;
             self.debts.child_moved(parent, newparent, src);
             self.debts.child_moved(newparent, parent, dst);
@@ -490,6 +510,8 @@ impl Tree<'_> {
             0
         };
         // The node this rename displaces is linked from the trash before it loses its name.
+        self.names.preserve_entry(parent, name)?;
+        self.names.preserve_entry(newparent, newname)?;
         let prepared = match dst {
             Some(d) if mode == RenameMode::Replace => self.trash.pre_trash(d, newname)?,
             _ => PreTrash::NotLast,

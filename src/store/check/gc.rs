@@ -36,6 +36,9 @@ impl Checker<'_> {
                 referenced.extend(self.s.sweeper().blob_refs(id, &r));
             }
         }
+        self.s.sweeper().snapshot_refs(&mut |_, h| {
+            referenced.insert(h);
+        })?;
         referenced.extend(crate::store::sweep::OpenContent::sealed_blobs(
             &self.s.sessions,
         ));

@@ -557,6 +557,24 @@ impl Checker<'_> {
                 &mut need,
             );
         }
+        // Records snapshots keep: a copy that cannot be read hides which blobs it
+        // needs, as a manifest that cannot be read does.
+        let copies = self
+            .s
+            .records
+            .snapshots()
+            .for_each_copy(&mut |name, id, rec, spill| {
+                add(
+                    rec,
+                    spill,
+                    format!("snapshot {name}: node {id}"),
+                    Owner::Other,
+                    &mut need,
+                )
+            });
+        if let Err(e) = copies {
+            bad.push(("snapshots".into(), [0; 32], e.to_string()));
+        }
         (need, bad, lens)
     }
 }

@@ -165,6 +165,7 @@ pub(super) fn apply_chain(
         Stored::Inline(r) => r,
         Stored::InBlob(h) => decode_body(id, &verified(t, id, &h)?)?,
     };
+    let old = rec.clone();
     let Some(first) = chain.first() else {
         return Ok(false);
     };
@@ -272,12 +273,14 @@ pub(super) fn apply_chain(
         rec.ctime = rec.ctime.max(t);
     }
     rec.version += 1;
+    // A snapshot taken while the chain was open saw the record before it.
+    rec.gen = crate::store::snapshot::preserve_at_replay(t.layout, id, &old, &value)?;
     let body = encode_body(&rec);
     let value = if body.len() > INLINE_RECORD_LIMIT {
         t.blobs.restore(&body)?;
-        frame(true, &hash_of(&body))
+        frame(true, &hash_of(&body), rec.has_gens())
     } else {
-        frame(false, &body)
+        frame(false, &body, rec.has_gens())
     };
     xattr::set(&path, RECORD_XATTR, &value)
         .map_err(|e| Error::io(format!("write record of {id}"), e))?;

@@ -1,0 +1,152 @@
+//! Reading the tree as a snapshot saw it: each record and entry from the first area
+//! (the snapshot's own, then newer ones') that holds a copy, else from the live store,
+//! whose state then dates from the snapshot or before.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::ErrorKind;
+use std::path::PathBuf;
+
+use super::{entry_copy, read_record_copy, record_copy, Snapshots, ABSENT};
+use crate::store::error::{Error, Result};
+use crate::store::layout::Layout;
+use crate::store::node::{NodeId, NodeRecord};
+
+/// Snapshot `gen` as seen through the areas in `chain`.
+#[derive(Clone)]
+pub struct Lens<'a> {
+    snaps: &'a Snapshots,
+    gen: u64,
+    chain: Cow<'a, [PathBuf]>,
+}
+
+/// What an area's copy of an entry says.
+enum Copied {
+    Named(NodeId),
+    Absent,
+}
+
+impl<'a> Lens<'a> {
+    pub(crate) fn new(
+        snaps: &'a Snapshots,
+        gen: u64,
+        chain: impl Into<Cow<'a, [PathBuf]>>,
+    ) -> Lens<'a> {
+        Lens {
+            snaps,
+            gen,
+            chain: chain.into(),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.gen
+    }
+
+    /// The record of `id` as the snapshot saw it; `live` reads the live one.
+    pub fn record(
+        &self,
+        id: NodeId,
+        live: impl FnOnce() -> Result<NodeRecord>,
+    ) -> Result<NodeRecord> {
+        for area in self.chain.iter() {
+            if let Some((r, _)) = read_record_copy(self.snaps.blobs(), &record_copy(area, id), id)?
+            {
+                return Ok(r);
+            }
+        }
+        let r = live()?;
+        if r.gen > self.gen {
+            // Written after the snapshot with no copy kept: the node did not exist then
+            // (nothing the snapshot names leads here).
+            return Err(Error::NotFound);
+        }
+        Ok(r)
+    }
+
+    fn copied_entry(&self, dir: NodeId, name: &OsStr) -> Result<Option<Copied>> {
+        for area in self.chain.iter() {
+            match fs::read_link(entry_copy(area, dir, name)) {
+                Ok(t) if t.as_os_str() == ABSENT => return Ok(Some(Copied::Absent)),
+                Ok(t) => {
+                    return Layout::parse_entry_target(&t)
+                        .map(|id| Some(Copied::Named(id)))
+                        .ok_or_else(|| Error::CorruptRecord {
+                            node: dir.to_string(),
+                            detail: format!("snapshot copy of entry {name:?} has a bad target"),
+                        })
+                }
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) => {}
+                Err(e) => return Err(Error::io(format!("read snapshot entry {name:?}"), e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Entry `name` of directory `dir` as the snapshot saw it.
+    pub fn lookup(
+        &self,
+        dir: NodeId,
+        name: &OsStr,
+        live: impl FnOnce() -> Result<NodeId>,
+    ) -> Result<NodeId> {
+        match self.copied_entry(dir, name)? {
+            Some(Copied::Named(id)) => Ok(id),
+            Some(Copied::Absent) => Err(Error::NotFound),
+            None => live(),
+        }
+    }
+
+    /// The entries of `dir` as the snapshot saw them; `live` lists the live directory.
+    pub fn readdir(
+        &self,
+        dir: NodeId,
+        live: impl FnOnce() -> Result<Vec<(OsString, NodeId)>>,
+    ) -> Result<Vec<(OsString, NodeId)>> {
+        let mut decided: HashMap<OsString, Option<NodeId>> = HashMap::new();
+        for area in self.chain.iter() {
+            let d = area.join("entries").join(dir.to_string());
+            let it = match fs::read_dir(&d) {
+                Ok(it) => it,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("read {}", d.display()), e)),
+            };
+            for e in it {
+                let e = e.map_err(|e| Error::io(format!("read {}", d.display()), e))?;
+                let name = e.file_name();
+                if decided.contains_key(&name) {
+                    continue;
+                }
+                let t = fs::read_link(e.path())
+                    .map_err(|err| Error::io(format!("read {}", e.path().display()), err))?;
+                let v = if t.as_os_str() == ABSENT {
+                    None
+                } else {
+                    Layout::parse_entry_target(&t)
+                };
+                decided.insert(name, v);
+            }
+        }
+        let live = match live() {
+            Ok(v) => v,
+            // Removed since (purged): what it held is in the copies.
+            Err(Error::NotFound) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut out: Vec<(OsString, NodeId)> = live
+            .into_iter()
+            .filter(|(n, _)| !decided.contains_key(n))
+            .collect();
+        let mut copied: Vec<(OsString, NodeId)> = decided
+            .into_iter()
+            .filter_map(|(n, id)| id.map(|id| (n, id)))
+            .collect();
+        copied.sort();
+        out.extend(copied);
+        Ok(out)
+    }
+}

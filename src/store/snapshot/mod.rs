@@ -1,0 +1,641 @@
+//! Snapshots of the whole tree: taken in O(1), kept by copy-on-write of what changes.
+//!
+//! A store counts *generations*. Taking a snapshot names the current generation and
+//! starts the next one; every record written carries the generation it was written in.
+//! Before a record or a directory entry first changes after the newest snapshot, its
+//! state is copied into that snapshot's *area* (`snapshots/<name>/records`,
+//! `snapshots/<name>/entries`). A snapshot is read through its area and the areas of
+//! every newer snapshot, oldest first, falling back to the live store for what never
+//! changed since (`Lens`). Blobs are immutable and shared; the sweeps count what areas
+//! name. docs/DESIGN.md, "Snapshots", has the reasoning.
+//!
+//! Every mutation of records and entries runs inside the *gate* (`op`), which a
+//! snapshot's creation takes exclusively: a snapshot never sees half of an operation.
+
+mod lens;
+
+use std::cell::Cell;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+pub use lens::Lens;
+
+use super::blobs::BlobStore;
+use super::error::{Error, IoContext, Result};
+use super::layout::{sync_dir, Layout};
+use super::node::{unframe, NodeId, NodeRecord, Stored, Time, RECORD_XATTR};
+
+/// What a directory entry's copy holds when the name did not exist.
+const ABSENT: &str = "-";
+const INFO: &str = "info";
+const GENERATION: &str = "generation";
+/// Longest snapshot name.
+pub const NAME_MAX: usize = 64;
+
+/// What `for_each_copy` hands out: the snapshot's name, the node, its record as the
+/// snapshot keeps it, and the blob a large record spilled into.
+pub(crate) type CopyVisitor<'v> =
+    dyn FnMut(&str, NodeId, &NodeRecord, Option<super::node::Hash>) + 'v;
+
+/// One snapshot, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapInfo {
+    pub name: String,
+    /// The generation it froze: it sees every record written in this one or earlier.
+    pub gen: u64,
+    pub created: Time,
+}
+
+#[derive(Clone, Debug)]
+struct Snap {
+    info: SnapInfo,
+    dir: PathBuf,
+}
+
+#[derive(Default)]
+struct State {
+    /// The generation records are written in now.
+    cur: u64,
+    /// Live snapshots, oldest first (ascending generation).
+    list: Vec<Snap>,
+}
+
+thread_local! {
+    /// How many gate guards this thread holds (a nested operation takes the gate
+    /// again without waiting for a queued snapshot, which waits for it).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// This thread holds the gate exclusively (it is taking a snapshot).
+    static EXCLUSIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A share of the gate: while any is held, no snapshot is taken.
+pub struct OpGuard<'a> {
+    _g: Option<RwLockReadGuard<'a, ()>>,
+}
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        if self._g.is_some() {
+            DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+}
+
+/// The snapshots of a store: their list, the current generation, the gate, and the
+/// copies made before changes.
+pub struct Snapshots {
+    layout: Layout,
+    blobs: Arc<dyn BlobStore>,
+    state: RwLock<State>,
+    gate: RwLock<()>,
+    /// Creation and removal, one at a time.
+    admin: Mutex<()>,
+}
+
+/// Is `name` a name a snapshot may have?
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_MAX
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "snapshot name {name:?}: use 1 to {NAME_MAX} letters, digits or -_.:+@, not starting with '.'"
+        )))
+    }
+}
+
+fn io_ctx(what: &str, p: &Path) -> impl FnOnce() -> String {
+    let s = format!("{what} {}", p.display());
+    move || s
+}
+
+/// The copy of record `id` in an area.
+fn record_copy(area: &Path, id: NodeId) -> PathBuf {
+    let s = id.to_string();
+    area.join("records").join(&s[0..2]).join(s)
+}
+
+/// The copy of entry `name` of directory `dir` in an area.
+fn entry_copy(area: &Path, dir: NodeId, name: &OsStr) -> PathBuf {
+    area.join("entries").join(dir.to_string()).join(name)
+}
+
+/// Write `value` as the record xattr of a new file at `p`, atomically (a temporary
+/// file renamed into place). An existing copy is kept: it is the older state.
+fn write_record_copy(area: &Path, p: &Path, value: &[u8]) -> Result<()> {
+    if p.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let tmp = area.join(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        p.file_name().unwrap().to_string_lossy()
+    ));
+    fs::File::create(&tmp).ctx(io_ctx("create", &tmp))?;
+    let res = xattr::set(&tmp, RECORD_XATTR, value)
+        .ctx(io_ctx("write", &tmp))
+        .and_then(|_| {
+            let parent = p.parent().unwrap();
+            fs::create_dir_all(parent).ctx(io_ctx("create", parent))?;
+            fs::rename(&tmp, p).ctx(io_ctx("install", p))
+        });
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Read a record copy (None: there is none).
+fn read_record_copy(
+    blobs: &dyn BlobStore,
+    p: &Path,
+    id: NodeId,
+) -> Result<Option<(NodeRecord, Option<super::node::Hash>)>> {
+    let value = match xattr::get(p, RECORD_XATTR) {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return Err(Error::CorruptRecord {
+                node: id.to_string(),
+                detail: format!("snapshot copy {} has no record", p.display()),
+            })
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("read {}", p.display()), e)),
+    };
+    Ok(Some(match unframe(id, &value)? {
+        Stored::Inline(r) => (r, None),
+        Stored::InBlob(h) => (super::node::decode_body(id, &blobs.get(&h)?)?, Some(h)),
+    }))
+}
+
+impl Snapshots {
+    pub(crate) fn new(layout: Layout, blobs: Arc<dyn BlobStore>) -> Snapshots {
+        Snapshots {
+            layout,
+            blobs,
+            state: RwLock::new(State::default()),
+            gate: RwLock::new(()),
+            admin: Mutex::new(()),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.layout.snapshots()
+    }
+
+    /// Read the list and the generation from disk. `writable`: finish removals a crash
+    /// interrupted and drop half-made snapshots (only the writer may).
+    pub(crate) fn load(&self, writable: bool) -> Result<()> {
+        let dir = self.dir();
+        let mut st = State {
+            cur: read_generation(&dir)?,
+            ..Default::default()
+        };
+        let mut pending = Vec::new();
+        match fs::read_dir(&dir) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+            Ok(it) => {
+                for e in it.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let p = e.path();
+                    if name.starts_with(".tmp.") {
+                        if writable {
+                            let _ = fs::remove_dir_all(&p);
+                        }
+                    } else if name.starts_with(".rm.") {
+                        pending.push(p);
+                    } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        let info = read_info(&p)?;
+                        st.cur = st.cur.max(info.gen + 1);
+                        st.list.push(Snap { info, dir: p });
+                    }
+                }
+            }
+        }
+        st.list.sort_by_key(|s| s.info.gen);
+        *self.state.write() = st;
+        if writable {
+            for p in pending {
+                let info = read_info(&p)?;
+                self.merge_removed(&p, &info)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enter an operation that changes records or entries: no snapshot is taken until
+    /// the guard is dropped.
+    pub fn op(&self) -> OpGuard<'_> {
+        if EXCLUSIVE.with(|e| e.get()) {
+            return OpGuard { _g: None };
+        }
+        let depth = DEPTH.with(|d| d.get());
+        let g = if depth == 0 {
+            self.gate.read()
+        } else {
+            self.gate.read_recursive()
+        };
+        DEPTH.with(|d| d.set(depth + 1));
+        OpGuard { _g: Some(g) }
+    }
+
+    /// The generation records are written in now.
+    pub fn current(&self) -> u64 {
+        self.state.read().cur
+    }
+
+    /// The generation of the newest snapshot, if any.
+    pub fn newest(&self) -> Option<u64> {
+        self.state.read().list.last().map(|s| s.info.gen)
+    }
+
+    /// The live snapshots, oldest first.
+    pub fn list(&self) -> Vec<SnapInfo> {
+        self.state
+            .read()
+            .list
+            .iter()
+            .map(|s| s.info.clone())
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<SnapInfo> {
+        self.state
+            .read()
+            .list
+            .iter()
+            .find(|s| s.info.name == name)
+            .map(|s| s.info.clone())
+            .ok_or_else(|| Error::SnapshotNotFound(name.to_string()))
+    }
+
+    /// The areas a reader of snapshot `name` looks in, in order: its own and every
+    /// newer one's.
+    pub(crate) fn chain(&self, name: &str) -> Result<(u64, Vec<PathBuf>)> {
+        let st = self.state.read();
+        let i = st
+            .list
+            .iter()
+            .position(|s| s.info.name == name)
+            .ok_or_else(|| Error::SnapshotNotFound(name.to_string()))?;
+        Ok((
+            st.list[i].info.gen,
+            st.list[i..].iter().map(|s| s.dir.clone()).collect(),
+        ))
+    }
+
+    /// Before record `id` changes: if its state `old` belongs to the newest snapshot
+    /// (written in its generation or earlier), copy it into that snapshot's area unless
+    /// a copy is there. `value` frames `old` as a record xattr.
+    pub(crate) fn preserve_record(
+        &self,
+        id: NodeId,
+        old: &NodeRecord,
+        value: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        let st = self.state.read();
+        let Some(newest) = st.list.last() else {
+            return Ok(());
+        };
+        if old.gen > newest.info.gen {
+            return Ok(());
+        }
+        let p = record_copy(&newest.dir, id);
+        if p.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        write_record_copy(&newest.dir, &p, &value()?)
+    }
+
+    /// Before entry `name` of directory `dir` (created in generation `dir_born`)
+    /// changes: copy what it names now (or that it does not exist) into the newest
+    /// snapshot's area unless a copy is there.
+    pub(crate) fn preserve_entry(&self, dir: NodeId, dir_born: u64, name: &OsStr) -> Result<()> {
+        let st = self.state.read();
+        let Some(newest) = st.list.last() else {
+            return Ok(());
+        };
+        if dir_born > newest.info.gen {
+            return Ok(());
+        }
+        let p = entry_copy(&newest.dir, dir, name);
+        if p.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        let live = self.layout.node_path(dir).join(name);
+        let target = match fs::read_link(&live) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => PathBuf::from(ABSENT),
+            Err(e) => return Err(Error::io(format!("read entry {}", live.display()), e)),
+        };
+        let tmp = newest
+            .dir
+            .join(format!("tmp.{}.{:x}.entry", std::process::id(), rand_u64()));
+        std::os::unix::fs::symlink(&target, &tmp).ctx(io_ctx("create", &tmp))?;
+        let parent = p.parent().unwrap();
+        let res = fs::create_dir_all(parent)
+            .ctx(io_ctx("create", parent))
+            .and_then(|_| fs::rename(&tmp, &p).ctx(io_ctx("install", &p)));
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Take a snapshot named `name` of the tree as it is now. `flush` runs with every
+    /// operation shut out (the gate held) before the generation turns.
+    pub fn create(&self, name: &str) -> Result<SnapInfo> {
+        validate_name(name)?;
+        let _admin = self.admin.lock();
+        if self.get(name).is_ok() {
+            return Err(Error::SnapshotExists(name.to_string()));
+        }
+        let dir = self.dir();
+        fs::create_dir_all(&dir).ctx(io_ctx("create", &dir))?;
+        let tmp = dir.join(format!(".tmp.{name}"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).ctx(io_ctx("create", &tmp))?;
+        fs::create_dir(tmp.join("records")).ctx(io_ctx("create", &tmp))?;
+        fs::create_dir(tmp.join("entries")).ctx(io_ctx("create", &tmp))?;
+        let _gate = self.gate.write();
+        EXCLUSIVE.with(|e| e.set(true));
+        let res = (|| {
+            let gen = self.state.read().cur;
+            let info = SnapInfo {
+                name: name.to_string(),
+                gen,
+                created: Time::now(),
+            };
+            // The next generation first: a crash between leaves a generation without
+            // a snapshot, which is harmless.
+            write_generation(&dir, gen + 1)?;
+            write_info(&tmp, &info)?;
+            let fin = dir.join(name);
+            fs::rename(&tmp, &fin).ctx(io_ctx("install", &fin))?;
+            sync_dir(&dir)?;
+            let mut st = self.state.write();
+            st.cur = gen + 1;
+            st.list.push(Snap {
+                info: info.clone(),
+                dir: fin,
+            });
+            Ok(info)
+        })();
+        EXCLUSIVE.with(|e| e.set(false));
+        if res.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        res
+    }
+
+    /// Remove snapshot `name`. What it holds that the snapshot before it still needs
+    /// moves into that one's area; the rest is dropped (blobs it alone named are left
+    /// to the sweep: returns the records dropped, for the caller to queue their blobs).
+    pub fn remove(&self, name: &str) -> Result<Vec<(NodeId, NodeRecord)>> {
+        let _admin = self.admin.lock();
+        let info = self.get(name)?;
+        let dir = self.dir();
+        let src = dir.join(name);
+        let gone = dir.join(format!(".rm.{name}"));
+        // The newest snapshot's area takes copies while it is merged: shut them out
+        // for the merge. An older one's area is written by nobody else.
+        let newest = self.newest() == Some(info.gen);
+        let gate = self.gate.write();
+        fs::rename(&src, &gone).ctx(io_ctx("remove", &src))?;
+        sync_dir(&dir)?;
+        self.state.write().list.retain(|s| s.info.name != name);
+        if !newest {
+            drop(gate);
+        }
+        EXCLUSIVE.with(|e| e.set(newest));
+        let res = self.merge_removed(&gone, &info);
+        EXCLUSIVE.with(|e| e.set(false));
+        res
+    }
+
+    /// Finish removing the snapshot whose area was moved to `gone`.
+    fn merge_removed(&self, gone: &Path, info: &SnapInfo) -> Result<Vec<(NodeId, NodeRecord)>> {
+        let prev = {
+            let st = self.state.read();
+            st.list
+                .iter()
+                .rev()
+                .find(|s| s.info.gen < info.gen)
+                .cloned()
+        };
+        let mut dropped = Vec::new();
+        let records = gone.join("records");
+        for shard in fs::read_dir(&records).into_iter().flatten().flatten() {
+            for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                let Some(id) = NodeId::from_name(&f.file_name()) else {
+                    continue;
+                };
+                let rec = read_record_copy(&*self.blobs, &f.path(), id)?;
+                let keep = match (&prev, &rec) {
+                    (Some(p), Some((r, _))) if r.gen <= p.info.gen => {
+                        let to = record_copy(&p.dir, id);
+                        if to.symlink_metadata().is_err() {
+                            let parent = to.parent().unwrap();
+                            fs::create_dir_all(parent).ctx(io_ctx("create", parent))?;
+                            fs::rename(f.path(), &to).ctx(io_ctx("move", &to))?;
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    _ => false,
+                };
+                if !keep {
+                    if let Some((r, _)) = rec {
+                        dropped.push((id, r));
+                    }
+                }
+            }
+        }
+        let entries = gone.join("entries");
+        for d in fs::read_dir(&entries).into_iter().flatten().flatten() {
+            let Some(p) = &prev else { break };
+            let Some(dir_id) = NodeId::from_name(&d.file_name()) else {
+                continue;
+            };
+            for e in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                let to = entry_copy(&p.dir, dir_id, &e.file_name());
+                if to.symlink_metadata().is_err() {
+                    let parent = to.parent().unwrap();
+                    fs::create_dir_all(parent).ctx(io_ctx("create", parent))?;
+                    fs::rename(e.path(), &to).ctx(io_ctx("move", &to))?;
+                }
+            }
+        }
+        fs::remove_dir_all(gone).ctx(io_ctx("remove", gone))?;
+        Ok(dropped)
+    }
+
+    /// Every record copy in every area (and in one being removed), with the blob a
+    /// large one spilled into, for counting blob references. `f` gets the snapshot's
+    /// name too. Areas being removed are listed first: a removal only moves copies
+    /// from them into live areas, so a copy in flight is seen in one or the other.
+    /// Takes no lock (a sweep may run beside any operation).
+    pub(crate) fn for_each_copy(&self, f: &mut CopyVisitor<'_>) -> Result<()> {
+        let dir = self.dir();
+        let mut areas: Vec<(String, PathBuf)> = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+            Ok(it) => it
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .filter(|(n, _)| !n.starts_with(".tmp."))
+                .collect(),
+        };
+        areas.sort_by_key(|(n, _)| !n.starts_with(".rm."));
+        for (name, area) in areas {
+            for shard in fs::read_dir(area.join("records"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for c in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                    let Some(id) = NodeId::from_name(&c.file_name()) else {
+                        continue;
+                    };
+                    if let Some((rec, spill)) = read_record_copy(&*self.blobs, &c.path(), id)? {
+                        f(&name, id, &rec, spill);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader of snapshot `name`.
+    pub fn lens(&self, name: &str) -> Result<Lens<'_>> {
+        let (gen, chain) = self.chain(name)?;
+        Ok(Lens::new(self, gen, chain))
+    }
+
+    fn blobs(&self) -> &dyn BlobStore {
+        &*self.blobs
+    }
+}
+
+fn rand_u64() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+fn read_generation(dir: &Path) -> Result<u64> {
+    let p = dir.join(GENERATION);
+    match fs::read_to_string(&p) {
+        Ok(s) => s
+            .trim()
+            .strip_prefix("decofs-generation ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::Integrity {
+                what: p.display().to_string(),
+                detail: "not a generation file".into(),
+            }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(format!("read {}", p.display()), e)),
+    }
+}
+
+fn write_durably(p: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let tmp = p.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).ctx(io_ctx("create", &tmp))?;
+    f.write_all(text.as_bytes()).ctx(io_ctx("write", &tmp))?;
+    f.sync_all().ctx(io_ctx("sync", &tmp))?;
+    fs::rename(&tmp, p).ctx(io_ctx("install", p))
+}
+
+fn write_generation(dir: &Path, gen: u64) -> Result<()> {
+    write_durably(&dir.join(GENERATION), &format!("decofs-generation {gen}\n"))?;
+    sync_dir(dir)
+}
+
+fn write_info(area: &Path, info: &SnapInfo) -> Result<()> {
+    write_durably(
+        &area.join(INFO),
+        &format!(
+            "decofs-snapshot 1\nname {}\ngen {}\ncreated {}\n",
+            info.name,
+            info.gen,
+            info.created.unix_nanos()
+        ),
+    )
+}
+
+fn read_info(area: &Path) -> Result<SnapInfo> {
+    let p = area.join(INFO);
+    let text = fs::read_to_string(&p).ctx(io_ctx("read", &p))?;
+    let bad = || Error::Integrity {
+        what: p.display().to_string(),
+        detail: "not a snapshot description".into(),
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some("decofs-snapshot 1") {
+        return Err(bad());
+    }
+    let (mut name, mut gen, mut created) = (None, None, None);
+    for l in lines {
+        let (k, v) = l.split_once(' ').ok_or_else(bad)?;
+        match k {
+            "name" => name = Some(v.to_string()),
+            "gen" => gen = v.parse::<u64>().ok(),
+            "created" => created = v.parse::<i128>().ok(),
+            _ => {}
+        }
+    }
+    let created = created.ok_or_else(bad)?;
+    Ok(SnapInfo {
+        name: name.ok_or_else(bad)?,
+        gen: gen.ok_or_else(bad)?,
+        created: Time::from_unix_nanos(created),
+    })
+}
+
+/// Before a replay of the fsync log rewrites record `id` (no mount is up): copy its
+/// stored value into the newest snapshot's area if that snapshot holds it. Returns
+/// the generation to write the new record in.
+pub(crate) fn preserve_at_replay(
+    layout: &Layout,
+    id: NodeId,
+    old: &NodeRecord,
+    old_value: &[u8],
+) -> Result<u64> {
+    let dir = layout.snapshots();
+    let mut cur = read_generation(&dir)?;
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let n = e.file_name();
+        if n.as_bytes().starts_with(b".") || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let info = read_info(&e.path())?;
+        cur = cur.max(info.gen + 1);
+        if newest.as_ref().is_none_or(|(g, _)| info.gen > *g) {
+            newest = Some((info.gen, e.path()));
+        }
+    }
+    if let Some((g, area)) = newest {
+        if old.gen <= g {
+            write_record_copy(&area, &record_copy(&area, id), old_value)?;
+        }
+    }
+    Ok(cur)
+}
+
+#[cfg(test)]
+mod tests;
