@@ -362,3 +362,135 @@ fn a_snapshot_sees_an_open_file_as_last_committed() {
     let sm = SnapMount::new(&m.store, m.dir.path(), "mid");
     assert_eq!(fs::read(sm.0.join("open")).unwrap(), b"committed");
 }
+
+/// `-o snapshot_every=1s,snapshots_keep=2` takes scheduled snapshots and keeps the
+/// newest two of them; a snapshot a person named stays.
+#[test]
+fn scheduled_snapshots_are_taken_and_expired() {
+    let m = Mount::with_opts("allow_other,snapshot_every=1s,snapshots_keep=2");
+    snapshot_create(&m.mnt, "mine");
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let autos = loop {
+        let (code, v, err) = dj(&["snapshot", "ls", m.mnt.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let names: Vec<String> = v["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(names.contains(&"mine".to_string()), "{names:?}");
+        let autos: Vec<String> = names.into_iter().filter(|n| n.starts_with("auto-")).collect();
+        assert!(autos.len() <= 3, "at most keep (+1 while one is taken): {autos:?}");
+        seen.extend(autos.iter().cloned());
+        if seen.len() >= 4 && autos.len() == 2 {
+            break autos;
+        }
+        assert!(std::time::Instant::now() < deadline, "scheduled snapshots: saw {seen:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    // The two kept are the newest taken.
+    let newest: Vec<String> = seen.iter().rev().take(2).rev().cloned().collect();
+    assert!(autos.iter().all(|a| seen.contains(a)));
+    assert!(autos.iter().all(|a| *a >= newest[0]), "{autos:?} kept, {seen:?} seen");
+    // status counts them.
+    let (code, v, err) = dj(&["status", m.mnt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(v["snapshots"]["count"].as_u64().unwrap() >= 3, "{v}");
+}
+
+/// fsck walks every snapshot: a name in one that leads to no record is reported
+/// (`snapshot_damaged`, exit 4), and status counts snapshots and their copies.
+#[test]
+fn fsck_reports_a_damaged_snapshot() {
+    let m = Mount::new();
+    fs::write(m.path("f"), b"old").unwrap();
+    snapshot_create(&m.mnt, "s");
+    fs::write(m.path("f"), b"new content").unwrap();
+    let (code, v, err) = dj(&["status", m.mnt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["snapshots"]["count"], 1);
+    assert!(v["snapshots"]["copies"].as_u64().unwrap() >= 1, "{v}");
+    m.unmount();
+    let (code, v, err) = dj(&["fsck", m.store.to_str().unwrap()]);
+    assert_eq!(code, 0, "clean before the damage: {v} {err}");
+    // Lose the copy of f's record: the snapshot's f now leads nowhere.
+    let copies = sh(&format!(
+        "find {}/snapshots/s/records -type f",
+        m.store.display()
+    ));
+    let node = node_of(&m.store, "f");
+    let id = node.file_name().unwrap().to_str().unwrap().to_string();
+    let copy = copies.lines().find(|l| l.ends_with(&id)).expect("a copy of f's record");
+    fs::remove_file(copy).unwrap();
+    let (code, v, _) = dj(&["fsck", m.store.to_str().unwrap()]);
+    assert_eq!(code, 4, "{v}");
+    let found = problems(&v);
+    assert!(
+        found.iter().any(|(c, p, _)| c == "snapshot_damaged" && p == "snapshot s: /f"),
+        "{found:?}"
+    );
+    m.mount();
+}
+
+/// kill -9 of the daemon while snapshots are being taken: each snapshot exists whole
+/// (equal to the tree, which does not change meanwhile) or not at all, and fsck is
+/// clean after each crash.
+#[test]
+fn a_crash_during_create_leaves_a_whole_snapshot_or_none() {
+    let m = Mount::new();
+    for i in 0..50 {
+        fs::create_dir_all(m.path(&format!("d{}", i % 5))).unwrap();
+        fs::write(m.path(&format!("d{}/f{i}", i % 5)), vec![i as u8; 3000]).unwrap();
+    }
+    let want = listing(&m.mnt);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut made = Vec::new();
+    for round in 0..6 {
+        let name = format!("c{round}");
+        let pid = daemon_pid(&m.store, &m.mnt);
+        let mut child = std::process::Command::new(decofs_bin())
+            .args(["snapshot", "create", m.mnt.to_str().unwrap(), &name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(rng.u64(0..30_000)));
+        // SAFETY: a signal to the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let _ = child.wait();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while !process_gone(pid) {
+            assert!(std::time::Instant::now() < deadline, "daemon survived SIGKILL");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&m.mnt).output();
+        let (code, v, err) = dj(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
+        assert!(code == 0 || code == 1, "fsck after crash {round}: {v} {err}");
+        m.mount();
+        let (code, v, err) = dj(&["snapshot", "ls", m.mnt.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let listed: Vec<String> = v["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        if listed.contains(&name) {
+            made.push(name.clone());
+        }
+        assert_eq!(listed, made, "round {round}");
+        assert!(
+            fs::read_dir(m.store.join("snapshots"))
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp.")),
+            "a half-made snapshot was left after round {round}"
+        );
+    }
+    for n in &made {
+        let sm = SnapMount::new(&m.store, m.dir.path(), n);
+        assert_eq!(listing(&sm.0), want, "snapshot {n}");
+    }
+    eprintln!("{} of 6 snapshots were taken before the kill", made.len());
+}

@@ -251,6 +251,10 @@ pub fn render_status(v: &StatusReply) -> String {
         "revisions:  {} revision(s), {} bytes\n",
         v.revisions.count, v.revisions.bytes
     ));
+    s.push_str(&format!(
+        "snapshots:  {} snapshot(s), {} copied record(s) naming {} bytes\n",
+        v.snapshots.count, v.snapshots.copies, v.snapshots.bytes
+    ));
     let ix = &v.index;
     match ix["state"].as_str().unwrap_or("") {
         "off" | "closed" => s.push_str(&format!(

@@ -80,6 +80,21 @@ fn held_space(store: &Store) -> ((u64, u64), (u64, u64)) {
     (trash, revs)
 }
 
+/// Snapshots and what their copies hold (one pass over the copies, not the tree).
+fn snapshots_held(store: &Store) -> SnapshotsHeld {
+    let mut held = SnapshotsHeld {
+        count: store.snapshots().list_names().len() as u64,
+        ..Default::default()
+    };
+    let _ = store.snapshots().for_each_copy(&mut |_, _, rec| {
+        held.copies += 1;
+        if rec.kind == Kind::File {
+            held.bytes += rec.stored;
+        }
+    });
+    held
+}
+
 /// The status of a store, from inside its daemon (`info`) or from outside (None).
 pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
     let layout = &store.layout;
@@ -106,6 +121,7 @@ pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
             count: rn,
             bytes: rb,
         },
+        snapshots: snapshots_held(store),
         index,
         daemon: info.map(|info| DaemonStatus {
             pid: std::process::id(),

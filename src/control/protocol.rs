@@ -419,6 +419,9 @@ pub struct StatusReply {
     pub locked: bool,
     pub trash: TrashHeld,
     pub revisions: RevisionsHeld,
+    /// Snapshots, the copies they keep, and the bytes of content those copies name.
+    #[serde(default)]
+    pub snapshots: SnapshotsHeld,
     /// The index's own status (`Index::status`), or `{"state": "off"|"closed", "note"}`.
     pub index: Value,
     /// Present when a daemon answered.
@@ -432,6 +435,15 @@ pub struct StatusReply {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrashHeld {
     pub nodes: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotsHeld {
+    pub count: u64,
+    /// Records copied because they changed after a snapshot.
+    pub copies: u64,
+    /// Content bytes those copies name (shared with live files where unchanged).
     pub bytes: u64,
 }
 
@@ -716,6 +728,7 @@ mod tests {
             locked: false,
             trash: TrashHeld { nodes: 0, bytes: 0 },
             revisions: RevisionsHeld { count: 0, bytes: 0 },
+            snapshots: SnapshotsHeld::default(),
             index: json!({"state": "closed"}),
             daemon: None,
             mounts: None,

@@ -198,7 +198,10 @@ pub fn run_foreground(
         };
     }));
     if !opts.read_only {
-        spawn_maintenance(Arc::downgrade(&store));
+        let schedule = opts
+            .snapshot_every
+            .map(|every| (every, opts.snapshots_keep.unwrap_or(DEFAULT_SNAPSHOTS_KEEP)));
+        spawn_maintenance(Arc::downgrade(&store), schedule);
         store.start_spares();
     }
     log::info!("mounted {} on {}", store_root.display(), mnt.display());
@@ -368,7 +371,10 @@ fn unmount_now(mnt: &Path) -> std::io::Result<()> {
 /// Background upkeep of a writer: deferred directory times written every second,
 /// batched blob sweeps (space of purged nodes, dropped revisions, chunks replaced within
 /// a session) every 2 s, retention every minute.
-fn spawn_maintenance(store: std::sync::Weak<Store>) {
+/// Scheduled snapshots kept when `snapshot_every` is given without `snapshots_keep`.
+const DEFAULT_SNAPSHOTS_KEEP: u32 = 24;
+
+fn spawn_maintenance(store: std::sync::Weak<Store>, schedule: Option<(u64, u32)>) {
     std::thread::spawn(move || {
         let mut tick = 0u64;
         let mut next_sweep = Instant::now();
@@ -416,6 +422,18 @@ fn spawn_maintenance(store: std::sync::Weak<Store>) {
             }
             if tick.is_multiple_of(60) {
                 contained("retention", panics::catch(|| expire(&st)));
+            }
+            if let Some((every, keep)) = schedule {
+                contained(
+                    "scheduled snapshots",
+                    panics::catch(|| match st.snapshots().scheduled(every, keep) {
+                        Ok((Some(name), freed)) => log::info!(
+                            "scheduled snapshot {name} taken; older ones removed freed {freed} bytes"
+                        ),
+                        Ok((None, _)) => {}
+                        Err(e) => log::warn!("scheduled snapshot: {e}"),
+                    }),
+                );
             }
             tick += 1;
         }

@@ -32,6 +32,9 @@ pub struct MountOpts {
     pub nonempty: bool,
     /// snapshot=NAME: serve snapshot NAME, read-only.
     pub snapshot: Option<String>,
+    /// snapshot_every=DURATION, snapshots_keep=N: scheduled snapshots.
+    pub snapshot_every: Option<u64>,
+    pub snapshots_keep: Option<u32>,
 }
 
 /// Every option `-o` accepts, as `decofs mount --help` lists them (a unit test checks
@@ -61,6 +64,8 @@ option or a bad value is refused with invalid_option and nothing is mounted):
   index_queue=N                the index's change queue capacity (N > 0, default 65536)
   index_delay=MS               pause the index worker after each batch (testing)
   snapshot=NAME                serve snapshot NAME (read-only; implies ro)
+  snapshot_every=DURATION      take a snapshot auto-<UTC time> this often (read-write)
+  snapshots_keep=N             keep the newest N scheduled snapshots (default 24)
   readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
                                0 keeps the kernel's 128 KiB)
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
@@ -176,6 +181,20 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
                         .map_err(|_| Error::BadOption(opt.to_string()))?,
                 );
             }
+            x if x.starts_with("snapshot_every=") => {
+                let d = duration_opt(opt)?;
+                if d == 0 {
+                    return Err(Error::BadOption(opt.to_string()));
+                }
+                o.snapshot_every = Some(d);
+            }
+            x if x.starts_with("snapshots_keep=") => {
+                o.snapshots_keep = Some(
+                    opt["snapshots_keep=".len()..]
+                        .parse()
+                        .map_err(|_| Error::BadOption(opt.to_string()))?,
+                );
+            }
             x if x.starts_with("revisions_keep=") => {
                 o.revisions_keep = Some(
                     opt["revisions_keep=".len()..]
@@ -186,7 +205,15 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
             other => return Err(Error::BadOption(other.to_string())),
         }
     }
+    if o.snapshot_every.is_some() && o.read_only {
+        return Err(Error::BadOption(
+            "snapshot_every=…: scheduled snapshots need a read-write mount".into(),
+        ));
+    }
     if o.snapshot.is_some() {
+        if o.snapshot_every.is_some() {
+            return Err(Error::BadOption("snapshot=…,snapshot_every=…".into()));
+        }
         if rw {
             return Err(Error::BadOption(
                 "rw,snapshot=…: a snapshot is read-only".into(),
@@ -258,6 +285,10 @@ mod tests {
             "revisions_max_age=",
             "nonempty=yes",
             "snapshot=.hidden",
+            "snapshot_every=0",
+            "snapshot_every=often",
+            "snapshots_keep=-1",
+            "ro,snapshot_every=1h",
             "snapshot=a/b",
             "rw,snapshot=daily",
             "frobnicate",

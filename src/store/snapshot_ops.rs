@@ -52,6 +52,9 @@ pub struct SnapshotOps<'a> {
     pub(super) sweeper: Sweeper<'a>,
 }
 
+/// The prefix of scheduled snapshots' names.
+pub const AUTO: &str = "auto-";
+
 /// A name for a snapshot taken without one: the UTC time, `2026-12-07T02:30:11Z`.
 fn generated_name(t: Time) -> String {
     let secs = t.secs;
@@ -82,6 +85,16 @@ impl SnapshotOps<'_> {
         self.snaps.load(false)
     }
 
+    /// The snapshots' names, oldest first (no scan).
+    pub fn list_names(&self) -> Vec<String> {
+        self.snaps.list().into_iter().map(|i| i.name).collect()
+    }
+
+    /// Every record the snapshots keep: the snapshot's name, the node, the record.
+    pub fn for_each_copy(&self, f: &mut dyn FnMut(&str, NodeId, &NodeRecord)) -> Result<()> {
+        self.snaps.for_each_copy(&mut |n, id, r, _| f(n, id, r))
+    }
+
     /// Take a snapshot of the tree now, named `name` or after the time.
     pub fn create(&self, name: Option<&str>) -> Result<SnapInfo> {
         self.fence.check()?;
@@ -99,6 +112,32 @@ impl SnapshotOps<'_> {
             }
         };
         self.snaps.create(&name)
+    }
+
+    /// Scheduled snapshots (`-o snapshot_every=…,snapshots_keep=…`): take one named
+    /// `auto-<UTC time>` if the newest scheduled one is `every` old or more (or there is
+    /// none), then remove the oldest scheduled ones beyond `keep`. Snapshots a person
+    /// named are never removed here. Returns (taken, bytes freed by removals).
+    pub fn scheduled(&self, every: u64, keep: u32) -> Result<(Option<String>, u64)> {
+        let now = Time::now();
+        let autos = |l: Vec<SnapInfo>| -> Vec<SnapInfo> {
+            l.into_iter().filter(|i| i.name.starts_with(AUTO)).collect()
+        };
+        let due = autos(self.snaps.list())
+            .last()
+            .is_none_or(|i| now.secs - i.created.secs >= every as i64);
+        let taken = if due && keep > 0 {
+            let name = format!("{AUTO}{}", generated_name(now));
+            Some(self.create(Some(&name))?.name)
+        } else {
+            None
+        };
+        let all = autos(self.snaps.list());
+        let mut freed = 0;
+        for old in all.iter().take(all.len().saturating_sub(keep as usize)) {
+            freed += self.remove(&old.name)?;
+        }
+        Ok((taken, freed))
     }
 
     /// The snapshots, oldest first, with their copies and the bytes only each holds.

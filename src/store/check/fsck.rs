@@ -24,6 +24,7 @@ impl Checker<'_> {
             ..Default::default()
         };
         let mut problems = std::mem::take(&mut s.problems);
+        problems.extend(self.snapshot_problems());
         let path_of = |s: &Scan, id: NodeId| s.paths.get(&id).cloned().unwrap_or(id.to_string());
         for l in s.entries.values() {
             rep.entries += l.len() as u64;
@@ -575,5 +576,46 @@ impl Checker<'_> {
         // stale reader's CAS cannot match it.
         rec.version = 1 << 32;
         self.s.records.write(id, &rec, true)
+    }
+
+    /// Every snapshot's tree, walked as the snapshot sees it: each name must lead to a
+    /// record (a copy in an area, or a live record old enough). Its blobs are checked
+    /// with everyone else's (`needed_blobs` counts the copies).
+    fn snapshot_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let snaps = self.s.records.snapshots();
+        for info in snaps.list() {
+            let Ok(lens) = snaps.lens(&info.name) else {
+                continue;
+            };
+            let names = self.s.names().at(&lens);
+            let mut seen = HashSet::new();
+            let mut stack = vec![(self.s.root(), PathBuf::from("/"))];
+            while let Some((id, path)) = stack.pop() {
+                if !seen.insert(id) {
+                    continue;
+                }
+                let listed = names.record(id).and_then(|r| {
+                    if r.kind == Kind::Dir {
+                        names.readdir(id)
+                    } else {
+                        Ok(Vec::new())
+                    }
+                });
+                match listed {
+                    Ok(children) => {
+                        stack.extend(children.into_iter().map(|(n, c)| (c, path.join(n))))
+                    }
+                    Err(e) => out.push(Problem {
+                        code: "snapshot_damaged",
+                        path: format!("snapshot {}: {}", info.name, path.display()),
+                        detail: format!("node {id}: {e}"),
+                        repaired: false,
+                        action: Action::None,
+                    }),
+                }
+            }
+        }
+        out
     }
 }

@@ -132,7 +132,8 @@ pub struct Problem {
     /// missing_blob, damaged_blob (a blob of another length than its record says),
     /// corrupt_manifest, corrupt_revision, revision_without_node,
     /// dangling_trash, integrity_error (a live file marked by a failed verification),
-    /// interrupted_sweep (a blob a sweep that died moved aside, put back).
+    /// interrupted_sweep (a blob a sweep that died moved aside, put back),
+    /// snapshot_damaged (a name in a snapshot that leads to no record).
     /// A live file whose content is lost, damaged or marked is repaired by giving it
     /// its newest whole revision's content, or none.
     pub code: &'static str,
@@ -329,5 +330,7 @@ pub fn open(path: &Path, read_only: bool) -> Result<Store> {
     };
     let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
     super::replay_fsync_logs(&layout, &blobs, lock.is_some())?;
-    Ok(Store::assemble(layout, format, blobs, read_only, lock))
+    let store = Store::assemble(layout, format, blobs, read_only, lock);
+    store.snapshots.load(!read_only)?;
+    Ok(store)
 }
