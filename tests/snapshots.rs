@@ -361,6 +361,13 @@ fn a_snapshot_sees_an_open_file_as_last_committed() {
     assert_eq!(fs::read(m.path("open")).unwrap(), b"UNCOMMITd");
     let sm = SnapMount::new(&m.store, m.dir.path(), "mid");
     assert_eq!(fs::read(sm.0.join("open")).unwrap(), b"committed");
+    // Not removed while it is mounted; once unmounted, it is.
+    let (code, _, err) = dj(&["snapshot", "rm", m.mnt.to_str().unwrap(), "mid"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("snapshot_busy"), "{err}");
+    drop(sm);
+    let (code, _, err) = dj(&["snapshot", "rm", m.mnt.to_str().unwrap(), "mid"]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// `-o snapshot_every=1s,snapshots_keep=2` takes scheduled snapshots and keeps the
@@ -381,19 +388,31 @@ fn scheduled_snapshots_are_taken_and_expired() {
             .map(|s| s["name"].as_str().unwrap().to_string())
             .collect();
         assert!(names.contains(&"mine".to_string()), "{names:?}");
-        let autos: Vec<String> = names.into_iter().filter(|n| n.starts_with("auto-")).collect();
-        assert!(autos.len() <= 3, "at most keep (+1 while one is taken): {autos:?}");
+        let autos: Vec<String> = names
+            .into_iter()
+            .filter(|n| n.starts_with("auto-"))
+            .collect();
+        assert!(
+            autos.len() <= 3,
+            "at most keep (+1 while one is taken): {autos:?}"
+        );
         seen.extend(autos.iter().cloned());
         if seen.len() >= 4 && autos.len() == 2 {
             break autos;
         }
-        assert!(std::time::Instant::now() < deadline, "scheduled snapshots: saw {seen:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scheduled snapshots: saw {seen:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(300));
     };
     // The two kept are the newest taken.
     let newest: Vec<String> = seen.iter().rev().take(2).rev().cloned().collect();
     assert!(autos.iter().all(|a| seen.contains(a)));
-    assert!(autos.iter().all(|a| *a >= newest[0]), "{autos:?} kept, {seen:?} seen");
+    assert!(
+        autos.iter().all(|a| *a >= newest[0]),
+        "{autos:?} kept, {seen:?} seen"
+    );
     // status counts them.
     let (code, v, err) = dj(&["status", m.mnt.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -422,13 +441,18 @@ fn fsck_reports_a_damaged_snapshot() {
     ));
     let node = node_of(&m.store, "f");
     let id = node.file_name().unwrap().to_str().unwrap().to_string();
-    let copy = copies.lines().find(|l| l.ends_with(&id)).expect("a copy of f's record");
+    let copy = copies
+        .lines()
+        .find(|l| l.ends_with(&id))
+        .expect("a copy of f's record");
     fs::remove_file(copy).unwrap();
     let (code, v, _) = dj(&["fsck", m.store.to_str().unwrap()]);
     assert_eq!(code, 4, "{v}");
     let found = problems(&v);
     assert!(
-        found.iter().any(|(c, p, _)| c == "snapshot_damaged" && p == "snapshot s: /f"),
+        found
+            .iter()
+            .any(|(c, p, _)| c == "snapshot_damaged" && p == "snapshot s: /f"),
         "{found:?}"
     );
     m.mount();
@@ -462,12 +486,21 @@ fn a_crash_during_create_leaves_a_whole_snapshot_or_none() {
         let _ = child.wait();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
         while !process_gone(pid) {
-            assert!(std::time::Instant::now() < deadline, "daemon survived SIGKILL");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon survived SIGKILL"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&m.mnt).output();
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&m.mnt)
+            .output();
         let (code, v, err) = dj(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
-        assert!(code == 0 || code == 1, "fsck after crash {round}: {v} {err}");
+        assert!(
+            code == 0 || code == 1,
+            "fsck after crash {round}: {v} {err}"
+        );
         m.mount();
         let (code, v, err) = dj(&["snapshot", "ls", m.mnt.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
@@ -482,9 +515,11 @@ fn a_crash_during_create_leaves_a_whole_snapshot_or_none() {
         }
         assert_eq!(listed, made, "round {round}");
         assert!(
-            fs::read_dir(m.store.join("snapshots"))
+            fs::read_dir(m.store.join("snapshots")).unwrap().all(|e| !e
                 .unwrap()
-                .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp.")),
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp.")),
             "a half-made snapshot was left after round {round}"
         );
     }

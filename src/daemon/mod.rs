@@ -426,12 +426,14 @@ fn spawn_maintenance(store: std::sync::Weak<Store>, schedule: Option<(u64, u32)>
             if let Some((every, keep)) = schedule {
                 contained(
                     "scheduled snapshots",
-                    panics::catch(|| match st.snapshots().scheduled(every, keep) {
+                    panics::catch(|| {
+                        match st.snapshots().scheduled(every, keep) {
                         Ok((Some(name), freed)) => log::info!(
                             "scheduled snapshot {name} taken; older ones removed freed {freed} bytes"
                         ),
                         Ok((None, _)) => {}
                         Err(e) => log::warn!("scheduled snapshot: {e}"),
+                    }
                     }),
                 );
             }

@@ -82,6 +82,8 @@ pub enum Error {
     SnapshotNotFound(String),
     #[error("a snapshot named {0:?} exists")]
     SnapshotExists(String),
+    #[error("snapshot {0:?} is mounted")]
+    SnapshotInUse(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("unknown or invalid mount option '{0}'")]
@@ -144,6 +146,7 @@ impl Error {
             Error::NoSuchRevision(_) => "no_such_revision",
             Error::SnapshotNotFound(_) => "snapshot_not_found",
             Error::SnapshotExists(_) => "snapshot_exists",
+            Error::SnapshotInUse(_) => "snapshot_busy",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::Daemon(_) => "daemon_failed",
             Error::NotConsistent { .. } => "resource_not_consistent",
@@ -195,6 +198,9 @@ impl Error {
             Error::SnapshotExists(_) => {
                 "choose another name, or remove the old one with `decofs snapshot rm`".into()
             }
+            Error::SnapshotInUse(_) => {
+                "unmount the snapshot's read-only mount first (`findmnt -t fuse.decofs`)".into()
+            }
             Error::Daemon(_) => "see the daemon log, STORE/decofs.log".into(),
             Error::NotConsistent { .. } => {
                 "retry in a moment, or pass --wait to wait until the index is current (--stale answers from the lagging index)".into()
@@ -238,6 +244,7 @@ impl Error {
                 libc::ENOENT
             }
             Error::SnapshotExists(_) => libc::EEXIST,
+            Error::SnapshotInUse(_) => libc::EBUSY,
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::RestoreParentGone(_) => libc::ENOENT,
             Error::RestoreNameTaken(_) => libc::EEXIST,

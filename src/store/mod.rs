@@ -165,6 +165,7 @@ impl Store {
                 ));
             }
             store.records.view_snapshot(name)?;
+            store.snapshots.hold(name)?;
         }
         if let Some(epoch) = store.epoch() {
             store.fsync_log = Some(fsynclog::FsyncLog::new(&store.layout, epoch));

@@ -255,9 +255,11 @@ impl Records {
 
     /// Before the record `old` of `id` is replaced: keep it for the snapshots that hold
     /// it, and return the generation the new record is written in.
-    fn preserve(&self, id: NodeId, old: &NodeRecord) -> Result<u64> {
-        self.snaps
-            .preserve_record(id, old, || self.encode_value(old, false))?;
+    fn preserve(&self, id: NodeId, old: Option<&NodeRecord>) -> Result<u64> {
+        if let Some(old) = old {
+            self.snaps
+                .preserve_record(id, old, || self.encode_value(old, false))?;
+        }
         Ok(self.snaps.current())
     }
 
@@ -318,9 +320,10 @@ impl Records {
         let _g = self.stripe(id).lock();
         let mut rec = self.read(id)?;
         super::fault::update_point(&rec);
-        let old = rec.clone();
+        // A copy of what a snapshot holds; none (and no clone) without snapshots.
+        let old = self.snaps.holds(rec.gen).then(|| rec.clone());
         f(&mut rec)?;
-        rec.gen = self.preserve(id, &old)?;
+        rec.gen = self.preserve(id, old.as_ref())?;
         rec.version += 1;
         self.write_stamped(id, &rec, false)?;
         Ok(rec)
@@ -335,7 +338,7 @@ impl Records {
         if cur.version != expected {
             return Err(Error::Conflict(id.to_string()));
         }
-        rec.gen = self.preserve(id, &cur)?;
+        rec.gen = self.preserve(id, Some(&cur))?;
         rec.version = expected + 1;
         self.write_stamped(id, &rec, false)?;
         Ok(rec)
@@ -361,7 +364,7 @@ impl Records {
         let _g = self.stripe(dir).lock();
         let mut rec = self.read(dir)?;
         // The times change now (readers see them): a snapshot keeps what it saw.
-        rec.gen = self.preserve(dir, &rec)?;
+        rec.gen = self.preserve(dir, Some(&rec))?;
         rec.mtime = now;
         rec.ctime = now;
         rec.version += 1;

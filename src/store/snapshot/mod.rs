@@ -96,6 +96,43 @@ pub struct Snapshots {
     gate: RwLock<()>,
     /// Creation and removal, one at a time.
     admin: Mutex<()>,
+    /// The marker this process keeps in the area of the snapshot it serves (a
+    /// read-only mount of it), so the snapshot is not removed under it.
+    held: Mutex<Option<PathBuf>>,
+}
+
+impl Drop for Snapshots {
+    fn drop(&mut self) {
+        if let Some(p) = self.held.lock().take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// `held.<pid>` in an area: "<pid> <process start time>".
+fn held_marker(area: &Path) -> PathBuf {
+    area.join(format!("held.{}", std::process::id()))
+}
+
+/// Is a live process (not a later one with its pid) holding the area?
+fn held_by_live(area: &Path) -> bool {
+    let mut live = false;
+    for e in fs::read_dir(area).into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().starts_with("held.") {
+            continue;
+        }
+        let text = fs::read_to_string(e.path()).unwrap_or_default();
+        let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) else {
+            continue;
+        };
+        if crate::host::proc_starttime(pid as i32) == Some(start) {
+            live = true;
+        } else {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    live
 }
 
 /// Is `name` a name a snapshot may have?
@@ -187,7 +224,20 @@ impl Snapshots {
             state: RwLock::new(State::default()),
             gate: RwLock::new(()),
             admin: Mutex::new(()),
+            held: Mutex::new(None),
         }
+    }
+
+    /// This process serves snapshot `name` (a read-only mount): mark its area, so a
+    /// removal is refused (`snapshot_busy`) while it lives.
+    pub(crate) fn hold(&self, name: &str) -> Result<()> {
+        let (_, chain) = self.chain(name)?;
+        let p = held_marker(&chain[0]);
+        let me = std::process::id();
+        let start = crate::host::proc_starttime(me as i32).unwrap_or(0);
+        fs::write(&p, format!("{me} {start}\n")).ctx(io_ctx("write", &p))?;
+        *self.held.lock() = Some(p);
+        Ok(())
     }
 
     fn dir(&self) -> PathBuf {
@@ -254,6 +304,16 @@ impl Snapshots {
     /// The generation records are written in now.
     pub fn current(&self) -> u64 {
         self.state.read().cur
+    }
+
+    /// Does a snapshot hold a record written in generation `gen` (is it not newer than
+    /// the newest snapshot)?
+    pub fn holds(&self, gen: u64) -> bool {
+        self.state
+            .read()
+            .list
+            .last()
+            .is_some_and(|s| gen <= s.info.gen)
     }
 
     /// The generation of the newest snapshot, if any.
@@ -408,6 +468,9 @@ impl Snapshots {
         let info = self.get(name)?;
         let dir = self.dir();
         let src = dir.join(name);
+        if held_by_live(&src) {
+            return Err(Error::SnapshotInUse(name.to_string()));
+        }
         let gone = dir.join(format!(".rm.{name}"));
         // The newest snapshot's area takes copies while it is merged: shut them out
         // for the merge. An older one's area is written by nobody else.
