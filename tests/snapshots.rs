@@ -142,6 +142,18 @@ fn rng_dir(q: &str) -> bool {
     DIRS.contains(&q.rsplit('/').next().unwrap())
 }
 
+/// The snapshots' names, oldest first, as `snapshot ls --json` lists them.
+fn snapshot_names(target: &Path) -> Vec<String> {
+    let (code, v, err) = dj(&["snapshot", "ls", target.to_str().unwrap()]);
+    assert_eq!(code, 0, "snapshot ls: {err}");
+    v["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn snapshot_create(target: &Path, name: &str) {
     let (code, v, err) = dj(&["snapshot", "create", target.to_str().unwrap(), name]);
     assert_eq!(code, 0, "snapshot create {name}: {err}");
@@ -233,15 +245,7 @@ fn snapshots_equal_their_copies_after_random_operations() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (code, v, err) = dj(&["snapshot", "ls", m.mnt.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    let listed: Vec<&str> = v["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, names.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(snapshot_names(&m.mnt), names);
     // Remove one in the middle: the older ones keep what it held for them.
     let (code, _, err) = dj(&["snapshot", "rm", m.mnt.to_str().unwrap(), "s3"]);
     assert_eq!(code, 0, "{err}");
@@ -379,14 +383,7 @@ fn scheduled_snapshots_are_taken_and_expired() {
     let mut seen = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let autos = loop {
-        let (code, v, err) = dj(&["snapshot", "ls", m.mnt.to_str().unwrap()]);
-        assert_eq!(code, 0, "{err}");
-        let names: Vec<String> = v["snapshots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["name"].as_str().unwrap().to_string())
-            .collect();
+        let names = snapshot_names(&m.mnt);
         assert!(names.contains(&"mine".to_string()), "{names:?}");
         let autos: Vec<String> = names
             .into_iter()
@@ -502,14 +499,7 @@ fn a_crash_during_create_leaves_a_whole_snapshot_or_none() {
             "fsck after crash {round}: {v} {err}"
         );
         m.mount();
-        let (code, v, err) = dj(&["snapshot", "ls", m.mnt.to_str().unwrap()]);
-        assert_eq!(code, 0, "{err}");
-        let listed: Vec<String> = v["snapshots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["name"].as_str().unwrap().to_string())
-            .collect();
+        let listed = snapshot_names(&m.mnt);
         if listed.contains(&name) {
             made.push(name.clone());
         }
