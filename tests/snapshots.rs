@@ -519,3 +519,317 @@ fn a_crash_during_create_leaves_a_whole_snapshot_or_none() {
     }
     eprintln!("{} of 6 snapshots were taken before the kill", made.len());
 }
+
+/// A snapshot mounted read-only stays as it was while the live tree goes on: changes
+/// made after newer snapshots were taken (their copies land in the newer areas) and a
+/// newer snapshot removed in between.
+#[test]
+fn a_mounted_snapshot_stays_put_while_newer_ones_come_and_go() {
+    let m = Mount::new();
+    fs::write(m.path("f"), b"first").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/g"), b"gee").unwrap();
+    snapshot_create(&m.mnt, "s1");
+    let sm = SnapMount::new(&m.store, m.dir.path(), "s1");
+    let want = listing(&sm.0);
+    snapshot_create(&m.mnt, "s2");
+    fs::write(m.path("f"), b"second, longer").unwrap();
+    fs::remove_file(m.path("d/g")).unwrap();
+    fs::write(m.path("d/h"), b"new").unwrap();
+    snapshot_create(&m.mnt, "s3");
+    fs::rename(m.path("d"), m.path("e")).unwrap();
+    // Past the mount's 1 s attribute and entry timeouts.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(listing(&sm.0), want, "s1 after later snapshots and changes");
+    let (code, _, err) = dj(&["snapshot", "rm", m.mnt.to_str().unwrap(), "s2"]);
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(listing(&sm.0), want, "s1 after s2 was removed");
+    assert_eq!(fs::read(sm.0.join("f")).unwrap(), b"first");
+}
+
+/// A store made by `decofs init` in the test's directory (not mounted).
+fn new_store(m: &Mount, name: &str) -> PathBuf {
+    let p = m.dir.path().join(name);
+    let out = decofs(&["init", p.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p
+}
+
+fn send(m: &Mount, name: &str, from: Option<&str>) -> PathBuf {
+    let file = m.dir.path().join(format!("{name}.stream"));
+    let mut args = vec![
+        "send",
+        m.mnt.to_str().unwrap(),
+        name,
+        "-o",
+        file.to_str().unwrap(),
+    ];
+    if let Some(f) = from {
+        args.extend(["--from", f]);
+    }
+    let out = decofs(&args);
+    assert!(
+        out.status.success(),
+        "send {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    file
+}
+
+fn receive(store: &Path, file: &Path) -> (i32, String) {
+    let out = decofs(&[
+        "receive",
+        store.to_str().unwrap(),
+        "-i",
+        file.to_str().unwrap(),
+    ]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every file under a store directory with its size and, for files, a hash: a store
+/// "unchanged" has the same picture before and after.
+fn store_picture(store: &Path) -> BTreeMap<String, String> {
+    let out = sh(&format!(
+        "cd {} && find . -path ./index -prune -o -path ./decofs.log -prune -o -path ./lock -prune -o -path ./epoch -prune -o -path ./sessions -prune -o -printf '%p %y %s %l\\n' | sort",
+        store.display()
+    ));
+    out.lines()
+        .map(|l| {
+            let (p, rest) = l.split_once(' ').unwrap();
+            (p.to_string(), rest.to_string())
+        })
+        .collect()
+}
+
+/// A whole stream, then three differential ones, after random operations: the
+/// receiving store, mounted, equals each snapshot every time, and lists the same
+/// snapshots. The streams are checked for their size against the bytes changed.
+#[test]
+fn send_and_receive_round_trips() {
+    let mut rng = fastrand::Rng::with_seed(0x5e4d_0001);
+    let m = Mount::new();
+    let re = m.dir.path().join("reference");
+    fs::create_dir(&re).unwrap();
+    let other = new_store(&m, "other");
+    let omnt = m.dir.path().join("other-mnt");
+    fs::create_dir(&omnt).unwrap();
+    let mut prev: Option<String> = None;
+    for round in 0..4 {
+        for _ in 0..120 {
+            step(&mut rng, &m.mnt, &re);
+        }
+        let name = format!("r{round}");
+        snapshot_create(&m.mnt, &name);
+        let file = send(&m, &name, prev.as_deref());
+        let (code, err) = receive(&other, &file);
+        assert_eq!(code, 0, "receive {name}: {err}");
+        let out = decofs(&[
+            "mount",
+            other.to_str().unwrap(),
+            omnt.to_str().unwrap(),
+            "-o",
+            "ro",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = listing(&omnt);
+        unmount_path(&omnt);
+        assert_eq!(got, listing(&re), "the receiver after {name}");
+        prev = Some(name);
+    }
+    let (code, v, err) = dj(&["snapshot", "ls", other.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 4);
+    let (code, v, err) = dj(&["fsck", other.to_str().unwrap()]);
+    assert_eq!(code, 0, "fsck of the receiver: {v} {err}");
+}
+
+/// A differential stream grows with what changed, not with the store: 1 MiB changed in
+/// a store of 8 MiB (64 KiB chunks) sends about 1 MiB.
+#[test]
+fn a_differential_stream_grows_with_what_changed() {
+    let m = Mount::with_init(
+        &["--trash-min-age", "0", "--chunk-size", "65536"],
+        "allow_other",
+    );
+    fs::write(m.path("big"), pattern(1, 0, 8 << 20)).unwrap();
+    snapshot_create(&m.mnt, "b1");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(3 << 20)).unwrap();
+    // Bytes found nowhere in the file (a pattern's other seed would repeat its chunks).
+    let mut rng = fastrand::Rng::with_seed(9);
+    let new: Vec<u8> = (0..1 << 20).map(|_| rng.u8(..)).collect();
+    std::io::Write::write_all(&mut f, &new).unwrap();
+    drop(f);
+    snapshot_create(&m.mnt, "b2");
+    let whole = fs::metadata(send(&m, "b2", None)).unwrap().len();
+    let diff = fs::metadata(send(&m, "b2", Some("b1"))).unwrap().len();
+    eprintln!("whole stream {whole} bytes, differential {diff} bytes for 1 MiB changed");
+    assert!(whole > 8 << 20, "{whole}");
+    assert!(
+        ((1 << 20)..(1 << 20) + (64 << 10)).contains(&diff),
+        "differential {diff} bytes"
+    );
+}
+
+/// Every kind of damaged or misdirected stream is refused with a code, and the
+/// receiving store is unchanged.
+#[test]
+fn damaged_streams_are_refused_and_change_nothing() {
+    let m = Mount::new();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/a"), vec![1u8; 100_000]).unwrap();
+    fs::write(m.path("b"), b"bee").unwrap();
+    snapshot_create(&m.mnt, "s1");
+    fs::write(m.path("d/c"), b"sea").unwrap();
+    snapshot_create(&m.mnt, "s2");
+    fs::write(m.path("e"), b"ee").unwrap();
+    snapshot_create(&m.mnt, "s3");
+    let whole = fs::read(send(&m, "s1", None)).unwrap();
+    let target = new_store(&m, "target");
+    let bad = m.dir.path().join("bad.stream");
+    let refused = |bytes: &[u8], code: &str, what: &str| {
+        let before = store_picture(&target);
+        fs::write(&bad, bytes).unwrap();
+        let (c, err) = receive(&target, &bad);
+        assert_eq!(c, 1, "{what}: {err}");
+        assert!(err.contains(code), "{what}: expected {code}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err}");
+        assert_eq!(store_picture(&target), before, "{what}: the store changed");
+    };
+    refused(&whole[..whole.len() - 10], "stream_invalid", "truncated");
+    refused(&whole[..whole.len() / 2], "stream_invalid", "cut in half");
+    let mut flipped = whole.clone();
+    let i = flipped.len() / 3;
+    flipped[i] ^= 0x40;
+    refused(&flipped, "stream_invalid", "a flipped byte");
+    refused(b"not a stream at all", "stream_invalid", "garbage");
+    // Two frames swapped: each frame is whole, the order is not.
+    let frames = split_frames(&whole);
+    assert!(frames.len() > 4);
+    let mut swapped = whole[..16].to_vec();
+    let mut order: Vec<usize> = (0..frames.len()).collect();
+    order.swap(2, 3);
+    for k in order {
+        swapped.extend_from_slice(frames[k]);
+    }
+    refused(&swapped, "stream_invalid", "reordered frames");
+    let mut doubled = whole[..16].to_vec();
+    for (k, f) in frames.iter().enumerate() {
+        doubled.extend_from_slice(f);
+        if k == 2 {
+            doubled.extend_from_slice(f);
+        }
+    }
+    refused(&doubled, "stream_invalid", "a repeated frame");
+    // A differential stream whose base the target lacks.
+    refused(
+        &fs::read(send(&m, "s2", Some("s1"))).unwrap(),
+        "snapshot_base_missing",
+        "no base",
+    );
+    // The whole stream is accepted; then a differential one skipping s2 is refused.
+    fs::write(&bad, &whole).unwrap();
+    let (c, err) = receive(&target, &bad);
+    assert_eq!(c, 0, "{err}");
+    refused(
+        &fs::read(send(&m, "s3", Some("s2"))).unwrap(),
+        "snapshot_base_missing",
+        "wrong base",
+    );
+    // A whole stream into a store that is not empty.
+    refused(&whole, "snapshot_exists", "s1 again");
+    let (c, err) = receive(&target, &send(&m, "s2", Some("s1")));
+    assert_eq!(c, 0, "{err}");
+    let (c, err) = receive(&target, &send(&m, "s3", Some("s2")));
+    assert_eq!(c, 0, "{err}");
+}
+
+/// The frames of a stream (after its 16-byte start), each with its head and CRC.
+fn split_frames(s: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut i = 16;
+    while i < s.len() {
+        let len = u32::from_le_bytes(s[i + 1..i + 5].try_into().unwrap()) as usize;
+        out.push(&s[i..i + 5 + len + 4]);
+        i += 5 + len + 4;
+    }
+    out
+}
+
+/// kill -9 of `decofs receive` at random moments: after the next read-write open the
+/// receive happened whole (the snapshot exists and the tree equals it) or not at all
+/// (the store as it was), and fsck is clean.
+#[test]
+fn a_killed_receive_happens_whole_or_not_at_all() {
+    let m = Mount::new();
+    for i in 0..200 {
+        fs::create_dir_all(m.path(&format!("d{}", i % 10))).unwrap();
+        fs::write(
+            m.path(&format!("d{}/f{i}", i % 10)),
+            vec![i as u8; 5000 + i],
+        )
+        .unwrap();
+    }
+    snapshot_create(&m.mnt, "k1");
+    let want = listing(&m.mnt);
+    let file = send(&m, "k1", None);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut whole = 0;
+    for round in 0..6 {
+        let target = new_store(&m, &format!("k{round}"));
+        let mut child = std::process::Command::new(decofs_bin())
+            .args([
+                "receive",
+                target.to_str().unwrap(),
+                "-i",
+                file.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(rng.u64(0..150_000)));
+        let _ = child.kill();
+        let _ = child.wait();
+        // The next read-write open finishes an interrupted receive.
+        let tm = m.dir.path().join(format!("k{round}-mnt"));
+        fs::create_dir(&tm).unwrap();
+        let out = decofs(&["mount", target.to_str().unwrap(), tm.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = listing(&tm);
+        let names = snapshot_names(&tm);
+        unmount_path(&tm);
+        if names == ["k1"] {
+            assert_eq!(got, want, "round {round}: received, so equal");
+            whole += 1;
+        } else {
+            assert!(names.is_empty(), "round {round}: {names:?}");
+            assert!(
+                got.0.is_empty(),
+                "round {round}: not received, so empty: {got:?}"
+            );
+        }
+        let (code, v, err) = dj(&["fsck", target.to_str().unwrap(), "--grace", "0"]);
+        assert_eq!(code, 0, "round {round}: fsck {v} {err}");
+    }
+    eprintln!("{whole} of 6 receives had happened when killed");
+}

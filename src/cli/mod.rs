@@ -16,6 +16,7 @@ mod progress;
 mod snapshot;
 mod stats;
 mod store_cmds;
+mod stream;
 mod trash;
 mod versions;
 
@@ -125,6 +126,28 @@ pub enum Cmd {
     Snapshot {
         #[command(subcommand)]
         cmd: snapshot::SnapshotCmd,
+    },
+    /// Write snapshot NAME as a stream (stdout unless -o): every record, entry and blob
+    /// it needs, or with --from BASE only what differs from snapshot BASE. STORE is a
+    /// store or its mountpoint (a mount may keep running).
+    Send {
+        store: PathBuf,
+        name: String,
+        /// Send only what differs from this older snapshot (the receiver has it).
+        #[arg(long, value_name = "BASE")]
+        from: Option<String>,
+        /// Write the stream to this file.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Read a stream (stdin unless -i) into an unmounted STORE: the whole stream checked
+    /// first (refused with nothing changed if damaged, or if its base is missing), then
+    /// its snapshot made to exist here, the live tree equal to it.
+    Receive {
+        store: PathBuf,
+        /// Read the stream from this file.
+        #[arg(short = 'i', long = "input", value_name = "FILE")]
+        input: Option<PathBuf>,
     },
     /// Find files by name, type, size and age from the index (no tree walk). PATH is a
     /// directory in a mount, a mountpoint, a store, or STORE/dir. Prints one path per
@@ -324,6 +347,13 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Trash { cmd } => trash::run(cmd, json),
         Cmd::Versions { cmd } => versions::run(cmd, json),
         Cmd::Snapshot { cmd } => snapshot::run(cmd, json),
+        Cmd::Send {
+            store,
+            name,
+            from,
+            output,
+        } => stream::send(store, name, from, output, json),
+        Cmd::Receive { store, input } => stream::receive(store, input, json),
         Cmd::Fsck {
             store,
             repair,

@@ -84,6 +84,12 @@ pub enum Error {
     SnapshotExists(String),
     #[error("snapshot {0:?} is mounted")]
     SnapshotInUse(String),
+    #[error("the stream cannot be used: {0}")]
+    StreamInvalid(String),
+    #[error("the stream's base is not here: {0}")]
+    SnapshotBaseMissing(String),
+    #[error("the stream does not apply to this store: {0}")]
+    ReceiveConflict(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("unknown or invalid mount option '{0}'")]
@@ -147,6 +153,9 @@ impl Error {
             Error::SnapshotNotFound(_) => "snapshot_not_found",
             Error::SnapshotExists(_) => "snapshot_exists",
             Error::SnapshotInUse(_) => "snapshot_busy",
+            Error::StreamInvalid(_) => "stream_invalid",
+            Error::SnapshotBaseMissing(_) => "snapshot_base_missing",
+            Error::ReceiveConflict(_) => "receive_conflict",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::Daemon(_) => "daemon_failed",
             Error::NotConsistent { .. } => "resource_not_consistent",
@@ -201,6 +210,15 @@ impl Error {
             Error::SnapshotInUse(_) => {
                 "unmount the snapshot's read-only mount first (`findmnt -t fuse.decofs`)".into()
             }
+            Error::StreamInvalid(_) => {
+                "send the stream again; nothing was changed here".into()
+            }
+            Error::SnapshotBaseMissing(_) => {
+                "receive the whole stream first (`decofs send STORE NAME` without --from), or send from a snapshot this store has".into()
+            }
+            Error::ReceiveConflict(_) => {
+                "receive into a new store (`decofs init`), or into one left as its last received snapshot".into()
+            }
             Error::Daemon(_) => "see the daemon log, STORE/decofs.log".into(),
             Error::NotConsistent { .. } => {
                 "retry in a moment, or pass --wait to wait until the index is current (--stale answers from the lagging index)".into()
@@ -245,6 +263,8 @@ impl Error {
             }
             Error::SnapshotExists(_) => libc::EEXIST,
             Error::SnapshotInUse(_) => libc::EBUSY,
+            Error::StreamInvalid(_) | Error::ReceiveConflict(_) => libc::EINVAL,
+            Error::SnapshotBaseMissing(_) => libc::ENOENT,
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::RestoreParentGone(_) => libc::ENOENT,
             Error::RestoreNameTaken(_) => libc::EEXIST,

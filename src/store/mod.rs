@@ -45,6 +45,7 @@ pub mod revisions;
 pub mod snapshot;
 pub mod snapshot_ops;
 mod spare;
+pub mod stream;
 pub mod sweep;
 pub mod trash;
 pub mod tree;
@@ -158,6 +159,10 @@ impl Store {
         replay_fsync_logs(&layout, &blobs, lock.is_some())?;
         let mut store = Store::assemble(layout, format, blobs, opts.read_only, lock);
         store.snapshots.load(!opts.read_only)?;
+        if !opts.read_only {
+            // A receive a crash interrupted happens whole before anything else.
+            store.streams().resume()?;
+        }
         if let Some(name) = &opts.snapshot {
             if !opts.read_only {
                 return Err(Error::InvalidArgument(
@@ -316,6 +321,22 @@ impl Store {
             fence: &self.fence,
             names: self.names(),
             sweeper: self.sweeper(),
+        }
+    }
+
+    /// Send and receive snapshots as streams.
+    pub fn streams(&self) -> stream::Streams<'_> {
+        stream::Streams {
+            layout: &self.layout,
+            snaps: &self.snapshots,
+            records: &self.records,
+            names: self.names(),
+            blobs: &*self.blobs,
+            chunk_lists: &self.chunk_lists,
+            fence: &self.fence,
+            store_id: self.format.store_id.to_string(),
+            root: self.format.root,
+            chunk_size: self.format.chunk_size,
         }
     }
 

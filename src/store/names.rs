@@ -74,7 +74,7 @@ impl<'a> Names<'a> {
 
     fn lens(&self) -> Option<Lens<'_>> {
         match self.at {
-            Some(l) => Some(l.clone()),
+            Some(l) => Some(*l),
             None => self.records.lens(),
         }
     }

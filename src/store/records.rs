@@ -69,7 +69,7 @@ pub struct Records {
     /// The store's snapshots: a record that one holds is copied before it changes.
     snaps: Arc<Snapshots>,
     /// Opened at a snapshot (read only): its generation and the areas to read through.
-    at: Option<(u64, Vec<std::path::PathBuf>)>,
+    at: Option<u64>,
 }
 
 impl Records {
@@ -96,15 +96,13 @@ impl Records {
 
     /// Read everything as snapshot `name` saw it from now on (a read-only open).
     pub(crate) fn view_snapshot(&mut self, name: &str) -> Result<()> {
-        self.at = Some(self.snaps.chain(name)?);
+        self.at = Some(self.snaps.get(name)?.gen);
         Ok(())
     }
 
     /// The snapshot this store is read at, if any.
     pub fn lens(&self) -> Option<Lens<'_>> {
-        self.at
-            .as_ref()
-            .map(|(gen, chain)| Lens::new(&self.snaps, *gen, chain.as_slice()))
+        self.at.map(|gen| Lens::new(&self.snaps, gen))
     }
 
     pub fn snapshots(&self) -> &Snapshots {
@@ -261,6 +259,15 @@ impl Records {
                 .preserve_record(id, old, || self.encode_value(old, false))?;
         }
         Ok(self.snaps.current())
+    }
+
+    /// Keep `rec`, the record of `id` about to go away, for the snapshots that hold it.
+    pub(crate) fn preserve_for_snapshots(&self, id: NodeId, rec: &NodeRecord) -> Result<()> {
+        let _op = self.snaps.op();
+        if self.snaps.holds(rec.gen) {
+            self.preserve(id, Some(rec))?;
+        }
+        Ok(())
     }
 
     /// Write the record of a node no snapshot holds yet (a new node, a repair): stamped

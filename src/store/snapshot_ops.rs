@@ -3,7 +3,6 @@
 //! the live tree. The copy-on-write itself lives in `snapshot`.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -220,7 +219,7 @@ impl SnapshotOps<'_> {
             None => Vec::new(),
         };
         let areas: Vec<&PathBuf> = a_chain.iter().filter(|p| !b_chain.contains(p)).collect();
-        let (rec_keys, entry_keys) = changed_keys(&areas);
+        let (rec_keys, entry_keys) = super::snapshot::changed_keys(&areas);
         let a = self.names.at(&a_lens);
         let b = match &b_lens {
             Some(l) => self.names.at(l),
@@ -320,36 +319,6 @@ fn walk(names: &Names<'_>, id: NodeId, path: PathBuf, out: &mut HashMap<NodeId, 
         }
         out.entry(id).or_insert(path);
     }
-}
-
-/// The records and the entries the given areas hold copies of.
-fn changed_keys(areas: &[&PathBuf]) -> (Vec<NodeId>, Vec<(NodeId, OsString)>) {
-    let mut recs = HashSet::new();
-    let mut entries = HashSet::new();
-    for area in areas {
-        for shard in fs::read_dir(area.join("records"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-                recs.extend(NodeId::from_name(&f.file_name()));
-            }
-        }
-        for d in fs::read_dir(area.join("entries"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Some(dir) = NodeId::from_name(&d.file_name()) else {
-                continue;
-            };
-            for e in fs::read_dir(d.path()).into_iter().flatten().flatten() {
-                entries.insert((dir, e.file_name()));
-            }
-        }
-    }
-    (recs.into_iter().collect(), entries.into_iter().collect())
 }
 
 /// How many entry copies snapshot `name`'s area holds.

@@ -332,5 +332,8 @@ pub fn open(path: &Path, read_only: bool) -> Result<Store> {
     super::replay_fsync_logs(&layout, &blobs, lock.is_some())?;
     let store = Store::assemble(layout, format, blobs, read_only, lock);
     store.snapshots.load(!read_only)?;
+    if !read_only {
+        store.streams().resume()?;
+    }
     Ok(store)
 }

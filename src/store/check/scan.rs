@@ -417,6 +417,7 @@ impl Checker<'_> {
                 .strip_prefix("blob.")
                 .or_else(|| name.strip_prefix("rev."))
                 .or_else(|| name.strip_prefix("spare."))
+                .or_else(|| name.strip_prefix("receive."))
             {
                 let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
                 let mine = pid == Some(std::process::id() as i32);

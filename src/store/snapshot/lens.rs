@@ -2,7 +2,6 @@
 //! (the snapshot's own, then newer ones') that holds a copy, else from the live store,
 //! whose state then dates from the snapshot or before.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -14,12 +13,12 @@ use crate::store::error::{Error, Result};
 use crate::store::layout::Layout;
 use crate::store::node::{NodeId, NodeRecord};
 
-/// Snapshot `gen` as seen through the areas in `chain`.
-#[derive(Clone)]
+/// Snapshot `gen`, read through the areas of it and of every newer snapshot (as they
+/// are at each read: a snapshot taken or removed meanwhile counts).
+#[derive(Clone, Copy)]
 pub struct Lens<'a> {
     snaps: &'a Snapshots,
     gen: u64,
-    chain: Cow<'a, [PathBuf]>,
 }
 
 /// What an area's copy of an entry says.
@@ -29,16 +28,12 @@ enum Copied {
 }
 
 impl<'a> Lens<'a> {
-    pub(crate) fn new(
-        snaps: &'a Snapshots,
-        gen: u64,
-        chain: impl Into<Cow<'a, [PathBuf]>>,
-    ) -> Lens<'a> {
-        Lens {
-            snaps,
-            gen,
-            chain: chain.into(),
-        }
+    pub(crate) fn new(snaps: &'a Snapshots, gen: u64) -> Lens<'a> {
+        Lens { snaps, gen }
+    }
+
+    fn chain(&self) -> Vec<PathBuf> {
+        self.snaps.areas_from(self.gen)
     }
 
     pub fn generation(&self) -> u64 {
@@ -51,7 +46,7 @@ impl<'a> Lens<'a> {
         id: NodeId,
         live: impl FnOnce() -> Result<NodeRecord>,
     ) -> Result<NodeRecord> {
-        for area in self.chain.iter() {
+        for area in self.chain().iter() {
             if let Some((r, _)) = read_record_copy(self.snaps.blobs(), &record_copy(area, id), id)?
             {
                 return Ok(r);
@@ -59,15 +54,22 @@ impl<'a> Lens<'a> {
         }
         let r = live()?;
         if r.gen > self.gen {
-            // Written after the snapshot with no copy kept: the node did not exist then
-            // (nothing the snapshot names leads here).
+            // Changed since: its copy was made before the change, so it is there now
+            // (we looked before it was made). None: the node did not exist then.
+            for area in self.chain().iter() {
+                if let Some((r, _)) =
+                    read_record_copy(self.snaps.blobs(), &record_copy(area, id), id)?
+                {
+                    return Ok(r);
+                }
+            }
             return Err(Error::NotFound);
         }
         Ok(r)
     }
 
     fn copied_entry(&self, dir: NodeId, name: &OsStr) -> Result<Option<Copied>> {
-        for area in self.chain.iter() {
+        for area in self.chain().iter() {
             match fs::read_link(entry_copy(area, dir, name)) {
                 Ok(t) if t.as_os_str() == ABSENT => return Ok(Some(Copied::Absent)),
                 Ok(t) => {
@@ -94,10 +96,19 @@ impl<'a> Lens<'a> {
         name: &OsStr,
         live: impl FnOnce() -> Result<NodeId>,
     ) -> Result<NodeId> {
+        let decide = |c: Copied| match c {
+            Copied::Named(id) => Ok(id),
+            Copied::Absent => Err(Error::NotFound),
+        };
+        if let Some(c) = self.copied_entry(dir, name)? {
+            return decide(c);
+        }
+        let now = live();
+        // A change that raced this read copied the entry before it changed it: look
+        // again, and the copy wins over what the live read saw.
         match self.copied_entry(dir, name)? {
-            Some(Copied::Named(id)) => Ok(id),
-            Some(Copied::Absent) => Err(Error::NotFound),
-            None => live(),
+            Some(c) => decide(c),
+            None => now,
         }
     }
 
@@ -107,8 +118,34 @@ impl<'a> Lens<'a> {
         dir: NodeId,
         live: impl FnOnce() -> Result<Vec<(OsString, NodeId)>>,
     ) -> Result<Vec<(OsString, NodeId)>> {
+        let mut decided = self.copied_entries(dir)?;
+        let live = match live() {
+            Ok(v) => v,
+            // Removed since (purged): what it held is in the copies.
+            Err(Error::NotFound) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        // Copies made while the live directory was read (before their changes) win.
+        for (n, v) in self.copied_entries(dir)? {
+            decided.entry(n).or_insert(v);
+        }
+        let mut out: Vec<(OsString, NodeId)> = live
+            .into_iter()
+            .filter(|(n, _)| !decided.contains_key(n))
+            .collect();
+        let mut copied: Vec<(OsString, NodeId)> = decided
+            .into_iter()
+            .filter_map(|(n, id)| id.map(|id| (n, id)))
+            .collect();
+        copied.sort();
+        out.extend(copied);
+        Ok(out)
+    }
+
+    /// The entries of `dir` the areas hold copies of (the first area's copy of each).
+    fn copied_entries(&self, dir: NodeId) -> Result<HashMap<OsString, Option<NodeId>>> {
         let mut decided: HashMap<OsString, Option<NodeId>> = HashMap::new();
-        for area in self.chain.iter() {
+        for area in self.chain().iter() {
             let d = area.join("entries").join(dir.to_string());
             let it = match fs::read_dir(&d) {
                 Ok(it) => it,
@@ -131,22 +168,6 @@ impl<'a> Lens<'a> {
                 decided.insert(name, v);
             }
         }
-        let live = match live() {
-            Ok(v) => v,
-            // Removed since (purged): what it held is in the copies.
-            Err(Error::NotFound) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let mut out: Vec<(OsString, NodeId)> = live
-            .into_iter()
-            .filter(|(n, _)| !decided.contains_key(n))
-            .collect();
-        let mut copied: Vec<(OsString, NodeId)> = decided
-            .into_iter()
-            .filter_map(|(n, id)| id.map(|id| (n, id)))
-            .collect();
-        copied.sort();
-        out.extend(copied);
-        Ok(out)
+        Ok(decided)
     }
 }

@@ -50,6 +50,8 @@ pub struct SnapInfo {
     /// The generation it froze: it sees every record written in this one or earlier.
     pub gen: u64,
     pub created: Time,
+    /// The store it was received from (`decofs receive`), if any.
+    pub source: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +98,9 @@ pub struct Snapshots {
     gate: RwLock<()>,
     /// Creation and removal, one at a time.
     admin: Mutex<()>,
+    /// A read-only open: the writer may take or remove snapshots behind our back, so
+    /// the list is read again when the directory changed (its mtime, last seen here).
+    follow: Mutex<Option<Option<std::time::SystemTime>>>,
     /// The marker this process keeps in the area of the snapshot it serves (a
     /// read-only mount of it), so the snapshot is not removed under it.
     held: Mutex<Option<PathBuf>>,
@@ -225,6 +230,33 @@ impl Snapshots {
             gate: RwLock::new(()),
             admin: Mutex::new(()),
             held: Mutex::new(None),
+            follow: Mutex::new(None),
+        }
+    }
+
+    /// The areas a reader of generation `gen` looks in, oldest first: those of every
+    /// snapshot of that generation or newer.
+    pub(crate) fn areas_from(&self, gen: u64) -> Vec<PathBuf> {
+        self.refresh();
+        self.state
+            .read()
+            .list
+            .iter()
+            .filter(|s| s.info.gen >= gen)
+            .map(|s| s.dir.clone())
+            .collect()
+    }
+
+    /// In a read-only open, read the list again if the directory changed.
+    fn refresh(&self) {
+        let mut f = self.follow.lock();
+        let Some(seen) = f.as_mut() else { return };
+        let now = fs::metadata(self.dir()).and_then(|m| m.modified()).ok();
+        if now != *seen {
+            *seen = now;
+            if let Ok(st) = self.read_state(false) {
+                *self.state.write() = st;
+            }
         }
     }
 
@@ -247,12 +279,31 @@ impl Snapshots {
     /// Read the list and the generation from disk. `writable`: finish removals a crash
     /// interrupted and drop half-made snapshots (only the writer may).
     pub(crate) fn load(&self, writable: bool) -> Result<()> {
+        let st = self.read_state(writable)?;
+        *self.state.write() = st;
+        *self.follow.lock() = if writable {
+            None
+        } else {
+            Some(fs::metadata(self.dir()).and_then(|m| m.modified()).ok())
+        };
+        if writable {
+            let dir = self.dir();
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(".rm.") {
+                    let info = read_info(&e.path())?;
+                    self.merge_removed(&e.path(), &info)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_state(&self, writable: bool) -> Result<State> {
         let dir = self.dir();
         let mut st = State {
             cur: read_generation(&dir)?,
             ..Default::default()
         };
-        let mut pending = Vec::new();
         match fs::read_dir(&dir) {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
@@ -265,7 +316,6 @@ impl Snapshots {
                             let _ = fs::remove_dir_all(&p);
                         }
                     } else if name.starts_with(".rm.") {
-                        pending.push(p);
                     } else if e.file_type().is_ok_and(|t| t.is_dir()) {
                         let info = read_info(&p)?;
                         st.cur = st.cur.max(info.gen + 1);
@@ -275,14 +325,7 @@ impl Snapshots {
             }
         }
         st.list.sort_by_key(|s| s.info.gen);
-        *self.state.write() = st;
-        if writable {
-            for p in pending {
-                let info = read_info(&p)?;
-                self.merge_removed(&p, &info)?;
-            }
-        }
-        Ok(())
+        Ok(st)
     }
 
     /// Enter an operation that changes records or entries: no snapshot is taken until
@@ -414,11 +457,31 @@ impl Snapshots {
         res
     }
 
-    /// Take a snapshot named `name` of the tree as it is now. `flush` runs with every
-    /// operation shut out (the gate held) before the generation turns.
+    /// Take a snapshot named `name` of the tree as it is now.
     pub fn create(&self, name: &str) -> Result<SnapInfo> {
-        validate_name(name)?;
+        self.exclusive(|| self.create_exclusive(name, Time::now(), None))
+    }
+
+    /// Run `f` with every operation shut out (the gate held exclusively) and snapshot
+    /// administration to itself; inside, operations of this thread pass the gate.
+    pub(crate) fn exclusive<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let _admin = self.admin.lock();
+        let _gate = self.gate.write();
+        EXCLUSIVE.with(|e| e.set(true));
+        let res = f();
+        EXCLUSIVE.with(|e| e.set(false));
+        res
+    }
+
+    /// Take snapshot `name` (inside `exclusive`): `created` and `source` are a received
+    /// snapshot's (its time and the store it came from).
+    pub(crate) fn create_exclusive(
+        &self,
+        name: &str,
+        created: Time,
+        source: Option<String>,
+    ) -> Result<SnapInfo> {
+        validate_name(name)?;
         if self.get(name).is_ok() {
             return Err(Error::SnapshotExists(name.to_string()));
         }
@@ -426,17 +489,16 @@ impl Snapshots {
         fs::create_dir_all(&dir).ctx(io_ctx("create", &dir))?;
         let tmp = dir.join(format!(".tmp.{name}"));
         let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir(&tmp).ctx(io_ctx("create", &tmp))?;
-        fs::create_dir(tmp.join("records")).ctx(io_ctx("create", &tmp))?;
-        fs::create_dir(tmp.join("entries")).ctx(io_ctx("create", &tmp))?;
-        let _gate = self.gate.write();
-        EXCLUSIVE.with(|e| e.set(true));
         let res = (|| {
+            fs::create_dir(&tmp).ctx(io_ctx("create", &tmp))?;
+            fs::create_dir(tmp.join("records")).ctx(io_ctx("create", &tmp))?;
+            fs::create_dir(tmp.join("entries")).ctx(io_ctx("create", &tmp))?;
             let gen = self.state.read().cur;
             let info = SnapInfo {
                 name: name.to_string(),
                 gen,
-                created: Time::now(),
+                created,
+                source,
             };
             // The next generation first: a crash between leaves a generation without
             // a snapshot, which is harmless.
@@ -453,11 +515,17 @@ impl Snapshots {
             });
             Ok(info)
         })();
-        EXCLUSIVE.with(|e| e.set(false));
         if res.is_err() {
             let _ = fs::remove_dir_all(&tmp);
         }
         res
+    }
+
+    /// Does snapshot `name`'s area hold any copy (did anything change after it)?
+    pub(crate) fn has_copies(&self, name: &str) -> Result<bool> {
+        let (_, chain) = self.chain(name)?;
+        let (recs, entries) = changed_keys(&[&chain[0]]);
+        Ok(!recs.is_empty() || !entries.is_empty())
     }
 
     /// Remove snapshot `name`. What it holds that the snapshot before it still needs
@@ -585,13 +653,43 @@ impl Snapshots {
 
     /// A reader of snapshot `name`.
     pub fn lens(&self, name: &str) -> Result<Lens<'_>> {
-        let (gen, chain) = self.chain(name)?;
-        Ok(Lens::new(self, gen, chain))
+        Ok(Lens::new(self, self.get(name)?.gen))
     }
 
     fn blobs(&self) -> &dyn BlobStore {
         &*self.blobs
     }
+}
+
+/// The records and the entries the given areas hold copies of: what may differ
+/// between the snapshot of the first area and a later state.
+pub(crate) fn changed_keys(areas: &[&PathBuf]) -> (Vec<NodeId>, Vec<(NodeId, std::ffi::OsString)>) {
+    let mut recs = std::collections::BTreeSet::new();
+    let mut entries = std::collections::BTreeSet::new();
+    for area in areas {
+        for shard in fs::read_dir(area.join("records"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                recs.extend(NodeId::from_name(&f.file_name()));
+            }
+        }
+        for d in fs::read_dir(area.join("entries"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(dir) = NodeId::from_name(&d.file_name()) else {
+                continue;
+            };
+            for e in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                entries.insert((dir, e.file_name()));
+            }
+        }
+    }
+    (recs.into_iter().collect(), entries.into_iter().collect())
 }
 
 fn rand_u64() -> u64 {
@@ -632,10 +730,14 @@ fn write_info(area: &Path, info: &SnapInfo) -> Result<()> {
     write_durably(
         &area.join(INFO),
         &format!(
-            "decofs-snapshot 1\nname {}\ngen {}\ncreated {}\n",
+            "decofs-snapshot 1\nname {}\ngen {}\ncreated {}\n{}",
             info.name,
             info.gen,
-            info.created.unix_nanos()
+            info.created.unix_nanos(),
+            info.source
+                .as_ref()
+                .map(|s| format!("source {s}\n"))
+                .unwrap_or_default()
         ),
     )
 }
@@ -651,13 +753,14 @@ fn read_info(area: &Path) -> Result<SnapInfo> {
     if lines.next() != Some("decofs-snapshot 1") {
         return Err(bad());
     }
-    let (mut name, mut gen, mut created) = (None, None, None);
+    let (mut name, mut gen, mut created, mut source) = (None, None, None, None);
     for l in lines {
         let (k, v) = l.split_once(' ').ok_or_else(bad)?;
         match k {
             "name" => name = Some(v.to_string()),
             "gen" => gen = v.parse::<u64>().ok(),
             "created" => created = v.parse::<i128>().ok(),
+            "source" => source = Some(v.to_string()),
             _ => {}
         }
     }
@@ -666,6 +769,7 @@ fn read_info(area: &Path) -> Result<SnapInfo> {
         name: name.ok_or_else(bad)?,
         gen: gen.ok_or_else(bad)?,
         created: Time::from_unix_nanos(created),
+        source,
     })
 }
 

@@ -1,0 +1,530 @@
+//! Send and receive: a snapshot as a stream (`format`), whole or as the difference
+//! from an earlier snapshot, and a receiving store that makes the same snapshot exist.
+//!
+//! A receive reads the whole stream into `sessions/receive.<pid>.tmp` while checking
+//! it (frames, digest, blob hashes, the base, every blob a record names), then renames
+//! it to `snapshots/.receive` (the intent) and applies it with every operation shut
+//! out; a receive a crash interrupted is applied again at the next read-write open
+//! (each step is idempotent), so it happens whole or not at all. docs/DESIGN.md, "Send
+//! and receive".
+
+pub mod format;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use format::{Frame, Header, Reader, Writer};
+
+use super::blobs::BlobStore;
+use super::chunk_lists::ChunkLists;
+use super::error::{Error, IoContext, Result};
+use super::layout::{sync_dir, Layout};
+use super::lock::Fence;
+use super::names::Names;
+use super::node::{decode_body, encode_body, Hash, Kind, NodeId, NodeRecord, Time};
+use super::records::Records;
+use super::snapshot::{changed_keys, Lens, Snapshots};
+
+/// What a send wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Sent {
+    pub bytes: u64,
+    pub records: u64,
+    pub entries: u64,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub drops: u64,
+}
+
+/// What a receive applied.
+#[derive(Clone, Debug, Default)]
+pub struct Received {
+    pub name: String,
+    pub base: Option<String>,
+    pub records: u64,
+    pub entries: u64,
+    pub blobs: u64,
+    pub drops: u64,
+}
+
+/// Send and receive over a store.
+#[derive(Clone)]
+pub struct Streams<'a> {
+    pub(super) layout: &'a Layout,
+    pub(super) snaps: &'a Snapshots,
+    pub(super) records: &'a Records,
+    pub(super) names: Names<'a>,
+    pub(super) blobs: &'a dyn BlobStore,
+    pub(super) chunk_lists: &'a ChunkLists,
+    pub(super) fence: &'a Fence,
+    pub(super) store_id: String,
+    pub(super) root: NodeId,
+    pub(super) chunk_size: u32,
+}
+
+/// Is the node live as `names` see it (named somewhere, not in the trash)?
+fn live(names: &Names<'_>, id: NodeId) -> bool {
+    names
+        .record(id)
+        .is_ok_and(|r| r.nlink > 0 && r.trash.is_none())
+}
+
+/// The blobs a record's content names: its manifest and its chunks.
+fn content_blobs(chunk_lists: &ChunkLists, rec: &NodeRecord) -> Result<Vec<Hash>> {
+    let mut out = Vec::new();
+    if let super::node::Content::Manifest(h) = &rec.content {
+        out.push(*h);
+    }
+    out.extend(chunk_lists.get(&rec.content)?.iter().map(|c| c.hash));
+    Ok(out)
+}
+
+/// The sending side: records, entries and blobs written once each.
+struct Emit<'s, 'a, W: Write> {
+    st: &'s Streams<'a>,
+    w: Writer<W>,
+    sent: Sent,
+    blobs_sent: HashSet<Hash>,
+    records_sent: HashSet<NodeId>,
+    entries_sent: HashSet<(NodeId, Vec<u8>)>,
+}
+
+impl<W: Write> Emit<'_, '_, W> {
+    /// Send `id`'s record as `at` sees it, after the blobs it names that `base` (the
+    /// same node in the base snapshot) does not.
+    fn record(&mut self, at: &Names<'_>, id: NodeId, base: Option<&NodeRecord>) -> Result<()> {
+        if !self.records_sent.insert(id) {
+            return Ok(());
+        }
+        let mut rec = at.record(id)?;
+        let had: HashSet<Hash> = match base {
+            Some(b) => content_blobs(self.st.chunk_lists, b)?.into_iter().collect(),
+            None => HashSet::new(),
+        };
+        for h in content_blobs(self.st.chunk_lists, &rec)? {
+            if had.contains(&h) || !self.blobs_sent.insert(h) {
+                continue;
+            }
+            let data = self.st.blobs.get(&h)?;
+            self.w.blob(&h, &data)?;
+            self.sent.blobs += 1;
+            self.sent.blob_bytes += data.len() as u64;
+        }
+        rec.gen = 0;
+        rec.born = 0;
+        self.w.record(id, &encode_body(&rec))?;
+        self.sent.records += 1;
+        Ok(())
+    }
+
+    fn entry(&mut self, dir: NodeId, name: &[u8], node: Option<NodeId>) -> Result<()> {
+        if self.entries_sent.insert((dir, name.to_vec())) {
+            self.w.entry(dir, name, node)?;
+            self.sent.entries += 1;
+        }
+        Ok(())
+    }
+
+    /// Send `id` and, for a directory, everything under it, as `at` sees them.
+    fn tree(&mut self, at: &Names<'_>, id: NodeId) -> Result<()> {
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            if self.records_sent.contains(&id) {
+                continue;
+            }
+            self.record(at, id, None)?;
+            if at.record(id)?.kind == Kind::Dir {
+                for (n, c) in at.readdir(id)? {
+                    self.entry(id, n.as_bytes(), Some(c))?;
+                    stack.push(c);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Streams<'_> {
+    /// Write snapshot `name` as a stream: whole, or with `base` only what differs from
+    /// snapshot `base`.
+    pub fn send(&self, name: &str, base: Option<&str>, out: impl Write) -> Result<Sent> {
+        let info = self.snaps.get(name)?;
+        let lens_n = self.snaps.lens(name)?;
+        let n = self.names.at(&lens_n);
+        let base_info = base.map(|b| self.snaps.get(b)).transpose()?;
+        if let Some(b) = &base_info {
+            if b.gen >= info.gen {
+                return Err(Error::InvalidArgument(format!(
+                    "--from {}: it must be older than {name}",
+                    b.name
+                )));
+            }
+        }
+        let header = Header {
+            source: info.source.clone().unwrap_or_else(|| self.store_id.clone()),
+            name: name.to_string(),
+            created_nanos: info.created.unix_nanos(),
+            base: base_info
+                .as_ref()
+                .map(|b| (b.name.clone(), b.created.unix_nanos())),
+            root: self.root,
+            chunk_size: self.chunk_size,
+        };
+        let mut e = Emit {
+            st: self,
+            w: Writer::new(out, &header)?,
+            sent: Sent::default(),
+            blobs_sent: HashSet::new(),
+            records_sent: HashSet::new(),
+            entries_sent: HashSet::new(),
+        };
+        match &base_info {
+            None => e.tree(&n, self.root)?,
+            Some(b) => {
+                let lens_b: Lens = self.snaps.lens(&b.name)?;
+                let old = self.names.at(&lens_b);
+                // What may differ: the copies made from the base up to `name`.
+                let a_areas = self.snaps.areas_from(b.gen);
+                let n_areas = self.snaps.areas_from(info.gen);
+                let areas: Vec<&PathBuf> =
+                    a_areas.iter().filter(|p| !n_areas.contains(p)).collect();
+                let (recs, entries) = changed_keys(&areas);
+                for id in recs {
+                    if live(&n, id) {
+                        let before = old.record(id).ok().filter(|_| live(&old, id));
+                        e.record(&n, id, before.as_ref())?;
+                    }
+                }
+                let mut drops = Vec::new();
+                for (dir, name) in &entries {
+                    let now = live(&n, *dir).then(|| n.lookup(*dir, name).ok()).flatten();
+                    if live(&n, *dir) {
+                        e.entry(*dir, name.as_bytes(), now)?;
+                        if let Some(c) = now {
+                            if !live(&old, c) {
+                                e.tree(&n, c)?;
+                            }
+                        }
+                    }
+                    // What the base named here and nothing names any more goes, with
+                    // what was under it.
+                    if live(&old, *dir) {
+                        if let Ok(was) = old.lookup(*dir, name) {
+                            if !live(&n, was) {
+                                drops.push(was);
+                            }
+                        }
+                    }
+                }
+                let mut dropped = HashSet::new();
+                let mut order = Vec::new();
+                while let Some(id) = drops.pop() {
+                    if !dropped.insert(id) {
+                        continue;
+                    }
+                    order.push(id);
+                    if old.record(id).is_ok_and(|r| r.kind == Kind::Dir) {
+                        for (_, c) in old.readdir(id).unwrap_or_default() {
+                            if !live(&n, c) {
+                                drops.push(c);
+                            }
+                        }
+                    }
+                }
+                // Deepest first: a directory goes after what was in it.
+                for id in order.into_iter().rev() {
+                    e.w.drop_node(id)?;
+                    e.sent.drops += 1;
+                }
+            }
+        }
+        let mut sent = e.sent;
+        let (_, bytes) = e.w.finish()?;
+        sent.bytes = bytes;
+        Ok(sent)
+    }
+
+    fn intent(&self) -> PathBuf {
+        self.layout.snapshots().join(".receive")
+    }
+
+    /// Receive a stream: check all of it, then make its snapshot exist here (and the
+    /// live tree equal to it). Refused with nothing changed: a damaged stream
+    /// (`stream_invalid`), a missing or different base (`snapshot_base_missing`), a
+    /// store that is not the base's state (`receive_conflict`).
+    pub fn receive(&self, input: impl Read) -> Result<Received> {
+        self.fence.check()?;
+        let dir = self.layout.snapshots();
+        let spool = self
+            .layout
+            .sessions()
+            .join(format!("receive.{}.tmp", std::process::id()));
+        let res = (|| {
+            let f = fs::File::create(&spool).ctx(|| format!("create {}", spool.display()))?;
+            let header = self.check(Tee { input, copy: f })?;
+            let f = fs::File::open(&spool).ctx(|| format!("open {}", spool.display()))?;
+            f.sync_all().ctx(|| format!("sync {}", spool.display()))?;
+            fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+            fs::rename(&spool, self.intent()).ctx(|| "install the receive".into())?;
+            sync_dir(&dir)?;
+            Ok(header)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&spool);
+        }
+        res?;
+        self.resume()?
+            .ok_or_else(|| Error::StreamInvalid("the receive vanished".into()))
+    }
+
+    /// Apply a receive a crash interrupted (`snapshots/.receive`), if any.
+    pub(crate) fn resume(&self) -> Result<Option<Received>> {
+        let p = self.intent();
+        let f = match fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("open {}", p.display()), e)),
+        };
+        let got = self
+            .snaps
+            .exclusive(|| self.apply(std::io::BufReader::new(f)))?;
+        fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
+        sync_dir(&self.layout.snapshots())?;
+        Ok(Some(got))
+    }
+
+    /// Read the whole stream, checking it and whether it applies here.
+    fn check(&self, input: impl Read) -> Result<Header> {
+        let mut r = Reader::new(std::io::BufReader::new(input))?;
+        let Some(Frame::Header(h)) = r.next_frame()? else {
+            return Err(Error::StreamInvalid("no header".into()));
+        };
+        if h.chunk_size != self.chunk_size {
+            return Err(Error::ReceiveConflict(format!(
+                "the stream's chunk size is {}, this store's {}",
+                h.chunk_size, self.chunk_size
+            )));
+        }
+        if self.snaps.get(&h.name).is_ok() {
+            return Err(Error::SnapshotExists(h.name.clone()));
+        }
+        match &h.base {
+            None => {
+                if !self.snaps.list().is_empty() || !self.names.readdir(self.root)?.is_empty() {
+                    return Err(Error::ReceiveConflict(
+                        "a whole stream goes into a new, empty store".into(),
+                    ));
+                }
+            }
+            Some((b, created)) => {
+                let same = self
+                    .snaps
+                    .get(b)
+                    .ok()
+                    .filter(|i| i.created.unix_nanos() == *created);
+                if same.is_none() {
+                    return Err(Error::SnapshotBaseMissing(b.clone()));
+                }
+                if self.snaps.newest() != same.map(|i| i.gen) || self.snaps.has_copies(b)? {
+                    return Err(Error::ReceiveConflict(format!(
+                        "this store changed after snapshot {b}, or has newer snapshots"
+                    )));
+                }
+            }
+        }
+        let mut have: HashSet<Hash> = HashSet::new();
+        let mut needed: BTreeMap<Hash, NodeId> = BTreeMap::new();
+        while let Some(f) = r.next_frame()? {
+            match f {
+                Frame::Header(_) => return Err(Error::StreamInvalid("a second header".into())),
+                Frame::Blob(hash, data) => {
+                    if super::blobs::hash_of(&data) != hash {
+                        return Err(Error::StreamInvalid(format!(
+                            "blob {} does not match its hash",
+                            super::node::hash_hex(&hash)
+                        )));
+                    }
+                    have.insert(hash);
+                }
+                Frame::Record(id, body) => {
+                    let rec = decode_body(id, &body)
+                        .map_err(|e| Error::StreamInvalid(format!("record of {id}: {e}")))?;
+                    // A manifest's chunks are the sender's to have sent (it did, for
+                    // all the base's record of the node does not name): the manifest
+                    // itself must be here.
+                    match &rec.content {
+                        super::node::Content::Manifest(m) => {
+                            needed.insert(*m, id);
+                        }
+                        super::node::Content::Chunks(v) => {
+                            needed.extend(v.iter().map(|c| (c.hash, id)));
+                        }
+                        _ => {}
+                    }
+                }
+                Frame::Entry(..) | Frame::Drop(_) => {}
+            }
+        }
+        for (h, id) in needed {
+            if !have.contains(&h) && !self.blobs.exists(&h) {
+                return Err(Error::SnapshotBaseMissing(format!(
+                    "blob {} of node {id} is neither in the stream nor in this store",
+                    super::node::hash_hex(&h)
+                )));
+            }
+        }
+        Ok(h)
+    }
+
+    /// The receiver's id for a sender's node (the roots stand for each other).
+    fn here(&self, h: &Header, id: NodeId) -> NodeId {
+        if id == h.root {
+            self.root
+        } else {
+            id
+        }
+    }
+
+    /// Apply a checked stream (inside `Snapshots::exclusive`); idempotent.
+    fn apply(&self, input: impl Read) -> Result<Received> {
+        let mut r = Reader::new(input)?;
+        let Some(Frame::Header(h)) = r.next_frame()? else {
+            return Err(Error::StreamInvalid("no header".into()));
+        };
+        let mut got = Received {
+            name: h.name.clone(),
+            base: h.base.as_ref().map(|b| b.0.clone()),
+            ..Default::default()
+        };
+        while let Some(f) = r.next_frame()? {
+            match f {
+                Frame::Header(_) => {}
+                Frame::Blob(_, data) => {
+                    self.blobs.restore(&data)?;
+                    got.blobs += 1;
+                }
+                Frame::Record(id, body) => {
+                    let mut rec = decode_body(id, &body)?;
+                    let id = self.here(&h, id);
+                    rec.parent = rec.parent.map(|p| self.here(&h, p));
+                    if id == self.root {
+                        rec.ino = 1;
+                    }
+                    self.install(id, rec)?;
+                    got.records += 1;
+                }
+                Frame::Entry(dir, name, node) => {
+                    let dir = self.here(&h, dir);
+                    self.set_entry(
+                        dir,
+                        OsStr::from_bytes(&name),
+                        node.map(|n| self.here(&h, n)),
+                    )?;
+                    got.entries += 1;
+                }
+                Frame::Drop(id) => {
+                    self.drop_node(self.here(&h, id))?;
+                    got.drops += 1;
+                }
+            }
+        }
+        if self.snaps.get(&h.name).is_err() {
+            self.snaps.create_exclusive(
+                &h.name,
+                Time::from_unix_nanos(h.created_nanos),
+                Some(h.source.clone()),
+            )?;
+        }
+        Ok(got)
+    }
+
+    /// Make `id`'s record `rec` (its node file made if it has none).
+    fn install(&self, id: NodeId, rec: NodeRecord) -> Result<()> {
+        let p = self.layout.node_path(id);
+        if p.symlink_metadata().is_ok() && self.records.read(id).is_ok() {
+            self.records.update(id, |r| {
+                let (v, born) = (r.version, r.born);
+                *r = rec;
+                r.version = v;
+                r.born = born;
+                Ok(())
+            })?;
+            return Ok(());
+        }
+        let shard = p.parent().unwrap();
+        fs::create_dir_all(shard).ctx(|| format!("create {}", shard.display()))?;
+        let made = if rec.kind == Kind::Dir {
+            fs::create_dir(&p)
+        } else {
+            fs::File::create(&p).map(|_| ())
+        };
+        match made {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(format!("create node {id}"), e)),
+        }
+        let mut rec = rec;
+        rec.born = self.snaps.current();
+        self.records.write(id, &rec, false)
+    }
+
+    /// Make entry `name` of `dir` name `node` (or nothing).
+    fn set_entry(&self, dir: NodeId, name: &OsStr, node: Option<NodeId>) -> Result<()> {
+        self.names.preserve_entry(dir, name)?;
+        let p = self.layout.node_path(dir).join(name);
+        match node {
+            Some(n) => {
+                let tmp = self.layout.node_path(dir).join(".decofs-receive.tmp");
+                let _ = fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(Layout::entry_target(n), &tmp)
+                    .ctx(|| format!("bind {:?}", name))?;
+                fs::rename(&tmp, &p).ctx(|| format!("bind {:?}", name))
+            }
+            None => match fs::remove_file(&p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(format!("remove {:?}", name), e)),
+            },
+        }
+    }
+
+    /// Remove node `id`, which nothing names any more (a snapshot keeps its record).
+    fn drop_node(&self, id: NodeId) -> Result<()> {
+        let p = self.layout.node_path(id);
+        let Ok(rec) = self.records.read(id) else {
+            return Ok(()); // gone already
+        };
+        self.records.preserve_for_snapshots(id, &rec)?;
+        let gone = if rec.kind == Kind::Dir {
+            fs::remove_dir(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        match gone {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove node {id}"), e)),
+        }
+        self.records.forget(id);
+        let _ = fs::remove_dir_all(self.layout.revisions_of(id));
+        Ok(())
+    }
+}
+
+/// Copies what is read into a file (the spool a receive applies from).
+struct Tee<R: Read> {
+    input: R,
+    copy: fs::File,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.input.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
