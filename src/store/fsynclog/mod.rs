@@ -66,6 +66,14 @@
 //! cut before the header leaves the old generation whole, a cut after finds the chains
 //! in the slot. Replay reads the slot's entries, then the generation's.
 //!
+//! # Names
+//!
+//! A new file's fsync also logs its name (parent, name → node), and every later change
+//! of a name the log holds is appended as it happens, unsynced: a tombstone, the new
+//! name of a rename. Replay binds the names the log ends on and removes entries of
+//! nodes it removed, before the records (docs/DESIGN.md, "Fsync log and deltas"). So
+//! fsyncdir of a directory whose new entries are all logged syncs no directory.
+//!
 //! # Format
 //!
 //! A 4 KiB header (`MAGIC`, generation, carried slot, checksum), then entries:
@@ -73,9 +81,11 @@
 //! payload is `0u8 (or 2u8) | node [16] | version u64 | value_len u32 | value | count
 //! u32 | (blob_len u32 | blob)*` for a full entry and `1u8 | node [16] | base_len u32 |
 //! base | size u64 | has_mtime u8 | secs i64 | nanos u32 | count u32 | (offset u64 |
-//! len u32 | bytes)*` for a delta (little-endian; hand-framed because serde writes a
-//! byte vector one element at a time). Logs of the first format (`MAGIC_V1`, full
-//! entries without the kind byte, no slots) are still replayed.
+//! len u32 | bytes)*` for a delta, `3u8 (name) or 4u8 (tombstone) | parent [16] | node
+//! [16] | name_len u32 | name` (little-endian; hand-framed because serde writes a
+//! byte vector one element at a time). The header's `MAGIC` is of the third format;
+//! logs of the second (`MAGIC_V2`, no names) and the first (`MAGIC_V1`, full entries
+//! without the kind byte, no slots) are still replayed.
 
 mod format;
 mod replay;
@@ -102,10 +112,11 @@ use super::node::{
     NodeRecord, Stored, Time, INLINE_RECORD_LIMIT, RECORD_XATTR,
 };
 
-pub use format::{chain_base, Delta, Entry};
+pub use format::{chain_base, Delta, Entry, NameOp};
 use replay::log_files;
 pub(crate) use replay::{recover, Target};
 pub use writer::FsyncLog;
+pub use writer::{NameKey, NewName};
 
 /// Size of a log file (preallocated). Entries carry small files' blobs whole, so a
 /// busy sqlite database fills it every few hundred commits; then one syncfs.
