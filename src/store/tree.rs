@@ -457,6 +457,11 @@ impl Tree<'_> {
                 ],
                 None,
             );
+            // Each node is bound again to a name; logged where the log knows the name.
+            self.data
+                .fsync
+                .name_bound(newparent, newname.as_bytes(), src);
+            self.data.fsync.name_bound(parent, name.as_bytes(), dst);
             self.debts.dir_changed(parent);
             self.debts.dir_changed(newparent);
             let r = (|| {

@@ -827,3 +827,39 @@ fn a_second_format_log_replays() {
     fs::write(&log, &v2).unwrap();
     reopen_and_check(&p, id, b"fsynced by decofs 2");
 }
+
+/// An exchange that brings a node back to a name the log removed it from logs that
+/// name again: replay keeps both entries as the exchange left them.
+#[test]
+fn an_exchange_back_to_a_removed_name_is_kept() {
+    let (_d, p, s) = scratch_spares();
+    let root = s.root();
+    let j = spare_file(&s, "j");
+    s.data().write(j, 0, b"moved twice").unwrap();
+    s.data().commit(j, true).unwrap();
+    s.fsync().sync_dir_node(root).unwrap();
+    let t = s.tree();
+    t.rename(
+        root,
+        "j".as_ref(),
+        root,
+        "k".as_ref(),
+        crate::store::tree::RenameMode::Replace,
+    )
+    .unwrap();
+    let x = spare_file(&s, "j");
+    t.rename(
+        root,
+        "j".as_ref(),
+        root,
+        "k".as_ref(),
+        crate::store::tree::RenameMode::Exchange,
+    )
+    .unwrap();
+    s.fsync().sync_dir_node(root).unwrap();
+    crash(s);
+    let s = Store::open(&p, OpenOptions::default()).unwrap();
+    assert_eq!(s.names().lookup(s.root(), "j".as_ref()).unwrap(), j);
+    assert_eq!(s.names().lookup(s.root(), "k".as_ref()).unwrap(), x);
+    assert_eq!(read_all(&s, j), b"moved twice");
+}
