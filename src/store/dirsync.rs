@@ -416,7 +416,7 @@ impl Fsync<'_> {
         let log = self.fsync_log.as_ref().filter(|l| l.usable());
         if u.unnamed {
             match log {
-                Some(l) => l.sync_pending()?,
+                Some(l) => l.sync_pending(&|| self.local.sync_filesystem())?,
                 None => all_named = false,
             }
         }
@@ -431,7 +431,7 @@ impl Fsync<'_> {
             && !self.debts.made_in_place(id)
         {
             if let Some(l) = log {
-                l.sync_pending()?;
+                l.sync_pending(&|| self.local.sync_filesystem())?;
             }
             return Ok(());
         }
@@ -555,7 +555,7 @@ impl Fsync<'_> {
     /// `parent`'s `name` was bound to `id` by a link or a restore: logged if the log
     /// has a record of that name (see `FsyncLog::name_bound`).
     pub(crate) fn name_bound(&self, parent: NodeId, name: &[u8], id: NodeId) {
-        let Some(l) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
+        let Some(l) = self.usable_log() else {
             return;
         };
         let key = (parent.0.into_bytes(), name.to_vec());
@@ -566,6 +566,20 @@ impl Fsync<'_> {
         }
     }
 
+    /// The fsync log, if usable. A broken one whose names could not be voided when it
+    /// broke is voided now, before a name change it cannot log (`FsyncLog::void_names`):
+    /// its replay must not undo that change.
+    fn usable_log(&self) -> Option<&FsyncLog> {
+        let l = self.fsync_log.as_ref()?;
+        if l.usable() {
+            return Some(l);
+        }
+        if let Err(e) = l.void_names(&|| self.local.sync_filesystem()) {
+            log::error!("fsync log: its names could not be voided: {e}");
+        }
+        None
+    }
+
     /// Names that stopped naming a node (unlink, rename; see `FsyncLog::names_changed`):
     /// tombstones for those the log holds, and what each directory's next fsyncdir owes.
     /// `added`: the name a rename gave to the node of `removed[0]`.
@@ -574,7 +588,7 @@ impl Fsync<'_> {
         removed: &[(NodeId, &[u8], NodeId)],
         added: Option<(NodeId, &[u8])>,
     ) {
-        let log = self.fsync_log.as_ref().filter(|l| l.usable());
+        let log = self.usable_log();
         let keys: Vec<(fsynclog::NameKey, [u8; 16])> = removed
             .iter()
             .map(|(p, n, id)| ((p.0.into_bytes(), n.to_vec()), id.0.into_bytes()))

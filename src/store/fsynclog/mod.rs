@@ -72,7 +72,9 @@
 //! of a name the log holds is appended as it happens, unsynced: a tombstone, the new
 //! name of a rename. Replay binds the names the log ends on and removes entries of
 //! nodes it removed, before the records (docs/DESIGN.md, "Fsync log and deltas"). So
-//! fsyncdir of a directory whose new entries are all logged syncs no directory.
+//! fsyncdir of a directory whose new entries are all logged syncs no directory. A log
+//! that fails while it holds names has the store synced and its names voided by a
+//! marker, `<epoch>.names-void`, which replay honours ([`FsyncLog::void_names`]).
 //!
 //! # Format
 //!
@@ -144,6 +146,24 @@ const ZERO_STEP: u64 = 4 << 20;
 
 pub fn journal_dir(layout: &Layout) -> PathBuf {
     layout.root.join("journal")
+}
+
+/// The marker that voids the names of the log at `log` (`<epoch>.log` →
+/// `<epoch>.names-void`): written, durably, when that log failed while it held names
+/// (`FsyncLog::void_names`); replay then ignores the log's name records and tombstones.
+pub(super) fn void_path(log: &Path) -> PathBuf {
+    log.with_extension("names-void")
+}
+
+/// Remove a log's void marker, if there is one (not synced: the caller syncs the
+/// journal directory).
+pub(super) fn remove_void(void: &Path) -> Result<()> {
+    match fs::remove_file(void) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("remove {}", void.display()), e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Are there logs left by a writer that did not close cleanly?

@@ -863,3 +863,62 @@ fn an_exchange_back_to_a_removed_name_is_kept() {
     assert_eq!(s.names().lookup(s.root(), "k".as_ref()).unwrap(), x);
     assert_eq!(read_all(&s, j), b"moved twice");
 }
+
+/// A log that fails while it holds names can append no tombstone any more: at the
+/// break the store is synced and the log's names voided, so a name removed after the
+/// break (its removal made durable by fsyncdir, which syncs the directory now) does
+/// not come back, while the log's records and chains still replay.
+#[test]
+fn a_broken_log_voids_its_names() {
+    let (_d, p, s) = scratch_spares();
+    let j = spare_file(&s, "j");
+    s.data().write(j, 0, b"stale journal").unwrap();
+    s.data().commit(j, true).unwrap();
+    let k = spare_file(&s, "k");
+    s.data().write(k, 0, b"only in the log").unwrap();
+    s.data().commit(k, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    assert_eq!(
+        names_logged(&s),
+        vec![(b"j".to_vec(), j, true), (b"k".to_vec(), k, true)]
+    );
+    let log = s.fsync_log.as_ref().unwrap();
+    log.fail_writes();
+    // The next fsync fails to append: it syncs the files, the log is broken.
+    let db = spare_file(&s, "db");
+    s.data().write(db, 0, b"committed").unwrap();
+    s.data().commit(db, true).unwrap();
+    assert!(!log.usable());
+    assert!(log.names_voided(), "the break voids the log's names");
+    assert!(!log.holds_name(&(s.root().0.into_bytes(), b"j".to_vec())));
+    let record = record_value(&s, j);
+    s.tree().unlink(s.root(), "j".as_ref()).unwrap();
+    // No tombstone: fsyncdir syncs the directory itself.
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    assert_eq!(
+        names_logged(&s).len(),
+        2,
+        "nothing appended after the break"
+    );
+    // The cut: the directory as synced (no `j`), the unlink's other changes lost (the
+    // node file and its record as before).
+    if !s.layout.node_path(j).exists() {
+        fs::File::create(s.layout.node_path(j)).unwrap();
+    }
+    xattr::set(s.layout.node_path(j), RECORD_XATTR, &record).unwrap();
+    crash(s);
+    let s = Store::open(&p, OpenOptions::default()).unwrap();
+    assert!(matches!(
+        s.names().lookup(s.root(), "j".as_ref()),
+        Err(crate::store::Error::NotFound)
+    ));
+    assert_eq!(s.names().lookup(s.root(), "k".as_ref()).unwrap(), k);
+    assert_eq!(read_all(&s, k), b"only in the log");
+    assert_eq!(read_all(&s, db), b"committed");
+    assert!(!pending(&s.layout).unwrap(), "replayed logs are deleted");
+    let left: Vec<_> = fs::read_dir(journal_dir(&s.layout))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the marker goes with its log: {left:?}");
+}

@@ -33,6 +33,11 @@ pub(super) struct Writer {
     /// again (rename, link, restore) is logged, or replay would take the entry for one
     /// the log removed.
     pub(super) touched: std::collections::HashSet<NameKey>,
+    /// The file may hold name records of its current generation (set before one is
+    /// written, cleared by a checkpoint): a break then voids them (`void_names`).
+    pub(super) named: bool,
+    /// The log's names are void (its marker is durable): replay ignores them.
+    pub(super) voided: bool,
 }
 
 pub(super) struct Chain {
@@ -51,8 +56,11 @@ pub struct FsyncLog {
     pub(super) synced: AtomicU64,
     /// One fdatasync at a time; the others wait and usually find their entry covered.
     pub(super) sync_lock: Mutex<()>,
-    /// Set when the log could not be written or synced: fsync then takes the old path.
+    /// Set when the log could not be written or synced (never cleared): nothing is
+    /// appended any more, fsync and fsyncdir take the old paths (`break_log`).
     pub(super) broken: AtomicBool,
+    /// The marker that voids the log's names (`void_path`).
+    pub(super) void: PathBuf,
 }
 
 pub(super) fn fdatasync(f: &File) -> std::io::Result<()> {
@@ -63,8 +71,10 @@ impl FsyncLog {
     /// The log of the writer holding `epoch`. Nothing is created until the first fsync.
     pub fn new(layout: &Layout, epoch: u64) -> FsyncLog {
         let dir = journal_dir(layout);
+        let path = dir.join(format!("{epoch}.log"));
         FsyncLog {
-            path: dir.join(format!("{epoch}.log")),
+            void: void_path(&path),
+            path,
             dir,
             root: layout.root.clone(),
             w: Mutex::new(Writer {
@@ -78,6 +88,8 @@ impl FsyncLog {
                 closed: false,
                 names: HashMap::new(),
                 touched: Default::default(),
+                named: false,
+                voided: false,
             }),
             lsn: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -164,6 +176,7 @@ impl FsyncLog {
         // The syncfs made every name durable; the new generation's replay knows none.
         w.names.clear();
         w.touched.clear();
+        w.named = false;
         Ok(())
     }
 
@@ -260,10 +273,7 @@ impl FsyncLog {
         sync_store: &dyn Fn() -> Result<()>,
     ) -> Result<(Vec<bool>, bool)> {
         let res = self.try_names_changed(removed, added, sync_store);
-        if res.is_err() {
-            self.broken.store(true, Ordering::SeqCst);
-        }
-        res
+        self.failed(res, sync_store)
     }
 
     fn try_names_changed(
@@ -313,31 +323,94 @@ impl FsyncLog {
         node: [u8; 16],
         sync_store: &dyn Fn() -> Result<()>,
     ) -> Result<bool> {
-        let mut w = self.w.lock();
-        if !w.touched.contains(key) || w.file.is_none() {
-            return Ok(false);
-        }
-        let op = NameOp {
-            parent: key.0,
-            name: key.1.clone(),
-            node,
-            bound: true,
-        };
-        let res = self.write_locked(&mut w, vec![Payload::name(&op)], None, sync_store);
-        if res.is_err() {
-            self.broken.store(true, Ordering::SeqCst);
-        }
-        res.map(|_| true)
+        let res = (|| {
+            let mut w = self.w.lock();
+            if !w.touched.contains(key) || w.file.is_none() {
+                return Ok(false);
+            }
+            let op = NameOp {
+                parent: key.0,
+                name: key.1.clone(),
+                node,
+                bound: true,
+            };
+            self.write_locked(&mut w, vec![Payload::name(&op)], None, sync_store)
+                .map(|_| true)
+        })();
+        self.failed(res, sync_store)
     }
 
     /// Make everything appended so far durable (tombstones appended without a sync).
-    pub fn sync_pending(&self) -> Result<()> {
+    pub fn sync_pending(&self, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
         let end = self.lsn.load(Ordering::SeqCst);
         let res = self.sync_to(end);
+        self.failed(res, sync_store)
+    }
+
+    /// `res`, the log broken if it is an error. Every failure of the log comes here.
+    fn failed<T>(&self, res: Result<T>, sync_store: &dyn Fn() -> Result<()>) -> Result<T> {
         if res.is_err() {
-            self.broken.store(true, Ordering::SeqCst);
+            self.break_log(sync_store);
         }
         res
+    }
+
+    /// The log failed: nothing is appended from now on, so no later change of a name
+    /// it holds can be logged, and a replay of it could bind again a name removed
+    /// since (an old journal of a database) or remove one bound again. So if it holds
+    /// names, they are voided (`void_names`). Its records and chains stay: a chain's
+    /// bytes may be nowhere else.
+    fn break_log(&self, sync_store: &dyn Fn() -> Result<()>) {
+        self.broken.store(true, Ordering::SeqCst);
+        if let Err(e) = self.void_names(sync_store) {
+            // Tried again at the next name change (`DirSync::names_changed`).
+            log::error!("fsync log: its names could not be voided: {e}");
+        }
+    }
+
+    /// Void the names of a broken log: make the store durable (syncfs: every name
+    /// change the log records was made in the store before it was logged, so each is
+    /// durable in the store itself from then on), then write and sync a marker
+    /// (`journal/<epoch>.names-void`) that makes replay ignore every name record and
+    /// tombstone of this log. Done once; nothing to do for a log that is not broken
+    /// or holds no names. Under the writer's lock, and the log refuses appends once
+    /// broken, so no name is logged after the syncfs.
+    pub fn void_names(&self, sync_store: &dyn Fn() -> Result<()>) -> Result<()> {
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut w = self.w.lock();
+        if w.voided || !w.named {
+            return Ok(());
+        }
+        sync_store()?;
+        let write = || -> std::io::Result<()> {
+            let f = File::create(&self.void)?;
+            f.sync_all()
+        };
+        write().ctx(|| format!("write {}", self.void.display()))?;
+        sync_dir(&self.dir)?;
+        w.voided = true;
+        w.names.clear();
+        w.touched.clear();
+        log::warn!(
+            "fsync log {} failed: its names are voided (the store was synced)",
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    /// Does the log's file name names that replay will not follow? (tests)
+    #[cfg(test)]
+    pub(crate) fn names_voided(&self) -> bool {
+        self.w.lock().voided && self.void.exists()
+    }
+
+    /// Make every later write of the log fail (tests: a device error).
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self) {
+        let mut w = self.w.lock();
+        w.file = Some(File::open(&self.path).unwrap());
     }
 
     /// `append_payloads`, marking the log broken on failure.
@@ -348,10 +421,7 @@ impl FsyncLog {
         sync_store: &dyn Fn() -> Result<()>,
     ) -> Result<bool> {
         let res = self.append_payloads(payloads, still_named, sync_store);
-        if res.is_err() {
-            self.broken.store(true, Ordering::SeqCst);
-        }
-        res
+        self.failed(res, sync_store)
     }
 
     /// Append payloads (in order, none or all) and wait until they are durable.
@@ -387,6 +457,11 @@ impl FsyncLog {
             // After close (a late fsync of a lazily unmounted store): never make
             // the file again, it may hold chains kept for replay.
             return Err(Error::Invalid("fsync log closed"));
+        }
+        if self.broken.load(Ordering::SeqCst) {
+            // A caller that found the log usable before it broke: after a break the
+            // log takes no name (see `void_names`), and nothing else either.
+            return Err(Error::Invalid("fsync log broken"));
         }
         payloads.retain(|p| match (&p.name, still_named) {
             (Some(n), Some(check)) if n.bound => {
@@ -443,6 +518,8 @@ impl FsyncLog {
                     .ctx(|| format!("write {}", self.path.display()))?;
                 w.zeroed = to;
             }
+            // Set before the write: a failed write may still leave the record whole.
+            w.named |= payloads.iter().any(|p| p.name.is_some());
             for (p, len) in payloads.into_iter().zip(lens) {
                 let f = w.file.as_ref().expect("created above");
                 f.write_all_at(&framed(w.gen, &p.bytes), w.off)
@@ -526,6 +603,9 @@ impl FsyncLog {
         }
         w.file = None;
         fs::remove_file(&self.path).ctx(|| format!("remove {}", self.path.display()))?;
+        // The marker after its log: a marker left alone is harmless (epochs never
+        // repeat), a log left without its marker would not be.
+        remove_void(&self.void)?;
         sync_dir(&self.dir)
     }
 }
