@@ -453,3 +453,161 @@ fn closed_files_are_old_or_new_after_a_power_cut_ext4_with_journal() {
         );
     }
 }
+
+/// The power cut now: the device's copy, its fsync log replayed and repaired by fsck
+/// (what a crash may leave allowed), mounted. Dropped in order: the mount, the image.
+fn cut_and_mount(disk: &Image, dir: &Path, name: &str) -> (Decofs, Image, PathBuf) {
+    let copy = disk.power_cut_copy(dir, name);
+    let cstore = copy.root.join("store");
+    let (c, v, e) = dj(&["fsck", "--repair", "--grace", "0", cstore.to_str().unwrap()]);
+    let allowed = [
+        "orphan",
+        "unbound_node",
+        "nlink_mismatch",
+        "corrupt_revision",
+    ];
+    assert!(
+        (c == 0 || c == 1) && problems(&v).iter().all(|p| allowed.contains(&p.0.as_str())),
+        "fsck --repair after the cut: {c} {v:#} {e}"
+    );
+    let cm = dir.join(format!("{name}-mnt"));
+    let m = Decofs::mount(&cstore, &cm);
+    (m, copy, cm)
+}
+
+/// fsyncdir of a directory whose new entries are files whose fsyncs logged their names
+/// syncs nothing more (docs/DESIGN.md, "Fsyncdir debts"): the names must survive a cut
+/// right after it, and a name unlinked since, whose tombstone a later fsync carried,
+/// must not come back.
+fn names_through_the_log_survive_a_power_cut(mkfs: &[&str]) {
+    let dir = tempfile::Builder::new()
+        .prefix("decofs-names")
+        .tempdir_in(common::test_root())
+        .unwrap();
+    let disk = Image::new(dir.path(), "disk", mkfs);
+    let store = disk.root.join("store");
+    let out = common::decofs(&["init", store.to_str().unwrap()]);
+    assert!(out.status.success(), "init: {out:?}");
+    common::sh("sync");
+    let mnt = dir.path().join("mnt");
+    let m = Decofs::mount(&store, &mnt);
+    common::wait_for_spares(&mnt, 8);
+    fs::create_dir(mnt.join("d")).unwrap();
+    fsync_path(&mnt);
+
+    // create, write, fsync, fsyncdir, cut: the name exists with the content.
+    let a = data(20, 7000);
+    {
+        let mut f = fs::File::create(mnt.join("d/a")).unwrap();
+        f.write_all(&a).unwrap();
+        f.sync_all().unwrap();
+    }
+    fsync_path(&mnt.join("d"));
+    {
+        let (_m, _img, cm) = cut_and_mount(&disk, dir.path(), "cut1");
+        let got = fs::read(cm.join("d/a")).expect("d/a after the cut");
+        common::assert_bytes_eq(&got, &a, "d/a");
+    }
+
+    // create, fsync, fsyncdir, unlink, another file's fsync (carries the tombstone),
+    // cut: the name is gone, the other file's content is there.
+    let b = data(21, 5000);
+    {
+        let mut f = fs::File::create(mnt.join("d/b-journal")).unwrap();
+        f.write_all(&b).unwrap();
+        f.sync_all().unwrap();
+    }
+    fsync_path(&mnt.join("d"));
+    fs::remove_file(mnt.join("d/b-journal")).unwrap();
+    let c = data(22, 3000);
+    let cf = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mnt.join("d/a"))
+        .unwrap();
+    cf.write_all_at(&c, 0).unwrap();
+    cf.sync_all().unwrap();
+    let mut a2 = a.clone();
+    a2[..c.len()].copy_from_slice(&c);
+    {
+        let (_m, _img, cm) = cut_and_mount(&disk, dir.path(), "cut2");
+        assert!(
+            !cm.join("d/b-journal").exists(),
+            "a name whose removal a later fsync carried came back"
+        );
+        let got = fs::read(cm.join("d/a")).expect("d/a after the second cut");
+        common::assert_bytes_eq(&got, &a2, "d/a rewritten");
+    }
+    drop(cf);
+    drop(m);
+}
+
+#[test]
+fn names_through_the_log_survive_a_power_cut_ext4_with_journal() {
+    names_through_the_log_survive_a_power_cut(&[]);
+}
+
+#[test]
+fn names_through_the_log_survive_a_power_cut_ext4_without_journal() {
+    names_through_the_log_survive_a_power_cut(&["-O", "^has_journal"]);
+}
+
+/// sqlite in its default journal mode, a power cut after each acknowledged commit:
+/// the database is whole and holds every committed row. With synchronous=FULL sqlite
+/// does not sync the journal's removal, so the last commit may be rolled back (as on
+/// any disk); with EXTRA it does, and every commit stays.
+#[test]
+fn sqlite_commits_survive_a_power_cut() {
+    if Command::new("sqlite3").arg("--version").output().is_err() {
+        panic!("sqlite3 (the command-line shell) is needed for this test");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("decofs-sqlite")
+        .tempdir_in(common::test_root())
+        .unwrap();
+    let disk = Image::new(dir.path(), "disk", &[]);
+    let store = disk.root.join("store");
+    let out = common::decofs(&["init", store.to_str().unwrap()]);
+    assert!(out.status.success(), "init: {out:?}");
+    common::sh("sync");
+    let mnt = dir.path().join("mnt");
+    let m = Decofs::mount(&store, &mnt);
+    common::wait_for_spares(&mnt, 8);
+    let sqlite = |db: &Path, sql: &str| -> String {
+        let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+        assert!(out.status.success(), "sqlite3 {sql}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut cut = 0;
+    for sync in ["FULL", "EXTRA"] {
+        let db = mnt.join(format!("{sync}.db"));
+        sqlite(
+            &db,
+            "PRAGMA journal_mode=DELETE; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
+        );
+        fsync_path(&mnt);
+        for k in 1..=3 {
+            sqlite(
+                &db,
+                &format!(
+                    "PRAGMA synchronous={sync}; INSERT INTO t(id, v) VALUES({k}, randomblob(3000));"
+                ),
+            );
+            cut += 1;
+            let (_m, _img, cm) = cut_and_mount(&disk, dir.path(), &format!("cut{cut}"));
+            let cdb = cm.join(format!("{sync}.db"));
+            assert_eq!(
+                sqlite(&cdb, "PRAGMA integrity_check;"),
+                "ok",
+                "{sync} after {k}"
+            );
+            let n: u32 = sqlite(&cdb, "SELECT count(*) FROM t;").parse().unwrap();
+            let lowest = if sync == "FULL" { k - 1 } else { k };
+            assert!(
+                (lowest..=k).contains(&n),
+                "synchronous={sync}: {n} rows after a cut following commit {k}"
+            );
+        }
+    }
+    drop(m);
+}

@@ -102,6 +102,10 @@ impl Attrs<'_> {
             r.ctime = now;
             Ok(())
         })?;
+        if rec.kind == Kind::Dir {
+            // Not a name: its fsyncdir syncs the directory itself.
+            self.data.debts.dir_changed(id);
+        }
         self.followers.emit(Event::new(Op::Attr, &[id]));
         if a.mtime.is_some() {
             // An explicit time wins over the time of earlier writes in an open session.
@@ -111,6 +115,13 @@ impl Attrs<'_> {
         }
         self.data.overlay(id, &mut rec);
         Ok(rec)
+    }
+
+    /// A directory's own record changed: its next fsyncdir syncs the directory.
+    fn dir_changed(&self, id: NodeId) {
+        if self.records.read(id).is_ok_and(|r| r.kind == Kind::Dir) {
+            self.data.debts.dir_changed(id);
+        }
     }
 
     /// The status a node reports through `user.decofs.status`.
@@ -202,6 +213,7 @@ impl Attrs<'_> {
             r.ctime = Time::now();
             Ok(())
         })?;
+        self.dir_changed(id);
         self.followers.emit(Event::new(Op::Xattr, &[id]));
         Ok(())
     }
@@ -248,6 +260,7 @@ impl Attrs<'_> {
             r.ctime = Time::now();
             Ok(())
         })?;
+        self.dir_changed(id);
         self.followers.emit(Event::new(Op::Xattr, &[id]));
         Ok(())
     }

@@ -42,11 +42,21 @@ pub(super) struct UnsyncedDir {
     pub(super) children: HashMap<NodeId, NewChild>,
     /// Too many children to list: a syncfs that starts after this ticket covers them.
     pub(super) all_before: Option<u64>,
+    /// A change the fsync log does not describe (a name removed or moved that it does
+    /// not hold, the directory's own record): the directory itself is synced, unless
+    /// a syncfs that started after this ticket did it.
+    pub(super) changed: Option<u64>,
+    /// Tombstones of names of this directory were appended to the fsync log, without
+    /// a sync: its next fsyncdir syncs the log.
+    pub(super) unnamed: bool,
 }
 
 impl UnsyncedDir {
     pub(super) fn len(&self) -> usize {
-        self.dirs.len() + self.children.len()
+        self.dirs.len()
+            + self.children.len()
+            + self.changed.is_some() as usize
+            + self.unnamed as usize
     }
 
     /// Owe what `other` owed too (a failed sync's debt, back).
@@ -56,6 +66,8 @@ impl UnsyncedDir {
             owe_child(&mut self.children, c, n);
         }
         self.all_before = self.all_before.max(other.all_before);
+        self.changed = self.changed.max(other.changed);
+        self.unnamed |= other.unnamed;
     }
 }
 
@@ -89,8 +101,9 @@ pub(super) enum NewChild {
     /// only a syncfs that started after the ticket covers them.
     InPlace(u64),
     /// A file made from a spare (its inodes are durable): its record is, once the fsync
-    /// log holds this version of it.
-    FromSpare { logged: Option<u64> },
+    /// log holds this version of it; its entry is, once the log holds its name
+    /// (`named`), else by a sync of the directory.
+    FromSpare { logged: Option<u64>, named: bool },
 }
 
 impl NewChild {
@@ -101,7 +114,19 @@ impl NewChild {
         match (self, other) {
             (InPlace(a), InPlace(b)) => InPlace(a.max(b)),
             (InPlace(t), FromSpare { .. }) | (FromSpare { .. }, InPlace(t)) => InPlace(t),
-            (FromSpare { logged: a }, FromSpare { logged: b }) => FromSpare { logged: a.min(b) },
+            (
+                FromSpare {
+                    logged: a,
+                    named: x,
+                },
+                FromSpare {
+                    logged: b,
+                    named: y,
+                },
+            ) => FromSpare {
+                logged: a.min(b),
+                named: x && y,
+            },
         }
     }
 }
@@ -182,7 +207,10 @@ impl DirDebts {
         let n = if in_place {
             NewChild::InPlace(self.local.ticket())
         } else {
-            NewChild::FromSpare { logged: None }
+            NewChild::FromSpare {
+                logged: None,
+                named: false,
+            }
         };
         self.owe(parent, |u| {
             u.dirs.extend(node_dirs.into_iter().map(Path::to_path_buf));
@@ -215,10 +243,17 @@ impl DirDebts {
         }
     }
 
-    /// The fsync log now holds `version` of file `id`'s record.
-    pub(crate) fn child_logged(&self, parent: Option<NodeId>, id: NodeId, version: u64) {
+    /// The fsync log now holds `version` of file `id`'s record, and its name in
+    /// `parent` if `named`.
+    pub(crate) fn child_logged(
+        &self,
+        parent: Option<NodeId>,
+        id: NodeId,
+        version: u64,
+        named: bool,
+    ) {
         let Some(p) = parent else { return };
-        if let Some(NewChild::FromSpare { logged }) = self
+        if let Some(NewChild::FromSpare { logged, named: n }) = self
             .owed
             .lock()
             .by_dir
@@ -226,7 +261,40 @@ impl DirDebts {
             .and_then(|u| u.children.get_mut(&id))
         {
             *logged = Some(logged.map_or(version, |l| l.max(version)));
+            *n |= named;
         }
+    }
+
+    /// Is `id` a new file of `parent` (from a spare) whose name the log does not hold?
+    pub(crate) fn name_to_log(&self, parent: NodeId, id: NodeId) -> bool {
+        matches!(
+            self.owed
+                .lock()
+                .by_dir
+                .get(&parent)
+                .and_then(|u| u.children.get(&id)),
+            Some(NewChild::FromSpare { named: false, .. })
+        )
+    }
+
+    /// `dir` changed in a way the fsync log does not describe: its next fsyncdir syncs
+    /// it.
+    pub(crate) fn dir_changed(&self, dir: NodeId) {
+        let t = self.local.ticket();
+        self.owe(dir, |u| u.changed = u.changed.max(Some(t)));
+    }
+
+    /// Tombstones of names of `dir` were appended to the log: its next fsyncdir syncs
+    /// the log.
+    pub(crate) fn dir_unnamed(&self, dir: NodeId) {
+        self.owe(dir, |u| u.unnamed = true);
+    }
+
+    /// Is `dir` a new entry of some directory, made in place and not yet durable?
+    fn made_in_place(&self, dir: NodeId) -> bool {
+        self.owed.lock().by_dir.values().any(|u| {
+            u.all_before.is_some() || matches!(u.children.get(&dir), Some(NewChild::InPlace(_)))
+        })
     }
 
     /// Add to what `parent`'s next fsyncdir owes. Bounded: a directory with more than
@@ -295,23 +363,28 @@ impl Fsync<'_> {
         let covered = |t: u64| self.local.synced_since(t);
         let mut whole = u.all_before.is_some_and(|t| !covered(t));
         let mut to_log = Vec::new();
+        // Every new entry's name is in the log (so the directory needs no sync).
+        let mut all_named = true;
         for (c, n) in &u.children {
             match n {
-                NewChild::InPlace(t) => whole |= !covered(*t),
-                NewChild::FromSpare { logged } => match self.records.read(*c) {
+                NewChild::InPlace(t) => {
+                    whole |= !covered(*t);
+                    all_named = false;
+                }
+                NewChild::FromSpare { logged, named } => match self.records.read(*c) {
                     Ok(r)
-                        if Some(r.version) != *logged
+                        if (Some(r.version) != *logged || !named)
                             && r.kind == Kind::File
                             && r.trash.is_none() =>
                     {
                         to_log.push(*c)
                     }
-                    _ => {} // logged as it is, or deleted since
+                    _ => {} // logged as it is, or deleted since (its tombstone logged)
                 },
             }
         }
         if whole || to_log.len() > LOG_CHILDREN_MAX {
-            // Writes every inode, name and record of the store.
+            // Writes every inode, name and record of the store (the log's file too).
             return self.local.sync_filesystem();
         }
         // A new file's node in the fsync log needs no sync of its `nodes/` directory:
@@ -321,7 +394,46 @@ impl Fsync<'_> {
         // only when some file could not go through the log.
         let mut all_logged = self.fsync_logged();
         for c in to_log {
-            all_logged &= self.sync_node_logged(c)?;
+            // Its debt was taken above: name it as a new entry of this directory.
+            let (logged, named) = match self.log_sync_in(c, Some(id))? {
+                (LogSync::Logged, named) => (true, named),
+                (LogSync::NotAFile, _) => {
+                    self.records.flush_deferred_one(c)?;
+                    self.fsync_node_file(c)?;
+                    (false, false)
+                }
+                (LogSync::NoLog, _) => {
+                    self.blobs.sync()?;
+                    self.fsync_node_file(c)?;
+                    (false, false)
+                }
+            };
+            all_logged &= logged;
+            all_named &= named;
+        }
+        // Tombstones of this directory's names go first: a sync of the directory must
+        // not make a removal durable that replay would undo.
+        let log = self.fsync_log.as_ref().filter(|l| l.usable());
+        if u.unnamed {
+            match log {
+                Some(l) => l.sync_pending(&|| self.local.sync_filesystem())?,
+                None => all_named = false,
+            }
+        }
+        // Names through the log: every change since the directory's last sync is a
+        // logged name or tombstone, now durable; replay recreates exactly those names
+        // (docs/DESIGN.md, "Fsyncdir debts"). The directory's deferred times were
+        // written above, not synced.
+        if all_logged
+            && all_named
+            && log.is_some()
+            && u.changed.is_none_or(covered)
+            && !self.debts.made_in_place(id)
+        {
+            if let Some(l) = log {
+                l.sync_pending(&|| self.local.sync_filesystem())?;
+            }
+            return Ok(());
         }
         if !all_logged {
             for d in deepest_first(u.dirs.iter().cloned()) {
@@ -364,31 +476,149 @@ impl Fsync<'_> {
     /// names that is not durable yet, and wait until the log entry is durable. A log
     /// that fails is given up (`NoLog`: the caller syncs the files themselves).
     pub(super) fn log_sync(&self, id: NodeId) -> Result<LogSync> {
+        self.log_sync_in(id, None).map(|(l, _)| l)
+    }
+
+    /// `log_sync`, with the file's name logged if it is a new entry (or an entry of
+    /// `dir`, whose fsyncdir took its debts); says whether the log holds the name.
+    fn log_sync_in(&self, id: NodeId, dir: Option<NodeId>) -> Result<(LogSync, bool)> {
         // A blob of the record read can be swept before it is copied, if a newer
         // record replaced it meanwhile: then read the newer one.
         let mut tries = 0;
         loop {
-            match self.try_log_sync(id) {
+            match self.try_log_sync(id, dir) {
                 Err(Error::Integrity { .. }) if tries < 3 => tries += 1,
                 other => return other,
             }
         }
     }
 
-    fn try_log_sync(&self, id: NodeId) -> Result<LogSync> {
+    fn try_log_sync(&self, id: NodeId, dir: Option<NodeId>) -> Result<(LogSync, bool)> {
         let Some((value, rec, rec_blob)) = self.stored_file_record(id)? else {
-            return Ok(LogSync::NotAFile);
+            return Ok((LogSync::NotAFile, false));
         };
         let Some(log) = self.fsync_log.as_ref().filter(|l| l.usable()) else {
-            return Ok(LogSync::NoLog);
+            return Ok((LogSync::NoLog, false));
         };
         self.fence.check()?;
         let entry = self.log_entry(id, value, &rec, rec_blob)?;
-        if appended(log.append(&entry, &|| self.local.sync_filesystem())).is_none() {
-            return Ok(LogSync::NoLog);
+        let name = self.new_name_in(id, &rec, dir);
+        let check = |n: &fsynclog::NameOp| self.still_named(n);
+        let with = name
+            .clone()
+            .map(|n| (n, &check as &dyn Fn(&fsynclog::NameOp) -> bool));
+        if appended(log.append_named(&entry, with, &|| self.local.sync_filesystem())).is_none() {
+            return Ok((LogSync::NoLog, false));
         }
-        self.debts.child_logged(rec.parent, id, rec.version);
-        Ok(LogSync::Logged)
+        let named = name.is_some_and(|n| log.holds_name(&(n.parent, n.name)));
+        self.debts.child_logged(rec.parent, id, rec.version, named);
+        Ok((LogSync::Logged, named))
+    }
+
+    /// The name of file `id` (`rec`) to log with its record: a new file's, until the
+    /// log holds it (see `NewChild::FromSpare`).
+    pub(super) fn new_name(&self, id: NodeId, rec: &NodeRecord) -> Option<fsynclog::NameOp> {
+        self.new_name_in(id, rec, None)
+    }
+
+    fn new_name_in(
+        &self,
+        id: NodeId,
+        rec: &NodeRecord,
+        dir: Option<NodeId>,
+    ) -> Option<fsynclog::NameOp> {
+        let p = rec.parent?;
+        let new = dir == Some(p) || self.debts.name_to_log(p, id);
+        (rec.nlink == 1 && rec.trash.is_none() && new).then(|| fsynclog::NameOp {
+            parent: p.0.into_bytes(),
+            name: rec.name.clone(),
+            node: id.0.into_bytes(),
+            bound: true,
+        })
+    }
+
+    /// Does the entry `n` says still name its node? Asked under the log's lock, which
+    /// a rename's logging takes too.
+    pub(super) fn still_named(&self, n: &fsynclog::NameOp) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let parent = NodeId(uuid::Uuid::from_bytes(n.parent));
+        let entry = self
+            .layout
+            .node_path(parent)
+            .join(std::ffi::OsStr::from_bytes(&n.name));
+        fs::read_link(entry)
+            .ok()
+            .and_then(|t| Layout::parse_entry_target(&t))
+            == Some(NodeId(uuid::Uuid::from_bytes(n.node)))
+    }
+
+    /// `parent`'s `name` was bound to `id` by a link or a restore: logged if the log
+    /// has a record of that name (see `FsyncLog::name_bound`).
+    pub(crate) fn name_bound(&self, parent: NodeId, name: &[u8], id: NodeId) {
+        let Some(l) = self.usable_log() else {
+            return;
+        };
+        let key = (parent.0.into_bytes(), name.to_vec());
+        match l.name_bound(&key, id.0.into_bytes(), &|| self.local.sync_filesystem()) {
+            Ok(true) => self.debts.dir_unnamed(parent),
+            Ok(false) => {}
+            Err(e) => log::warn!("fsync log: a name not logged: {e}"),
+        }
+    }
+
+    /// The fsync log, if usable. A broken one whose names could not be voided when it
+    /// broke is voided now, before a name change it cannot log (`FsyncLog::void_names`):
+    /// its replay must not undo that change.
+    fn usable_log(&self) -> Option<&FsyncLog> {
+        let l = self.fsync_log.as_ref()?;
+        if l.usable() {
+            return Some(l);
+        }
+        if let Err(e) = l.void_names(&|| self.local.sync_filesystem()) {
+            log::error!("fsync log: its names could not be voided: {e}");
+        }
+        None
+    }
+
+    /// Names that stopped naming a node (unlink, rename; see `FsyncLog::names_changed`):
+    /// tombstones for those the log holds, and what each directory's next fsyncdir owes.
+    /// `added`: the name a rename gave to the node of `removed[0]`.
+    pub(crate) fn names_changed(
+        &self,
+        removed: &[(NodeId, &[u8], NodeId)],
+        added: Option<(NodeId, &[u8])>,
+    ) {
+        let log = self.usable_log();
+        let keys: Vec<(fsynclog::NameKey, [u8; 16])> = removed
+            .iter()
+            .map(|(p, n, id)| ((p.0.into_bytes(), n.to_vec()), id.0.into_bytes()))
+            .collect();
+        let added_key = added.map(|(p, n)| (p.0.into_bytes(), n.to_vec()));
+        let res = log
+            .map(|l| l.names_changed(&keys, added_key.as_ref(), &|| self.local.sync_filesystem()));
+        let (held, moved) = match res {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                log::warn!("fsync log: a name change not logged: {e}");
+                (vec![false; keys.len()], false)
+            }
+            None => (vec![false; keys.len()], false),
+        };
+        for ((p, n, _), h) in removed.iter().zip(&held) {
+            let displaced = moved && added.is_some_and(|(ap, an)| ap == *p && an == *n);
+            if *h || displaced {
+                self.debts.dir_unnamed(*p);
+            } else {
+                self.debts.dir_changed(*p);
+            }
+        }
+        if let Some((p, _)) = added {
+            if moved {
+                self.debts.dir_unnamed(p);
+            } else {
+                self.debts.dir_changed(p);
+            }
+        }
     }
 
     /// The record of file `id` as stored, with its stored value (the xattr bytes) and
@@ -539,9 +769,12 @@ mod tests {
         use NewChild::*;
         let kind = |n: NewChild| match n {
             InPlace(t) => (true, Some(t)),
-            FromSpare { logged } => (false, logged),
+            FromSpare { logged, .. } => (false, logged),
         };
-        let spare = |l| FromSpare { logged: l };
+        let spare = |l| FromSpare {
+            logged: l,
+            named: false,
+        };
         assert_eq!(kind(InPlace(3).join(InPlace(5))), (true, Some(5)));
         assert_eq!(kind(spare(Some(9)).join(InPlace(2))), (true, Some(2)));
         assert_eq!(kind(InPlace(2).join(spare(None))), (true, Some(2)));

@@ -552,6 +552,7 @@ impl Trash<'_> {
             _ => Error::io("restore", err),
         })?;
         self.debts.child_unsynced(parent, e.id, true, []);
+        self.data.fsync.name_bound(parent, name.as_bytes(), e.id);
         let r = self.records.update(e.id, |r| {
             r.trash = None;
             r.parent = Some(parent);

@@ -297,6 +297,9 @@ impl Tree<'_> {
             _ => Error::io(format!("link {:?}", newname), e),
         })?;
         self.debts.child_unsynced(newparent, id, true, []);
+        self.data
+            .fsync
+            .name_bound(newparent, newname.as_bytes(), id);
         let ev = Event::new(Op::Link, &[id, newparent]).entry(newparent, newname);
         let rec = self.records.update(id, |r| {
             r.nlink += 1;
@@ -379,6 +382,9 @@ impl Tree<'_> {
                 _ => Error::io(format!("unlink {:?}", name), e),
             });
         }
+        self.data
+            .fsync
+            .names_changed(&[(parent, name.as_bytes(), id)], None);
         let r = self
             .drop_link(id, parent, name, prepared)
             .and_then(|_| self.touch_dir(parent, 0));
@@ -407,6 +413,7 @@ impl Tree<'_> {
             }
             return Err(Error::io(format!("rmdir {:?}", name), e));
         }
+        self.debts.dir_changed(parent);
         let r = self
             .drop_link(id, parent, name, prepared)
             .and_then(|_| self.touch_dir(parent, -1));
@@ -463,6 +470,20 @@ impl Tree<'_> {
             renameat2(&from, &to, libc::RENAME_EXCHANGE).ctx(|| "rename exchange".into())?;
             self.debts.child_moved(parent, newparent, src);
             self.debts.child_moved(newparent, parent, dst);
+            self.data.fsync.names_changed(
+                &[
+                    (parent, name.as_bytes(), src),
+                    (newparent, newname.as_bytes(), dst),
+                ],
+                None,
+            );
+            // Each node is bound again to a name; logged where the log knows the name.
+            self.data
+                .fsync
+                .name_bound(newparent, newname.as_bytes(), src);
+            self.data.fsync.name_bound(parent, name.as_bytes(), dst);
+            self.debts.dir_changed(parent);
+            self.debts.dir_changed(newparent);
             let r = (|| {
                 self.rehome(src, newparent, newname, now)?;
                 self.rehome(dst, parent, name, now)?;
@@ -527,6 +548,11 @@ impl Tree<'_> {
             });
         }
         self.debts.child_moved(parent, newparent, src);
+        let mut gone = vec![(parent, name.as_bytes(), src)];
+        gone.extend(dst.map(|d| (newparent, newname.as_bytes(), d)));
+        self.data
+            .fsync
+            .names_changed(&gone, Some((newparent, newname.as_bytes())));
         let r = (|| {
             self.rehome(src, newparent, newname, now)?;
             let src_dir = (srec.kind == Kind::Dir) as i64;

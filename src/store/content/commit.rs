@@ -176,10 +176,20 @@ impl Data<'_> {
         };
         let entry = self.fsync.log_entry(id, value, &rec, rec_blob)?;
         let sync = || self.local.sync_filesystem();
-        if appended(log.append_with_delta(&entry, &d, &sync)) != Some(true) {
+        // A new file's name goes with it (fsyncdir then needs no sync of the directory).
+        let name = self.fsync.new_name(id, &rec);
+        let check = |n: &crate::store::fsynclog::NameOp| self.fsync.still_named(n);
+        let with = name.clone().map(|n| {
+            (
+                n,
+                &check as &dyn Fn(&crate::store::fsynclog::NameOp) -> bool,
+            )
+        });
+        if appended(log.append_with_delta(&entry, &d, with, &sync)) != Some(true) {
             return Ok(false);
         }
-        self.debts.child_logged(rec.parent, id, rec.version);
+        let named = name.is_some_and(|n| log.holds_name(&(n.parent, n.name)));
+        self.debts.child_logged(rec.parent, id, rec.version, named);
         s.unlogged.clear();
         s.from_empty = false;
         s.chain = Some((base, rec.version));

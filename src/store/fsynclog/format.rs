@@ -1,9 +1,14 @@
 //! The fsync log's format: entries (a node's whole record and the blobs it carries),
-//! deltas (written ranges of a chain), their encoding, framing, checksums and scanning.
+//! deltas (written ranges of a chain), names and tombstones, their encoding, framing,
+//! checksums and scanning.
 
 use super::*;
 
-pub(super) const MAGIC: &[u8; 16] = b"decofs-fsynclog2";
+/// The current format: the kinds below, names and tombstones among them.
+pub(super) const MAGIC: &[u8; 16] = b"decofs-fsynclog3";
+
+/// The second format: full entries and deltas, no names (still replayed).
+pub(super) const MAGIC_V2: &[u8; 16] = b"decofs-fsynclog2";
 
 pub(super) const MAGIC_V1: &[u8; 16] = b"decofs-fsynclog1";
 
@@ -15,6 +20,12 @@ pub(super) const KIND_DELTA: u8 = 1;
 /// A full entry logged while the node has a live chain (fsyncdir logging a record
 /// whose attributes changed): the chain's deltas still apply after it.
 pub(super) const KIND_FULL_KEEP: u8 = 2;
+
+/// A name bound: `parent [16] | node [16] | name_len u32 | name` (format 3).
+pub(super) const KIND_NAME: u8 = 3;
+
+/// A name's tombstone: the name no longer names the node (same layout, format 3).
+pub(super) const KIND_UNNAME: u8 = 4;
 
 pub(super) const ENTRY_HEAD: usize = 4 + 8 + 16;
 
@@ -43,11 +54,13 @@ pub struct Delta {
     pub writes: Vec<(u64, Vec<u8>)>,
 }
 
-/// One payload to append: its bytes, its node and, for a delta, its chain's base.
+/// One payload to append: its bytes, its node and, for a delta, its chain's base; for
+/// a name or tombstone, what it says.
 pub(super) struct Payload {
     pub(super) bytes: Vec<u8>,
     pub(super) node: [u8; 16],
     pub(super) chain: Option<Vec<u8>>,
+    pub(super) name: Option<NameOp>,
 }
 
 impl Payload {
@@ -56,6 +69,16 @@ impl Payload {
             bytes: d.encode(),
             node: d.node,
             chain: Some(d.base.clone()),
+            name: None,
+        }
+    }
+
+    pub(super) fn name(n: &NameOp) -> Payload {
+        Payload {
+            bytes: n.encode(),
+            node: n.node,
+            chain: None,
+            name: Some(n.clone()),
         }
     }
 }
@@ -65,11 +88,47 @@ pub fn chain_base(content: &Content, size: u64) -> Vec<u8> {
     postcard::to_allocvec(&(content, size)).expect("contents serialize")
 }
 
+/// A name of a directory bound to a node (`bound`), or no longer bound to it: the log
+/// holds every change of a name from its first record on (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameOp {
+    pub parent: [u8; 16],
+    pub name: Vec<u8>,
+    pub node: [u8; 16],
+    pub bound: bool,
+}
+
+impl NameOp {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + 32 + 4 + self.name.len());
+        v.push(if self.bound { KIND_NAME } else { KIND_UNNAME });
+        v.extend_from_slice(&self.parent);
+        v.extend_from_slice(&self.node);
+        v.extend_from_slice(&(self.name.len() as u32).to_le_bytes());
+        v.extend_from_slice(&self.name);
+        v
+    }
+
+    pub(super) fn decode(mut p: &[u8], bound: bool) -> Option<NameOp> {
+        let parent: [u8; 16] = take(&mut p, 16)?.try_into().ok()?;
+        let node: [u8; 16] = take(&mut p, 16)?.try_into().ok()?;
+        let n = u32_of(&mut p)?;
+        let name = take(&mut p, n)?.to_vec();
+        p.is_empty().then_some(NameOp {
+            parent,
+            name,
+            node,
+            bound,
+        })
+    }
+}
+
 /// An entry as read back from a log; a full entry says whether it ends the node's
 /// chain (see [`KIND_FULL_KEEP`]).
 pub enum Logged {
     Full(Entry, bool),
     Delta(Delta),
+    Name(NameOp),
 }
 
 impl Delta {
@@ -197,8 +256,8 @@ pub(super) fn checksum(gen: u64, payload: &[u8]) -> [u8; 16] {
     out
 }
 
-pub(super) fn header_sum(gen: u64, slot: u64) -> [u8; 16] {
-    let mut m = MAGIC.to_vec();
+pub(super) fn header_sum(magic: &[u8; 16], gen: u64, slot: u64) -> [u8; 16] {
+    let mut m = magic.to_vec();
     m.extend_from_slice(&slot.to_le_bytes());
     checksum(gen, &m)
 }
@@ -208,7 +267,7 @@ pub(super) fn header(gen: u64, slot: u64) -> Vec<u8> {
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&gen.to_le_bytes());
     v.extend_from_slice(&slot.to_le_bytes());
-    v.extend_from_slice(&header_sum(gen, slot));
+    v.extend_from_slice(&header_sum(MAGIC, gen, slot));
     v.resize(HEADER as usize, 0);
     v
 }
@@ -224,27 +283,53 @@ pub(super) fn read_entries(path: &Path) -> Result<Vec<Logged>> {
     let gen = u64::from_le_bytes(data[16..24].try_into().unwrap());
     if &data[..16] == MAGIC_V1 {
         if data[24..40] == checksum(gen, MAGIC_V1) {
-            scan(&data, HEADER as usize, data.len(), gen, false, &mut out);
+            scan(
+                &data,
+                HEADER as usize,
+                data.len(),
+                gen,
+                Format::V1,
+                &mut out,
+            );
         }
         return Ok(out);
     }
     let slot = u64::from_le_bytes(data[24..32].try_into().unwrap());
-    if &data[..16] != MAGIC || data[32..48] != header_sum(gen, slot) || slot > 2 {
+    let format = match &data[..16] {
+        m if m == MAGIC => Format::V3,
+        m if m == MAGIC_V2 => Format::V2,
+        _ => return Ok(out),
+    };
+    let magic = if format == Format::V3 {
+        MAGIC
+    } else {
+        MAGIC_V2
+    };
+    if data[32..48] != header_sum(magic, gen, slot) || slot > 2 {
         return Ok(out);
     }
     if slot != 0 {
         let a = slot_off(slot) as usize;
-        scan(&data, a, a + SLOT_BYTES as usize, gen, true, &mut out);
+        scan(&data, a, a + SLOT_BYTES as usize, gen, format, &mut out);
     }
     scan(
         &data,
         HEADER as usize,
         GEN_END as usize,
         gen,
-        true,
+        format,
         &mut out,
     );
     Ok(out)
+}
+
+/// The formats a log can be in: v1 has no kind byte, v2 full entries and deltas, v3
+/// names and tombstones too.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Format {
+    V1,
+    V2,
+    V3,
 }
 
 /// Read the entries of generation `gen` in `from..to` of `data` until one is not.
@@ -253,9 +338,11 @@ pub(super) fn scan(
     from: usize,
     to: usize,
     gen: u64,
-    kinds: bool,
+    format: Format,
     out: &mut Vec<Logged>,
 ) {
+    let kinds = format != Format::V1;
+    let names = format == Format::V3;
     let to = to.min(data.len());
     let mut off = from;
     while off + ENTRY_HEAD <= to {
@@ -275,6 +362,8 @@ pub(super) fn scan(
             (true, KIND_FULL) => Entry::decode(&payload[1..]).map(|e| Logged::Full(e, true)),
             (true, KIND_FULL_KEEP) => Entry::decode(&payload[1..]).map(|e| Logged::Full(e, false)),
             (true, KIND_DELTA) => Delta::decode(&payload[1..]).map(Logged::Delta),
+            (true, KIND_NAME) if names => NameOp::decode(&payload[1..], true).map(Logged::Name),
+            (true, KIND_UNNAME) if names => NameOp::decode(&payload[1..], false).map(Logged::Name),
             _ => None,
         };
         match e {

@@ -66,6 +66,16 @@
 //! cut before the header leaves the old generation whole, a cut after finds the chains
 //! in the slot. Replay reads the slot's entries, then the generation's.
 //!
+//! # Names
+//!
+//! A new file's fsync also logs its name (parent, name → node), and every later change
+//! of a name the log holds is appended as it happens, unsynced: a tombstone, the new
+//! name of a rename. Replay binds the names the log ends on and removes entries of
+//! nodes it removed, before the records (docs/DESIGN.md, "Fsync log and deltas"). So
+//! fsyncdir of a directory whose new entries are all logged syncs no directory. A log
+//! that fails while it holds names has the store synced and its names voided by a
+//! marker, `<epoch>.names-void`, which replay honours ([`FsyncLog::void_names`]).
+//!
 //! # Format
 //!
 //! A 4 KiB header (`MAGIC`, generation, carried slot, checksum), then entries:
@@ -73,9 +83,11 @@
 //! payload is `0u8 (or 2u8) | node [16] | version u64 | value_len u32 | value | count
 //! u32 | (blob_len u32 | blob)*` for a full entry and `1u8 | node [16] | base_len u32 |
 //! base | size u64 | has_mtime u8 | secs i64 | nanos u32 | count u32 | (offset u64 |
-//! len u32 | bytes)*` for a delta (little-endian; hand-framed because serde writes a
-//! byte vector one element at a time). Logs of the first format (`MAGIC_V1`, full
-//! entries without the kind byte, no slots) are still replayed.
+//! len u32 | bytes)*` for a delta, `3u8 (name) or 4u8 (tombstone) | parent [16] | node
+//! [16] | name_len u32 | name` (little-endian; hand-framed because serde writes a
+//! byte vector one element at a time). The header's `MAGIC` is of the third format;
+//! logs of the second (`MAGIC_V2`, no names) and the first (`MAGIC_V1`, full entries
+//! without the kind byte, no slots) are still replayed.
 
 mod format;
 mod replay;
@@ -102,10 +114,11 @@ use super::node::{
     NodeRecord, Stored, Time, INLINE_RECORD_LIMIT, RECORD_XATTR,
 };
 
-pub use format::{chain_base, Delta, Entry};
+pub use format::{chain_base, Delta, Entry, NameOp};
 use replay::log_files;
 pub(crate) use replay::{recover, Target};
 pub use writer::FsyncLog;
+pub use writer::{NameKey, NewName};
 
 /// Size of a log file (preallocated). Entries carry small files' blobs whole, so a
 /// busy sqlite database fills it every few hundred commits; then one syncfs.
@@ -133,6 +146,24 @@ const ZERO_STEP: u64 = 4 << 20;
 
 pub fn journal_dir(layout: &Layout) -> PathBuf {
     layout.root.join("journal")
+}
+
+/// The marker that voids the names of the log at `log` (`<epoch>.log` →
+/// `<epoch>.names-void`): written, durably, when that log failed while it held names
+/// (`FsyncLog::void_names`); replay then ignores the log's name records and tombstones.
+pub(super) fn void_path(log: &Path) -> PathBuf {
+    log.with_extension("names-void")
+}
+
+/// Remove a log's void marker, if there is one (not synced: the caller syncs the
+/// journal directory).
+pub(super) fn remove_void(void: &Path) -> Result<()> {
+    match fs::remove_file(void) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("remove {}", void.display()), e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Are there logs left by a writer that did not close cleanly?

@@ -1,8 +1,9 @@
 //! Replaying fsync logs a writer left behind (invariant 11): entries and delta chains
 //! applied to records and blobs, never over a newer record.
 
-use super::format::{read_entries, Logged};
+use super::format::{read_entries, Logged, NameOp};
 use super::*;
+use std::collections::HashSet;
 
 /// The log files of a store, oldest epoch first.
 pub(super) fn log_files(layout: &Layout) -> Result<Vec<PathBuf>> {
@@ -59,8 +60,96 @@ pub(super) fn named_by(t: &Target<'_>, parent: NodeId, name: &[u8], id: NodeId) 
         == Some(id)
 }
 
-/// Apply one entry; returns whether it changed anything.
-pub(super) fn apply(t: &Target<'_>, e: &Entry) -> Result<bool> {
+/// What the log says of one name: the node it names at the end (None: unbound), and
+/// every node it stopped naming on the way.
+#[derive(Default)]
+pub(super) struct NameState {
+    pub(super) last: Option<[u8; 16]>,
+    pub(super) gone: HashSet<[u8; 16]>,
+}
+
+/// Follow one name record or tombstone.
+pub(super) fn follow(names: &mut HashMap<(Vec<u8>, [u8; 16]), NameState>, n: &NameOp) {
+    let s = names.entry((n.name.clone(), n.parent)).or_default();
+    if n.bound {
+        s.last = Some(n.node);
+    } else {
+        if s.last == Some(n.node) {
+            s.last = None;
+        }
+        s.gone.insert(n.node);
+    }
+}
+
+/// Make the names the log holds what it says they are: a name it ends on is bound to
+/// its node (the power cut may have lost the entry, or kept an entry it says was
+/// removed since); a name it ends unbound loses an entry naming a node it removed.
+/// An entry naming a node the log never saw at that name is newer and stays. Returns
+/// the nodes the log's names bind (their node files are recreated if lost).
+pub(super) fn apply_names(
+    t: &Target<'_>,
+    names: &HashMap<(Vec<u8>, [u8; 16]), NameState>,
+) -> Result<HashSet<NodeId>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut bound = HashSet::new();
+    for ((name, parent), s) in names {
+        let dir = t.layout.node_path(NodeId(uuid::Uuid::from_bytes(*parent)));
+        if !dir.is_dir() {
+            continue; // the directory is gone: so are its names
+        }
+        let entry = dir.join(std::ffi::OsStr::from_bytes(name));
+        let now = match fs::symlink_metadata(&entry) {
+            Ok(_) => match fs::read_link(&entry)
+                .ok()
+                .and_then(|l| Layout::parse_entry_target(&l))
+            {
+                Some(id) => Some(id.0.into_bytes()),
+                None => continue, // not an entry: not ours to touch
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(format!("read {}", entry.display()), e)),
+        };
+        let stale = now.is_some_and(|n| s.gone.contains(&n) && Some(n) != s.last);
+        if stale {
+            fs::remove_file(&entry).ctx(|| format!("remove {}", entry.display()))?;
+            log::warn!(
+                "fsync log: {} named a node removed since; the entry is removed",
+                entry.display()
+            );
+        }
+        match s.last {
+            Some(n) if (now.is_none() || stale) && !removed_since(t, n) => {
+                let id = NodeId(uuid::Uuid::from_bytes(n));
+                std::os::unix::fs::symlink(Layout::entry_target(id), &entry)
+                    .ctx(|| format!("bind {}", entry.display()))?;
+                log::warn!("fsync log: {} is restored from the log", entry.display());
+                bound.insert(id);
+            }
+            Some(n) if now == Some(n) => {
+                bound.insert(NodeId(uuid::Uuid::from_bytes(n)));
+            }
+            _ => {}
+        }
+    }
+    Ok(bound)
+}
+
+/// Does node `n`'s record on disk say it lost its last name (a removal that reached the
+/// disk while its tombstone did not)? Then it stays unnamed.
+fn removed_since(t: &Target<'_>, n: [u8; 16]) -> bool {
+    let id = NodeId(uuid::Uuid::from_bytes(n));
+    match xattr::get(t.layout.node_path(id), RECORD_XATTR) {
+        Ok(Some(v)) => match unframe(id, &v) {
+            Ok(Stored::Inline(r)) => r.trash.is_some() || r.nlink == 0,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Apply one entry; returns whether it changed anything. `bound`: nodes the log's
+/// names bind.
+pub(super) fn apply(t: &Target<'_>, e: &Entry, bound: &HashSet<NodeId>) -> Result<bool> {
     let id = NodeId(uuid::Uuid::from_bytes(e.node));
     let mut changed = false;
     for b in &e.blobs {
@@ -82,9 +171,10 @@ pub(super) fn apply(t: &Target<'_>, e: &Entry) -> Result<bool> {
                     .and_then(|b| decode_body(id, &b).ok()),
                 Err(_) => None,
             };
-            let named = rec.as_ref().is_some_and(|r| {
-                r.trash.is_none() && r.parent.is_some_and(|p| named_by(t, p, &r.name, id))
-            });
+            let named = bound.contains(&id)
+                || rec.as_ref().is_some_and(|r| {
+                    r.trash.is_none() && r.parent.is_some_and(|p| named_by(t, p, &r.name, id))
+                });
             if !named {
                 return Ok(changed);
             }
@@ -300,16 +390,35 @@ pub(crate) fn recover(t: &Target<'_>) -> Result<usize> {
     // node's durable state from then on) drops it, a delta on another base starts anew.
     let mut chains: HashMap<[u8; 16], Vec<Delta>> = HashMap::new();
     let mut order: Vec<[u8; 16]> = Vec::new();
+    let mut all = Vec::new();
     for f in &files {
-        let entries = read_entries(f)?;
-        total += entries.len();
-        for e in entries {
+        let mut entries = read_entries(f)?;
+        if void_path(f).exists() {
+            // The log failed while it held names, and the store was synced then: its
+            // names are in the store, its tombstones may be missing (`void_names`).
+            entries.retain(|e| !matches!(e, Logged::Name(_)));
+            log::info!("fsync log {}: names voided, not replayed", f.display());
+        }
+        all.extend(entries);
+    }
+    total += all.len();
+    // Names first: a node file lost in the cut is recreated where a name binds it.
+    let mut names = HashMap::new();
+    for e in &all {
+        if let Logged::Name(n) = e {
+            follow(&mut names, n);
+        }
+    }
+    let bound = apply_names(t, &names)?;
+    {
+        for e in all {
             match e {
+                Logged::Name(_) => {}
                 Logged::Full(e, ends) => {
                     if ends {
                         chains.remove(&e.node);
                     }
-                    if apply(t, &e)? {
+                    if apply(t, &e, &bound)? {
                         applied += 1;
                     }
                 }
@@ -351,6 +460,7 @@ pub(crate) fn recover(t: &Target<'_>) -> Result<usize> {
     syncfs(&t.layout.root)?;
     for f in &files {
         fs::remove_file(f).ctx(|| format!("remove {}", f.display()))?;
+        remove_void(&void_path(f))?;
     }
     sync_dir(&journal_dir(t.layout))?;
     if total > 0 {

@@ -628,3 +628,297 @@ fn a_newer_record_without_its_blobs_does_not_hide_the_chain() {
     crash(s);
     reopen_and_check(&p, id, &want);
 }
+
+/// A store making spares (`spare_file`).
+fn scratch_spares() -> (tempfile::TempDir, PathBuf, Store) {
+    let (d, p, s) = scratch();
+    s.start_spares();
+    (d, p, s)
+}
+
+/// A file made from a spare (only those log their names), once spares are ready.
+fn spare_file(s: &Store, name: &str) -> NodeId {
+    let t0 = std::time::Instant::now();
+    while s.spare_nodes() == 0 {
+        assert!(t0.elapsed().as_secs() < 60, "no spare node files were made");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    new_file(s, name)
+}
+
+fn names_logged(s: &Store) -> Vec<(Vec<u8>, NodeId, bool)> {
+    let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
+    read_entries(&log)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Logged::Name(n) => Some((n.name, NodeId(uuid::Uuid::from_bytes(n.node)), n.bound)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn entry(s: &Store, name: &str) -> PathBuf {
+    s.layout.node_path(s.root()).join(name)
+}
+
+/// What a cut can leave of a new file that its fsync and fsyncdir made durable
+/// through the log: neither its entry nor its node file (renamed from a spare, never
+/// synced). Replay binds the name and brings the content back.
+#[test]
+fn a_logged_name_is_recreated() {
+    let (_d, p, s) = scratch_spares();
+    let id = spare_file(&s, "j");
+    s.data().write(id, 0, b"journal").unwrap();
+    s.data().commit(id, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    assert_eq!(names_logged(&s), vec![(b"j".to_vec(), id, true)]);
+    fs::remove_file(entry(&s, "j")).unwrap();
+    fs::remove_file(s.layout.node_path(id)).unwrap();
+    crash(s);
+    reopen_and_check(&p, id, b"journal");
+    let s = Store::open(&p, OpenOptions::default()).unwrap();
+    assert_eq!(s.names().lookup(s.root(), "j".as_ref()).unwrap(), id);
+}
+
+/// An unlink of a logged name appends a tombstone without a sync; the next sync of
+/// the log (another file's fsync) carries it. If the cut kept the entry (its removal
+/// never reached the disk), replay removes it: the file does not come back with its
+/// old content.
+#[test]
+fn a_synced_tombstone_keeps_the_name_removed() {
+    let (_d, p, s) = scratch_spares();
+    let j = spare_file(&s, "j");
+    s.data().write(j, 0, b"stale journal").unwrap();
+    s.data().commit(j, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    let record = record_value(&s, j);
+    s.tree().unlink(s.root(), "j".as_ref()).unwrap();
+    let db = spare_file(&s, "db");
+    s.data().write(db, 0, b"committed").unwrap();
+    s.data().commit(db, true).unwrap();
+    assert_eq!(
+        names_logged(&s),
+        vec![
+            (b"j".to_vec(), j, true),
+            (b"j".to_vec(), j, false),
+            (b"db".to_vec(), db, true)
+        ]
+    );
+    // The cut kept the old entry and node file (the unlink's changes were lost).
+    std::os::unix::fs::symlink(Layout::entry_target(j), entry(&s, "j")).unwrap();
+    fs::File::create(s.layout.node_path(j)).unwrap();
+    xattr::set(s.layout.node_path(j), RECORD_XATTR, &record).unwrap();
+    crash(s);
+    let s = Store::open(&p, OpenOptions::default()).unwrap();
+    assert!(matches!(
+        s.names().lookup(s.root(), "j".as_ref()),
+        Err(crate::store::Error::NotFound)
+    ));
+    assert_eq!(read_all(&s, db), b"committed");
+}
+
+/// A tombstone no sync carried is lost with the cut: the name comes back with the
+/// content its fsync logged (as on a disk where the unlink was not yet durable).
+#[test]
+fn an_unsynced_tombstone_is_lost_with_the_cut() {
+    let (_d, p, s) = scratch_spares();
+    let j = spare_file(&s, "j");
+    s.data().write(j, 0, b"journal").unwrap();
+    s.data().commit(j, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
+    let durable = fs::read(&log).unwrap();
+    s.tree().unlink(s.root(), "j".as_ref()).unwrap();
+    assert_eq!(names_logged(&s).len(), 2, "the tombstone is appended");
+    crash(s);
+    // What the device held: the log as synced, the entry and node file gone.
+    fs::write(&log, &durable).unwrap();
+    reopen_and_check(&p, j, b"journal");
+}
+
+/// The same name bound to one node after another (a database's journal, one per
+/// transaction), and a rename of a logged name: replay follows the log in order. An
+/// entry the cut kept for an older node is replaced; the renamed file is found under
+/// its new name only.
+#[test]
+fn names_reused_and_renamed_replay_in_order() {
+    let (_d, p, s) = scratch_spares();
+    let j1 = spare_file(&s, "j");
+    s.data().write(j1, 0, b"first").unwrap();
+    s.data().commit(j1, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    s.tree().unlink(s.root(), "j".as_ref()).unwrap();
+    let j2 = spare_file(&s, "j");
+    s.data().write(j2, 0, b"second").unwrap();
+    s.data().commit(j2, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    let a = spare_file(&s, "a");
+    s.data().write(a, 0, b"renamed").unwrap();
+    s.data().commit(a, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    s.tree()
+        .rename(
+            s.root(),
+            "a".as_ref(),
+            s.root(),
+            "b".as_ref(),
+            crate::store::tree::RenameMode::Replace,
+        )
+        .unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    let logged = names_logged(&s);
+    assert_eq!(
+        &logged[logged.len() - 2..],
+        &[(b"a".to_vec(), a, false), (b"b".to_vec(), a, true)]
+    );
+    // The cut: `j` still names the first journal, the rename never reached the disk.
+    fs::remove_file(entry(&s, "j")).unwrap();
+    std::os::unix::fs::symlink(Layout::entry_target(j1), entry(&s, "j")).unwrap();
+    fs::rename(entry(&s, "b"), entry(&s, "a")).unwrap();
+    crash(s);
+    let s = Store::open(&p, OpenOptions::default()).unwrap();
+    let root = s.root();
+    assert_eq!(s.names().lookup(root, "j".as_ref()).unwrap(), j2);
+    assert_eq!(read_all(&s, j2), b"second");
+    assert_eq!(s.names().lookup(root, "b".as_ref()).unwrap(), a);
+    assert_eq!(read_all(&s, a), b"renamed");
+    assert!(s.names().lookup(root, "a".as_ref()).is_err());
+}
+
+/// A name the log removed and a link binds again is logged again: replay keeps it.
+#[test]
+fn a_name_bound_again_by_a_link_is_kept() {
+    let (_d, p, s) = scratch_spares();
+    let j = spare_file(&s, "j");
+    s.data().write(j, 0, b"kept").unwrap();
+    s.data().commit(j, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    s.tree().link(j, s.root(), "k".as_ref()).unwrap();
+    s.tree().unlink(s.root(), "j".as_ref()).unwrap();
+    s.tree().link(j, s.root(), "j".as_ref()).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    crash(s);
+    let s = Store::open(&p, OpenOptions::default()).unwrap();
+    assert_eq!(s.names().lookup(s.root(), "j".as_ref()).unwrap(), j);
+    assert_eq!(read_all(&s, j), b"kept");
+}
+
+/// A log of the second format (no names) still replays.
+#[test]
+fn a_second_format_log_replays() {
+    let (_d, p, s) = scratch();
+    let id = new_file(&s, "f");
+    let before = record_value(&s, id);
+    s.data().write(id, 0, b"fsynced by decofs 2").unwrap();
+    s.data().commit(id, true).unwrap();
+    let log = journal_dir(&s.layout).join(format!("{}.log", s.epoch().unwrap()));
+    let Logged::Full(e, _) = read_entries(&log).unwrap().remove(0) else {
+        panic!("a full entry")
+    };
+    xattr::set(s.layout.node_path(id), RECORD_XATTR, &before).unwrap();
+    crash(s);
+    let mut v2 = super::format::MAGIC_V2.to_vec();
+    v2.extend_from_slice(&3u64.to_le_bytes());
+    v2.extend_from_slice(&0u64.to_le_bytes());
+    v2.extend_from_slice(&super::format::header_sum(super::format::MAGIC_V2, 3, 0));
+    v2.resize(HEADER as usize, 0);
+    v2.extend_from_slice(&framed(3, &e.encode()));
+    fs::write(&log, &v2).unwrap();
+    reopen_and_check(&p, id, b"fsynced by decofs 2");
+}
+
+/// An exchange that brings a node back to a name the log removed it from logs that
+/// name again: replay keeps both entries as the exchange left them.
+#[test]
+fn an_exchange_back_to_a_removed_name_is_kept() {
+    let (_d, p, s) = scratch_spares();
+    let root = s.root();
+    let j = spare_file(&s, "j");
+    s.data().write(j, 0, b"moved twice").unwrap();
+    s.data().commit(j, true).unwrap();
+    s.fsync().sync_dir_node(root).unwrap();
+    let t = s.tree();
+    t.rename(
+        root,
+        "j".as_ref(),
+        root,
+        "k".as_ref(),
+        crate::store::tree::RenameMode::Replace,
+    )
+    .unwrap();
+    let x = spare_file(&s, "j");
+    t.rename(
+        root,
+        "j".as_ref(),
+        root,
+        "k".as_ref(),
+        crate::store::tree::RenameMode::Exchange,
+    )
+    .unwrap();
+    s.fsync().sync_dir_node(root).unwrap();
+    crash(s);
+    let s = Store::open(&p, OpenOptions::default()).unwrap();
+    assert_eq!(s.names().lookup(s.root(), "j".as_ref()).unwrap(), j);
+    assert_eq!(s.names().lookup(s.root(), "k".as_ref()).unwrap(), x);
+    assert_eq!(read_all(&s, j), b"moved twice");
+}
+
+/// A log that fails while it holds names can append no tombstone any more: at the
+/// break the store is synced and the log's names voided, so a name removed after the
+/// break (its removal made durable by fsyncdir, which syncs the directory now) does
+/// not come back, while the log's records and chains still replay.
+#[test]
+fn a_broken_log_voids_its_names() {
+    let (_d, p, s) = scratch_spares();
+    let j = spare_file(&s, "j");
+    s.data().write(j, 0, b"stale journal").unwrap();
+    s.data().commit(j, true).unwrap();
+    let k = spare_file(&s, "k");
+    s.data().write(k, 0, b"only in the log").unwrap();
+    s.data().commit(k, true).unwrap();
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    assert_eq!(
+        names_logged(&s),
+        vec![(b"j".to_vec(), j, true), (b"k".to_vec(), k, true)]
+    );
+    let log = s.fsync_log.as_ref().unwrap();
+    log.fail_writes();
+    // The next fsync fails to append: it syncs the files, the log is broken.
+    let db = spare_file(&s, "db");
+    s.data().write(db, 0, b"committed").unwrap();
+    s.data().commit(db, true).unwrap();
+    assert!(!log.usable());
+    assert!(log.names_voided(), "the break voids the log's names");
+    assert!(!log.holds_name(&(s.root().0.into_bytes(), b"j".to_vec())));
+    let record = record_value(&s, j);
+    s.tree().unlink(s.root(), "j".as_ref()).unwrap();
+    // No tombstone: fsyncdir syncs the directory itself.
+    s.fsync().sync_dir_node(s.root()).unwrap();
+    assert_eq!(
+        names_logged(&s).len(),
+        2,
+        "nothing appended after the break"
+    );
+    // The cut: the directory as synced (no `j`), the unlink's other changes lost (the
+    // node file and its record as before).
+    if !s.layout.node_path(j).exists() {
+        fs::File::create(s.layout.node_path(j)).unwrap();
+    }
+    xattr::set(s.layout.node_path(j), RECORD_XATTR, &record).unwrap();
+    crash(s);
+    let s = Store::open(&p, OpenOptions::default()).unwrap();
+    assert!(matches!(
+        s.names().lookup(s.root(), "j".as_ref()),
+        Err(crate::store::Error::NotFound)
+    ));
+    assert_eq!(s.names().lookup(s.root(), "k".as_ref()).unwrap(), k);
+    assert_eq!(read_all(&s, k), b"only in the log");
+    assert_eq!(read_all(&s, db), b"committed");
+    assert!(!pending(&s.layout).unwrap(), "replayed logs are deleted");
+    let left: Vec<_> = fs::read_dir(journal_dir(&s.layout))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the marker goes with its log: {left:?}");
+}
