@@ -833,3 +833,72 @@ fn a_killed_receive_happens_whole_or_not_at_all() {
     }
     eprintln!("{whole} of 6 receives had happened when killed");
 }
+
+/// `snapshot restore` of an unmounted store makes the live tree equal to the snapshot
+/// (nodes deleted since come back and leave the trash; nodes made since go), keeps the
+/// state before as a snapshot, and restoring that one undoes it. fsck is clean.
+#[test]
+fn restore_rolls_the_tree_back_and_can_be_undone() {
+    let mut rng = fastrand::Rng::with_seed(0x7e57_0001);
+    let m = Mount::new();
+    let re = m.dir.path().join("reference");
+    fs::create_dir(&re).unwrap();
+    for _ in 0..200 {
+        step(&mut rng, &m.mnt, &re);
+    }
+    snapshot_create(&m.mnt, "then");
+    let then = m.dir.path().join("then");
+    sh(&format!("cp -a {} {}", re.display(), then.display()));
+    for _ in 0..200 {
+        step(&mut rng, &m.mnt, &re);
+    }
+    let now = listing(&m.mnt);
+    assert_eq!(now, listing(&re));
+    // Mounted: refused, nothing changed.
+    let (code, _, err) = dj(&["snapshot", "restore", m.mnt.to_str().unwrap(), "then"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_argument"), "{err}");
+    m.unmount();
+    let (code, v, err) = dj(&["snapshot", "restore", m.store.to_str().unwrap(), "then"]);
+    assert_eq!(code, 0, "{err}");
+    let before = v["before"].as_str().unwrap().to_string();
+    assert!(before.starts_with("before-restore-"), "{v}");
+    let (code, v, err) = dj(&["fsck", m.store.to_str().unwrap()]);
+    assert_eq!(code, 0, "fsck after the restore: {v} {err}");
+    m.mount();
+    assert_eq!(
+        listing(&m.mnt),
+        listing(&then),
+        "the live tree after the restore"
+    );
+    // Nothing live is in the trash.
+    let (code, v, err) = dj(&["trash", "ls", m.mnt.to_str().unwrap(), "--all"]);
+    assert_eq!(code, 0, "{err}");
+    for e in v["entries"].as_array().unwrap() {
+        let id = e["id"].as_str().unwrap();
+        assert!(
+            !node_of_id_is_named(&m.store, id),
+            "trash entry {id} names a node the tree names"
+        );
+    }
+    check_snapshot(&m, &before, &re, "the state before the restore");
+    // Undo.
+    m.unmount();
+    let (code, _, err) = dj(&["snapshot", "restore", m.store.to_str().unwrap(), &before]);
+    assert_eq!(code, 0, "{err}");
+    m.mount();
+    assert_eq!(
+        listing(&m.mnt),
+        now,
+        "restoring the state before undoes the restore"
+    );
+}
+
+/// Does an entry of some directory of the store name node `id`?
+fn node_of_id_is_named(store: &Path, id: &str) -> bool {
+    let out = sh(&format!(
+        "find {}/nodes -type l -lname '*{id}' | head -1",
+        store.display()
+    ));
+    !out.trim().is_empty()
+}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use decofs::control::{self, protocol};
+use decofs::store::{OpenOptions, Store};
 
 use super::output::{self, outln, Context, Outcome};
 use super::trash::human_bytes;
@@ -24,6 +25,10 @@ pub enum SnapshotCmd {
     Ls { target: PathBuf },
     /// Remove a snapshot; what only it held is freed.
     Rm { target: PathBuf, name: String },
+    /// Make the live tree equal to snapshot NAME, whole or not at all (STORE must be
+    /// unmounted). The state before is kept as a new snapshot before-restore-<UTC time>:
+    /// restore that one to undo.
+    Restore { target: PathBuf, name: String },
     /// What changed from snapshot OLD to snapshot NEW (default: the live tree): one
     /// line per path, `+` created, `-` deleted, `M` modified, `R` renamed (old -> new).
     Diff {
@@ -38,6 +43,7 @@ pub fn run(cmd: SnapshotCmd, json: bool) -> Outcome {
         SnapshotCmd::Create { target, .. }
         | SnapshotCmd::Ls { target }
         | SnapshotCmd::Rm { target, .. }
+        | SnapshotCmd::Restore { target, .. }
         | SnapshotCmd::Diff { target, .. } => target.clone(),
     };
     match cmd {
@@ -85,6 +91,33 @@ pub fn run(cmd: SnapshotCmd, json: bool) -> Outcome {
                     "snapshot {} removed, {} freed",
                     v.name,
                     human_bytes(v.bytes_freed)
+                );
+            }
+        }
+        SnapshotCmd::Restore { name, .. } => {
+            let what = format!("cannot restore snapshot {name}");
+            let (store, mnt) = control::resolve(&target).or_fail(&what)?;
+            if mnt.is_some() {
+                return Err(output::invalid(
+                    &what,
+                    "a snapshot is restored into an unmounted store".into(),
+                    "unmount it first (`decofs umount MOUNTPOINT`), then restore STORE NAME",
+                ));
+            }
+            let s = Store::open(&store, OpenOptions::default()).or_fail(&what)?;
+            let r = s.streams().restore(&name).or_fail(&what)?;
+            if json {
+                output::json(&serde_json::json!({
+                    "restored": name, "before": r.before, "records": r.records,
+                    "entries": r.entries, "removed": r.drops,
+                }));
+            } else {
+                outln!(
+                    "restored {name} ({} records, {} entries, {} removed); the state before is snapshot {}",
+                    r.records,
+                    r.entries,
+                    r.drops,
+                    r.before
                 );
             }
         }

@@ -55,7 +55,7 @@ pub struct SnapshotOps<'a> {
 pub const AUTO: &str = "auto-";
 
 /// A name for a snapshot taken without one: the UTC time, `2026-12-07T02:30:11Z`.
-fn generated_name(t: Time) -> String {
+pub(crate) fn generated_name(t: Time) -> String {
     let secs = t.secs;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);

@@ -51,6 +51,16 @@ pub struct Received {
     pub drops: u64,
 }
 
+/// What a restore did.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    /// The snapshot of the state before, taken first (restore it to undo).
+    pub before: String,
+    pub records: u64,
+    pub entries: u64,
+    pub drops: u64,
+}
+
 /// Send and receive over a store.
 #[derive(Clone)]
 pub struct Streams<'a> {
@@ -248,6 +258,110 @@ impl Streams<'_> {
         Ok(sent)
     }
 
+    /// Make the live tree equal to snapshot `name` (an unmounted store). The state
+    /// before is kept as a new snapshot `before-restore-<UTC time>`; then what differs
+    /// is written as a stream and applied as a received one is: whole or not at all.
+    pub fn restore(&self, name: &str) -> Result<Restored> {
+        self.fence.check()?;
+        let info = self.snaps.get(name)?;
+        let base = format!(
+            "before-restore-{}",
+            super::snapshot_ops::generated_name(Time::now())
+        );
+        let mut before = base.clone();
+        for i in 1.. {
+            if self.snaps.get(&before).is_err() {
+                break;
+            }
+            before = format!("{base}.{i}");
+        }
+        self.snaps.create(&before)?;
+        let lens = self.snaps.lens(name)?;
+        let then = self.names.at(&lens);
+        let now = self.names;
+        let spool = self
+            .layout
+            .sessions()
+            .join(format!("receive.{}.tmp", std::process::id()));
+        let header = Header {
+            source: self.store_id.clone(),
+            name: name.to_string(),
+            created_nanos: info.created.unix_nanos(),
+            base: None,
+            root: self.root,
+            chunk_size: self.chunk_size,
+        };
+        let mut done = Restored {
+            before,
+            ..Default::default()
+        };
+        let res = (|| {
+            let f = fs::File::create(&spool).ctx(|| format!("create {}", spool.display()))?;
+            let mut w = Writer::new(std::io::BufWriter::new(f), &header)?;
+            let areas = self.snaps.areas_from(info.gen);
+            let area_refs: Vec<&PathBuf> = areas.iter().collect();
+            let (recs, entries) = changed_keys(&area_refs);
+            // Every record the snapshot holds and something changed since (blobs are
+            // all here: the snapshot's copies name them).
+            for id in recs {
+                if live(&then, id) {
+                    let mut rec = then.record(id)?;
+                    rec.gen = 0;
+                    rec.born = 0;
+                    w.record(id, &encode_body(&rec))?;
+                    done.records += 1;
+                }
+            }
+            let mut drops = Vec::new();
+            for (dir, n) in &entries {
+                if live(&then, *dir) {
+                    w.entry(*dir, n.as_bytes(), then.lookup(*dir, n).ok())?;
+                    done.entries += 1;
+                }
+                if live(&now, *dir) {
+                    if let Ok(is) = now.lookup(*dir, n) {
+                        if !live(&then, is) {
+                            drops.push(is);
+                        }
+                    }
+                }
+            }
+            // What exists now and not then goes (kept by the snapshot `before`).
+            let mut seen = HashSet::new();
+            let mut order = Vec::new();
+            while let Some(id) = drops.pop() {
+                if !seen.insert(id) {
+                    continue;
+                }
+                order.push(id);
+                if now.record(id).is_ok_and(|r| r.kind == Kind::Dir) {
+                    for (_, c) in now.readdir(id).unwrap_or_default() {
+                        if !live(&then, c) {
+                            drops.push(c);
+                        }
+                    }
+                }
+            }
+            for id in order.into_iter().rev() {
+                w.drop_node(id)?;
+                done.drops += 1;
+            }
+            let (out, _) = w.finish()?;
+            let f = out
+                .into_inner()
+                .map_err(|e| Error::io("write the restore", e.into_error()))?;
+            f.sync_all().ctx(|| format!("sync {}", spool.display()))?;
+            fs::rename(&spool, self.intent()).ctx(|| "install the restore".into())?;
+            sync_dir(&self.layout.snapshots())
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&spool);
+        }
+        res?;
+        self.resume()?;
+        Ok(done)
+    }
+
     fn intent(&self) -> PathBuf {
         self.layout.snapshots().join(".receive")
     }
@@ -400,6 +514,27 @@ impl Streams<'_> {
             base: h.base.as_ref().map(|b| b.0.clone()),
             ..Default::default()
         };
+        // Trash links by node: a node made live again, or removed, leaves the trash.
+        let mut trash: std::collections::HashMap<NodeId, Vec<PathBuf>> = Default::default();
+        for e in fs::read_dir(self.layout.trash())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = n
+                .rsplit('.')
+                .next()
+                .and_then(|i| NodeId::from_name(OsStr::new(i)))
+            {
+                trash.entry(id).or_default().push(e.path());
+            }
+        }
+        let untrash = |id: NodeId| {
+            for l in trash.get(&id).into_iter().flatten() {
+                let _ = fs::remove_file(l);
+            }
+        };
         while let Some(f) = r.next_frame()? {
             match f {
                 Frame::Header(_) => {}
@@ -414,7 +549,11 @@ impl Streams<'_> {
                     if id == self.root {
                         rec.ino = 1;
                     }
+                    let named = rec.trash.is_none();
                     self.install(id, rec)?;
+                    if named {
+                        untrash(id);
+                    }
                     got.records += 1;
                 }
                 Frame::Entry(dir, name, node) => {
@@ -427,7 +566,9 @@ impl Streams<'_> {
                     got.entries += 1;
                 }
                 Frame::Drop(id) => {
-                    self.drop_node(self.here(&h, id))?;
+                    let id = self.here(&h, id);
+                    self.drop_node(id)?;
+                    untrash(id);
                     got.drops += 1;
                 }
             }
@@ -499,6 +640,13 @@ impl Streams<'_> {
             return Ok(()); // gone already
         };
         self.records.preserve_for_snapshots(id, &rec)?;
+        if rec.kind == Kind::Dir {
+            // What it still names is removed with it or named elsewhere by now (an
+            // entry of the stream bound it there).
+            for (n, _) in self.names.readdir(id).unwrap_or_default() {
+                self.set_entry(id, &n, None)?;
+            }
+        }
         let gone = if rec.kind == Kind::Dir {
             fs::remove_dir(&p)
         } else {
