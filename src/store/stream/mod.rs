@@ -83,6 +83,29 @@ fn live(names: &Names<'_>, id: NodeId) -> bool {
         .is_ok_and(|r| r.nlink > 0 && r.trash.is_none())
 }
 
+/// The nodes to remove, given those `from` named and `to` does not: with what `from`
+/// had under them that `to` does not name either, deepest first (a directory after
+/// what was in it).
+fn removal_order(mut drops: Vec<NodeId>, from: &Names<'_>, to: &Names<'_>) -> Vec<NodeId> {
+    let mut seen = HashSet::new();
+    let mut order = Vec::new();
+    while let Some(id) = drops.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        order.push(id);
+        if from.record(id).is_ok_and(|r| r.kind == Kind::Dir) {
+            for (_, c) in from.readdir(id).unwrap_or_default() {
+                if !live(to, c) {
+                    drops.push(c);
+                }
+            }
+        }
+    }
+    order.reverse();
+    order
+}
+
 /// The blobs a record's content names: its manifest and its chunks.
 fn content_blobs(chunk_lists: &ChunkLists, rec: &NodeRecord) -> Result<Vec<Hash>> {
     let mut out = Vec::new();
@@ -230,23 +253,7 @@ impl Streams<'_> {
                         }
                     }
                 }
-                let mut dropped = HashSet::new();
-                let mut order = Vec::new();
-                while let Some(id) = drops.pop() {
-                    if !dropped.insert(id) {
-                        continue;
-                    }
-                    order.push(id);
-                    if old.record(id).is_ok_and(|r| r.kind == Kind::Dir) {
-                        for (_, c) in old.readdir(id).unwrap_or_default() {
-                            if !live(&n, c) {
-                                drops.push(c);
-                            }
-                        }
-                    }
-                }
-                // Deepest first: a directory goes after what was in it.
-                for id in order.into_iter().rev() {
+                for id in removal_order(drops, &old, &n) {
                     e.w.drop_node(id)?;
                     e.sent.drops += 1;
                 }
@@ -327,22 +334,7 @@ impl Streams<'_> {
                 }
             }
             // What exists now and not then goes (kept by the snapshot `before`).
-            let mut seen = HashSet::new();
-            let mut order = Vec::new();
-            while let Some(id) = drops.pop() {
-                if !seen.insert(id) {
-                    continue;
-                }
-                order.push(id);
-                if now.record(id).is_ok_and(|r| r.kind == Kind::Dir) {
-                    for (_, c) in now.readdir(id).unwrap_or_default() {
-                        if !live(&then, c) {
-                            drops.push(c);
-                        }
-                    }
-                }
-            }
-            for id in order.into_iter().rev() {
+            for id in removal_order(drops, &now, &then) {
                 w.drop_node(id)?;
                 done.drops += 1;
             }
