@@ -81,6 +81,22 @@ impl Attrs<'_> {
             }
         }
         let now = Time::now();
+        // A chown to the owner it has changes only the ctime: deferred, as directory
+        // times are (no record write now).
+        let cur = self.records.read(id)?;
+        if cur.kind != Kind::Dir
+            && a.size.is_none()
+            && a.mode.is_none()
+            && a.atime.is_none()
+            && a.mtime.is_none()
+            && a.uid.is_none_or(|u| u == cur.uid)
+            && a.gid.is_none_or(|g| g == cur.gid)
+        {
+            let mut rec = self.records.defer_times(id, now, false)?;
+            self.followers.emit(Event::new(Op::Attr, &[id]));
+            self.data.overlay(id, &mut rec);
+            return Ok(rec);
+        }
         let mut rec = self.records.update(id, |r| {
             if let Some(m) = a.mode {
                 r.mode = m & 0o7777;
@@ -263,5 +279,47 @@ impl Attrs<'_> {
         self.dir_changed(id);
         self.followers.emit(Event::new(Op::Xattr, &[id]));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{new_file, scratch};
+
+    /// A chown to the owner a file has changes its ctime at once and writes its record
+    /// within a second, not now; a chown to another owner writes it now.
+    #[test]
+    fn a_chown_to_the_same_owner_defers_the_record() {
+        let (_d, s) = scratch();
+        s.records.enable_cache();
+        let id = new_file(&s, "journal");
+        let disk = s.records.read_disk(id).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let same = SetAttr {
+            uid: Some(disk.uid),
+            gid: Some(disk.gid),
+            ..Default::default()
+        };
+        let seen = s.attrs().setattr(id, &same).unwrap();
+        assert!(seen.ctime > disk.ctime, "the ctime changed at once");
+        assert_eq!(s.records.read(id).unwrap().ctime, seen.ctime);
+        assert_eq!(
+            s.records.read_disk(id).unwrap(),
+            disk,
+            "no record written yet"
+        );
+        s.records.flush_deferred().unwrap();
+        assert_eq!(s.records.read_disk(id).unwrap().ctime, seen.ctime);
+        let other = SetAttr {
+            uid: Some(disk.uid + 1),
+            ..Default::default()
+        };
+        let r = s.attrs().setattr(id, &other).unwrap();
+        assert_eq!(
+            s.records.read_disk(id).unwrap().uid,
+            r.uid,
+            "written at once"
+        );
     }
 }

@@ -359,9 +359,19 @@ impl Records {
     /// the times wait: a crash loses at most their last second, as it loses
     /// unsynced data. Without the record cache (no mount) the record is written now.
     pub(crate) fn touch_dir_times(&self, dir: NodeId, now: Time) -> Result<NodeRecord> {
+        self.defer_times(dir, now, true)
+    }
+
+    /// Set a node's ctime (and with `mtime` its mtime) to `now` the way
+    /// `touch_dir_times` does: seen at once, written within a second. For a change of
+    /// nothing but the times (a chown to the owner it has: sqlite's journal, made by
+    /// root, is chowned to the database's owner every transaction).
+    pub(crate) fn defer_times(&self, dir: NodeId, now: Time, mtime: bool) -> Result<NodeRecord> {
         let Some(sh) = self.cache_shard(dir) else {
             return self.update(dir, |r| {
-                r.mtime = now;
+                if mtime {
+                    r.mtime = now;
+                }
                 r.ctime = now;
                 Ok(())
             });
@@ -372,7 +382,9 @@ impl Records {
         let mut rec = self.read(dir)?;
         // The times change now (readers see them): a snapshot keeps what it saw.
         rec.gen = self.preserve(dir, Some(&rec))?;
-        rec.mtime = now;
+        if mtime {
+            rec.mtime = now;
+        }
         rec.ctime = now;
         rec.version += 1;
         {
