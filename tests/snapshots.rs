@@ -902,3 +902,56 @@ fn node_of_id_is_named(store: &Path, id: &str) -> bool {
     ));
     !out.trim().is_empty()
 }
+
+/// kill -9 of `decofs snapshot restore` at random moments: after the next read-write
+/// open the tree is the snapshot's (restored whole) or as it was (not restored), and
+/// fsck is clean.
+#[test]
+fn a_killed_restore_happens_whole_or_not_at_all() {
+    let m = Mount::new();
+    for i in 0..150 {
+        fs::create_dir_all(m.path(&format!("d{}", i % 6))).unwrap();
+        fs::write(m.path(&format!("d{}/f{i}", i % 6)), vec![i as u8; 3000 + i]).unwrap();
+    }
+    snapshot_create(&m.mnt, "then");
+    let then = listing(&m.mnt);
+    let mut rng = fastrand::Rng::with_seed(12);
+    let mut restored = 0;
+    for round in 0..5 {
+        // Change the tree, so there is something to restore.
+        for i in 0..40 {
+            let p = m.path(&format!("d{}/f{}", i % 6, rng.usize(0..150)));
+            match rng.u8(0..3) {
+                0 => drop(fs::remove_file(&p)),
+                1 => drop(fs::write(&p, b"changed")),
+                _ => drop(fs::write(
+                    m.path(&format!("d{}/n{round}-{i}", i % 6)),
+                    b"new",
+                )),
+            }
+        }
+        let now = listing(&m.mnt);
+        m.unmount();
+        let mut child = std::process::Command::new(decofs_bin())
+            .args(["snapshot", "restore", m.store.to_str().unwrap(), "then"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(rng.u64(0..100_000)));
+        let _ = child.kill();
+        let _ = child.wait();
+        m.mount();
+        let got = listing(&m.mnt);
+        if got == then {
+            restored += 1;
+        } else {
+            assert_eq!(got, now, "round {round}: neither restored nor as it was");
+        }
+        m.unmount();
+        let (code, v, err) = dj(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
+        assert_eq!(code, 0, "round {round}: fsck {v} {err}");
+        m.mount();
+    }
+    eprintln!("{restored} of 5 restores had happened when killed");
+}

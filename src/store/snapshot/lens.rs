@@ -46,26 +46,33 @@ impl<'a> Lens<'a> {
         id: NodeId,
         live: impl FnOnce() -> Result<NodeRecord>,
     ) -> Result<NodeRecord> {
-        for area in self.chain().iter() {
-            if let Some((r, _)) = read_record_copy(self.snaps.blobs(), &record_copy(area, id), id)?
-            {
-                return Ok(r);
-            }
+        if let Some(r) = self.copied_record(id)? {
+            return r;
         }
         let r = live()?;
         if r.gen > self.gen {
             // Changed since: its copy was made before the change, so it is there now
             // (we looked before it was made). None: the node did not exist then.
-            for area in self.chain().iter() {
-                if let Some((r, _)) =
-                    read_record_copy(self.snaps.blobs(), &record_copy(area, id), id)?
-                {
-                    return Ok(r);
-                }
-            }
-            return Err(Error::NotFound);
+            return self.copied_record(id)?.unwrap_or(Err(Error::NotFound));
         }
         Ok(r)
+    }
+
+    /// The first copy of `id`'s record in the areas: the state at this snapshot, or
+    /// NotFound if that copy was written after it (a newer snapshot kept a node that
+    /// did not exist yet). None: no copy.
+    fn copied_record(&self, id: NodeId) -> Result<Option<Result<NodeRecord>>> {
+        for area in self.chain().iter() {
+            if let Some((r, _)) = read_record_copy(self.snaps.blobs(), &record_copy(area, id), id)?
+            {
+                return Ok(Some(if r.gen > self.gen {
+                    Err(Error::NotFound)
+                } else {
+                    Ok(r)
+                }));
+            }
+        }
+        Ok(None)
     }
 
     fn copied_entry(&self, dir: NodeId, name: &OsStr) -> Result<Option<Copied>> {

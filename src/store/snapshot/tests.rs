@@ -124,3 +124,27 @@ fn a_snapshot_never_sees_half_an_operation() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     t.join().unwrap();
 }
+
+/// A node made after a snapshot and changed after a newer one: the newer snapshot's
+/// copy of it does not make it exist in the older one.
+#[test]
+fn a_newer_snapshots_copy_is_not_an_older_ones() {
+    let (_d, s) = scratch();
+    s.snapshots().create(Some("old")).unwrap();
+    let late = new_file(&s, "late");
+    s.snapshots().create(Some("new")).unwrap();
+    s.data().write(late, 0, b"changed").unwrap();
+    s.data().close_write(late).unwrap();
+    let old = s.snapshots.lens("old").unwrap();
+    assert!(matches!(
+        old.record(late, || s.records.read_live_disk(late)),
+        Err(crate::store::Error::NotFound)
+    ));
+    let new = s.snapshots.lens("new").unwrap();
+    assert_eq!(
+        new.record(late, || s.records.read_live_disk(late))
+            .unwrap()
+            .size,
+        0
+    );
+}
