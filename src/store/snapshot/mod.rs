@@ -145,6 +145,7 @@ pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= NAME_MAX
         && !name.starts_with('.')
+        && !name.starts_with(GENERATION)
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:+@".contains(&b));
@@ -152,7 +153,7 @@ pub fn validate_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "snapshot name {name:?}: use 1 to {NAME_MAX} letters, digits or -_.:+@, not starting with '.'"
+            "snapshot name {name:?}: use 1 to {NAME_MAX} letters, digits or -_.:+@, not starting with '.' or 'generation'"
         )))
     }
 }

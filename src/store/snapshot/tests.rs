@@ -148,3 +148,29 @@ fn a_newer_snapshots_copy_is_not_an_older_ones() {
         0
     );
 }
+
+/// Names that would collide with the store's own files are refused.
+#[test]
+fn snapshot_names_are_checked() {
+    use super::validate_name;
+    for bad in [
+        "",
+        ".hidden",
+        "a/b",
+        "generation",
+        "generation.tmp",
+        "x y",
+        &"n".repeat(65),
+    ] {
+        assert!(validate_name(bad).is_err(), "{bad:?}");
+    }
+    for good in [
+        "daily",
+        "2026-12-07T02:30:11Z",
+        "auto-1",
+        "before-restore-x.1",
+        "a@b+c",
+    ] {
+        assert!(validate_name(good).is_ok(), "{good:?}");
+    }
+}
