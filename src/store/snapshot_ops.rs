@@ -157,8 +157,18 @@ impl SnapshotOps<'_> {
         let mut by_snap: HashMap<String, HashMap<Hash, u64>> = HashMap::new();
         let mut holders: HashMap<Hash, u32> = HashMap::new();
         let mut copies: HashMap<String, u64> = HashMap::new();
+        // A copy written no later than the previous snapshot is that one's state too:
+        // removing this snapshot would move it there, not free it.
+        let prev_gen: HashMap<&str, u64> = infos
+            .windows(2)
+            .map(|w| (w[1].name.as_str(), w[0].gen))
+            .collect();
         self.snaps.for_each_copy(&mut |name, _, rec, _| {
             *copies.entry(name.to_string()).or_default() += 1;
+            if prev_gen.get(name).is_some_and(|p| rec.gen <= *p) {
+                others.extend(self.sweeper.content_refs(rec));
+                return;
+            }
             let sizes = by_snap.entry(name.to_string()).or_default();
             if let Ok(list) = self.sweeper.chunk_lists.get(&rec.content) {
                 for c in list.iter() {
