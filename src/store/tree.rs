@@ -117,6 +117,9 @@ impl Tree<'_> {
         let snaps = self.records.snapshots();
         let _op = snaps.op();
         let prec = self.names.dir_record(parent)?;
+        // What the name is now (free, or taken: the bind below fails then), for the
+        // snapshots that hold the directory; no snapshot is taken until `_op` ends.
+        self.names.preserve_entry(parent, name)?;
         // A regular file takes a spare node file and entry if one is ready (see
         // `spare`). Otherwise directories spread over `nodes/` at random, and everything
         // else lives beside its directory (see NodeId::new_near).
@@ -192,13 +195,6 @@ impl Tree<'_> {
             return Err(e);
         }
         // 2. bind the name; EEXIST means another create won
-        if let Err(e) = self.names.preserve_entry(parent, name) {
-            self.remove_node_files(id, new.kind);
-            if let Some(sp) = &spare {
-                sp.discard();
-            }
-            return Err(e);
-        }
         let entry = self.names.entry_path(parent, name);
         let bind = |p: &Path| std::os::unix::fs::symlink(Layout::entry_target(id), p);
         let mut in_place = spare.is_none();
