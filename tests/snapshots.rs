@@ -548,6 +548,19 @@ fn a_mounted_snapshot_stays_put_while_newer_ones_come_and_go() {
     assert_eq!(fs::read(sm.0.join("f")).unwrap(), b"first");
 }
 
+/// Run `decofs ARGS` and kill -9 it after `micros` microseconds (if it still runs).
+fn run_killed(args: &[&str], micros: u64) {
+    let mut child = std::process::Command::new(decofs_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_micros(micros));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A store made by `decofs init` in the test's directory (not mounted).
 fn new_store(m: &Mount, name: &str) -> PathBuf {
     let p = m.dir.path().join(name);
@@ -792,20 +805,15 @@ fn a_killed_receive_happens_whole_or_not_at_all() {
     let mut whole = 0;
     for round in 0..6 {
         let target = new_store(&m, &format!("k{round}"));
-        let mut child = std::process::Command::new(decofs_bin())
-            .args([
+        run_killed(
+            &[
                 "receive",
                 target.to_str().unwrap(),
                 "-i",
                 file.to_str().unwrap(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(rng.u64(0..150_000)));
-        let _ = child.kill();
-        let _ = child.wait();
+            ],
+            rng.u64(0..150_000),
+        );
         // The next read-write open finishes an interrupted receive.
         let tm = m.dir.path().join(format!("k{round}-mnt"));
         fs::create_dir(&tm).unwrap();
@@ -932,15 +940,10 @@ fn a_killed_restore_happens_whole_or_not_at_all() {
         }
         let now = listing(&m.mnt);
         m.unmount();
-        let mut child = std::process::Command::new(decofs_bin())
-            .args(["snapshot", "restore", m.store.to_str().unwrap(), "then"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(rng.u64(0..100_000)));
-        let _ = child.kill();
-        let _ = child.wait();
+        run_killed(
+            &["snapshot", "restore", m.store.to_str().unwrap(), "then"],
+            rng.u64(0..100_000),
+        );
         m.mount();
         let got = listing(&m.mnt);
         if got == then {
