@@ -209,9 +209,6 @@ impl StoreAnswer for SnapshotCreate {
 
 impl StoreAnswer for SnapshotLs {
     fn answer(&self, store: &Store) -> Result<SnapshotList> {
-        if store.read_only() {
-            store.snapshots().reload()?;
-        }
         let snapshots = store
             .snapshots()
             .list()?
@@ -240,9 +237,6 @@ impl StoreAnswer for SnapshotRm {
 
 impl StoreAnswer for SnapshotDiff {
     fn answer(&self, store: &Store) -> Result<SnapshotChanges> {
-        if store.read_only() {
-            store.snapshots().reload()?;
-        }
         let changes = store
             .snapshots()
             .diff(&self.old, self.new.as_deref())?

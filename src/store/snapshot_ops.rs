@@ -2,7 +2,7 @@
 //! remove (freeing what only it held), and diff between two snapshots or a snapshot and
 //! the live tree. The copy-on-write itself lives in `snapshot`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -78,12 +78,6 @@ pub(crate) fn generated_name(t: Time) -> String {
 }
 
 impl SnapshotOps<'_> {
-    /// Read the list again (a read-only open answering for a writer that may have
-    /// changed it since).
-    pub fn reload(&self) -> Result<()> {
-        self.snaps.load(false)
-    }
-
     /// The snapshots' names, oldest first (no scan).
     pub fn list_names(&self) -> Vec<String> {
         self.snaps.list().into_iter().map(|i| i.name).collect()
@@ -143,17 +137,7 @@ impl SnapshotOps<'_> {
     pub fn list(&self) -> Result<Vec<Usage>> {
         let infos = self.snaps.list();
         // Who names each blob: everything else (live, trash, revisions) or snapshots.
-        let mut others: HashSet<Hash> = HashSet::new();
-        for id in self.sweeper.node_ids()? {
-            if let Some(rec) = self.sweeper.record_naming_blobs(id)? {
-                others.extend(self.sweeper.blob_refs(id, &rec));
-            }
-        }
-        for id in self.sweeper.revision_owners() {
-            for (_, r) in self.sweeper.revisions.list(id)? {
-                others.extend(self.sweeper.blob_refs(id, &r));
-            }
-        }
+        let mut others = self.sweeper.node_and_revision_refs()?;
         let mut by_snap: HashMap<String, HashMap<Hash, u64>> = HashMap::new();
         let mut holders: HashMap<Hash, u32> = HashMap::new();
         let mut copies: HashMap<String, u64> = HashMap::new();

@@ -92,6 +92,18 @@ impl Sweeper<'_> {
     /// Every blob referenced by any record: live and trashed nodes, revisions, the
     /// records snapshots keep, and the sealed chunks of open sessions.
     pub fn referenced_blobs(&self) -> Result<HashSet<Hash>> {
+        let mut set = self.node_and_revision_refs()?;
+        // Copies after records, for the same reason: a record is copied into a
+        // snapshot's area before it is replaced.
+        self.snapshot_refs(&mut |_, h| {
+            set.insert(h);
+        })?;
+        set.extend(self.sessions.sealed_blobs());
+        Ok(set)
+    }
+
+    /// Every blob the records of nodes (live and trashed) and their revisions name.
+    pub fn node_and_revision_refs(&self) -> Result<HashSet<Hash>> {
         let mut set = HashSet::new();
         for id in self.node_ids()? {
             if let Some(rec) = self.record_naming_blobs(id)? {
@@ -107,12 +119,6 @@ impl Sweeper<'_> {
                 set.extend(self.blob_refs(id, &r));
             }
         }
-        // Copies after records, for the same reason: a record is copied into a
-        // snapshot's area before it is replaced.
-        self.snapshot_refs(&mut |_, h| {
-            set.insert(h);
-        })?;
-        set.extend(self.sessions.sealed_blobs());
         Ok(set)
     }
 

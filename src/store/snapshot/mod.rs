@@ -248,12 +248,19 @@ impl Snapshots {
             .collect()
     }
 
-    /// In a read-only open, read the list again if the directory changed.
+    /// In a read-only open, read the list again if the directory changed (the writer
+    /// took or removed a snapshot); nothing in the writer, whose list is the truth.
     fn refresh(&self) {
         let mut f = self.follow.lock();
         let Some(seen) = f.as_mut() else { return };
         let now = fs::metadata(self.dir()).and_then(|m| m.modified()).ok();
-        if now != *seen {
+        // A directory's mtime has the clock's coarse grain: a second change within it
+        // leaves the mtime as it was. Read again while the last change is that recent.
+        let recent = now.is_some_and(|t| {
+            t.elapsed()
+                .map_or(true, |e| e < std::time::Duration::from_secs(1))
+        });
+        if now != *seen || recent {
             *seen = now;
             if let Ok(st) = self.read_state(false) {
                 *self.state.write() = st;
@@ -367,6 +374,7 @@ impl Snapshots {
 
     /// The live snapshots, oldest first.
     pub fn list(&self) -> Vec<SnapInfo> {
+        self.refresh();
         self.state
             .read()
             .list
@@ -376,6 +384,7 @@ impl Snapshots {
     }
 
     pub fn get(&self, name: &str) -> Result<SnapInfo> {
+        self.refresh();
         self.state
             .read()
             .list
@@ -388,6 +397,7 @@ impl Snapshots {
     /// The areas a reader of snapshot `name` looks in, in order: its own and every
     /// newer one's.
     pub(crate) fn chain(&self, name: &str) -> Result<(u64, Vec<PathBuf>)> {
+        self.refresh();
         let st = self.state.read();
         let i = st
             .list
