@@ -156,7 +156,7 @@ impl Store {
             opts.cache_bytes
         };
         let blobs = LocalBlobs::new(layout.clone(), cache);
-        replay_fsync_logs(&layout, &blobs, lock.is_some())?;
+        recover_crashed_writer(&layout, &blobs, lock.is_some())?;
         let mut store = Store::assemble(layout, format, blobs, opts.read_only, lock);
         store.snapshots.load(!opts.read_only)?;
         if !opts.read_only {
@@ -450,27 +450,35 @@ impl Drop for Store {
     }
 }
 
-/// Replay the fsync logs a writer left behind (it crashed, or the power failed). A
-/// writer does it under its own lock; any other open does it only if it can take the
-/// lock for a moment (if a writer holds it, that writer has replayed them already).
-fn replay_fsync_logs(layout: &Layout, blobs: &dyn BlobStore, locked: bool) -> Result<()> {
-    let t = fsynclog::Target { layout, blobs };
-    if !fsynclog::pending(layout)? {
+/// Finish what a writer that crashed (or lost power) left: blobs its sweep had moved
+/// aside go back, and its fsync logs are replayed. A writer does it under its own lock;
+/// any other open does it only if it can take the lock for a moment (if a writer holds
+/// it, that writer has done it already).
+fn recover_crashed_writer(layout: &Layout, blobs: &LocalBlobs, locked: bool) -> Result<()> {
+    let logs = fsynclog::pending(layout)?;
+    let aside = blobs.swept_aside()?;
+    if !logs && aside.is_empty() {
         return Ok(());
     }
+    let recover = || -> Result<()> {
+        blobs.put_back(&aside)?;
+        if logs {
+            fsynclog::recover(&fsynclog::Target { layout, blobs })?;
+        }
+        Ok(())
+    };
     if locked {
-        fsynclog::recover(&t)?;
-        return Ok(());
+        return recover();
     }
     match StoreLock::acquire(layout) {
         Ok(l) => {
-            fsynclog::recover(&t)?;
+            recover()?;
             drop(l);
             Ok(())
         }
         Err(Error::StoreLocked { .. }) => Ok(()),
         Err(e) => {
-            log::warn!("fsync log left by a crashed writer cannot be replayed now: {e}");
+            log::warn!("what a crashed writer left cannot be finished now: {e}");
             Ok(())
         }
     }
@@ -592,6 +600,37 @@ mod tests {
             ro.records.update(ro.root(), |_| Ok(())),
             Err(Error::ReadOnly)
         ));
+    }
+
+    /// A writer killed while its sweep had a blob moved aside (it may have been a blob
+    /// a writer had just reused, so a file names it) finds it back at the next open,
+    /// read-only ones included; one whose blob is back in place already is removed.
+    #[test]
+    fn the_next_open_puts_back_what_a_killed_sweep_moved_aside() {
+        for read_only in [false, true] {
+            let (d, s) = scratch();
+            let id = new_file(&s, "f");
+            s.data().write(id, 0, &[5u8; 70_000]).unwrap();
+            let hs = content::record_hashes(&s.records.read(id).unwrap());
+            // As sweeps of a process that no longer runs (no pid is i32::MAX).
+            let sessions = s.layout.sessions();
+            let aside = |i: usize, h: &node::Hash| {
+                sessions.join(format!("doomed.{}.{i}.{}.tmp", i32::MAX, node::hash_hex(h)))
+            };
+            fs::rename(s.local.path_of(&hs[0]), aside(1, &hs[0])).unwrap();
+            fs::copy(s.local.path_of(&hs[1]), aside(2, &hs[1])).unwrap();
+            drop(s);
+            let s = Store::open(
+                &d.path().join("store"),
+                OpenOptions {
+                    read_only,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert!(!aside(1, &hs[0]).exists() && !aside(2, &hs[1]).exists());
+            assert_eq!(s.data().read(id, 0, 100_000).unwrap(), vec![5u8; 70_000]);
+        }
     }
 
     #[test]

@@ -294,6 +294,46 @@ impl LocalBlobs {
         len
     }
 
+    /// The blobs a sweep of a process that is gone moved aside and left there
+    /// (`sessions/doomed.<pid>.<seq>.<hash>.tmp`): it died between moving one aside and
+    /// freeing it or moving it back.
+    pub fn swept_aside(&self) -> Result<Vec<(PathBuf, Hash)>> {
+        let dir = self.layout.sessions();
+        let entries = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            r => r.ctx(|| format!("read {}", dir.display()))?,
+        };
+        let mut left = vec![];
+        for e in entries {
+            let e = e.ctx(|| format!("read {}", dir.display()))?;
+            let Some((pid, hash)) = parse_doomed(&e.file_name().to_string_lossy()) else {
+                continue;
+            };
+            if pid != std::process::id() as i32 && crate::store::lock::process_gone(pid) {
+                left.push((e.path(), hash));
+            }
+        }
+        Ok(left)
+    }
+
+    /// Put back what [`Self::swept_aside`] found: whether that sweep was freeing a blob
+    /// or keeping it for a writer that had just reused it is unknown, and a later sweep
+    /// frees it if nothing names it. One already back in place is removed.
+    pub fn put_back(&self, aside: &[(PathBuf, Hash)]) -> Result<()> {
+        for (from, hash) in aside {
+            let to = self.path_of(hash);
+            if to.exists() {
+                fs::remove_file(from).ctx(|| format!("remove {}", from.display()))?;
+                continue;
+            }
+            if let Some(shard) = to.parent() {
+                fs::create_dir_all(shard).ctx(|| format!("create {}", shard.display()))?;
+            }
+            fs::rename(from, &to).ctx(|| format!("move back {}", to.display()))?;
+        }
+        Ok(())
+    }
+
     /// Delete the pooled files (a clean close leaves no staging behind).
     pub fn drain_pool(&self) {
         self.pool_closed.store(true, Ordering::SeqCst);
@@ -793,6 +833,16 @@ impl BlobStore for LocalBlobs {
         self.now_durable(synced);
         Ok(())
     }
+}
+
+/// The pid and hash in `doomed.<pid>.<seq>.<hash>.tmp`, the name a sweep gives a blob
+/// it moved aside (`delete`).
+pub fn parse_doomed(name: &str) -> Option<(i32, Hash)> {
+    let rest = name.strip_prefix("doomed.")?.strip_suffix(".tmp")?;
+    let mut parts = rest.split('.');
+    let pid = parts.next()?.parse::<i32>().ok()?;
+    let hash = parts.nth(1).and_then(parse_hash)?;
+    Some((pid, hash))
 }
 
 /// Start writing a file's dirty pages to the device, without waiting. Advisory: a

@@ -13,8 +13,8 @@ mod local;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use local::LocalBlobs;
 pub(crate) use local::PREMADE_BATCH;
+pub use local::{parse_doomed, LocalBlobs};
 
 use super::error::Result;
 use super::node::Hash;

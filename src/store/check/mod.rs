@@ -329,7 +329,7 @@ pub fn open(path: &Path, read_only: bool) -> Result<Store> {
         Some(StoreLock::acquire(&layout)?)
     };
     let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
-    super::replay_fsync_logs(&layout, &blobs, lock.is_some())?;
+    super::recover_crashed_writer(&layout, &blobs, lock.is_some())?;
     let store = Store::assemble(layout, format, blobs, read_only, lock);
     store.snapshots.load(!read_only)?;
     if !read_only {

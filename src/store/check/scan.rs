@@ -2,7 +2,6 @@
 //! the disk (no cache), and which blobs the records need.
 
 use super::*;
-use crate::store::node::parse_hash;
 
 /// What the scan knows about one node file.
 pub(super) struct NodeInfo {
@@ -427,14 +426,11 @@ impl Checker<'_> {
                 {
                     s.stale_staging.push(e.path());
                 }
-            } else if let Some(rest) = name.strip_prefix("doomed.") {
-                // doomed.<pid>.<seq>.<hash>.tmp: a blob a sweep moved aside. If that
-                // sweep died, whether it was to be freed or kept is unknown: kept is
-                // safe (gc frees it later if nothing names it).
-                let mut parts = rest.split('.');
-                let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
-                let hash = parts.nth(1).and_then(parse_hash);
-                let (Some(pid), Some(hash)) = (pid, hash) else {
+            } else if name.starts_with("doomed.") {
+                // A blob a sweep moved aside. If that sweep died, whether it was to be
+                // freed or kept is unknown: kept is safe (gc frees it later if nothing
+                // names it). A read-write open puts these back itself.
+                let Some((pid, hash)) = crate::store::blobs::parse_doomed(&name) else {
                     continue;
                 };
                 if pid == std::process::id() as i32 || pid_alive(pid) {
