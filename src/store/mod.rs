@@ -41,6 +41,7 @@ pub mod names;
 pub mod node;
 pub mod pins;
 pub mod records;
+pub mod refs;
 pub mod revisions;
 pub mod snapshot;
 pub mod snapshot_ops;
@@ -91,7 +92,9 @@ pub struct Store {
     /// Earlier records of files (invariant 6).
     pub revisions: content::Revisions,
     /// Files' chunk lists, manifest blobs' cached.
-    pub(crate) chunk_lists: content::ChunkLists,
+    pub(crate) chunk_lists: Arc<content::ChunkLists>,
+    /// Blob reference counts (a writer's; see `refs`).
+    pub(crate) refs: Arc<refs::Refs>,
     /// Retention in force (the format's defaults, possibly overridden at mount).
     policy: Mutex<layout::Policy>,
     /// Open nodes: never purged while open.
@@ -134,7 +137,9 @@ impl Store {
         let rec = NodeRecord::new(Kind::Dir, 0o755, uid, gid, 1);
         let p = store.layout.node_path(format.root);
         fs::create_dir_all(&p).ctx(|| format!("create {}", p.display()))?;
-        store.records.write(format.root, &rec, true)?;
+        store
+            .records
+            .write(format.root, &rec, true, records::Old::Fresh)?;
         layout::sync_dir(p.parent().unwrap())?;
         store.layout.write_format(&format)?;
         Ok(format)
@@ -156,8 +161,11 @@ impl Store {
             opts.cache_bytes
         };
         let blobs = LocalBlobs::new(layout.clone(), cache);
-        recover_crashed_writer(&layout, &blobs, lock.is_some())?;
+        let replayed = recover_crashed_writer(&layout, &blobs, lock.is_some())?;
         let mut store = Store::assemble(layout, format, blobs, opts.read_only, lock);
+        if !opts.read_only {
+            store.refs.open(&store.sweeper(), replayed)?;
+        }
         store.snapshots.load(!opts.read_only)?;
         if !opts.read_only {
             // A receive a crash interrupted happens whole before anything else.
@@ -192,18 +200,30 @@ impl Store {
         let spares = spare::Spares::new(layout.clone(), local.clone());
         let blobs: Arc<dyn BlobStore> = local.clone();
         let fence = Arc::new(Fence::new(read_only, lock));
-        let snapshots = Arc::new(snapshot::Snapshots::new(layout.clone(), blobs.clone()));
+        let chunk_lists = Arc::new(content::ChunkLists::new(blobs.clone()));
+        let refs = Arc::new(refs::Refs::new(
+            layout.clone(),
+            chunk_lists.clone(),
+            blobs.clone(),
+        ));
+        let snapshots = Arc::new(snapshot::Snapshots::new(
+            layout.clone(),
+            blobs.clone(),
+            refs.clone(),
+        ));
         Store {
             records: Records::new(
                 layout.clone(),
                 blobs.clone(),
                 fence.clone(),
                 snapshots.clone(),
+                refs.clone(),
             ),
             snapshots,
             debts: dirsync::DirDebts::new(layout.clone(), local.clone()),
-            revisions: content::Revisions::new(layout.clone(), blobs.clone()),
-            chunk_lists: content::ChunkLists::new(blobs.clone()),
+            revisions: content::Revisions::new(layout.clone(), blobs.clone(), refs.clone()),
+            chunk_lists,
+            refs,
             layout,
             format,
             blobs,
@@ -311,6 +331,7 @@ impl Store {
             chunk_lists: &self.chunk_lists,
             sweep_queue: &self.sweep_queue,
             policy: &self.policy,
+            refs: &self.refs,
         }
     }
 
@@ -333,6 +354,7 @@ impl Store {
             names: self.names(),
             blobs: &*self.blobs,
             chunk_lists: &self.chunk_lists,
+            revisions: &self.revisions,
             fence: &self.fence,
             store_id: self.format.store_id.to_string(),
             root: self.format.root,
@@ -427,10 +449,15 @@ impl Store {
         }
         self.local.drain_pool();
         self.spares.close();
-        match &self.fsync_log {
+        let res = match &self.fsync_log {
             Some(l) => l.close(&|| self.local.sync_filesystem()),
             None => Ok(()),
+        };
+        // The counts are marked clean only over a store whose files are durable.
+        if res.is_ok() && self.refs.counting() && self.local.sync_filesystem().is_ok() {
+            self.refs.close();
         }
+        res
     }
 
     /// Free and total space of the disk under the store.
@@ -453,33 +480,38 @@ impl Drop for Store {
 /// Finish what a writer that crashed (or lost power) left: blobs its sweep had moved
 /// aside go back, and its fsync logs are replayed. A writer does it under its own lock;
 /// any other open does it only if it can take the lock for a moment (if a writer holds
-/// it, that writer has done it already).
-fn recover_crashed_writer(layout: &Layout, blobs: &LocalBlobs, locked: bool) -> Result<()> {
+/// it, that writer has done it already). Returns whether the replay changed records
+/// (not counted in the blob references, which are then counted afresh).
+fn recover_crashed_writer(layout: &Layout, blobs: &LocalBlobs, locked: bool) -> Result<bool> {
     let logs = fsynclog::pending(layout)?;
     let aside = blobs.swept_aside()?;
     if !logs && aside.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    let recover = || -> Result<()> {
+    let recover = || -> Result<bool> {
         blobs.put_back(&aside)?;
         if logs {
-            fsynclog::recover(&fsynclog::Target { layout, blobs })?;
+            return Ok(fsynclog::recover(&fsynclog::Target { layout, blobs })? > 0);
         }
-        Ok(())
+        Ok(false)
     };
     if locked {
         return recover();
     }
     match StoreLock::acquire(layout) {
         Ok(l) => {
-            recover()?;
+            let replayed = recover()?;
+            if replayed {
+                // Whoever opens for writing next counts afresh.
+                refs::mark_stale(layout, "an fsync log was replayed by a read-only open");
+            }
             drop(l);
-            Ok(())
+            Ok(false)
         }
-        Err(Error::StoreLocked { .. }) => Ok(()),
+        Err(Error::StoreLocked { .. }) => Ok(false),
         Err(e) => {
             log::warn!("what a crashed writer left cannot be finished now: {e}");
-            Ok(())
+            Ok(false)
         }
     }
 }

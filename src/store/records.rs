@@ -16,9 +16,10 @@ use super::error::{Error, IoContext, Result};
 use super::layout::Layout;
 use super::lock::Fence;
 use super::node::{
-    decode_body, encode_body, frame, unframe, NodeId, NodeRecord, Stored, Time,
+    decode_body, encode_body, frame, unframe, Content, Hash, NodeId, NodeRecord, Stored, Time,
     INLINE_RECORD_LIMIT, RECORD_XATTR,
 };
+use super::refs::Refs;
 use super::snapshot::{Lens, Snapshots};
 
 const STRIPES: usize = 64;
@@ -70,6 +71,19 @@ pub struct Records {
     snaps: Arc<Snapshots>,
     /// Opened at a snapshot (read only): its generation and the areas to read through.
     at: Option<u64>,
+    /// Blob reference counts: every record write that changes what it names is counted.
+    refs: Arc<Refs>,
+}
+
+/// What a record write replaces, for counting the blobs it named.
+#[derive(Clone, Copy)]
+pub(crate) enum Old<'a> {
+    /// The record as read under the node's stripe lock.
+    Known(&'a NodeRecord),
+    /// Unknown: read from disk (a repair, a receive).
+    OnDisk,
+    /// A node file made a moment ago, with no record yet.
+    Fresh,
 }
 
 impl Records {
@@ -78,12 +92,14 @@ impl Records {
         blobs: Arc<dyn BlobStore>,
         fence: Arc<Fence>,
         snaps: Arc<Snapshots>,
+        refs: Arc<Refs>,
     ) -> Records {
         Records {
             layout,
             blobs,
             fence,
             snaps,
+            refs,
             at: None,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             cache_on: AtomicBool::new(false),
@@ -144,6 +160,31 @@ impl Records {
             g.map.remove(&id);
         }
         self.deferred.lock().remove(&id);
+    }
+
+    /// Delete the file of node `id` (its record with it), counting the blobs the record
+    /// named as released. A node already gone is not an error.
+    pub(crate) fn remove_node(&self, id: NodeId, dir: bool) -> Result<()> {
+        let path = self.layout.node_path(id);
+        let old = if self.refs.counting() {
+            self.old_refs(id, Old::OnDisk)
+        } else {
+            Some(vec![])
+        };
+        let res = self.refs.change(&path, old, Some(vec![]), || {
+            match if dir {
+                fs::remove_dir(&path)
+            } else {
+                fs::remove_file(&path)
+            } {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io(format!("remove node {id}"), e))
+                }
+                _ => Ok(()),
+            }
+        });
+        self.forget(id);
+        res
     }
 
     /// Bring the records of `ids` into the cache, several reads in flight at once (a
@@ -236,8 +277,8 @@ impl Records {
         }
     }
 
-    /// A record framed as its xattr value. Large records go to a blob first.
-    fn encode_value(&self, rec: &NodeRecord, durable: bool) -> Result<Vec<u8>> {
+    /// A record framed as its xattr value, and the blob a large record went to first.
+    fn encode_value(&self, rec: &NodeRecord, durable: bool) -> Result<(Vec<u8>, Option<Hash>)> {
         let body = encode_body(rec);
         Ok(if body.len() > INLINE_RECORD_LIMIT {
             let h = self.blobs.put(&body, durable)?;
@@ -245,18 +286,46 @@ impl Records {
                 // Invariant 1 across a power cut (see `BlobStore::settle`).
                 self.blobs.settle(&[h])?;
             }
-            frame(true, &h, rec.has_gens())
+            (frame(true, &h, rec.has_gens()), Some(h))
         } else {
-            frame(false, &body, rec.has_gens())
+            (frame(false, &body, rec.has_gens()), None)
         })
+    }
+
+    /// The blobs the stored record of `id`, `old`, names (None: unknown).
+    fn old_refs(&self, id: NodeId, old: Old<'_>) -> Option<Vec<Hash>> {
+        match old {
+            Old::Fresh => Some(vec![]),
+            Old::OnDisk => match self.value(id) {
+                Ok(v) => self.refs.of_value(id, &v),
+                Err(Error::NotFound) => Some(vec![]),
+                Err(_) => None,
+            },
+            Old::Known(o) => {
+                // Stored in a blob if large; the record read may carry deferred times
+                // the disk lacks, so near the limit the disk says which blob.
+                let spill = if encode_body(o).len() + 256 > INLINE_RECORD_LIMIT {
+                    match self.value(id).map(|v| unframe(id, &v)) {
+                        Ok(Ok(Stored::InBlob(h))) => Some(h),
+                        Ok(Ok(Stored::Inline(_))) => None,
+                        _ => return None,
+                    }
+                } else {
+                    None
+                };
+                self.refs.of_record(o, spill)
+            }
+        }
     }
 
     /// Before the record `old` of `id` is replaced: keep it for the snapshots that hold
     /// it, and return the generation the new record is written in.
     fn preserve(&self, id: NodeId, old: Option<&NodeRecord>) -> Result<u64> {
         if let Some(old) = old {
-            self.snaps
-                .preserve_record(id, old, || self.encode_value(old, false))?;
+            self.snaps.preserve_record(id, old, || {
+                let (value, spill) = self.encode_value(old, false)?;
+                Ok((value, self.refs.of_record(old, spill)))
+            })?;
         }
         Ok(self.snaps.current())
     }
@@ -271,23 +340,59 @@ impl Records {
     }
 
     /// Write the record of a node no snapshot holds yet (a new node, a repair): stamped
-    /// with the current generation.
-    pub(crate) fn write(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
+    /// with the current generation. `old` is what it replaces.
+    pub(crate) fn write(
+        &self,
+        id: NodeId,
+        rec: &NodeRecord,
+        durable: bool,
+        old: Old<'_>,
+    ) -> Result<()> {
         let _op = self.snaps.op();
         let cur = self.snaps.current();
         if rec.gen == cur {
-            return self.write_stamped(id, rec, durable);
+            return self.write_stamped(id, rec, durable, old);
         }
         let mut r = rec.clone();
         r.gen = cur;
-        self.write_stamped(id, &r, durable)
+        self.write_stamped(id, &r, durable, old)
     }
 
     /// Replace a node's record with one setxattr, as it is (generation included).
-    fn write_stamped(&self, id: NodeId, rec: &NodeRecord, durable: bool) -> Result<()> {
-        let value = self.encode_value(rec, durable)?;
+    fn write_stamped(
+        &self,
+        id: NodeId,
+        rec: &NodeRecord,
+        durable: bool,
+        old: Old<'_>,
+    ) -> Result<()> {
+        let (value, spill) = self.encode_value(rec, durable)?;
         let path = self.layout.node_path(id);
-        let res = xattr::set(&path, RECORD_XATTR, &value);
+        let set = || {
+            xattr::set(&path, RECORD_XATTR, &value).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::NotFound
+                } else {
+                    Error::io(format!("write record of {id}"), e)
+                }
+            })
+        };
+        // Most writes name what the record named (times, modes, names): nothing to count.
+        let same = match old {
+            Old::Known(o) => {
+                spill.is_none()
+                    && o.content == rec.content
+                    && encode_body(o).len() + 256 <= INLINE_RECORD_LIMIT
+            }
+            Old::Fresh => spill.is_none() && !names_blobs(&rec.content),
+            Old::OnDisk => false,
+        };
+        let res = if same || !self.refs.counting() {
+            set()
+        } else {
+            let new = self.refs.of_record(rec, spill);
+            self.refs.change(&path, self.old_refs(id, old), new, set)
+        };
         if let Some(sh) = self.cache_shard(id) {
             let mut g = sh.lock();
             g.writes += 1;
@@ -298,13 +403,7 @@ impl Records {
                 }
             }
         }
-        res.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound
-            } else {
-                Error::io(format!("write record of {id}"), e)
-            }
-        })?;
+        res?;
         // Whatever was deferred for it is in what was just written (it was read under
         // the same stripe lock), or was replaced by it.
         self.deferred.lock().remove(&id);
@@ -327,12 +426,15 @@ impl Records {
         let _g = self.stripe(id).lock();
         let mut rec = self.read(id)?;
         super::fault::update_point(&rec);
-        // A copy of what a snapshot holds; none (and no clone) without snapshots.
-        let old = self.snaps.holds(rec.gen).then(|| rec.clone());
+        // What it was, for a snapshot that holds it and for counting the blobs it
+        // named; none (and no clone) when neither needs it.
+        let before = (self.snaps.holds(rec.gen) || self.refs.counting()).then(|| rec.clone());
         f(&mut rec)?;
-        rec.gen = self.preserve(id, old.as_ref())?;
+        let held = before.as_ref().filter(|b| self.snaps.holds(b.gen));
+        rec.gen = self.preserve(id, held)?;
         rec.version += 1;
-        self.write_stamped(id, &rec, false)?;
+        let old = before.as_ref().map_or(Old::OnDisk, Old::Known);
+        self.write_stamped(id, &rec, false, old)?;
         Ok(rec)
     }
 
@@ -347,7 +449,7 @@ impl Records {
         }
         rec.gen = self.preserve(id, Some(&cur))?;
         rec.version = expected + 1;
-        self.write_stamped(id, &rec, false)?;
+        self.write_stamped(id, &rec, false, Old::Known(&cur))?;
         Ok(rec)
     }
 
@@ -407,7 +509,7 @@ impl Records {
             self.deferred.lock().clear();
             return Err(e);
         }
-        match self.write_stamped(id, &rec, false) {
+        match self.write_stamped(id, &rec, false, Old::Known(&rec)) {
             Err(Error::NotFound) => {
                 self.deferred.lock().remove(&id);
                 Ok(())
@@ -427,6 +529,15 @@ impl Records {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Does content stored this way name blobs?
+fn names_blobs(c: &Content) -> bool {
+    match c {
+        Content::Empty | Content::Inline(_) => false,
+        Content::Chunks(v) => !v.is_empty(),
+        Content::Manifest(_) => true,
     }
 }
 

@@ -7,17 +7,23 @@ use std::sync::Arc;
 use super::blobs::BlobStore;
 use super::error::{Error, IoContext, Result};
 use super::layout::Layout;
-use super::node::{encode_body, frame, Content, NodeId, NodeRecord, Time};
+use super::node::{encode_body, frame, Content, Hash, NodeId, NodeRecord, Time};
+use super::refs::Refs;
 
 /// The revisions of every node: files of whole earlier records, named by their time.
 pub struct Revisions {
     layout: Layout,
     blobs: Arc<dyn BlobStore>,
+    refs: Arc<Refs>,
 }
 
 impl Revisions {
-    pub(crate) fn new(layout: Layout, blobs: Arc<dyn BlobStore>) -> Revisions {
-        Revisions { layout, blobs }
+    pub(crate) fn new(layout: Layout, blobs: Arc<dyn BlobStore>, refs: Arc<Refs>) -> Revisions {
+        Revisions {
+            layout,
+            blobs,
+            refs,
+        }
     }
 
     /// Keep the record from before a session as a revision (only if it had content).
@@ -38,8 +44,49 @@ impl Revisions {
             .join(format!("rev.{}.{id}.{nanos}.tmp", std::process::id()));
         fs::write(&tmp, frame(false, &encode_body(base), base.has_gens()))
             .ctx(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
+        let new = self.refs.of_record(base, None);
+        self.refs.change(&path, Some(vec![]), new, || {
+            fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))
+        })?;
         Ok(true)
+    }
+
+    /// Drop one revision, `rec` as read from `path`; returns the blobs it named.
+    pub(crate) fn remove(&self, path: &std::path::Path, rec: &NodeRecord) -> Result<Vec<Hash>> {
+        let refs = self.refs.of_record(rec, None);
+        self.refs.change(path, refs.clone(), Some(vec![]), || {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io(format!("remove {}", path.display()), e))
+                }
+                _ => Ok(()),
+            }
+        })?;
+        Ok(refs.unwrap_or_default())
+    }
+
+    /// Drop every revision of `id` (its node is gone).
+    pub(crate) fn remove_all(&self, id: NodeId) -> Result<()> {
+        let dir = self.layout.revisions_of(id);
+        let old = if self.refs.counting() {
+            let mut all = Some(Vec::new());
+            for (_, r) in self.list(id)? {
+                match (&mut all, self.refs.of_record(&r, None)) {
+                    (Some(a), Some(v)) => a.extend(v),
+                    _ => all = None,
+                }
+            }
+            all
+        } else {
+            Some(vec![])
+        };
+        self.refs
+            .change(&dir, old, Some(vec![]), || match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io(format!("remove {}", dir.display()), e))
+                }
+                _ => Ok(()),
+            })
     }
 
     /// Revisions of a node, oldest first: (unix-nanos, record).

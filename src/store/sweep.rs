@@ -20,6 +20,7 @@ use super::layout::{Layout, Policy};
 use super::node::Time;
 use super::node::{unframe, Content, Hash, NodeId, NodeRecord, Stored, RECORD_XATTR};
 use super::records::Records;
+use super::refs::{self, Holders, Refs};
 use super::revisions::Revisions;
 
 /// What open write sessions hold that no record names yet: the blobs they sealed. A
@@ -58,6 +59,7 @@ pub struct Sweeper<'a> {
     pub(super) chunk_lists: &'a ChunkLists,
     pub(super) sweep_queue: &'a SweepQueue,
     pub(super) policy: &'a Mutex<Policy>,
+    pub(super) refs: &'a Refs,
 }
 
 impl Sweeper<'_> {
@@ -193,11 +195,20 @@ impl Sweeper<'_> {
         if candidates.is_empty() {
             return Ok(0);
         }
-        let referenced = self.referenced_blobs()?;
+        // By the counts when they are kept (a blob named by none of the holders, and
+        // not by a session's sealed chunks), else by a scan of every holder.
+        let by_counts = self.refs.counting();
+        let referenced = if by_counts {
+            self.sessions.sealed_blobs().into_iter().collect()
+        } else {
+            self.referenced_blobs()?
+        };
         let (n, mut kept_ref, mut kept_touched) = (candidates.len(), 0, 0);
         let mut freed = 0;
         for h in candidates {
-            if referenced.contains(&h) {
+            let named = referenced.contains(&h)
+                || (by_counts && self.refs.count(&h).is_none_or(|c| c != 0));
+            if named {
                 kept_ref += 1;
                 continue;
             }
@@ -213,10 +224,15 @@ impl Sweeper<'_> {
         Ok(freed)
     }
 
-    /// Run the queued sweep; returns bytes freed.
+    /// Run the queued sweep (and the blobs whose count reached zero); returns bytes
+    /// freed. The counts are checkpointed first.
     pub fn run_pending_sweep(&self) -> Result<u64> {
+        if let Err(e) = self.refs.checkpoint() {
+            log::warn!("blob reference counts: {e}");
+        }
         let since = SystemTime::now();
-        let pending = self.sweep_queue.take();
+        let mut pending = self.sweep_queue.take();
+        pending.extend(self.refs.take_zeroed());
         self.sweep(pending, since)
     }
 
@@ -239,10 +255,12 @@ impl Sweeper<'_> {
         for (i, stamp) in stamps.iter().enumerate() {
             if i < keep_from || now - stamp > max_age {
                 let path = dir.join(stamp.to_string());
-                if let Some(r) = self.revisions.read(id, *stamp, &path)? {
-                    blobs.extend(self.blob_refs(id, &r));
+                match self.revisions.read(id, *stamp, &path)? {
+                    Some(r) => blobs.extend(self.revisions.remove(&path, &r)?),
+                    None => {
+                        let _ = fs::remove_file(path);
+                    }
                 }
-                let _ = fs::remove_file(path);
                 dropped += 1;
             }
         }
@@ -250,5 +268,140 @@ impl Sweeper<'_> {
             let _ = fs::remove_dir(&dir);
         }
         Ok((dropped, blobs))
+    }
+}
+
+/// What holders name, read from the files themselves: for the counts' recovery and
+/// full scan, and for fsck's comparison.
+impl Holders for Sweeper<'_> {
+    fn names(&self, path: &std::path::Path) -> Result<Vec<Hash>> {
+        let lists = self.refs.chunk_lists();
+        let md = match fs::symlink_metadata(path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        };
+        let id_of = |p: &std::path::Path| p.file_name().and_then(NodeId::from_name);
+        if path.starts_with(self.layout.revisions()) {
+            // One revision, or a node's directory of them.
+            let files: Vec<std::path::PathBuf> = if md.is_dir() {
+                fs::read_dir(path)
+                    .ctx(|| format!("read {}", path.display()))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect()
+            } else {
+                vec![path.to_path_buf()]
+            };
+            let owner = if md.is_dir() {
+                path
+            } else {
+                path.parent().unwrap_or(path)
+            };
+            let id = id_of(owner).ok_or_else(|| Error::Integrity {
+                what: path.display().to_string(),
+                detail: "not a revision".into(),
+            })?;
+            let mut out = Vec::new();
+            for f in files {
+                let raw = fs::read(&f).ctx(|| format!("read {}", f.display()))?;
+                if !raw.is_empty() {
+                    out.extend(refs::value_refs(lists, self.blobs, id, &raw)?);
+                }
+            }
+            out.sort_unstable();
+            return Ok(out);
+        }
+        if path.starts_with(self.layout.snapshots()) && md.is_dir() {
+            // An area (being removed): what its copies hold.
+            let mut out = Vec::new();
+            for shard in fs::read_dir(path.join("records"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for c in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                    out.extend(self.names(&c.path())?);
+                }
+            }
+            out.sort_unstable();
+            return Ok(out);
+        }
+        // A node's record, or a snapshot's copy of one.
+        let id = id_of(path).ok_or_else(|| Error::Integrity {
+            what: path.display().to_string(),
+            detail: "not a record holder".into(),
+        })?;
+        match xattr::get(path, RECORD_XATTR) {
+            Ok(Some(v)) => refs::value_refs(lists, self.blobs, id, &v),
+            Ok(None) => Ok(vec![]),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+        }
+    }
+
+    fn each(&self, f: &mut dyn FnMut(&[Hash]), complete: &mut bool) -> Result<()> {
+        let lists = self.refs.chunk_lists();
+        // What a holder names as far as it can be read: all of it, or (its manifest
+        // unreadable) the blobs its record names directly.
+        let mut count =
+            |id: NodeId, value: &[u8], f: &mut dyn FnMut(&[Hash])| match refs::value_refs(
+                lists, self.blobs, id, value,
+            ) {
+                Ok(v) => f(&v),
+                Err(_) => {
+                    *complete = false;
+                    let direct = match unframe(id, value) {
+                        Ok(Stored::Inline(r)) => match &r.content {
+                            Content::Manifest(h) => vec![*h],
+                            _ => refs::content_refs(lists, &r.content).unwrap_or_default(),
+                        },
+                        Ok(Stored::InBlob(h)) => vec![h],
+                        Err(_) => vec![],
+                    };
+                    f(&refs::normal(direct));
+                }
+            };
+        for id in self.node_ids()? {
+            match xattr::get(self.layout.node_path(id), RECORD_XATTR) {
+                Ok(Some(v)) => count(id, &v, f),
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("read record of {id}"), e)),
+            }
+        }
+        for id in self.revision_owners() {
+            let (dir, stamps) = self.revisions.stamps(id)?;
+            for stamp in stamps {
+                let p = dir.join(stamp.to_string());
+                match fs::read(&p) {
+                    Ok(raw) if !raw.is_empty() => count(id, &raw, f),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(format!("read {}", p.display()), e)),
+                }
+            }
+        }
+        let mut err = None;
+        self.records
+            .snapshots()
+            .for_each_copy(
+                &mut |_, _, rec, spill| match refs::record_refs(lists, rec, spill) {
+                    Ok(v) => f(&v),
+                    Err(e) => {
+                        *complete = false;
+                        err.get_or_insert(e);
+                        let mut v: Vec<Hash> = spill.into_iter().collect();
+                        if let Content::Manifest(h) = &rec.content {
+                            v.push(*h);
+                        }
+                        f(&refs::normal(v));
+                    }
+                },
+            )?;
+        if let Some(e) = err {
+            log::warn!("a snapshot's copy names blobs that cannot be listed: {e}");
+        }
+        Ok(())
     }
 }

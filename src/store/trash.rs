@@ -676,17 +676,13 @@ impl Trash<'_> {
         for (_, r) in &revs {
             candidates.extend(self.sweeper.blob_refs(id, r));
         }
-        let p = self.layout.node_path(id);
-        let gone = if rec.kind == Kind::Dir {
-            fs::remove_dir(&p)
-        } else {
-            fs::remove_file(&p)
-        };
-        if let Err(err) = gone {
+        if let Err(err) = self.records.remove_node(id, rec.kind == Kind::Dir) {
             log::warn!("purge {id}: {err}");
             return Ok(None);
         }
-        let _ = fs::remove_dir_all(self.layout.revisions_of(id));
+        if let Err(err) = self.revisions.remove_all(id) {
+            log::warn!("purge {id}: revisions: {err}");
+        }
         Ok(Some(revs.len() as u64))
     }
 

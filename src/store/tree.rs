@@ -38,7 +38,7 @@ use super::lock::Fence;
 use super::names::{validate_name, Names};
 use super::node::ino_of;
 use super::node::{Kind, NodeId, NodeRecord, Time, TrashOrigin};
-use super::records::Records;
+use super::records::{Old, Records};
 use super::spare::Spares;
 use super::trash::{PreTrash, Trash};
 
@@ -187,7 +187,7 @@ impl Tree<'_> {
             make(&npath).ctx(|| format!("create node {id}"))?;
             new_shard = true;
         }
-        if let Err(e) = self.records.write(id, &rec, false) {
+        if let Err(e) = self.records.write(id, &rec, false, Old::Fresh) {
             self.remove_node_files(id, new.kind);
             if let Some(sp) = &spare {
                 sp.discard();
@@ -243,13 +243,7 @@ impl Tree<'_> {
     }
 
     fn remove_node_files(&self, id: NodeId, kind: Kind) {
-        let p = self.layout.node_path(id);
-        let _ = if kind == Kind::Dir {
-            fs::remove_dir(&p)
-        } else {
-            fs::remove_file(&p)
-        };
-        self.records.forget(id);
+        let _ = self.records.remove_node(id, kind == Kind::Dir);
     }
 
     /// Update a directory's mtime/ctime and adjust its link count.

@@ -25,6 +25,7 @@ impl Checker<'_> {
         };
         let mut problems = std::mem::take(&mut s.problems);
         problems.extend(self.snapshot_problems());
+        problems.extend(self.refcount_problems()?);
         let path_of = |s: &Scan, id: NodeId| s.paths.get(&id).cloned().unwrap_or(id.to_string());
         for l in s.entries.values() {
             rep.entries += l.len() as u64;
@@ -287,6 +288,20 @@ impl Checker<'_> {
 
         if repair {
             self.apply_repairs(&mut problems, &s);
+            // Repairs change holders behind the counts (and a mismatch is repaired so).
+            if self.s.refs.counting() && problems.iter().any(|p| !matches!(p.action, Action::None))
+            {
+                let recount = self.s.refs.recount(&self.s.sweeper());
+                for p in problems
+                    .iter_mut()
+                    .filter(|p| matches!(p.action, Action::Recount))
+                {
+                    p.repaired = recount.is_ok();
+                }
+                if let Err(e) = recount {
+                    log::warn!("blob reference counts not recounted: {e}");
+                }
+            }
             for p in &s.stale_staging {
                 // Spares are made in staging directories (see `spare`).
                 let gone = if p.is_dir() {
@@ -387,7 +402,7 @@ impl Checker<'_> {
     /// first, then link counts and hints, then orphans (which may create lost+found).
     pub(super) fn apply_repairs(&self, problems: &mut [Problem], s: &Scan) {
         let rank = |a: &Action| match a {
-            Action::None => 9,
+            Action::None | Action::Recount => 9,
             Action::RemovePath(_) | Action::RemoveNode(..) | Action::MoveBack { .. } => 0,
             Action::FreshRecord { .. } | Action::RollBack(_) => 1,
             Action::SetNlink(..) | Action::SetHints(..) => 2,
@@ -400,7 +415,7 @@ impl Checker<'_> {
         for i in order {
             let action = problems[i].action.clone();
             let res: Result<()> = match action {
-                Action::None => continue,
+                Action::None | Action::Recount => continue,
                 Action::RemovePath(p) => remove_any(&p).ctx(|| format!("remove {}", p.display())),
                 Action::MoveBack { from, to } => {
                     let dir = to.parent().expect("blob paths have a parent");
@@ -575,7 +590,55 @@ impl Checker<'_> {
         // Versions only need to increase from here on; a fresh record starts high so a
         // stale reader's CAS cannot match it.
         rec.version = 1 << 32;
-        self.s.records.write(id, &rec, true)
+        self.s
+            .records
+            .write(id, &rec, true, crate::store::records::Old::OnDisk)
+    }
+
+    /// The blob reference counts against a full scan of every holder (only where the
+    /// counts are open: a read-write fsck). A scan that could not list every holder's
+    /// blobs (a lost manifest, repaired by a roll-back) compares nothing.
+    fn refcount_problems(&self) -> Result<Vec<Problem>> {
+        use crate::store::refs::Holders;
+        let Some(have) = self.s.refs.all() else {
+            return Ok(vec![]);
+        };
+        let mut want: HashMap<Hash, i64> = HashMap::new();
+        let mut complete = true;
+        self.s.sweeper().each(
+            &mut |hs| {
+                for h in hs {
+                    *want.entry(*h).or_default() += 1;
+                }
+            },
+            &mut complete,
+        )?;
+        if !complete {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        let mut keys: Vec<&Hash> = want.keys().chain(have.keys()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for h in keys {
+            let (w, c) = (
+                want.get(h).copied().unwrap_or(0),
+                have.get(h).copied().unwrap_or(0),
+            );
+            if w != c {
+                out.push(Problem {
+                    code: "refcount_mismatch",
+                    path: format!("refs/{}", hash_hex(h)),
+                    detail: format!(
+                        "blob {} is counted {c} times and named by {w} holders",
+                        hash_hex(h)
+                    ),
+                    repaired: false,
+                    action: Action::Recount,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Every snapshot's tree, walked as the snapshot sees it: each name must lead to a

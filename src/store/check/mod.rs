@@ -133,6 +133,7 @@ pub struct Problem {
     /// corrupt_manifest, corrupt_revision, revision_without_node,
     /// dangling_trash, integrity_error (a live file marked by a failed verification),
     /// interrupted_sweep (a blob a sweep that died moved aside, put back),
+    /// refcount_mismatch (a blob reference count differs from a scan, recounted),
     /// snapshot_damaged (a name in a snapshot that leads to no record).
     /// A live file whose content is lost, damaged or marked is repaired by giving it
     /// its newest whole revision's content, or none.
@@ -180,6 +181,8 @@ enum Action {
         from: PathBuf,
         to: PathBuf,
     },
+    /// Count every blob reference afresh (done after the other repairs).
+    Recount,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -329,8 +332,11 @@ pub fn open(path: &Path, read_only: bool) -> Result<Store> {
         Some(StoreLock::acquire(&layout)?)
     };
     let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
-    super::recover_crashed_writer(&layout, &blobs, lock.is_some())?;
+    let replayed = super::recover_crashed_writer(&layout, &blobs, lock.is_some())?;
     let store = Store::assemble(layout, format, blobs, read_only, lock);
+    if !read_only {
+        store.refs.open(&store.sweeper(), replayed)?;
+    }
     store.snapshots.load(!read_only)?;
     if !read_only {
         store.streams().resume()?;

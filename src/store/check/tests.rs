@@ -59,7 +59,9 @@ fn record_kind_must_match_the_id() {
     assert_eq!(r.exit_code, 0, "{:?}", r.problems);
     let mut rec = s.records.read(id).unwrap();
     rec.kind = Kind::File;
-    s.records.write(id, &rec, true).unwrap();
+    s.records
+        .write(id, &rec, true, crate::store::records::Old::OnDisk)
+        .unwrap();
     let r = Checker::new(&s)
         .fsck(false, Duration::ZERO, |_| {})
         .unwrap();

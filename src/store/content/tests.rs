@@ -94,7 +94,8 @@ fn reopen_before_release_keeps_the_closed_version() {
 }
 
 /// A revision left empty by a power cut names nothing and is skipped; one holding
-/// garbage stops the blob sweep, which must not free what it may name.
+/// garbage frees nothing: the counts still hold what the revision named, and a sweep
+/// that scans (counts not kept) stops at it rather than free what it may name.
 #[test]
 fn empty_revision_is_skipped_and_garbage_one_stops_the_sweep() {
     let (_d, s) = scratch();
@@ -117,6 +118,14 @@ fn empty_revision_is_skipped_and_garbage_one_stops_the_sweep() {
     );
     fs::write(dir.join("2"), b"not a record").unwrap();
     assert!(s.revisions.list(id).is_err());
+    assert_eq!(
+        s.sweeper()
+            .sweep(old.clone(), std::time::SystemTime::now())
+            .unwrap(),
+        0,
+        "by the counts"
+    );
+    s.refs.distrust("the test scans");
     assert!(s
         .sweeper()
         .sweep(old.clone(), std::time::SystemTime::now())

@@ -94,6 +94,8 @@ impl Drop for OpGuard<'_> {
 pub struct Snapshots {
     layout: Layout,
     blobs: Arc<dyn BlobStore>,
+    /// Blob reference counts: a copy names what the record it keeps named.
+    refs: Arc<crate::store::refs::Refs>,
     state: RwLock<State>,
     gate: RwLock<()>,
     /// Creation and removal, one at a time.
@@ -223,10 +225,15 @@ fn read_record_copy(
 }
 
 impl Snapshots {
-    pub(crate) fn new(layout: Layout, blobs: Arc<dyn BlobStore>) -> Snapshots {
+    pub(crate) fn new(
+        layout: Layout,
+        blobs: Arc<dyn BlobStore>,
+        refs: Arc<crate::store::refs::Refs>,
+    ) -> Snapshots {
         Snapshots {
             layout,
             blobs,
+            refs,
             state: RwLock::new(State::default()),
             gate: RwLock::new(()),
             admin: Mutex::new(()),
@@ -417,7 +424,7 @@ impl Snapshots {
         &self,
         id: NodeId,
         old: &NodeRecord,
-        value: impl FnOnce() -> Result<Vec<u8>>,
+        value: impl FnOnce() -> Result<(Vec<u8>, Option<Vec<super::node::Hash>>)>,
     ) -> Result<()> {
         let st = self.state.read();
         let Some(newest) = st.list.last() else {
@@ -430,7 +437,10 @@ impl Snapshots {
         if p.symlink_metadata().is_ok() {
             return Ok(());
         }
-        write_record_copy(&newest.dir, &p, &value()?)
+        let (value, refs) = value()?;
+        self.refs.change(&p, Some(vec![]), refs, || {
+            write_record_copy(&newest.dir, &p, &value)
+        })
     }
 
     /// Before entry `name` of directory `dir` (created in generation `dir_born`)
@@ -578,6 +588,8 @@ impl Snapshots {
                 .cloned()
         };
         let mut dropped = Vec::new();
+        // What the copies that go name (None: unknown).
+        let mut released = Some(Vec::new());
         let records = gone.join("records");
         for shard in fs::read_dir(&records).into_iter().flatten().flatten() {
             for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
@@ -600,7 +612,13 @@ impl Snapshots {
                     _ => false,
                 };
                 if !keep {
-                    if let Some((r, _)) = rec {
+                    if let Some((r, spill)) = rec {
+                        if self.refs.counting() {
+                            match (&mut released, self.refs.of_record(&r, spill)) {
+                                (Some(a), Some(v)) => a.extend(v),
+                                _ => released = None,
+                            }
+                        }
                         dropped.push((id, r));
                     }
                 }
@@ -621,7 +639,9 @@ impl Snapshots {
                 }
             }
         }
-        fs::remove_dir_all(gone).ctx(io_ctx("remove", gone))?;
+        self.refs.change(gone, released, Some(vec![]), || {
+            fs::remove_dir_all(gone).ctx(io_ctx("remove", gone))
+        })?;
         Ok(dropped)
     }
 

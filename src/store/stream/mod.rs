@@ -70,6 +70,7 @@ pub struct Streams<'a> {
     pub(super) names: Names<'a>,
     pub(super) blobs: &'a dyn BlobStore,
     pub(super) chunk_lists: &'a ChunkLists,
+    pub(super) revisions: &'a crate::store::revisions::Revisions,
     pub(super) fence: &'a Fence,
     pub(super) store_id: String,
     pub(super) root: NodeId,
@@ -602,7 +603,8 @@ impl Streams<'_> {
         }
         let mut rec = rec;
         rec.born = self.snaps.current();
-        self.records.write(id, &rec, false)
+        self.records
+            .write(id, &rec, false, crate::store::records::Old::OnDisk)
     }
 
     /// Make entry `name` of `dir` name `node` (or nothing).
@@ -627,7 +629,6 @@ impl Streams<'_> {
 
     /// Remove node `id`, which nothing names any more (a snapshot keeps its record).
     fn drop_node(&self, id: NodeId) -> Result<()> {
-        let p = self.layout.node_path(id);
         let Ok(rec) = self.records.read(id) else {
             return Ok(()); // gone already
         };
@@ -639,19 +640,8 @@ impl Streams<'_> {
                 self.set_entry(id, &n, None)?;
             }
         }
-        let gone = if rec.kind == Kind::Dir {
-            fs::remove_dir(&p)
-        } else {
-            fs::remove_file(&p)
-        };
-        match gone {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("remove node {id}"), e)),
-        }
-        self.records.forget(id);
-        let _ = fs::remove_dir_all(self.layout.revisions_of(id));
-        Ok(())
+        self.records.remove_node(id, rec.kind == Kind::Dir)?;
+        self.revisions.remove_all(id)
     }
 }
 
