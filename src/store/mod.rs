@@ -161,11 +161,8 @@ impl Store {
             opts.cache_bytes
         };
         let blobs = LocalBlobs::new(layout.clone(), cache);
-        let replayed = recover_crashed_writer(&layout, &blobs, lock.is_some())?;
         let mut store = Store::assemble(layout, format, blobs, opts.read_only, lock);
-        if !opts.read_only {
-            store.refs.open(&store.sweeper(), replayed)?;
-        }
+        store.recover_crashed_writer()?;
         store.snapshots.load(!opts.read_only)?;
         if !opts.read_only {
             // A receive a crash interrupted happens whole before anything else.
@@ -441,6 +438,55 @@ impl Store {
         node::ino_of(self.root(), id)
     }
 
+    /// Finish what a writer that crashed (or lost power) left, before anything reads:
+    /// blobs its sweep had moved aside go back, its blob reference counts are recovered
+    /// (a writer's open), and its fsync logs are replayed, counted. A writer does it
+    /// under its own lock; any other open only if it can take the lock for a moment (if
+    /// a writer holds it, that writer has done it already), and a replay that changed
+    /// records there makes the next writer count afresh.
+    fn recover_crashed_writer(&self) -> Result<()> {
+        let layout = &self.layout;
+        let blobs = &*self.local;
+        if !self.fence.read_only() {
+            blobs.put_back(&blobs.swept_aside()?)?;
+            self.refs.open(&self.sweeper())?;
+            if fsynclog::pending(layout)? {
+                let t = fsynclog::Target {
+                    layout,
+                    blobs,
+                    refs: Some(&self.refs),
+                };
+                fsynclog::recover(&t)?;
+            }
+            return Ok(());
+        }
+        let logs = fsynclog::pending(layout)?;
+        let aside = blobs.swept_aside()?;
+        if !logs && aside.is_empty() {
+            return Ok(());
+        }
+        match StoreLock::acquire(layout) {
+            Ok(l) => {
+                blobs.put_back(&aside)?;
+                let t = fsynclog::Target {
+                    layout,
+                    blobs,
+                    refs: None,
+                };
+                if logs && fsynclog::recover(&t)? > 0 {
+                    refs::mark_stale(layout, "an fsync log was replayed by a read-only open");
+                }
+                drop(l);
+                Ok(())
+            }
+            Err(Error::StoreLocked { .. }) => Ok(()),
+            Err(e) => {
+                log::warn!("what a crashed writer left cannot be finished now: {e}");
+                Ok(())
+            }
+        }
+    }
+
     /// Clean close of a writer: make everything durable and delete the fsync log, so a
     /// cleanly closed store has nothing to replay.
     pub fn close_fsync_log(&self) -> Result<()> {
@@ -474,45 +520,6 @@ impl Drop for Store {
         }
         self.local.drain_pool();
         self.spares.close();
-    }
-}
-
-/// Finish what a writer that crashed (or lost power) left: blobs its sweep had moved
-/// aside go back, and its fsync logs are replayed. A writer does it under its own lock;
-/// any other open does it only if it can take the lock for a moment (if a writer holds
-/// it, that writer has done it already). Returns whether the replay changed records
-/// (not counted in the blob references, which are then counted afresh).
-fn recover_crashed_writer(layout: &Layout, blobs: &LocalBlobs, locked: bool) -> Result<bool> {
-    let logs = fsynclog::pending(layout)?;
-    let aside = blobs.swept_aside()?;
-    if !logs && aside.is_empty() {
-        return Ok(false);
-    }
-    let recover = || -> Result<bool> {
-        blobs.put_back(&aside)?;
-        if logs {
-            return Ok(fsynclog::recover(&fsynclog::Target { layout, blobs })? > 0);
-        }
-        Ok(false)
-    };
-    if locked {
-        return recover();
-    }
-    match StoreLock::acquire(layout) {
-        Ok(l) => {
-            let replayed = recover()?;
-            if replayed {
-                // Whoever opens for writing next counts afresh.
-                refs::mark_stale(layout, "an fsync log was replayed by a read-only open");
-            }
-            drop(l);
-            Ok(false)
-        }
-        Err(Error::StoreLocked { .. }) => Ok(false),
-        Err(e) => {
-            log::warn!("what a crashed writer left cannot be finished now: {e}");
-            Ok(false)
-        }
     }
 }
 

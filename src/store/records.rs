@@ -387,8 +387,11 @@ impl Records {
             Old::Fresh => spill.is_none() && !names_blobs(&rec.content),
             Old::OnDisk => false,
         };
-        let res = if same || !self.refs.counting() {
+        let res = if same {
             set()
+        } else if !self.refs.counting() {
+            // Not counting (a reader, or counts given up or closed): `change` notes it.
+            self.refs.change(&path, None, None, set)
         } else {
             let new = self.refs.of_record(rec, spill);
             self.refs.change(&path, self.old_refs(id, old), new, set)

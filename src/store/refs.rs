@@ -259,6 +259,11 @@ pub struct Refs {
     stale: AtomicBool,
     /// Blobs whose count reached zero, for the next sweep.
     zeroed: Mutex<Vec<Hash>>,
+    /// The open counted from a full scan.
+    rebuilt: AtomicBool,
+    /// Closed (marked clean): a change counted after this makes the next open count
+    /// afresh instead of trusting the mark.
+    closed: AtomicBool,
     lists: Arc<ChunkLists>,
     blobs: Arc<dyn BlobStore>,
 }
@@ -270,6 +275,8 @@ impl Refs {
             live: Mutex::new(None),
             stale: AtomicBool::new(false),
             zeroed: Mutex::new(Vec::new()),
+            rebuilt: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             lists,
             blobs,
         }
@@ -347,16 +354,19 @@ impl Refs {
         new: Option<Vec<Hash>>,
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        let (Some(old), Some(new)) = (old, new) else {
-            if self.counting() {
-                self.distrust(&format!("a change of {} was not counted", holder.display()));
+        if !self.counting() {
+            if self.closed.swap(false, Ordering::SeqCst) {
+                mark_stale(&self.layout, "a change after the clean close");
             }
             return f();
+        }
+        let (Some(mut old), Some(mut new)) = (old, new) else {
+            self.distrust(&format!("a change of {} was not counted", holder.display()));
+            return f();
         };
-        let (mut old, mut new) = (old, new);
         old.sort_unstable();
         new.sort_unstable();
-        if old == new || !self.counting() {
+        if old == new {
             return f();
         }
         let rel = holder
@@ -430,6 +440,30 @@ impl Refs {
         Ok(())
     }
 
+    /// What a power cut does to the counts (tests that make a cut's state by hand): the
+    /// writer stops without a close, and its log is from another boot.
+    #[cfg(test)]
+    pub(crate) fn cut_power(&self) {
+        self.kill();
+        mark_stale(&self.layout, "a simulated power cut");
+    }
+
+    /// What a kill -9 does to the counts: the writer stops without a close.
+    #[cfg(test)]
+    pub(crate) fn kill(&self) {
+        drop(self.live.lock().take());
+    }
+
+    /// Did the open count from a full scan?
+    pub fn rebuilt(&self) -> bool {
+        self.rebuilt.load(Ordering::SeqCst)
+    }
+
+    /// Are counts open (a writer), trusted or not?
+    pub fn is_open(&self) -> bool {
+        self.live.lock().is_some()
+    }
+
     /// How many holders name `h` (None: counts not kept or not trusted).
     pub fn count(&self, h: &Hash) -> Option<i64> {
         if self.stale.load(Ordering::SeqCst) {
@@ -490,9 +524,8 @@ impl Refs {
     }
 
     /// Start counting (a read-write open): load the counts, finish what the log of a
-    /// killed writer says, or rebuild them from a full scan. `rebuild` forces the scan
-    /// (something changed holders without counting, e.g. an fsync log replay).
-    pub(crate) fn open(&self, holders: &dyn Holders, rebuild: bool) -> Result<()> {
+    /// killed writer says, or rebuild them from a full scan.
+    pub(crate) fn open(&self, holders: &dyn Holders) -> Result<()> {
         fs::create_dir_all(self.dir()).ctx(|| format!("create {}", self.dir().display()))?;
         let db = sled::Config::new()
             .path(self.dir().join("db"))
@@ -517,9 +550,7 @@ impl Refs {
             logged: 0,
         };
         let _ = fs::remove_file(self.dir().join("log.open"));
-        let why = if rebuild {
-            Some("changes were replayed without counting".to_string())
-        } else if self.stale_marker().exists() {
+        let why = if self.stale_marker().exists() {
             Some(fs::read_to_string(self.stale_marker()).unwrap_or_default())
         } else if stored_gen.is_none() {
             Some("no counts yet".to_string())
@@ -532,6 +563,7 @@ impl Refs {
         if let Some(why) = why {
             log::info!("counting blob references from a full scan ({why})");
             self.rebuild(&mut live, holders, &mut complete)?;
+            self.rebuilt.store(true, Ordering::SeqCst);
         }
         for p in fs::read_dir(self.dir()).into_iter().flatten().flatten() {
             let n = p.file_name().to_string_lossy().into_owned();
@@ -686,8 +718,9 @@ impl Refs {
             return;
         };
         let clean = l.open.is_empty() && !self.stale.load(Ordering::SeqCst);
-        if let Err(e) = self.checkpoint_locked(&mut l, clean) {
-            log::warn!("blob reference counts: {e}");
+        match self.checkpoint_locked(&mut l, clean) {
+            Ok(()) => self.closed.store(clean, Ordering::SeqCst),
+            Err(e) => log::warn!("blob reference counts: {e}"),
         }
     }
 }
@@ -837,9 +870,10 @@ mod tests {
                 xattr::set(&path, crate::store::node::RECORD_XATTR, &v).unwrap();
             }
             // As a kill -9: nothing more is written, the log is left as it is.
-            *s.refs.live.lock() = None;
+            s.refs.kill();
             drop(s);
             let s = reopen(&d);
+            assert!(!s.refs.rebuilt(), "the log decides");
             assert_eq!(
                 s.refs.count(&fake),
                 Some(happened as i64),
@@ -879,7 +913,7 @@ mod tests {
             )
             .unwrap();
         let gen = s.refs.live.lock().as_ref().unwrap().gen;
-        *s.refs.live.lock() = None;
+        s.refs.kill();
         let log = s.refs.log_path(gen);
         drop(s);
         let raw = fs::read(&log).unwrap();
@@ -888,6 +922,7 @@ mod tests {
         other.extend(&raw[head..]);
         fs::write(&log, other).unwrap();
         let s = reopen(&d);
+        assert!(s.refs.rebuilt());
         assert_eq!(s.refs.count(&fake), Some(0));
         assert_exact(&s, "rebuilt");
     }

@@ -289,8 +289,7 @@ impl Checker<'_> {
         if repair {
             self.apply_repairs(&mut problems, &s);
             // Repairs change holders behind the counts (and a mismatch is repaired so).
-            if self.s.refs.counting() && problems.iter().any(|p| !matches!(p.action, Action::None))
-            {
+            if self.s.refs.is_open() && problems.iter().any(|p| !matches!(p.action, Action::None)) {
                 let recount = self.s.refs.recount(&self.s.sweeper());
                 for p in problems
                     .iter_mut()
@@ -600,6 +599,10 @@ impl Checker<'_> {
     /// blobs (a lost manifest, repaired by a roll-back) compares nothing.
     fn refcount_problems(&self) -> Result<Vec<Problem>> {
         use crate::store::refs::Holders;
+        // Counts given up are rebuilt at the next open, or by the repair's recount.
+        if !self.s.refs.counting() {
+            return Ok(vec![]);
+        }
         let Some(have) = self.s.refs.all() else {
             return Ok(vec![]);
         };

@@ -332,11 +332,8 @@ pub fn open(path: &Path, read_only: bool) -> Result<Store> {
         Some(StoreLock::acquire(&layout)?)
     };
     let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
-    let replayed = super::recover_crashed_writer(&layout, &blobs, lock.is_some())?;
     let store = Store::assemble(layout, format, blobs, read_only, lock);
-    if !read_only {
-        store.refs.open(&store.sweeper(), replayed)?;
-    }
+    store.recover_crashed_writer()?;
     store.snapshots.load(!read_only)?;
     if !read_only {
         store.streams().resume()?;

@@ -30,10 +30,35 @@ pub(super) fn log_files(layout: &Layout) -> Result<Vec<PathBuf>> {
     Ok(v.into_iter().map(|(_, p)| p).collect())
 }
 
-/// What a replay works on: the store's paths and its blobs.
+/// What a replay works on: the store's paths and its blobs, and the blob reference
+/// counts that count its record writes (a writer's open; None for a read-only open,
+/// whose replay makes the next writer count afresh).
 pub(crate) struct Target<'a> {
     pub layout: &'a Layout,
     pub blobs: &'a dyn BlobStore,
+    pub refs: Option<&'a crate::store::refs::Refs>,
+}
+
+/// Write `value` as the record xattr of node `id` at `path`, replacing `old` (None: no
+/// record), counted in the blob references.
+fn set_record(
+    t: &Target<'_>,
+    id: NodeId,
+    path: &Path,
+    old: Option<&[u8]>,
+    value: &[u8],
+) -> Result<()> {
+    let set = || {
+        xattr::set(path, RECORD_XATTR, value)
+            .map_err(|err| Error::io(format!("write record of {id}"), err))
+    };
+    match t.refs {
+        Some(r) if r.counting() => {
+            let before = old.map_or(Some(vec![]), |v| r.of_value(id, v));
+            r.change(path, before, r.of_value(id, value), set)
+        }
+        _ => set(),
+    }
 }
 
 /// Version of the record stored in `value` (None: unreadable).
@@ -194,8 +219,7 @@ pub(super) fn apply(t: &Target<'_>, e: &Entry, bound: &HashSet<NodeId>) -> Resul
         if !path.is_file() {
             return Ok(changed); // a directory or something else: not ours to touch
         }
-        xattr::set(&path, RECORD_XATTR, &e.value)
-            .map_err(|err| Error::io(format!("write record of {id}"), err))?;
+        set_record(t, id, &path, current.as_deref(), &e.value)?;
         changed = true;
     }
     Ok(changed)
@@ -245,13 +269,13 @@ pub(super) fn apply_chain(
 ) -> Result<bool> {
     let id = NodeId(uuid::Uuid::from_bytes(node));
     let path = t.layout.node_path(id);
-    let value = match xattr::get(&path, RECORD_XATTR) {
+    let old_value = match xattr::get(&path, RECORD_XATTR) {
         Ok(Some(v)) => v,
         Ok(None) => return Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(format!("read record of {id}"), e)),
     };
-    let mut rec: NodeRecord = match unframe(id, &value)? {
+    let mut rec: NodeRecord = match unframe(id, &old_value)? {
         Stored::Inline(r) => r,
         Stored::InBlob(h) => decode_body(id, &verified(t, id, &h)?)?,
     };
@@ -364,7 +388,7 @@ pub(super) fn apply_chain(
     }
     rec.version += 1;
     // A snapshot taken while the chain was open saw the record before it.
-    rec.gen = crate::store::snapshot::preserve_at_replay(t.layout, id, &old, &value)?;
+    rec.gen = crate::store::snapshot::preserve_at_replay(t, id, &old, &old_value)?;
     let body = encode_body(&rec);
     let value = if body.len() > INLINE_RECORD_LIMIT {
         t.blobs.restore(&body)?;
@@ -372,8 +396,7 @@ pub(super) fn apply_chain(
     } else {
         frame(false, &body, rec.has_gens())
     };
-    xattr::set(&path, RECORD_XATTR, &value)
-        .map_err(|e| Error::io(format!("write record of {id}"), e))?;
+    set_record(t, id, &path, Some(&old_value), &value)?;
     Ok(true)
 }
 

@@ -808,12 +808,12 @@ fn read_info(area: &Path) -> Result<SnapInfo> {
 /// stored value into the newest snapshot's area if that snapshot holds it. Returns
 /// the generation to write the new record in.
 pub(crate) fn preserve_at_replay(
-    layout: &Layout,
+    t: &crate::store::fsynclog::Target<'_>,
     id: NodeId,
     old: &NodeRecord,
     old_value: &[u8],
 ) -> Result<u64> {
-    let dir = layout.snapshots();
+    let dir = t.layout.snapshots();
     let mut cur = read_generation(&dir)?;
     let mut newest: Option<(u64, PathBuf)> = None;
     for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -828,8 +828,15 @@ pub(crate) fn preserve_at_replay(
         }
     }
     if let Some((g, area)) = newest {
-        if old.gen <= g {
-            write_record_copy(&area, &record_copy(&area, id), old_value)?;
+        let p = record_copy(&area, id);
+        if old.gen <= g && p.symlink_metadata().is_err() {
+            let write = || write_record_copy(&area, &p, old_value);
+            match t.refs {
+                Some(r) if r.counting() => {
+                    r.change(&p, Some(vec![]), r.of_value(id, old_value), write)?
+                }
+                _ => write()?,
+            }
         }
     }
     Ok(cur)
