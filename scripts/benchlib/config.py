@@ -62,4 +62,7 @@ def summary(cfg):
     }
     if "index" in cfg.groups:
         s.update(index.summary(cfg))
+    if "snap" in cfg.groups:
+        s.update(snap_sizes=",".join(map(str, cfg.snap_sizes)), snap_procs=cfg.snap_procs,
+                 snap_files=cfg.snap_files)
     return s
