@@ -608,10 +608,12 @@ fn receive(store: &Path, file: &Path) -> (i32, String) {
 }
 
 /// Every file under a store directory with its size and, for files, a hash: a store
-/// "unchanged" has the same picture before and after.
+/// "unchanged" has the same picture before and after. Bookkeeping is left out: the
+/// index, log, lock, epoch, staging, and the blob reference counts (derived from the
+/// holders; every read-write open checkpoints them into a new log).
 fn store_picture(store: &Path) -> BTreeMap<String, String> {
     let out = sh(&format!(
-        "cd {} && find . -path ./index -prune -o -path ./decofs.log -prune -o -path ./lock -prune -o -path ./epoch -prune -o -path ./sessions -prune -o -printf '%p %y %s %l\\n' | sort",
+        "cd {} && find . -path ./index -prune -o -path ./decofs.log -prune -o -path ./lock -prune -o -path ./epoch -prune -o -path ./sessions -prune -o -path ./refs -prune -o -printf '%p %y %s %l\\n' | sort",
         store.display()
     ));
     out.lines()

@@ -527,12 +527,28 @@ impl Refs {
     /// killed writer says, or rebuild them from a full scan.
     pub(crate) fn open(&self, holders: &dyn Holders) -> Result<()> {
         fs::create_dir_all(self.dir()).ctx(|| format!("create {}", self.dir().display()))?;
-        let db = sled::Config::new()
-            .path(self.dir().join("db"))
-            .cache_capacity(16 << 20)
-            .flush_every_ms(None)
-            .open()
-            .map_err(sled_err)?;
+        let open = || {
+            sled::Config::new()
+                .path(self.dir().join("db"))
+                .cache_capacity(16 << 20)
+                .flush_every_ms(None)
+                .open()
+        };
+        let db = match open() {
+            Ok(db) => db,
+            // A writer whose lock was broken still runs and holds them: this writer
+            // goes without (sweeps scan), and the next open counts afresh.
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.distrust("another process (a writer whose lock was broken) holds them");
+                return Ok(());
+            }
+            // They are derived from the holders: damaged, they are made again.
+            Err(e) => {
+                log::warn!("blob reference counts unreadable ({e}): counted afresh");
+                let _ = fs::remove_dir_all(self.dir().join("db"));
+                open().map_err(sled_err)?
+            }
+        };
         let tree = db.open_tree("counts").map_err(sled_err)?;
         let stored_gen = tree
             .get(GEN)
