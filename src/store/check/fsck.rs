@@ -598,7 +598,6 @@ impl Checker<'_> {
     /// counts are open: a read-write fsck). A scan that could not list every holder's
     /// blobs (a lost manifest, repaired by a roll-back) compares nothing.
     fn refcount_problems(&self) -> Result<Vec<Problem>> {
-        use crate::store::refs::Holders;
         // Counts given up are rebuilt at the next open, or by the repair's recount.
         if !self.s.refs.counting() {
             return Ok(vec![]);
@@ -606,16 +605,7 @@ impl Checker<'_> {
         let Some(have) = self.s.refs.all() else {
             return Ok(vec![]);
         };
-        let mut want: HashMap<Hash, i64> = HashMap::new();
-        let mut complete = true;
-        self.s.sweeper().each(
-            &mut |hs| {
-                for h in hs {
-                    *want.entry(*h).or_default() += 1;
-                }
-            },
-            &mut complete,
-        )?;
+        let (want, complete) = crate::store::refs::scan(&self.s.sweeper())?;
         if !complete {
             return Ok(vec![]);
         }
