@@ -302,6 +302,7 @@ fn assert_no_orphans(m: &Mount, what: &str) {
         count,
         "{what}: nodes reachable in the store vs on the mount"
     );
+    common::assert_counts_exact(&m.store, what);
     m.mount();
 }
 

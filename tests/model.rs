@@ -435,6 +435,8 @@ fn run_single_file_model(test: &'static str, seed: u64, nops: usize) {
         vec![std::ffi::OsString::from(names[cur])],
         "only the model file exists at the end"
     );
+    m.unmount();
+    common::assert_counts_exact(&m.store, test);
 }
 
 #[test]
@@ -730,6 +732,8 @@ fn run_tree_model(test: &'static str, seed: u64, nops: usize) {
     compare_trees(&h, nops, &dec_root, &ext_root, "at the end");
     m.remount();
     compare_trees(&h, nops, &dec_root, &ext_root, "after remount");
+    m.unmount();
+    common::assert_counts_exact(&m.store, test);
 }
 
 #[test]

@@ -208,6 +208,8 @@ fn cp_a_thousands_of_files_then_remount() {
     sh(&format!("cp -a {}/. {}/", q(&src), q(&dst)));
     assert_same_tree(&src, &dst);
     assert_same_text("metadata after cp -a over itself", &want, &manifest(&dst));
+    m.unmount();
+    common::assert_counts_exact(&m.store, "after cp -a twice");
 }
 
 #[test]
@@ -519,6 +521,8 @@ fn git_workflow() {
     git(&repo, "checkout -q main");
     assert_eq!(fs::read_to_string(repo.join("brand-new")).unwrap(), "new\n");
     assert_eq!(git(&repo, "status --porcelain"), "");
+    m.unmount();
+    common::assert_counts_exact(&m.store, "after the git workflow");
 }
 
 fn sqlite_transactions(db: &Path, sql_file: &Path, n: usize, wal: bool) {
@@ -576,6 +580,8 @@ fn sqlite_thousand_transactions() {
         !m.path("db.sqlite-journal").exists(),
         "a hot journal was left behind"
     );
+    m.unmount();
+    common::assert_counts_exact(&m.store, "after 1,000 sqlite transactions");
 }
 
 #[test]

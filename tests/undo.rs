@@ -283,6 +283,7 @@ fn scratch_files_skip_the_trash() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    common::assert_counts_exact(&m.store, "after scratch files");
 
     // Per mount: no patterns and no age limit, and every deleted file is kept.
     m.opts = "allow_other,trash_skip=,trash_min_age=0".into();

@@ -295,6 +295,19 @@ fn wait_for_status(mnt: &Path, what: &str, done: impl Fn(&serde_json::Value) -> 
     }
 }
 
+/// The blob reference counts of an unmounted store equal a scan of every holder: a
+/// read-write fsck (the one that compares them) reports no `refcount_mismatch`.
+#[track_caller]
+pub fn assert_counts_exact(store: &Path, what: &str) {
+    let (c, v, e) = dj(&["fsck", store.to_str().unwrap(), "--repair", "--grace", "0"]);
+    assert!(c == 0 || c == 1, "{what}: fsck: {v} {e}");
+    let wrong: Vec<_> = problems(&v)
+        .into_iter()
+        .filter(|p| p.0 == "refcount_mismatch")
+        .collect();
+    assert!(wrong.is_empty(), "{what}: counts against a scan: {wrong:?}");
+}
+
 /// (code, path, repaired) of every problem in an fsck report.
 pub fn problems(v: &serde_json::Value) -> Vec<(String, String, bool)> {
     v["problems"]
