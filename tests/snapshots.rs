@@ -875,10 +875,19 @@ fn restore_rolls_the_tree_back_and_can_be_undone() {
     }
     let now = listing(&m.mnt);
     assert_eq!(now, listing(&re));
-    // Mounted: refused, nothing changed.
+    // A file open for writing on the mount: refused, nothing changed.
+    let open = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .append(true)
+        .open(m.path("held-open"))
+        .unwrap();
     let (code, _, err) = dj(&["snapshot", "restore", m.mnt.to_str().unwrap(), "then"]);
     assert_eq!(code, 1);
-    assert!(err.contains("invalid_argument"), "{err}");
+    assert!(err.contains("files_open"), "{err}");
+    drop(open);
+    fs::remove_file(m.path("held-open")).unwrap();
+    assert_eq!(listing(&m.mnt), now, "a refused restore changes nothing");
     m.unmount();
     let (code, v, err) = dj(&["snapshot", "restore", m.store.to_str().unwrap(), "then"]);
     assert_eq!(code, 0, "{err}");
@@ -913,6 +922,112 @@ fn restore_rolls_the_tree_back_and_can_be_undone() {
         now,
         "restoring the state before undoes the restore"
     );
+}
+
+/// A restore through the mount's daemon: the mount shows the snapshot's tree at once
+/// (the kernel's cached names, attributes and pages of what changed are dropped), a
+/// file the restore removes stays readable through a descriptor opened before until its
+/// last close, the index follows, and restoring the state before undoes it.
+#[test]
+fn a_mounted_restore_shows_at_once_and_keeps_open_files() {
+    let m = Mount::new();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("a"), vec![1u8; 300_000]).unwrap();
+    fs::write(m.path("d/b"), b"bee").unwrap();
+    fs::write(m.path("old-name"), b"renamed later").unwrap();
+    snapshot_create(&m.mnt, "then");
+    let then = listing(&m.mnt);
+    // Changes, each read back so the kernel caches the new state.
+    fs::write(m.path("a"), vec![2u8; 200_000]).unwrap();
+    fs::remove_file(m.path("d/b")).unwrap();
+    fs::create_dir(m.path("d/new-dir")).unwrap();
+    fs::write(m.path("c"), b"made after the snapshot").unwrap();
+    fs::rename(m.path("old-name"), m.path("new-name")).unwrap();
+    let now = listing(&m.mnt);
+    assert_ne!(now, then);
+    assert_eq!(fs::read(m.path("a")).unwrap(), vec![2u8; 200_000]);
+    assert!(
+        fs::metadata(m.path("d/b")).is_err(),
+        "a cached negative entry"
+    );
+    let kept = fs::File::open(m.path("c")).unwrap();
+    let (code, v, err) = dj(&["snapshot", "restore", m.mnt.to_str().unwrap(), "then"]);
+    assert_eq!(code, 0, "{err}");
+    let before = v["before"].as_str().unwrap().to_string();
+    assert_eq!(
+        listing(&m.mnt),
+        then,
+        "the mount shows the snapshot at once"
+    );
+    assert_eq!(fs::read(m.path("a")).unwrap(), vec![1u8; 300_000]);
+    assert_eq!(fs::read(m.path("d/b")).unwrap(), b"bee");
+    assert!(fs::metadata(m.path("c")).is_err());
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &kept, &mut back).unwrap();
+    assert_eq!(
+        back, b"made after the snapshot",
+        "an open file stays until closed"
+    );
+    drop(kept);
+    // The index follows (find answers from it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = decofs(&["find", m.mnt.to_str().unwrap(), "--name", "c", "--wait"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !text.lines().any(|l| l.ends_with("/c")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "index: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Undo, mounted too.
+    let (code, _, err) = dj(&["snapshot", "restore", m.mnt.to_str().unwrap(), &before]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listing(&m.mnt), now, "restoring the state before undoes it");
+    m.unmount();
+    let (code, v, err) = dj(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
+    assert_eq!(code, 0, "fsck: {v} {err}");
+    common::assert_counts_exact(&m.store, "after mounted restores");
+    m.mount();
+}
+
+/// A stream received into a mounted store (from a pipe: standard input) through its
+/// daemon: the mount shows the snapshot's tree at once, then a differential one.
+#[test]
+fn a_mounted_store_receives_a_stream_from_a_pipe() {
+    let src = Mount::new();
+    fs::create_dir(src.path("d")).unwrap();
+    fs::write(src.path("d/a"), vec![3u8; 100_000]).unwrap();
+    snapshot_create(&src.mnt, "s1");
+    let s1 = listing(&src.mnt);
+    fs::write(src.path("d/a"), b"changed").unwrap();
+    fs::write(src.path("e"), b"new").unwrap();
+    snapshot_create(&src.mnt, "s2");
+    let s2 = listing(&src.mnt);
+    let dst = Mount::new();
+    listing(&dst.mnt); // the kernel caches the empty root
+    let pipe = |args: &str| {
+        sh(&format!(
+            "{bin} send {src} {args} | {bin} --json receive {dst}",
+            bin = common::decofs_bin().display(),
+            src = src.mnt.display(),
+            dst = dst.mnt.display()
+        ))
+    };
+    let out = pipe("s1");
+    assert!(out.contains("\"snapshot\":\"s1\""), "{out}");
+    assert_eq!(listing(&dst.mnt).0, s1.0, "s1 on the mounted target");
+    let out = pipe("s2 --from s1");
+    assert!(out.contains("\"base\":\"s1\""), "{out}");
+    assert_eq!(listing(&dst.mnt).0, s2.0, "s2 on the mounted target");
+    assert_eq!(fs::read(dst.path("d/a")).unwrap(), b"changed");
+    assert!(
+        !sh(&format!("ls -A {}/sessions", dst.store.display())).contains(".in.tmp"),
+        "the spool of standard input is gone"
+    );
+    dst.unmount();
+    common::assert_counts_exact(&dst.store, "after receiving on a mount");
+    dst.mount();
 }
 
 /// Does an entry of some directory of the store name node `id`?

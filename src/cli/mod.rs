@@ -140,7 +140,7 @@ pub enum Cmd {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// Read a stream (stdin unless -i) into an unmounted STORE: the whole stream checked
+    /// Read a stream (stdin unless -i) into STORE or its mount: the whole stream checked
     /// first (refused with nothing changed if damaged, or if its base is missing), then
     /// its snapshot made to exist here, the live tree equal to it.
     Receive {

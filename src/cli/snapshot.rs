@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use decofs::control::{self, protocol};
-use decofs::store::{OpenOptions, Store};
 
 use super::output::{self, outln, Context, Outcome};
 use super::trash::human_bytes;
@@ -25,9 +24,9 @@ pub enum SnapshotCmd {
     Ls { target: PathBuf },
     /// Remove a snapshot; what only it held is freed.
     Rm { target: PathBuf, name: String },
-    /// Make the live tree equal to snapshot NAME, whole or not at all (STORE must be
-    /// unmounted). The state before is kept as a new snapshot before-restore-<UTC time>:
-    /// restore that one to undo.
+    /// Make the live tree equal to snapshot NAME, whole or not at all (on a mount, the
+    /// daemon does it; no file may be open for writing). The state before is kept as a
+    /// new snapshot before-restore-<UTC time>: restore that one to undo.
     Restore { target: PathBuf, name: String },
     /// What changed from snapshot OLD to snapshot NEW (default: the live tree): one
     /// line per path, `+` created, `-` deleted, `M` modified, `R` renamed (old -> new).
@@ -96,27 +95,21 @@ pub fn run(cmd: SnapshotCmd, json: bool) -> Outcome {
         }
         SnapshotCmd::Restore { name, .. } => {
             let what = format!("cannot restore snapshot {name}");
-            let (store, mnt) = control::resolve(&target).or_fail(&what)?;
-            if mnt.is_some() {
-                return Err(output::invalid(
-                    &what,
-                    "a snapshot is restored into an unmounted store".into(),
-                    "unmount it first (`decofs umount MOUNTPOINT`), then restore STORE NAME",
-                ));
-            }
-            let s = Store::open(&store, OpenOptions::default()).or_fail(&what)?;
-            let r = s.streams().restore(&name).or_fail(&what)?;
+            let (store, _, _) = control::locate(&target).or_fail(&what)?;
+            let r = control::run(
+                &store,
+                protocol::SnapshotRestore { name: name.clone() },
+                true,
+            )
+            .or_fail(&what)?;
             if json {
-                output::json(&serde_json::json!({
-                    "restored": name, "before": r.before, "records": r.records,
-                    "entries": r.entries, "removed": r.drops,
-                }));
+                output::json(&r);
             } else {
                 outln!(
                     "restored {name} ({} records, {} entries, {} removed); the state before is snapshot {}",
                     r.records,
                     r.entries,
-                    r.drops,
+                    r.removed,
                     r.before
                 );
             }

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use decofs::control;
+use decofs::control::{self, protocol};
+use decofs::jsonpath::WirePath;
 use decofs::store::{OpenOptions, Store};
 
 use super::output::{self, invalid, outln, Context, Outcome};
@@ -98,37 +99,51 @@ pub fn send(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `decofs receive STORE [-i FILE]`.
+/// `decofs receive STORE|MOUNT [-i FILE]`: on a mount the daemon applies it (standard
+/// input is spooled to a file in the store's staging first).
 pub fn receive(store: PathBuf, input: Option<PathBuf>, json: bool) -> Outcome {
     let what = format!("cannot receive into {}", store.display());
-    let (store_path, mnt) = control::resolve(&store).or_fail(&what)?;
-    if mnt.is_some() {
-        return Err(invalid(
-            &what,
-            "a stream is received into an unmounted store".into(),
-            "unmount it first, or receive into a new store (`decofs init`)",
-        ));
-    }
-    let s = Store::open(&store_path, OpenOptions::default()).or_fail(&what)?;
-    let got = match &input {
-        Some(p) => {
-            let f = std::fs::File::open(p)
-                .map_err(|e| decofs::store::Error::io(format!("open {}", p.display()), e))
-                .or_fail(&what)?;
-            s.streams().receive(f)
+    let (store_path, _, _) = control::locate(&store).or_fail(&what)?;
+    let spool = match &input {
+        Some(_) => None,
+        None => {
+            let p = decofs::store::layout::Layout::new(&store_path)
+                .sessions()
+                .join(format!("receive.{}.in.tmp", std::process::id()));
+            let copied = std::fs::File::create(&p).and_then(|mut f| {
+                std::io::copy(&mut std::io::stdin().lock(), &mut f)?;
+                f.sync_all()
+            });
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&p);
+                return Err(decofs::store::Error::io(
+                    "read the stream from standard input",
+                    e,
+                ))
+                .or_fail(&what);
+            }
+            Some(p)
         }
-        None => s.streams().receive(std::io::stdin().lock()),
+    };
+    let path = input.clone().or_else(|| spool.clone()).unwrap();
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    let got = control::run(
+        &store_path,
+        protocol::Receive {
+            input: WirePath::new(path),
+        },
+        true,
+    );
+    if let Some(p) = &spool {
+        let _ = std::fs::remove_file(p);
     }
-    .or_fail(&what)?;
+    let got = got.or_fail(&what)?;
     if json {
-        output::json(&json!({
-            "snapshot": got.name, "base": got.base, "records": got.records,
-            "entries": got.entries, "blobs": got.blobs, "drops": got.drops,
-        }));
+        output::json(&got);
     } else {
         outln!(
             "received {}{}: {} records, {} entries, {} blobs, {} removals",
-            got.name,
+            got.snapshot,
             got.base
                 .as_ref()
                 .map(|b| format!(" on {b}"))

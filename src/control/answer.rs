@@ -235,6 +235,39 @@ impl StoreAnswer for SnapshotRm {
     }
 }
 
+impl StoreAnswer for SnapshotRestore {
+    fn answer(&self, store: &Store) -> Result<SnapshotRestored> {
+        // What lingers after a last close is committed first, not after the restore.
+        store.data().commit_all()?;
+        let r = store.streams().restore(&self.name)?;
+        Ok(SnapshotRestored {
+            restored: self.name.clone(),
+            before: r.before,
+            records: r.records,
+            entries: r.entries,
+            removed: r.drops,
+        })
+    }
+}
+
+impl StoreAnswer for Receive {
+    fn answer(&self, store: &Store) -> Result<StreamReceived> {
+        let p = &self.input.0;
+        let f =
+            std::fs::File::open(p).map_err(|e| Error::io(format!("open {}", p.display()), e))?;
+        store.data().commit_all()?;
+        let got = store.streams().receive(f)?;
+        Ok(StreamReceived {
+            snapshot: got.name,
+            base: got.base,
+            records: got.records,
+            entries: got.entries,
+            blobs: got.blobs,
+            drops: got.drops,
+        })
+    }
+}
+
 impl StoreAnswer for SnapshotDiff {
     fn answer(&self, store: &Store) -> Result<SnapshotChanges> {
         let changes = store

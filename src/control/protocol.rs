@@ -132,6 +132,8 @@ pub enum Request {
     SnapshotLs(SnapshotLs),
     SnapshotRm(SnapshotRm),
     SnapshotDiff(SnapshotDiff),
+    SnapshotRestore(SnapshotRestore),
+    Receive(Receive),
 }
 
 impl Request {
@@ -155,6 +157,8 @@ impl Request {
             Request::SnapshotCreate(_) => "snapshot_create",
             Request::SnapshotLs(_) => "snapshot_ls",
             Request::SnapshotRm(_) => "snapshot_rm",
+            Request::SnapshotRestore(_) => "snapshot_restore",
+            Request::Receive(_) => "receive",
             Request::SnapshotDiff(_) => "snapshot_diff",
         }
     }
@@ -204,6 +208,8 @@ asks! {
     SnapshotLs => SnapshotList,
     SnapshotRm => SnapshotRemoved,
     SnapshotDiff => SnapshotChanges,
+    SnapshotRestore => SnapshotRestored,
+    Receive => StreamReceived,
 }
 
 // ---- Requests ----
@@ -350,6 +356,38 @@ pub struct SnapshotLs {}
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SnapshotRm {
     pub name: String,
+}
+
+/// Make the live tree equal to snapshot `name`, whole or not at all (the state before
+/// is kept as a new snapshot).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotRestore {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotRestored {
+    pub restored: String,
+    pub before: String,
+    pub records: u64,
+    pub entries: u64,
+    pub removed: u64,
+}
+
+/// Receive the stream in file `input` (the CLI spools standard input there).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Receive {
+    pub input: WirePath,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamReceived {
+    pub snapshot: String,
+    pub base: Option<String>,
+    pub records: u64,
+    pub entries: u64,
+    pub blobs: u64,
+    pub drops: u64,
 }
 
 /// What changed from snapshot `old` to snapshot `new` (None: the live tree).

@@ -113,6 +113,8 @@ fn answer(store: &Store, info: &DaemonInfo, req: Request) -> std::result::Result
         Request::SnapshotLs(r) => line(r.answer(store)),
         Request::SnapshotRm(r) => line(r.answer(store)),
         Request::SnapshotDiff(r) => line(r.answer(store)),
+        Request::SnapshotRestore(r) => line(r.answer(store)),
+        Request::Receive(r) => line(r.answer(store)),
     }
 }
 

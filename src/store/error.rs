@@ -84,6 +84,8 @@ pub enum Error {
     SnapshotExists(String),
     #[error("snapshot {0:?} is mounted")]
     SnapshotInUse(String),
+    #[error("{0} file(s) are open for writing on the mount")]
+    FilesOpenForWriting(usize),
     #[error("the stream cannot be used: {0}")]
     StreamInvalid(String),
     #[error("the stream's base is not here: {0}")]
@@ -153,6 +155,7 @@ impl Error {
             Error::SnapshotNotFound(_) => "snapshot_not_found",
             Error::SnapshotExists(_) => "snapshot_exists",
             Error::SnapshotInUse(_) => "snapshot_busy",
+            Error::FilesOpenForWriting(_) => "files_open",
             Error::StreamInvalid(_) => "stream_invalid",
             Error::SnapshotBaseMissing(_) => "snapshot_base_missing",
             Error::ReceiveConflict(_) => "receive_conflict",
@@ -210,6 +213,9 @@ impl Error {
             Error::SnapshotInUse(_) => {
                 "unmount the snapshot's read-only mount first (`findmnt -t fuse.decofs`)".into()
             }
+            Error::FilesOpenForWriting(_) => {
+                "close them first (`fuser -vm MOUNTPOINT` lists who has them open)".into()
+            }
             Error::StreamInvalid(_) => {
                 "send the stream again; nothing was changed here".into()
             }
@@ -262,7 +268,7 @@ impl Error {
                 libc::ENOENT
             }
             Error::SnapshotExists(_) => libc::EEXIST,
-            Error::SnapshotInUse(_) => libc::EBUSY,
+            Error::SnapshotInUse(_) | Error::FilesOpenForWriting(_) => libc::EBUSY,
             Error::StreamInvalid(_) | Error::ReceiveConflict(_) => libc::EINVAL,
             Error::SnapshotBaseMissing(_) => libc::ENOENT,
             Error::InvalidArgument(_) => libc::EINVAL,

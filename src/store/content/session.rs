@@ -314,6 +314,12 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// Sessions with a handle open (not those lingering after their last close).
+    pub fn writing(&self) -> usize {
+        let all: Vec<_> = self.map.lock().values().cloned().collect();
+        all.iter().filter(|s| s.lock().handles > 0).count()
+    }
+
     /// The nodes with a session now.
     pub(crate) fn ids(&self) -> Vec<NodeId> {
         self.map.lock().keys().copied().collect()

@@ -22,10 +22,12 @@ use format::{Frame, Header, Reader, Writer};
 use super::blobs::BlobStore;
 use super::chunk_lists::ChunkLists;
 use super::error::{Error, IoContext, Result};
+use super::event::{Event, Followers, Op};
 use super::layout::{sync_dir, Layout};
 use super::lock::Fence;
 use super::names::Names;
 use super::node::{decode_body, encode_body, Hash, Kind, NodeId, NodeRecord, Time};
+use super::pins::Pins;
 use super::records::Records;
 use super::snapshot::{changed_keys, Lens, Snapshots};
 
@@ -72,6 +74,12 @@ pub struct Streams<'a> {
     pub(super) chunk_lists: &'a ChunkLists,
     pub(super) revisions: &'a crate::store::revisions::Revisions,
     pub(super) fence: &'a Fence,
+    /// A mounted store: the kernel and the index are told what an apply changed, an
+    /// open file it removes stays until its last close, and no file may be open for
+    /// writing (its later commits would undo part of the apply).
+    pub(super) followers: &'a Followers,
+    pub(super) pins: &'a Pins,
+    pub(super) writing: usize,
     pub(super) store_id: String,
     pub(super) root: NodeId,
     pub(super) chunk_size: u32,
@@ -271,6 +279,7 @@ impl Streams<'_> {
     /// is written as a stream and applied as a received one is: whole or not at all.
     pub fn restore(&self, name: &str) -> Result<Restored> {
         self.fence.check()?;
+        self.no_writers()?;
         let info = self.snaps.get(name)?;
         let base = format!(
             "before-restore-{}",
@@ -355,6 +364,14 @@ impl Streams<'_> {
         Ok(done)
     }
 
+    /// Refused while files are open for writing (a mounted store).
+    fn no_writers(&self) -> Result<()> {
+        match self.writing {
+            0 => Ok(()),
+            n => Err(Error::FilesOpenForWriting(n)),
+        }
+    }
+
     fn intent(&self) -> PathBuf {
         self.layout.snapshots().join(".receive")
     }
@@ -365,6 +382,7 @@ impl Streams<'_> {
     /// store that is not the base's state (`receive_conflict`).
     pub fn receive(&self, input: impl Read) -> Result<Received> {
         self.fence.check()?;
+        self.no_writers()?;
         let dir = self.layout.snapshots();
         let spool = self
             .layout
@@ -396,11 +414,17 @@ impl Streams<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("open {}", p.display()), e)),
         };
+        let mut events = Vec::new();
         let got = self
             .snaps
-            .exclusive(|| self.apply(std::io::BufReader::new(f)))?;
+            .exclusive(|| self.apply(std::io::BufReader::new(f), &mut events))?;
         fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
         sync_dir(&self.layout.snapshots())?;
+        // After the gate: telling the kernel takes its locks, which a request waiting
+        // at the gate may hold.
+        for ev in events {
+            self.followers.emit(ev);
+        }
         Ok(Some(got))
     }
 
@@ -496,8 +520,9 @@ impl Streams<'_> {
         }
     }
 
-    /// Apply a checked stream (inside `Snapshots::exclusive`); idempotent.
-    fn apply(&self, input: impl Read) -> Result<Received> {
+    /// Apply a checked stream (inside `Snapshots::exclusive`); idempotent. `events`
+    /// gets what changed, for the followers.
+    fn apply(&self, input: impl Read, events: &mut Vec<Event>) -> Result<Received> {
         let mut r = Reader::new(input)?;
         let Some(Frame::Header(h)) = r.next_frame()? else {
             return Err(Error::StreamInvalid("no header".into()));
@@ -547,21 +572,21 @@ impl Streams<'_> {
                     if named {
                         untrash(id);
                     }
+                    events.push(Event::new(Op::Restore, &[id]));
                     got.records += 1;
                 }
                 Frame::Entry(dir, name, node) => {
                     let dir = self.here(&h, dir);
-                    self.set_entry(
-                        dir,
-                        OsStr::from_bytes(&name),
-                        node.map(|n| self.here(&h, n)),
-                    )?;
+                    let name = OsStr::from_bytes(&name);
+                    self.set_entry(dir, name, node.map(|n| self.here(&h, n)))?;
+                    events.push(Event::new(Op::Restore, &[dir]).entry(dir, name));
                     got.entries += 1;
                 }
                 Frame::Drop(id) => {
                     let id = self.here(&h, id);
-                    self.drop_node(id)?;
+                    self.drop_node(id, events)?;
                     untrash(id);
+                    events.push(Event::new(Op::Restore, &[id]));
                     got.drops += 1;
                 }
             }
@@ -628,7 +653,8 @@ impl Streams<'_> {
     }
 
     /// Remove node `id`, which nothing names any more (a snapshot keeps its record).
-    fn drop_node(&self, id: NodeId) -> Result<()> {
+    /// One open on the mount stays until its last close frees it.
+    fn drop_node(&self, id: NodeId, events: &mut Vec<Event>) -> Result<()> {
         let Ok(rec) = self.records.read(id) else {
             return Ok(()); // gone already
         };
@@ -638,7 +664,12 @@ impl Streams<'_> {
             // entry of the stream bound it there).
             for (n, _) in self.names.readdir(id).unwrap_or_default() {
                 self.set_entry(id, &n, None)?;
+                events.push(Event::new(Op::Restore, &[id]).entry(id, &n));
             }
+        }
+        if self.pins.pinned(id) {
+            self.pins.mark_unlinked(id);
+            return Ok(());
         }
         self.records.remove_node(id, rec.kind == Kind::Dir)?;
         self.revisions.remove_all(id)
