@@ -739,6 +739,8 @@ fn fsck_after_crash(store: &Path) -> Vec<String> {
     let (c, v) = fsck(store, &["--repair", "--grace", "0"]);
     let ps = problems(&v);
     assert!(c == 0 || c == 1, "fsck after a crash: {v:#}");
+    // The blob reference counts came back from their log, exact (not counted afresh).
+    assert_eq!(v["refcounts"], "exact", "the counts after a crash: {v:#}");
     // What a crash may leave, all repaired: nodes whose name was not bound yet (or no
     // longer), and the link count of a directory whose entry for a new or removed
     // subdirectory was written but whose own record was not updated yet.

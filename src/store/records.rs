@@ -296,9 +296,11 @@ impl Records {
     fn old_refs(&self, id: NodeId, old: Old<'_>) -> Option<Vec<Hash>> {
         match old {
             Old::Fresh => Some(vec![]),
-            Old::OnDisk => match self.value(id) {
-                Ok(v) => self.refs.of_value(id, &v),
-                Err(Error::NotFound) => Some(vec![]),
+            Old::OnDisk => match xattr::get(self.layout.node_path(id), RECORD_XATTR) {
+                Ok(Some(v)) => self.refs.of_value(id, &v),
+                // No node file, or one made a moment ago without a record yet.
+                Ok(None) => Some(vec![]),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(vec![]),
                 Err(_) => None,
             },
             Old::Known(o) => {

@@ -275,8 +275,8 @@ pub struct Refs {
     stale: AtomicBool,
     /// Blobs whose count reached zero, for the next sweep.
     zeroed: Mutex<Vec<Hash>>,
-    /// The open counted from a full scan.
-    rebuilt: AtomicBool,
+    /// Why the open counted from a full scan, if it did.
+    rebuilt: Mutex<Option<String>>,
     /// Closed (marked clean): a change counted after this makes the next open count
     /// afresh instead of trusting the mark.
     closed: AtomicBool,
@@ -291,7 +291,7 @@ impl Refs {
             live: Mutex::new(None),
             stale: AtomicBool::new(false),
             zeroed: Mutex::new(Vec::new()),
-            rebuilt: AtomicBool::new(false),
+            rebuilt: Mutex::new(None),
             closed: AtomicBool::new(false),
             lists,
             blobs,
@@ -472,7 +472,12 @@ impl Refs {
 
     /// Did the open count from a full scan?
     pub fn rebuilt(&self) -> bool {
-        self.rebuilt.load(Ordering::SeqCst)
+        self.rebuilt.lock().is_some()
+    }
+
+    /// Why the open counted from a full scan, if it did.
+    pub fn rebuilt_because(&self) -> Option<String> {
+        self.rebuilt.lock().clone()
     }
 
     /// Are counts open (a writer), trusted or not?
@@ -595,7 +600,7 @@ impl Refs {
         if let Some(why) = why {
             log::info!("counting blob references from a full scan ({why})");
             self.rebuild(&mut live, holders, &mut complete)?;
-            self.rebuilt.store(true, Ordering::SeqCst);
+            *self.rebuilt.lock() = Some(why);
         }
         for p in fs::read_dir(self.dir()).into_iter().flatten().flatten() {
             let n = p.file_name().to_string_lossy().into_owned();

@@ -295,8 +295,9 @@ fn wait_for_status(mnt: &Path, what: &str, done: impl Fn(&serde_json::Value) -> 
     }
 }
 
-/// The blob reference counts of an unmounted store equal a scan of every holder: a
-/// read-write fsck (the one that compares them) reports no `refcount_mismatch`.
+/// The blob reference counts of an unmounted store, kept by the mounts since it was
+/// made, equal a scan of every holder: a read-write fsck (the one that compares them)
+/// reports no `refcount_mismatch`, and did not have to count them afresh.
 #[track_caller]
 pub fn assert_counts_exact(store: &Path, what: &str) {
     let (c, v, e) = dj(&["fsck", store.to_str().unwrap(), "--repair", "--grace", "0"]);
@@ -306,6 +307,8 @@ pub fn assert_counts_exact(store: &Path, what: &str) {
         .filter(|p| p.0 == "refcount_mismatch")
         .collect();
     assert!(wrong.is_empty(), "{what}: counts against a scan: {wrong:?}");
+    // Kept all along: not given up and counted afresh (which would compare equal).
+    assert_eq!(v["refcounts"], "exact", "{what}: {v}");
 }
 
 /// (code, path, repaired) of every problem in an fsck report.

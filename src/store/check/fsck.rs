@@ -25,7 +25,9 @@ impl Checker<'_> {
         };
         let mut problems = std::mem::take(&mut s.problems);
         problems.extend(self.snapshot_problems());
-        problems.extend(self.refcount_problems()?);
+        let (wrong, refcounts) = self.refcount_problems()?;
+        problems.extend(wrong);
+        rep.refcounts = refcounts;
         let path_of = |s: &Scan, id: NodeId| s.paths.get(&id).cloned().unwrap_or(id.to_string());
         for l in s.entries.values() {
             rep.entries += l.len() as u64;
@@ -595,19 +597,21 @@ impl Checker<'_> {
     }
 
     /// The blob reference counts against a full scan of every holder (only where the
-    /// counts are open: a read-write fsck). A scan that could not list every holder's
-    /// blobs (a lost manifest, repaired by a roll-back) compares nothing.
-    fn refcount_problems(&self) -> Result<Vec<Problem>> {
-        // Counts given up are rebuilt at the next open, or by the repair's recount.
-        if !self.s.refs.counting() {
-            return Ok(vec![]);
+    /// counts are open: a read-write fsck), and what the comparison says ("exact", how
+    /// many differ, or why nothing was compared). A scan that could not list every
+    /// holder's blobs (a lost manifest, repaired by a roll-back) compares nothing.
+    fn refcount_problems(&self) -> Result<(Vec<Problem>, String)> {
+        let refs = &self.s.refs;
+        if !refs.is_open() {
+            return Ok((vec![], "not compared: a read-only check".into()));
         }
-        let Some(have) = self.s.refs.all() else {
-            return Ok(vec![]);
+        // Counts given up are rebuilt at the next open, or by the repair's recount.
+        let Some(have) = refs.all().filter(|_| refs.counting()) else {
+            return Ok((vec![], "not compared: given up, counted afresh next".into()));
         };
         let (want, complete) = crate::store::refs::scan(&self.s.sweeper())?;
         if !complete {
-            return Ok(vec![]);
+            return Ok((vec![], "not compared: some blobs cannot be listed".into()));
         }
         let mut out = Vec::new();
         let mut keys: Vec<&Hash> = want.keys().chain(have.keys()).collect();
@@ -631,7 +635,12 @@ impl Checker<'_> {
                 });
             }
         }
-        Ok(out)
+        let state = match (out.len(), refs.rebuilt_because()) {
+            (0, None) => "exact".to_string(),
+            (0, Some(why)) => format!("exact, counted afresh at this open ({why})"),
+            (n, _) => format!("{n} differ"),
+        };
+        Ok((out, state))
     }
 
     /// Every snapshot's tree, walked as the snapshot sees it: each name must lead to a

@@ -203,6 +203,9 @@ pub struct FsckReport {
     pub problems: Vec<Problem>,
     pub repaired: bool,
     pub exit_code: u8,
+    /// The blob reference counts against a scan: "exact", "N differ", or why they were
+    /// not compared, or were counted afresh at this open.
+    pub refcounts: String,
 }
 
 impl FsckReport {
