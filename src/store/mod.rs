@@ -476,8 +476,10 @@ impl Store {
                     blobs,
                     refs: None,
                 };
-                if logs && fsynclog::recover(&t)? > 0 {
+                if logs {
+                    // Before: a replay that fails halfway has changed records too.
                     refs::mark_stale(layout, "an fsync log was replayed by a read-only open");
+                    fsynclog::recover(&t)?;
                 }
                 drop(l);
                 Ok(())

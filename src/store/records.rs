@@ -165,6 +165,10 @@ impl Records {
     /// Delete the file of node `id` (its record with it), counting the blobs the record
     /// named as released. A node already gone is not an error.
     pub(crate) fn remove_node(&self, id: NodeId, dir: bool) -> Result<()> {
+        // As any record write: no snapshot or receive in between, one change of the
+        // node at a time (two removers must not both release what it named).
+        let _op = self.snaps.op();
+        let _g = self.stripe(id).lock();
         let path = self.layout.node_path(id);
         let old = if self.refs.counting() {
             self.old_refs(id, Old::OnDisk)
@@ -172,19 +176,26 @@ impl Records {
             Some(vec![])
         };
         let res = self.refs.change(&path, old, Some(vec![]), || {
-            match if dir {
+            if dir {
                 fs::remove_dir(&path)
             } else {
                 fs::remove_file(&path)
-            } {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Error::io(format!("remove node {id}"), e))
-                }
-                _ => Ok(()),
             }
+            .map_err(|e| Error::io(format!("remove node {id}"), e))
         });
         self.forget(id);
-        res
+        match res {
+            // Gone already: whoever removed it counted it.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Is this process still the store's writer (not fenced, not paused)?
+    pub(crate) fn fence_check(&self) -> Result<()> {
+        self.fence.check()
     }
 
     /// Bring the records of `ids` into the cache, several reads in flight at once (a

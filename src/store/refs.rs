@@ -320,6 +320,12 @@ impl Refs {
     pub fn distrust(&self, why: &str) {
         if !self.stale.swap(true, Ordering::SeqCst) {
             mark_stale(&self.layout, why);
+            // The marker may not be written (a full disk is a likely reason to be
+            // here); without the log the next open cannot trust the counts either.
+            // (No caller holds `live` here.)
+            if let Some(gen) = self.live.lock().as_ref().map(|l| l.gen) {
+                let _ = fs::remove_file(self.log_path(gen));
+            }
         }
     }
 
@@ -505,6 +511,9 @@ impl Refs {
         let Some(l) = g.as_mut() else {
             return Ok(());
         };
+        if self.stale.load(Ordering::SeqCst) {
+            return Ok(()); // given up: nothing is written that a later open could trust
+        }
         if l.logged == 0 && l.overlay.is_empty() {
             return Ok(());
         }
@@ -599,6 +608,10 @@ impl Refs {
         let mut complete = true;
         if let Some(why) = why {
             log::info!("counting blob references from a full scan ({why})");
+            // A crash while counting counts afresh again (clearing is not atomic).
+            if !self.stale_marker().exists() {
+                write_stale(&self.layout, &why);
+            }
             self.rebuild(&mut live, holders, &mut complete)?;
             *self.rebuilt.lock() = Some(why);
         }
@@ -729,6 +742,10 @@ impl Refs {
         let Some(l) = g.as_mut() else {
             return Ok(());
         };
+        // Until the new counts are checkpointed, a crash must leave a reason to count
+        // afresh (clearing the tree is not atomic, and the log would be replayed twice).
+        write_stale(&self.layout, "a recount did not finish");
+        let _ = fs::remove_file(self.log_path(l.gen));
         let mut complete = true;
         self.rebuild(l, holders, &mut complete)?;
         self.checkpoint_locked(l, false)?;
@@ -747,7 +764,10 @@ impl Refs {
         let Some(mut l) = g.take() else {
             return;
         };
-        let clean = l.open.is_empty() && !self.stale.load(Ordering::SeqCst);
+        if self.stale.load(Ordering::SeqCst) {
+            return; // given up: the next open counts afresh
+        }
+        let clean = l.open.is_empty();
         match self.checkpoint_locked(&mut l, clean) {
             Ok(()) => self.closed.store(clean, Ordering::SeqCst),
             Err(e) => log::warn!("blob reference counts: {e}"),
@@ -763,6 +783,11 @@ fn stale_marker(layout: &Layout) -> PathBuf {
 /// holders without counting), saying why.
 pub fn mark_stale(layout: &Layout, why: &str) {
     log::warn!("blob reference counts will be rebuilt at the next open: {why}");
+    write_stale(layout, why);
+}
+
+/// The marker itself, quietly (a count afresh under way leaves it until it is done).
+fn write_stale(layout: &Layout, why: &str) {
     let _ = fs::create_dir_all(layout.root.join("refs"));
     let _ = fs::write(stale_marker(layout), why);
 }
@@ -932,6 +957,52 @@ mod tests {
         assert!(s.refs.rebuilt());
         assert_eq!(s.refs.count(&fake), Some(0));
         assert_exact(&s, "rebuilt");
+    }
+
+    /// Two removers of one holder (a commit's pruning and retention's, a purge and a
+    /// receive's drop): only the one whose unlink removed it releases what it named.
+    #[test]
+    fn a_holder_removed_twice_is_released_once() {
+        let (_d, s) = scratch();
+        let a = new_file(&s, "a");
+        for fill in [1u8, 2, 3] {
+            s.data().open_write(a).unwrap();
+            s.data().write(a, 0, &vec![fill; 100_000]).unwrap();
+            s.data().close_write(a).unwrap();
+        }
+        let revs = s.revisions.list(a).unwrap();
+        assert!(!revs.is_empty());
+        let (stamp, rec) = &revs[0];
+        let p = s.layout.revisions_of(a).join(stamp.to_string());
+        assert!(!s.revisions.remove(&p, rec).unwrap().is_empty());
+        assert!(
+            s.revisions.remove(&p, rec).unwrap().is_empty(),
+            "gone already"
+        );
+        assert_exact(&s, "a revision removed twice");
+        s.records.remove_node(a, false).unwrap();
+        s.records.remove_node(a, false).unwrap();
+        s.revisions.remove_all(a).unwrap();
+        s.revisions.remove_all(a).unwrap();
+        assert_exact(&s, "a node and its revisions removed twice");
+    }
+
+    /// Counts given up stay given up across a restart even when the marker cannot be
+    /// written (a full disk): the log goes too, so the next open counts afresh.
+    #[test]
+    fn counts_given_up_are_counted_afresh_without_the_marker() {
+        let (d, s) = scratch();
+        let a = new_file(&s, "a");
+        s.data().write(a, 0, &vec![5u8; 200_000]).unwrap();
+        s.refs.distrust("the test");
+        fs::remove_file(s.refs.stale_marker()).unwrap(); // as if it could not be written
+                                                         // Uncounted from now on.
+        s.data().write(a, 0, &vec![6u8; 200_000]).unwrap();
+        s.refs.kill();
+        drop(s);
+        let s = reopen(&d);
+        assert!(s.refs.rebuilt(), "not trusted");
+        assert_exact(&s, "after counts given up");
     }
 
     /// fsck compares the counts with a scan: a wrong count is reported and repaired.

@@ -51,46 +51,50 @@ impl Revisions {
         Ok(true)
     }
 
-    /// Drop one revision, `rec` as read from `path`; returns the blobs it named.
+    /// Drop one revision, `rec` as read from `path`; returns the blobs it named. Of two
+    /// that drop the same one (a commit's pruning and retention's), only the one whose
+    /// unlink removed it counts it released.
     pub(crate) fn remove(&self, path: &std::path::Path, rec: &NodeRecord) -> Result<Vec<Hash>> {
         let refs = self.refs.of_record(rec, None);
-        self.refs.change(path, refs.clone(), Some(vec![]), || {
-            match fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Error::io(format!("remove {}", path.display()), e))
-                }
-                _ => Ok(()),
+        let res = self.refs.change(path, refs.clone(), Some(vec![]), || {
+            fs::remove_file(path).map_err(|e| Error::io(format!("remove {}", path.display()), e))
+        });
+        match res {
+            Ok(()) => Ok(refs.unwrap_or_default()),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(vec![])
             }
-        })?;
-        Ok(refs.unwrap_or_default())
+            Err(e) => Err(e),
+        }
     }
 
-    /// Drop every revision of `id` (its node is gone).
+    /// Drop every revision of `id` (its node is gone), one by one as `remove` does.
     pub(crate) fn remove_all(&self, id: NodeId) -> Result<()> {
-        let dir = self.layout.revisions_of(id);
-        let old = if self.refs.counting() {
-            // One that cannot be read names what it names: unknown, counted afresh.
-            let mut all = Some(Vec::new());
-            for (_, r) in self.list(id).unwrap_or_else(|_| {
-                all = None;
-                vec![]
-            }) {
-                match (&mut all, self.refs.of_record(&r, None)) {
-                    (Some(a), Some(v)) => a.extend(v),
-                    _ => all = None,
+        let (dir, stamps) = self.stamps(id)?;
+        for stamp in stamps {
+            let p = dir.join(stamp.to_string());
+            match self.read(id, stamp, &p) {
+                Ok(Some(r)) => {
+                    self.remove(&p, &r)?;
+                }
+                // Empty (names nothing) or gone.
+                Ok(None) => {
+                    let _ = fs::remove_file(&p);
+                }
+                // Unreadable: what it names is unknown; counted afresh.
+                Err(e) => {
+                    self.refs
+                        .distrust(&format!("revision {} unreadable: {e}", p.display()));
+                    let _ = fs::remove_file(&p);
                 }
             }
-            all
-        } else {
-            Some(vec![])
-        };
-        self.refs
-            .change(&dir, old, Some(vec![]), || match fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Error::io(format!("remove {}", dir.display()), e))
-                }
-                _ => Ok(()),
-            })
+        }
+        match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("remove {}", dir.display()), e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Revisions of a node, oldest first: (unix-nanos, record).

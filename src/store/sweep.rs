@@ -195,6 +195,8 @@ impl Sweeper<'_> {
         if candidates.is_empty() {
             return Ok(0);
         }
+        // A writer fenced off (its lock broken) knows nothing of the new writer's records.
+        self.records.fence_check()?;
         // By the counts when they are kept (a blob named by none of the holders, and
         // not by a session's sealed chunks), else by a scan of every holder.
         let by_counts = self.refs.counting();

@@ -590,6 +590,8 @@ impl BlobStore for LocalBlobs {
     fn restore(&self, data: &[u8]) -> Result<bool> {
         let h = hash_of(data);
         if self.read_verified(&h).is_ok() {
+            // Reused, as `put` does: a sweep that looked before keeps it.
+            let _ = touch(&self.path_of(&h));
             return Ok(false);
         }
         let path = self.path_of(&h);
