@@ -13,6 +13,7 @@ mod index;
 mod lock;
 pub(crate) mod output;
 mod progress;
+mod remote;
 mod snapshot;
 mod stats;
 mod store_cmds;
@@ -80,6 +81,12 @@ pub enum Cmd {
         /// (* and ?), empty for none.
         #[arg(long, default_value = decofs::store::layout::SCRATCH_DEFAULT)]
         trash_skip: String,
+        /// Bind the new store to an object store, s3://BUCKET/PREFIX (see `decofs
+        /// remote add --help`).
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        #[command(flatten)]
+        conn: remote::Conn,
     },
     /// Mount STORE on MOUNTPOINT. Returns once the mount is live.
     Mount {
@@ -211,6 +218,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: index::IndexCmd,
     },
+    /// Long-term storage on an S3-compatible object store: bind a store to one.
+    Remote {
+        #[command(subcommand)]
+        cmd: remote::RemoteCmd,
+    },
     /// The single-writer lock of a store.
     Lock {
         #[command(subcommand)]
@@ -297,14 +309,26 @@ fn run(cli: Cli) -> Outcome {
             revisions_max_age,
             trash_min_age,
             trash_skip,
-        } => store_cmds::init(
-            &store,
-            chunk_size,
-            &trash_retention,
-            revisions_keep,
-            &revisions_max_age,
-            (&trash_min_age, &trash_skip),
-        ),
+            remote: url,
+            conn,
+        } => {
+            if let Some(url) = &url {
+                remote::check(&store, url, &conn)?;
+            }
+            store_cmds::init(
+                &store,
+                chunk_size,
+                &trash_retention,
+                revisions_keep,
+                &revisions_max_age,
+                (&trash_min_age, &trash_skip),
+            )?;
+            match &url {
+                // `--json` keeps init's one object; the binding's line is for people.
+                Some(url) => remote::add(&store, url, &conn, json, !json),
+                None => Ok(ExitCode::SUCCESS),
+            }
+        }
         Cmd::Mount {
             store,
             mountpoint,
@@ -315,6 +339,7 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Umount { mountpoint, lazy } => store_cmds::umount(&mountpoint, lazy),
         Cmd::Status { path } => store_cmds::status(&path, json),
         Cmd::Lock { cmd } => lock::run(cmd, json),
+        Cmd::Remote { cmd } => remote::run(cmd, json),
         Cmd::Find {
             path,
             name,

@@ -255,6 +255,35 @@ pub fn render_status(v: &StatusReply) -> String {
         "snapshots:  {} snapshot(s), {} copied record(s) naming {} bytes\n",
         v.snapshots.count, v.snapshots.copies, v.snapshots.bytes
     ));
+    if let Some(r) = &v.remote {
+        s.push_str(&format!("remote:     {} at {}\n", r.url, r.endpoint));
+        if r.live {
+            s.push_str(&format!(
+                "uploads:    {} blob(s), {} bytes waiting; {} uploaded ({} bytes), {} fetched this run\n",
+                r.pending_blobs, r.pending_bytes, r.uploaded, r.uploaded_bytes, r.fetched
+            ));
+            s.push_str(&format!(
+                "cache:      {} bytes of blobs on disk{}, {} evicted\n",
+                r.cache_bytes,
+                if r.cache_limit == 0 {
+                    " (no bound)".to_string()
+                } else {
+                    format!(" (bound {})", r.cache_limit)
+                },
+                r.evicted
+            ));
+            if let Some(e) = &r.last_error {
+                s.push_str(&format!(
+                    "last error: {e}{}\n",
+                    r.last_error_at
+                        .map(|t| format!(" at {}", output::local_time(t as i64)))
+                        .unwrap_or_default()
+                ));
+            }
+        } else {
+            s.push_str("uploads:    known to the read-write mount only (none runs)\n");
+        }
+    }
     let ix = &v.index;
     match ix["state"].as_str().unwrap_or("") {
         "off" | "closed" => s.push_str(&format!(

@@ -95,6 +95,32 @@ fn snapshots_held(store: &Store) -> SnapshotsHeld {
     held
 }
 
+/// What status shows of the object store of a bound store.
+fn remote_held(store: &Store) -> Option<super::protocol::RemoteHeld> {
+    let r = store.remote()?;
+    let st = r.state();
+    let unix = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    Some(super::protocol::RemoteHeld {
+        url: st.url,
+        endpoint: st.endpoint,
+        live: store.still_writer(),
+        pending_blobs: st.pending_blobs,
+        pending_bytes: st.pending_bytes,
+        uploaded: st.uploaded,
+        uploaded_bytes: st.uploaded_bytes,
+        fetched: st.fetched,
+        evicted: st.evicted,
+        cache_limit: st.cache_limit,
+        cache_bytes: st.cache_bytes,
+        last_error: st.last_error,
+        last_error_at: unix(st.last_error_at),
+        last_upload_at: unix(st.last_upload_at),
+    })
+}
+
 /// The status of a store, from inside its daemon (`info`) or from outside (None).
 pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
     let layout = &store.layout;
@@ -123,6 +149,7 @@ pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
         },
         snapshots: snapshots_held(store),
         index,
+        remote: remote_held(store),
         daemon: info.map(|info| DaemonStatus {
             pid: std::process::id(),
             mountpoint: WirePath::new(&info.mountpoint),

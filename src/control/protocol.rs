@@ -462,6 +462,9 @@ pub struct StatusReply {
     pub snapshots: SnapshotsHeld,
     /// The index's own status (`Index::status`), or `{"state": "off"|"closed", "note"}`.
     pub index: Value,
+    /// A store bound to an object store: uploads, the local cache, the last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteHeld>,
     /// Present when a daemon answered.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonStatus>,
@@ -483,6 +486,28 @@ pub struct SnapshotsHeld {
     pub copies: u64,
     /// Content bytes those copies name (shared with live files where unchanged).
     pub bytes: u64,
+}
+
+/// The object store of a bound store, as its writer sees it (`live`: a read-write
+/// process answered; otherwise only the binding is known).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RemoteHeld {
+    pub url: String,
+    pub endpoint: String,
+    pub live: bool,
+    /// Blobs written locally and not yet confirmed in the bucket, and their bytes.
+    pub pending_blobs: u64,
+    pub pending_bytes: u64,
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+    pub fetched: u64,
+    pub evicted: u64,
+    pub cache_limit: u64,
+    pub cache_bytes: u64,
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub last_error_at: Option<u64>,
+    pub last_upload_at: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -768,6 +793,7 @@ mod tests {
             revisions: RevisionsHeld { count: 0, bytes: 0 },
             snapshots: SnapshotsHeld::default(),
             index: json!({"state": "closed"}),
+            remote: None,
             daemon: None,
             mounts: None,
         };

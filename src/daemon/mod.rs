@@ -280,6 +280,7 @@ fn prepare(
             read_only: opts.read_only,
             cache_bytes: 0,
             snapshot: opts.snapshot.clone(),
+            cache_size: opts.cache_size,
         },
     )?);
     let mut mo = vec![

@@ -35,6 +35,8 @@ pub struct MountOpts {
     /// snapshot_every=DURATION, snapshots_keep=N: scheduled snapshots.
     pub snapshot_every: Option<u64>,
     pub snapshots_keep: Option<u32>,
+    /// cache_size=SIZE: the bound of a remote store's local blob cache.
+    pub cache_size: Option<u64>,
 }
 
 /// Every option `-o` accepts, as `decofs mount --help` lists them (a unit test checks
@@ -66,6 +68,9 @@ option or a bad value is refused with invalid_option and nothing is mounted):
   snapshot=NAME                serve snapshot NAME (read-only; implies ro)
   snapshot_every=DURATION      take a snapshot auto-<UTC time> this often (read-write)
   snapshots_keep=N             keep the newest N scheduled snapshots (default 24)
+  cache_size=SIZE              a store on an object store: the bound of its local
+                               blob cache (bytes, or K, M, G, T; default half the
+                               disk; 0: no bound); only uploaded blobs are evicted
   readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
                                0 keeps the kernel's 128 KiB)
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
@@ -188,6 +193,12 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
                 }
                 o.snapshot_every = Some(d);
             }
+            x if x.starts_with("cache_size=") => {
+                o.cache_size = Some(
+                    parse_bytes(&x["cache_size=".len()..])
+                        .ok_or_else(|| Error::BadOption(opt.to_string()))?,
+                );
+            }
             x if x.starts_with("snapshots_keep=") => {
                 o.snapshots_keep = Some(
                     opt["snapshots_keep=".len()..]
@@ -222,6 +233,18 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
         o.read_only = true;
     }
     Ok(o)
+}
+
+/// A size: bytes, or a number with K, M, G or T (powers of 1024).
+pub fn parse_bytes(v: &str) -> Option<u64> {
+    let (num, shift) = match v.chars().last()? {
+        'K' | 'k' => (&v[..v.len() - 1], 10),
+        'M' | 'm' => (&v[..v.len() - 1], 20),
+        'G' | 'g' => (&v[..v.len() - 1], 30),
+        'T' | 't' => (&v[..v.len() - 1], 40),
+        _ => (v, 0),
+    };
+    num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 /// The duration after the '=' of a `key=DURATION` option.
@@ -288,6 +311,9 @@ mod tests {
             "snapshot_every=0",
             "snapshot_every=often",
             "snapshots_keep=-1",
+            "cache_size=",
+            "cache_size=lots",
+            "cache_size=99999999999T",
             "ro,snapshot_every=1h",
             "snapshot=a/b",
             "rw,snapshot=daily",
@@ -297,5 +323,9 @@ mod tests {
         }
         assert!(parse_opts("log=decofs=debug,nonempty,ro").is_ok());
         assert!(parse_opts("nonempty").unwrap().nonempty);
+        assert_eq!(
+            parse_opts("cache_size=3M").unwrap().cache_size,
+            Some(3 << 20)
+        );
     }
 }

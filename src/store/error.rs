@@ -92,6 +92,12 @@ pub enum Error {
     SnapshotBaseMissing(String),
     #[error("the stream does not apply to this store: {0}")]
     ReceiveConflict(String),
+    #[error("the object store failed to {op}: {detail}")]
+    Remote { op: String, detail: String },
+    #[error("the object store does not enforce conditional writes: {0}")]
+    RemoteUnsafe(String),
+    #[error("the object store's prefix belongs to another store: {0}")]
+    RemoteConflict(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("unknown or invalid mount option '{0}'")]
@@ -160,6 +166,9 @@ impl Error {
             Error::SnapshotBaseMissing(_) => "snapshot_base_missing",
             Error::ReceiveConflict(_) => "receive_conflict",
             Error::InvalidArgument(_) => "invalid_argument",
+            Error::Remote { .. } => "remote_unavailable",
+            Error::RemoteUnsafe(_) => "remote_unsafe",
+            Error::RemoteConflict(_) => "remote_conflict",
             Error::Daemon(_) => "daemon_failed",
             Error::NotConsistent { .. } => "resource_not_consistent",
             Error::IndexUnavailable(_) => "index_unavailable",
@@ -226,6 +235,15 @@ impl Error {
                 "receive into a new store (`decofs init`), or into one left as its last received snapshot".into()
             }
             Error::Daemon(_) => "see the daemon log, STORE/decofs.log".into(),
+            Error::Remote { .. } => {
+                "check the object store's endpoint, credentials (AWS_* variables) and network; `decofs status` shows the last error".into()
+            }
+            Error::RemoteUnsafe(_) => {
+                "use an object store that enforces If-None-Match and If-Match on PUT (AWS S3, MinIO, SeaweedFS, R2); without them two writers could both publish".into()
+            }
+            Error::RemoteConflict(_) => {
+                "bind the store to an empty prefix of its own".into()
+            }
             Error::NotConsistent { .. } => {
                 "retry in a moment, or pass --wait to wait until the index is current (--stale answers from the lagging index)".into()
             }
@@ -272,6 +290,9 @@ impl Error {
             Error::StreamInvalid(_) | Error::ReceiveConflict(_) => libc::EINVAL,
             Error::SnapshotBaseMissing(_) => libc::ENOENT,
             Error::InvalidArgument(_) => libc::EINVAL,
+            Error::Remote { .. } => libc::EIO,
+            Error::RemoteUnsafe(_) => libc::EOPNOTSUPP,
+            Error::RemoteConflict(_) => libc::EEXIST,
             Error::RestoreParentGone(_) => libc::ENOENT,
             Error::RestoreNameTaken(_) => libc::EEXIST,
             Error::InitNotEmpty(_) => libc::ENOTEMPTY,

@@ -42,6 +42,7 @@ pub mod node;
 pub mod pins;
 pub mod records;
 pub mod refs;
+pub mod remote;
 pub mod revisions;
 pub mod snapshot;
 pub mod snapshot_ops;
@@ -61,7 +62,7 @@ pub use error::{Error, Result};
 pub use event::{InvalidateFn, Stale};
 pub use node::{Kind, NodeId, NodeRecord, Time};
 
-use blobs::{BlobStore, LocalBlobs};
+use blobs::{BlobStore, LocalBlobs, RemoteBlobs};
 use error::IoContext;
 use layout::{Format, Layout};
 use lock::{Fence, StoreLock};
@@ -74,6 +75,9 @@ pub struct OpenOptions {
     pub cache_bytes: usize,
     /// Read the tree as this snapshot saw it (read-only opens only).
     pub snapshot: Option<String>,
+    /// A store bound to an object store: the bound of its local blob cache in bytes
+    /// (None: half the size of the disk under the store; 0: no bound).
+    pub cache_size: Option<u64>,
 }
 
 pub struct Store {
@@ -83,6 +87,8 @@ pub struct Store {
     pub blobs: Arc<dyn BlobStore>,
     /// The same blobs' local disk: its staging pool and filesystem sync tickets.
     local: Arc<LocalBlobs>,
+    /// The blobs' object store, for a store bound to one (`remote`).
+    remote: Option<Arc<RemoteBlobs>>,
     /// May this process change the store (invariant 7)?
     fence: Arc<Fence>,
     /// Node records: read, written whole, cached (invariant 2).
@@ -130,8 +136,8 @@ impl Store {
         let layout = Layout::new(path);
         let mut format = layout.create(chunk_size)?;
         format.policy = policy;
-        let blobs = LocalBlobs::new(layout.clone(), 0);
-        let store = Store::assemble(layout, format.clone(), blobs, false, None);
+        let blobs = Arc::new(LocalBlobs::new(layout.clone(), 0));
+        let store = Store::assemble(layout, format.clone(), blobs, None, false, None);
         // SAFETY: plain getters.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let rec = NodeRecord::new(Kind::Dir, 0o755, uid, gid, 1);
@@ -160,8 +166,9 @@ impl Store {
         } else {
             opts.cache_bytes
         };
-        let blobs = LocalBlobs::new(layout.clone(), cache);
-        let mut store = Store::assemble(layout, format, blobs, opts.read_only, lock);
+        let local = Arc::new(LocalBlobs::new(layout.clone(), cache));
+        let remote = remote::open_blobs(&layout, &local, &opts)?;
+        let mut store = Store::assemble(layout, format, local, remote, opts.read_only, lock);
         store.recover_crashed_writer()?;
         store.snapshots.load(!opts.read_only)?;
         if !opts.read_only {
@@ -188,14 +195,17 @@ impl Store {
     fn assemble(
         layout: Layout,
         format: Format,
-        blobs: LocalBlobs,
+        local: Arc<LocalBlobs>,
+        remote: Option<Arc<RemoteBlobs>>,
         read_only: bool,
         lock: Option<StoreLock>,
     ) -> Store {
         let policy = format.policy.clone();
-        let local = Arc::new(blobs);
         let spares = spare::Spares::new(layout.clone(), local.clone());
-        let blobs: Arc<dyn BlobStore> = local.clone();
+        let blobs: Arc<dyn BlobStore> = match &remote {
+            Some(r) => r.clone(),
+            None => local.clone(),
+        };
         let fence = Arc::new(Fence::new(read_only, lock));
         let chunk_lists = Arc::new(content::ChunkLists::new(blobs.clone()));
         let refs = Arc::new(refs::Refs::new(
@@ -225,6 +235,7 @@ impl Store {
             format,
             blobs,
             local,
+            remote,
             fence,
             sessions: content::Sessions::default(),
             policy: Mutex::new(policy),
@@ -454,9 +465,10 @@ impl Store {
             blobs.put_back(&blobs.swept_aside()?)?;
             self.refs.open(&self.sweeper())?;
             if fsynclog::pending(layout)? {
+                // Through the seam: blobs the replay writes are queued for upload too.
                 let t = fsynclog::Target {
                     layout,
-                    blobs,
+                    blobs: &*self.blobs,
                     refs: Some(&self.refs),
                 };
                 fsynclog::recover(&t)?;
@@ -509,6 +521,11 @@ impl Store {
             self.refs.close();
         }
         res
+    }
+
+    /// The object store's side of the blobs, for a store bound to one.
+    pub fn remote(&self) -> Option<&Arc<RemoteBlobs>> {
+        self.remote.as_ref()
     }
 
     /// Free and total space of the disk under the store.

@@ -412,6 +412,11 @@ impl LocalBlobs {
         }
     }
 
+    /// Keep a blob verified elsewhere (fetched from the object store) in the cache.
+    pub(crate) fn remember(&self, hash: Hash, data: Arc<Chunk>) {
+        self.cache.lock().insert(hash, data);
+    }
+
     fn cached(&self, hash: &Hash) -> Option<Arc<Chunk>> {
         self.cache.lock().map.get(hash).cloned()
     }

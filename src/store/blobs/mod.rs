@@ -9,12 +9,14 @@
 //! (its staging pool, the filesystem sync tickets) stays on `LocalBlobs`.
 
 mod local;
+mod remote;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 pub(crate) use local::PREMADE_BATCH;
 pub use local::{parse_doomed, LocalBlobs};
+pub use remote::{RemoteBlobs, RemoteState};
 
 use super::error::Result;
 use super::node::Hash;

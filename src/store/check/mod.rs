@@ -334,8 +334,13 @@ pub fn open(path: &Path, read_only: bool) -> Result<Store> {
     } else {
         Some(StoreLock::acquire(&layout)?)
     };
-    let blobs = LocalBlobs::new(layout.clone(), 64 << 20);
-    let store = Store::assemble(layout, format, blobs, read_only, lock);
+    let local = std::sync::Arc::new(LocalBlobs::new(layout.clone(), 64 << 20));
+    let opts = crate::store::OpenOptions {
+        read_only,
+        ..Default::default()
+    };
+    let remote = crate::store::remote::open_blobs(&layout, &local, &opts)?;
+    let store = Store::assemble(layout, format, local, remote, read_only, lock);
     store.recover_crashed_writer()?;
     store.snapshots.load(!read_only)?;
     if !read_only {

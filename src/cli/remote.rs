@@ -1,0 +1,90 @@
+//! `decofs remote`, and `init --remote`: binding a store to an object store.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use decofs::store::remote::{self, Binding, RemoteUrl};
+
+use super::output::{self, outln, Context, Outcome};
+
+#[derive(Subcommand)]
+pub enum RemoteCmd {
+    /// Bind a store that is not mounted to an object store (s3://BUCKET/PREFIX): its
+    /// blobs are uploaded in the background from then on, and the local copies become
+    /// a bounded cache (-o cache_size). The object store must enforce conditional
+    /// writes (checked: remote_unsafe otherwise); the prefix must be empty or this
+    /// store's (remote_conflict otherwise). Credentials come from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY of whoever mounts the store; they are never written down.
+    Add {
+        store: PathBuf,
+        url: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// How to reach the object store; what is left out comes from the AWS_* variables.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Conn {
+    /// The S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// The region (default: AWS_REGION).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Allow a plain-http endpoint (default: AWS_ALLOW_HTTP=true).
+    #[arg(long)]
+    pub allow_http: bool,
+}
+
+impl Conn {
+    pub fn binding(&self, url: &str) -> decofs::store::Result<Binding> {
+        Ok(Binding {
+            url: RemoteUrl::parse(url)?,
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http.then_some(true),
+        })
+    }
+}
+
+pub fn run(cmd: RemoteCmd, json: bool) -> Outcome {
+    match cmd {
+        RemoteCmd::Add { store, url, conn } => add(&store, &url, &conn, json, true),
+    }
+}
+
+/// Before `init --remote` makes a store: is the URL good and the object store safe?
+pub fn check(store: &Path, url: &str, conn: &Conn) -> Outcome {
+    let what = format!(
+        "cannot create a store at {} bound to {url}",
+        store.display()
+    );
+    let binding = conn.binding(url).or_fail(&what)?;
+    remote::Remote::connect(&binding)
+        .and_then(|r| r.check_conditional_writes())
+        .or_fail(&what)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bind `store` and say what was queued.
+pub fn add(store: &Path, url: &str, conn: &Conn, json: bool, say: bool) -> Outcome {
+    let what = format!("cannot bind {} to {url}", store.display());
+    let binding = conn.binding(url).or_fail(&what)?;
+    let queued = remote::bind(store, &binding).or_fail(&what)?;
+    if say && json {
+        output::json(
+            &json!({"store": store, "remote": binding.url.to_string(), "queued_blobs": queued}),
+        );
+    } else if say {
+        outln!(
+            "bound {} to {} ({queued} blob(s) queued for upload; a mount uploads them)",
+            store.display(),
+            binding.url
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
