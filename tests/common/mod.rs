@@ -4,7 +4,13 @@
 //! that switch uid work) and returns a guard. Dropping the guard runs `decofs umount`
 //! (which waits until the daemon has exited and released the store), falls back to
 //! `fusermount3 -u` and, as a last resort, a lazy unmount. Nothing is killed.
+//!
+//! `seaweed`: a real S3 object store (SeaweedFS) on free ports, stopped by its pid;
+//! `proxy`: a TCP proxy in front of it for fault tests.
 #![allow(dead_code)]
+
+pub mod proxy;
+pub mod seaweed;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
