@@ -512,6 +512,11 @@ impl Store {
         }
         self.local.drain_pool();
         self.spares.close();
+        if let Some(r) = &self.remote {
+            if let Err(e) = r.flush() {
+                log::warn!("closing: the upload ledger was not written: {e}");
+            }
+        }
         let res = match &self.fsync_log {
             Some(l) => l.close(&|| self.local.sync_filesystem()),
             None => Ok(()),

@@ -333,7 +333,16 @@ impl Seaweed {
             args.join(" ")
         )
         .unwrap();
-        let child = Command::new(&weed)
+        let mut cmd = Command::new(&weed);
+        // SeaweedFS takes AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from its environment
+        // as an admin identity and then refuses anonymous requests: the test process
+        // sets them for decofs, not for the server.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_") {
+                cmd.env_remove(&k);
+            }
+        }
+        let child = cmd
             .args(&args)
             .current_dir(&self.root)
             .stdin(Stdio::null())

@@ -334,6 +334,17 @@ impl RemoteBlobs {
         })?;
         self.added.store(0, Ordering::Relaxed);
         self.state.lock().cache_bytes = total;
+        // A blob the ledger does not know (its entry was lost with sled's last second
+        // at a crash) is queued again: uploaded, or found in the bucket, it becomes
+        // evictable.
+        for (_, h, len) in &blobs {
+            if !l.uploaded.contains_key(h).unwrap_or(true)
+                && !l.pending.contains_key(h).unwrap_or(true)
+            {
+                self.note(*h, *len)?;
+            }
+        }
+        self.added.store(0, Ordering::Relaxed);
         if limit == 0 || total <= limit {
             return Ok(0);
         }

@@ -73,7 +73,7 @@ impl Checker<'_> {
         }
         rep.bytes_freed = self.s.sweeper().sweep(cands.clone(), since)?;
         for h in cands {
-            if !self.s.blobs.exists(&h) {
+            if !self.s.local.exists(&h) {
                 rep.deleted += 1;
                 rep.deleted_hashes.push(hash_hex(&h));
             }

@@ -1,0 +1,373 @@
+//! A store on a real object store (SeaweedFS started on 127.0.0.1 by the test, stopped
+//! after): binding and its refusals, background uploads, the bounded local cache and
+//! verified fetches of evicted blobs, an object store that is down, and a writer killed
+//! with uploads pending (issue 26; docs/DESIGN.md, "Remote storage").
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::proxy::{Mode, Proxy};
+use common::seaweed::Seaweed;
+use common::*;
+
+/// Credentials for SeaweedFS (it checks none without an identity file), and short
+/// request bounds (15 s: SeaweedFS makes racing conditional puts of one object wait
+/// up to seconds for each other) so a hung object store fails requests soon. The daemons
+/// `decofs mount` starts inherit them.
+fn env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "decofs-test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "decofs-test-secret");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("DECOFS_REMOTE_TIMEOUT_MS", "15000");
+    });
+}
+
+/// `init` arguments binding a new store to `prefix` of the test's bucket at `endpoint`.
+fn bound(sw: &Seaweed, endpoint: &str, prefix: &str) -> Vec<String> {
+    vec![
+        "--trash-min-age".into(),
+        "0".into(),
+        "--remote".into(),
+        sw.url(prefix),
+        "--endpoint".into(),
+        endpoint.into(),
+        "--allow-http".into(),
+    ]
+}
+
+fn mount_bound(sw: &Seaweed, prefix: &str, opts: &str) -> Mount {
+    env();
+    let args = bound(sw, &sw.endpoint(), prefix);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    Mount::with_init(&args, opts)
+}
+
+fn status(mnt: &Path) -> serde_json::Value {
+    let (c, v, e) = dj(&["status", mnt.to_str().unwrap()]);
+    assert_eq!(c, 0, "status: {v} {e}");
+    v
+}
+
+/// Poll the mount's status until `done` holds (at most `secs`).
+#[track_caller]
+fn wait_status(m: &Mount, secs: u64, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = status(&m.mnt);
+        if done(&v) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {}\n{}",
+            v["remote"],
+            log_tail(&m.store)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_uploaded(m: &Mount) {
+    wait_status(m, 60, "uploads finish", |v| {
+        v["remote"]["pending_blobs"].as_u64() == Some(0)
+    });
+}
+
+/// Every blob file of the store: (hash, bytes).
+fn local_blobs(store: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(shards) = std::fs::read_dir(store.join("blobs")) else {
+        return out;
+    };
+    for shard in shards {
+        for b in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let b = b.unwrap();
+            out.push((
+                b.file_name().to_string_lossy().into_owned(),
+                std::fs::read(b.path()).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+fn local_blob_bytes(store: &Path) -> u64 {
+    local_blobs(store).iter().map(|(_, d)| d.len() as u64).sum()
+}
+
+fn blob_key(prefix: &str, hash: &str) -> String {
+    format!("{prefix}/blobs/{}/{hash}", &hash[..2])
+}
+
+fn write_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let files = vec![
+        (root.join("big"), pattern(1, 0, 10 << 20)),
+        (root.join("medium"), pattern(2, 0, 300 << 10)),
+        (root.join("small"), pattern(3, 0, 5000)),
+    ];
+    for (p, d) in &files {
+        std::fs::write(p, d).unwrap();
+    }
+    files
+}
+
+/// Drop the kernel's page cache, then remount (the daemon's verified-chunk cache goes
+/// with its process): what is read next comes from the store.
+fn cold(m: &Mount) {
+    m.unmount();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    m.mount();
+}
+
+#[test]
+fn blobs_are_uploaded_and_evicted_ones_come_back_verified() {
+    let sw = Seaweed::start();
+    let mut m = mount_bound(&sw, "one", "allow_other,cache_size=0");
+    let files = write_files(&m.mnt);
+    wait_uploaded(&m);
+    // Every blob the store wrote is in the bucket, byte for byte, under its hash.
+    let blobs = local_blobs(&m.store);
+    assert!(
+        blobs.len() >= 4,
+        "10 MiB in 4 MiB chunks and more: {}",
+        blobs.len()
+    );
+    for (hash, data) in &blobs {
+        let remote = sw.get(&blob_key("one", hash));
+        assert_eq!(
+            remote.as_deref(),
+            Some(&data[..]),
+            "blob {hash} in the bucket"
+        );
+    }
+    assert!(sw.get("one/store").is_some(), "the prefix is claimed");
+    // Bounded to 1 MiB: the uploaded blobs leave the disk.
+    m.unmount();
+    m.opts = "allow_other,cache_size=1M".into();
+    m.mount();
+    wait_status(&m, 60, "eviction", |v| {
+        v["remote"]["evicted"].as_u64().unwrap_or(0) > 0
+    });
+    let on_disk = local_blob_bytes(&m.store);
+    assert!(on_disk <= 1 << 20, "{on_disk} bytes of blobs on disk");
+    // Read cold: fetched from the bucket, verified, the same bytes.
+    cold(&m);
+    for (p, d) in &files {
+        assert_bytes_eq(&std::fs::read(p).unwrap(), d, &p.display().to_string());
+    }
+    let v = status(&m.mnt);
+    assert!(
+        v["remote"]["fetched"].as_u64().unwrap_or(0) >= 3,
+        "{}",
+        v["remote"]
+    );
+    m.unmount();
+    let (c, v, e) = dj(&["fsck", m.store.to_str().unwrap()]);
+    assert_eq!(
+        c, 0,
+        "fsck of a store whose blobs are partly remote: {v} {e}"
+    );
+}
+
+#[test]
+fn a_damaged_copy_in_the_object_store_is_refused_with_eio() {
+    let sw = Seaweed::start();
+    let m = mount_bound(&sw, "dmg", "allow_other,cache_size=1");
+    let data = pattern(7, 0, 2 << 20);
+    std::fs::write(m.path("f"), &data).unwrap();
+    wait_uploaded(&m);
+    m.unmount();
+    let hash = local_blobs(&m.store)
+        .into_iter()
+        .find(|(_, d)| d == &data)
+        .map(|(h, _)| h);
+    let keys = sw.list("dmg/blobs/");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = keys[0].clone();
+    if let Some(h) = hash {
+        assert_eq!(key, blob_key("dmg", &h));
+    }
+    let good = sw.get(&key).unwrap();
+    let mut bad = good.clone();
+    bad[12345] ^= 0x40;
+    sw.put(&key, &bad);
+    // Mounted with a 1-byte bound: the local copy goes; the read must fetch.
+    m.mount();
+    wait_status(&m, 60, "eviction", |_| local_blob_bytes(&m.store) == 0);
+    cold(&m);
+    let err = std::fs::read(m.path("f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let log = std::fs::read_to_string(m.store.join("decofs.log")).unwrap_or_default();
+    assert!(
+        log.contains("does not match its hash"),
+        "the log names the damage: {}",
+        log_tail(&m.store)
+    );
+    // The right bytes back in the bucket: the file reads again.
+    sw.put(&key, &good);
+    assert_bytes_eq(&std::fs::read(m.path("f")).unwrap(), &data, "f");
+}
+
+#[test]
+fn an_object_store_that_ignores_conditional_writes_is_refused() {
+    env();
+    let sw = Seaweed::start();
+    let proxy = Proxy::start(sw.s3_port());
+    proxy.set(Mode::StripConditional);
+    let dir = tempfile::tempdir_in(test_root()).unwrap();
+    let store = dir.path().join("store");
+    let args = bound(&sw, &proxy.endpoint(), "unsafe");
+    let mut a = vec!["init", store.to_str().unwrap()];
+    a.extend(args.iter().map(|s| s.as_str()));
+    let (c, v, e) = dj(&a);
+    assert_eq!(c, 1, "{v} {e}");
+    let err: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    assert_eq!(err["code"], "remote_unsafe", "{e}");
+    assert!(
+        !store.exists(),
+        "nothing is made when the object store is refused"
+    );
+    // An existing store stays unbound.
+    let out = decofs(&["init", store.to_str().unwrap()]);
+    assert!(out.status.success());
+    let (c, _, e) = dj(&[
+        "remote",
+        "add",
+        store.to_str().unwrap(),
+        &sw.url("unsafe"),
+        "--endpoint",
+        &proxy.endpoint(),
+        "--allow-http",
+    ]);
+    assert_eq!(c, 1, "{e}");
+    assert!(e.contains("remote_unsafe"), "{e}");
+    assert!(!store.join("remote/binding").exists());
+    // The same object store without the proxy in between is accepted.
+    let (c, v, e) = dj(&[
+        "remote",
+        "add",
+        store.to_str().unwrap(),
+        &sw.url("unsafe"),
+        "--endpoint",
+        &sw.endpoint(),
+        "--allow-http",
+    ]);
+    assert_eq!(c, 0, "{v} {e}");
+}
+
+#[test]
+fn bad_urls_and_another_stores_prefix_are_refused() {
+    env();
+    let sw = Seaweed::start();
+    let dir = tempfile::tempdir_in(test_root()).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for s in [&a, &b] {
+        assert!(decofs(&["init", s.to_str().unwrap()]).status.success());
+    }
+    for url in [
+        "http://bucket/x",
+        "s3://",
+        "s3://UPPER/x",
+        "s3://bucket/a/../b",
+    ] {
+        let (c, _, e) = dj(&["remote", "add", a.to_str().unwrap(), url]);
+        assert_eq!(c, 1, "{url}: {e}");
+        assert!(e.contains("invalid_argument"), "{url}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
+    let add = |s: &Path| {
+        dj(&[
+            "remote",
+            "add",
+            s.to_str().unwrap(),
+            &sw.url("shared"),
+            "--endpoint",
+            &sw.endpoint(),
+            "--allow-http",
+        ])
+    };
+    let (c, v, e) = add(&a);
+    assert_eq!(c, 0, "{v} {e}");
+    let (c, v, e) = add(&a);
+    assert_eq!(c, 0, "binding again to its own prefix: {v} {e}");
+    let (c, _, e) = add(&b);
+    assert_eq!(c, 1, "{e}");
+    assert!(e.contains("remote_conflict"), "{e}");
+    assert!(!b.join("remote/binding").exists());
+}
+
+#[test]
+fn writes_go_on_while_the_object_store_is_down_and_are_uploaded_after() {
+    let mut sw = Seaweed::start();
+    // A 1-byte cache: whatever is uploaded leaves the disk, nothing else may.
+    let m = mount_bound(&sw, "down", "allow_other,cache_size=1");
+    std::fs::write(m.path("before"), pattern(4, 0, 100_000)).unwrap();
+    wait_uploaded(&m);
+    sw.stop();
+    let files = write_files(&m.mnt);
+    let written: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    for (p, d) in &files {
+        assert_bytes_eq(&std::fs::read(p).unwrap(), d, "written while down");
+    }
+    wait_status(&m, 60, "the failure shows", |v| {
+        v["remote"]["pending_blobs"].as_u64().unwrap_or(0) > 0
+            && v["remote"]["last_error"].is_string()
+    });
+    // An eviction pass measured the new blobs and kept them: none is in the bucket.
+    wait_status(&m, 60, "a pass over the cache", |v| {
+        v["remote"]["cache_bytes"].as_u64().unwrap_or(0) >= written
+    });
+    assert!(local_blob_bytes(&m.store) >= written);
+    sw.restart();
+    wait_uploaded(&m);
+    m.unmount();
+    for (hash, data) in local_blobs(&m.store) {
+        assert_eq!(
+            sw.get(&blob_key("down", &hash)).as_deref(),
+            Some(&data[..]),
+            "blob {hash}"
+        );
+    }
+}
+
+#[test]
+fn uploads_pending_at_a_kill_are_done_by_the_next_mount() {
+    let mut sw = Seaweed::start();
+    let m = mount_bound(&sw, "kill", "allow_other,cache_size=0");
+    sw.stop();
+    let files = write_files(&m.mnt);
+    wait_status(&m, 60, "uploads wait", |v| {
+        v["remote"]["pending_blobs"].as_u64().unwrap_or(0) >= 3
+    });
+    // The ledger is written within a second; then the writer dies.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = daemon_pid(&m.store, &m.mnt);
+    // SAFETY: a plain signal to the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !process_gone(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unmount_path(&m.mnt);
+    sw.restart();
+    m.mount();
+    wait_uploaded(&m);
+    for (p, d) in &files {
+        assert_bytes_eq(&std::fs::read(p).unwrap(), d, "after the kill");
+    }
+    m.unmount();
+    let blobs = local_blobs(&m.store);
+    assert!(!blobs.is_empty());
+    for (hash, data) in blobs {
+        assert_eq!(
+            sw.get(&blob_key("kill", &hash)).as_deref(),
+            Some(&data[..]),
+            "blob {hash}"
+        );
+    }
+}
