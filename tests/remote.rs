@@ -371,3 +371,223 @@ fn uploads_pending_at_a_kill_are_done_by_the_next_mount() {
         );
     }
 }
+
+/// Every path under `a` and `b`: the same kind, mode, size, link count, symlink target
+/// and bytes.
+#[track_caller]
+fn assert_same_tree(a: &Path, b: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let walk = |root: &Path| {
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let md = std::fs::symlink_metadata(&p).unwrap();
+                let rel = p.strip_prefix(root).unwrap().to_path_buf();
+                let body = if md.file_type().is_symlink() {
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes()
+                } else if md.is_file() {
+                    std::fs::read(&p).unwrap()
+                } else {
+                    stack.push(p.clone());
+                    Vec::new()
+                };
+                let nlink = if md.is_dir() { 0 } else { md.nlink() };
+                out.insert(rel, (md.mode(), md.len(), nlink, body));
+            }
+        }
+        out
+    };
+    let (ta, tb) = (walk(a), walk(b));
+    assert_eq!(
+        ta.keys().collect::<Vec<_>>(),
+        tb.keys().collect::<Vec<_>>(),
+        "the same names"
+    );
+    for (k, va) in &ta {
+        let vb = &tb[k];
+        assert_eq!(
+            (va.0, va.1, va.2),
+            (vb.0, vb.1, vb.2),
+            "{}: mode, size, links",
+            k.display()
+        );
+        assert_bytes_eq(&vb.3, &va.3, &k.display().to_string());
+    }
+}
+
+fn publish(target: &Path) -> serde_json::Value {
+    let (c, v, e) = dj(&["publish", target.to_str().unwrap()]);
+    assert_eq!(c, 0, "publish: {v} {e}");
+    v
+}
+
+/// Clone the prefix into a new store beside `dir`, mounted read-only.
+fn clone_mounted(sw: &Seaweed, prefix: &str, dir: &Path, name: &str) -> Mount {
+    let store = dir.join(name);
+    let (c, v, e) = dj(&[
+        "clone",
+        &sw.url(prefix),
+        store.to_str().unwrap(),
+        "--endpoint",
+        &sw.endpoint(),
+        "--allow-http",
+    ]);
+    assert_eq!(c, 0, "clone: {v} {e}");
+    let mnt = dir.join(format!("{name}-mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Mount {
+        dir: tempfile::tempdir_in(test_root()).unwrap(),
+        store,
+        mnt,
+        opts: "ro,allow_other".into(),
+    };
+    m.mount();
+    m
+}
+
+#[test]
+fn published_states_clone_into_equal_trees() {
+    let sw = Seaweed::start();
+    let a = mount_bound(&sw, "pub", "allow_other,publish_interval=0,cache_size=0");
+    let root = &a.mnt;
+    std::fs::create_dir_all(root.join("d/e/f")).unwrap();
+    let files = write_files(root);
+    std::fs::write(root.join("d/e/f/deep"), pattern(9, 0, 70_000)).unwrap();
+    std::fs::hard_link(root.join("small"), root.join("d/hard")).unwrap();
+    std::os::unix::fs::symlink("../big", root.join("d/link")).unwrap();
+    sh(&format!(
+        "chmod 640 {0}/medium && chmod 700 {0}/d/e",
+        root.display()
+    ));
+    let v = publish(root);
+    assert_eq!(
+        (v["published"].as_bool(), v["seq"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let v = publish(root);
+    assert_eq!(v["published"], false, "nothing changed: {v}");
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let b = clone_mounted(&sw, "pub", work.path(), "b");
+    assert_same_tree(root, &b.mnt);
+    // Three differential publishes: renames, a directory move, deletes, rewrites.
+    let steps: [&dyn Fn(&Path); 3] = [
+        &|r: &Path| {
+            std::fs::rename(r.join("big"), r.join("d/big-moved")).unwrap();
+            std::fs::remove_file(r.join("d/hard")).unwrap();
+            std::fs::write(r.join("new"), pattern(10, 0, 4_500_000)).unwrap();
+        },
+        &|r: &Path| {
+            std::fs::rename(r.join("d/e"), r.join("e-moved")).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(r.join("medium"))
+                .unwrap();
+            std::io::Write::write_all(&mut f, &pattern(11, 0, 10_000)).unwrap();
+        },
+        &|r: &Path| {
+            std::fs::remove_dir_all(r.join("e-moved")).unwrap();
+            std::fs::write(r.join("small"), b"rewritten").unwrap();
+            std::fs::create_dir(r.join("empty")).unwrap();
+        },
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        step(root);
+        let v = publish(root);
+        assert_eq!(v["seq"].as_u64(), Some(i as u64 + 2), "{v}");
+        let c = clone_mounted(&sw, "pub", work.path(), &format!("c{i}"));
+        cold(&c);
+        assert_same_tree(root, &c.mnt);
+        c.unmount();
+        let (code, v, e) = dj(&["fsck", c.store.to_str().unwrap()]);
+        assert_eq!(code, 0, "fsck of clone {i}: {v} {e}");
+    }
+    drop(files);
+    // The first clone still shows the first state: a clone is a copy, not a view.
+    assert!(b.mnt.join("big").exists() && !b.mnt.join("new").exists());
+}
+
+#[test]
+fn a_writer_whose_state_was_taken_over_is_fenced() {
+    let sw = Seaweed::start();
+    let a = mount_bound(&sw, "take", "allow_other,publish_interval=0");
+    std::fs::write(a.path("one"), b"published by a").unwrap();
+    publish(&a.mnt);
+    // Another host clones and writes, publishing every second.
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let mut b = clone_mounted(&sw, "take", work.path(), "b");
+    b.unmount();
+    b.opts = "allow_other,publish_interval=1".into();
+    b.mount();
+    std::fs::write(b.path("two"), b"written by b").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sw
+        .get("take/head")
+        .is_some_and(|h| String::from_utf8_lossy(&h).contains("\"seq\":2"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b publishes: {}",
+            log_tail(&b.store)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // a's next publish loses: refused, and a's mount turns read-only.
+    std::fs::write(a.path("three"), b"a's unpublished change").unwrap();
+    let (c, _, e) = dj(&["publish", a.mnt.to_str().unwrap()]);
+    assert_eq!(c, 1, "{e}");
+    assert!(e.contains("remote_fenced"), "{e}");
+    let err = std::fs::write(a.path("four"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    // Its unpublished change stays readable there; the bucket's state is b's.
+    assert_eq!(
+        std::fs::read(a.path("three")).unwrap(),
+        b"a's unpublished change"
+    );
+    let v = status(&a.mnt);
+    assert!(
+        v["remote"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("another writer"),
+        "{}",
+        v["remote"]
+    );
+    let c = clone_mounted(&sw, "take", work.path(), "c");
+    assert_eq!(std::fs::read(c.mnt.join("two")).unwrap(), b"written by b");
+    assert_eq!(std::fs::read(c.mnt.join("one")).unwrap(), b"published by a");
+    assert!(!c.mnt.join("three").exists());
+}
+
+#[test]
+fn a_publish_waits_for_its_blobs_and_fails_whole_while_the_store_is_down() {
+    let mut sw = Seaweed::start();
+    let a = mount_bound(&sw, "order", "allow_other,publish_interval=0,cache_size=0");
+    std::fs::write(a.path("first"), pattern(20, 0, 1_000_000)).unwrap();
+    publish(&a.mnt);
+    let head_before = sw.get("order/head").unwrap();
+    sw.stop();
+    std::fs::write(a.path("second"), pattern(21, 0, 6_000_000)).unwrap();
+    let (c, _, e) = dj(&["publish", a.mnt.to_str().unwrap()]);
+    assert_eq!(c, 1, "{e}");
+    assert!(e.contains("remote_unavailable"), "{e}");
+    // Writable still: an unreachable store is not another writer.
+    std::fs::write(a.path("third"), b"still writable").unwrap();
+    sw.restart();
+    assert_eq!(
+        sw.get("order/head").unwrap(),
+        head_before,
+        "the head did not move"
+    );
+    // The publish makes sure of every blob it names (uploading what is still waiting).
+    let v = publish(&a.mnt);
+    assert_eq!(v["seq"].as_u64(), Some(2), "{v}");
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let c = clone_mounted(&sw, "order", work.path(), "c");
+    cold(&c);
+    assert_same_tree(&a.mnt, &c.mnt);
+}

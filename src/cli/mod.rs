@@ -218,6 +218,25 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: index::IndexCmd,
     },
+    /// Publish the store's state to its object store now: a snapshot shipped as a
+    /// stream (without blob bytes, whose blobs are confirmed in the bucket first), named
+    /// by the bucket's head. Returns once the head names it. TARGET is a mountpoint or a
+    /// store.
+    Publish {
+        target: PathBuf,
+        /// Wait until the state is published (what publish always does; for scripts).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Make a new store STORE from the state published at s3://BUCKET/PREFIX: the same
+    /// store (id, root, inode numbers), bound to the same prefix; blobs are fetched when
+    /// first read.
+    Clone {
+        url: String,
+        store: PathBuf,
+        #[command(flatten)]
+        conn: remote::Conn,
+    },
     /// Long-term storage on an S3-compatible object store: bind a store to one.
     Remote {
         #[command(subcommand)]
@@ -340,6 +359,8 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Status { path } => store_cmds::status(&path, json),
         Cmd::Lock { cmd } => lock::run(cmd, json),
         Cmd::Remote { cmd } => remote::run(cmd, json),
+        Cmd::Publish { target, wait: _ } => remote::publish(&target, json),
+        Cmd::Clone { url, store, conn } => remote::clone(&url, &store, &conn, json),
         Cmd::Find {
             path,
             name,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use decofs::control::{self, protocol};
 use decofs::store::remote::{self, Binding, RemoteUrl};
 
 use super::output::{self, outln, Context, Outcome};
@@ -55,6 +56,52 @@ pub fn run(cmd: RemoteCmd, json: bool) -> Outcome {
     match cmd {
         RemoteCmd::Add { store, url, conn } => add(&store, &url, &conn, json, true),
     }
+}
+
+/// `decofs publish`: the store's state to its object store now (through the daemon
+/// when mounted).
+pub fn publish(target: &Path, json: bool) -> Outcome {
+    let what = format!("cannot publish {}", target.display());
+    let (store, _, _) = control::locate(target).or_fail(&what)?;
+    let r = control::run(&store, protocol::Publish {}, true).or_fail(&what)?;
+    if json {
+        output::json(&r);
+    } else if r.published {
+        outln!(
+            "published {} ({} bytes of metadata: {} records, {} entries, {} removals; {} blobs named, {} uploaded now)",
+            r.seq,
+            r.stream_bytes,
+            r.records,
+            r.entries,
+            r.drops,
+            r.blobs_named,
+            r.blobs_uploaded_now
+        );
+    } else {
+        outln!("nothing changed since publish {}", r.seq);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `decofs clone URL STORE`: a new store from the published state.
+pub fn clone(url: &str, store: &Path, conn: &Conn, json: bool) -> Outcome {
+    let what = format!("cannot clone {url} into {}", store.display());
+    let binding = conn.binding(url).or_fail(&what)?;
+    let r = remote::publish::clone_store(&binding, store).or_fail(&what)?;
+    if json {
+        output::json(&r);
+    } else {
+        outln!(
+            "cloned store {} at publish {} into {} ({} stream(s), {} bytes, {} records); blobs are fetched when read",
+            r.store_id,
+            r.seq,
+            store.display(),
+            r.streams,
+            r.stream_bytes,
+            r.records
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Before `init --remote` makes a store: is the URL good and the object store safe?

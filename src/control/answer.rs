@@ -223,6 +223,12 @@ impl StoreAnswer for TrashPurge {
     }
 }
 
+impl StoreAnswer for Publish {
+    fn answer(&self, store: &Store) -> Result<crate::store::remote::publish::PublishReport> {
+        crate::store::remote::publish::publish(store)
+    }
+}
+
 impl StoreAnswer for SnapshotCreate {
     fn answer(&self, store: &Store) -> Result<SnapshotMade> {
         let i = store.snapshots().create(self.name.as_deref())?;

@@ -134,6 +134,7 @@ pub enum Request {
     SnapshotDiff(SnapshotDiff),
     SnapshotRestore(SnapshotRestore),
     Receive(Receive),
+    Publish(Publish),
 }
 
 impl Request {
@@ -160,6 +161,7 @@ impl Request {
             Request::SnapshotRestore(_) => "snapshot_restore",
             Request::Receive(_) => "receive",
             Request::SnapshotDiff(_) => "snapshot_diff",
+            Request::Publish(_) => "publish",
         }
     }
 
@@ -210,6 +212,7 @@ asks! {
     SnapshotDiff => SnapshotChanges,
     SnapshotRestore => SnapshotRestored,
     Receive => StreamReceived,
+    Publish => crate::store::remote::publish::PublishReport,
 }
 
 // ---- Requests ----
@@ -342,6 +345,10 @@ fn default_verify_wait() -> u64 {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct IndexRebuild {}
+
+/// Publish the store's state to its object store now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Publish {}
 
 /// Take a snapshot of the whole tree (named after the time when `name` is None).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

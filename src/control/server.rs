@@ -115,6 +115,7 @@ fn answer(store: &Store, info: &DaemonInfo, req: Request) -> std::result::Result
         Request::SnapshotDiff(r) => line(r.answer(store)),
         Request::SnapshotRestore(r) => line(r.answer(store)),
         Request::Receive(r) => line(r.answer(store)),
+        Request::Publish(r) => line(r.answer(store)),
     }
 }
 

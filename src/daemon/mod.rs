@@ -202,6 +202,12 @@ pub fn run_foreground(
             .snapshot_every
             .map(|every| (every, opts.snapshots_keep.unwrap_or(DEFAULT_SNAPSHOTS_KEEP)));
         spawn_maintenance(Arc::downgrade(&store), schedule);
+        if store.remote().is_some() {
+            let every = opts.publish_interval.unwrap_or(DEFAULT_PUBLISH_SECS);
+            if every > 0 {
+                spawn_publisher(Arc::downgrade(&store), Duration::from_secs(every));
+            }
+        }
         store.start_spares();
     }
     log::info!("mounted {} on {}", store_root.display(), mnt.display());
@@ -439,6 +445,36 @@ fn spawn_maintenance(store: std::sync::Weak<Store>, schedule: Option<(u64, u32)>
                 );
             }
             tick += 1;
+        }
+    });
+}
+
+/// How often a writer on an object store publishes its state when it changed.
+const DEFAULT_PUBLISH_SECS: u64 = 5;
+
+/// A writer on an object store publishes its state every `every` when it changed
+/// (docs/DESIGN.md, "Remote storage"). A publish another writer beat (`remote_fenced`)
+/// turns the mount read-only: its changes since stay local.
+fn spawn_publisher(store: std::sync::Weak<Store>, every: Duration) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(every);
+        let Some(st) = store.upgrade() else { return };
+        if st.fence().paused() {
+            continue;
+        }
+        let r = panics::catch(|| crate::store::remote::publish::publish(&st));
+        match r {
+            Ok(Ok(p)) if p.published => log::info!(
+                "published {} ({} bytes, {} records)",
+                p.seq,
+                p.stream_bytes,
+                p.records
+            ),
+            Ok(Ok(_)) => {}
+            // A fenced publish turned the mount read-only (`publish` says why).
+            Ok(Err(Error::RemoteFenced(_))) => {}
+            Ok(Err(e)) => log::warn!("publish: {e}; retried in {} s", every.as_secs()),
+            Err(why) => log::error!("publish panicked ({why}); retried"),
         }
     });
 }

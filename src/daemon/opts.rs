@@ -37,6 +37,9 @@ pub struct MountOpts {
     pub snapshots_keep: Option<u32>,
     /// cache_size=SIZE: the bound of a remote store's local blob cache.
     pub cache_size: Option<u64>,
+    /// publish_interval=DURATION: how often a remote store's writer publishes (0: only
+    /// on `decofs publish`).
+    pub publish_interval: Option<u64>,
 }
 
 /// Every option `-o` accepts, as `decofs mount --help` lists them (a unit test checks
@@ -71,6 +74,8 @@ option or a bad value is refused with invalid_option and nothing is mounted):
   cache_size=SIZE              a store on an object store: the bound of its local
                                blob cache (bytes, or K, M, G, T; default half the
                                disk; 0: no bound); only uploaded blobs are evicted
+  publish_interval=DURATION    a store on an object store: publish its state this often
+                               when it changed (default 5s; 0: only `decofs publish`)
   readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
                                0 keeps the kernel's 128 KiB)
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
@@ -193,6 +198,9 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
                 }
                 o.snapshot_every = Some(d);
             }
+            x if x.starts_with("publish_interval=") => {
+                o.publish_interval = Some(duration_opt(opt)?);
+            }
             x if x.starts_with("cache_size=") => {
                 o.cache_size = Some(
                     parse_bytes(&x["cache_size=".len()..])
@@ -312,6 +320,7 @@ mod tests {
             "snapshot_every=often",
             "snapshots_keep=-1",
             "cache_size=",
+            "publish_interval=soon",
             "cache_size=lots",
             "cache_size=99999999999T",
             "ro,snapshot_every=1h",

@@ -98,6 +98,8 @@ pub enum Error {
     RemoteUnsafe(String),
     #[error("the object store's prefix belongs to another store: {0}")]
     RemoteConflict(String),
+    #[error("another writer published to the object store: {0}")]
+    RemoteFenced(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("unknown or invalid mount option '{0}'")]
@@ -169,6 +171,7 @@ impl Error {
             Error::Remote { .. } => "remote_unavailable",
             Error::RemoteUnsafe(_) => "remote_unsafe",
             Error::RemoteConflict(_) => "remote_conflict",
+            Error::RemoteFenced(_) => "remote_fenced",
             Error::Daemon(_) => "daemon_failed",
             Error::NotConsistent { .. } => "resource_not_consistent",
             Error::IndexUnavailable(_) => "index_unavailable",
@@ -244,6 +247,9 @@ impl Error {
             Error::RemoteConflict(_) => {
                 "bind the store to an empty prefix of its own".into()
             }
+            Error::RemoteFenced(_) => {
+                "this store lost the object store to another writer: its unpublished changes stay here; clone the published state (decofs clone) to go on".into()
+            }
             Error::NotConsistent { .. } => {
                 "retry in a moment, or pass --wait to wait until the index is current (--stale answers from the lagging index)".into()
             }
@@ -293,6 +299,7 @@ impl Error {
             Error::Remote { .. } => libc::EIO,
             Error::RemoteUnsafe(_) => libc::EOPNOTSUPP,
             Error::RemoteConflict(_) => libc::EEXIST,
+            Error::RemoteFenced(_) => libc::EROFS,
             Error::RestoreParentGone(_) => libc::ENOENT,
             Error::RestoreNameTaken(_) => libc::EEXIST,
             Error::InitNotEmpty(_) => libc::ENOTEMPTY,

@@ -133,9 +133,38 @@ impl Store {
 
     /// Create a new store with the given retention defaults.
     pub fn init_with(path: &Path, chunk_size: u32, policy: layout::Policy) -> Result<Format> {
+        Store::init_full(path, chunk_size, policy, None)
+    }
+
+    /// Create a new store that is another's copy: its store id and root (a clone of
+    /// what was published to an object store).
+    pub fn init_as(
+        path: &Path,
+        chunk_size: u32,
+        store_id: uuid::Uuid,
+        root: NodeId,
+    ) -> Result<Format> {
+        Store::init_full(
+            path,
+            chunk_size,
+            layout::Policy::default(),
+            Some((store_id, root)),
+        )
+    }
+
+    fn init_full(
+        path: &Path,
+        chunk_size: u32,
+        policy: layout::Policy,
+        ids: Option<(uuid::Uuid, NodeId)>,
+    ) -> Result<Format> {
         let layout = Layout::new(path);
         let mut format = layout.create(chunk_size)?;
         format.policy = policy;
+        if let Some((id, root)) = ids {
+            format.store_id = id;
+            format.root = root;
+        }
         let blobs = Arc::new(LocalBlobs::new(layout.clone(), 0));
         let store = Store::assemble(layout, format.clone(), blobs, None, false, None);
         // SAFETY: plain getters.

@@ -199,6 +199,79 @@ impl RemoteBlobs {
             .is_some_and(|l| l.uploaded.contains_key(hash).unwrap_or(false))
     }
 
+    /// Before a published state names `hashes`: make sure each is in the bucket (the
+    /// ledger says so, or it is uploaded now from the local copy, or the bucket has
+    /// it). A blob found nowhere fails the publish. Returns how many were uploaded now.
+    pub fn ensure_uploaded(&self, hashes: &[Hash]) -> Result<u64> {
+        let l = self.ledger.as_ref().ok_or(Error::ReadOnly)?;
+        let todo: Vec<Hash> = hashes
+            .iter()
+            .filter(|h| !l.uploaded.contains_key(h).unwrap_or(false))
+            .copied()
+            .collect();
+        let mut uploaded = 0;
+        for batch in todo.chunks(BATCH_BLOBS) {
+            let mut items = Vec::new();
+            let mut which = Vec::new();
+            for h in batch {
+                match self.local.read_verified(h) {
+                    Ok(data) => {
+                        items.push((blob_key(h), data));
+                        which.push(*h);
+                    }
+                    Err(Fault::Missing) if self.remote.head(&blob_key(h))?.is_some() => {
+                        self.mark_uploaded(&[*h])?;
+                    }
+                    Err(f) => {
+                        return Err(Error::Integrity {
+                            what: format!("blob {}", hash_hex(h)),
+                            detail: format!(
+                                "not published: here it is {f}, and the object store lacks it"
+                            ),
+                        })
+                    }
+                }
+            }
+            let lens: Vec<u64> = items.iter().map(|(_, d)| d.len() as u64).collect();
+            for ((h, r), len) in which
+                .into_iter()
+                .zip(self.remote.put_create_many(items))
+                .zip(lens)
+            {
+                match r {
+                    Ok(Put::Created) | Ok(Put::Exists) => {
+                        l.uploaded
+                            .insert(h, &len.to_be_bytes()[..])
+                            .map_err(ledger_err)?;
+                        self.settled(l, &h, true);
+                        uploaded += 1;
+                    }
+                    Err(e) => {
+                        self.failed(&e);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(uploaded)
+    }
+
+    /// Note blobs known to be in the bucket (received from a published stream).
+    pub fn mark_uploaded(&self, hashes: &[Hash]) -> Result<()> {
+        let Some(l) = &self.ledger else {
+            return Ok(());
+        };
+        for h in hashes {
+            if !l.uploaded.contains_key(h).map_err(ledger_err)? {
+                l.uploaded
+                    .insert(h, &0u64.to_be_bytes()[..])
+                    .map_err(ledger_err)?;
+            }
+            self.settled(l, h, true);
+        }
+        Ok(())
+    }
+
     /// Queue every local blob the ledger does not know (a store bound to an object
     /// store after it had blobs). Returns how many were queued.
     pub fn queue_unknown(&self) -> Result<u64> {
@@ -241,6 +314,11 @@ impl RemoteBlobs {
             let _ = q.send(hash);
         }
         Ok(fresh)
+    }
+
+    /// Note a failure of the object store's side (a publish) for status.
+    pub fn note_error(&self, e: &Error) {
+        self.failed(e)
     }
 
     fn failed(&self, e: &Error) {

@@ -171,6 +171,23 @@ impl Remote {
         }
     }
 
+    /// Write `rel` unless it exists; `Ok(Some(etag))` when written (the ETag a later
+    /// `put_if_match` must name), `Ok(None)` when it was there.
+    pub fn put_create_etag(&self, rel: &str, data: Vec<u8>) -> Result<Option<String>> {
+        let r = self.rt.block_on(self.store.put_opts(
+            &self.path(rel),
+            PutPayload::from(data),
+            PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            },
+        ));
+        match r {
+            Ok(p) => Ok(Some(p.e_tag.unwrap_or_default())),
+            other => self.created(rel, other).map(|_| None),
+        }
+    }
+
     /// Create-only puts of many objects at once (uploads), in the order given.
     pub fn put_create_many(&self, items: Vec<(String, Vec<u8>)>) -> Vec<Result<Put>> {
         let futs = items.into_iter().map(|(rel, data)| {

@@ -142,6 +142,16 @@ fn held_by_live(area: &Path) -> bool {
     live
 }
 
+/// The snapshots publishing to an object store takes: `.pub-<seq>` (no person's
+/// snapshot starts with '.').
+pub const PUBLISHED: &str = ".pub-";
+
+/// Is `name` one of the published states' snapshots?
+pub fn is_published(name: &str) -> bool {
+    name.strip_prefix(PUBLISHED)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Is `name` a name a snapshot may have?
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -502,7 +512,9 @@ impl Snapshots {
         created: Time,
         source: Option<String>,
     ) -> Result<SnapInfo> {
-        validate_name(name)?;
+        if !is_published(name) {
+            validate_name(name)?;
+        }
         if self.get(name).is_ok() {
             return Err(Error::SnapshotExists(name.to_string()));
         }

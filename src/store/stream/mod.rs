@@ -133,6 +133,10 @@ struct Emit<'s, 'a, W: Write> {
     blobs_sent: HashSet<Hash>,
     records_sent: HashSet<NodeId>,
     entries_sent: HashSet<(NodeId, Vec<u8>)>,
+    /// Write blob frames; without them (a stream published to an object store, whose
+    /// blobs are there already) the blobs that would have been sent go to `named`.
+    with_blobs: bool,
+    named: Vec<Hash>,
 }
 
 impl<W: Write> Emit<'_, '_, W> {
@@ -149,6 +153,10 @@ impl<W: Write> Emit<'_, '_, W> {
         };
         for h in content_blobs(self.st.chunk_lists, &rec)? {
             if had.contains(&h) || !self.blobs_sent.insert(h) {
+                continue;
+            }
+            if !self.with_blobs {
+                self.named.push(h);
                 continue;
             }
             let data = self.st.blobs.get(&h)?;
@@ -194,6 +202,28 @@ impl Streams<'_> {
     /// Write snapshot `name` as a stream: whole, or with `base` only what differs from
     /// snapshot `base`.
     pub fn send(&self, name: &str, base: Option<&str>, out: impl Write) -> Result<Sent> {
+        self.send_with(name, base, out, true).map(|(sent, _)| sent)
+    }
+
+    /// A stream without blob frames, for an object store that holds the blobs: also
+    /// returns the blobs a full stream would have carried (the publisher makes sure
+    /// each is in the bucket before the stream is published).
+    pub fn send_published(
+        &self,
+        name: &str,
+        base: Option<&str>,
+        out: impl Write,
+    ) -> Result<(Sent, Vec<Hash>)> {
+        self.send_with(name, base, out, false)
+    }
+
+    fn send_with(
+        &self,
+        name: &str,
+        base: Option<&str>,
+        out: impl Write,
+        with_blobs: bool,
+    ) -> Result<(Sent, Vec<Hash>)> {
         let info = self.snaps.get(name)?;
         let lens_n = self.snaps.lens(name)?;
         let n = self.names.at(&lens_n);
@@ -223,6 +253,8 @@ impl Streams<'_> {
             blobs_sent: HashSet::new(),
             records_sent: HashSet::new(),
             entries_sent: HashSet::new(),
+            with_blobs,
+            named: Vec::new(),
         };
         match &base_info {
             None => e.tree(&n, self.root)?,
@@ -268,10 +300,10 @@ impl Streams<'_> {
                 }
             }
         }
-        let mut sent = e.sent;
+        let (mut sent, named) = (e.sent, e.named);
         let (_, bytes) = e.w.finish()?;
         sent.bytes = bytes;
-        Ok(sent)
+        Ok((sent, named))
     }
 
     /// Make the live tree equal to snapshot `name` (an unmounted store). The state
@@ -381,6 +413,17 @@ impl Streams<'_> {
     /// (`stream_invalid`), a missing or different base (`snapshot_base_missing`), a
     /// store that is not the base's state (`receive_conflict`).
     pub fn receive(&self, input: impl Read) -> Result<Received> {
+        self.receive_with(input, false).map(|(got, _)| got)
+    }
+
+    /// Receive a stream published to this store's object store: a blob it names that
+    /// is neither in it nor here is in the bucket (publishing put it there before the
+    /// stream). Returns those blobs.
+    pub fn receive_published(&self, input: impl Read) -> Result<(Received, Vec<Hash>)> {
+        self.receive_with(input, true)
+    }
+
+    fn receive_with(&self, input: impl Read, remote: bool) -> Result<(Received, Vec<Hash>)> {
         self.fence.check()?;
         self.no_writers()?;
         let dir = self.layout.snapshots();
@@ -390,20 +433,22 @@ impl Streams<'_> {
             .join(format!("receive.{}.tmp", std::process::id()));
         let res = (|| {
             let f = fs::File::create(&spool).ctx(|| format!("create {}", spool.display()))?;
-            let header = self.check(Tee { input, copy: f })?;
+            let checked = self.check(Tee { input, copy: f }, remote)?;
             let f = fs::File::open(&spool).ctx(|| format!("open {}", spool.display()))?;
             f.sync_all().ctx(|| format!("sync {}", spool.display()))?;
             fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
             fs::rename(&spool, self.intent()).ctx(|| "install the receive".into())?;
             sync_dir(&dir)?;
-            Ok(header)
+            Ok(checked)
         })();
         if res.is_err() {
             let _ = fs::remove_file(&spool);
         }
-        res?;
-        self.resume()?
-            .ok_or_else(|| Error::StreamInvalid("the receive vanished".into()))
+        let (_, elsewhere) = res?;
+        let got = self
+            .resume()?
+            .ok_or_else(|| Error::StreamInvalid("the receive vanished".into()))?;
+        Ok((got, elsewhere))
     }
 
     /// Apply a receive a crash interrupted (`snapshots/.receive`), if any.
@@ -429,7 +474,7 @@ impl Streams<'_> {
     }
 
     /// Read the whole stream, checking it and whether it applies here.
-    fn check(&self, input: impl Read) -> Result<Header> {
+    fn check(&self, input: impl Read, remote: bool) -> Result<(Header, Vec<Hash>)> {
         let mut r = Reader::new(std::io::BufReader::new(input))?;
         let Some(Frame::Header(h)) = r.next_frame()? else {
             return Err(Error::StreamInvalid("no header".into()));
@@ -500,15 +545,21 @@ impl Streams<'_> {
                 Frame::Entry(..) | Frame::Drop(_) => {}
             }
         }
-        for (h, id) in needed {
-            if !have.contains(&h) && !self.blobs.exists(&h) {
+        let mut elsewhere = Vec::new();
+        for (hash, id) in needed {
+            if have.contains(&hash) {
+                continue;
+            }
+            if remote {
+                elsewhere.push(hash);
+            } else if !self.blobs.exists(&hash) {
                 return Err(Error::SnapshotBaseMissing(format!(
                     "blob {} of node {id} is neither in the stream nor in this store",
-                    super::node::hash_hex(&h)
+                    super::node::hash_hex(&hash)
                 )));
             }
         }
-        Ok(h)
+        Ok((h, elsewhere))
     }
 
     /// The receiver's id for a sender's node (the roots stand for each other).

@@ -1,0 +1,337 @@
+//! Publishing a store's state to its object store, and cloning a store from what was
+//! published (docs/DESIGN.md, "Remote storage"). A published state is a snapshot
+//! (`.pub-<seq>`) shipped as a chain of send streams without blob bytes (the first
+//! whole, then differential), named by the `head` object, which every publish replaces
+//! by compare-and-swap on its ETag. Storage before metadata: every blob a stream names
+//! is confirmed in the bucket before the stream is, and the stream before the head.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Binding, Put, Remote, STORE_KEY};
+use crate::store::error::{Error, IoContext, Result};
+use crate::store::layout::{sync_dir, Layout};
+use crate::store::node::NodeId;
+use crate::store::snapshot::{is_published, PUBLISHED};
+use crate::store::{OpenOptions, Store};
+
+/// The object naming the published state.
+pub const HEAD_KEY: &str = "head";
+
+/// What `head` holds (JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Head {
+    pub format: u32,
+    pub store: String,
+    /// The epoch of the writer that published it (0: published without a lease).
+    pub epoch: u64,
+    pub seq: u64,
+    /// The snapshot this state is, and its creation time.
+    pub snapshot: String,
+    pub created_nanos: i128,
+    /// The streams that make it, oldest first: a whole one, then differential ones.
+    pub chain: Vec<String>,
+    pub root: String,
+    pub chunk_size: u32,
+    pub published_unix: i64,
+}
+
+/// This store's last publish, as it knows it: the head it wrote and that head's ETag
+/// (`STORE/remote/published`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Published {
+    head: Head,
+    etag: String,
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PublishReport {
+    /// False: nothing changed since the last publish, nothing was written.
+    pub published: bool,
+    pub seq: u64,
+    pub snapshot: String,
+    pub stream_bytes: u64,
+    pub records: u64,
+    pub entries: u64,
+    pub drops: u64,
+    /// Blobs the stream names that were checked in the bucket, and of those the ones
+    /// uploaded by this publish (not yet by the background uploader).
+    pub blobs_named: u64,
+    pub blobs_uploaded_now: u64,
+}
+
+/// What a clone did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CloneReport {
+    pub store_id: String,
+    pub seq: u64,
+    pub snapshot: String,
+    pub streams: u64,
+    pub stream_bytes: u64,
+    pub records: u64,
+}
+
+/// A chain this long is not extended: the next publish is a whole stream, so a clone
+/// replays a bounded number of streams.
+const CHAIN_MAX: usize = 64;
+
+/// One publish at a time per process (the maintenance thread and a `decofs publish`).
+static PUBLISHING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+fn published_path(layout: &Layout) -> std::path::PathBuf {
+    layout.root.join("remote").join("published")
+}
+
+fn read_published(layout: &Layout) -> Result<Option<Published>> {
+    let p = published_path(layout);
+    match fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::CorruptRecord {
+                node: p.display().to_string(),
+                detail: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", p.display()), e)),
+    }
+}
+
+fn write_published(layout: &Layout, p: &Published) -> Result<()> {
+    let path = published_path(layout);
+    let tmp = layout.sessions().join("published.tmp");
+    let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec(p).expect("a head serializes"))
+        .and_then(|()| f.sync_all())
+        .ctx(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
+    sync_dir(path.parent().expect("remote/ has a parent"))
+}
+
+fn seq_of(name: &str) -> u64 {
+    name[PUBLISHED.len()..].parse().unwrap_or(0)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Read the bucket's head: the state and its ETag, or None before the first publish.
+pub fn read_head(remote: &Remote) -> Result<Option<(Head, String)>> {
+    let Some(got) = remote.get(HEAD_KEY)? else {
+        return Ok(None);
+    };
+    let head: Head = serde_json::from_slice(&got.data).map_err(|e| Error::CorruptRecord {
+        node: format!("{}/{HEAD_KEY}", remote.url()),
+        detail: e.to_string(),
+    })?;
+    Ok(Some((head, got.etag.unwrap_or_default())))
+}
+
+/// Publish the store's state now, unless nothing changed since the last publish.
+pub fn publish(store: &Store) -> Result<PublishReport> {
+    let blobs = store.remote().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{} is not bound to an object store (decofs remote add)",
+            store.layout.root.display()
+        ))
+    })?;
+    store.writable()?;
+    let _one = PUBLISHING.lock();
+    let layout = &store.layout;
+    let remote = blobs.remote();
+    let prev = read_published(layout)?;
+    let prev_seq = prev.as_ref().map_or(0, |p| p.head.seq);
+    // A publish cut short left a newer published snapshot: it was never the head.
+    for n in store.snapshots.list() {
+        if is_published(&n.name) && seq_of(&n.name) > prev_seq {
+            store.snapshots().remove(&n.name)?;
+        }
+    }
+    if let Some(p) = &prev {
+        if !store.snapshots.has_copies(&p.head.snapshot)? {
+            return Ok(PublishReport {
+                published: false,
+                seq: p.head.seq,
+                snapshot: p.head.snapshot.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    let seq = prev_seq + 1;
+    let name = format!("{PUBLISHED}{seq}");
+    let info = store.snapshots().create(Some(&name))?;
+    let spool = layout
+        .sessions()
+        .join(format!("publish.{}.tmp", std::process::id()));
+    let res = (|| {
+        let f = fs::File::create(&spool).ctx(|| format!("create {}", spool.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        let extend = prev.as_ref().filter(|p| p.head.chain.len() < CHAIN_MAX);
+        let base = extend.map(|p| p.head.snapshot.as_str());
+        let (sent, named) = store.streams().send_published(&name, base, &mut w)?;
+        w.flush().ctx(|| format!("write {}", spool.display()))?;
+        drop(w);
+        // Storage before metadata: the blobs, then the stream, then the head.
+        let uploaded_now = blobs.ensure_uploaded(&named)?;
+        let key = format!("streams/{seq:010}-{}", uuid::Uuid::new_v4());
+        let data = fs::read(&spool).ctx(|| format!("read {}", spool.display()))?;
+        if remote.put_create(&key, data)? == Put::Exists {
+            return Err(Error::Remote {
+                op: format!("publish {}/{key}", remote.url()),
+                detail: "a new stream's name was taken".into(),
+            });
+        }
+        let mut chain = extend.map(|p| p.head.chain.clone()).unwrap_or_default();
+        chain.push(key);
+        let head = Head {
+            format: 1,
+            store: store.format.store_id.to_string(),
+            epoch: 0,
+            seq,
+            snapshot: name.clone(),
+            created_nanos: info.created.unix_nanos(),
+            chain,
+            root: store.format.root.to_string(),
+            chunk_size: store.format.chunk_size,
+            published_unix: unix_now(),
+        };
+        let body = serde_json::to_vec(&head).expect("a head serializes");
+        let etag = match &prev {
+            Some(p) => remote.put_if_match(HEAD_KEY, body, &p.etag)?,
+            None => remote.put_create_etag(HEAD_KEY, body)?,
+        };
+        let Some(etag) = etag else {
+            return Err(Error::RemoteFenced(format!(
+                "{}/{HEAD_KEY} was replaced by another writer since this store's publish {prev_seq}",
+                remote.url()
+            )));
+        };
+        write_published(layout, &Published { head, etag })?;
+        Ok(PublishReport {
+            published: true,
+            seq,
+            snapshot: name.clone(),
+            stream_bytes: sent.bytes,
+            records: sent.records,
+            entries: sent.entries,
+            drops: sent.drops,
+            blobs_named: named.len() as u64,
+            blobs_uploaded_now: uploaded_now,
+        })
+    })();
+    let _ = fs::remove_file(&spool);
+    match &res {
+        Ok(_) => {
+            // The state before is no base any more.
+            if let Some(p) = &prev {
+                if let Err(e) = store.snapshots().remove(&p.head.snapshot) {
+                    log::warn!("publish {seq}: the previous published snapshot stays: {e}");
+                }
+            }
+        }
+        Err(e) => {
+            let _ = store.snapshots().remove(&name);
+            blobs.note_error(e);
+            if matches!(e, Error::RemoteFenced(_)) {
+                // Another writer holds the published state: this one's changes from
+                // now on could never be published.
+                log::error!("publish: {e}; the store is read-only from now on");
+                let _ = store.fence().set_paused(true);
+            }
+        }
+    }
+    res
+}
+
+/// Make a new store at `path` from the state published at `binding`'s prefix: the
+/// same store id and root, the head's chain of streams received in order (blobs are
+/// fetched when read), bound to the same prefix, its next publish continuing the chain.
+pub fn clone_store(binding: &Binding, path: &Path) -> Result<CloneReport> {
+    let remote = Remote::connect(binding)?;
+    let marker = remote
+        .get(STORE_KEY)?
+        .ok_or_else(|| Error::InvalidArgument(format!("{} holds no decofs store", binding.url)))?;
+    let marker = String::from_utf8_lossy(&marker.data).into_owned();
+    let field = |k: &str| {
+        marker
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+    };
+    let (Some(store_id), Some(chunk_size)) = (field("store "), field("chunk_size ")) else {
+        return Err(Error::CorruptRecord {
+            node: format!("{}/{STORE_KEY}", binding.url),
+            detail: "not a decofs store marker".into(),
+        });
+    };
+    let (head, etag) = read_head(&remote)?.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "nothing was published to {} yet (decofs publish on the writer)",
+            binding.url
+        ))
+    })?;
+    let bad = |what: &str| Error::CorruptRecord {
+        node: format!("{}/{HEAD_KEY}", binding.url),
+        detail: what.to_string(),
+    };
+    let store_uuid = uuid::Uuid::parse_str(&store_id).map_err(|_| bad("store id"))?;
+    let root = uuid::Uuid::parse_str(&head.root)
+        .map(NodeId)
+        .map_err(|_| bad("root"))?;
+    if head.store != store_id {
+        return Err(bad("the head names another store"));
+    }
+    let chunk_size: u32 = chunk_size.parse().map_err(|_| bad("chunk size"))?;
+    Store::init_as(path, chunk_size, store_uuid, root)?;
+    binding.write(&Layout::new(path))?;
+    let store = Store::open(
+        path,
+        OpenOptions {
+            cache_bytes: 16 << 20,
+            ..Default::default()
+        },
+    )?;
+    let blobs = store.remote().expect("bound just now").clone();
+    let mut rep = CloneReport {
+        store_id,
+        seq: head.seq,
+        snapshot: head.snapshot.clone(),
+        ..Default::default()
+    };
+    for key in &head.chain {
+        let data = remote.get(key)?.ok_or_else(|| {
+            Error::StreamInvalid(format!(
+                "{}/{key} is named by the head but missing",
+                binding.url
+            ))
+        })?;
+        rep.stream_bytes += data.data.len() as u64;
+        let (got, elsewhere) = store.streams().receive_published(&data.data[..])?;
+        blobs.mark_uploaded(&elsewhere)?;
+        rep.streams += 1;
+        rep.records += got.records;
+    }
+    // Only the newest published snapshot is a base for the next publish.
+    for n in store.snapshots.list() {
+        if is_published(&n.name) && n.name != head.snapshot {
+            store.snapshots().remove(&n.name)?;
+        }
+    }
+    write_published(&store.layout, &Published { head, etag })?;
+    blobs.flush()?;
+    log::info!(
+        "cloned {} at publish {} ({} streams, {} records)",
+        binding.url,
+        rep.seq,
+        rep.streams,
+        rep.records
+    );
+    Ok(rep)
+}
