@@ -512,55 +512,85 @@ fn published_states_clone_into_equal_trees() {
 }
 
 #[test]
-fn a_writer_whose_state_was_taken_over_is_fenced() {
+fn a_partitioned_writer_is_taken_over_and_fenced() {
+    env();
     let sw = Seaweed::start();
-    let a = mount_bound(&sw, "take", "allow_other,publish_interval=0");
+    // Host a reaches the object store through a proxy that can cut it off.
+    let proxy = Proxy::start(sw.s3_port());
+    let args = bound(&sw, &proxy.endpoint(), "take");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let a = Mount::with_init(&args, "allow_other,publish_interval=0,lease_ttl=3");
     std::fs::write(a.path("one"), b"published by a").unwrap();
     publish(&a.mnt);
-    // Another host clones and writes, publishing every second.
+    // Host b clones; its read-write mount is refused while a's lease lives.
     let work = tempfile::tempdir_in(test_root()).unwrap();
     let mut b = clone_mounted(&sw, "take", work.path(), "b");
     b.unmount();
-    b.opts = "allow_other,publish_interval=1".into();
-    b.mount();
-    std::fs::write(b.path("two"), b"written by b").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sw
-        .get("take/head")
-        .is_some_and(|h| String::from_utf8_lossy(&h).contains("\"seq\":2"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "b publishes: {}",
-            log_tail(&b.store)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // a's next publish loses: refused, and a's mount turns read-only.
+    b.opts = "allow_other,publish_interval=0,lease_ttl=3".into();
+    let (c, _, e) = dj(&[
+        "mount",
+        b.store.to_str().unwrap(),
+        b.mnt.to_str().unwrap(),
+        "-o",
+        &b.opts,
+    ]);
+    assert_eq!(c, 1, "a second writer while the lease lives: {e}");
+    assert!(e.contains("store_locked") && e.contains("pid"), "{e}");
+    // a is cut off: it goes on locally, unpublished.
+    proxy.set(Mode::Blackhole);
     std::fs::write(a.path("three"), b"a's unpublished change").unwrap();
+    // Once a's lease expired (3 s, trusted a quarter later), b takes over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (c, _, e) = dj(&[
+            "mount",
+            b.store.to_str().unwrap(),
+            b.mnt.to_str().unwrap(),
+            "-o",
+            &b.opts,
+        ]);
+        if c == 0 {
+            break;
+        }
+        assert!(e.contains("store_locked"), "{e}");
+        assert!(Instant::now() < deadline, "b never took over: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::write(b.path("two"), b"written by b").unwrap();
+    let v = publish(&b.mnt);
+    assert_eq!(v["seq"].as_u64(), Some(2), "{v}");
+    // a reconnects: its lease renewal is refused, and it turns read-only for good.
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match std::fs::write(a.path("four"), b"x") {
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => break,
+            r => assert!(
+                Instant::now() < deadline,
+                "a still writable: {r:?}\n{}",
+                log_tail(&a.store)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let (c, _, e) = dj(&["publish", a.mnt.to_str().unwrap()]);
     assert_eq!(c, 1, "{e}");
-    assert!(e.contains("remote_fenced"), "{e}");
-    let err = std::fs::write(a.path("four"), b"x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    // Its unpublished change stays readable there; the bucket's state is b's.
+    assert!(
+        e.contains("remote_fenced") || e.contains("read_only"),
+        "{e}"
+    );
+    let v = status(&a.mnt);
+    assert_eq!(v["remote"]["lease"]["lost"], true, "{}", v["remote"]);
+    // a's unpublished change stays readable there; the published state is b's.
     assert_eq!(
         std::fs::read(a.path("three")).unwrap(),
         b"a's unpublished change"
-    );
-    let v = status(&a.mnt);
-    assert!(
-        v["remote"]["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("another writer"),
-        "{}",
-        v["remote"]
     );
     let c = clone_mounted(&sw, "take", work.path(), "c");
     assert_eq!(std::fs::read(c.mnt.join("two")).unwrap(), b"written by b");
     assert_eq!(std::fs::read(c.mnt.join("one")).unwrap(), b"published by a");
     assert!(!c.mnt.join("three").exists());
+    drop(b);
 }
 
 #[test]

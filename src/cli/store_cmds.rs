@@ -272,6 +272,25 @@ pub fn render_status(v: &StatusReply) -> String {
                 },
                 r.evicted
             ));
+            if let Some(l) = &r.lease {
+                s.push_str(&format!(
+                    "lease:      epoch {}, {}\n",
+                    l.epoch,
+                    if l.lost {
+                        "LOST: another writer took the object store; read-only".to_string()
+                    } else {
+                        format!(
+                            "held until {} (ttl {} s){}",
+                            output::local_time(l.expires_unix_ms / 1000),
+                            l.ttl_ms / 1000,
+                            l.last_error
+                                .as_ref()
+                                .map(|e| format!("; renewal failing: {e}"))
+                                .unwrap_or_default()
+                        )
+                    }
+                ));
+            }
             if let Some(e) = &r.last_error {
                 s.push_str(&format!(
                     "last error: {e}{}\n",

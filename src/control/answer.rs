@@ -118,6 +118,7 @@ fn remote_held(store: &Store) -> Option<super::protocol::RemoteHeld> {
         last_error: st.last_error,
         last_error_at: unix(st.last_error_at),
         last_upload_at: unix(st.last_upload_at),
+        lease: store.lease().map(|l| l.state()),
     })
 }
 

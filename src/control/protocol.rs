@@ -515,6 +515,9 @@ pub struct RemoteHeld {
     /// Unix seconds.
     pub last_error_at: Option<u64>,
     pub last_upload_at: Option<u64>,
+    /// The writer's lease on the object store (None: this process holds none).
+    #[serde(default)]
+    pub lease: Option<crate::store::remote::lease::LeaseState>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

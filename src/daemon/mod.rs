@@ -287,6 +287,8 @@ fn prepare(
             cache_bytes: 0,
             snapshot: opts.snapshot.clone(),
             cache_size: opts.cache_size,
+            no_lease: false,
+            lease_ttl: opts.lease_ttl.map(Duration::from_secs),
         },
     )?);
     let mut mo = vec![

@@ -40,6 +40,8 @@ pub struct MountOpts {
     /// publish_interval=DURATION: how often a remote store's writer publishes (0: only
     /// on `decofs publish`).
     pub publish_interval: Option<u64>,
+    /// lease_ttl=DURATION: the TTL of a remote store's write lease.
+    pub lease_ttl: Option<u64>,
 }
 
 /// Every option `-o` accepts, as `decofs mount --help` lists them (a unit test checks
@@ -76,6 +78,9 @@ option or a bad value is refused with invalid_option and nothing is mounted):
                                disk; 0: no bound); only uploaded blobs are evicted
   publish_interval=DURATION    a store on an object store: publish its state this often
                                when it changed (default 5s; 0: only `decofs publish`)
+  lease_ttl=DURATION           a store on an object store: the TTL of the write lease
+                               (default 30s); another host may take over that long
+                               after the last renewal
   readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
                                0 keeps the kernel's 128 KiB)
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
@@ -197,6 +202,13 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
                     return Err(Error::BadOption(opt.to_string()));
                 }
                 o.snapshot_every = Some(d);
+            }
+            x if x.starts_with("lease_ttl=") => {
+                let d = duration_opt(opt)?;
+                if d == 0 {
+                    return Err(Error::BadOption(opt.to_string()));
+                }
+                o.lease_ttl = Some(d);
             }
             x if x.starts_with("publish_interval=") => {
                 o.publish_interval = Some(duration_opt(opt)?);
@@ -321,6 +333,7 @@ mod tests {
             "snapshots_keep=-1",
             "cache_size=",
             "publish_interval=soon",
+            "lease_ttl=0",
             "cache_size=lots",
             "cache_size=99999999999T",
             "ro,snapshot_every=1h",

@@ -39,6 +39,9 @@ pub struct Fence {
     /// `mount -o remount,ro` of a writer: changes are refused, the lock is kept so that
     /// `remount,rw` can allow them again.
     paused: AtomicBool,
+    /// Another writer took the store's object store (its lease or its published
+    /// state): changes are refused for good, whatever a remount asks.
+    lost: AtomicBool,
 }
 
 impl Fence {
@@ -47,7 +50,19 @@ impl Fence {
             read_only,
             lock,
             paused: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
         }
+    }
+
+    /// Another writer took over the object store: refuse every change from now on.
+    pub fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Was the object store taken over by another writer?
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 
     /// `Err(ReadOnly)` when this process may not change the store.
@@ -72,7 +87,7 @@ impl Fence {
     /// with it the fsync log replay, the record cache and the index a writer sets up at
     /// open, so it stays read-only (`Err(ReadOnly)`).
     pub fn set_paused(&self, paused: bool) -> Result<()> {
-        if !paused && (self.read_only || self.lock.is_none()) {
+        if !paused && (self.read_only || self.lock.is_none() || self.lost()) {
             return Err(Error::ReadOnly);
         }
         self.paused.store(paused, Ordering::SeqCst);

@@ -78,6 +78,11 @@ pub struct OpenOptions {
     /// A store bound to an object store: the bound of its local blob cache in bytes
     /// (None: half the size of the disk under the store; 0: no bound).
     pub cache_size: Option<u64>,
+    /// A writer of a store on an object store takes its lease unless this is set (a
+    /// clone being filled, which publishes nothing).
+    pub no_lease: bool,
+    /// The lease's TTL (None: `lease::DEFAULT_TTL`).
+    pub lease_ttl: Option<std::time::Duration>,
 }
 
 pub struct Store {
@@ -89,6 +94,8 @@ pub struct Store {
     local: Arc<LocalBlobs>,
     /// The blobs' object store, for a store bound to one (`remote`).
     remote: Option<Arc<RemoteBlobs>>,
+    /// A writer's lease on that object store.
+    lease: Option<Arc<remote::lease::Lease>>,
     /// May this process change the store (invariant 7)?
     fence: Arc<Fence>,
     /// Node records: read, written whole, cached (invariant 2).
@@ -198,6 +205,9 @@ impl Store {
         let local = Arc::new(LocalBlobs::new(layout.clone(), cache));
         let remote = remote::open_blobs(&layout, &local, &opts)?;
         let mut store = Store::assemble(layout, format, local, remote, opts.read_only, lock);
+        if !opts.read_only && !opts.no_lease {
+            store.lease = remote::publish::take_lease(&store, opts.lease_ttl)?;
+        }
         store.recover_crashed_writer()?;
         store.snapshots.load(!opts.read_only)?;
         if !opts.read_only {
@@ -265,6 +275,7 @@ impl Store {
             blobs,
             local,
             remote,
+            lease: None,
             fence,
             sessions: content::Sessions::default(),
             policy: Mutex::new(policy),
@@ -555,6 +566,11 @@ impl Store {
             self.refs.close();
         }
         res
+    }
+
+    /// A writer's lease on its object store.
+    pub fn lease(&self) -> Option<&Arc<remote::lease::Lease>> {
+        self.lease.as_ref()
     }
 
     /// The object store's side of the blobs, for a store bound to one.

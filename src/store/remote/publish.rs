@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::lease::Lease;
 use super::{Binding, Put, Remote, STORE_KEY};
 use crate::store::error::{Error, IoContext, Result};
 use crate::store::layout::{sync_dir, Layout};
@@ -134,6 +135,55 @@ pub fn read_head(remote: &Remote) -> Result<Option<(Head, String)>> {
     Ok(Some((head, got.etag.unwrap_or_default())))
 }
 
+/// Take the object store's lease for a writer's open, and move the published head to
+/// its epoch, so that a writer that held it before can publish nothing more. The head
+/// must be the state this store last published or cloned: one published elsewhere
+/// since is `remote_fenced` (clone again to write).
+pub(crate) fn take_lease(
+    store: &Store,
+    ttl: Option<std::time::Duration>,
+) -> Result<Option<std::sync::Arc<Lease>>> {
+    let Some(blobs) = store.remote() else {
+        return Ok(None);
+    };
+    let remote = blobs.remote().clone();
+    let head = read_head(&remote)?;
+    let lease = Lease::acquire(
+        remote.clone(),
+        store.fence.clone(),
+        ttl.unwrap_or(super::lease::DEFAULT_TTL),
+        &store.layout.root.display().to_string(),
+        head.as_ref().map_or(0, |(h, _)| h.epoch),
+    )?;
+    if let Some((head, etag)) = head {
+        let mine = read_published(&store.layout)?;
+        let same = mine
+            .as_ref()
+            .is_some_and(|p| p.head.seq == head.seq && p.head.created_nanos == head.created_nanos);
+        if !same {
+            lease.lose("the object store holds a state this store does not have");
+            return Err(Error::RemoteFenced(format!(
+                "{} holds publish {} and this store's last is {}: clone it again (decofs clone) to write",
+                remote.url(),
+                head.seq,
+                mine.map_or(0, |p| p.head.seq)
+            )));
+        }
+        let mut moved = head.clone();
+        moved.epoch = lease.epoch();
+        let body = serde_json::to_vec(&moved).expect("a head serializes");
+        let Some(etag) = remote.put_if_match(HEAD_KEY, body, &etag)? else {
+            lease.lose("the head changed while the lease was taken");
+            return Err(Error::RemoteFenced(format!(
+                "{}/{HEAD_KEY} changed while this writer took the lease",
+                remote.url()
+            )));
+        };
+        write_published(&store.layout, &Published { head: moved, etag })?;
+    }
+    Ok(Some(lease))
+}
+
 /// Publish the store's state now, unless nothing changed since the last publish.
 pub fn publish(store: &Store) -> Result<PublishReport> {
     let blobs = store.remote().ok_or_else(|| {
@@ -143,6 +193,12 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
         ))
     })?;
     store.writable()?;
+    let lease = store.lease().filter(|l| l.held()).ok_or_else(|| {
+        Error::RemoteFenced(format!(
+            "this process does not hold the lease of {}",
+            blobs.remote().url()
+        ))
+    })?;
     let _one = PUBLISHING.lock();
     let layout = &store.layout;
     let remote = blobs.remote();
@@ -193,7 +249,7 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
         let head = Head {
             format: 1,
             store: store.format.store_id.to_string(),
-            epoch: 0,
+            epoch: lease.epoch(),
             seq,
             snapshot: name.clone(),
             created_nanos: info.created.unix_nanos(),
@@ -242,8 +298,10 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
             if matches!(e, Error::RemoteFenced(_)) {
                 // Another writer holds the published state: this one's changes from
                 // now on could never be published.
-                log::error!("publish: {e}; the store is read-only from now on");
-                let _ = store.fence().set_paused(true);
+                if let Some(l) = store.lease() {
+                    l.lose(&e.to_string());
+                }
+                store.fence().lose();
             }
         }
     }
@@ -295,6 +353,7 @@ pub fn clone_store(binding: &Binding, path: &Path) -> Result<CloneReport> {
         path,
         OpenOptions {
             cache_bytes: 16 << 20,
+            no_lease: true,
             ..Default::default()
         },
     )?;
