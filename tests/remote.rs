@@ -621,3 +621,47 @@ fn a_publish_waits_for_its_blobs_and_fails_whole_while_the_store_is_down() {
     cold(&c);
     assert_same_tree(&a.mnt, &c.mnt);
 }
+
+#[test]
+fn a_writer_killed_while_publishing_resumes_and_publishes_whole() {
+    let sw = Seaweed::start();
+    let a = mount_bound(&sw, "crash", "allow_other,publish_interval=1,cache_size=0");
+    let mut rng = fastrand::Rng::with_seed(26);
+    for round in 0..4u64 {
+        for i in 0..20u64 {
+            let len = rng.usize(0..300_000);
+            std::fs::write(
+                a.path(&format!("r{round}-{i}")),
+                pattern(round * 100 + i, 0, len),
+            )
+            .unwrap();
+            if i % 7 == 3 {
+                let _ =
+                    std::fs::remove_file(a.path(&format!("r{}-{}", round.saturating_sub(1), i)));
+            }
+        }
+        // Killed somewhere in the publishes and uploads of the second after.
+        std::thread::sleep(Duration::from_millis(rng.u64(200..2500)));
+        let pid = daemon_pid(&a.store, &a.mnt);
+        // SAFETY: a plain signal to the daemon this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !process_gone(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unmount_path(&a.mnt);
+        // The same host takes its dead writer's lease at once, and goes on.
+        a.mount();
+    }
+    publish(&a.mnt);
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let c = clone_mounted(&sw, "crash", work.path(), "c");
+    cold(&c);
+    assert_same_tree(&a.mnt, &c.mnt);
+    c.unmount();
+    a.unmount();
+    for s in [&a.store, &c.store] {
+        let (code, v, e) = dj(&["fsck", s.to_str().unwrap()]);
+        assert_eq!(code, 0, "fsck of {}: {v} {e}", s.display());
+    }
+}

@@ -303,6 +303,7 @@ mod tests {
                 Some((k, "N" | "MS" | "KIB")) => format!("{k}=7"),
                 Some((k, "PATTERNS")) => format!("{k}=*.bak:#*"),
                 Some((k, "NAME")) => format!("{k}=daily-1"),
+                Some((k, "SIZE")) => format!("{k}=5G"),
                 _ => n.clone(),
             };
             assert!(parse_opts(&opt).is_ok(), "{opt} (from the help) must parse");

@@ -205,14 +205,14 @@ impl Store {
         let local = Arc::new(LocalBlobs::new(layout.clone(), cache));
         let remote = remote::open_blobs(&layout, &local, &opts)?;
         let mut store = Store::assemble(layout, format, local, remote, opts.read_only, lock);
-        if !opts.read_only && !opts.no_lease {
-            store.lease = remote::publish::take_lease(&store, opts.lease_ttl)?;
-        }
         store.recover_crashed_writer()?;
         store.snapshots.load(!opts.read_only)?;
         if !opts.read_only {
             // A receive a crash interrupted happens whole before anything else.
             store.streams().resume()?;
+            if !opts.no_lease {
+                store.lease = remote::publish::take_lease(&store, opts.lease_ttl)?;
+            }
         }
         if let Some(name) = &opts.snapshot {
             if !opts.read_only {

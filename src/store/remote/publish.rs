@@ -112,10 +112,6 @@ fn write_published(layout: &Layout, p: &Published) -> Result<()> {
     sync_dir(path.parent().expect("remote/ has a parent"))
 }
 
-fn seq_of(name: &str) -> u64 {
-    name[PUBLISHED.len()..].parse().unwrap_or(0)
-}
-
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -160,7 +156,14 @@ pub(crate) fn take_lease(
         let same = mine
             .as_ref()
             .is_some_and(|p| p.head.seq == head.seq && p.head.created_nanos == head.created_nanos);
-        if !same {
+        // This store's own publish whose head went out before a crash kept it from
+        // writing it down: its snapshot is here.
+        let own_last = mine.as_ref().is_some_and(|p| p.head.seq + 1 == head.seq)
+            && store
+                .snapshots
+                .get(&head.snapshot)
+                .is_ok_and(|i| i.created.unix_nanos() == head.created_nanos);
+        if !same && !own_last {
             lease.lose("the object store holds a state this store does not have");
             return Err(Error::RemoteFenced(format!(
                 "{} holds publish {} and this store's last is {}: clone it again (decofs clone) to write",
@@ -204,9 +207,11 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
     let remote = blobs.remote();
     let prev = read_published(layout)?;
     let prev_seq = prev.as_ref().map_or(0, |p| p.head.seq);
-    // A publish cut short left a newer published snapshot: it was never the head.
+    // Only the last published state is a base: a publish cut short left a newer
+    // snapshot that never was the head, a crash after a head went out an older one.
+    let base_name = prev.as_ref().map(|p| p.head.snapshot.as_str());
     for n in store.snapshots.list() {
-        if is_published(&n.name) && seq_of(&n.name) > prev_seq {
+        if is_published(&n.name) && Some(n.name.as_str()) != base_name {
             store.snapshots().remove(&n.name)?;
         }
     }
