@@ -67,7 +67,7 @@ impl Fence {
 
     /// `Err(ReadOnly)` when this process may not change the store.
     pub fn check(&self) -> Result<()> {
-        if self.read_only || self.paused.load(Ordering::SeqCst) {
+        if self.read_only || self.paused.load(Ordering::SeqCst) || self.lost() {
             return Err(Error::ReadOnly);
         }
         match &self.lock {

@@ -93,10 +93,10 @@ pub struct RemoteState {
     pub last_upload_at: Option<SystemTime>,
 }
 
-/// A load under way, opened when it finishes.
+/// A fetch under way: its outcome, for the readers that waited for it.
 #[derive(Default)]
 struct Gate {
-    done: Mutex<bool>,
+    done: Mutex<Option<std::result::Result<Arc<Chunk>, String>>>,
     cv: Condvar,
 }
 
@@ -219,7 +219,8 @@ impl RemoteBlobs {
                         items.push((blob_key(h), data));
                         which.push(*h);
                     }
-                    Err(Fault::Missing) if self.remote.head(&blob_key(h))?.is_some() => {
+                    // Missing or damaged here: the bucket may have it.
+                    Err(_) if self.remote.head(&blob_key(h))?.is_some() => {
                         self.mark_uploaded(&[*h])?;
                     }
                     Err(f) => {
@@ -427,6 +428,9 @@ impl RemoteBlobs {
             return Ok(0);
         }
         let target = limit / 100 * EVICT_TO_PERCENT;
+        // What the ledger says is uploaded must outlive a crash before any local copy
+        // goes: a blob it forgot would look missing.
+        l.db.flush().map_err(ledger_err)?;
         blobs.sort();
         let mut evicted = 0;
         for (_, h, len) in blobs {
@@ -496,12 +500,32 @@ impl RemoteBlobs {
         };
         if !mine {
             let mut done = gate.done.lock();
-            while !*done {
+            while done.is_none() {
                 gate.cv.wait(&mut done);
             }
-            drop(done);
-            return self.local.get(hash).or_else(|_| self.fetch(hash));
+            // The fetch's outcome, its failure too: readers do not ask again, one
+            // after the other, while the object store fails.
+            return match done.as_ref().expect("set before the gate opens") {
+                Ok(c) => Ok(c.clone()),
+                Err(why) => Err(Error::Integrity {
+                    what: format!("blob {}", hash_hex(hash)),
+                    detail: why.clone(),
+                }),
+            };
         }
+        // Opened whatever happens, a panic included: no reader waits forever.
+        struct Open<'a>(&'a RemoteBlobs, Hash, Arc<Gate>);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                self.0.fetching.lock().remove(&self.1);
+                let mut d = self.2.done.lock();
+                if d.is_none() {
+                    *d = Some(Err("the fetch was cut short".into()));
+                }
+                self.2.cv.notify_all();
+            }
+        }
+        let open = Open(self, *hash, gate);
         let res = self.fetch_verified(hash).map(|data| {
             if self.ledger.is_some() {
                 match self.local.restore(&data) {
@@ -515,9 +539,11 @@ impl RemoteBlobs {
             self.local.remember(*hash, c.clone());
             c
         });
-        self.fetching.lock().remove(hash);
-        *gate.done.lock() = true;
-        gate.cv.notify_all();
+        *open.2.done.lock() = Some(match &res {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(e.to_string()),
+        });
+        drop(open);
         res
     }
 }
@@ -625,11 +651,13 @@ impl BlobStore for RemoteBlobs {
         }
     }
 
+    /// Here, or in the bucket. An object store that cannot be asked counts as having
+    /// it: a check must not repair away (turn into a hole) what it only cannot see.
     fn exists(&self, hash: &Hash) -> bool {
         if self.local.exists(hash) || self.is_uploaded(hash) {
             return true;
         }
-        self.ledger.is_none() && matches!(self.remote.head(&blob_key(hash)), Ok(Some(_)))
+        !matches!(self.remote.head(&blob_key(hash)), Ok(None))
     }
 
     fn restore(&self, data: &[u8]) -> Result<bool> {

@@ -178,7 +178,26 @@ impl Lease {
         let (mut rec, etag) = self.rec.lock().clone();
         let started = now_ms();
         rec.expires_unix_ms = started + rec.ttl_ms as i64;
-        match self.remote.put_if_match(LEASE_KEY, body(&rec), &etag)? {
+        let written = self.remote.put_if_match(LEASE_KEY, body(&rec), &etag);
+        let new = match written {
+            Ok(Some(new)) => Some(new),
+            // Refused, or no answer: a retry of a renewal that went through is refused
+            // too. The bucket's lease says whether it is this renewal.
+            Ok(None) | Err(_) => match read(&self.remote)? {
+                Some((now, new))
+                    if now.holder == rec.holder
+                        && now.epoch == rec.epoch
+                        && now.expires_unix_ms == rec.expires_unix_ms =>
+                {
+                    Some(new)
+                }
+                _ => match written {
+                    Err(e) => return Err(e),
+                    Ok(_) => None,
+                },
+            },
+        };
+        match new {
             Some(new) => {
                 *self.rec.lock() = (rec, new);
                 *self.last_error.lock() = None;

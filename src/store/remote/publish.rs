@@ -164,7 +164,7 @@ pub(crate) fn take_lease(
                 .get(&head.snapshot)
                 .is_ok_and(|i| i.created.unix_nanos() == head.created_nanos);
         if !same && !own_last {
-            lease.lose("the object store holds a state this store does not have");
+            // Dropped, the lease is given back: this open took it for nothing.
             return Err(Error::RemoteFenced(format!(
                 "{} holds publish {} and this store's last is {}: clone it again (decofs clone) to write",
                 remote.url(),
@@ -176,7 +176,6 @@ pub(crate) fn take_lease(
         moved.epoch = lease.epoch();
         let body = serde_json::to_vec(&moved).expect("a head serializes");
         let Some(etag) = remote.put_if_match(HEAD_KEY, body, &etag)? else {
-            lease.lose("the head changed while the lease was taken");
             return Err(Error::RemoteFenced(format!(
                 "{}/{HEAD_KEY} changed while this writer took the lease",
                 remote.url()
@@ -185,6 +184,28 @@ pub(crate) fn take_lease(
         write_published(&store.layout, &Published { head: moved, etag })?;
     }
     Ok(Some(lease))
+}
+
+/// A publish whose head went out without this store writing it down (a crash, a lost
+/// answer) left its snapshot: if the bucket's head is that publish, adopt it.
+fn adopt_own_head(
+    store: &Store,
+    remote: &Remote,
+    prev: Option<Published>,
+) -> Result<Option<Published>> {
+    let next = format!("{PUBLISHED}{}", prev.as_ref().map_or(0, |p| p.head.seq) + 1);
+    let Ok(info) = store.snapshots.get(&next) else {
+        return Ok(prev);
+    };
+    match read_head(remote)? {
+        Some((h, etag)) if h.snapshot == next && h.created_nanos == info.created.unix_nanos() => {
+            log::info!("publish {}: its head went out; adopted", h.seq);
+            let p = Published { head: h, etag };
+            write_published(&store.layout, &p)?;
+            Ok(Some(p))
+        }
+        _ => Ok(prev),
+    }
 }
 
 /// Publish the store's state now, unless nothing changed since the last publish.
@@ -205,7 +226,7 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
     let _one = PUBLISHING.lock();
     let layout = &store.layout;
     let remote = blobs.remote();
-    let prev = read_published(layout)?;
+    let prev = adopt_own_head(store, remote, read_published(layout)?)?;
     let prev_seq = prev.as_ref().map_or(0, |p| p.head.seq);
     // Only the last published state is a base: a publish cut short left a newer
     // snapshot that never was the head, a crash after a head went out an older one.
@@ -231,6 +252,7 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
     let spool = layout
         .sessions()
         .join(format!("publish.{}.tmp", std::process::id()));
+    let mut head_attempted = false;
     let res = (|| {
         let f = fs::File::create(&spool).ctx(|| format!("create {}", spool.display()))?;
         let mut w = std::io::BufWriter::new(f);
@@ -264,15 +286,27 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
             published_unix: unix_now(),
         };
         let body = serde_json::to_vec(&head).expect("a head serializes");
-        let etag = match &prev {
-            Some(p) => remote.put_if_match(HEAD_KEY, body, &p.etag)?,
-            None => remote.put_create_etag(HEAD_KEY, body)?,
+        head_attempted = true;
+        let written = match &prev {
+            Some(p) => remote.put_if_match(HEAD_KEY, body, &p.etag),
+            None => remote.put_create_etag(HEAD_KEY, body),
         };
-        let Some(etag) = etag else {
-            return Err(Error::RemoteFenced(format!(
-                "{}/{HEAD_KEY} was replaced by another writer since this store's publish {prev_seq}",
-                remote.url()
-            )));
+        let etag = match written {
+            Ok(Some(etag)) => etag,
+            // Refused, or no answer: a retry of a write that went through is refused
+            // too. The head says whether it is this publish.
+            Ok(None) | Err(_) => match read_head(remote)? {
+                Some((h, etag)) if h == head => etag,
+                _ => {
+                    return Err(match written {
+                        Err(e) => e,
+                        Ok(_) => Error::RemoteFenced(format!(
+                            "{}/{HEAD_KEY} was replaced by another writer since this store's publish {prev_seq}",
+                            remote.url()
+                        )),
+                    })
+                }
+            },
         };
         write_published(layout, &Published { head, etag })?;
         Ok(PublishReport {
@@ -298,7 +332,11 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
             }
         }
         Err(e) => {
-            let _ = store.snapshots().remove(&name);
+            // Once the head may name it, the snapshot stays: the next publish or open
+            // finds out whether the head is this one (`adopt_own_head`).
+            if !head_attempted || matches!(e, Error::RemoteFenced(_)) {
+                let _ = store.snapshots().remove(&name);
+            }
             blobs.note_error(e);
             if matches!(e, Error::RemoteFenced(_)) {
                 // Another writer holds the published state: this one's changes from
@@ -353,6 +391,23 @@ pub fn clone_store(binding: &Binding, path: &Path) -> Result<CloneReport> {
     }
     let chunk_size: u32 = chunk_size.parse().map_err(|_| bad("chunk size"))?;
     Store::init_as(path, chunk_size, store_uuid, root)?;
+    // A clone cut short is removed whole: it was made here, new.
+    let res = fill_clone(&remote, binding, path, store_id, head, etag);
+    if res.is_err() {
+        let _ = fs::remove_dir_all(path);
+    }
+    res
+}
+
+/// Receive the head's chain into the new store at `path`.
+fn fill_clone(
+    remote: &Remote,
+    binding: &Binding,
+    path: &Path,
+    store_id: String,
+    head: Head,
+    etag: String,
+) -> Result<CloneReport> {
     binding.write(&Layout::new(path))?;
     let store = Store::open(
         path,
