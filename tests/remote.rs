@@ -104,6 +104,19 @@ fn blob_key(prefix: &str, hash: &str) -> String {
     format!("{prefix}/blobs/{}/{hash}", &hash[..2])
 }
 
+/// kill -9 the mount's daemon (started by this test), wait until it is gone, and
+/// clear its dead mount.
+fn kill_daemon(m: &Mount) {
+    let pid = daemon_pid(&m.store, &m.mnt);
+    // SAFETY: a plain signal to the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !process_gone(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unmount_path(&m.mnt);
+}
+
 fn write_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let files = vec![
         (root.join("big"), pattern(1, 0, 10 << 20)),
@@ -235,28 +248,23 @@ fn an_object_store_that_ignores_conditional_writes_is_refused() {
     // An existing store stays unbound.
     let out = decofs(&["init", store.to_str().unwrap()]);
     assert!(out.status.success());
-    let (c, _, e) = dj(&[
-        "remote",
-        "add",
-        store.to_str().unwrap(),
-        &sw.url("unsafe"),
-        "--endpoint",
-        &proxy.endpoint(),
-        "--allow-http",
-    ]);
+    let add = |endpoint: &str| {
+        dj(&[
+            "remote",
+            "add",
+            store.to_str().unwrap(),
+            &sw.url("unsafe"),
+            "--endpoint",
+            endpoint,
+            "--allow-http",
+        ])
+    };
+    let (c, _, e) = add(&proxy.endpoint());
     assert_eq!(c, 1, "{e}");
     assert!(e.contains("remote_unsafe"), "{e}");
     assert!(!store.join("remote/binding").exists());
     // The same object store without the proxy in between is accepted.
-    let (c, v, e) = dj(&[
-        "remote",
-        "add",
-        store.to_str().unwrap(),
-        &sw.url("unsafe"),
-        "--endpoint",
-        &sw.endpoint(),
-        "--allow-http",
-    ]);
+    let (c, v, e) = add(&sw.endpoint());
     assert_eq!(c, 0, "{v} {e}");
 }
 
@@ -346,14 +354,7 @@ fn uploads_pending_at_a_kill_are_done_by_the_next_mount() {
     });
     // The ledger is written within a second; then the writer dies.
     std::thread::sleep(Duration::from_millis(1500));
-    let pid = daemon_pid(&m.store, &m.mnt);
-    // SAFETY: a plain signal to the daemon this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !process_gone(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unmount_path(&m.mnt);
+    kill_daemon(&m);
     sw.restart();
     m.mount();
     wait_uploaded(&m);
@@ -642,14 +643,7 @@ fn a_writer_killed_while_publishing_resumes_and_publishes_whole() {
         }
         // Killed somewhere in the publishes and uploads of the second after.
         std::thread::sleep(Duration::from_millis(rng.u64(200..2500)));
-        let pid = daemon_pid(&a.store, &a.mnt);
-        // SAFETY: a plain signal to the daemon this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !process_gone(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        unmount_path(&a.mnt);
+        kill_daemon(&a);
         // The same host takes its dead writer's lease at once, and goes on.
         a.mount();
     }

@@ -256,21 +256,24 @@ pub fn render_status(v: &StatusReply) -> String {
         v.snapshots.count, v.snapshots.copies, v.snapshots.bytes
     ));
     if let Some(r) = &v.remote {
-        s.push_str(&format!("remote:     {} at {}\n", r.url, r.endpoint));
+        s.push_str(&format!(
+            "remote:     {} at {}\n",
+            r.state.url, r.state.endpoint
+        ));
         if r.live {
             s.push_str(&format!(
                 "uploads:    {} blob(s), {} bytes waiting; {} uploaded ({} bytes), {} fetched this run\n",
-                r.pending_blobs, r.pending_bytes, r.uploaded, r.uploaded_bytes, r.fetched
+                r.state.pending_blobs, r.state.pending_bytes, r.state.uploaded, r.state.uploaded_bytes, r.state.fetched
             ));
             s.push_str(&format!(
                 "cache:      {} bytes of blobs on disk{}, {} evicted\n",
-                r.cache_bytes,
-                if r.cache_limit == 0 {
+                r.state.cache_bytes,
+                if r.state.cache_limit == 0 {
                     " (no bound)".to_string()
                 } else {
-                    format!(" (bound {})", r.cache_limit)
+                    format!(" (bound {})", r.state.cache_limit)
                 },
-                r.evicted
+                r.state.evicted
             ));
             if let Some(l) = &r.lease {
                 s.push_str(&format!(
@@ -291,10 +294,11 @@ pub fn render_status(v: &StatusReply) -> String {
                     }
                 ));
             }
-            if let Some(e) = &r.last_error {
+            if let Some(e) = &r.state.last_error {
                 s.push_str(&format!(
                     "last error: {e}{}\n",
-                    r.last_error_at
+                    r.state
+                        .last_error_at
                         .map(|t| format!(" at {}", output::local_time(t as i64)))
                         .unwrap_or_default()
                 ));

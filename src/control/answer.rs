@@ -97,27 +97,9 @@ fn snapshots_held(store: &Store) -> SnapshotsHeld {
 
 /// What status shows of the object store of a bound store.
 fn remote_held(store: &Store) -> Option<super::protocol::RemoteHeld> {
-    let r = store.remote()?;
-    let st = r.state();
-    let unix = |t: Option<std::time::SystemTime>| {
-        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
-    };
     Some(super::protocol::RemoteHeld {
-        url: st.url,
-        endpoint: st.endpoint,
+        state: store.remote()?.state(),
         live: store.still_writer(),
-        pending_blobs: st.pending_blobs,
-        pending_bytes: st.pending_bytes,
-        uploaded: st.uploaded,
-        uploaded_bytes: st.uploaded_bytes,
-        fetched: st.fetched,
-        evicted: st.evicted,
-        cache_limit: st.cache_limit,
-        cache_bytes: st.cache_bytes,
-        last_error: st.last_error,
-        last_error_at: unix(st.last_error_at),
-        last_upload_at: unix(st.last_upload_at),
         lease: store.lease().map(|l| l.state()),
     })
 }

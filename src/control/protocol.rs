@@ -495,26 +495,13 @@ pub struct SnapshotsHeld {
     pub bytes: u64,
 }
 
-/// The object store of a bound store, as its writer sees it (`live`: a read-write
+/// The object store of a bound store, as this process sees it (`live`: a read-write
 /// process answered; otherwise only the binding is known).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RemoteHeld {
-    pub url: String,
-    pub endpoint: String,
+    #[serde(flatten)]
+    pub state: crate::store::blobs::RemoteState,
     pub live: bool,
-    /// Blobs written locally and not yet confirmed in the bucket, and their bytes.
-    pub pending_blobs: u64,
-    pub pending_bytes: u64,
-    pub uploaded: u64,
-    pub uploaded_bytes: u64,
-    pub fetched: u64,
-    pub evicted: u64,
-    pub cache_limit: u64,
-    pub cache_bytes: u64,
-    pub last_error: Option<String>,
-    /// Unix seconds.
-    pub last_error_at: Option<u64>,
-    pub last_upload_at: Option<u64>,
     /// The writer's lease on the object store (None: this process holds none).
     #[serde(default)]
     pub lease: Option<crate::store::remote::lease::LeaseState>,

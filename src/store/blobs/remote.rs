@@ -71,8 +71,8 @@ fn ledger_err(e: sled::Error) -> Error {
     Error::io("the upload ledger", sled_io(e))
 }
 
-/// What `decofs status` shows of the object store.
-#[derive(Clone, Debug, Default)]
+/// What `decofs status` shows of the object store (times in unix seconds).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RemoteState {
     pub url: String,
     pub endpoint: String,
@@ -89,8 +89,14 @@ pub struct RemoteState {
     pub cache_bytes: u64,
     /// The last failure of an upload or fetch, and when.
     pub last_error: Option<String>,
-    pub last_error_at: Option<SystemTime>,
-    pub last_upload_at: Option<SystemTime>,
+    pub last_error_at: Option<u64>,
+    pub last_upload_at: Option<u64>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A fetch under way: its outcome, for the readers that waited for it.
@@ -325,7 +331,7 @@ impl RemoteBlobs {
     fn failed(&self, e: &Error) {
         let mut s = self.state.lock();
         s.last_error = Some(e.to_string());
-        s.last_error_at = Some(SystemTime::now());
+        s.last_error_at = Some(unix_now());
     }
 
     /// Upload one batch; returns the hashes to try again.
@@ -370,7 +376,7 @@ impl RemoteBlobs {
                     let mut s = self.state.lock();
                     s.uploaded += 1;
                     s.uploaded_bytes += len;
-                    s.last_upload_at = Some(SystemTime::now());
+                    s.last_upload_at = Some(unix_now());
                 }
                 Err(e) => {
                     log::warn!("upload of blob {}: {e}", hash_hex(&h));

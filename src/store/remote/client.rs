@@ -147,15 +147,10 @@ impl Remote {
 
     /// Write `rel` unless it exists (`If-None-Match: *`).
     pub fn put_create(&self, rel: &str, data: Vec<u8>) -> Result<Put> {
-        let r = self.rt.block_on(self.store.put_opts(
-            &self.path(rel),
-            PutPayload::from(data),
-            PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            },
-        ));
-        self.created(rel, r)
+        self.put_create_etag(rel, data).map(|etag| match etag {
+            Some(_) => Put::Created,
+            None => Put::Exists,
+        })
     }
 
     fn created(&self, rel: &str, r: object_store::Result<object_store::PutResult>) -> Result<Put> {

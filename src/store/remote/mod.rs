@@ -253,25 +253,22 @@ pub fn bind(store_path: &std::path::Path, binding: &Binding) -> Result<u64> {
     }
     let remote = Remote::connect(binding)?;
     remote.check_conditional_writes()?;
+    let open = || {
+        super::Store::open(
+            store_path,
+            OpenOptions {
+                cache_bytes: 1 << 20,
+                ..Default::default()
+            },
+        )
+    };
     // The lock first: a mounted store is changed only through its daemon.
-    let store = super::Store::open(
-        store_path,
-        OpenOptions {
-            cache_bytes: 1 << 20,
-            ..Default::default()
-        },
-    )?;
+    let store = open()?;
     claim_prefix(&remote, &format.store_id.to_string(), format.chunk_size)?;
     binding.write(&layout)?;
     drop(store);
     // Opened again, bound: the blobs already here go into the ledger.
-    let store = super::Store::open(
-        store_path,
-        OpenOptions {
-            cache_bytes: 1 << 20,
-            ..Default::default()
-        },
-    )?;
+    let store = open()?;
     let queued = match store.remote() {
         Some(r) => {
             let n = r.queue_unknown()?;

@@ -38,6 +38,11 @@ pub struct Head {
     pub root: String,
     pub chunk_size: u32,
     pub published_unix: i64,
+    /// Bytes of the chain's whole stream, and of the differential ones after it.
+    #[serde(default)]
+    pub whole_bytes: u64,
+    #[serde(default)]
+    pub diff_bytes: u64,
 }
 
 /// This store's last publish, as it knows it: the head it wrote and that head's ETag
@@ -76,9 +81,10 @@ pub struct CloneReport {
     pub records: u64,
 }
 
-/// A chain this long is not extended: the next publish is a whole stream, so a clone
-/// replays a bounded number of streams.
-const CHAIN_MAX: usize = 64;
+/// A chain this long, or whose differential streams add up to more than its whole
+/// one, is not extended: the next publish is a whole stream, so a clone replays a
+/// bounded number of streams and bytes, and a big store is not sent whole often.
+const CHAIN_MAX: usize = 1024;
 
 /// One publish at a time per process (the maintenance thread and a `decofs publish`).
 static PUBLISHING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
@@ -256,7 +262,9 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
     let res = (|| {
         let f = fs::File::create(&spool).ctx(|| format!("create {}", spool.display()))?;
         let mut w = std::io::BufWriter::new(f);
-        let extend = prev.as_ref().filter(|p| p.head.chain.len() < CHAIN_MAX);
+        let extend = prev
+            .as_ref()
+            .filter(|p| p.head.chain.len() < CHAIN_MAX && p.head.diff_bytes <= p.head.whole_bytes);
         let base = extend.map(|p| p.head.snapshot.as_str());
         let (sent, named) = store.streams().send_published(&name, base, &mut w)?;
         w.flush().ctx(|| format!("write {}", spool.display()))?;
@@ -284,6 +292,8 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
             root: store.format.root.to_string(),
             chunk_size: store.format.chunk_size,
             published_unix: unix_now(),
+            whole_bytes: extend.map_or(sent.bytes, |p| p.head.whole_bytes),
+            diff_bytes: extend.map_or(0, |p| p.head.diff_bytes + sent.bytes),
         };
         let body = serde_json::to_vec(&head).expect("a head serializes");
         head_attempted = true;
