@@ -582,11 +582,30 @@ fn a_partitioned_writer_is_taken_over_and_fenced() {
     );
     let v = status(&a.mnt);
     assert_eq!(v["remote"]["lease"]["lost"], true, "{}", v["remote"]);
-    // a's unpublished change stays readable there; the published state is b's.
+    // a's unpublished change stays readable there, and is exported for a person.
     assert_eq!(
         std::fs::read(a.path("three")).unwrap(),
         b"a's unpublished change"
     );
+    let out = work.path().join("unpublished");
+    let (c, v, e) = dj(&[
+        "unpublished",
+        "export",
+        a.mnt.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{v} {e}");
+    assert_eq!(
+        std::fs::read(out.join("three")).unwrap(),
+        b"a's unpublished change"
+    );
+    assert!(
+        !out.join("one").exists(),
+        "published files are not exported"
+    );
+    let listing = std::fs::read_to_string(out.join(".decofs-unpublished")).unwrap();
+    assert!(listing.contains("created three"), "{listing}");
+    // The published state is b's.
     let c = clone_mounted(&sw, "take", work.path(), "c");
     assert_eq!(std::fs::read(c.mnt.join("two")).unwrap(), b"written by b");
     assert_eq!(std::fs::read(c.mnt.join("one")).unwrap(), b"published by a");

@@ -237,6 +237,11 @@ pub enum Cmd {
         #[command(flatten)]
         conn: remote::Conn,
     },
+    /// What changed since a store's last publish to its object store.
+    Unpublished {
+        #[command(subcommand)]
+        cmd: remote::UnpublishedCmd,
+    },
     /// Long-term storage on an S3-compatible object store: bind a store to one.
     Remote {
         #[command(subcommand)]
@@ -359,6 +364,7 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Status { path } => store_cmds::status(&path, json),
         Cmd::Lock { cmd } => lock::run(cmd, json),
         Cmd::Remote { cmd } => remote::run(cmd, json),
+        Cmd::Unpublished { cmd } => remote::unpublished(cmd, json),
         Cmd::Publish { target, wait: _ } => remote::publish(&target, json),
         Cmd::Clone { url, store, conn } => remote::clone(&url, &store, &conn, json),
         Cmd::Find {

@@ -27,6 +27,102 @@ pub enum RemoteCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub enum UnpublishedCmd {
+    /// Copy what changed on a mount since its store's last publish into DIR, for a
+    /// person to reconcile (a writer another host took over keeps these changes
+    /// locally): created and modified files, symlinks and directories at their paths,
+    /// and DIR/.decofs-unpublished listing every change (deletions and renames too).
+    Export { mount: PathBuf, dir: PathBuf },
+}
+
+pub fn unpublished(cmd: UnpublishedCmd, json: bool) -> Outcome {
+    let UnpublishedCmd::Export { mount, dir } = cmd;
+    let what = format!(
+        "cannot export the unpublished changes of {}",
+        mount.display()
+    );
+    let (store, mnt, _) = control::locate(&mount).or_fail(&what)?;
+    let Some(mnt) = mnt else {
+        return Err(output::invalid(
+            &what,
+            "the store is not mounted".into(),
+            &format!(
+                "mount it (read-only is enough: decofs mount {} MNT -o ro) and export from the mount",
+                store.display()
+            ),
+        ));
+    };
+    let layout = decofs::store::layout::Layout::new(&store);
+    let (seq, snap) = remote::publish::last_published(&layout)
+        .or_fail(&what)?
+        .ok_or_else(|| {
+            output::invalid(
+                &what,
+                "nothing was published from this store".into(),
+                "every file is unpublished: copy the mount itself",
+            )
+        })?;
+    let v = control::run(
+        &store,
+        protocol::SnapshotDiff {
+            old: snap,
+            new: None,
+        },
+        false,
+    )
+    .or_fail(&what)?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| decofs::store::Error::io(format!("create {}", dir.display()), e))
+        .or_fail(&what)?;
+    let mut listing = String::new();
+    let mut copied = 0u64;
+    for c in &v.changes {
+        let rel = c.path.0.strip_prefix("/").unwrap_or(&c.path.0);
+        listing += &match &c.from {
+            Some(f) => format!("{} {} <- {}\n", c.change, rel.display(), f.0.display()),
+            None => format!("{} {}\n", c.change, rel.display()),
+        };
+        if c.change == "deleted" {
+            continue;
+        }
+        copy_into(&mnt.join(rel), &dir.join(rel))
+            .map_err(|e| decofs::store::Error::io(format!("copy {}", rel.display()), e))
+            .or_fail(&what)?;
+        copied += 1;
+    }
+    std::fs::write(dir.join(".decofs-unpublished"), &listing)
+        .map_err(|e| decofs::store::Error::io("write the listing", e))
+        .or_fail(&what)?;
+    if json {
+        output::json(&json!({"since_publish": seq, "changes": v.changes.len(), "copied": copied}));
+    } else {
+        outln!(
+            "{} change(s) since publish {seq}; {copied} path(s) copied into {} (listed in .decofs-unpublished)",
+            v.changes.len(),
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copy one changed path: a file's bytes and mode, a symlink, a directory (made, not
+/// walked: its changed children are changes of their own).
+fn copy_into(from: &Path, to: &Path) -> std::io::Result<()> {
+    let md = std::fs::symlink_metadata(from)?;
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if md.file_type().is_symlink() {
+        let _ = std::fs::remove_file(to);
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else if md.is_dir() {
+        std::fs::create_dir_all(to)
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
+}
+
 /// How to reach the object store; what is left out comes from the AWS_* variables.
 #[derive(Args, Clone, Debug, Default)]
 pub struct Conn {

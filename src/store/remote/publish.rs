@@ -125,6 +125,11 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The snapshot of the state this store last published or cloned (None: none yet).
+pub fn last_published(layout: &Layout) -> Result<Option<(u64, String)>> {
+    Ok(read_published(layout)?.map(|p| (p.head.seq, p.head.snapshot)))
+}
+
 /// Read the bucket's head: the state and its ETag, or None before the first publish.
 pub fn read_head(remote: &Remote) -> Result<Option<(Head, String)>> {
     let Some(got) = remote.get(HEAD_KEY)? else {
