@@ -16,7 +16,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::{hash_of, BlobStore, Chunk, Deleted, Fault, Listed, LocalBlobs};
 use crate::store::error::{Error, Result};
-use crate::store::node::{hash_hex, Hash};
+use crate::store::node::{hash_hex, Hash, Time};
 use crate::store::remote::{blob_key, Put, Remote};
 
 /// Uploads in flight at once, and the bytes a batch may hold in memory.
@@ -94,9 +94,7 @@ pub struct RemoteState {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    Time::now().secs.max(0) as u64
 }
 
 /// A fetch under way: its outcome, for the readers that waited for it.
@@ -247,10 +245,7 @@ impl RemoteBlobs {
             {
                 match r {
                     Ok(Put::Created) | Ok(Put::Exists) => {
-                        l.uploaded
-                            .insert(h, &len.to_be_bytes()[..])
-                            .map_err(ledger_err)?;
-                        self.settled(l, &h, true);
+                        self.confirm(l, &h, len)?;
                         uploaded += 1;
                     }
                     Err(e) => {
@@ -274,7 +269,7 @@ impl RemoteBlobs {
                     .insert(h, &0u64.to_be_bytes()[..])
                     .map_err(ledger_err)?;
             }
-            self.settled(l, h, true);
+            self.settled(l, h);
         }
         Ok(())
     }
@@ -348,7 +343,7 @@ impl RemoteBlobs {
                     hashes.push(h);
                 }
                 // Swept before its upload: nothing names it any more.
-                Err(Fault::Missing) => self.settled(l, &h, false),
+                Err(Fault::Missing) => self.settled(l, &h),
                 Err(f) => {
                     log::error!("upload of blob {}: the local copy is {f}", hash_hex(&h));
                     self.failed(&Error::Integrity {
@@ -367,12 +362,11 @@ impl RemoteBlobs {
         for ((h, r), len) in hashes.into_iter().zip(results).zip(lens) {
             match r {
                 Ok(Put::Created) | Ok(Put::Exists) => {
-                    if let Err(e) = l.uploaded.insert(h, &len.to_be_bytes()[..]) {
-                        self.failed(&ledger_err(e));
+                    if let Err(e) = self.confirm(l, &h, len) {
+                        self.failed(&e);
                         again.push(h);
                         continue;
                     }
-                    self.settled(l, &h, true);
                     let mut s = self.state.lock();
                     s.uploaded += 1;
                     s.uploaded_bytes += len;
@@ -388,8 +382,18 @@ impl RemoteBlobs {
         again
     }
 
+    /// A blob the bucket confirmed (created or found there): in the ledger's
+    /// `uploaded`, no longer pending.
+    fn confirm(&self, l: &Ledger, h: &Hash, len: u64) -> Result<()> {
+        l.uploaded
+            .insert(h, &len.to_be_bytes()[..])
+            .map_err(ledger_err)?;
+        self.settled(l, h);
+        Ok(())
+    }
+
     /// A pending blob is done with: uploaded, or gone before it was.
-    fn settled(&self, l: &Ledger, h: &Hash, _uploaded: bool) {
+    fn settled(&self, l: &Ledger, h: &Hash) {
         match l.pending.remove(h) {
             Ok(Some(v)) => {
                 let mut s = self.state.lock();

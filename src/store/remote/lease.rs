@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::Remote;
 use crate::store::error::{Error, Result};
 use crate::store::lock::Fence;
+use crate::store::node::Time;
 
 pub const LEASE_KEY: &str = "lease";
 
@@ -59,10 +60,7 @@ pub struct Lease {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    (Time::now().unix_nanos() / 1_000_000) as i64
 }
 
 fn body(rec: &LeaseRec) -> Vec<u8> {

@@ -15,7 +15,7 @@ use super::lease::Lease;
 use super::{Binding, Put, Remote, STORE_KEY};
 use crate::store::error::{Error, IoContext, Result};
 use crate::store::layout::{sync_dir, Layout};
-use crate::store::node::NodeId;
+use crate::store::node::{NodeId, Time};
 use crate::store::snapshot::{is_published, PUBLISHED};
 use crate::store::{OpenOptions, Store};
 
@@ -116,13 +116,6 @@ fn write_published(layout: &Layout, p: &Published) -> Result<()> {
         .ctx(|| format!("write {}", tmp.display()))?;
     fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
     sync_dir(path.parent().expect("remote/ has a parent"))
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The snapshot of the state this store last published or cloned (None: none yet).
@@ -296,7 +289,7 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
             chain,
             root: store.format.root.to_string(),
             chunk_size: store.format.chunk_size,
-            published_unix: unix_now(),
+            published_unix: Time::now().secs,
             whole_bytes: extend.map_or(sent.bytes, |p| p.head.whole_bytes),
             diff_bytes: extend.map_or(0, |p| p.head.diff_bytes + sent.bytes),
         };
