@@ -427,8 +427,13 @@ fn publish(target: &Path) -> serde_json::Value {
     v
 }
 
-/// Clone the prefix into a new store beside `dir`, mounted read-only.
+/// Clone the prefix into a new store beside `dir`, mounted read-only (a follower).
 fn clone_mounted(sw: &Seaweed, prefix: &str, dir: &Path, name: &str) -> Mount {
+    clone_mounted_with(sw, prefix, dir, name, "ro,allow_other")
+}
+
+/// Clone the prefix into a new store beside `dir`, mounted with `opts`.
+fn clone_mounted_with(sw: &Seaweed, prefix: &str, dir: &Path, name: &str, opts: &str) -> Mount {
     let store = dir.join(name);
     let (c, v, e) = dj(&[
         "clone",
@@ -445,7 +450,7 @@ fn clone_mounted(sw: &Seaweed, prefix: &str, dir: &Path, name: &str) -> Mount {
         dir: tempfile::tempdir_in(test_root()).unwrap(),
         store,
         mnt,
-        opts: "ro,allow_other".into(),
+        opts: opts.into(),
     };
     m.mount();
     m
@@ -473,7 +478,14 @@ fn published_states_clone_into_equal_trees() {
     let v = publish(root);
     assert_eq!(v["published"], false, "nothing changed: {v}");
     let work = tempfile::tempdir_in(test_root()).unwrap();
-    let b = clone_mounted(&sw, "pub", work.path(), "b");
+    // Not following: a copy of the first state.
+    let b = clone_mounted_with(
+        &sw,
+        "pub",
+        work.path(),
+        "b",
+        "ro,allow_other,follow_interval=0",
+    );
     assert_same_tree(root, &b.mnt);
     // Three differential publishes: renames, a directory move, deletes, rewrites.
     let steps: [&dyn Fn(&Path); 3] = [
@@ -508,7 +520,7 @@ fn published_states_clone_into_equal_trees() {
         assert_eq!(code, 0, "fsck of clone {i}: {v} {e}");
     }
     drop(files);
-    // The first clone still shows the first state: a clone is a copy, not a view.
+    // The first clone, mounted without following, still shows the first state.
     assert!(b.mnt.join("big").exists() && !b.mnt.join("new").exists());
 }
 
@@ -677,4 +689,247 @@ fn a_writer_killed_while_publishing_resumes_and_publishes_whole() {
         let (code, v, e) = dj(&["fsck", s.to_str().unwrap()]);
         assert_eq!(code, 0, "fsck of {}: {v} {e}", s.display());
     }
+}
+
+/// Unmount and wait until the daemon (started by this test) has exited: its close
+/// publishes and gives the lease back.
+fn unmount_and_wait(m: &Mount) {
+    let pid = daemon_pid(&m.store, &m.mnt);
+    m.unmount();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !process_gone(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon of {} never exited",
+            m.store.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Poll the follower's status until it shows publish `seq` (at most 60 s).
+#[track_caller]
+fn wait_followed(f: &Mount, seq: u64) {
+    wait_status(f, 60, &format!("the follower reaches publish {seq}"), |v| {
+        v["remote"]["follow"]["seq"].as_u64() == Some(seq)
+    });
+}
+
+#[track_caller]
+fn assert_erofs(r: std::io::Result<()>, what: &str) {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+        other => panic!("{what} on a follower: {other:?}, not EROFS"),
+    }
+}
+
+#[test]
+fn a_read_only_mount_of_a_clone_follows_the_writer_and_can_take_over() {
+    let sw = Seaweed::start();
+    let a = mount_bound(&sw, "follow", "allow_other,publish_interval=0,cache_size=0");
+    let root = &a.mnt;
+    write_files(root);
+    std::fs::create_dir(root.join("d")).unwrap();
+    publish(root);
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let f = clone_mounted_with(
+        &sw,
+        "follow",
+        work.path(),
+        "f",
+        "ro,allow_other,follow_interval=1",
+    );
+    assert_same_tree(root, &f.mnt);
+    let v = status(&f.mnt);
+    assert_eq!(v["read_only"], true, "{v}");
+    // Nothing changes through a follower, and it cannot be remounted read-write.
+    assert_erofs(std::fs::write(f.mnt.join("x"), b"x"), "create");
+    assert_erofs(std::fs::remove_file(f.mnt.join("small")), "unlink");
+    assert_erofs(std::fs::create_dir(f.mnt.join("dd")), "mkdir");
+    assert_erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.mnt.join("small"))
+            .map(drop),
+        "open for writing",
+    );
+    let out = decofs(&[
+        "mount",
+        f.store.to_str().unwrap(),
+        f.mnt.to_str().unwrap(),
+        "-o",
+        "remount,rw",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("[code: read_only]"),
+        "remount,rw of a follower: {err}"
+    );
+    // A file open on the follower while the writer deletes it stays readable.
+    let held = std::fs::File::open(f.mnt.join("medium")).unwrap();
+    let medium = std::fs::read(root.join("medium")).unwrap();
+    // Publish 2 (differential) makes the chain outweigh its whole stream, so publish 3
+    // restarts it whole; followers still get a differential stream.
+    std::fs::remove_file(root.join("medium")).unwrap();
+    for i in 0..150 {
+        std::fs::write(root.join(format!("d/n{i}")), format!("file {i}")).unwrap();
+    }
+    assert_eq!(publish(root)["seq"], 2);
+    wait_followed(&f, 2);
+    assert_same_tree(root, &f.mnt);
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut back).unwrap();
+    assert_bytes_eq(&back, &medium, "a file removed while open on the follower");
+    drop(held);
+    std::fs::rename(root.join("d"), root.join("d2")).unwrap();
+    std::fs::write(root.join("big"), pattern(40, 0, 3_000_000)).unwrap();
+    std::os::unix::fs::symlink("d2/n1", root.join("link")).unwrap();
+    let v = publish(root);
+    assert_eq!(v["seq"], 3, "{v}");
+    let head: serde_json::Value = serde_json::from_slice(&sw.get("follow/head").unwrap()).unwrap();
+    assert_eq!(
+        head["chain"].as_array().map(|c| c.len()),
+        Some(1),
+        "publish 3 is whole: {head}"
+    );
+    wait_followed(&f, 3);
+    assert_same_tree(root, &f.mnt);
+    cold(&f);
+    assert_same_tree(root, &f.mnt);
+    // Takeover: the writer leaves (publishing at its close, its lease given back), the
+    // follower becomes the writer; the old writer, mounted read-only, follows it.
+    std::fs::write(root.join("at-close"), b"published when a unmounted").unwrap();
+    unmount_and_wait(&a);
+    wait_followed(&f, 4);
+    assert_eq!(
+        std::fs::read(f.mnt.join("at-close")).unwrap(),
+        b"published when a unmounted"
+    );
+    f.unmount();
+    let mut f = f;
+    f.opts = "allow_other,publish_interval=0".into();
+    f.mount();
+    std::fs::write(
+        f.mnt.join("by-f"),
+        b"written by the follower that took over",
+    )
+    .unwrap();
+    assert_eq!(publish(&f.mnt)["seq"], 5);
+    let mut a = a;
+    a.opts = "ro,allow_other,follow_interval=1".into();
+    a.mount();
+    wait_followed(&a, 5);
+    assert_same_tree(&f.mnt, &a.mnt);
+    f.unmount();
+    a.unmount();
+    for s in [&a.store, &f.store] {
+        let (code, v, e) = dj(&["fsck", s.to_str().unwrap()]);
+        assert_eq!(code, 0, "fsck of {}: {v} {e}", s.display());
+    }
+}
+
+#[test]
+fn lock_break_hands_the_lease_over_and_fences_the_old_writer() {
+    let sw = Seaweed::start();
+    // A long lease: only the break lets another host in soon.
+    let a = mount_bound(&sw, "break", "allow_other,publish_interval=0,lease_ttl=60");
+    std::fs::write(a.path("one"), b"one").unwrap();
+    publish(&a.mnt);
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let mut b = clone_mounted(&sw, "break", work.path(), "b");
+    b.unmount();
+    b.opts = "allow_other,publish_interval=0".into();
+    let mount_b = || {
+        dj(&[
+            "mount",
+            b.store.to_str().unwrap(),
+            b.mnt.to_str().unwrap(),
+            "-o",
+            &b.opts,
+        ])
+    };
+    let (c, _, e) = mount_b();
+    assert!(c != 0 && e.contains("store_locked"), "{e}");
+    let (c, v, e) = dj(&["lock", "break", b.store.to_str().unwrap()]);
+    assert_eq!(c, 0, "{v} {e}");
+    assert!(
+        v["remote_lease_holder"]
+            .as_str()
+            .is_some_and(|h| h.contains(&format!("{}", a.store.display()))),
+        "{v}"
+    );
+    let (c, _, e) = mount_b();
+    assert_eq!(c, 0, "b mounts at once after the break: {e}");
+    std::fs::write(b.path("two"), b"two").unwrap();
+    assert_eq!(publish(&b.mnt)["seq"], 2);
+    // a's next renewal (every 20 s) is refused: it turns read-only.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match std::fs::write(a.path("late"), b"x") {
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => break,
+            r => assert!(
+                Instant::now() < deadline,
+                "a still writable: {r:?}\n{}",
+                log_tail(&a.store)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let v = status(&a.mnt);
+    assert_eq!(v["remote"]["lease"]["lost"], true, "{}", v["remote"]);
+    let c = clone_mounted(&sw, "break", work.path(), "c");
+    assert_eq!(std::fs::read(c.mnt.join("two")).unwrap(), b"two");
+    assert!(!c.mnt.join("late").exists());
+    drop(b);
+}
+
+#[test]
+fn remote_sync_fsync_returns_once_published() {
+    env();
+    let sw = Seaweed::start();
+    let proxy = Proxy::start(sw.s3_port());
+    let args = bound(&sw, &proxy.endpoint(), "sync");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let a = Mount::with_init(
+        &args,
+        "allow_other,publish_interval=0,remote_sync=fsync,cache_size=0",
+    );
+    let seq = || -> u64 {
+        sw.get("sync/head")
+            .map(|h| {
+                serde_json::from_slice::<serde_json::Value>(&h).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .unwrap_or(0)
+    };
+    for i in 1..=3u64 {
+        let mut f = std::fs::File::create(a.path(&format!("f{i}"))).unwrap();
+        std::io::Write::write_all(&mut f, &pattern(i, 0, 200_000)).unwrap();
+        assert_eq!(seq(), i - 1, "not published before the fsync");
+        f.sync_all().unwrap();
+        assert_eq!(seq(), i, "published when fsync returned");
+    }
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let c = clone_mounted_with(
+        &sw,
+        "sync",
+        work.path(),
+        "c",
+        "ro,allow_other,follow_interval=0",
+    );
+    cold(&c);
+    assert_same_tree(&a.mnt, &c.mnt);
+    // Cut off: the fsync fails (the change stays local), and succeeds once reconnected.
+    proxy.set(Mode::Reset);
+    let mut f = std::fs::File::create(a.path("cut")).unwrap();
+    std::io::Write::write_all(&mut f, b"written while cut off").unwrap();
+    let e = f
+        .sync_all()
+        .expect_err("fsync while the object store is cut off");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(seq(), 3);
+    proxy.set(Mode::Pass);
+    f.sync_all().unwrap();
+    assert_eq!(seq(), 4);
 }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use decofs::control;
-use decofs::store::{layout::Layout, lock};
+use decofs::store::{layout::Layout, lock, remote};
 
 use super::output::{self, errln, outln, Context, Outcome};
 
@@ -15,7 +15,9 @@ use super::output::{self, errln, outln, Context, Outcome};
 pub enum LockCmd {
     /// Break the lock of a holder that died where this host cannot see it (another
     /// host). The epoch increases: the old holder's writes are refused from now on.
-    /// STORE is a store or its mountpoint.
+    /// For a store on an object store, its lease there is broken too: the next
+    /// read-write mount of any clone takes it, and the old writer's publishes are
+    /// refused. STORE is a store or its mountpoint.
     Break { store: PathBuf },
     /// Show who holds the lock and the current epoch. STORE is a store or its
     /// mountpoint.
@@ -31,11 +33,31 @@ pub fn run(cmd: LockCmd, json: bool) -> Outcome {
             layout.read_format().or_fail(&what)?;
             let live = lock::is_locked(&layout);
             let (holder, epoch) = lock::break_lock(&store).or_fail(&what)?;
+            // A store on an object store: its lease there too.
+            let lease = match remote::Binding::read(&layout).or_fail(&what)? {
+                Some(b) => {
+                    let r = remote::Remote::connect(&b).or_fail(&what)?;
+                    Some(remote::lease::break_lease(&r).or_fail(&what)?)
+                }
+                None => None,
+            };
             if json {
-                output::json(
-                    &json!({"broken_holder": holder, "epoch": epoch, "holder_was_alive_here": live}),
-                );
+                output::json(&json!({
+                    "broken_holder": holder,
+                    "epoch": epoch,
+                    "holder_was_alive_here": live,
+                    "remote_lease_holder": lease.as_ref().map(|l| l.as_ref().map(|r| r.holder.clone())),
+                }));
             } else {
+                match &lease {
+                    Some(Some(r)) => outln!(
+                        "the object store's lease broken (was: {}, epoch {}): the next read-write mount takes it",
+                        r.holder,
+                        r.epoch
+                    ),
+                    Some(None) => outln!("the object store has no lease to break"),
+                    None => {}
+                }
                 if live {
                     errln!("decofs: warning: the holder is alive on this host; its writes are refused from now on");
                 }

@@ -306,6 +306,30 @@ pub fn render_status(v: &StatusReply) -> String {
         } else {
             s.push_str("uploads:    known to the read-write mount only (none runs)\n");
         }
+        if let Some(p) = &r.published {
+            s.push_str(&format!(
+                "published:  publish {} at {}; since then {} node(s) and {} entry(ies) changed\n",
+                p.seq,
+                output::local_time(p.published_unix),
+                p.unpublished_nodes,
+                p.unpublished_entries
+            ));
+        }
+        if let Some(f) = &r.follow {
+            s.push_str(&format!(
+                "following:  at publish {} of {}; {} applied by this mount{}{}\n",
+                f.seq,
+                f.head_seq,
+                f.applied,
+                f.checked_unix
+                    .map(|t| format!(", head read at {}", output::local_time(t)))
+                    .unwrap_or_default(),
+                f.last_error
+                    .as_ref()
+                    .map(|e| format!("; FAILING: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     let ix = &v.index;
     match ix["state"].as_str().unwrap_or("") {

@@ -101,6 +101,10 @@ fn remote_held(store: &Store) -> Option<super::protocol::RemoteHeld> {
         state: store.remote()?.state(),
         live: store.still_writer(),
         lease: store.lease().map(|l| l.state()),
+        published: crate::store::remote::publish::publish_state(store)
+            .ok()
+            .flatten(),
+        follow: store.follower().map(|f| f.state()),
     })
 }
 

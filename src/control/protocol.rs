@@ -505,6 +505,12 @@ pub struct RemoteHeld {
     /// The writer's lease on the object store (None: this process holds none).
     #[serde(default)]
     pub lease: Option<crate::store::remote::lease::LeaseState>,
+    /// The last publish, and what changed since.
+    #[serde(default)]
+    pub published: Option<crate::store::remote::publish::PublishState>,
+    /// A follower's state (a read-only mount following the published state).
+    #[serde(default)]
+    pub follow: Option<crate::store::remote::follow::FollowState>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

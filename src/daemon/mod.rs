@@ -210,6 +210,10 @@ pub fn run_foreground(
         }
         store.start_spares();
     }
+    if store.follower().is_some() {
+        let every = opts.follow_interval.unwrap_or(DEFAULT_FOLLOW_SECS);
+        spawn_follower(Arc::downgrade(&store), Duration::from_secs(every));
+    }
     log::info!("mounted {} on {}", store_root.display(), mnt.display());
     spawn::report_ready(Ok(()));
     sd_notify("READY=1");
@@ -254,6 +258,7 @@ pub fn run_foreground(
     }
     let commit = store.data().commit_all();
     let commit = commit.and_then(|()| store.close_fsync_log());
+    crate::store::remote::publish::close(&store);
     if let Ok(ix) = &index {
         ix.close();
     }
@@ -280,17 +285,36 @@ fn prepare(
     if !opts.read_only {
         wait_for_departing_writer(&store_root, &mut |m| log::warn!("{m}"))?;
     }
-    let store = Arc::new(Store::open(
-        &store_root,
-        OpenOptions {
-            read_only: opts.read_only,
-            cache_bytes: 0,
-            snapshot: opts.snapshot.clone(),
-            cache_size: opts.cache_size,
-            no_lease: false,
-            lease_ttl: opts.lease_ttl.map(Duration::from_secs),
-        },
-    )?);
+    let open = |follower: bool| {
+        Store::open(
+            &store_root,
+            OpenOptions {
+                read_only: opts.read_only && !follower,
+                cache_bytes: 0,
+                snapshot: opts.snapshot.clone(),
+                cache_size: opts.cache_size,
+                no_lease: false,
+                lease_ttl: opts.lease_ttl.map(Duration::from_secs),
+                follower,
+            },
+        )
+    };
+    // A read-only mount of a store on an object store follows what its writer
+    // publishes, unless a writer on this host holds the store: then it sees that
+    // writer's live tree, as any read-only mount does.
+    let follow = opts.read_only
+        && opts.snapshot.is_none()
+        && opts.follow_interval != Some(0)
+        && crate::store::remote::Binding::read(&crate::store::layout::Layout::new(&store_root))?
+            .is_some();
+    let store = Arc::new(match open(follow) {
+        Err(Error::StoreLocked { holder, .. }) if follow => {
+            log::info!("{holder} writes this store here: this mount shows its live tree and follows nothing");
+            open(false)?
+        }
+        other => other?,
+    });
+    store.set_remote_sync(opts.remote_sync_fsync);
     let mut mo = vec![
         MountOption::FSName(store_root.to_string_lossy().into_owned()),
         MountOption::CUSTOM("subtype=decofs".into()),
@@ -477,6 +501,37 @@ fn spawn_publisher(store: std::sync::Weak<Store>, every: Duration) {
             Ok(Err(Error::RemoteFenced(_))) => {}
             Ok(Err(e)) => log::warn!("publish: {e}; retried in {} s", every.as_secs()),
             Err(why) => log::error!("publish panicked ({why}); retried"),
+        }
+    });
+}
+
+/// How often a follower reads the published head by default (`follow_interval`).
+const DEFAULT_FOLLOW_SECS: u64 = 2;
+
+/// A follower's thread: apply what the writer published, every `every`.
+fn spawn_follower(store: std::sync::Weak<Store>, every: Duration) {
+    std::thread::spawn(move || {
+        let mut failing = false;
+        loop {
+            let Some(st) = store.upgrade() else { return };
+            let Some(f) = st.follower() else { return };
+            match panics::catch(|| f.step(&st)) {
+                Ok(Ok(n)) => {
+                    if n > 0 {
+                        log::info!("follow: applied {n} publish(es), now at {}", f.state().seq);
+                    }
+                    failing = false;
+                }
+                // Said once, not every round.
+                Ok(Err(e)) if !failing => {
+                    log::warn!("follow: {e}; retried every {} s", every.as_secs());
+                    failing = true;
+                }
+                Ok(Err(_)) => {}
+                Err(why) => log::error!("follow panicked ({why}); retried"),
+            }
+            drop(st);
+            std::thread::sleep(every);
         }
     });
 }

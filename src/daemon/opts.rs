@@ -42,6 +42,11 @@ pub struct MountOpts {
     pub publish_interval: Option<u64>,
     /// lease_ttl=DURATION: the TTL of a remote store's write lease.
     pub lease_ttl: Option<u64>,
+    /// follow_interval=DURATION: how often a read-only mount of a remote store reads
+    /// the published head (0: it does not follow).
+    pub follow_interval: Option<u64>,
+    /// remote_sync=fsync: fsync(2) returns once the change is published.
+    pub remote_sync_fsync: bool,
 }
 
 /// Every option `-o` accepts, as `decofs mount --help` lists them (a unit test checks
@@ -81,6 +86,13 @@ option or a bad value is refused with invalid_option and nothing is mounted):
   lease_ttl=DURATION           a store on an object store: the TTL of the write lease
                                (default 30s); another host may take over that long
                                after the last renewal
+  follow_interval=DURATION     with ro, a store on an object store: follow what its
+                               writer publishes, reading the head this often
+                               (default 2s; 0: do not follow)
+  remote_sync=fsync, remote_sync=local
+                               a store on an object store: fsync(2) returns once the
+                               change is published (fsync), or once it is on the local
+                               disk (local, the default)
   readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
                                0 keeps the kernel's 128 KiB)
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
@@ -210,6 +222,11 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
                 }
                 o.lease_ttl = Some(d);
             }
+            x if x.starts_with("follow_interval=") => {
+                o.follow_interval = Some(duration_opt(opt)?);
+            }
+            "remote_sync=fsync" => o.remote_sync_fsync = true,
+            "remote_sync=local" => o.remote_sync_fsync = false,
             x if x.starts_with("publish_interval=") => {
                 o.publish_interval = Some(duration_opt(opt)?);
             }
@@ -335,6 +352,8 @@ mod tests {
             "cache_size=",
             "publish_interval=soon",
             "lease_ttl=0",
+            "follow_interval=x",
+            "remote_sync=always",
             "cache_size=lots",
             "cache_size=99999999999T",
             "ro,snapshot_every=1h",

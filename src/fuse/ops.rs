@@ -700,7 +700,7 @@ impl Filesystem for DecoFs {
                 Ok(id) => id,
                 Err(e) => return reply.error(e),
             };
-            match self.store.data().commit(id, true) {
+            match self.store.fsync_file(id) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -876,9 +876,13 @@ impl Filesystem for DecoFs {
         reply: ReplyEmpty,
     ) {
         super::guard("fsyncdir", || {
-            let res = self
-                .node(ino)
-                .and_then(|id| self.store.fsync().sync_dir_node(id).map_err(|e| errno(&e)));
+            let res = self.node(ino).and_then(|id| {
+                self.store
+                    .fsync()
+                    .sync_dir_node(id)
+                    .and_then(|()| self.store.synced())
+                    .map_err(|e| errno(&e))
+            });
             match res {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),

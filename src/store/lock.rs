@@ -42,6 +42,11 @@ pub struct Fence {
     /// Another writer took the store's object store (its lease or its published
     /// state): changes are refused for good, whatever a remount asks.
     lost: AtomicBool,
+    /// A follower of a store's published state (a read-only mount of a store on an
+    /// object store): changes are refused except the published ones it applies
+    /// ([`Fence::applying`]); a remount cannot allow them.
+    follower: AtomicBool,
+    applying: parking_lot::Mutex<()>,
 }
 
 impl Fence {
@@ -51,7 +56,39 @@ impl Fence {
             lock,
             paused: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            follower: AtomicBool::new(false),
+            applying: parking_lot::Mutex::new(()),
         }
+    }
+
+    /// Make this writer a follower: every change is refused from now on, but for what
+    /// [`Fence::applying`] lets through.
+    pub fn follow(&self) {
+        self.follower.store(true, Ordering::SeqCst);
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn follower(&self) -> bool {
+        self.follower.load(Ordering::SeqCst)
+    }
+
+    /// Run `f`, a follower's apply of published changes, with changes allowed. Only
+    /// the follower's own thread changes anything meanwhile: its mount is read-only in
+    /// the kernel, which refuses every change before it reaches the store.
+    pub fn applying<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        struct Pause<'a>(&'a AtomicBool);
+        impl Drop for Pause<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let _one = self.applying.lock();
+        if !self.follower() || self.lost() {
+            return Err(Error::ReadOnly);
+        }
+        self.paused.store(false, Ordering::SeqCst);
+        let _pause = Pause(&self.paused);
+        f()
     }
 
     /// Another writer took over the object store: refuse every change from now on.
@@ -87,7 +124,7 @@ impl Fence {
     /// with it the fsync log replay, the record cache and the index a writer sets up at
     /// open, so it stays read-only (`Err(ReadOnly)`).
     pub fn set_paused(&self, paused: bool) -> Result<()> {
-        if !paused && (self.read_only || self.lock.is_none() || self.lost()) {
+        if !paused && (self.read_only || self.lock.is_none() || self.lost() || self.follower()) {
             return Err(Error::ReadOnly);
         }
         self.paused.store(paused, Ordering::SeqCst);

@@ -83,6 +83,10 @@ pub struct OpenOptions {
     pub no_lease: bool,
     /// The lease's TTL (None: `lease::DEFAULT_TTL`).
     pub lease_ttl: Option<std::time::Duration>,
+    /// Open as a follower of the store's published state (`remote::follow`): the
+    /// local lock is taken, the lease is not, and every change is refused but the
+    /// published ones the follower applies. Only for a store on an object store.
+    pub follower: bool,
 }
 
 pub struct Store {
@@ -96,6 +100,10 @@ pub struct Store {
     remote: Option<Arc<RemoteBlobs>>,
     /// A writer's lease on that object store.
     lease: Option<Arc<remote::lease::Lease>>,
+    /// A follower's state (`OpenOptions::follower`).
+    follower: Option<Arc<remote::follow::Follower>>,
+    /// `-o remote_sync=fsync`: an fsync returns once its change is published.
+    remote_sync: std::sync::atomic::AtomicBool,
     /// May this process change the store (invariant 7)?
     fence: Arc<Fence>,
     /// Node records: read, written whole, cached (invariant 2).
@@ -210,7 +218,16 @@ impl Store {
         if !opts.read_only {
             // A receive a crash interrupted happens whole before anything else.
             store.streams().resume()?;
-            if !opts.no_lease {
+            if opts.follower {
+                if store.remote.is_none() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} is not on an object store: there is nothing to follow",
+                        store.layout.root.display()
+                    )));
+                }
+                store.fence.follow();
+                store.follower = Some(Arc::default());
+            } else if !opts.no_lease {
                 store.lease = remote::publish::take_lease(&store, opts.lease_ttl)?;
             }
         }
@@ -276,6 +293,8 @@ impl Store {
             local,
             remote,
             lease: None,
+            follower: None,
+            remote_sync: Default::default(),
             fence,
             sessions: content::Sessions::default(),
             policy: Mutex::new(policy),
@@ -574,6 +593,40 @@ impl Store {
     }
 
     /// The object store's side of the blobs, for a store bound to one.
+    /// `-o remote_sync=fsync` (a store on an object store): see [`Store::synced`].
+    pub fn set_remote_sync(&self, on: bool) {
+        self.remote_sync.store(
+            on && self.remote.is_some(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// fsync(2) of a file: its content and record durable on the local disk, and with
+    /// `remote_sync=fsync` published (its record written first: a publish sends
+    /// records, not the fsync log's deltas). A failed publish fails the fsync.
+    pub fn fsync_file(&self, id: NodeId) -> Result<()> {
+        let publish = self.remote_sync.load(std::sync::atomic::Ordering::Relaxed);
+        if publish {
+            self.data().commit(id, false)?;
+        }
+        self.data().commit(id, true)?;
+        self.synced()
+    }
+
+    /// An fsync made a change durable on the local disk. With `remote_sync=fsync` it
+    /// returns once the change is published (a failed publish fails the fsync).
+    pub fn synced(&self) -> Result<()> {
+        if self.remote_sync.load(std::sync::atomic::Ordering::Relaxed) {
+            remote::publish::publish(self)?;
+        }
+        Ok(())
+    }
+
+    /// A follower's state (a store opened with `OpenOptions::follower`).
+    pub fn follower(&self) -> Option<&Arc<remote::follow::Follower>> {
+        self.follower.as_ref()
+    }
+
     pub fn remote(&self) -> Option<&Arc<RemoteBlobs>> {
         self.remote.as_ref()
     }

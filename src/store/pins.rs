@@ -57,4 +57,20 @@ impl Pins {
     pub(crate) fn take_unlinked(&self, id: NodeId) -> bool {
         self.unlinked_open.lock().remove(&id)
     }
+
+    /// Take the nodes that lost their last name while open and have been closed since
+    /// without being freed (a paused writer or a follower changes nothing at a close).
+    pub(crate) fn take_closed_unlinked(&self) -> Vec<NodeId> {
+        let counts = self.counts.lock();
+        let mut u = self.unlinked_open.lock();
+        let closed: Vec<NodeId> = u
+            .iter()
+            .filter(|id| !counts.contains_key(id))
+            .copied()
+            .collect();
+        for id in &closed {
+            u.remove(id);
+        }
+        closed
+    }
 }

@@ -79,6 +79,34 @@ pub fn read(remote: &Remote) -> Result<Option<(LeaseRec, String)>> {
     Ok(Some((rec, got.etag.unwrap_or_default())))
 }
 
+/// Break the bucket's lease (`decofs lock break` of a store on an object store): mark
+/// it given back, so the next writer takes it at once with a new epoch. Its holder, if
+/// it still runs, finds its next renewal refused and turns read-only. Returns the lease
+/// as it was (None: there was none).
+pub fn break_lease(remote: &Remote) -> Result<Option<LeaseRec>> {
+    for _ in 0..8 {
+        let Some((old, etag)) = read(remote)? else {
+            return Ok(None);
+        };
+        let mut rec = old.clone();
+        rec.holder = format!(
+            "broken by pid {} on host {}",
+            std::process::id(),
+            crate::store::lock::hostname()
+        );
+        rec.released = true;
+        rec.expires_unix_ms = now_ms();
+        if remote.put_if_match(LEASE_KEY, body(&rec), &etag)?.is_some() {
+            log::warn!("broke the object store's lease of {}", old.holder);
+            return Ok(Some(old));
+        }
+    }
+    Err(Error::Remote {
+        op: format!("break the lease at {}", remote.url()),
+        detail: "it kept changing".into(),
+    })
+}
+
 impl Lease {
     /// Take the lease: free, given back, expired, or left by a writer of this very
     /// store on this host (the caller holds the store's local lock, so that writer is
@@ -217,8 +245,9 @@ impl Lease {
     }
 
     /// Give the lease back (a clean close): the next writer need not wait it out.
-    fn release(&self) {
-        if !self.held() {
+    /// This writer publishes nothing more.
+    pub fn release(&self) {
+        if self.lost.swap(true, Ordering::SeqCst) {
             return;
         }
         let (mut rec, etag) = self.rec.lock().clone();

@@ -4,6 +4,7 @@
 //! ([`client::Remote`]). The blob side of it is `store/blobs/remote.rs`.
 
 pub mod client;
+pub mod follow;
 pub mod lease;
 pub mod publish;
 
@@ -219,7 +220,8 @@ pub(crate) fn open_blobs(
         return Ok(None);
     };
     let remote = Arc::new(Remote::connect(&b)?);
-    if !opts.read_only {
+    // Only a writer that may take the lease writes to the bucket.
+    if !opts.read_only && !opts.no_lease && !opts.follower {
         match remote.check_conditional_writes() {
             Ok(()) => {}
             Err(e @ Error::RemoteUnsafe(_)) => return Err(e),

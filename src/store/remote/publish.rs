@@ -43,14 +43,19 @@ pub struct Head {
     pub whole_bytes: u64,
     #[serde(default)]
     pub diff_bytes: u64,
+    /// The differential streams of the last publishes, one per seq up to this one
+    /// (at most `FOLLOW_MAX`), kept across whole streams: a follower at one of those
+    /// seqs applies the rest.
+    #[serde(default)]
+    pub follow: Vec<String>,
 }
 
 /// This store's last publish, as it knows it: the head it wrote and that head's ETag
 /// (`STORE/remote/published`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Published {
-    head: Head,
-    etag: String,
+pub(super) struct Published {
+    pub(super) head: Head,
+    pub(super) etag: String,
 }
 
 /// What a publish did.
@@ -86,6 +91,30 @@ pub struct CloneReport {
 /// bounded number of streams and bytes, and a big store is not sent whole often.
 const CHAIN_MAX: usize = 1024;
 
+/// How many publishes a follower may be behind and still catch up.
+const FOLLOW_MAX: usize = 64;
+
+/// The seq of stream `streams/<seq>-<uuid>`.
+pub(super) fn stream_seq(key: &str) -> Option<u64> {
+    key.strip_prefix("streams/")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Put a new stream create-only under a fresh name.
+fn put_stream(remote: &Remote, seq: u64, data: Vec<u8>) -> Result<String> {
+    let key = format!("streams/{seq:010}-{}", uuid::Uuid::new_v4());
+    if remote.put_create(&key, data)? == Put::Exists {
+        return Err(Error::Remote {
+            op: format!("publish {}/{key}", remote.url()),
+            detail: "a new stream's name was taken".into(),
+        });
+    }
+    Ok(key)
+}
+
 /// One publish at a time per process (the maintenance thread and a `decofs publish`).
 static PUBLISHING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
@@ -93,7 +122,7 @@ fn published_path(layout: &Layout) -> std::path::PathBuf {
     layout.root.join("remote").join("published")
 }
 
-fn read_published(layout: &Layout) -> Result<Option<Published>> {
+pub(super) fn read_published(layout: &Layout) -> Result<Option<Published>> {
     let p = published_path(layout);
     match fs::read(&p) {
         Ok(b) => serde_json::from_slice(&b)
@@ -107,7 +136,7 @@ fn read_published(layout: &Layout) -> Result<Option<Published>> {
     }
 }
 
-fn write_published(layout: &Layout, p: &Published) -> Result<()> {
+pub(super) fn write_published(layout: &Layout, p: &Published) -> Result<()> {
     let path = published_path(layout);
     let tmp = layout.sessions().join("published.tmp");
     let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
@@ -121,6 +150,31 @@ fn write_published(layout: &Layout, p: &Published) -> Result<()> {
 /// The snapshot of the state this store last published or cloned (None: none yet).
 pub fn last_published(layout: &Layout) -> Result<Option<(u64, String)>> {
     Ok(read_published(layout)?.map(|p| (p.head.seq, p.head.snapshot)))
+}
+
+/// What is published of a store, and what is not yet (status).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PublishState {
+    /// The state this store last published or cloned, and when it was published.
+    pub seq: u64,
+    pub published_unix: i64,
+    /// Nodes and directory entries changed since (each counted once).
+    pub unpublished_nodes: u64,
+    pub unpublished_entries: u64,
+}
+
+/// The store's last publish and its changes since (None: nothing published yet).
+pub fn publish_state(store: &Store) -> Result<Option<PublishState>> {
+    let Some(p) = read_published(&store.layout)? else {
+        return Ok(None);
+    };
+    let (nodes, entries) = store.snapshots.copies(&p.head.snapshot).unwrap_or((0, 0));
+    Ok(Some(PublishState {
+        seq: p.head.seq,
+        published_unix: p.head.published_unix,
+        unpublished_nodes: nodes as u64,
+        unpublished_entries: entries as u64,
+    }))
 }
 
 /// Read the bucket's head: the state and its ETag, or None before the first publish.
@@ -269,14 +323,29 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
         drop(w);
         // Storage before metadata: the blobs, then the stream, then the head.
         let uploaded_now = blobs.ensure_uploaded(&named)?;
-        let key = format!("streams/{seq:010}-{}", uuid::Uuid::new_v4());
         let data = fs::read(&spool).ctx(|| format!("read {}", spool.display()))?;
-        if remote.put_create(&key, data)? == Put::Exists {
-            return Err(Error::Remote {
-                op: format!("publish {}/{key}", remote.url()),
-                detail: "a new stream's name was taken".into(),
-            });
-        }
+        let key = put_stream(remote, seq, data)?;
+        // Followers apply differential streams: a whole one gets one beside it (its
+        // blobs are the whole one's, confirmed above).
+        let diff = match (extend, &prev) {
+            (Some(_), _) => Some(key.clone()),
+            (None, Some(p)) => {
+                let mut d = Vec::new();
+                store
+                    .streams()
+                    .send_published(&name, Some(&p.head.snapshot), &mut d)?;
+                Some(put_stream(remote, seq, d)?)
+            }
+            (None, None) => None,
+        };
+        let mut follow = prev
+            .as_ref()
+            .map(|p| p.head.follow.clone())
+            .filter(|f| f.last().and_then(|k| stream_seq(k)) == Some(prev_seq))
+            .unwrap_or_default();
+        follow.extend(diff);
+        let over = follow.len().saturating_sub(FOLLOW_MAX);
+        follow.drain(..over);
         let mut chain = extend.map(|p| p.head.chain.clone()).unwrap_or_default();
         chain.push(key);
         let head = Head {
@@ -292,6 +361,7 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
             published_unix: Time::now().secs,
             whole_bytes: extend.map_or(sent.bytes, |p| p.head.whole_bytes),
             diff_bytes: extend.map_or(0, |p| p.head.diff_bytes + sent.bytes),
+            follow,
         };
         let body = serde_json::to_vec(&head).expect("a head serializes");
         head_attempted = true;
@@ -357,6 +427,21 @@ pub fn publish(store: &Store) -> Result<PublishReport> {
         }
     }
     res
+}
+
+/// A writer's clean close: publish what changed since the last publish, then give the
+/// lease back, so that another host can take over at once and sees everything. A
+/// publish that fails is logged; the changes stay local (`decofs unpublished`).
+pub fn close(store: &Store) {
+    let Some(lease) = store.lease().filter(|l| l.held()) else {
+        return;
+    };
+    match publish(store) {
+        Ok(r) if r.published => log::info!("published {} at close", r.seq),
+        Ok(_) => {}
+        Err(e) => log::warn!("publish at close: {e}; the changes since stay local"),
+    }
+    lease.release();
 }
 
 /// Make a new store at `path` from the state published at `binding`'s prefix: the

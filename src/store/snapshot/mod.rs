@@ -556,9 +556,15 @@ impl Snapshots {
 
     /// Does snapshot `name`'s area hold any copy (did anything change after it)?
     pub(crate) fn has_copies(&self, name: &str) -> Result<bool> {
+        self.copies(name).map(|(r, e)| r + e > 0)
+    }
+
+    /// How many records and entries changed since snapshot `name` was taken and
+    /// before the next one.
+    pub(crate) fn copies(&self, name: &str) -> Result<(usize, usize)> {
         let (_, chain) = self.chain(name)?;
         let (recs, entries) = changed_keys(&[&chain[0]]);
-        Ok(!recs.is_empty() || !entries.is_empty())
+        Ok((recs.len(), entries.len()))
     }
 
     /// Remove snapshot `name`. What it holds that the snapshot before it still needs

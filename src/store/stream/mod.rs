@@ -622,6 +622,8 @@ impl Streams<'_> {
                     self.install(id, rec)?;
                     if named {
                         untrash(id);
+                        // Named again: not freed at its last close.
+                        self.pins.take_unlinked(id);
                     }
                     events.push(Event::new(Op::Restore, &[id]));
                     got.records += 1;
@@ -640,6 +642,14 @@ impl Streams<'_> {
                     events.push(Event::new(Op::Restore, &[id]));
                     got.drops += 1;
                 }
+            }
+        }
+        // Nodes an earlier apply removed while they were open, closed since: freed
+        // before the snapshot, which never names them.
+        for id in self.pins.take_closed_unlinked() {
+            if let Ok(rec) = self.records.read(id) {
+                self.records.remove_node(id, rec.kind == Kind::Dir)?;
+                self.revisions.remove_all(id)?;
             }
         }
         if self.snaps.get(&h.name).is_err() {
