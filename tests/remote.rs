@@ -933,3 +933,65 @@ fn remote_sync_fsync_returns_once_published() {
     f.sync_all().unwrap();
     assert_eq!(seq(), 4);
 }
+
+#[test]
+fn a_writer_mounted_while_the_object_store_is_unreachable_takes_the_lease_later() {
+    env();
+    let sw = Seaweed::start();
+    let proxy = Proxy::start(sw.s3_port());
+    let args = bound(&sw, &proxy.endpoint(), "late");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let a = Mount::with_init(&args, "allow_other,publish_interval=0,lease_ttl=5");
+    std::fs::write(a.path("one"), b"one").unwrap();
+    publish(&a.mnt);
+    unmount_and_wait(&a);
+    // Mounted while unreachable: it serves locally, publishes nothing.
+    proxy.set(Mode::Reset);
+    a.mount();
+    std::fs::write(a.path("two"), b"written while unreachable").unwrap();
+    let v = status(&a.mnt);
+    assert!(v["remote"]["lease"].is_null(), "{}", v["remote"]);
+    let (c, _, e) = dj(&["publish", a.mnt.to_str().unwrap()]);
+    assert_ne!(c, 0, "a publish without the lease: {e}");
+    // Reachable again: it takes the lease and publishes.
+    proxy.set(Mode::Pass);
+    wait_status(&a, 90, "the lease is taken", |v| {
+        v["remote"]["lease"]["epoch"].as_u64().is_some()
+    });
+    assert_eq!(publish(&a.mnt)["seq"], 2);
+    unmount_and_wait(&a);
+    // Unreachable at its next mount, while another host takes over and publishes: once
+    // it reaches the object store, it turns read-only, its change kept.
+    proxy.set(Mode::Reset);
+    a.mount();
+    std::fs::write(a.path("three"), b"never published").unwrap();
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let mut b = clone_mounted(&sw, "late", work.path(), "b");
+    b.unmount();
+    b.opts = "allow_other,publish_interval=0".into();
+    b.mount();
+    std::fs::write(b.path("four"), b"written by b").unwrap();
+    assert_eq!(publish(&b.mnt)["seq"], 3);
+    unmount_and_wait(&b);
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match std::fs::write(a.path("five"), b"x") {
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => break,
+            r => assert!(
+                Instant::now() < deadline,
+                "a still writable: {r:?}\n{}",
+                log_tail(&a.store)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(std::fs::read(a.path("three")).unwrap(), b"never published");
+    let c = clone_mounted(&sw, "late", work.path(), "c");
+    assert_eq!(std::fs::read(c.mnt.join("four")).unwrap(), b"written by b");
+    assert_eq!(
+        std::fs::read(c.mnt.join("two")).unwrap(),
+        b"written while unreachable"
+    );
+    assert!(!c.mnt.join("three").exists());
+}

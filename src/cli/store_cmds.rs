@@ -294,6 +294,11 @@ pub fn render_status(v: &StatusReply) -> String {
                     }
                 ));
             }
+            if r.lease.is_none() && r.follow.is_none() {
+                s.push_str(
+                    "lease:      not taken yet (the object store could not be reached): nothing is published until it is\n",
+                );
+            }
             if let Some(e) = &r.state.last_error {
                 s.push_str(&format!(
                     "last error: {e}{}\n",

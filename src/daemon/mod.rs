@@ -203,6 +203,12 @@ pub fn run_foreground(
             .map(|every| (every, opts.snapshots_keep.unwrap_or(DEFAULT_SNAPSHOTS_KEEP)));
         spawn_maintenance(Arc::downgrade(&store), schedule);
         if store.remote().is_some() {
+            if store.lease().is_none() {
+                spawn_lease_taker(
+                    Arc::downgrade(&store),
+                    opts.lease_ttl.map(Duration::from_secs),
+                );
+            }
             let every = opts.publish_interval.unwrap_or(DEFAULT_PUBLISH_SECS);
             if every > 0 {
                 spawn_publisher(Arc::downgrade(&store), Duration::from_secs(every));
@@ -295,6 +301,7 @@ fn prepare(
                 cache_size: opts.cache_size,
                 no_lease: false,
                 lease_ttl: opts.lease_ttl.map(Duration::from_secs),
+                lease_later: true,
                 follower,
             },
         )
@@ -501,6 +508,28 @@ fn spawn_publisher(store: std::sync::Weak<Store>, every: Duration) {
             Ok(Err(Error::RemoteFenced(_))) => {}
             Ok(Err(e)) => log::warn!("publish: {e}; retried in {} s", every.as_secs()),
             Err(why) => log::error!("publish panicked ({why}); retried"),
+        }
+    });
+}
+
+/// A writer mounted while its object store could not be reached: take the lease once
+/// it can (every 2 s, backing off to 30 s).
+fn spawn_lease_taker(store: std::sync::Weak<Store>, ttl: Option<Duration>) {
+    std::thread::spawn(move || {
+        let mut wait = Duration::from_secs(2);
+        loop {
+            std::thread::sleep(wait);
+            let Some(st) = store.upgrade() else { return };
+            match panics::catch(|| st.retry_lease(ttl)) {
+                Ok(Ok(_)) => {
+                    log::info!("took the object store's lease: publishing resumes");
+                    return;
+                }
+                Ok(Err(Error::RemoteFenced(_) | Error::ReadOnly)) if st.fence().lost() => return,
+                Ok(Err(e)) => log::debug!("the lease is not taken yet: {e}"),
+                Err(why) => log::error!("taking the lease panicked ({why}); retried"),
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
         }
     });
 }

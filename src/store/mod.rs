@@ -83,6 +83,9 @@ pub struct OpenOptions {
     pub no_lease: bool,
     /// The lease's TTL (None: `lease::DEFAULT_TTL`).
     pub lease_ttl: Option<std::time::Duration>,
+    /// A mount: an object store that cannot be reached does not refuse the open; the
+    /// lease is taken later (`Store::retry_lease`), and nothing is published before.
+    pub lease_later: bool,
     /// Open as a follower of the store's published state (`remote::follow`): the
     /// local lock is taken, the lease is not, and every change is refused but the
     /// published ones the follower applies. Only for a store on an object store.
@@ -98,8 +101,9 @@ pub struct Store {
     local: Arc<LocalBlobs>,
     /// The blobs' object store, for a store bound to one (`remote`).
     remote: Option<Arc<RemoteBlobs>>,
-    /// A writer's lease on that object store.
-    lease: Option<Arc<remote::lease::Lease>>,
+    /// A writer's lease on that object store (taken at open, or later by a mount that
+    /// could not reach the object store then).
+    lease: std::sync::OnceLock<Arc<remote::lease::Lease>>,
     /// A follower's state (`OpenOptions::follower`).
     follower: Option<Arc<remote::follow::Follower>>,
     /// `-o remote_sync=fsync`: an fsync returns once its change is published.
@@ -228,7 +232,29 @@ impl Store {
                 store.fence.follow();
                 store.follower = Some(Arc::default());
             } else if !opts.no_lease {
-                store.lease = remote::publish::take_lease(&store, opts.lease_ttl)?;
+                // A mount that just found the object store unreachable does not wait
+                // for it again: the lease is taken later.
+                let unreachable = || {
+                    store
+                        .remote
+                        .as_ref()
+                        .and_then(|b| b.state().last_error)
+                        .map(|e| Error::Remote {
+                            op: "reach the object store".into(),
+                            detail: e,
+                        })
+                };
+                let taken = match unreachable().filter(|_| opts.lease_later) {
+                    Some(e) => Err(e),
+                    None => remote::publish::take_lease(&store, opts.lease_ttl),
+                };
+                match taken {
+                    Ok(l) => store.set_lease(l),
+                    Err(e @ Error::Remote { .. }) if opts.lease_later => log::warn!(
+                        "the object store's lease cannot be taken now ({e}): serving locally, publishing nothing until it is taken"
+                    ),
+                    Err(e) => return Err(e),
+                }
             }
         }
         if let Some(name) = &opts.snapshot {
@@ -292,7 +318,7 @@ impl Store {
             blobs,
             local,
             remote,
-            lease: None,
+            lease: Default::default(),
             follower: None,
             remote_sync: Default::default(),
             fence,
@@ -589,7 +615,40 @@ impl Store {
 
     /// A writer's lease on its object store.
     pub fn lease(&self) -> Option<&Arc<remote::lease::Lease>> {
-        self.lease.as_ref()
+        self.lease.get()
+    }
+
+    fn set_lease(&self, l: Option<Arc<remote::lease::Lease>>) {
+        if let Some(l) = l {
+            let _ = self.lease.set(l);
+        }
+    }
+
+    /// A writer of a store on an object store that has no lease yet (the object store
+    /// could not be reached at open): try to take it. `Ok(true)`: held now (or not
+    /// needed). Another writer's live lease is retried later; a head another writer
+    /// moved since this store's last publish makes this writer read-only for good (its
+    /// changes stay local: `decofs unpublished`).
+    pub fn retry_lease(&self, ttl: Option<std::time::Duration>) -> Result<bool> {
+        if self.lease().is_some() || self.remote.is_none() || self.follower.is_some() {
+            return Ok(true);
+        }
+        self.writable()?;
+        match remote::publish::take_lease(self, ttl) {
+            Ok(l) => {
+                self.set_lease(l);
+                Ok(true)
+            }
+            Err(e @ Error::RemoteFenced(_)) => {
+                log::error!("{e}; the store is read-only from now on");
+                if let Some(b) = &self.remote {
+                    b.note_error(&e);
+                }
+                self.fence.lose();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The object store's side of the blobs, for a store bound to one.

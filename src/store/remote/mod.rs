@@ -221,21 +221,30 @@ pub(crate) fn open_blobs(
     };
     let remote = Arc::new(Remote::connect(&b)?);
     // Only a writer that may take the lease writes to the bucket.
+    let mut unreachable = None;
     if !opts.read_only && !opts.no_lease && !opts.follower {
         match remote.check_conditional_writes() {
             Ok(()) => {}
             Err(e @ Error::RemoteUnsafe(_)) => return Err(e),
-            Err(e) => log::warn!(
-                "the object store {} cannot be reached now ({e}); blobs stay local and are uploaded once it answers",
-                b.url
-            ),
+            Err(e) => {
+                log::warn!(
+                    "the object store {} cannot be reached now ({e}); blobs stay local and are uploaded once it answers",
+                    b.url
+                );
+                unreachable = Some(e);
+            }
         }
     }
     let limit = opts
         .cache_size
         .unwrap_or_else(|| default_cache_size(layout));
     let ledger = (!opts.read_only).then(|| ledger_dir(layout));
-    RemoteBlobs::open(local.clone(), remote, ledger.as_deref(), limit).map(Some)
+    let blobs = RemoteBlobs::open(local.clone(), remote, ledger.as_deref(), limit)?;
+    // Status says so, and the open does not wait for it again to take the lease.
+    if let Some(e) = unreachable {
+        blobs.note_error(&e);
+    }
+    Ok(Some(blobs))
 }
 
 /// Bind a store (not mounted) to an object store: check that it enforces conditional
