@@ -207,6 +207,35 @@ fn default_cache_size(layout: &Layout) -> u64 {
         .unwrap_or(0)
 }
 
+/// How long a passed conditional-write check stands for the same endpoint: it takes
+/// seconds on some object stores, and a mount should not.
+const CHECK_STANDS_SECS: i64 = 24 * 3600;
+
+fn checked_path(layout: &Layout) -> PathBuf {
+    layout.root.join("remote").join("checked")
+}
+
+/// What a passed check is recorded as: the object store it was made against.
+fn checked_line(remote: &Remote) -> String {
+    format!("{} {}", remote.url(), remote.endpoint())
+}
+
+/// Did this endpoint pass the conditional-write check within the last day?
+fn checked_recently(layout: &Layout, remote: &Remote) -> bool {
+    let p = checked_path(layout);
+    let fresh = fs::metadata(&p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| (age.as_secs() as i64) < CHECK_STANDS_SECS);
+    fresh && fs::read_to_string(&p).is_ok_and(|s| s.trim() == checked_line(remote))
+}
+
+fn note_checked(layout: &Layout, remote: &Remote) {
+    // Only a shortcut: if it cannot be written, the next open checks again.
+    let _ = fs::write(checked_path(layout), checked_line(remote));
+}
+
 /// The blobs of a store bound to an object store (None for one that is not). A
 /// writer's open checks that the object store enforces conditional writes
 /// (`remote_unsafe` if not); one it cannot reach is only logged: the store works
@@ -222,9 +251,9 @@ pub(crate) fn open_blobs(
     let remote = Arc::new(Remote::connect(&b)?);
     // Only a writer that may take the lease writes to the bucket.
     let mut unreachable = None;
-    if !opts.read_only && !opts.no_lease && !opts.follower {
+    if !opts.read_only && !opts.no_lease && !opts.follower && !checked_recently(layout, &remote) {
         match remote.check_conditional_writes() {
-            Ok(()) => {}
+            Ok(()) => note_checked(layout, &remote),
             Err(e @ Error::RemoteUnsafe(_)) => return Err(e),
             Err(e) => {
                 log::warn!(
@@ -277,6 +306,7 @@ pub fn bind(store_path: &std::path::Path, binding: &Binding) -> Result<u64> {
     let store = open()?;
     claim_prefix(&remote, &format.store_id.to_string(), format.chunk_size)?;
     binding.write(&layout)?;
+    note_checked(&layout, &remote);
     drop(store);
     // Opened again, bound: the blobs already here go into the ledger.
     let store = open()?;
