@@ -995,3 +995,75 @@ fn a_writer_mounted_while_the_object_store_is_unreachable_takes_the_lease_later(
     );
     assert!(!c.mnt.join("three").exists());
 }
+
+#[test]
+fn a_slow_object_store_and_one_killed_mid_upload_lose_nothing() {
+    env();
+    let mut sw = Seaweed::start();
+    let proxy = Proxy::start(sw.s3_port());
+    let args = bound(&sw, &proxy.endpoint(), "faults");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let a = Mount::with_init(&args, "allow_other,publish_interval=1,cache_size=0");
+    // Slow: every chunk either way waits 50 ms. Writes and reads go on at local speed
+    // meanwhile (not asserted: timing is the benchmark's), and publishes go out.
+    proxy.set(Mode::Delay(Duration::from_millis(50)));
+    let mut files = Vec::new();
+    for i in 0..12u64 {
+        let p = a.path(&format!("slow-{i}"));
+        let d = pattern(300 + i, 0, 700_000 + i as usize * 1000);
+        std::fs::write(&p, &d).unwrap();
+        files.push((p, d));
+    }
+    for (p, d) in &files {
+        assert_bytes_eq(&std::fs::read(p).unwrap(), d, "read back while slow");
+    }
+    wait_status(&a, 120, "uploads finish while slow", |v| {
+        v["remote"]["pending_blobs"].as_u64() == Some(0)
+    });
+    proxy.set(Mode::Pass);
+    // Killed (SIGKILL) while uploads are under way, then restarted: the uploads are
+    // retried and every blob reaches the bucket whole.
+    for i in 0..6u64 {
+        let p = a.path(&format!("big-{i}"));
+        let d = pattern(400 + i, 0, 6_000_000);
+        std::fs::write(&p, &d).unwrap();
+        files.push((p, d));
+    }
+    let pending = status(&a.mnt)["remote"]["pending_blobs"]
+        .as_u64()
+        .unwrap_or(0);
+    sw.kill();
+    std::fs::write(
+        a.path("while-down"),
+        b"written while the object store is down",
+    )
+    .unwrap();
+    sw.restart();
+    wait_uploaded(&a);
+    let v = publish(&a.mnt);
+    assert!(v["seq"].as_u64().unwrap_or(0) >= 1, "{v}");
+    for (hash, data) in &local_blobs(&a.store) {
+        let remote = sw.get(&blob_key("faults", hash));
+        assert_eq!(
+            remote.as_deref(),
+            Some(&data[..]),
+            "blob {hash} in the bucket ({pending} were pending at the kill)"
+        );
+    }
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let c = clone_mounted_with(
+        &sw,
+        "faults",
+        work.path(),
+        "c",
+        "ro,allow_other,follow_interval=0",
+    );
+    cold(&c);
+    assert_same_tree(&a.mnt, &c.mnt);
+    c.unmount();
+    a.unmount();
+    for s in [&a.store, &c.store] {
+        let (code, v, e) = dj(&["fsck", s.to_str().unwrap()]);
+        assert_eq!(code, 0, "fsck of {}: {v} {e}", s.display());
+    }
+}
