@@ -568,6 +568,16 @@ impl Store {
         res
     }
 
+    /// Take the object store's lease now, for a store opened read-write by a check
+    /// (`decofs gc` of an unmounted bound store deletes from the bucket only with it).
+    pub fn take_lease(&mut self) -> Result<()> {
+        if self.lease.is_none() && !self.read_only() && self.remote.is_some() {
+            let lease = remote::publish::take_lease(self, None)?;
+            self.lease = lease;
+        }
+        Ok(())
+    }
+
     /// A writer's lease on its object store.
     pub fn lease(&self) -> Option<&Arc<remote::lease::Lease>> {
         self.lease.as_ref()

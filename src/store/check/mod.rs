@@ -40,6 +40,7 @@
 
 mod fsck;
 mod gc;
+mod remote;
 mod scan;
 mod scrub;
 #[cfg(test)]
@@ -68,6 +69,7 @@ use super::node::{
 use super::tree::NewNode;
 use super::Store;
 
+pub use remote::{RemoteBlobProblem, RemoteScrubReport};
 use scan::Scan;
 
 /// The records that use a blob: (display path, live node if any).
@@ -255,6 +257,9 @@ pub struct GcReport {
     /// Unreferenced blobs younger than the grace period, kept.
     pub kept_young: u64,
     pub deleted_hashes: Vec<String>,
+    /// gc of the object store, for a store bound to one.
+    #[serde(default)]
+    pub remote: Option<crate::store::remote::gc::RemoteGcReport>,
 }
 
 fn age_of(md: &fs::Metadata, now: SystemTime) -> Duration {

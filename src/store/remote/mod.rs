@@ -4,6 +4,7 @@
 //! ([`client::Remote`]). The blob side of it is `store/blobs/remote.rs`.
 
 pub mod client;
+pub mod gc;
 pub mod lease;
 pub mod publish;
 
