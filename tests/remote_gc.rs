@@ -319,8 +319,8 @@ fn make_garbage(m: &Mount, prefix: &str, sw: &Seaweed) -> BTreeSet<String> {
         .cloned()
         .collect();
     let garbage: BTreeSet<String> = before.difference(&named).cloned().collect();
-    // The manifest of gone2 and its 32 chunks, and gone1's 3 chunks.
-    assert!(garbage.len() >= 35, "{} garbage blobs", garbage.len());
+    // gone2's manifest and chunks, and gone1's chunks.
+    assert!(garbage.len() >= 20, "{} garbage blobs", garbage.len());
     assert!(garbage.contains(&hash_of(&pattern(12, 0, 64 << 10))));
     assert!(named.contains(&hash_of(&pattern(10, 0, 64 << 10))));
     garbage
@@ -409,7 +409,7 @@ fn gc_deletes_nothing_when_a_listing_is_cut_off() {
     );
     let garbage = make_garbage(&a, "cut", &sw);
     let all = bucket_blobs(&sw, "cut");
-    assert!(all.len() > 40, "a listing of some length: {}", all.len());
+    assert!(all.len() > 30, "a listing of some length: {}", all.len());
     let r = gc_ok(&a.mnt, "1s");
     assert_eq!(r["blobs_deleted"], 0, "{r}");
     std::thread::sleep(Duration::from_millis(1500));
