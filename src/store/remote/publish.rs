@@ -458,14 +458,18 @@ fn fill_clone(
             store.snapshots().remove(&n.name)?;
         }
     }
+    // A record of an older state may name a manifest gc has deleted from the bucket
+    // since: counting it gave the counts up. The cloned state's own are all there.
+    if !store.refs.counting() && store.refs.is_open() {
+        store.refs.recount(&store.sweeper())?;
+    }
     // In the ledger as uploaded: the blobs the cloned state names. One only an older
     // state of the chain named may be gone from the bucket (gc of the object store
     // deletes what the writer's state no longer names); marked, a later write of the
     // same bytes here would skip its upload.
     named_elsewhere.sort_unstable();
     named_elsewhere.dedup();
-    // Counts given up (a manifest of an older state gone): none is marked; a publish
-    // asks the bucket instead.
+    // Counts given up all the same: none is marked; a publish asks the bucket instead.
     named_elsewhere.retain(|h| matches!(store.refs.count(h), Some(c) if c > 0));
     blobs.mark_uploaded(&named_elsewhere)?;
     write_published(&store.layout, &Published { head, etag })?;
