@@ -117,24 +117,108 @@ pub fn scrub(store: &Path, json: bool) -> Outcome {
     Ok(exit)
 }
 
-pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Outcome {
+/// `scrub --remote`: through the writer's daemon when mounted read-write (it has the
+/// upload ledger), else on the store (read-write when it can be taken, for the
+/// ledger; read-only beside another writer).
+pub fn scrub_remote(store: &Path, json: bool) -> Outcome {
+    let what = format!("cannot scrub the object store of {}", store.display());
+    let (store_path, _) = control::resolve(store).or_fail(&what).map_err(not_run)?;
+    let spinner = Spinner::new("verifying the object store's blobs", json);
+    let rep: check::RemoteScrubReport = if control::daemons(&store_path).iter().any(|d| d.writer) {
+        control::run(&store_path, protocol::ScrubRemote {}, false)
+            .or_fail(&what)
+            .map_err(not_run)?
+    } else {
+        let s = match check::open(&store_path, false) {
+            Err(Error::StoreLocked { .. }) => check::open(&store_path, true),
+            other => other,
+        }
+        .or_fail(&what)
+        .map_err(not_run)?;
+        Checker::new(&s)
+            .scrub_remote(|_| {})
+            .or_fail(&what)
+            .map_err(not_run)?
+    };
+    drop(spinner);
+    let exit = ExitCode::from(rep.exit_code);
+    if json {
+        output::json_pretty(&rep);
+        return Ok(exit);
+    }
+    outln!(
+        "{}: {} blobs in {} checked ({} bytes), {} damaged, {} missing; the store names {} ({} waiting for upload); {} unreferenced",
+        store.display(),
+        rep.checked,
+        rep.url,
+        rep.bytes,
+        rep.damaged.len(),
+        rep.missing.len(),
+        rep.named,
+        rep.pending,
+        rep.unreferenced
+    );
+    for (kind, list) in [("damaged", &rep.damaged), ("missing", &rep.missing)] {
+        for d in list {
+            outln!("  {kind} blob {} ({}), used by:", d.hash, d.detail);
+            for u in &d.used_by {
+                outln!("    {u}");
+            }
+        }
+    }
+    for r in &rep.unreadable_records {
+        outln!("  unreadable record: {r} (run `decofs fsck`)");
+    }
+    if rep.result != "clean" {
+        outln!(
+            "{} blobs damaged or missing in the object store [code: {}]",
+            rep.damaged.len() + rep.missing.len(),
+            rep.result
+        );
+    } else if rep.exit_code == check::EXIT_CLEAN {
+        outln!("clean");
+    } else {
+        outln!("records could not be read; run `decofs fsck`");
+    }
+    Ok(exit)
+}
+
+pub fn gc(store: &Path, dry_run: bool, grace: u64, remote_grace: u64, json: bool) -> Outcome {
     let what = format!("cannot collect garbage in {}", store.display());
     // Mounted read-write: the daemon collects, with the filesystem running.
     let (store_path, _) = control::resolve(store).or_fail(&what).map_err(not_run)?;
     // gc reports no progress of its own: a spinner says it is at work.
     let spinner = Spinner::new("collecting unreferenced blobs", json);
     let rep: check::GcReport = if control::daemons(&store_path).iter().any(|d| d.writer) {
-        control::run(&store_path, protocol::Gc { dry_run, grace }, true)
+        let req = protocol::Gc {
+            dry_run,
+            grace,
+            remote_grace: Some(remote_grace),
+        };
+        control::run(&store_path, req, true)
             .or_fail(&what)
             .map_err(not_run)?
     } else {
         let s = check::open(&store_path, dry_run)
             .or_fail(&what)
             .map_err(not_run)?;
-        Checker::new(&s)
+        let mut rep = Checker::new(&s)
             .gc(dry_run, Duration::from_secs(grace))
             .or_fail(&what)
-            .map_err(not_run)?
+            .map_err(not_run)?;
+        if s.remote().is_some() {
+            // The bucket is changed only by the lease's holder.
+            if !dry_run {
+                s.take_lease().or_fail(&what).map_err(not_run)?;
+            }
+            let g = Duration::from_secs(remote_grace);
+            rep.remote = Some(
+                decofs::store::remote::gc::collect(&s, g, dry_run)
+                    .or_fail(&what)
+                    .map_err(not_run)?,
+            );
+        }
+        rep
     };
     drop(spinner);
     if json {
@@ -151,5 +235,26 @@ pub fn gc(store: &Path, dry_run: bool, grace: u64, json: bool) -> Outcome {
         rep.bytes_freed,
         rep.kept_young
     );
+    if let Some(r) = &rep.remote {
+        outln!(
+            "{}: {} blobs ({} bytes), {} referenced; {} newly marked unreferenced, {} marked and waiting out the grace period ({}s); {} {} blobs ({} bytes) and {} streams{}",
+            if dry_run { "object store (dry run)" } else { "object store" },
+            r.blobs,
+            r.blob_bytes,
+            r.referenced,
+            r.candidates_marked,
+            r.candidates_waiting,
+            r.grace_secs,
+            if dry_run { "would delete" } else { "deleted" },
+            r.blobs_deleted,
+            r.bytes_deleted,
+            r.streams_deleted,
+            if r.kept_named_again > 0 {
+                format!("; {} kept, named or written again", r.kept_named_again)
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

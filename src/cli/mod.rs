@@ -270,7 +270,16 @@ pub enum Cmd {
     /// damaged one (and mark them integrity_error unless the store is mounted
     /// read-write). STORE is a store or its mountpoint. Exit codes: 0 clean, 4 damage
     /// found, 8 could not run.
-    Scrub { store: PathBuf },
+    Scrub {
+        store: PathBuf,
+        /// Verify the object store's copy instead (a bound store): download every blob
+        /// under the prefix and check its hash, and check that every blob the store
+        /// names is in the bucket or waiting for its upload here. Reads only. Damaged
+        /// or missing blobs: exit 4 (code integrity_error); the object store failing:
+        /// exit 8 (remote_unavailable).
+        #[arg(long)]
+        remote: bool,
+    },
     /// Delete blobs no record names (live, trash, revisions) that are older than the
     /// grace period. STORE may be a mountpoint or a store; when it is mounted
     /// read-write, the daemon collects while the filesystem keeps running. Exit codes:
@@ -283,6 +292,11 @@ pub enum Cmd {
         /// Keep unreferenced blobs younger than this many seconds (a write in progress).
         #[arg(long, default_value_t = 3600)]
         grace: u64,
+        /// A store on an object store: the bucket's blobs and streams nothing names are
+        /// marked by one gc and deleted by a later one at least this long after (and
+        /// only if they are at least this old and still unnamed): 30s, 10m, 1h, 2d.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_grace)]
+        remote_grace: u64,
     },
     /// Live counters of a running mount (like `juicefs stats`): one line per interval
     /// with operations per second (lookup+getattr, read, write, create+unlink+rename,
@@ -411,12 +425,16 @@ fn run(cli: Cli) -> Outcome {
             repair,
             grace,
         } => check::fsck(&store, repair, grace, json),
-        Cmd::Scrub { store } => check::scrub(&store, json),
+        Cmd::Scrub { store, remote } => match remote {
+            true => check::scrub_remote(&store, json),
+            false => check::scrub(&store, json),
+        },
         Cmd::Gc {
             store,
             dry_run,
             grace,
-        } => check::gc(&store, dry_run, grace, json),
+            remote_grace,
+        } => check::gc(&store, dry_run, grace, remote_grace, json),
         Cmd::Stats {
             path,
             interval,
@@ -535,4 +553,10 @@ pub fn main() -> ExitCode {
     init_logging(daemon);
     let json = cli.json;
     output::finish(run(cli), json)
+}
+
+/// A duration option (`30`, `30s`, `10m`, `1h`, `2d`) in seconds.
+fn parse_grace(s: &str) -> Result<u64, String> {
+    decofs::store::layout::parse_duration(s)
+        .ok_or_else(|| format!("'{s}' is not a duration (e.g. 0, 30s, 10m, 1h, 2d)"))
 }

@@ -153,8 +153,25 @@ pub fn status(store: &Store, info: Option<&DaemonInfo>) -> Result<StatusReply> {
 
 impl StoreAnswer for Gc {
     fn answer(&self, store: &Store) -> Result<crate::store::check::GcReport> {
-        crate::store::check::Checker::new(store)
-            .gc_online(self.dry_run, Duration::from_secs(self.grace))
+        let mut rep = crate::store::check::Checker::new(store)
+            .gc_online(self.dry_run, Duration::from_secs(self.grace))?;
+        if store.remote().is_some() {
+            let grace = self
+                .remote_grace
+                .map_or(crate::store::remote::gc::DEFAULT_GRACE, Duration::from_secs);
+            rep.remote = Some(crate::store::remote::gc::collect(
+                store,
+                grace,
+                self.dry_run,
+            )?);
+        }
+        Ok(rep)
+    }
+}
+
+impl StoreAnswer for ScrubRemote {
+    fn answer(&self, store: &Store) -> Result<crate::store::check::RemoteScrubReport> {
+        crate::store::check::Checker::new(store).scrub_remote(|_| {})
     }
 }
 

@@ -135,6 +135,7 @@ pub enum Request {
     SnapshotRestore(SnapshotRestore),
     Receive(Receive),
     Publish(Publish),
+    ScrubRemote(ScrubRemote),
 }
 
 impl Request {
@@ -162,6 +163,7 @@ impl Request {
             Request::Receive(_) => "receive",
             Request::SnapshotDiff(_) => "snapshot_diff",
             Request::Publish(_) => "publish",
+            Request::ScrubRemote(_) => "scrub_remote",
         }
     }
 
@@ -213,6 +215,7 @@ asks! {
     SnapshotRestore => SnapshotRestored,
     Receive => StreamReceived,
     Publish => crate::store::remote::publish::PublishReport,
+    ScrubRemote => crate::store::check::RemoteScrubReport,
 }
 
 // ---- Requests ----
@@ -228,7 +231,15 @@ pub struct Gc {
     pub dry_run: bool,
     #[serde(default = "default_grace")]
     pub grace: u64,
+    /// A store on an object store: the grace period of the bucket's gc, in seconds
+    /// (None: `remote::gc::DEFAULT_GRACE`).
+    #[serde(default)]
+    pub remote_grace: Option<u64>,
 }
+
+/// `scrub --remote`: verify the object store's copy of the store (reads only).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ScrubRemote {}
 
 fn default_grace() -> u64 {
     3600
@@ -746,7 +757,8 @@ mod tests {
             r,
             Request::Gc(Gc {
                 dry_run: true,
-                grace: 3600
+                grace: 3600,
+                remote_grace: None
             })
         ));
         let r: Request = serde_json::from_value(

@@ -116,6 +116,7 @@ fn answer(store: &Store, info: &DaemonInfo, req: Request) -> std::result::Result
         Request::SnapshotRestore(r) => line(r.answer(store)),
         Request::Receive(r) => line(r.answer(store)),
         Request::Publish(r) => line(r.answer(store)),
+        Request::ScrubRemote(r) => line(r.answer(store)),
     }
 }
 

@@ -613,6 +613,15 @@ impl Store {
         res
     }
 
+    /// Take the object store's lease now, for a store opened read-write by a check
+    /// (`decofs gc` of an unmounted bound store deletes from the bucket only with it).
+    pub fn take_lease(&self) -> Result<()> {
+        if self.lease().is_none() && !self.read_only() && self.remote.is_some() {
+            self.set_lease(remote::publish::take_lease(self, None)?);
+        }
+        Ok(())
+    }
+
     /// A writer's lease on its object store.
     pub fn lease(&self) -> Option<&Arc<remote::lease::Lease>> {
         self.lease.get()

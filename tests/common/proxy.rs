@@ -42,6 +42,10 @@ pub enum Mode {
     /// conditional headers and ignores them. (The request still carries a signature
     /// over them; SeaweedFS without identities checks none.)
     StripConditional,
+    /// Pass this many more bytes from the server to the clients (all connections
+    /// together), then switch to `Reset`: an answer cut off in the middle (a listing
+    /// that fails after its first part).
+    CutAfter(usize),
 }
 
 pub struct Proxy {
@@ -57,6 +61,8 @@ struct Shared {
     conns: Mutex<Vec<Weak<Conn>>>,
     /// Live connection threads.
     threads: AtomicUsize,
+    /// What `CutAfter` still lets through to the clients.
+    budget: AtomicUsize,
 }
 
 impl Shared {
@@ -137,6 +143,7 @@ impl Proxy {
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             threads: AtomicUsize::new(0),
+            budget: AtomicUsize::new(0),
         });
         let sh = shared.clone();
         let acceptor = thread::Builder::new()
@@ -165,6 +172,9 @@ impl Proxy {
 
     /// Switch the mode; `Reset` also closes every open connection at once.
     pub fn set(&self, mode: Mode) {
+        if let Mode::CutAfter(n) = mode {
+            self.shared.budget.store(n, Ordering::SeqCst);
+        }
         *self.shared.mode.lock().unwrap() = mode;
         if mode == Mode::Reset {
             self.shared.kill_all();
@@ -369,7 +379,24 @@ fn relay(sh: &Shared, conn: &Conn, dir: Dir) {
                     return;
                 }
             }
-            Mode::Pass | Mode::StripConditional => {}
+            Mode::CutAfter(_) if dir == Dir::Down => {
+                let mut take = 0;
+                let _ = sh
+                    .budget
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        take = left.min(out.len());
+                        Some(left - take)
+                    });
+                let cut = take < out.len() || sh.budget.load(Ordering::SeqCst) == 0;
+                let _ = write_all(sh, conn, to, &out[..take]);
+                if cut {
+                    *sh.mode.lock().unwrap() = Mode::Reset;
+                    sh.kill_all();
+                    return;
+                }
+                continue;
+            }
+            Mode::Pass | Mode::StripConditional | Mode::CutAfter(_) => {}
         }
         if write_all(sh, conn, to, &out).is_err() {
             conn.kill();

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 pub(crate) use local::PREMADE_BATCH;
 pub use local::{parse_doomed, LocalBlobs};
-pub use remote::{RemoteBlobs, RemoteState};
+pub use remote::{GcDeleted, LedgerSays, RemoteBlobs, RemoteState};
 
 use super::error::Result;
 use super::node::Hash;

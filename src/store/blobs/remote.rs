@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::{hash_of, BlobStore, Chunk, Deleted, Fault, Listed, LocalBlobs};
 use crate::store::error::{Error, Result};
@@ -115,6 +115,33 @@ pub struct RemoteBlobs {
     prefetching: AtomicUsize,
     /// Bytes added to the cache since it was last measured.
     added: AtomicU64,
+    /// Blobs the object store's gc is deleting from the bucket, and whether a `put`
+    /// wrote one of them meanwhile (then it is kept). Eviction leaves them alone.
+    doomed: Mutex<HashMap<Hash, bool>>,
+    /// Held shared by an upload batch (from reading the local copy to the ledger's
+    /// `confirm`) and by each eviction; exclusively by gc from taking blobs out of the
+    /// ledger's `uploaded` to queueing their uploads again. So a confirmation never
+    /// straddles a gc delete (docs/DESIGN.md, "Remote storage", gc's interleavings).
+    gate: RwLock<()>,
+}
+
+/// What the ledger says of a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerSays {
+    Pending,
+    Uploaded,
+    Unknown,
+}
+
+/// What gc did with a batch of blobs it found unreferenced in the bucket.
+#[derive(Clone, Debug, Default)]
+pub struct GcDeleted {
+    /// Deleted from the bucket, with their listed sizes.
+    pub deleted: Vec<(Hash, u64)>,
+    /// Kept: named again, written again, or waiting for their upload meanwhile.
+    pub kept: u64,
+    /// Deleted, but a local copy was there (written again): queued for upload again.
+    pub requeued: u64,
 }
 
 impl RemoteBlobs {
@@ -159,6 +186,8 @@ impl RemoteBlobs {
             fetching: Mutex::new(HashMap::new()),
             prefetching: AtomicUsize::new(0),
             added: AtomicU64::new(0),
+            doomed: Mutex::new(HashMap::new()),
+            gate: RwLock::new(()),
         });
         if writer {
             for h in waiting {
@@ -196,6 +225,157 @@ impl RemoteBlobs {
         self.state.lock().cache_limit = bytes;
     }
 
+    /// What this store's ledger says of a blob (None: no ledger, a read-only open).
+    pub fn ledger_says(&self, hash: &Hash) -> Option<LedgerSays> {
+        let l = self.ledger.as_ref()?;
+        Some(if l.pending.contains_key(hash).unwrap_or(false) {
+            LedgerSays::Pending
+        } else if l.uploaded.contains_key(hash).unwrap_or(false) {
+            LedgerSays::Uploaded
+        } else {
+            LedgerSays::Unknown
+        })
+    }
+
+    /// Every blob waiting for its upload.
+    pub fn pending(&self) -> Result<std::collections::HashSet<Hash>> {
+        let mut out = std::collections::HashSet::new();
+        if let Some(l) = &self.ledger {
+            for kv in l.pending.iter() {
+                let (k, _) = kv.map_err(ledger_err)?;
+                if let Ok(h) = <Hash>::try_from(&k[..]) {
+                    out.insert(h);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Does the local disk hold a copy of this blob?
+    pub fn local_exists(&self, hash: &Hash) -> bool {
+        self.local.exists(hash)
+    }
+
+    /// The object store's gc deletes `batch` (blobs it listed in the bucket, with their
+    /// sizes, that nothing named when it looked) from the bucket, blob by blob safe
+    /// against the writer (docs/DESIGN.md, "Remote storage", gc):
+    /// 1. doom them: eviction leaves them alone, and a `put` of one marks it touched;
+    /// 2. keep those `still_free` now denies (named again by the counts or an open
+    ///    session), those waiting for upload, and those whose local copy the sweep's
+    ///    rename-aside delete keeps (written since `since`, when gc began);
+    /// 3. with the gate held exclusively (no upload batch or eviction in between):
+    ///    keep those touched meanwhile, take the rest out of `uploaded` and make that
+    ///    durable, delete them from the bucket, and queue again for upload any whose
+    ///    local copy exists by then (written again: a dedup that raced the delete).
+    ///
+    /// Stops at the first failed delete (the error); what was deleted before it is
+    /// reported through `done`.
+    pub fn gc_delete(
+        &self,
+        batch: &[(Hash, u64)],
+        since: SystemTime,
+        still_free: &dyn Fn(&Hash) -> bool,
+        done: &mut GcDeleted,
+    ) -> Result<()> {
+        let l = self.ledger.as_ref().ok_or(Error::ReadOnly)?;
+        {
+            let mut d = self.doomed.lock();
+            for (h, _) in batch {
+                d.insert(*h, false);
+            }
+        }
+        // Undoomed whatever happens.
+        struct Undoom<'a>(&'a RemoteBlobs, Vec<Hash>);
+        impl Drop for Undoom<'_> {
+            fn drop(&mut self) {
+                let mut d = self.0.doomed.lock();
+                for h in &self.1 {
+                    d.remove(h);
+                }
+            }
+        }
+        let _undoom = Undoom(self, batch.iter().map(|(h, _)| *h).collect());
+        let mut go = Vec::new();
+        for (h, len) in batch {
+            if !still_free(h) || l.pending.contains_key(h).map_err(ledger_err)? {
+                done.kept += 1;
+                continue;
+            }
+            // The local copy goes as a sweep frees it: a put since `since` keeps it,
+            // and the blob with it.
+            if self.local.exists(h) {
+                match self.local.delete(h, since)? {
+                    Deleted::Reused => {
+                        done.kept += 1;
+                        continue;
+                    }
+                    Deleted::Freed(_) | Deleted::Absent => {}
+                }
+            }
+            go.push((*h, *len));
+        }
+        if go.is_empty() {
+            return Ok(());
+        }
+        let _gate = self.gate.write();
+        {
+            let d = self.doomed.lock();
+            go.retain(|(h, _)| {
+                let touched = d.get(h).copied().unwrap_or(true);
+                if touched {
+                    done.kept += 1;
+                }
+                !touched
+            });
+        }
+        for (h, _) in &go {
+            l.uploaded.remove(h).map_err(ledger_err)?;
+        }
+        // Durable before any delete: a ledger that still said "uploaded" after a crash
+        // would let a later write of the same bytes skip its upload.
+        l.db.flush().map_err(ledger_err)?;
+        let mut res = Ok(());
+        let mut tried = 0;
+        for (h, len) in &go {
+            tried += 1;
+            if let Err(e) = self.remote.delete(&blob_key(h)) {
+                self.failed(&e);
+                res = Err(e);
+                break;
+            }
+            done.deleted.push((*h, *len));
+        }
+        // Written again while doomed (or between the sweep above and now): upload it
+        // again, whatever the ledger said meanwhile.
+        for (h, _) in &go[..tried] {
+            if let Ok(md) = self.local.path_of(h).metadata() {
+                self.requeue(l, *h, md.len())?;
+                done.requeued += 1;
+            }
+        }
+        res
+    }
+
+    /// Queue a blob for upload whatever the ledger says (gc deleted the bucket's copy
+    /// of a blob that was written again).
+    fn requeue(&self, l: &Ledger, hash: Hash, len: u64) -> Result<()> {
+        l.uploaded.remove(hash).map_err(ledger_err)?;
+        let fresh = l
+            .pending
+            .insert(hash, &len.to_be_bytes()[..])
+            .map_err(ledger_err)?
+            .is_none();
+        if fresh {
+            let mut s = self.state.lock();
+            s.pending_blobs += 1;
+            s.pending_bytes += len;
+        }
+        if let Some(q) = &self.queue {
+            let _ = q.send(hash);
+        }
+        Ok(())
+    }
+
     /// Is this blob confirmed in the bucket (by this store's ledger)?
     pub fn is_uploaded(&self, hash: &Hash) -> bool {
         self.ledger
@@ -208,6 +388,9 @@ impl RemoteBlobs {
     /// it). A blob found nowhere fails the publish. Returns how many were uploaded now.
     pub fn ensure_uploaded(&self, hashes: &[Hash]) -> Result<u64> {
         let l = self.ledger.as_ref().ok_or(Error::ReadOnly)?;
+        // No gc delete between a check here and its confirmation (gc also holds the
+        // publish lock for its whole run).
+        let _gate = self.gate.read();
         let todo: Vec<Hash> = hashes
             .iter()
             .filter(|h| !l.uploaded.contains_key(h).unwrap_or(false))
@@ -298,6 +481,9 @@ impl RemoteBlobs {
         let (Some(l), Some(q)) = (&self.ledger, &self.queue) else {
             return Ok(false);
         };
+        if let Some(touched) = self.doomed.lock().get_mut(&hash) {
+            *touched = true;
+        }
         self.added.fetch_add(len, Ordering::Relaxed);
         if l.uploaded.contains_key(hash).map_err(ledger_err)? {
             return Ok(false);
@@ -334,6 +520,8 @@ impl RemoteBlobs {
         let Some(l) = &self.ledger else {
             return Vec::new();
         };
+        // From reading the local copy to the confirmation: no gc delete in between.
+        let _gate = self.gate.read();
         let mut items = Vec::new();
         let mut hashes = Vec::new();
         for h in batch {
@@ -447,7 +635,12 @@ impl RemoteBlobs {
             if total <= target {
                 break;
             }
-            if self.local.is_unsynced(&h) || !l.uploaded.contains_key(h).unwrap_or(false) {
+            // Not while gc deletes it from the bucket (it may be written again then).
+            let _gate = self.gate.read();
+            if self.doomed.lock().contains_key(&h)
+                || self.local.is_unsynced(&h)
+                || !l.uploaded.contains_key(h).unwrap_or(false)
+            {
                 continue;
             }
             match std::fs::remove_file(self.local.path_of(&h)) {

@@ -33,6 +33,9 @@
 //!   contents and spilled records included) and older than the grace period, so a blob
 //!   a write session stored but has not yet named survives (invariant 1). If any record
 //!   or manifest cannot be read, the referenced set is unknown and gc deletes nothing.
+//! - `scrub --remote` (`remote.rs`) verifies a bound store's object store: every blob in
+//!   the bucket against its name, every blob the store names in the bucket or waiting
+//!   for upload. (gc of the object store is `remote::gc`, run after the local gc.)
 //!
 //! The age of a node file is the later of its mtime and ctime (a record update changes
 //! only the ctime), so a node touched recently is never taken for an old orphan. The age
@@ -40,6 +43,7 @@
 
 mod fsck;
 mod gc;
+mod remote;
 mod scan;
 mod scrub;
 #[cfg(test)]
@@ -68,6 +72,7 @@ use super::node::{
 use super::tree::NewNode;
 use super::Store;
 
+pub use remote::{RemoteBlobProblem, RemoteScrubReport};
 use scan::Scan;
 
 /// The records that use a blob: (display path, live node if any).
@@ -255,6 +260,9 @@ pub struct GcReport {
     /// Unreferenced blobs younger than the grace period, kept.
     pub kept_young: u64,
     pub deleted_hashes: Vec<String>,
+    /// gc of the object store, for a store bound to one.
+    #[serde(default)]
+    pub remote: Option<crate::store::remote::gc::RemoteGcReport>,
 }
 
 fn age_of(md: &fs::Metadata, now: SystemTime) -> Duration {

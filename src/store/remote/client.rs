@@ -273,10 +273,11 @@ impl Remote {
         }
     }
 
-    /// Every object under `rel_prefix`: its key relative to the store's prefix, and its
-    /// size. Stops at the first error (a listing that skipped a part would make
-    /// objects look unused).
-    pub fn list(&self, rel_prefix: &str, visit: &mut dyn FnMut(&str, u64)) -> Result<()> {
+    /// Every object under `rel_prefix`: its key relative to the store's prefix, its
+    /// size and when it was last written (unix milliseconds, the object store's clock).
+    /// Stops at the first error (a listing that skipped a part would make objects look
+    /// unused): the caller must not act on what it was shown before the error.
+    pub fn list(&self, rel_prefix: &str, visit: &mut dyn FnMut(&str, u64, i64)) -> Result<()> {
         let base = self.path(rel_prefix);
         let strip = if self.url.prefix.is_empty() {
             String::new()
@@ -288,7 +289,11 @@ impl Remote {
             while let Some(item) = s.next().await {
                 let m = item.map_err(|e| self.fail("list", rel_prefix, &e))?;
                 let key = m.location.as_ref();
-                visit(key.strip_prefix(strip.as_str()).unwrap_or(key), m.size);
+                visit(
+                    key.strip_prefix(strip.as_str()).unwrap_or(key),
+                    m.size,
+                    m.last_modified.timestamp_millis(),
+                );
             }
             Ok(())
         })

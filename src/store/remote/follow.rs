@@ -132,7 +132,10 @@ impl Follower {
                 ))
             })?;
             store.fence().applying(|| {
-                let (got, elsewhere) = store.streams().receive_published(&data.data[..])?;
+                let (got, mut elsewhere) = store.streams().receive_published(&data.data[..])?;
+                // In the ledger as uploaded: what the applied state names (as a clone
+                // does; see `fill_clone`).
+                elsewhere.retain(|h| matches!(store.refs.count(h), Some(c) if c > 0));
                 blobs.mark_uploaded(&elsewhere)?;
                 // Only the newest published snapshot is a base for the next one.
                 for n in store.snapshots.list() {

@@ -188,6 +188,12 @@ impl Lease {
         !self.lost.load(Ordering::SeqCst)
     }
 
+    /// Held, and its last renewal runs at least `margin` more: what may delete from the
+    /// bucket (gc) can count on no other writer for that long.
+    pub fn valid_for(&self, margin: Duration) -> bool {
+        self.held() && self.rec.lock().0.expires_unix_ms - margin.as_millis() as i64 > now_ms()
+    }
+
     pub fn state(&self) -> LeaseState {
         let r = self.rec.lock();
         LeaseState {

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod follow;
+pub mod gc;
 pub mod lease;
 pub mod publish;
 

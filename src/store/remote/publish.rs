@@ -115,8 +115,9 @@ fn put_stream(remote: &Remote, seq: u64, data: Vec<u8>) -> Result<String> {
     Ok(key)
 }
 
-/// One publish at a time per process (the maintenance thread and a `decofs publish`).
-static PUBLISHING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+/// One publish at a time per process (the maintenance thread and a `decofs publish`),
+/// and no publish while gc of the object store runs (`remote::gc`).
+pub(crate) static PUBLISHING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 fn published_path(layout: &Layout) -> std::path::PathBuf {
     layout.root.join("remote").join("published")
@@ -145,6 +146,11 @@ pub(super) fn write_published(layout: &Layout, p: &Published) -> Result<()> {
         .ctx(|| format!("write {}", tmp.display()))?;
     fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
     sync_dir(path.parent().expect("remote/ has a parent"))
+}
+
+/// The head this store last published or cloned, as it wrote it down (None: none yet).
+pub fn published_head(layout: &Layout) -> Result<Option<Head>> {
+    Ok(read_published(layout)?.map(|p| p.head))
 }
 
 /// The snapshot of the state this store last published or cloned (None: none yet).
@@ -517,6 +523,7 @@ fn fill_clone(
         snapshot: head.snapshot.clone(),
         ..Default::default()
     };
+    let mut named_elsewhere = Vec::new();
     for key in &head.chain {
         let data = remote.get(key)?.ok_or_else(|| {
             Error::StreamInvalid(format!(
@@ -526,7 +533,7 @@ fn fill_clone(
         })?;
         rep.stream_bytes += data.data.len() as u64;
         let (got, elsewhere) = store.streams().receive_published(&data.data[..])?;
-        blobs.mark_uploaded(&elsewhere)?;
+        named_elsewhere.extend(elsewhere);
         rep.streams += 1;
         rep.records += got.records;
     }
@@ -536,6 +543,20 @@ fn fill_clone(
             store.snapshots().remove(&n.name)?;
         }
     }
+    // A record of an older state may name a manifest gc has deleted from the bucket
+    // since: counting it gave the counts up. The cloned state's own are all there.
+    if !store.refs.counting() && store.refs.is_open() {
+        store.refs.recount(&store.sweeper())?;
+    }
+    // In the ledger as uploaded: the blobs the cloned state names. One only an older
+    // state of the chain named may be gone from the bucket (gc of the object store
+    // deletes what the writer's state no longer names); marked, a later write of the
+    // same bytes here would skip its upload.
+    named_elsewhere.sort_unstable();
+    named_elsewhere.dedup();
+    // Counts given up all the same: none is marked; a publish asks the bucket instead.
+    named_elsewhere.retain(|h| matches!(store.refs.count(h), Some(c) if c > 0));
+    blobs.mark_uploaded(&named_elsewhere)?;
     write_published(&store.layout, &Published { head, etag })?;
     blobs.flush()?;
     log::info!(
