@@ -794,6 +794,20 @@ fn a_read_only_mount_of_a_clone_follows_the_writer_and_can_take_over() {
     );
     wait_followed(&f, 3);
     assert_same_tree(root, &f.mnt);
+    // gc of the object store keeps the streams followers apply (the head's `follow`),
+    // and deletes the restarted chain's old whole stream.
+    let streams = || sw.list("follow/streams/");
+    let before = streams();
+    for _ in 0..2 {
+        let (c, v, e) = dj(&["gc", root.to_str().unwrap(), "--remote-grace", "0"]);
+        assert_eq!(c, 0, "gc: {v} {e}");
+    }
+    let after = streams();
+    for k in head["follow"].as_array().unwrap() {
+        let k = format!("follow/{}", k.as_str().unwrap());
+        assert!(after.contains(&k), "{k} kept: {after:?}");
+    }
+    assert!(after.len() < before.len(), "{before:?} -> {after:?}");
     cold(&f);
     assert_same_tree(root, &f.mnt);
     // Takeover: the writer leaves (publishing at its close, its lease given back), the
