@@ -6,26 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Mode, Proxy};
+use common::remote::*;
 use common::seaweed::Seaweed;
 use common::*;
-
-/// Credentials for SeaweedFS (it checks none without an identity file), and short
-/// request bounds (15 s: SeaweedFS makes racing conditional puts of one object wait
-/// up to seconds for each other) so a hung object store fails requests soon. The daemons
-/// `decofs mount` starts inherit them.
-fn env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "decofs-test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "decofs-test-secret");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::set_var("DECOFS_REMOTE_TIMEOUT_MS", "15000");
-    });
-}
 
 /// `init` arguments binding a new store to `prefix` of the test's bucket at `endpoint`.
 fn bound(sw: &Seaweed, endpoint: &str, prefix: &str) -> Vec<String> {
@@ -45,37 +31,6 @@ fn mount_bound(sw: &Seaweed, prefix: &str, opts: &str) -> Mount {
     let args = bound(sw, &sw.endpoint(), prefix);
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     Mount::with_init(&args, opts)
-}
-
-fn status(mnt: &Path) -> serde_json::Value {
-    let (c, v, e) = dj(&["status", mnt.to_str().unwrap()]);
-    assert_eq!(c, 0, "status: {v} {e}");
-    v
-}
-
-/// Poll the mount's status until `done` holds (at most `secs`).
-#[track_caller]
-fn wait_status(m: &Mount, secs: u64, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = status(&m.mnt);
-        if done(&v) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {}\n{}",
-            v["remote"],
-            log_tail(&m.store)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_uploaded(m: &Mount) {
-    wait_status(m, 60, "uploads finish", |v| {
-        v["remote"]["pending_blobs"].as_u64() == Some(0)
-    });
 }
 
 /// Every blob file of the store: (hash, bytes).
@@ -98,10 +53,6 @@ fn local_blobs(store: &Path) -> Vec<(String, Vec<u8>)> {
 
 fn local_blob_bytes(store: &Path) -> u64 {
     local_blobs(store).iter().map(|(_, d)| d.len() as u64).sum()
-}
-
-fn blob_key(prefix: &str, hash: &str) -> String {
-    format!("{prefix}/blobs/{}/{hash}", &hash[..2])
 }
 
 /// kill -9 the mount's daemon (started by this test), wait until it is gone, and
@@ -373,89 +324,6 @@ fn uploads_pending_at_a_kill_are_done_by_the_next_mount() {
     }
 }
 
-/// Every path under `a` and `b`: the same kind, mode, size, link count, symlink target
-/// and bytes.
-#[track_caller]
-fn assert_same_tree(a: &Path, b: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let walk = |root: &Path| {
-        let mut out = std::collections::BTreeMap::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                let md = std::fs::symlink_metadata(&p).unwrap();
-                let rel = p.strip_prefix(root).unwrap().to_path_buf();
-                let body = if md.file_type().is_symlink() {
-                    std::fs::read_link(&p)
-                        .unwrap()
-                        .into_os_string()
-                        .into_encoded_bytes()
-                } else if md.is_file() {
-                    std::fs::read(&p).unwrap()
-                } else {
-                    stack.push(p.clone());
-                    Vec::new()
-                };
-                let nlink = if md.is_dir() { 0 } else { md.nlink() };
-                out.insert(rel, (md.mode(), md.len(), nlink, body));
-            }
-        }
-        out
-    };
-    let (ta, tb) = (walk(a), walk(b));
-    assert_eq!(
-        ta.keys().collect::<Vec<_>>(),
-        tb.keys().collect::<Vec<_>>(),
-        "the same names"
-    );
-    for (k, va) in &ta {
-        let vb = &tb[k];
-        assert_eq!(
-            (va.0, va.1, va.2),
-            (vb.0, vb.1, vb.2),
-            "{}: mode, size, links",
-            k.display()
-        );
-        assert_bytes_eq(&vb.3, &va.3, &k.display().to_string());
-    }
-}
-
-fn publish(target: &Path) -> serde_json::Value {
-    let (c, v, e) = dj(&["publish", target.to_str().unwrap()]);
-    assert_eq!(c, 0, "publish: {v} {e}");
-    v
-}
-
-/// Clone the prefix into a new store beside `dir`, mounted read-only (a follower).
-fn clone_mounted(sw: &Seaweed, prefix: &str, dir: &Path, name: &str) -> Mount {
-    clone_mounted_with(sw, prefix, dir, name, "ro,allow_other")
-}
-
-/// Clone the prefix into a new store beside `dir`, mounted with `opts`.
-fn clone_mounted_with(sw: &Seaweed, prefix: &str, dir: &Path, name: &str, opts: &str) -> Mount {
-    let store = dir.join(name);
-    let (c, v, e) = dj(&[
-        "clone",
-        &sw.url(prefix),
-        store.to_str().unwrap(),
-        "--endpoint",
-        &sw.endpoint(),
-        "--allow-http",
-    ]);
-    assert_eq!(c, 0, "clone: {v} {e}");
-    let mnt = dir.join(format!("{name}-mnt"));
-    std::fs::create_dir(&mnt).unwrap();
-    let m = Mount {
-        dir: tempfile::tempdir_in(test_root()).unwrap(),
-        store,
-        mnt,
-        opts: opts.into(),
-    };
-    m.mount();
-    m
-}
-
 #[test]
 fn published_states_clone_into_equal_trees() {
     let sw = Seaweed::start();
@@ -574,18 +442,7 @@ fn a_partitioned_writer_is_taken_over_and_fenced() {
     assert_eq!(v["seq"].as_u64(), Some(2), "{v}");
     // a reconnects: its lease renewal is refused, and it turns read-only for good.
     proxy.set(Mode::Pass);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        match std::fs::write(a.path("four"), b"x") {
-            Err(e) if e.raw_os_error() == Some(libc::EROFS) => break,
-            r => assert!(
-                Instant::now() < deadline,
-                "a still writable: {r:?}\n{}",
-                log_tail(&a.store)
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_erofs(&a, "four", 90);
     let (c, _, e) = dj(&["publish", a.mnt.to_str().unwrap()]);
     assert_eq!(c, 1, "{e}");
     assert!(
@@ -685,26 +542,7 @@ fn a_writer_killed_while_publishing_resumes_and_publishes_whole() {
     assert_same_tree(&a.mnt, &c.mnt);
     c.unmount();
     a.unmount();
-    for s in [&a.store, &c.store] {
-        let (code, v, e) = dj(&["fsck", s.to_str().unwrap()]);
-        assert_eq!(code, 0, "fsck of {}: {v} {e}", s.display());
-    }
-}
-
-/// Unmount and wait until the daemon (started by this test) has exited: its close
-/// publishes and gives the lease back.
-fn unmount_and_wait(m: &Mount) {
-    let pid = daemon_pid(&m.store, &m.mnt);
-    m.unmount();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !process_gone(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon of {} never exited",
-            m.store.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_fsck_clean(&[&a.store, &c.store]);
 }
 
 /// Poll the follower's status until it shows publish `seq` (at most 60 s).
@@ -836,10 +674,7 @@ fn a_read_only_mount_of_a_clone_follows_the_writer_and_can_take_over() {
     assert_same_tree(&f.mnt, &a.mnt);
     f.unmount();
     a.unmount();
-    for s in [&a.store, &f.store] {
-        let (code, v, e) = dj(&["fsck", s.to_str().unwrap()]);
-        assert_eq!(code, 0, "fsck of {}: {v} {e}", s.display());
-    }
+    assert_fsck_clean(&[&a.store, &f.store]);
 }
 
 #[test]
@@ -877,18 +712,7 @@ fn lock_break_hands_the_lease_over_and_fences_the_old_writer() {
     std::fs::write(b.path("two"), b"two").unwrap();
     assert_eq!(publish(&b.mnt)["seq"], 2);
     // a's next renewal (every 20 s) is refused: it turns read-only.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        match std::fs::write(a.path("late"), b"x") {
-            Err(e) if e.raw_os_error() == Some(libc::EROFS) => break,
-            r => assert!(
-                Instant::now() < deadline,
-                "a still writable: {r:?}\n{}",
-                log_tail(&a.store)
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_erofs(&a, "late", 90);
     let v = status(&a.mnt);
     assert_eq!(v["remote"]["lease"]["lost"], true, "{}", v["remote"]);
     let c = clone_mounted(&sw, "break", work.path(), "c");
@@ -988,18 +812,7 @@ fn a_writer_mounted_while_the_object_store_is_unreachable_takes_the_lease_later(
     assert_eq!(publish(&b.mnt)["seq"], 3);
     unmount_and_wait(&b);
     proxy.set(Mode::Pass);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match std::fs::write(a.path("five"), b"x") {
-            Err(e) if e.raw_os_error() == Some(libc::EROFS) => break,
-            r => assert!(
-                Instant::now() < deadline,
-                "a still writable: {r:?}\n{}",
-                log_tail(&a.store)
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_erofs(&a, "five", 120);
     assert_eq!(std::fs::read(a.path("three")).unwrap(), b"never published");
     let c = clone_mounted(&sw, "late", work.path(), "c");
     assert_eq!(std::fs::read(c.mnt.join("four")).unwrap(), b"written by b");
@@ -1076,8 +889,5 @@ fn a_slow_object_store_and_one_killed_mid_upload_lose_nothing() {
     assert_same_tree(&a.mnt, &c.mnt);
     c.unmount();
     a.unmount();
-    for s in [&a.store, &c.store] {
-        let (code, v, e) = dj(&["fsck", s.to_str().unwrap()]);
-        assert_eq!(code, 0, "fsck of {}: {v} {e}", s.display());
-    }
+    assert_fsck_clean(&[&a.store, &c.store]);
 }

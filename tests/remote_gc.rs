@@ -10,24 +10,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::proxy::{Mode, Proxy};
+use common::remote::*;
 use common::seaweed::Seaweed;
 use common::*;
-
-/// Credentials for SeaweedFS (it checks none), and short request bounds; the daemons
-/// `decofs mount` starts inherit them.
-fn env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "decofs-test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "decofs-test-secret");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::set_var("DECOFS_REMOTE_TIMEOUT_MS", "15000");
-    });
-}
 
 /// A new store bound to `prefix` at `endpoint` (64 KiB chunks: a 2 MiB file has a
 /// manifest), mounted with `opts`.
@@ -61,25 +49,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn wait_uploaded(m: &Mount) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (c, v, e) = dj(&["status", s(&m.mnt)]);
-        assert_eq!(c, 0, "status: {v} {e}");
-        if v["remote"]["pending_blobs"].as_u64() == Some(0) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "uploads: {}", v["remote"]);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn publish(target: &Path) -> serde_json::Value {
-    let (c, v, e) = dj(&["publish", s(target)]);
-    assert_eq!(c, 0, "publish: {v} {e}");
-    v
-}
-
 /// The hashes of the blob files on the store's disk.
 fn local_blobs(store: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -97,10 +66,6 @@ fn bucket_blobs(sw: &Seaweed, prefix: &str) -> BTreeSet<String> {
         .into_iter()
         .filter_map(|k| k.rsplit('/').next().map(str::to_string))
         .collect()
-}
-
-fn blob_key(prefix: &str, hash: &str) -> String {
-    format!("{prefix}/blobs/{}/{hash}", &hash[..2])
 }
 
 fn hash_of(data: &[u8]) -> String {
@@ -137,68 +102,6 @@ fn hashes(v: &serde_json::Value) -> BTreeSet<String> {
         .flatten()
         .filter_map(|x| x["hash"].as_str().map(str::to_string))
         .collect()
-}
-
-/// Every path under `a` and `b`: the same kind, mode, size and bytes.
-#[track_caller]
-fn assert_same_tree(a: &Path, b: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let walk = |root: &Path| {
-        let mut out = std::collections::BTreeMap::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                let md = std::fs::symlink_metadata(&p).unwrap();
-                let rel = p.strip_prefix(root).unwrap().to_path_buf();
-                let body = if md.is_file() {
-                    std::fs::read(&p).unwrap()
-                } else {
-                    if md.is_dir() {
-                        stack.push(p.clone());
-                    }
-                    Vec::new()
-                };
-                out.insert(rel, (md.mode(), md.len(), body));
-            }
-        }
-        out
-    };
-    let (ta, tb) = (walk(a), walk(b));
-    assert_eq!(
-        ta.keys().collect::<Vec<_>>(),
-        tb.keys().collect::<Vec<_>>(),
-        "the same names"
-    );
-    for (k, va) in &ta {
-        let vb = &tb[k];
-        assert_eq!((va.0, va.1), (vb.0, vb.1), "{}: mode, size", k.display());
-        assert_bytes_eq(&vb.2, &va.2, &k.display().to_string());
-    }
-}
-
-/// Clone the prefix into a new store `name` under `dir`, mounted read-only.
-fn clone_mounted(sw: &Seaweed, prefix: &str, dir: &Path, name: &str) -> Mount {
-    let store = dir.join(name);
-    let (c, v, e) = dj(&[
-        "clone",
-        &sw.url(prefix),
-        s(&store),
-        "--endpoint",
-        &sw.endpoint(),
-        "--allow-http",
-    ]);
-    assert_eq!(c, 0, "clone: {v} {e}");
-    let mnt = dir.join(format!("{name}-mnt"));
-    std::fs::create_dir(&mnt).unwrap();
-    let m = Mount {
-        dir: tempfile::tempdir_in(test_root()).unwrap(),
-        store,
-        mnt,
-        opts: "ro,allow_other".into(),
-    };
-    m.mount();
-    m
 }
 
 /// Files of distinct content: (path, bytes).

@@ -48,7 +48,7 @@ pub fn unpublished(cmd: UnpublishedCmd, json: bool) -> Outcome {
             &what,
             "the store is not mounted".into(),
             &format!(
-                "mount it (read-only is enough: decofs mount {} MNT -o ro) and export from the mount",
+                "mount it (read-only, not following, is enough: decofs mount {} MNT -o ro,follow_interval=0) and export from the mount",
                 store.display()
             ),
         ));

@@ -6,10 +6,12 @@
 //! `fusermount3 -u` and, as a last resort, a lazy unmount. Nothing is killed.
 //!
 //! `seaweed`: a real S3 object store (SeaweedFS) on free ports, stopped by its pid;
-//! `proxy`: a TCP proxy in front of it for fault tests.
+//! `proxy`: a TCP proxy in front of it for fault tests; `remote`: helpers of the tests
+//! of a store on an object store.
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod remote;
 pub mod seaweed;
 
 use std::path::{Path, PathBuf};
