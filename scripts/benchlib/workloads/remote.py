@@ -294,7 +294,8 @@ def takeover(b, rt, n, step):
                 h.mount()
                 break
             except BenchError as e:
-                if "store_locked" not in str(e) or t1 - t0 > LEASE_WAIT:
+                # (the message's tail with "[code: store_locked]" may be cut off)
+                if " is locked by " not in str(e) or t1 - t0 > LEASE_WAIT:
                     raise failed(h, "decofs mount STORE2 MNT -o allow_other", str(e))
                 details.setdefault("refused", str(e)[str(e).find("store s3://"):][:300])
                 time.sleep(0.5)
