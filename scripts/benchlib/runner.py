@@ -25,6 +25,7 @@ class Bench:
         self.errors = {}   # metric -> target -> message
         self.notes = []
         self.index_info = {}  # target -> [one dict per repetition] (index group details)
+        self.remote_info = {}  # the remote group's details (status figures, checks passed)
         # The backing disk's device: its counters say why some figures are what they are.
         self.dev = common.block_device(cfg.work)
 

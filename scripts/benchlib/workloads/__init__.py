@@ -7,8 +7,9 @@ in the same order). A module has:
                 (b: runner.Bench; the loops b.each_rep / b.each_target record failures)
 """
 
-from . import files, free, git, index, rand, seq, snap, sqlite, tar, tree, undo
+from . import files, free, git, index, rand, remote, seq, snap, sqlite, tar, tree, undo
 
 GROUPS = {"seq": seq, "rand": rand, "files": files, "tree": tree, "tar": tar, "git": git,
-          "sqlite": sqlite, "undo": undo, "index": index, "snap": snap, "free": free}
-DEFAULT = [g for g in GROUPS if g not in ("index", "snap", "free")]  # only when asked for
+          "sqlite": sqlite, "undo": undo, "index": index, "snap": snap, "free": free,
+          "remote": remote}
+DEFAULT = [g for g in GROUPS if g not in ("index", "snap", "free", "remote")]  # when asked for
