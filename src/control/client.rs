@@ -79,7 +79,7 @@ fn exchange(
     poll: Duration,
 ) -> std::result::Result<String, Report> {
     let started_at = pid.map(|p| (p, proc_starttime(p)));
-    let mut s = UnixStream::connect(socket)
+    let mut s = super::registry::on_socket_path(socket, |p| UnixStream::connect(p))
         .ctx(|| format!("connect {}", socket.display()))
         .map_err(|e| Report::reply(&e))?;
     s.set_read_timeout(Some(poll)).ok();

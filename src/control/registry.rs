@@ -18,6 +18,33 @@ pub fn socket_path(store: &Path, pid: u32) -> PathBuf {
     store.join("sessions").join(format!("control.{pid}.sock"))
 }
 
+/// The longest path a unix socket address holds (`sun_path`, with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// Run `f` (a bind or a connect) on a socket path: as it is when it fits a unix socket
+/// address, else through `/proc/self/fd/<its directory>/<name>`, which does, so a store
+/// deep in the tree still has its control socket.
+pub fn on_socket_path<T>(
+    path: &Path,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return f(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return f(path);
+    };
+    let d = fs::File::open(dir)?;
+    let short = Path::new(&format!(
+        "/proc/self/fd/{}",
+        std::os::unix::io::AsRawFd::as_raw_fd(&d)
+    ))
+    .join(name);
+    let res = f(&short);
+    drop(d);
+    res
+}
+
 /// The pid file of the daemon `pid` of a store.
 pub fn pid_file(store: &Path, pid: u32) -> PathBuf {
     store.join("sessions").join(format!("mount.{pid}"))
@@ -158,5 +185,30 @@ pub fn clean_stale(store: &Path) {
                 let _ = fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    #[test]
+    fn a_socket_deeper_than_a_socket_address_holds_is_bound_and_reached() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("a-directory-name-of-some-length".repeat(4));
+        fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("control.1.sock");
+        assert!(sock.as_os_str().len() > SUN_PATH_MAX, "{}", sock.display());
+        assert!(UnixListener::bind(&sock).is_err(), "too long as it is");
+        let l = on_socket_path(&sock, |p| UnixListener::bind(p)).unwrap();
+        assert!(sock.exists(), "the socket is where its path says");
+        let mut c = on_socket_path(&sock, |p| UnixStream::connect(p)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"x");
     }
 }

@@ -24,7 +24,8 @@ pub type Handler = dyn Fn(Request) -> std::result::Result<String, Report> + Send
 pub fn serve(store: Arc<Store>, info: DaemonInfo) -> Result<PathBuf> {
     let path = socket_path(&store.layout.root, std::process::id());
     let _ = fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).ctx(|| format!("bind {}", path.display()))?;
+    let listener = super::registry::on_socket_path(&path, |p| UnixListener::bind(p))
+        .ctx(|| format!("bind {}", path.display()))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
         .ctx(|| "chmod control socket".into())?;
     serve_on(listener, Arc::new(move |req| answer(&store, &info, req)))?;
