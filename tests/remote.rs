@@ -891,3 +891,48 @@ fn a_slow_object_store_and_one_killed_mid_upload_lose_nothing() {
     a.unmount();
     assert_fsck_clean(&[&a.store, &c.store]);
 }
+
+#[test]
+fn an_object_store_answering_503_keeps_the_mount_working_and_loses_nothing() {
+    env();
+    let sw = Seaweed::start();
+    let proxy = Proxy::start(sw.s3_port());
+    let args = bound(&sw, &proxy.endpoint(), "busy");
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let a = Mount::with_init(&args, "allow_other,publish_interval=0,cache_size=0");
+    std::fs::write(a.path("before"), pattern(60, 0, 300_000)).unwrap();
+    publish(&a.mnt);
+    let head = sw.get("busy/head").unwrap();
+    // Up and failing: every request is answered 503.
+    proxy.set(Mode::Unavailable);
+    std::fs::write(a.path("during"), pattern(61, 0, 2_000_000)).unwrap();
+    assert_bytes_eq(
+        &std::fs::read(a.path("during")).unwrap(),
+        &pattern(61, 0, 2_000_000),
+        "read back while the object store fails",
+    );
+    let (c, _, e) = dj(&["publish", a.mnt.to_str().unwrap()]);
+    assert_eq!(c, 1, "a publish while every request fails: {e}");
+    assert!(e.contains("remote_unavailable"), "{e}");
+    assert_eq!(sw.get("busy/head").unwrap(), head, "the head did not move");
+    wait_status(&a, 60, "the failure is shown", |v| {
+        v["remote"]["last_error"].is_string() && v["remote"]["pending_blobs"].as_u64() > Some(0)
+    });
+    // Well again: the uploads finish and the publish goes out.
+    proxy.set(Mode::Pass);
+    wait_uploaded(&a);
+    assert_eq!(publish(&a.mnt)["seq"], 2);
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let c = clone_mounted_with(
+        &sw,
+        "busy",
+        work.path(),
+        "c",
+        "ro,allow_other,follow_interval=0",
+    );
+    cold(&c);
+    assert_same_tree(&a.mnt, &c.mnt);
+    c.unmount();
+    a.unmount();
+    assert_fsck_clean(&[&a.store, &c.store]);
+}

@@ -46,6 +46,9 @@ pub enum Mode {
     /// together), then switch to `Reset`: an answer cut off in the middle (a listing
     /// that fails after its first part).
     CutAfter(usize),
+    /// Answer every request `503 Service Unavailable` without forwarding it (existing
+    /// connections are closed when it starts): an object store that is up and failing.
+    Unavailable,
 }
 
 pub struct Proxy {
@@ -176,7 +179,7 @@ impl Proxy {
             self.shared.budget.store(n, Ordering::SeqCst);
         }
         *self.shared.mode.lock().unwrap() = mode;
-        if mode == Mode::Reset {
+        if matches!(mode, Mode::Reset | Mode::Unavailable) {
             self.shared.kill_all();
         }
     }
@@ -221,6 +224,20 @@ fn accept_one(client: TcpStream, sh: &Arc<Shared>) {
     let mode = sh.mode();
     if mode == Mode::Reset {
         linger_zero(&client);
+        return;
+    }
+    if mode == Mode::Unavailable {
+        let tsh = sh.clone();
+        sh.threads.fetch_add(1, Ordering::SeqCst);
+        let spawned = thread::Builder::new()
+            .name("proxy-503".into())
+            .spawn(move || {
+                answer_unavailable(&tsh, client);
+                tsh.threads.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            sh.threads.fetch_sub(1, Ordering::SeqCst);
+        }
         return;
     }
     let server = if mode == Mode::Blackhole {
@@ -397,12 +414,46 @@ fn relay(sh: &Shared, conn: &Conn, dir: Dir) {
                 continue;
             }
             Mode::Pass | Mode::StripConditional | Mode::CutAfter(_) => {}
+            Mode::Unavailable => {
+                conn.kill();
+                return;
+            }
         }
         if write_all(sh, conn, to, &out).is_err() {
             conn.kill();
             return;
         }
     }
+}
+
+/// Answer the first request head read from `client` with a 503 and close the
+/// connection (`Connection: close`: the client sends its next request on a new one).
+fn answer_unavailable(sh: &Shared, mut client: TcpStream) {
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let _ = client.set_read_timeout(Some(TICK));
+    let _ = client.set_write_timeout(Some(TICK * 20));
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while !sh.stopping() && sh.mode() == Mode::Unavailable && head.len() < 1 << 20 {
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                head.extend_from_slice(&buf[..n]);
+                if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let _ = client.write_all(ANSWER);
+                    let _ = client.shutdown(Shutdown::Write);
+                    break;
+                }
+            }
+            Err(e) if transient(&e) => {}
+            Err(_) => break,
+        }
+    }
+    // What the client still sends (a request's body) is read and dropped for a moment,
+    // so the answer is not lost to a reset.
+    let end = Instant::now() + TICK * 10;
+    while Instant::now() < end && matches!(client.read(&mut buf), Ok(n) if n > 0) {}
 }
 
 /// Sleep `d` in ticks; false if the connection was killed or the proxy stops meanwhile.
