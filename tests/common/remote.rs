@@ -189,3 +189,25 @@ pub fn assert_fsck_clean(stores: &[&Path]) {
         }
     }
 }
+
+/// Clone what `prefix` holds into a new store (mounted read-only, not following), read
+/// it cold, and compare it with the writer `a`'s tree; then, both unmounted, fsck and
+/// `scrub --remote` of both are clean.
+#[track_caller]
+pub fn assert_clone_equal(sw: &Seaweed, prefix: &str, a: &Mount) {
+    let work = tempfile::tempdir_in(test_root()).unwrap();
+    let c = clone_mounted_with(
+        sw,
+        prefix,
+        work.path(),
+        "c",
+        "ro,allow_other,follow_interval=0",
+    );
+    c.unmount();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    c.mount();
+    assert_same_tree(&a.mnt, &c.mnt);
+    c.unmount();
+    a.unmount();
+    assert_fsck_clean(&[&a.store, &c.store]);
+}
