@@ -912,3 +912,19 @@ fn an_object_store_answering_503_keeps_the_mount_working_and_loses_nothing() {
     assert_eq!(publish(&a.mnt)["seq"], 2);
     assert_clone_equal(&sw, "busy", &a);
 }
+
+/// A writer that died after its first head went out and before it wrote that down
+/// (`STORE/remote/published`) finds the head is its own publish at its next mount.
+#[test]
+fn a_first_publish_whose_head_went_out_unrecorded_is_adopted() {
+    let sw = Seaweed::start();
+    let a = mount_bound(&sw, "adopt", "allow_other,publish_interval=0");
+    std::fs::write(a.path("one"), b"one").unwrap();
+    assert_eq!(publish(&a.mnt)["seq"], 1);
+    unmount_and_wait(&a);
+    std::fs::remove_file(a.store.join("remote/published")).unwrap();
+    a.mount();
+    std::fs::write(a.path("two"), b"two").unwrap();
+    assert_eq!(publish(&a.mnt)["seq"], 2);
+    assert_clone_equal(&sw, "adopt", &a);
+}

@@ -222,7 +222,8 @@ pub(crate) fn take_lease(
             .is_some_and(|p| p.head.seq == head.seq && p.head.created_nanos == head.created_nanos);
         // This store's own publish whose head went out before a crash kept it from
         // writing it down: its snapshot is here.
-        let own_last = mine.as_ref().is_some_and(|p| p.head.seq + 1 == head.seq)
+        // (Its first publish too: then nothing was written down before it.)
+        let own_last = mine.as_ref().map_or(0, |p| p.head.seq) + 1 == head.seq
             && store
                 .snapshots
                 .get(&head.snapshot)
