@@ -9,16 +9,16 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::now_ms;
 use super::publish::{self, HEAD_KEY};
 use crate::store::blobs::GcDeleted;
-use crate::store::error::{Error, IoContext, Result};
-use crate::store::layout::{sync_dir, Layout};
-use crate::store::node::{hash_hex, Hash, Time};
+use crate::store::error::{Error, Result};
+use crate::store::layout::Layout;
+use crate::store::node::{hash_hex, Hash};
 use crate::store::Store;
 
 /// The grace period by default (`decofs gc --remote-grace`): a clone reading an older
@@ -84,24 +84,13 @@ fn read_marks(layout: &Layout) -> Result<Marks> {
 }
 
 fn write_marks(layout: &Layout, m: &Marks) -> Result<()> {
-    let path = marks_path(layout);
-    let tmp = layout.sessions().join("gc-candidates.tmp");
-    let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec(m).expect("marks serialize"))
-        .and_then(|()| f.sync_all())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
-    sync_dir(path.parent().expect("remote/ has a parent"))
+    super::write_json_file(layout, &marks_path(layout), m)
 }
 
 /// The hash a key `blobs/ab/<hex>` names.
 fn blob_of(key: &str) -> Option<Hash> {
     let h = crate::store::node::parse_hash(key.rsplit_once('/')?.1)?;
     (super::blob_key(&h) == key).then_some(h)
-}
-
-fn now_ms() -> i64 {
-    (Time::now().unix_nanos() / 1_000_000) as i64
 }
 
 /// The lease is this writer's, and was renewed recently enough to outlast a batch.

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::Remote;
+use super::{now_ms, Remote};
 use crate::store::error::{Error, Result};
 use crate::store::lock::Fence;
-use crate::store::node::Time;
 
 pub const LEASE_KEY: &str = "lease";
 
@@ -57,10 +56,6 @@ pub struct Lease {
     rec: Mutex<(LeaseRec, String)>,
     lost: AtomicBool,
     last_error: Mutex<Option<String>>,
-}
-
-fn now_ms() -> i64 {
-    (Time::now().unix_nanos() / 1_000_000) as i64
 }
 
 fn body(rec: &LeaseRec) -> Vec<u8> {

@@ -195,6 +195,31 @@ pub fn claim_prefix(remote: &Remote, store_id: &str, chunk_size: u32) -> Result<
     }
 }
 
+/// Write `value` as JSON to `path` (under `STORE/remote/`) whole: a temporary file in
+/// `sessions/`, synced, renamed over it, the directory synced.
+pub(super) fn write_json_file(
+    layout: &Layout,
+    path: &std::path::Path,
+    value: &impl serde::Serialize,
+) -> Result<()> {
+    let name = path
+        .file_name()
+        .expect("a file under remote/")
+        .to_string_lossy();
+    let tmp = layout.sessions().join(format!("{name}.tmp"));
+    let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec(value).expect("plain data serializes"))
+        .and_then(|()| f.sync_all())
+        .ctx(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, path).ctx(|| format!("install {}", path.display()))?;
+    sync_dir(path.parent().expect("remote/ has a parent"))
+}
+
+/// Wall-clock unix milliseconds (lease expiries, gc marks).
+pub(super) fn now_ms() -> i64 {
+    (super::node::Time::now().unix_nanos() / 1_000_000) as i64
+}
+
 /// The upload ledger of a writer (sled): which blobs wait, which are uploaded.
 pub fn ledger_dir(layout: &Layout) -> PathBuf {
     layout.root.join("remote").join("ledger")

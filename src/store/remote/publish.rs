@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::lease::Lease;
 use super::{Binding, Put, Remote, STORE_KEY};
 use crate::store::error::{Error, IoContext, Result};
-use crate::store::layout::{sync_dir, Layout};
+use crate::store::layout::Layout;
 use crate::store::node::{NodeId, Time};
 use crate::store::snapshot::{is_published, PUBLISHED};
 use crate::store::{OpenOptions, Store};
@@ -138,14 +138,7 @@ pub(super) fn read_published(layout: &Layout) -> Result<Option<Published>> {
 }
 
 pub(super) fn write_published(layout: &Layout, p: &Published) -> Result<()> {
-    let path = published_path(layout);
-    let tmp = layout.sessions().join("published.tmp");
-    let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec(p).expect("a head serializes"))
-        .and_then(|()| f.sync_all())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, &path).ctx(|| format!("install {}", path.display()))?;
-    sync_dir(path.parent().expect("remote/ has a parent"))
+    super::write_json_file(layout, &published_path(layout), p)
 }
 
 /// The head this store last published or cloned, as it wrote it down (None: none yet).
