@@ -209,6 +209,23 @@ fn a_restored_tree_appears_whole_at_once() {
     assert_eq!(fs::metadata(&tree).unwrap().nlink(), 32);
     let after = ok_json(&["trash", "ls", m.mnt.to_str().unwrap()]);
     assert!(after["entries"].as_array().unwrap().is_empty());
+    // Its entry symlinks were made ahead in a staging directory of their own: all
+    // renamed into place, the directory gone, and the store sound.
+    let staging: Vec<String> = fs::read_dir(m.store.join("sessions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restore"))
+        .collect();
+    assert!(staging.is_empty(), "left behind: {staging:?}");
+    m.unmount();
+    let out = decofs(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
+    assert!(
+        out.status.success(),
+        "fsck after the restore: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Scratch files skip the trash: names that are scratch by convention, and files
@@ -371,13 +388,15 @@ fn files_deleted_young_all_reach_the_trash() {
         );
     }
     m.unmount();
-    // Each trash link is `<nanos>.<id>` and points at `../nodes/xx/yy/<id>`, whether it
-    // was made ahead or at the delete.
+    // Each trash link is `<nanos>.<id>.<parent>.<name tag>` and points at
+    // `../nodes/xx/yy/<id>`, whether it was made ahead or at the delete.
     let trash = m.store.join("trash");
     let mut links = 0;
     for e in fs::read_dir(&trash).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let id = name.split_once('.').map(|(_, id)| id.to_string()).unwrap();
+        let parts: Vec<&str> = name.split('.').collect();
+        assert_eq!(parts.len(), 4, "trash link {name}");
+        let id = parts[1].to_string();
         let target = fs::read_link(e.path()).unwrap();
         let want = format!("../nodes/{}/{}/{id}", &id[0..2], &id[2..4]);
         assert_eq!(target, Path::new(&want), "trash link {name}");

@@ -155,6 +155,18 @@ pub fn parse_duration(s: &str) -> Option<u64> {
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// A trash link's name taken apart (`Layout::parse_trash_link`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrashLinkName {
+    /// When the node was trashed (just before; never after its record's `trash.at`).
+    pub nanos: i128,
+    pub id: NodeId,
+    /// The directory it was deleted from; None in a link from before it was named.
+    pub parent: Option<NodeId>,
+    /// `Layout::name_tag` of the name it was deleted as; None with `parent`.
+    pub tag: Option<u32>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub root: PathBuf,
@@ -237,6 +249,43 @@ impl Layout {
     /// What a trash link (in `trash/`) points at: the node's path, relative.
     pub fn trash_target(id: NodeId) -> String {
         format!("../nodes/{}", &Self::entry_target(id)[9..])
+    }
+
+    /// A trash link's name: `<unix-nanos>.<uuid>.<origin parent uuid>.<name tag>`, the
+    /// tag 8 hex digits of the BLAKE3 hash of the name it was deleted as. Parent and tag
+    /// let a restore or purge find what was deleted out of a directory, and by which
+    /// name, without reading every trashed record (docs/DESIGN.md, "Trash, revisions
+    /// and retention").
+    pub fn trash_link_name(nanos: i128, id: NodeId, parent: NodeId, name: &[u8]) -> String {
+        format!("{nanos}.{id}.{parent}.{:08x}", Self::name_tag(name))
+    }
+
+    /// The tag of an origin name in a trash link's name (equal names, equal tags).
+    pub fn name_tag(name: &[u8]) -> u32 {
+        let h = blake3::hash(name);
+        u32::from_be_bytes(h.as_bytes()[..4].try_into().expect("4 bytes"))
+    }
+
+    /// Parse a trash link's name; stores made before parent and tag were added have
+    /// `<unix-nanos>.<uuid>` (parent and tag None).
+    pub fn parse_trash_link(name: &str) -> Option<TrashLinkName> {
+        let mut it = name.split('.');
+        let nanos = it.next()?.parse::<i128>().ok()?;
+        let id = NodeId(Uuid::parse_str(it.next()?).ok()?);
+        let (parent, tag) = match (it.next(), it.next(), it.next()) {
+            (None, _, _) => (None, None),
+            (Some(p), Some(t), None) if t.len() == 8 => (
+                Some(NodeId(Uuid::parse_str(p).ok()?)),
+                Some(u32::from_str_radix(t, 16).ok()?),
+            ),
+            _ => return None,
+        };
+        Some(TrashLinkName {
+            nanos,
+            id,
+            parent,
+            tag,
+        })
     }
 
     /// Parse an entry's symlink target back into the node id it names.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::hash::{Hash as _, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -73,6 +73,8 @@ pub struct Records {
     at: Option<u64>,
     /// Blob reference counts: every record write that changes what it names is counted.
     refs: Arc<Refs>,
+    /// Records read from the disk (not the cache) since the store was opened.
+    disk_reads: AtomicU64,
 }
 
 /// What a record write replaces, for counting the blobs it named.
@@ -103,6 +105,7 @@ impl Records {
             at: None,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             cache_on: AtomicBool::new(false),
+            disk_reads: AtomicU64::new(0),
             cache: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new(CacheShard::default()))
                 .collect(),
@@ -233,6 +236,12 @@ impl Records {
         }
     }
 
+    /// How many records were read from the disk since the store was opened (what an
+    /// operation costs on a cold disk).
+    pub fn disk_reads(&self) -> u64 {
+        self.disk_reads.load(Ordering::Relaxed)
+    }
+
     /// Read a node's record (from the cache when it is on, else from its xattr).
     pub fn read(&self, id: NodeId) -> Result<NodeRecord> {
         let Some(sh) = self.cache_shard(id) else {
@@ -281,6 +290,7 @@ impl Records {
 
     /// The live record on disk, whatever snapshot the store is read at.
     pub(crate) fn read_live_disk(&self, id: NodeId) -> Result<NodeRecord> {
+        self.disk_reads.fetch_add(1, Ordering::Relaxed);
         let value = self.value(id)?;
         match unframe(id, &value)? {
             Stored::Inline(r) => Ok(r),

@@ -68,7 +68,7 @@ fn cpath(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Invalid("path contains NUL"))
 }
 
-fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+pub(super) fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
     let (a, b) = (
         cpath(from).map_err(|_| ErrorKind::InvalidInput)?,
         cpath(to).map_err(|_| ErrorKind::InvalidInput)?,
@@ -337,7 +337,7 @@ impl Tree<'_> {
             (true, PreTrash::Scratch) => self.trash.discard(id)?,
             (true, PreTrash::NotLast) => {
                 // It lost its other links meanwhile: trash it now.
-                match self.trash.pre_trash(id, name)? {
+                match self.trash.pre_trash(id, parent, name)? {
                     PreTrash::Full => self.trash.untrashable(id)?,
                     PreTrash::Scratch => self.trash.discard(id)?,
                     PreTrash::Linked(link) => self.trash.trashed(id, Some(&link))?,
@@ -362,7 +362,7 @@ impl Tree<'_> {
             return Err(Error::IsDir);
         }
         self.names.preserve_entry(parent, name)?;
-        let prepared = self.trash.pre_trash(id, name)?;
+        let prepared = self.trash.pre_trash(id, parent, name)?;
         if let Err(e) = fs::remove_file(self.names.entry_path(parent, name)) {
             if let PreTrash::Linked(link) = prepared {
                 let _ = fs::remove_file(link);
@@ -396,7 +396,7 @@ impl Tree<'_> {
             return Err(Error::NotEmpty);
         }
         self.names.preserve_entry(parent, name)?;
-        let prepared = self.trash.pre_trash(id, name)?;
+        let prepared = self.trash.pre_trash(id, parent, name)?;
         if let Err(e) = fs::remove_file(self.names.entry_path(parent, name)) {
             if let PreTrash::Linked(link) = prepared {
                 let _ = fs::remove_file(link);
@@ -524,7 +524,9 @@ impl Tree<'_> {
         self.names.preserve_entry(parent, name)?;
         self.names.preserve_entry(newparent, newname)?;
         let prepared = match dst {
-            Some(d) if mode == RenameMode::Replace => self.trash.pre_trash(d, newname)?,
+            Some(d) if mode == RenameMode::Replace => {
+                self.trash.pre_trash(d, newparent, newname)?
+            }
             _ => PreTrash::NotLast,
         };
         if let Err(e) = renameat2(&from, &to, flags) {

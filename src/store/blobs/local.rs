@@ -140,9 +140,14 @@ struct Gate {
 /// core busy hashing it.
 const PREFETCH_MAX: usize = 4;
 
+/// The verified-chunk cache, first in first out. Each insert is numbered; `order` may
+/// hold entries a `forget` left behind (their number is not the map's), skipped when
+/// they come up and dropped once they outnumber the live ones: a purge forgetting
+/// thousands of blobs costs one pass over `order`, not one per blob.
 struct Cache {
-    map: HashMap<Hash, Arc<Chunk>>,
-    order: VecDeque<Hash>,
+    map: HashMap<Hash, (Arc<Chunk>, u64)>,
+    order: VecDeque<(Hash, u64)>,
+    seq: u64,
     bytes: usize,
     limit: usize,
 }
@@ -152,18 +157,35 @@ impl Cache {
         if data.len() > self.limit / 4 || self.map.contains_key(&h) {
             return;
         }
+        self.seq += 1;
         self.bytes += data.len();
-        self.map.insert(h, data);
-        self.order.push_back(h);
+        self.map.insert(h, (data, self.seq));
+        self.order.push_back((h, self.seq));
         while self.bytes > self.limit {
             match self.order.pop_front() {
-                Some(old) => {
-                    if let Some(d) = self.map.remove(&old) {
+                Some((old, n)) => {
+                    if self.map.get(&old).is_some_and(|(_, m)| *m == n) {
+                        let (d, _) = self.map.remove(&old).expect("just seen");
                         self.bytes -= d.len();
                     }
                 }
                 None => break,
             }
+        }
+    }
+
+    fn get(&self, h: &Hash) -> Option<Arc<Chunk>> {
+        self.map.get(h).map(|(d, _)| d.clone())
+    }
+
+    fn forget(&mut self, h: &Hash) {
+        if let Some((d, _)) = self.map.remove(h) {
+            self.bytes -= d.len();
+        }
+        if self.order.len() > 2 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.order
+                .retain(|(h, n)| map.get(h).is_some_and(|(_, m)| m == n));
         }
     }
 }
@@ -175,6 +197,7 @@ impl LocalBlobs {
             cache: Mutex::new(Cache {
                 map: HashMap::new(),
                 order: VecDeque::new(),
+                seq: 0,
                 bytes: 0,
                 limit: cache_bytes,
             }),
@@ -405,10 +428,7 @@ impl LocalBlobs {
     pub fn forget(&self, hashes: &[Hash]) {
         let mut c = self.cache.lock();
         for h in hashes {
-            if let Some(d) = c.map.remove(h) {
-                c.bytes -= d.len();
-                c.order.retain(|o| o != h);
-            }
+            c.forget(h);
         }
     }
 
@@ -418,7 +438,7 @@ impl LocalBlobs {
     }
 
     fn cached(&self, hash: &Hash) -> Option<Arc<Chunk>> {
-        self.cache.lock().map.get(hash).cloned()
+        self.cache.lock().get(hash)
     }
 
     /// Read and verify a blob from disk, once at a time per hash: a reader that finds a
@@ -1042,6 +1062,43 @@ mod tests {
         fs::create_dir_all(layout.sessions()).unwrap();
         fs::create_dir_all(layout.blobs()).unwrap();
         (dir, LocalBlobs::new(layout, 1 << 20))
+    }
+
+    /// The verified cache after many forgets: bytes stay exact, a chunk forgotten and
+    /// cached again is not evicted by its old place in line, and the line stays bounded.
+    #[test]
+    fn cache_forget_is_exact_and_bounded() {
+        let mut c = Cache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            seq: 0,
+            bytes: 0,
+            limit: 40,
+        };
+        let h = |i: u8| [i; 32];
+        let chunk = |n: usize| Arc::new(Chunk::from(vec![0u8; n]));
+        for round in 0..10_000u32 {
+            let i = (round % 200) as u8;
+            c.insert(h(i), chunk(1));
+            c.forget(&h(i));
+        }
+        assert_eq!((c.bytes, c.map.len()), (0, 0));
+        assert!(c.order.len() <= 1024 + 1, "{} left in line", c.order.len());
+        // a, b in; a forgotten and cached again; c pushes out the oldest live one: b.
+        c.insert(h(1), chunk(10));
+        c.insert(h(2), chunk(10));
+        c.forget(&h(1));
+        c.insert(h(1), chunk(10));
+        c.insert(h(3), chunk(10));
+        c.insert(h(4), chunk(10));
+        assert_eq!(c.bytes, 40);
+        c.insert(h(5), chunk(10));
+        assert!(c.get(&h(2)).is_none());
+        assert!(
+            c.get(&h(1)).is_some(),
+            "its old place in line did not evict it"
+        );
+        assert_eq!(c.bytes, 40);
     }
 
     #[test]

@@ -97,7 +97,16 @@ impl Checker<'_> {
                             path,
                             detail: "removed, but its trash link is missing".into(),
                             repaired: false,
-                            action: Action::Retrash(id, at.unix_nanos()),
+                            action: Action::Retrash(
+                                id,
+                                Layout::trash_link_name(
+                                    at.unix_nanos(),
+                                    id,
+                                    r.trash.as_ref().unwrap().parent,
+                                    &r.trash.as_ref().unwrap().name,
+                                ),
+                                None,
+                            ),
                         })
                     }
                     rec => problems.push(Problem {
@@ -464,14 +473,21 @@ impl Checker<'_> {
                         Ok(())
                     })
                     .map(|_| ()),
-                Action::Retrash(id, nanos) => {
-                    let link = self.s.layout.trash().join(format!("{nanos}.{id}"));
+                Action::Retrash(id, name, replaces) => {
+                    let link = self.s.layout.trash().join(name);
                     let target = Layout::trash_target(id);
                     // A link that points wrong is replaced.
                     if fs::symlink_metadata(&link).is_ok() {
                         let _ = fs::remove_file(&link);
                     }
-                    std::os::unix::fs::symlink(target, &link).ctx(|| format!("trash {id}"))
+                    std::os::unix::fs::symlink(target, &link)
+                        .ctx(|| format!("trash {id}"))
+                        .and_then(|()| match replaces {
+                            Some(old) => {
+                                fs::remove_file(&old).ctx(|| format!("remove {}", old.display()))
+                            }
+                            None => Ok(()),
+                        })
                 }
                 Action::Adopt {
                     id,

@@ -136,7 +136,8 @@ pub struct Problem {
     /// nlink_mismatch, hint_mismatch, multiply_linked_dir, orphan, unbound_node,
     /// missing_blob, damaged_blob (a blob of another length than its record says),
     /// corrupt_manifest, corrupt_revision, revision_without_node,
-    /// dangling_trash, integrity_error (a live file marked by a failed verification),
+    /// dangling_trash, trash_link_target, trash_link_origin (a trash link's name says
+    /// another origin directory or name than its record), integrity_error (a live file marked by a failed verification),
     /// interrupted_sweep (a blob a sweep that died moved aside, put back),
     /// refcount_mismatch (a blob reference count differs from a scan, recounted),
     /// snapshot_damaged (a name in a snapshot that leads to no record).
@@ -173,9 +174,9 @@ enum Action {
         nlink: u32,
         fresh: bool,
     },
-    /// Put a node whose record says it was trashed back into the trash (or point its
-    /// trash link right).
-    Retrash(NodeId, i128),
+    /// Put a node whose record says it was trashed back into the trash as the named
+    /// link (or point its trash link right); the link it replaces, if any, goes after.
+    Retrash(NodeId, String, Option<PathBuf>),
     /// Remove a node file that holds no record and no entries.
     RemoveNode(NodeId, bool),
     /// Give a live file whose content names a lost or damaged blob (or failed a

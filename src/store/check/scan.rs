@@ -237,19 +237,33 @@ impl Checker<'_> {
         // 3. The trash.
         for t in read_dir_sorted(&self.s.layout.trash())? {
             let name = t.file_name().to_string_lossy().into_owned();
-            let parsed = name.split_once('.').and_then(|(nanos, u)| {
-                nanos.parse::<i128>().ok()?;
-                Uuid::parse_str(u).ok().map(NodeId)
-            });
+            let parsed = Layout::parse_trash_link(&name);
             let is_link = t.file_type().map(|f| f.is_symlink()).unwrap_or(false);
             let raw = fs::read_link(t.path()).ok();
             let target = raw.as_deref().and_then(Layout::parse_entry_target);
-            match (parsed, is_link, target) {
+            match (parsed.map(|l| l.id), is_link, target) {
                 (Some(id), true, Some(tid)) if id == tid => {
-                    if s.nodes.contains_key(&id) {
+                    if let Some(node) = s.nodes.get(&id) {
+                        // Parent and name tag in the name must be the record's: a restore
+                        // or purge finds a directory's contents by them (`trash::links`).
+                        let origin = node.rec.as_ref().ok().and_then(|r| r.trash.as_ref());
+                        if let (Some(o), Some(l)) = (origin, parsed.filter(|l| l.parent.is_some()))
+                        {
+                            let right = Layout::trash_link_name(l.nanos, id, o.parent, &o.name);
+                            if right != name {
+                                s.problems.push(Problem {
+                                    code: "trash_link_origin",
+                                    path: rel(&t.path()),
+                                    detail: format!(
+                                        "the name says another origin (directory or name) than the record: {right}"
+                                    ),
+                                    repaired: false,
+                                    action: Action::Retrash(id, right, Some(t.path())),
+                                });
+                            }
+                        }
                         let want = Layout::trash_target(id);
                         if raw.as_deref() != Some(Path::new(&want)) {
-                            let nanos = name.split_once('.').and_then(|(n, _)| n.parse().ok());
                             s.problems.push(Problem {
                                 code: "trash_link_target",
                                 path: rel(&t.path()),
@@ -258,7 +272,7 @@ impl Checker<'_> {
                                     raw.as_deref().unwrap_or(Path::new(""))
                                 ),
                                 repaired: false,
-                                action: nanos.map_or(Action::None, |n| Action::Retrash(id, n)),
+                                action: Action::Retrash(id, name.clone(), None),
                             });
                         }
                         s.trash.insert(name, id);
@@ -272,7 +286,11 @@ impl Checker<'_> {
                         });
                     }
                 }
-                _ => stray(&mut s, &t.path(), "not a trash link <nanos>.<uuid>"),
+                _ => stray(
+                    &mut s,
+                    &t.path(),
+                    "not a trash link <nanos>.<uuid>.<parent>",
+                ),
             }
         }
 

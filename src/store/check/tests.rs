@@ -260,6 +260,49 @@ fn interrupted_trashing_goes_back_to_the_trash() {
     assert_eq!(s.records.read(id).unwrap().nlink, 0);
 }
 
+/// A trash link whose name says another origin than its record (a restore would look
+/// for it in the wrong directory) is renamed to the record's; a link from a store made
+/// before names carried the origin (`<nanos>.<uuid>`) is no problem, and restores.
+#[test]
+fn a_trash_link_named_for_another_origin_is_renamed() {
+    let (_d, s) = scratch();
+    s.tree().create(s.root(), OsStr::new("f"), file()).unwrap();
+    s.tree().create(s.root(), OsStr::new("g"), file()).unwrap();
+    let f = s.tree().unlink(s.root(), OsStr::new("f")).unwrap();
+    let g = s.tree().unlink(s.root(), OsStr::new("g")).unwrap();
+    let link_of = |id: NodeId| {
+        fs::read_dir(s.layout.trash())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(&id.to_string()))
+            .unwrap()
+    };
+    let name = |p: &std::path::Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let right = name(&link_of(f));
+    let l = Layout::parse_trash_link(&right).unwrap();
+    let wrong = Layout::trash_link_name(l.nanos, f, f, b"f");
+    fs::rename(link_of(f), s.layout.trash().join(&wrong)).unwrap();
+    let old = format!(
+        "{}.{g}",
+        Layout::parse_trash_link(&name(&link_of(g))).unwrap().nanos
+    );
+    fs::rename(link_of(g), s.layout.trash().join(&old)).unwrap();
+    let r = Checker::new(&s).fsck(true, Duration::ZERO, |_| {}).unwrap();
+    assert_eq!(r.exit_code, EXIT_REPAIRED, "{:?}", r.problems);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!(r.problems[0].code, "trash_link_origin");
+    assert_eq!(name(&link_of(f)), right);
+    assert_eq!(name(&link_of(g)), old);
+    let r = Checker::new(&s)
+        .fsck(false, Duration::ZERO, |_| {})
+        .unwrap();
+    assert_eq!(r.exit_code, EXIT_CLEAN, "{:?}", r.problems);
+    s.trash().restore(OsStr::new("g"), None).unwrap();
+    s.trash().restore(OsStr::new("f"), None).unwrap();
+    assert_eq!(s.names().lookup(s.root(), OsStr::new("g")).unwrap(), g);
+    assert_eq!(s.names().lookup(s.root(), OsStr::new("f")).unwrap(), f);
+}
+
 /// A sweep that died between moving a blob aside and freeing or moving it back left
 /// the blob in `sessions/`: fsck does not call it missing (no roll-back of the file
 /// that names it), and --repair puts it back, after which the file reads whole.

@@ -591,12 +591,8 @@ impl Streams<'_> {
             .flatten()
         {
             let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(id) = n
-                .rsplit('.')
-                .next()
-                .and_then(|i| NodeId::from_name(OsStr::new(i)))
-            {
-                trash.entry(id).or_default().push(e.path());
+            if let Some(l) = Layout::parse_trash_link(&n) {
+                trash.entry(l.id).or_default().push(e.path());
             }
         }
         let untrash = |id: NodeId| {
