@@ -346,8 +346,9 @@ impl Fsync<'_> {
     /// syncfs, when any was made on the spot), and the records of new files from
     /// spares (through the fsync log, unless it holds them already).
     pub fn sync_dir_node(&self, id: NodeId) -> Result<()> {
-        // Its times, if a create or unlink deferred them (a syncfs below covers them).
-        self.records.flush_deferred_one(id)?;
+        // Its times, if a create or unlink deferred them, are written where the directory
+        // or the whole store is synced (`sync_node` writes them first): an fsyncdir that
+        // syncs only the log leaves them deferred, as it would not sync them either.
         let Some(u) = self.debts.take(id) else {
             return self.sync_node(id);
         };
@@ -385,6 +386,7 @@ impl Fsync<'_> {
         }
         if whole || to_log.len() > LOG_CHILDREN_MAX {
             // Writes every inode, name and record of the store (the log's file too).
+            self.records.flush_deferred_one(id)?;
             return self.local.sync_filesystem();
         }
         // A new file's node in the fsync log needs no sync of its `nodes/` directory:
@@ -422,8 +424,8 @@ impl Fsync<'_> {
         }
         // Names through the log: every change since the directory's last sync is a
         // logged name or tombstone, now durable; replay recreates exactly those names
-        // (docs/DESIGN.md, "Fsyncdir debts"). The directory's deferred times were
-        // written above, not synced.
+        // (docs/DESIGN.md, "Fsyncdir debts"). The directory's deferred times stay
+        // deferred (written within a second, at its next sync or a clean close).
         if all_logged
             && all_named
             && log.is_some()

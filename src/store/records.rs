@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::hash::{Hash as _, Hasher};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -168,6 +169,22 @@ impl Records {
     /// Delete the file of node `id` (its record with it), counting the blobs the record
     /// named as released. A node already gone is not an error.
     pub(crate) fn remove_node(&self, id: NodeId, dir: bool) -> Result<()> {
+        self.remove_node_by(id, |path| {
+            if dir {
+                fs::remove_dir(path)
+            } else {
+                fs::remove_file(path)
+            }
+        })
+    }
+
+    /// `remove_node`, with `remove` taking the node file out of `nodes/` (a scratch
+    /// file's is moved into staging and freed later: `Spares::remove_later`).
+    pub(crate) fn remove_node_by(
+        &self,
+        id: NodeId,
+        remove: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<()> {
         // As any record write: no snapshot or receive in between, one change of the
         // node at a time (two removers must not both release what it named).
         let _op = self.snaps.op();
@@ -179,12 +196,7 @@ impl Records {
             Some(vec![])
         };
         let res = self.refs.change(&path, old, Some(vec![]), || {
-            if dir {
-                fs::remove_dir(&path)
-            } else {
-                fs::remove_file(&path)
-            }
-            .map_err(|e| Error::io(format!("remove node {id}"), e))
+            remove(&path).map_err(|e| Error::io(format!("remove node {id}"), e))
         });
         self.forget(id);
         match res {

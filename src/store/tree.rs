@@ -305,6 +305,53 @@ impl Tree<'_> {
         Ok(rec)
     }
 
+    /// A scratch file (`PreTrash::Scratch`: its last link) lost its name: free it now,
+    /// without first writing its record with no link and a trash origin as `drop_link`
+    /// does (that record would be removed a moment later), and with its node file moved
+    /// into staging and freed by the reaper (`Spares::remove_later`; freeing it in
+    /// place cost the request an xattr block's synchronous discard). False, having
+    /// changed nothing, when the general path must take it: a handle or session still
+    /// has it (freed at its last close, which needs the record), or it has revisions.
+    ///
+    /// A crash after its entry went and before its node file did leaves an orphan, as
+    /// `drop_link` does in the same window (docs/DESIGN.md, invariant 6); the window is
+    /// shorter here (no record write, no discard). Its record then still says one link
+    /// and no trash origin, so fsck adopts it rather than putting it back in the trash,
+    /// and replay may bind a logged name of it again: the outcomes of today's path when
+    /// its (unsynced) record write did not reach the disk. Once moved into staging the
+    /// node file is not a node any more: fsck counts it as stale staging.
+    fn free_scratch(&self, id: NodeId) -> Result<bool> {
+        let t = &self.trash;
+        let rec = self.records.read(id)?;
+        if rec.kind == Kind::Dir || rec.nlink > 1 {
+            return Ok(false);
+        }
+        // Closed, but its session lingers (`Data::close_write`): nothing to store.
+        self.data.drop_lingering(id);
+        if t.pins.pinned(id) || t.sessions.contains(id) {
+            return Ok(false);
+        }
+        if !t.revisions.stamps(id)?.1.is_empty() {
+            return Ok(false);
+        }
+        // As `Trash::discard`: marked, then checked again, so a handle opened meanwhile
+        // either sees the mark at its last close or is seen here (then the general path
+        // writes the record and that close frees it).
+        t.pins.mark_unlinked(id);
+        if t.pins.pinned(id) || t.sessions.contains(id) {
+            return Ok(false);
+        }
+        if !t.pins.take_unlinked(id) {
+            return Ok(true); // freed by a last close already
+        }
+        let candidates = t.sweeper.blob_refs(id, &rec);
+        self.records.preserve_for_snapshots(id, &rec)?;
+        self.records
+            .remove_node_by(id, |p| self.spares.remove_later(p))?;
+        t.sweeper.queue(candidates);
+        Ok(true)
+    }
+
     /// One link of `id` went away: drop the count, and trash the node at zero.
     /// `prepared` is the trash link `pre_trash` made.
     fn drop_link(
@@ -375,9 +422,16 @@ impl Tree<'_> {
         self.data
             .fsync
             .names_changed(&[(parent, name.as_bytes(), id)], None);
-        let r = self
-            .drop_link(id, parent, name, prepared)
-            .and_then(|_| self.touch_dir(parent, 0));
+        let freed = match prepared {
+            PreTrash::Scratch => self.free_scratch(id),
+            _ => Ok(false),
+        };
+        let r = match freed {
+            Ok(true) => Ok(()),
+            Ok(false) => self.drop_link(id, parent, name, prepared),
+            Err(e) => Err(e),
+        }
+        .and_then(|_| self.touch_dir(parent, 0));
         self.followers
             .emit(Event::new(Op::Unlink, &[id, parent]).entry(parent, name));
         r?;
