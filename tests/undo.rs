@@ -42,6 +42,18 @@ fn fails_with(args: &[&str], code: &str) -> String {
     err
 }
 
+/// `decofs fsck --grace 0` of an unmounted store finds nothing.
+#[track_caller]
+fn assert_fsck_clean(store: &Path, what: &str) {
+    let out = decofs(&["fsck", store.to_str().unwrap(), "--grace", "0"]);
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn du_bytes(p: &Path) -> u64 {
     sh(&format!("du -sb '{}' | cut -f1", p.display()))
         .trim()
@@ -219,13 +231,7 @@ fn a_restored_tree_appears_whole_at_once() {
         .collect();
     assert!(staging.is_empty(), "left behind: {staging:?}");
     m.unmount();
-    let out = decofs(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
-    assert!(
-        out.status.success(),
-        "fsck after the restore: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fsck_clean(&m.store, "fsck after the restore");
 }
 
 /// Scratch files skip the trash: names that are scratch by convention, and files
@@ -293,13 +299,7 @@ fn scratch_files_skip_the_trash() {
     drop(open);
     m.unmount();
     // Freed, not orphaned: fsck finds nothing to repair or re-trash.
-    let out = decofs(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
-    assert!(
-        out.status.success(),
-        "fsck: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fsck_clean(&m.store, "fsck");
     common::assert_counts_exact(&m.store, "after scratch files");
 
     // Per mount: no patterns and no age limit, and every deleted file is kept.
@@ -404,13 +404,7 @@ fn files_deleted_young_all_reach_the_trash() {
         links += 1;
     }
     assert_eq!(links, N - 3, "one trash link per file still deleted");
-    let out = decofs(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
-    assert!(
-        out.status.success(),
-        "fsck after young deletes: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fsck_clean(&m.store, "fsck after young deletes");
 }
 
 /// The kernel caches directory listings (`FOPEN_CACHE_DIR`): a listing read before a
@@ -692,14 +686,7 @@ fn concurrent_mkdir_one_winner_fsck_clean() {
         assert_eq!(wins, 1, "round {round}");
     }
     m.unmount();
-    let out = decofs(&["fsck", m.store.to_str().unwrap(), "--grace", "0"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "fsck: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fsck_clean(&m.store, "fsck");
 }
 
 /// decomposedfs failure 2: concurrent writers lose data and are not versioned. Here no
