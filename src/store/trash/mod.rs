@@ -247,10 +247,10 @@ impl Trash<'_> {
         Ok(())
     }
 
-    /// Before removing what may be the last name of `id` (`name` in `parent`), link it from the
-    /// trash. If that fails (a full disk needs a new block in `trash/`), nothing has
-    /// changed yet; the other order could leave a node that neither a directory nor the
-    /// trash reaches. A scratch file (`scratch`) is not linked: it is freed instead.
+    /// Before removing what may be the last name of `id` (`name` in `parent`), link it
+    /// from the trash. If that fails (a full disk needs a new block in `trash/`), nothing
+    /// has changed yet; the other order could leave a node that neither a directory nor
+    /// the trash reaches. A scratch file (`scratch`) is not linked: it is freed instead.
     pub(super) fn pre_trash(&self, id: NodeId, parent: NodeId, name: &OsStr) -> Result<PreTrash> {
         let rec = self.records.read(id)?;
         if rec.kind != Kind::Dir && rec.nlink > 1 {
