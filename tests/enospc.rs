@@ -371,7 +371,9 @@ fn full_disk_gives_enospc_and_loses_nothing() {
     let mut tag = 0u64;
     let watchdog = Watchdog::new(&s.mnt, 120, "filling the disk");
     for (round, size) in [256 * KIB, 16 * KIB, 2 * KIB].into_iter().enumerate() {
-        let mut hit = false;
+        // The file that met ENOSPC: its create (when the last free block went to a
+        // directory, the log or the index) or its content.
+        let mut hit: Option<String> = None;
         for _ in 0..4000 {
             tag += 1;
             let name = format!("r{round}-{tag:05}");
@@ -403,19 +405,17 @@ fn full_disk_gives_enospc_and_loses_nothing() {
                     exists,
                     "{name}: created, then its write failed, and the name vanished"
                 );
-                failed.push(name);
+                failed.push(name.clone());
             }
-            hit = true;
+            hit = Some(name);
             break;
         }
-        assert!(
-            hit,
-            "round {round}: 4000 files of {size} bytes never filled a 64 MiB disk"
-        );
+        let Some(at) = hit else {
+            panic!("round {round}: 4000 files of {size} bytes never filled a 64 MiB disk");
+        };
         eprintln!(
-            "round {round} ({size} B files): ENOSPC after {} complete files so far, at {}; fs free {}",
+            "round {round} ({size} B files): ENOSPC after {} complete files so far, at {at}; fs free {}",
             complete.len(),
-            failed.last().unwrap(),
             mib(free_space(&s.root).0)
         );
     }
