@@ -41,6 +41,12 @@ use tables::{enc, Change, Gen, SledResult};
 pub const QUEUE_CAPACITY: usize = 1 << 16;
 /// At most this many events are applied per batch (one lock, one set of totals writes).
 const BATCH: usize = 4096;
+
+/// How long the worker, rung awake by the first event after it slept, lets events
+/// gather before it applies them: one wake-up per window instead of one per event
+/// (docs/BENCHMARKS.md, "sqlite in DELETE mode": each wake-up of an idle thread costs
+/// the request that rang it an inter-processor interrupt on these virtual machines).
+const GATHER: Duration = Duration::from_millis(5);
 /// The change log keeps the newest this many entries.
 const CHANGES_KEEP: u64 = 1_000_000;
 /// A reconcile logs at most this many repaired paths as changes.
@@ -393,6 +399,10 @@ impl Index {
                             || self.q.stop.load(Ordering::SeqCst)
                             || self.q.dirty.load(Ordering::SeqCst)
                     });
+                    // Not sleeping now, so the events of the window ring no one.
+                    if !self.q.stop.load(Ordering::SeqCst) && !self.rx.is_empty() {
+                        std::thread::sleep(GATHER);
+                    }
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => return,
