@@ -11,8 +11,10 @@
 //!   changes).
 //! - [`store`]: the truth on disk (nodes, entries, blobs, sessions); enforces the
 //!   invariants of docs/DESIGN.md.
-//! - [`host`], [`jsonpath`], [`panics`]: small helpers with no dependencies in the crate.
+//! - [`host`], [`jsonpath`], [`panics`], [`blocking`]: small helpers with no dependencies
+//!   in the crate.
 
+pub mod blocking;
 pub mod control;
 pub mod daemon;
 pub mod fuse;

@@ -664,3 +664,72 @@ fn remount_keeps_everything() {
     );
     assert_same_text("metadata after a second remount", &before.1, &manifest(&t));
 }
+
+/// `-o reader_token` (one request thread reads and serves in a row, handing over before
+/// it blocks; docs/DESIGN.md, "Request threads"): a serial client (sqlite), parallel
+/// writers and readers, and cold parallel reads after a remount (each record and blob
+/// read hands the token over) all get every answer right, and the daemon exits at the
+/// unmount (the gate lets every parked thread go).
+#[test]
+fn reader_token_serves_serial_and_parallel_clients() {
+    need(&["sqlite3"]);
+    let s = scratch();
+    let m = Mount::with_opts("allow_other,reader_token");
+    let db = m.path("db.sqlite");
+    sqlite_transactions(&db, &s.path().join("load.sql"), 300, false);
+    sqlite_check(&db, 300, "with the reader token");
+
+    // 8 writers at once, each checking its own files and stat'ing the others'.
+    let write_all = |mnt: PathBuf| {
+        let hs: Vec<_> = (0..8u64)
+            .map(|t| {
+                let mnt = mnt.clone();
+                std::thread::spawn(move || {
+                    let dir = mnt.join(format!("w{t}"));
+                    fs::create_dir(&dir).unwrap();
+                    for i in 0..40u64 {
+                        let p = dir.join(format!("f{i}"));
+                        let data = common::pattern(t * 1000 + i, 0, 3000 + (i as usize) * 700);
+                        fs::write(&p, &data).unwrap();
+                        common::assert_bytes_eq(&fs::read(&p).unwrap(), &data, "own file");
+                        let other = mnt.join(format!("w{}", (t + 1) % 8));
+                        let _ = fs::read_dir(&other).map(|d| d.count());
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    };
+    write_all(m.mnt.clone());
+    m.remount();
+    // Cold: every record and blob is read from disk, by 8 readers at once.
+    let hs: Vec<_> = (0..8u64)
+        .map(|t| {
+            let mnt = m.mnt.clone();
+            std::thread::spawn(move || {
+                for i in 0..40u64 {
+                    let p = mnt.join(format!("w{t}/f{i}"));
+                    let want = common::pattern(t * 1000 + i, 0, 3000 + (i as usize) * 700);
+                    common::assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    sqlite_check(&db, 300, "after remount with the reader token");
+    let pid = common::daemon_pid(&m.store, &m.mnt);
+    m.unmount();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !common::process_gone(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        common::process_gone(pid),
+        "the daemon (pid {pid}) did not exit 30 s after the unmount"
+    );
+    common::assert_counts_exact(&m.store, "after the reader token's workload");
+}

@@ -191,6 +191,9 @@ pub fn run_foreground(
             return;
         };
         let ino = |id| fuser::INodeNo(st.ino_of(id));
+        // The kernel may wait for a request in flight (page locks): let another thread
+        // read it.
+        crate::blocking::soon();
         let _ = match what {
             Stale::Content(id) => notifier.inval_inode(ino(id), 0, 0),
             Stale::Attrs(id) => notifier.inval_inode(ino(id), -1, 0),
@@ -341,6 +344,7 @@ fn prepare(
         SessionACL::Owner
     };
     config.n_threads = Some(threads.max(1));
+    config.reader_token = opts.reader_token;
     let mut policy = store.policy();
     if let Some(v) = opts.trash_retention {
         policy.trash_retention_secs = v;

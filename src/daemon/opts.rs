@@ -47,6 +47,9 @@ pub struct MountOpts {
     pub follow_interval: Option<u64>,
     /// remote_sync=fsync: fsync(2) returns once the change is published.
     pub remote_sync_fsync: bool,
+    /// reader_token: one request thread at a time reads and serves in a row, handing
+    /// over before it blocks (docs/DESIGN.md, "Request threads").
+    pub reader_token: bool,
 }
 
 /// Every option `-o` accepts, as `decofs mount --help` lists them (a unit test checks
@@ -93,6 +96,10 @@ option or a bad value is refused with invalid_option and nothing is mounted):
                                a store on an object store: fsync(2) returns once the
                                change is published (fsync), or once it is on the local
                                disk (local, the default)
+  reader_token                 one request thread at a time reads requests and serves
+                               them in a row, handing over before it blocks: faster
+                               for one client at a time (sqlite), slower for cp -a
+                               (see docs/BENCHMARKS.md); off by default
   readahead=KIB                the kernel's readahead window (0..=1048576, default 4096;
                                0 keeps the kernel's 128 KiB)
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, default_permissions
@@ -162,6 +169,7 @@ pub fn parse_opts(s: &str) -> Result<MountOpts> {
             "async" => o.flags.push(MountOption::Async),
             "dirsync" => o.flags.push(MountOption::DirSync),
             "nonempty" => o.nonempty = true,
+            "reader_token" => o.reader_token = true,
             // Applied by main before logging starts (only when valid).
             x if x.starts_with("log=") => {
                 if !valid_log_filter(&x["log=".len()..]) {
@@ -365,6 +373,8 @@ mod tests {
         }
         assert!(parse_opts("log=decofs=debug,nonempty,ro").is_ok());
         assert!(parse_opts("nonempty").unwrap().nonempty);
+        assert!(parse_opts("reader_token").unwrap().reader_token);
+        assert!(!parse_opts("allow_other").unwrap().reader_token);
         assert_eq!(
             parse_opts("cache_size=3M").unwrap().cache_size,
             Some(3 << 20)

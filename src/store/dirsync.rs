@@ -475,6 +475,7 @@ impl Fsync<'_> {
     pub(super) fn fsync_node_file(&self, id: NodeId) -> Result<()> {
         let path = self.layout.node_path(id);
         let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;
+        crate::blocking::soon();
         f.sync_all().ctx(|| format!("sync {}", path.display()))
     }
 

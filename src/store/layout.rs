@@ -441,12 +441,14 @@ impl Layout {
 
 /// fsync a directory so a rename or create inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    crate::blocking::soon();
     let f = fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
     f.sync_all().ctx(|| format!("sync {}", dir.display()))
 }
 
 /// syncfs(2) of the filesystem holding `path`.
 pub fn syncfs(path: &std::path::Path) -> Result<()> {
+    crate::blocking::soon();
     let dir = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
     // SAFETY: syncfs on a descriptor we own.
     if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {

@@ -685,6 +685,7 @@ impl Store {
     /// returns once the change is published (a failed publish fails the fsync).
     pub fn synced(&self) -> Result<()> {
         if self.remote_sync.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::blocking::soon();
             remote::publish::publish(self)?;
         }
         Ok(())

@@ -113,6 +113,7 @@ impl<'a> Names<'a> {
     }
 
     fn lookup_live(&self, parent: NodeId, name: &OsStr) -> Result<NodeId> {
+        crate::blocking::soon();
         match fs::read_link(self.entry_path(parent, name)) {
             Ok(t) => Layout::parse_entry_target(&t).ok_or_else(|| Error::CorruptRecord {
                 node: parent.to_string(),
@@ -209,6 +210,7 @@ impl<'a> Names<'a> {
     }
 
     fn readdir_live(&self, id: NodeId) -> Result<Vec<(OsString, NodeId)>> {
+        crate::blocking::soon();
         let dir = self.layout.node_path(id);
         let open_err = |e: std::io::Error| match e.raw_os_error() {
             Some(libc::ENOENT) => Error::NotFound,

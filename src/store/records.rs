@@ -294,6 +294,7 @@ impl Records {
     /// Read a node's record from its xattr (following it into a blob if it was large),
     /// or as the snapshot this store is read at saw it.
     pub fn read_disk(&self, id: NodeId) -> Result<NodeRecord> {
+        crate::blocking::soon();
         if let Some(lens) = self.lens() {
             return lens.record(id, || self.read_live_disk(id));
         }
@@ -446,6 +447,7 @@ impl Records {
         // the same stripe lock), or was replaced by it.
         self.deferred.lock().remove(&id);
         if durable {
+            crate::blocking::soon();
             let f = fs::File::open(&path).ctx(|| format!("open {}", path.display()))?;
             f.sync_all().ctx(|| format!("sync {}", path.display()))?;
         }

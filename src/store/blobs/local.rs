@@ -459,6 +459,7 @@ impl LocalBlobs {
             }
         };
         if !mine {
+            crate::blocking::soon();
             let mut done = gate.done.lock();
             while !*done {
                 gate.cv.wait(&mut done);
@@ -482,6 +483,7 @@ impl LocalBlobs {
     }
 
     fn read_checked(&self, hash: &Hash) -> Result<Arc<Chunk>> {
+        crate::blocking::soon();
         let path = self.path_of(hash);
         let (data, actual) = match read_hashing(&path) {
             Ok(d) => d,
@@ -563,6 +565,7 @@ impl LocalBlobs {
             f.write_all(data)
                 .ctx(|| format!("write {}", tmp.display()))?;
             if durable {
+                crate::blocking::soon();
                 f.sync_all().ctx(|| format!("sync {}", tmp.display()))?;
             } else {
                 if self.settle_waits {
@@ -830,6 +833,7 @@ impl BlobStore for LocalBlobs {
                     }
                 },
             };
+            crate::blocking::soon();
             if let Err(e) = f.sync_all() {
                 // Keep what is not synced for the next attempt (by path, dir included).
                 let mut back = self.unsynced.lock();

@@ -690,6 +690,7 @@ impl RemoteBlobs {
     /// A blob not on the local disk: fetched once at a time per hash, kept on disk (a
     /// writer's) and in memory.
     fn fetch(&self, hash: &Hash) -> Result<Arc<Chunk>> {
+        crate::blocking::soon();
         let (gate, mine) = {
             let mut f = self.fetching.lock();
             match f.get(hash) {

@@ -64,6 +64,7 @@ pub struct FsyncLog {
 }
 
 pub(super) fn fdatasync(f: &File) -> std::io::Result<()> {
+    crate::blocking::soon();
     f.sync_data()
 }
 

@@ -33,6 +33,7 @@ use crate::Request;
 use crate::channel::Channel;
 use crate::channel::ChannelSender;
 use crate::dev_fuse::DevFuse;
+use crate::gate::Gate;
 use crate::ll;
 use crate::ll::Operation;
 use crate::ll::ResponseErrno;
@@ -269,6 +270,9 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut filesystem = Arc::new(filesystem);
 
+        // Polled by the reader token for a waiting request (every clone shares the
+        // connection's input queue).
+        let device = std::os::fd::AsRawFd::as_raw_fd(&ch.as_fd());
         let mut channels = Vec::with_capacity(n_threads);
 
         for _ in 0..n_threads_minus_one {
@@ -289,6 +293,9 @@ impl<FS: Filesystem> Session<FS> {
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
+        let gate = config
+            .reader_token
+            .then(|| Arc::new(Gate::new(n_threads, Some(device))));
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -298,6 +305,8 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                gate: gate.clone(),
+                index: i,
             };
             threads.push(
                 thread::Builder::new()
@@ -518,6 +527,10 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// The reader token shared by the session's workers, when on (decofs addition,
+    /// gate.rs).
+    pub(crate) gate: Option<Arc<Gate>>,
+    pub(crate) index: usize,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -526,7 +539,22 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
+        if let Some(gate) = &self.gate {
+            gate.enter(self.index);
+        }
+        let mut holding = false;
+        let close = || {
+            if let Some(gate) = &self.gate {
+                gate.close();
+            }
+        };
         loop {
+            // With the reader token, only its holder reads (gate.rs).
+            if let Some(gate) = &self.gate {
+                if !holding && !gate.acquire(self.index) {
+                    return Ok(());
+                }
+            }
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
@@ -535,21 +563,33 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {
                             req.reply::<ReplyEmpty>().ok();
+                            close();
                             return Ok(());
+                        } else if let Some(gate) = &self.gate {
+                            gate.start(self.index);
+                            req.dispatch(self);
+                            holding = gate.finish(self.index);
                         } else {
                             req.dispatch(self)
                         }
                     }
                     // Quit loop on illegal request
                     None => {
+                        close();
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
                             "Invalid request",
                         ));
                     }
                 },
-                Err(nix::errno::Errno::ENODEV) => return Ok(()),
-                Err(err) => return Err(err.into()),
+                Err(nix::errno::Errno::ENODEV) => {
+                    close();
+                    return Ok(());
+                }
+                Err(err) => {
+                    close();
+                    return Err(err.into());
+                }
             }
         }
     }

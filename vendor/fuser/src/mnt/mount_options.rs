@@ -18,6 +18,9 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// One worker at a time reads and serves requests in a row (decofs addition,
+    /// src/gate.rs); off: every worker waits in `read(2)`, as upstream fuser.
+    pub reader_token: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
