@@ -679,7 +679,7 @@ fn reader_token_serves_serial_and_parallel_clients() {
     sqlite_transactions(&db, &s.path().join("load.sql"), 300, false);
     sqlite_check(&db, 300, "with the reader token");
 
-    // 8 writers at once, each checking its own files and stat'ing the others'.
+    // 8 writers at once, each reading its own files back and listing another's directory.
     let write_all = |mnt: PathBuf| {
         let hs: Vec<_> = (0..8u64)
             .map(|t| {
