@@ -34,7 +34,7 @@ const IDLE_AFTER: Duration = Duration::from_millis(100);
 struct State {
     /// The worker holding the token (it reads the next request), if any.
     holder: Option<usize>,
-    /// The holder is serving a request (not reading).
+    /// The holder is serving a request (not reading); false while nobody holds it.
     serving: bool,
     /// Requests taken so far.
     seq: u64,
@@ -132,6 +132,7 @@ impl Gate {
             }
             if s.holder.is_none() || s.holder == Some(me) {
                 s.holder = Some(me);
+                s.serving = false;
                 MAYBE_HOLDER.with(|m| m.set(true));
                 return true;
             }
@@ -159,6 +160,7 @@ impl Gate {
                     // One request has held the token for a whole period: read beside it,
                     // and let a parked worker become the watcher.
                     s.holder = Some(me);
+                    s.serving = false;
                     s.steals += 1;
                     MAYBE_HOLDER.with(|m| m.set(true));
                     self.call_parked(&mut s);
@@ -193,6 +195,7 @@ impl Gate {
             let mut s = self.s.lock();
             if s.holder == Some(me) {
                 s.holder = None;
+                s.serving = false;
                 s.spread += 1;
                 MAYBE_HOLDER.with(|m| m.set(false));
                 if !self.call_parked(&mut s) {
@@ -387,6 +390,36 @@ mod tests {
         let s = gate.s.lock();
         assert_eq!((s.handovers, s.lazy), (0, 1));
         drop(s);
+        // SAFETY: closing the pipe made above.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+
+    /// With requests waiting in the device at every start (a pipe holding a byte), each
+    /// start wakes a reader for them, and every job still runs exactly once.
+    #[test]
+    fn a_start_with_requests_waiting_wakes_a_reader() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) into a local array, then one byte into it.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            assert_eq!(libc::write(fds[1], b"x".as_ptr().cast(), 1), 1);
+        }
+        let (tx, rx) = mpsc::channel();
+        let jobs: Vec<Job> = (0..200u32)
+            .map(|i| {
+                let tx = tx.clone();
+                Box::new(move || tx.send(i).unwrap()) as Job
+            })
+            .collect();
+        let gate = run_workers_on(4, jobs, Some(fds[0]));
+        drop(tx);
+        let mut got: Vec<u32> = rx.iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+        assert!(gate.s.lock().spread >= 1);
         // SAFETY: closing the pipe made above.
         unsafe {
             libc::close(fds[0]);
