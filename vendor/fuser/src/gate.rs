@@ -118,6 +118,14 @@ impl Gate {
         }
     }
 
+    /// Someone must read the device: the most recently parked worker, or else the
+    /// watcher.
+    fn wake_reader(&self, s: &mut State) {
+        if !self.call_parked(s) {
+            self.watch.notify_one();
+        }
+    }
+
     /// Bind this thread to the gate as worker `me`.
     pub(crate) fn enter(self: &Arc<Self>, me: usize) {
         WORKER.with(|w| *w.borrow_mut() = Some((self.clone(), me)));
@@ -198,9 +206,7 @@ impl Gate {
                 s.serving = false;
                 s.spread += 1;
                 MAYBE_HOLDER.with(|m| m.set(false));
-                if !self.call_parked(&mut s) {
-                    self.watch.notify_one();
-                }
+                self.wake_reader(&mut s);
             }
         }
     }
@@ -224,23 +230,23 @@ impl Gate {
         }
     }
 
-    /// `me` is about to block: give the token to a parked worker (or the watcher).
+    /// `me` is about to block: give the token up, waking a reader if a request waits.
     fn release(&self, me: usize) {
+        // Asked before the lock: the watcher need not wait for a system call.
+        let waiting = self.request_waiting();
         let mut s = self.s.lock();
         if s.holder != Some(me) {
             return;
         }
         s.holder = None;
         s.serving = false;
-        if !self.request_waiting() {
+        if !waiting {
             // Free: taken back when this request is answered, or by the watcher.
             s.lazy += 1;
             return;
         }
         s.handovers += 1;
-        if !self.call_parked(&mut s) {
-            self.watch.notify_one();
-        }
+        self.wake_reader(&mut s);
     }
 
     /// Is a request waiting to be read? (Without a device to ask: assume so.)
