@@ -679,30 +679,29 @@ fn reader_token_serves_serial_and_parallel_clients() {
     sqlite_transactions(&db, &s.path().join("load.sql"), 300, false);
     sqlite_check(&db, 300, "with the reader token");
 
+    // File i of writer t.
+    let content = |t: u64, i: u64| common::pattern(t * 1000 + i, 0, 3000 + (i as usize) * 700);
     // 8 writers at once, each reading its own files back and listing another's directory.
-    let write_all = |mnt: PathBuf| {
-        let hs: Vec<_> = (0..8u64)
-            .map(|t| {
-                let mnt = mnt.clone();
-                std::thread::spawn(move || {
-                    let dir = mnt.join(format!("w{t}"));
-                    fs::create_dir(&dir).unwrap();
-                    for i in 0..40u64 {
-                        let p = dir.join(format!("f{i}"));
-                        let data = common::pattern(t * 1000 + i, 0, 3000 + (i as usize) * 700);
-                        fs::write(&p, &data).unwrap();
-                        common::assert_bytes_eq(&fs::read(&p).unwrap(), &data, "own file");
-                        let other = mnt.join(format!("w{}", (t + 1) % 8));
-                        let _ = fs::read_dir(&other).map(|d| d.count());
-                    }
-                })
+    let hs: Vec<_> = (0..8u64)
+        .map(|t| {
+            let mnt = m.mnt.clone();
+            std::thread::spawn(move || {
+                let dir = mnt.join(format!("w{t}"));
+                fs::create_dir(&dir).unwrap();
+                for i in 0..40u64 {
+                    let p = dir.join(format!("f{i}"));
+                    let data = content(t, i);
+                    fs::write(&p, &data).unwrap();
+                    common::assert_bytes_eq(&fs::read(&p).unwrap(), &data, "own file");
+                    let other = mnt.join(format!("w{}", (t + 1) % 8));
+                    let _ = fs::read_dir(&other).map(|d| d.count());
+                }
             })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-    };
-    write_all(m.mnt.clone());
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
     m.remount();
     // Cold: every record and blob is read from disk, by 8 readers at once.
     let hs: Vec<_> = (0..8u64)
@@ -711,8 +710,11 @@ fn reader_token_serves_serial_and_parallel_clients() {
             std::thread::spawn(move || {
                 for i in 0..40u64 {
                     let p = mnt.join(format!("w{t}/f{i}"));
-                    let want = common::pattern(t * 1000 + i, 0, 3000 + (i as usize) * 700);
-                    common::assert_bytes_eq(&fs::read(&p).unwrap(), &want, "after remount");
+                    common::assert_bytes_eq(
+                        &fs::read(&p).unwrap(),
+                        &content(t, i),
+                        "after remount",
+                    );
                 }
             })
         })
